@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the system packages the build, the tests and the demo use.
+# Idempotent: packages already present are not fetched again.
+set -euo pipefail
+
+packages=(
+  swtpm swtpm-tools        # software TPM for the tpm backend's tests
+  softhsm2                 # software PKCS#11 token for the pkcs11 backend's tests
+  libtss2-dev tpm2-tools   # tpm2-tss headers (tss-esapi) and tools (debugging, tests)
+  opensc                   # pkcs11-tool, for inspecting tokens
+  openssl                  # independent verifier of CSRs and certificates in tests
+  pkg-config clang libclang-dev
+  python3-venv
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  echo "ci/install-deps.sh: installing ${missing[*]}" >&2
+  SUDO=""
+  [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The project's test command: formatting, lints, every test. Hardware tests
+# start their own swtpm and SoftHSM token; nothing is skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ci/install-deps.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+
+echo "== one rustls in the tree"
+if cargo tree -d --workspace --all-features -e normal 2>/dev/null | grep -E '^rustls v'; then
+  echo "a second rustls version is in the dependency tree" >&2
+  exit 1
+fi
+
+echo "== cargo test"
+cargo test --workspace --all-features --locked -- --test-threads="${TEST_THREADS:-4}"

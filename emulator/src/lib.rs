@@ -1,0 +1,2 @@
+//! iotcore-emulator: a local stand-in for AWS IoT Core fleet provisioning.
+#![forbid(unsafe_code)]

@@ -1,0 +1,1 @@
+//! `config.ini` -> typed, validated [`Config`].

@@ -1,0 +1,2 @@
+//! Signing adapters: let rustls (TLS client authentication) and rcgen (CSRs)
+//! sign with a key that stays in a [`crate::keystore::KeyStore`].

@@ -1,0 +1,155 @@
+//! Backend settings, built by the config layer and handed to [`super::open`].
+//! Always compiled, so that a config naming a backend this binary lacks can
+//! still be read and refused with a message naming the cargo feature.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use secrecy::SecretString;
+
+use super::{KeyStoreError, Result};
+
+/// Where a PIN (or another secret) comes from. Never the command line.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// A file whose first line is the secret (mode 0600 recommended).
+    File(PathBuf),
+    /// An environment variable.
+    Env(String),
+    /// A systemd credential (`LoadCredential=NAME:...`), read from
+    /// `$CREDENTIALS_DIRECTORY/NAME`.
+    Credential(String),
+}
+
+impl SecretSource {
+    /// Parses `file:/path`, `env:NAME` or `credential:NAME`.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        let (kind, rest) = s.split_once(':').ok_or_else(|| {
+            format!("{s:?} is not a secret source: use file:/path, env:NAME or credential:NAME")
+        })?;
+        if rest.is_empty() {
+            return Err(format!("{s:?} names no file, variable or credential"));
+        }
+        match kind {
+            "file" => Ok(SecretSource::File(PathBuf::from(rest))),
+            "env" => Ok(SecretSource::Env(rest.to_string())),
+            "credential" | "systemd-credential" => {
+                if rest.contains('/') {
+                    Err(format!("credential name {rest:?} must not contain '/'"))
+                } else {
+                    Ok(SecretSource::Credential(rest.to_string()))
+                }
+            }
+            _ => Err(format!(
+                "unknown secret source kind {kind:?}: use file:/path, env:NAME or credential:NAME"
+            )),
+        }
+    }
+
+    /// Reads the secret. Only the first line counts; a trailing newline is
+    /// not part of the secret.
+    pub fn read(&self, what: &'static str) -> Result<SecretString> {
+        use zeroize::Zeroizing;
+        let raw: Zeroizing<String> = match self {
+            SecretSource::Env(name) => {
+                Zeroizing::new(std::env::var(name).map_err(|_| KeyStoreError::Unavailable {
+                    backend: what,
+                    detail: format!("environment variable {name} holding the PIN is not set"),
+                    retryable: false,
+                })?)
+            }
+            SecretSource::File(path) => read_secret_file(path, what)?,
+            SecretSource::Credential(name) => {
+                let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+                    KeyStoreError::Unavailable {
+                        backend: what,
+                        detail: format!(
+                            "PIN credential {name} asked for, but CREDENTIALS_DIRECTORY is not set: \
+                             run under systemd with LoadCredential={name}:..."
+                        ),
+                        retryable: false,
+                    }
+                })?;
+                read_secret_file(&PathBuf::from(dir).join(name), what)?
+            }
+        };
+        let line = raw.lines().next().unwrap_or("");
+        Ok(SecretString::from(line.to_string()))
+    }
+}
+
+fn read_secret_file(
+    path: &std::path::Path,
+    what: &'static str,
+) -> Result<zeroize::Zeroizing<String>> {
+    std::fs::read_to_string(path)
+        .map(zeroize::Zeroizing::new)
+        .map_err(|source| KeyStoreError::Io {
+            what: if what == "pkcs11" {
+                "cannot read PIN file"
+            } else {
+                "cannot read secret file"
+            },
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+impl fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Where the secret lives is not secret; the secret itself never is
+        // held here.
+        match self {
+            SecretSource::File(p) => write!(f, "file:{}", p.display()),
+            SecretSource::Env(n) => write!(f, "env:{n}"),
+            SecretSource::Credential(n) => write!(f, "credential:{n}"),
+        }
+    }
+}
+
+/// How the TPM backend keeps keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TpmKeyStorage {
+    /// TPM-wrapped blobs (TPM2B_PUBLIC + TPM2B_PRIVATE) in the state
+    /// directory, loadable only by this TPM under the storage primary.
+    Blob,
+    /// Persistent objects in the TPM's NV, at handles from `persistent_base`.
+    Persistent,
+}
+
+#[derive(Clone, Debug)]
+pub struct TpmSettings {
+    /// A TCTI string as tpm2-tools take it: `device:/dev/tpmrm0`,
+    /// `swtpm:host=127.0.0.1,port=2321`, `tabrmd`, `mssim:...`.
+    pub tcti: String,
+    pub storage: TpmKeyStorage,
+    /// First persistent handle the agent may use (0x81000000..0x817FFFFF is
+    /// the owner range).
+    pub persistent_base: u32,
+    /// Directory for key metadata and wrapped blobs (0700).
+    pub key_dir: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct Pkcs11Settings {
+    /// Path of the PKCS#11 module (`/usr/lib/softhsm/libsofthsm2.so`).
+    pub module: PathBuf,
+    /// Label of the token (slot ids change when a token is initialised).
+    pub token_label: String,
+    /// Where the user PIN comes from.
+    pub pin: SecretSource,
+}
+
+#[derive(Clone, Debug)]
+pub struct FileSettings {
+    /// Directory holding `<label>.pem` files (0700, keys 0600).
+    pub key_dir: PathBuf,
+}
+
+/// Which backend to open, with its settings.
+#[derive(Clone, Debug)]
+pub enum KeyStoreSettings {
+    Tpm(TpmSettings),
+    Pkcs11(Pkcs11Settings),
+    File(FileSettings),
+}

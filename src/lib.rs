@@ -1,0 +1,14 @@
+//! prov-agent: hardware-backed AWS IoT Core fleet provisioning and
+//! certificate rotation for industrial gateways.
+//!
+//! The modules follow the flow of the agent: [`config`] reads `config.ini`,
+//! [`keystore`] holds every private key in a TPM or PKCS#11 token, [`crypto`]
+//! lets rustls and rcgen sign with those keys.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod durable;
+pub mod keystore;
