@@ -24,11 +24,14 @@ pub enum SecretSource {
 impl SecretSource {
     /// Parses `file:/path`, `env:NAME` or `credential:NAME`.
     pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        // The value is never echoed: someone may have written the PIN itself.
         let (kind, rest) = s.split_once(':').ok_or_else(|| {
-            format!("{s:?} is not a secret source: use file:/path, env:NAME or credential:NAME")
+            "the value is not a secret source (not shown, in case it is the PIN itself): \
+             use file:/path, env:NAME or credential:NAME"
+                .to_string()
         })?;
         if rest.is_empty() {
-            return Err(format!("{s:?} names no file, variable or credential"));
+            return Err(format!("{kind}: names no file, variable or credential"));
         }
         match kind {
             "file" => Ok(SecretSource::File(PathBuf::from(rest))),
@@ -40,9 +43,11 @@ impl SecretSource {
                     Ok(SecretSource::Credential(rest.to_string()))
                 }
             }
-            _ => Err(format!(
-                "unknown secret source kind {kind:?}: use file:/path, env:NAME or credential:NAME"
-            )),
+            _ => Err(
+                "unknown secret source kind (not shown, in case it is the PIN itself): \
+                 use file:/path, env:NAME or credential:NAME"
+                    .to_string(),
+            ),
         }
     }
 

@@ -1,0 +1,260 @@
+use super::*;
+
+const MINIMAL: &str = "[SETTINGS]\nIOT_ENDPOINT = abc-ats.iot.eu-west-1.amazonaws.com\n\
+                       PRODUCTION_TEMPLATE = Prod\n[KEYSTORE]\nBACKEND = file\n";
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    Config::from_str_with_env(Path::new("/etc/pa/config.ini"), text, Vec::new())
+}
+
+fn load_env(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::from_str_with_env(
+        Path::new("/etc/pa/config.ini"),
+        text,
+        env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+}
+
+#[test]
+fn reference_client_config_is_accepted() {
+    // The reference client's config.ini, keys and layout as it ships them.
+    let text = "[SETTINGS]\n\
+        # Set the path to the location containing your certificates (root, private, claim certificate)\n\
+        SECURE_CERT_PATH = /home/pi/certs\n\
+        ROOT_CERT = root.ca.pem\n\
+        CLAIM_CERT = bootstrap-certificate.pem.crt\n\
+        SECURE_KEY = bootstrap-private.pem.key\n\
+        IOT_ENDPOINT = xxxxxxxxxx-ats.iot.us-east-1.amazonaws.com\n\
+        PRODUCTION_TEMPLATE = birthing_template\n\
+        CERT_ROTATION_TEMPLATE = rotation_template\n";
+    let c = load(text).unwrap();
+    assert_eq!(
+        c.settings.root_cert,
+        Path::new("/home/pi/certs/root.ca.pem")
+    );
+    assert_eq!(
+        c.settings.claim_cert,
+        Path::new("/home/pi/certs/bootstrap-certificate.pem.crt")
+    );
+    assert_eq!(
+        c.settings.secure_key.as_deref(),
+        Some(Path::new("/home/pi/certs/bootstrap-private.pem.key"))
+    );
+    assert_eq!(c.settings.production_template, "birthing_template");
+    assert_eq!(
+        c.settings.cert_rotation_template.as_deref(),
+        Some("rotation_template")
+    );
+    // Defaults of the new sections.
+    assert_eq!(c.keystore.backend, Backend::Tpm);
+    assert_eq!(c.keystore.algorithm, KeyAlgorithm::EcP256);
+    assert_eq!(c.provisioning.mode, ProvisioningMode::Csr);
+    assert_eq!(c.provisioning.port, 8883);
+    assert_eq!(c.provisioning.response_timeout, Duration::from_secs(10));
+    assert_eq!(c.state_dir, Path::new("/var/lib/prov-agent"));
+}
+
+#[test]
+fn readme_alias_for_template_name() {
+    let text = "[SETTINGS]\nIOT_ENDPOINT = e.example\nPROVISIONING_TEMPLATE_NAME = birth\n";
+    assert_eq!(load(text).unwrap().settings.production_template, "birth");
+    let conflict = format!("{text}PRODUCTION_TEMPLATE = other\n");
+    let e = load(&conflict).unwrap_err().to_string();
+    assert!(e.contains("contradicts"), "{e}");
+    let none = "[SETTINGS]\nIOT_ENDPOINT = e.example\n";
+    let e = load(none).unwrap_err().to_string();
+    assert!(e.contains("PRODUCTION_TEMPLATE is required"), "{e}");
+}
+
+#[test]
+fn relative_paths_follow_the_config_file() {
+    let text = "[SETTINGS]\nSECURE_CERT_PATH = certs\nIOT_ENDPOINT = e\nPRODUCTION_TEMPLATE = p\n\
+                [AGENT]\nSTATE_DIR = state\n[KEYSTORE]\nBACKEND = file\n";
+    let c = load(text).unwrap();
+    assert_eq!(c.settings.root_cert, Path::new("/etc/pa/certs/root.ca.pem"));
+    assert_eq!(c.state_dir, Path::new("/etc/pa/state"));
+    match c.keystore.settings {
+        KeyStoreSettings::File(f) => assert_eq!(f.key_dir, Path::new("/etc/pa/state/keys")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn unknown_key_names_file_line_and_key() {
+    let text = format!("{MINIMAL}[PROVISIONING]\nMODE = csr\nRESPONSE_TIMOUT = 5s\n");
+    let e = load(&text).unwrap_err().to_string();
+    assert!(e.starts_with("/etc/pa/config.ini:8:"), "{e}");
+    assert!(e.contains("RESPONSE_TIMOUT"), "{e}");
+    assert!(e.contains("did you mean RESPONSE_TIMEOUT"), "{e}");
+}
+
+#[test]
+fn unknown_section_is_an_error() {
+    let e = load(&format!("{MINIMAL}[PROVISONING]\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(":6: unknown section [PROVISONING]"), "{e}");
+}
+
+#[test]
+fn bad_values_name_file_line_and_key() {
+    for (extra, line, needle) in [
+        ("[PROVISIONING]\nPORT = 99999\n", 7, "[PROVISIONING] PORT"),
+        ("[PROVISIONING]\nMODE = magic\n", 7, "use csr"),
+        (
+            "[PROVISIONING]\nRESPONSE_TIMEOUT = 0s\n",
+            7,
+            "longer than zero",
+        ),
+        ("[KEYSTORE2]\n", 6, "unknown section"),
+        ("[ROTATION]\nTHRESHOLD = 150%\n", 7, "between 0 and 1"),
+        (
+            "[TPM]\nPERSISTENT_BASE = 0x1000\n",
+            7,
+            "owner persistent range",
+        ),
+    ] {
+        let text = format!("{MINIMAL}{extra}");
+        let e = load(&text).unwrap_err().to_string();
+        assert!(e.contains(&format!("config.ini:{line}")), "{extra}: {e}");
+        assert!(e.contains(needle), "{extra}: {e}");
+    }
+    let e = load(&MINIMAL.replace("BACKEND = file", "BACKEND = tpm\nKEY_ALGORITHM = ed25519"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(":6: [KEYSTORE] KEY_ALGORITHM"), "{e}");
+    assert!(e.contains("ec-p256"), "{e}");
+    let e = load(&MINIMAL.replace("abc-ats.iot.eu-west-1.amazonaws.com", "mqtts://x:8883"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[SETTINGS] IOT_ENDPOINT"), "{e}");
+}
+
+#[test]
+fn pkcs11_needs_module_token_and_pin_source() {
+    let base = MINIMAL.replace("BACKEND = file", "BACKEND = pkcs11");
+    let e = load(&base).unwrap_err().to_string();
+    assert!(e.contains("[PKCS11] MODULE is required"), "{e}");
+    let full = format!(
+        "{base}[PKCS11]\nMODULE = /usr/lib/softhsm/libsofthsm2.so\nTOKEN_LABEL = gw\nPIN_SOURCE = file:/run/pin\n"
+    );
+    let c = load(&full).unwrap();
+    match c.keystore.settings {
+        KeyStoreSettings::Pkcs11(p) => {
+            assert_eq!(p.token_label, "gw");
+            assert_eq!(p.pin, SecretSource::File("/run/pin".into()));
+        }
+        other => panic!("{other:?}"),
+    }
+    let bad = full.replace("file:/run/pin", "1234");
+    let e = load(&bad).unwrap_err().to_string();
+    assert!(e.contains("[PKCS11] PIN_SOURCE"), "{e}");
+    assert!(
+        !e.contains("1234\""),
+        "a PIN-like value is echoed only as the source: {e}"
+    );
+}
+
+#[test]
+fn environment_overrides_file() {
+    let c = load_env(
+        MINIMAL,
+        &[
+            ("PROV_AGENT_SETTINGS_IOT_ENDPOINT", "other.example"),
+            ("PROV_AGENT_PROVISIONING_PORT", "443"),
+            ("PROV_AGENT_TEMPLATE_PARAMETERS_SITE", "b"),
+            ("PROV_AGENT_PIN", "not an override"),
+            ("HOME", "/root"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.settings.iot_endpoint, "other.example");
+    assert_eq!(c.provisioning.port, 443);
+    assert_eq!(
+        c.template_parameters.get("SITE").map(String::as_str),
+        Some("b")
+    );
+
+    let e = load_env(MINIMAL, &[("PROV_AGENT_PROVISIONING_PORT", "x")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("environment PROV_AGENT_PROVISIONING_PORT"),
+        "{e}"
+    );
+    let e = load_env(MINIMAL, &[("PROV_AGENT_PROVISIONING_PROT", "1")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("PROV_AGENT_PROVISIONING_PROT"), "{e}");
+}
+
+#[test]
+fn template_parameters_pass_through_but_not_serial() {
+    let c = load(&format!(
+        "{MINIMAL}[TEMPLATE_PARAMETERS]\nSite = plant-1\nLine = 4\n"
+    ))
+    .unwrap();
+    assert_eq!(c.template_parameters.len(), 2);
+    assert_eq!(c.template_parameters["Site"], "plant-1");
+    let e = load(&format!(
+        "{MINIMAL}[TEMPLATE_PARAMETERS]\nSerialNumber = 1\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("SERIAL_NUMBER"), "{e}");
+}
+
+#[test]
+fn serial_is_never_an_empty_constant() {
+    let c = load(&format!(
+        "{MINIMAL}[PROVISIONING]\nSERIAL_NUMBER = GW-0042\n"
+    ))
+    .unwrap();
+    assert_eq!(c.provisioning.serial, SerialSource::Fixed("GW-0042".into()));
+    assert!(load(&format!("{MINIMAL}[PROVISIONING]\nSERIAL_NUMBER = a b\n")).is_err());
+}
+
+#[test]
+fn same_label_for_claim_and_device_is_refused() {
+    let e = load(&MINIMAL.replace("BACKEND = file", "BACKEND = file\nDEVICE_KEY = claim"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("must differ from CLAIM_KEY"), "{e}");
+}
+
+#[test]
+fn repository_sample_config_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.ini");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let c = Config::from_str_with_env(&path, &text, Vec::new()).unwrap();
+    assert_eq!(c.keystore.backend, Backend::Pkcs11);
+    assert_eq!(c.settings.production_template, "ProdTemplate");
+}
+
+#[test]
+fn configuration_doc_lists_every_key_with_its_default() {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md"),
+    )
+    .unwrap();
+    for (section, keys) in SCHEMA {
+        assert!(
+            doc.contains(&format!("[{section}]")),
+            "docs lack section [{section}]"
+        );
+        for (key, default) in *keys {
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{key}`")))
+                .unwrap_or_else(|| {
+                    panic!("docs/configuration.md lacks a row for [{section}] {key}")
+                });
+            if let Some(d) = default {
+                assert!(
+                    row.contains(&format!("`{d}`")),
+                    "row for {key} lacks default {d}: {row}"
+                );
+            }
+        }
+    }
+}
