@@ -194,7 +194,10 @@ pub struct Config {
 
 /// Every section and key the agent knows, with its default (`None`: no
 /// default). docs/configuration.md is checked against this table by a test.
-pub const SCHEMA: &[(&str, &[(&str, Option<&str>)])] = &[
+/// A key and its default (`None`: no default).
+pub type KeySpec = (&'static str, Option<&'static str>);
+
+pub const SCHEMA: &[(&str, &[KeySpec])] = &[
     (
         "SETTINGS",
         &[
@@ -425,7 +428,7 @@ fn schema_default(section: &str, key: &str) -> Option<&'static str> {
 
 /// "; did you mean X?" for a near miss (same letters ignoring case and
 /// separators, or one edit away).
-fn suggest(key: &str, keys: &[(&str, Option<&str>)]) -> String {
+fn suggest(key: &str, keys: &[KeySpec]) -> String {
     let norm = |s: &str| {
         s.chars()
             .filter(|c| c.is_ascii_alphanumeric())
