@@ -41,8 +41,9 @@ impl PrivateKeyMaterial {
     /// (`EC PRIVATE KEY`) or PKCS#1 (`RSA PRIVATE KEY`). Encrypted PKCS#8 is
     /// refused: decrypt it with the tool that made it first.
     pub fn from_pem(pem_text: &str) -> Result<Self> {
-        let block = pem::parse(pem_text.trim()).map_err(|e| KeyStoreError::BadPrivateKey {
-            detail: format!("PEM could not be parsed ({e})"),
+        // The parser's own message may quote bytes of the key: leave it out.
+        let block = pem::parse(pem_text.trim()).map_err(|_| KeyStoreError::BadPrivateKey {
+            detail: "PEM could not be parsed (no BEGIN/END block, or damaged base64)".into(),
         })?;
         let tag = block.tag().to_string();
         // Move the DER out of the PEM block so the only copy is wiped on drop.

@@ -2,5 +2,7 @@
 //! software TPM (swtpm) and its own SoftHSM token, and stops them on drop.
 #![allow(dead_code)]
 
+pub mod conformance;
+pub mod pki;
 pub mod softhsm;
 pub mod swtpm;
