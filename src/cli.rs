@@ -1,1 +1,78 @@
-//! Command-line interface (clap).
+//! Command-line interface (clap). PINs and other secrets are never taken
+//! from the command line: the config names where they come from.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "prov-agent",
+    version,
+    about = "Hardware-backed AWS IoT fleet provisioning and certificate rotation"
+)]
+pub struct Cli {
+    /// Configuration file [default: $PROV_AGENT_CONFIG, else /etc/prov-agent/config.ini]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage the shared bootstrap ("claim") credential.
+    #[command(subcommand)]
+    Claim(ClaimCommand),
+    /// Inspect the keys in the configured key store.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClaimCommand {
+    /// Move the claim private key into the configured key store and store
+    /// the claim certificate where CLAIM_CERT says.
+    Import(ClaimImport),
+    /// Make the claim key inside the hardware and write a CSR for it, for
+    /// factories whose own registered CA signs claim certificates.
+    Generate(ClaimGenerate),
+}
+
+#[derive(Debug, Args)]
+pub struct ClaimImport {
+    /// The claim certificate (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub cert: PathBuf,
+    /// The claim private key (PEM: PKCS#8, SEC1 or PKCS#1) [default: SECURE_KEY]
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Overwrite and remove the key file once the imported key has made a
+    /// signature that verifies with the certificate.
+    #[arg(long)]
+    pub shred: bool,
+    /// Replace a claim key that is already in the store.
+    #[arg(long)]
+    pub replace: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ClaimGenerate {
+    /// Where to write the CSR (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub csr: PathBuf,
+    /// Subject common name of the CSR.
+    #[arg(long, value_name = "CN", default_value = "prov-agent claim")]
+    pub subject: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// List the keys the agent holds in the key store.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod crypto;
 pub mod durable;

@@ -1,1 +1,74 @@
-fn main() {}
+//! The `prov-agent` binary: parse the command line, load the config, run
+//! the command, map errors to exit codes.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use prov_agent::cli::{ClaimCommand, Cli, Command, KeysCommand};
+use prov_agent::commands::{self, exit, CommandError};
+use prov_agent::config::{Config, DEFAULT_PATH, ENV_CONFIG};
+use prov_agent::keystore;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::CONFIG
+            } else {
+                exit::OK
+            });
+        }
+    };
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(e) => {
+            eprintln!("prov-agent: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PROV_AGENT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn run(cli: Cli) -> Result<(), CommandError> {
+    let path = cli
+        .config
+        .or_else(|| std::env::var_os(ENV_CONFIG).map(Into::into))
+        .unwrap_or_else(|| DEFAULT_PATH.into());
+    let config = Config::load(&path)?;
+    let store = keystore::open(&config.keystore.settings)?;
+    match cli.command {
+        Command::Claim(ClaimCommand::Import(args)) => {
+            let done = commands::claim::import(&config, &store, &args)?;
+            println!("claim key imported: {}", done.key.reference);
+            println!(
+                "claim certificate {} stored at {}",
+                done.certificate_id,
+                done.certificate_path.display()
+            );
+            if let Some(p) = done.shredded {
+                println!("key file {} overwritten and removed", p.display());
+            }
+        }
+        Command::Claim(ClaimCommand::Generate(args)) => {
+            let info = commands::claim::generate(&config, &store, &args)?;
+            println!("claim key generated: {}", info.reference);
+            println!("CSR written to {}", args.csr.display());
+        }
+        Command::Keys(KeysCommand::List { json }) => {
+            println!("{}", commands::keys::list(&store, json)?);
+        }
+    }
+    Ok(())
+}

@@ -13,8 +13,6 @@ pub const ALPN_AWS_IOT: &[u8] = b"x-amzn-mqtt-ca";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("certificate {what} is not valid PEM or holds no certificate: {detail}")]
-    BadCertificate { what: String, detail: String },
     #[error("the certificate's public key does not match key {label}: the certificate belongs to another key")]
     KeyMismatch { label: String },
     #[error("TLS configuration: {0}")]
@@ -128,29 +126,6 @@ impl Signer for HardwareSigner {
     fn scheme(&self) -> TlsScheme {
         self.tls
     }
-}
-
-/// Parses a PEM bundle into certificates, refusing an empty one.
-pub fn parse_certificates(
-    pem_text: &str,
-    what: &str,
-) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let blocks = pem::parse_many(pem_text).map_err(|e| TlsError::BadCertificate {
-        what: what.into(),
-        detail: e.to_string(),
-    })?;
-    let certs: Vec<_> = blocks
-        .into_iter()
-        .filter(|b| b.tag() == "CERTIFICATE")
-        .map(|b| CertificateDer::from(b.into_contents()))
-        .collect();
-    if certs.is_empty() {
-        return Err(TlsError::BadCertificate {
-            what: what.into(),
-            detail: "no CERTIFICATE block".into(),
-        });
-    }
-    Ok(certs)
 }
 
 /// A rustls client configuration (ring provider, TLS 1.2 and 1.3) that

@@ -275,7 +275,9 @@ impl SignatureScheme {
 }
 
 /// A public key as a DER `SubjectPublicKeyInfo`, with its algorithm.
-#[derive(Clone, PartialEq, Eq)]
+/// Two keys are equal when their algorithm and key bits are, whatever the
+/// encoding details of the algorithm identifier.
+#[derive(Clone)]
 pub struct PublicKey {
     algorithm: KeyAlgorithm,
     spki_der: Vec<u8>,
@@ -426,6 +428,14 @@ impl PublicKey {
             .map_err(|_| KeyStoreError::BadSignature)
     }
 }
+
+impl PartialEq for PublicKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.algorithm == other.algorithm && self.subject_public_key() == other.subject_public_key()
+    }
+}
+
+impl Eq for PublicKey {}
 
 impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -40,14 +40,25 @@ impl TestCa {
 
     /// A client certificate for the key-store key (its public half only).
     pub fn issue_client(&self, store: Arc<dyn KeyStore>, key: &KeyInfo) -> CertificateDer<'static> {
+        self.issue_for(
+            &HardwareCsrKey::new(store, key),
+            &format!("client {}", key.label),
+        )
+    }
+
+    /// A client certificate for any public key.
+    pub fn issue_for(
+        &self,
+        public: &impl rcgen::PublicKeyData,
+        cn: &str,
+    ) -> CertificateDer<'static> {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params
             .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("client {}", key.label));
+            .push(rcgen::DnType::CommonName, cn);
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        let public = HardwareCsrKey::new(store, key);
         params
-            .signed_by(&public, &self.issuer)
+            .signed_by(public, &self.issuer)
             .unwrap()
             .der()
             .clone()
@@ -180,4 +191,9 @@ pub fn openssl_verify_csr(dir: &Path, csr_pem: &str) -> String {
         .unwrap();
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// PEM of one DER certificate.
+pub fn cert_pem(der: &CertificateDer<'_>) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
 }

@@ -1,0 +1,176 @@
+//! `prov-agent claim import` and `prov-agent claim generate`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use super::CommandError;
+use crate::cli::{ClaimGenerate, ClaimImport};
+use crate::config::Config;
+use crate::crypto::{make_csr, Certificate};
+use crate::durable;
+use crate::keystore::{KeyInfo, KeyStore, KeyStoreError, PrivateKeyMaterial};
+
+/// What `claim import` did, for the caller to print.
+#[derive(Debug)]
+pub struct Imported {
+    pub key: KeyInfo,
+    pub certificate_id: String,
+    pub certificate_path: std::path::PathBuf,
+    pub shredded: Option<std::path::PathBuf>,
+}
+
+/// Imports the claim key into the store and stores the claim certificate.
+///
+/// Order matters: everything that can be checked is checked before the
+/// store changes (the PEM parses, the key is supported and matches the
+/// certificate); after the import a test signature must verify with the
+/// certificate's public key, else the imported key is deleted again. The
+/// key file is shredded only after all of that, and the certificate is
+/// written last.
+pub fn import(
+    config: &Config,
+    store: &Arc<dyn KeyStore>,
+    args: &ClaimImport,
+) -> Result<Imported, CommandError> {
+    let label = &config.keystore.claim_key;
+    let key_path = args
+        .key
+        .clone()
+        .or_else(|| config.settings.secure_key.clone())
+        .ok_or_else(|| {
+            CommandError::Input(
+                "no claim key file: give --key FILE or set [SETTINGS] SECURE_KEY".into(),
+            )
+        })?;
+
+    let cert_text = std::fs::read_to_string(&args.cert).map_err(CommandError::io(
+        "cannot read claim certificate",
+        &args.cert,
+    ))?;
+    let cert = Certificate::from_pem(&cert_text, &args.cert.display().to_string())
+        .map_err(|e| CommandError::Input(e.to_string()))?;
+
+    let key_text = Zeroizing::new(
+        std::fs::read_to_string(&key_path)
+            .map_err(CommandError::io("cannot read claim key", &key_path))?,
+    );
+    let material = PrivateKeyMaterial::from_pem(&key_text)
+        .map_err(|e| CommandError::Input(format!("{}: {e}", key_path.display())))?;
+    drop(key_text);
+    if material.public_key()? != *cert.public_key() {
+        return Err(CommandError::Input(format!(
+            "{} does not belong to certificate {}: their public keys differ; nothing was imported",
+            key_path.display(),
+            args.cert.display()
+        )));
+    }
+
+    if args.replace {
+        match store.delete(label) {
+            Ok(()) | Err(KeyStoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let info = store.import(label, &material).map_err(|e| match e {
+        KeyStoreError::AlreadyExists { .. } => CommandError::Input(format!(
+            "{e}. To replace the claim key run `prov-agent claim import --replace ...`"
+        )),
+        other => other.into(),
+    })?;
+    drop(material);
+
+    if let Err(e) = prove_key(store, &info, &cert) {
+        // Leave the store as it was before the command.
+        if let Err(cleanup) = store.delete(label) {
+            tracing::error!(key = %label, error = %cleanup, "could not remove the imported key after a failed check");
+        }
+        return Err(e);
+    }
+
+    let cert_path = config.settings.claim_cert.clone();
+    if let Some(dir) = cert_path.parent() {
+        durable::create_dir_all(dir).map_err(CommandError::io("cannot create directory", dir))?;
+    }
+    if !same_file(&args.cert, &cert_path) {
+        durable::write_file(&cert_path, cert.to_pem().as_bytes()).map_err(CommandError::io(
+            "cannot write claim certificate",
+            &cert_path,
+        ))?;
+    }
+
+    let shredded = if args.shred {
+        durable::shred(&key_path)
+            .map_err(CommandError::io("cannot shred claim key file", &key_path))?;
+        Some(key_path)
+    } else {
+        None
+    };
+    tracing::info!(key = %info.reference, certificate = %cert.id(), "claim key imported");
+    Ok(Imported {
+        key: info,
+        certificate_id: cert.id(),
+        certificate_path: cert_path,
+        shredded,
+    })
+}
+
+/// A signature made in the store verifies with the certificate's key.
+fn prove_key(
+    store: &Arc<dyn KeyStore>,
+    info: &KeyInfo,
+    cert: &Certificate,
+) -> Result<(), CommandError> {
+    let scheme = info.algorithm().default_scheme();
+    let challenge: [u8; 32] = rand::random();
+    let signature = store.sign(&info.label, scheme, &challenge)?;
+    cert.public_key()
+        .verify(scheme, &challenge, &signature)
+        .map_err(|_| {
+            CommandError::Other(format!(
+                "the imported key {} made a signature that does not verify with the claim \
+                 certificate; the import was undone",
+                info.reference
+            ))
+        })
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Makes the claim key in the hardware and writes a CSR for it.
+pub fn generate(
+    config: &Config,
+    store: &Arc<dyn KeyStore>,
+    args: &ClaimGenerate,
+) -> Result<KeyInfo, CommandError> {
+    if args.subject.is_empty() || args.subject.len() > 64 {
+        return Err(CommandError::Input(
+            "--subject must be 1 to 64 characters".into(),
+        ));
+    }
+    if args.csr.exists() {
+        return Err(CommandError::Input(format!(
+            "{} exists already: choose another --csr path or remove it",
+            args.csr.display()
+        )));
+    }
+    let label = &config.keystore.claim_key;
+    let info = store.generate(label, config.keystore.algorithm)?;
+    let result = make_csr(store.clone(), &info, &args.subject)
+        .map_err(|e| CommandError::Other(e.to_string()))
+        .and_then(|csr| {
+            durable::write_file(&args.csr, csr.as_bytes())
+                .map_err(CommandError::io("cannot write CSR", &args.csr))
+        });
+    if let Err(e) = result {
+        let _ = store.delete(label);
+        return Err(e);
+    }
+    Ok(info)
+}

@@ -1,0 +1,54 @@
+//! The subcommands. Each returns a [`CommandError`] that knows its exit
+//! code, so `main` stays a thin shell.
+
+pub mod claim;
+pub mod keys;
+
+use std::path::PathBuf;
+
+use crate::config::ConfigError;
+use crate::keystore::KeyStoreError;
+
+/// Exit codes, documented in the README.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const OTHER: u8 = 1;
+    pub const CONFIG: u8 = 2;
+    pub const REFUSED: u8 = 3;
+    pub const UNREACHABLE: u8 = 4;
+    pub const KEYSTORE: u8 = 5;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    KeyStore(#[from] KeyStoreError),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Input(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl CommandError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CommandError::Config(_) | CommandError::Input(_) => exit::CONFIG,
+            CommandError::KeyStore(_) => exit::KEYSTORE,
+            CommandError::Io { .. } | CommandError::Other(_) => exit::OTHER,
+        }
+    }
+
+    pub fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| CommandError::Io { what, path, source }
+    }
+}

@@ -1,0 +1,258 @@
+//! `prov-agent claim import|generate` and `keys list` as an operator runs
+//! them, on the file backend here; the hardware backends run the same flow
+//! in their own test files.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use common::pki::{cert_pem, openssl_verify_csr, TestCa};
+use prov_agent::keystore::{
+    file::FileKeyStore, FileSettings, KeyAlgorithm, KeyLabel, KeyStore, PublicKey, SignatureScheme,
+};
+
+struct Env {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.ini");
+        std::fs::write(
+            &config,
+            "[SETTINGS]\nSECURE_CERT_PATH = certs\nCLAIM_CERT = claim.pem.crt\n\
+             SECURE_KEY = claim.private.pem.key\nIOT_ENDPOINT = localhost\n\
+             PRODUCTION_TEMPLATE = ProdTemplate\n[AGENT]\nSTATE_DIR = state\n\
+             [KEYSTORE]\nBACKEND = file\n",
+        )
+        .unwrap();
+        Self { dir, config }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_prov-agent"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("PROV_AGENT_LOG")
+            .output()
+            .unwrap()
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn store(&self) -> Arc<dyn KeyStore> {
+        Arc::new(
+            FileKeyStore::open(&FileSettings {
+                key_dir: self.path("state/keys"),
+            })
+            .unwrap(),
+        )
+    }
+
+    /// A claim key and certificate as a CA would hand them out.
+    fn claim_files(&self, ca: &TestCa) -> (PathBuf, PathBuf, PublicKey) {
+        let (key_pem, spki) = common::conformance::software_key_pem(KeyAlgorithm::EcP256, "pkcs8");
+        let kp = rcgen::KeyPair::from_pem(&key_pem).unwrap();
+        let cert = ca.issue_for(&kp, "claim");
+        let key_path = self.path("delivered.key");
+        let cert_path = self.path("delivered.crt");
+        std::fs::write(&key_path, key_pem.as_bytes()).unwrap();
+        std::fs::write(&cert_path, cert_pem(&cert)).unwrap();
+        (
+            key_path,
+            cert_path,
+            PublicKey::from_spki_der(&spki).unwrap(),
+        )
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn import_with_shred_leaves_no_key_file_and_a_working_key() {
+    let env = Env::new();
+    let ca = TestCa::new();
+    let (key, cert, public) = env.claim_files(&ca);
+    let out = env.run(&[
+        "claim",
+        "import",
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--shred",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!key.exists(), "the key file is still there");
+    // The certificate now sits where CLAIM_CERT says.
+    let stored = std::fs::read_to_string(env.path("certs/claim.pem.crt")).unwrap();
+    assert_eq!(
+        stored.trim(),
+        std::fs::read_to_string(&cert).unwrap().trim()
+    );
+    // The key in the store signs, and the signature verifies with the
+    // delivered certificate's public key.
+    let store = env.store();
+    let label = KeyLabel::new("claim").unwrap();
+    let sig = store
+        .sign(&label, SignatureScheme::EcdsaSha256, b"hello")
+        .unwrap();
+    public
+        .verify(SignatureScheme::EcdsaSha256, b"hello", &sig)
+        .unwrap();
+    // The output names where the key lives and never prints key material.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("claim key imported: file:"), "{stdout}");
+    assert!(
+        !stdout.contains("PRIVATE KEY")
+            && !String::from_utf8_lossy(&out.stderr).contains("PRIVATE KEY")
+    );
+
+    // A second import is refused and says how to replace.
+    let (key2, cert2, _) = env.claim_files(&ca);
+    let out = env.run(&[
+        "claim",
+        "import",
+        "--cert",
+        cert2.to_str().unwrap(),
+        "--key",
+        key2.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--replace"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        key2.exists(),
+        "a refused import must not touch the key file"
+    );
+}
+
+#[test]
+fn key_that_does_not_match_the_certificate_changes_nothing() {
+    let env = Env::new();
+    let ca = TestCa::new();
+    let (key_a, _cert_a, _) = env.claim_files(&ca);
+    let key_a_copy = env.path("a.key");
+    std::fs::copy(&key_a, &key_a_copy).unwrap();
+    let (_key_b, cert_b, _) = env.claim_files(&ca);
+    let out = env.run(&[
+        "claim",
+        "import",
+        "--cert",
+        cert_b.to_str().unwrap(),
+        "--key",
+        key_a_copy.to_str().unwrap(),
+        "--shred",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("public keys differ"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        key_a_copy.exists(),
+        "the key file must survive a refused import"
+    );
+    assert!(
+        env.store().list().unwrap().is_empty(),
+        "nothing may be imported"
+    );
+    assert!(!env.path("certs/claim.pem.crt").exists());
+}
+
+#[test]
+fn a_pem_that_is_not_a_key_is_refused() {
+    let env = Env::new();
+    let ca = TestCa::new();
+    let (_key, cert, _) = env.claim_files(&ca);
+    let out = env.run(&[
+        "claim",
+        "import",
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        cert.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a private key"),
+        "{}",
+        text(&out)
+    );
+    assert!(env.store().list().unwrap().is_empty());
+}
+
+#[test]
+fn generate_writes_a_csr_for_the_stored_key() {
+    let env = Env::new();
+    let csr = env.path("claim.csr");
+    let out = env.run(&[
+        "claim",
+        "generate",
+        "--csr",
+        csr.to_str().unwrap(),
+        "--subject",
+        "factory-7",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let csr_pem = std::fs::read_to_string(&csr).unwrap();
+    let openssl_pub = openssl_verify_csr(env.dir.path(), &csr_pem);
+    let from_csr =
+        PublicKey::from_spki_der(pem::parse(openssl_pub.trim()).unwrap().contents()).unwrap();
+    let stored = env.store().info(&KeyLabel::new("claim").unwrap()).unwrap();
+    assert_eq!(from_csr, stored.public_key);
+
+    let out = env.run(&["keys", "list", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["label"], "claim");
+    assert_eq!(rows[0]["algorithm"], "ec-p256");
+    assert_eq!(rows[0]["publicKeySha256"], stored.public_key.fingerprint());
+}
+
+#[test]
+fn bad_config_exits_2_naming_file_line_and_key() {
+    let env = Env::new();
+    let mut cfg = std::fs::read_to_string(&env.config).unwrap();
+    cfg.push_str("KEY_ALGORTHM = ec-p256\n");
+    std::fs::write(&env.config, cfg).unwrap();
+    let out = env.run(&["keys", "list"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:11", env.config.display())),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("KEY_ALGORTHM") && stderr.contains("did you mean KEY_ALGORITHM"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn missing_config_file_says_how_to_point_at_one() {
+    let out = Command::new(env!("CARGO_BIN_EXE_prov-agent"))
+        .args(["--config", "/nonexistent/prov-agent.ini", "keys", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
+}
