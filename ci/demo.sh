@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# prov-agent demo: installs what is missing, builds, makes a fresh SoftHSM
+# token (or, with --backend tpm, starts a swtpm), imports a claim key into it
+# and shows where the key lives. Everything runs in a temp dir and is
+# stopped and removed at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+backend=pkcs11
+while (($#)); do
+  case $1 in
+    --backend) backend=${2:?--backend needs tpm or pkcs11}; shift 2 ;;
+    --backend=*) backend=${1#*=}; shift ;;
+    -h|--help) echo "usage: ci/demo.sh [--backend pkcs11|tpm]"; exit 0 ;;
+    *) echo "ci/demo.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+[[ $backend == pkcs11 || $backend == tpm ]] || { echo "ci/demo.sh: --backend is pkcs11 or tpm" >&2; exit 2; }
+
+ci/install-deps.sh
+echo "== building prov-agent"
+cargo build --quiet --bin prov-agent
+agent=$root/target/debug/prov-agent
+
+work=$(mktemp -d -t prov-agent-demo.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+mkdir -p "$work/certs" "$work/state"
+chmod 700 "$work"
+
+echo "== a claim certificate and key, as a factory CA would hand them out"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+  -subj "/CN=demo claim CA" -keyout "$work/ca.key" -out "$work/certs/root-ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+  -subj "/CN=demo claim" -keyout "$work/claim.private.pem.key" -out "$work/claim.csr" 2>/dev/null
+openssl x509 -req -in "$work/claim.csr" -CA "$work/certs/root-ca.pem" -CAkey "$work/ca.key" \
+  -CAcreateserial -days 30 -out "$work/claim.pem.crt" 2>/dev/null
+
+cat > "$work/config.ini" <<INI
+[SETTINGS]
+SECURE_CERT_PATH = certs
+ROOT_CERT = root-ca.pem
+CLAIM_CERT = claim.pem.crt
+IOT_ENDPOINT = localhost
+PRODUCTION_TEMPLATE = ProdTemplate
+CERT_ROTATION_TEMPLATE = RotationTemplate
+[AGENT]
+STATE_DIR = state
+INI
+
+if [[ $backend == pkcs11 ]]; then
+  echo "== a fresh SoftHSM token"
+  mkdir -m 700 "$work/tokens"
+  printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$work/tokens" > "$work/softhsm2.conf"
+  export SOFTHSM2_CONF=$work/softhsm2.conf
+  umask 077
+  pin=$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
+  printf '%s\n' "$pin" > "$work/pin"
+  softhsm2-util --init-token --free --label prov-agent-demo --so-pin "$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')" --pin "$pin" >/dev/null
+  cat >> "$work/config.ini" <<INI
+[KEYSTORE]
+BACKEND = pkcs11
+[PKCS11]
+MODULE = /usr/lib/softhsm/libsofthsm2.so
+TOKEN_LABEL = prov-agent-demo
+PIN_SOURCE = file:$work/pin
+INI
+else
+  echo "== a fresh swtpm"
+  mkdir -m 700 "$work/tpmstate"
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  swtpm socket --tpm2 --tpmstate dir="$work/tpmstate" --server type=tcp,port="$port",bindaddr=127.0.0.1 \
+    --ctrl type=tcp,port=$((port + 1)),bindaddr=127.0.0.1 --flags not-need-init,startup-clear &
+  pids+=($!)
+  for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+  cat >> "$work/config.ini" <<INI
+[KEYSTORE]
+BACKEND = tpm
+[TPM]
+TCTI = swtpm:host=127.0.0.1,port=$port
+INI
+fi
+
+echo "== prov-agent claim import --shred"
+"$agent" --config "$work/config.ini" claim import --cert "$work/claim.pem.crt" --key "$work/claim.private.pem.key" --shred
+[[ ! -e $work/claim.private.pem.key ]] && echo "the PEM key file is gone; the key lives only in the $backend store"
+
+echo "== prov-agent keys list"
+"$agent" --config "$work/config.ini" keys list
+
+echo "== demo done"
