@@ -13,3 +13,4 @@ pub mod config;
 pub mod crypto;
 pub mod durable;
 pub mod keystore;
+pub mod mqtt;

@@ -1,0 +1,42 @@
+//! JSON and CBOR bodies of the `$aws` APIs. Both carry the same keys; CBOR
+//! maps have text keys.
+
+use crate::config::PayloadFormat;
+
+pub fn encode(format: PayloadFormat, value: &serde_json::Value) -> Vec<u8> {
+    match format {
+        PayloadFormat::Json => serde_json::to_vec(value).expect("a JSON value serialises"),
+        PayloadFormat::Cbor => {
+            let mut out = Vec::new();
+            ciborium::into_writer(value, &mut out).expect("a JSON value serialises as CBOR");
+            out
+        }
+    }
+}
+
+pub fn decode(format: PayloadFormat, bytes: &[u8]) -> Result<serde_json::Value, String> {
+    match format {
+        PayloadFormat::Json => {
+            serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))
+        }
+        PayloadFormat::Cbor => {
+            ciborium::from_reader(bytes).map_err(|e| format!("invalid CBOR: {e}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_in_both_formats() {
+        let v = serde_json::json!({"certificateOwnershipToken": "t", "parameters": {"SerialNumber": "1"}});
+        for f in [PayloadFormat::Json, PayloadFormat::Cbor] {
+            assert_eq!(decode(f, &encode(f, &v)).unwrap(), v);
+        }
+        // CBOR is not JSON: the formats are not interchangeable.
+        assert!(decode(PayloadFormat::Json, &encode(PayloadFormat::Cbor, &v)).is_err());
+        assert!(decode(PayloadFormat::Cbor, b"\xff\x00").is_err());
+    }
+}
