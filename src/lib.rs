@@ -14,3 +14,4 @@ pub mod crypto;
 pub mod durable;
 pub mod keystore;
 pub mod mqtt;
+pub mod provision;

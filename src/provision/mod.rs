@@ -1,0 +1,3 @@
+//! Enrollment and rotation: the journal, the flows, the credential commit.
+
+pub mod journal;
