@@ -34,12 +34,18 @@ use serde_json::{Map, Value};
 /// The only policy language version AWS IoT accepts.
 pub const POLICY_VERSION: &str = "2012-10-17";
 
+/// Largest policy document AWS IoT accepts, in characters other than white space.
+pub const MAX_POLICY_CHARS: usize = 2048;
+
 /// Why a policy document was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
     /// The text is not JSON.
     #[error("policy document is not valid JSON: {0}")]
     Json(String),
+    /// Longer than [`MAX_POLICY_CHARS`] without its white space.
+    #[error("policy document is {size} characters long without white space; the limit is {MAX_POLICY_CHARS}")]
+    TooLarge { size: usize },
     /// The JSON does not follow the policy grammar; `path` names the element.
     #[error("policy document {path}: {message}")]
     Invalid { path: String, message: String },
@@ -141,6 +147,11 @@ pub struct PolicyDocument {
 impl PolicyDocument {
     /// Parses and validates a policy document.
     pub fn parse(json: &str) -> Result<Self, PolicyError> {
+        // AWS IoT's quota: 2048 characters, white space excluded.
+        let size = json.chars().filter(|c| !c.is_whitespace()).count();
+        if size > MAX_POLICY_CHARS {
+            return Err(PolicyError::TooLarge { size });
+        }
         let value: Value =
             serde_json::from_str(json).map_err(|e| PolicyError::Json(e.to_string()))?;
         let root = value

@@ -425,6 +425,17 @@ fn parse_sub(s: &str, path: &str) -> Result<Vec<SubPart>, TemplateError> {
     Ok(parts)
 }
 
+/// Checks an expression that must give a list: a literal list or a function.
+fn check_list_expr(v: &Value, path: &str, scope: &Scope) -> Result<(), TemplateError> {
+    match v {
+        Value::Array(_) | Value::Object(_) => check_expr(v, path, scope),
+        other => Err(TemplateError::invalid(
+            path,
+            format!("expected a list, found {}", type_name(other)),
+        )),
+    }
+}
+
 /// Checks an expression that must give a string or a list.
 fn check_expr(v: &Value, path: &str, scope: &Scope) -> Result<(), TemplateError> {
     match v {
@@ -453,7 +464,7 @@ fn check_expr(v: &Value, path: &str, scope: &Scope) -> Result<(), TemplateError>
                 "Fn::Join" => {
                     let a = args(arg, 2, function, "[delimiter, [values]]", &fpath)?;
                     check_expr(&a[0], &format!("{fpath}[0]"), scope)?;
-                    check_expr(&a[1], &format!("{fpath}[1]"), scope)
+                    check_list_expr(&a[1], &format!("{fpath}[1]"), scope)
                 }
                 "Fn::Select" => {
                     let a = args(arg, 2, function, "[index, [values]]", &fpath)?;
@@ -472,7 +483,7 @@ fn check_expr(v: &Value, path: &str, scope: &Scope) -> Result<(), TemplateError>
                         }
                         other => check_expr(other, &format!("{fpath}[0]"), scope)?,
                     }
-                    check_expr(&a[1], &format!("{fpath}[1]"), scope)
+                    check_list_expr(&a[1], &format!("{fpath}[1]"), scope)
                 }
                 "Fn::Split" => {
                     let a = args(arg, 2, function, "[delimiter, string]", &fpath)?;

@@ -169,6 +169,17 @@ fn parse_rejects_with_a_message_naming_the_problem() {
             "Statement.Principal: unknown statement key",
         ),
     ];
+    let big = s(&format!(
+        r#"{{"Effect": "Allow", "Action": "*", "Resource": ["arn:aws:iot:*:*:topic/{}"]}}"#,
+        "x".repeat(2048)
+    ));
+    let cases: Vec<(String, &str)> = cases
+        .into_iter()
+        .chain([(
+            big,
+            "characters long without white space; the limit is 2048",
+        )])
+        .collect();
     for (json, want) in cases {
         let err = PolicyDocument::parse(&json).expect_err(&json);
         assert!(
@@ -177,6 +188,26 @@ fn parse_rejects_with_a_message_naming_the_problem() {
         );
         assert_eq!(err.error_code(), "MalformedPolicyException");
     }
+}
+
+#[test]
+fn size_limit_ignores_white_space() {
+    let body = |pad: usize| {
+        let stmt = r#"{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"*","Resource":"arn:aws:iot:*:*:topic/"}}"#;
+        let name = "x".repeat(pad - stmt.len());
+        stmt.replace("topic/", &format!("topic/{name}"))
+    };
+    let exact = body(2048);
+    let spaced = exact.replace(',', " ,\n   ");
+    assert!(PolicyDocument::parse(&exact).is_ok());
+    assert!(
+        PolicyDocument::parse(&spaced).is_ok(),
+        "white space does not count"
+    );
+    assert!(matches!(
+        PolicyDocument::parse(&body(2049)),
+        Err(iotcore_emulator::policy::PolicyError::TooLarge { size: 2049 })
+    ));
 }
 
 #[test]

@@ -171,6 +171,14 @@ fn parse_rejects_with_the_path_and_the_reason() {
             "Fn::Join takes [delimiter, [values]]",
         ),
         (
+            json!({"Fn::Join": ["-", "notalist"]}),
+            "DeviceConfiguration.out.Fn::Join[1]: expected a list, found a string",
+        ),
+        (
+            json!({"Fn::Select": [0, 7]}),
+            "Fn::Select[1]: expected a list, found a number",
+        ),
+        (
             json!({"Fn::Select": ["x", ["a"]]}),
             "is not a non-negative integer",
         ),
@@ -266,9 +274,9 @@ fn evaluation_errors() {
         ),
         (json!(["a", "b"]), "pv", "expected a string, found a list"),
         (
-            json!({"Fn::Join": ["-", "notalist"]}),
+            json!({"Fn::Join": ["-", {"Ref": "P"}]}),
             "pv",
-            "expected a list, found a string",
+            "Fn::Join[1]: expected a list, found a string",
         ),
         (
             json!({"Fn::Join": [["x"], ["a"]]}),
