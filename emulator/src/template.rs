@@ -29,6 +29,10 @@
 //!   response) succeeds. `REPLACE` replaces with what the template gives, an
 //!   empty map, list or no type included. `MERGE` on attributes: the template's
 //!   value wins for a key present in both; on groups: union, existing first.
+//! - A `PolicyDocument` given as an object is taken literally (functions
+//!   inside it are not evaluated); to put template values into a document, give
+//!   it as `Fn::Sub` over the document's text. Either way the document must pass
+//!   [`PolicyDocument::parse`].
 //! - Names are checked against the registry's patterns at evaluation: thing,
 //!   thing type, group and billing group names `[a-zA-Z0-9:_-]{1,128}`.
 
@@ -311,6 +315,10 @@ impl Scope<'_> {
             Some(None) => Err(TemplateError::invalid(
                 path,
                 format!("resource {name} has no PolicyName, so it cannot be referred to"),
+            )),
+            None if name.starts_with("iot:") => Err(TemplateError::invalid(
+                path,
+                format!("{name} is a policy variable, not a template name: write ${{!{name}}} in Fn::Sub to keep it literal"),
             )),
             None => Err(TemplateError::invalid(
                 path,

@@ -215,6 +215,10 @@ fn parse_rejects_with_the_path_and_the_reason() {
             "Unknown is neither a declared parameter",
         ),
         (
+            json!({"Fn::Sub": "topic/${iot:ClientId}"}),
+            "iot:ClientId is a policy variable, not a template name: write ${!iot:ClientId}",
+        ),
+        (
             json!({"Fn::Sub": "${thing.Arn}"}),
             "attribute references are not supported",
         ),
