@@ -1,0 +1,792 @@
+//! The IoT policy engine, table-driven: parsing, matching, variables, and the
+//! repository's own policies against realistic requests.
+
+use iotcore_emulator::policy::{is_allowed, resource_arn, Action, PolicyDocument, RequestContext};
+
+const REGION: &str = "us-east-1";
+const ACCOUNT: &str = "123456789012";
+
+fn subject() -> Vec<(String, String)> {
+    vec![
+        ("CommonName".to_string(), "dev1".to_string()),
+        ("Organization".to_string(), "Acme".to_string()),
+        ("Country".to_string(), "DE".to_string()),
+        ("Organization".to_string(), "Second".to_string()),
+    ]
+}
+
+fn issuer() -> Vec<(String, String)> {
+    vec![("CommonName".to_string(), "Acme Root".to_string())]
+}
+
+fn ctx<'a>(
+    client_id: &'a str,
+    thing_name: Option<&'a str>,
+    subject: &'a [(String, String)],
+    issuer: &'a [(String, String)],
+) -> RequestContext<'a> {
+    RequestContext {
+        region: REGION,
+        account: ACCOUNT,
+        client_id,
+        thing_name,
+        cert_subject: subject,
+        cert_issuer: issuer,
+        certificate_id: Some("c0ffee"),
+    }
+}
+
+fn policy(statements: &str) -> PolicyDocument {
+    let json = format!(r#"{{"Version": "2012-10-17", "Statement": {statements}}}"#);
+    PolicyDocument::parse(&json).unwrap_or_else(|e| panic!("{json}: {e}"))
+}
+
+fn allow(action: &str, resource: &str) -> String {
+    format!(r#"{{"Effect": "Allow", "Action": "{action}", "Resource": "{resource}"}}"#)
+}
+
+fn repo_policy(name: &str) -> PolicyDocument {
+    let path = format!("{}/../policies/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    PolicyDocument::parse(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[test]
+fn resource_arns_per_action() {
+    let (s, i) = (subject(), issuer());
+    let c = ctx("dev1", None, &s, &i);
+    let cases = [
+        (
+            Action::Connect,
+            "dev1",
+            "arn:aws:iot:us-east-1:123456789012:client/dev1",
+        ),
+        (
+            Action::Publish,
+            "a/b",
+            "arn:aws:iot:us-east-1:123456789012:topic/a/b",
+        ),
+        (
+            Action::Receive,
+            "a/b",
+            "arn:aws:iot:us-east-1:123456789012:topic/a/b",
+        ),
+        (
+            Action::RetainPublish,
+            "a/b",
+            "arn:aws:iot:us-east-1:123456789012:topic/a/b",
+        ),
+        (
+            Action::Subscribe,
+            "a/+/#",
+            "arn:aws:iot:us-east-1:123456789012:topicfilter/a/+/#",
+        ),
+    ];
+    for (action, name, want) in cases {
+        assert_eq!(resource_arn(&c, action, name), want, "{action}");
+    }
+}
+
+#[test]
+fn parse_accepts_valid_grammar() {
+    let cases = [
+        // Statement as an object, Action and Resource as strings.
+        r#"{"Version": "2012-10-17", "Statement": {"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"}}"#,
+        // Lists, Sid, Id, NotResource, other services' actions.
+        r#"{"Version": "2012-10-17", "Id": "x", "Statement": [
+            {"Sid": "a", "Effect": "Deny", "Action": ["iot:Publish", "greengrass:*"], "NotResource": ["arn:aws:iot:*:*:topic/a"]},
+            {"Effect": "Allow", "Action": "*", "Resource": ["*", "arn:aws:iot:us-east-1:1:client/${iot:ClientId}"]}]}"#,
+    ];
+    for json in cases {
+        assert!(PolicyDocument::parse(json).is_ok(), "{json}");
+    }
+}
+
+#[test]
+fn parse_rejects_with_a_message_naming_the_problem() {
+    let s = |stmt: &str| format!(r#"{{"Version": "2012-10-17", "Statement": {stmt}}}"#);
+    let cases: Vec<(String, &str)> = vec![
+        ("not json".into(), "not valid JSON"),
+        ("[]".into(), "must be a JSON object"),
+        (r#"{"Statement": []}"#.into(), "Version: is required"),
+        (
+            r#"{"Version": "2008-10-17", "Statement": {"Effect": "Allow", "Action": "*", "Resource": "*"}}"#.into(),
+            "Version: must be \"2012-10-17\"",
+        ),
+        (r#"{"Version": "2012-10-17"}"#.into(), "Statement: is required"),
+        (s("[]"), "Statement: must not be empty"),
+        (s("\"x\""), "must be an object or a list"),
+        (s("[1]"), "Statement[0]: must be an object"),
+        (
+            r#"{"Version": "2012-10-17", "Extra": 1, "Statement": []}"#.into(),
+            "Extra: unknown top-level key",
+        ),
+        (s(r#"{"Action": "*", "Resource": "*"}"#), "Statement.Effect: is required"),
+        (
+            s(r#"{"Effect": "allow", "Action": "*", "Resource": "*"}"#),
+            "must be \"Allow\" or \"Deny\"",
+        ),
+        (s(r#"{"Effect": "Allow", "Resource": "*"}"#), "Statement.Action: is required"),
+        (
+            s(r#"{"Effect": "Allow", "Action": [], "Resource": "*"}"#),
+            "Action: must not be empty",
+        ),
+        (
+            s(r#"{"Effect": "Allow", "Action": 3, "Resource": "*"}"#),
+            "must be a string or a list of strings",
+        ),
+        (
+            s(r#"{"Effect": "Allow", "Action": ["iot:Publish", 3], "Resource": "*"}"#),
+            "Action[1]: must be a string",
+        ),
+        (
+            s(r#"{"Effect": "Allow", "Action": "Publish", "Resource": "*"}"#),
+            "not an action name",
+        ),
+        (s(r#"{"Effect": "Allow", "Action": "*"}"#), "needs a Resource or a NotResource"),
+        (
+            s(r#"{"Effect": "Allow", "Action": "*", "Resource": "*", "NotResource": "*"}"#),
+            "both Resource and NotResource",
+        ),
+        (
+            s(r#"{"Effect": "Allow", "Action": "*", "Resource": "topic/a"}"#),
+            "must be \"*\" or an ARN",
+        ),
+        (
+            s(r#"{"Effect": "Allow", "Action": "*", "Resource": "arn:aws:iot:*:*:client/${iot:ClientId"}"#),
+            "unterminated policy variable",
+        ),
+        (
+            s(r#"{"Effect": "Allow", "Action": "*", "Resource": "*", "Condition": {"Bool": {"iot:Connection.Thing.IsAttached": "true"}}}"#),
+            "Condition is not supported by the emulator",
+        ),
+        (
+            s(r#"{"Effect": "Allow", "NotAction": "iot:Publish", "Resource": "*"}"#),
+            "NotAction is not supported",
+        ),
+        (
+            s(r#"{"Effect": "Allow", "Principal": "*", "Action": "*", "Resource": "*"}"#),
+            "Statement.Principal: unknown statement key",
+        ),
+    ];
+    let big = s(&format!(
+        r#"{{"Effect": "Allow", "Action": "*", "Resource": ["arn:aws:iot:*:*:topic/{}"]}}"#,
+        "x".repeat(2048)
+    ));
+    let cases: Vec<(String, &str)> = cases
+        .into_iter()
+        .chain([(
+            big,
+            "characters long without white space; the limit is 2048",
+        )])
+        .collect();
+    for (json, want) in cases {
+        let err = PolicyDocument::parse(&json).expect_err(&json);
+        assert!(
+            err.to_string().contains(want),
+            "{json}: got {err}, want {want:?}"
+        );
+        assert_eq!(err.error_code(), "MalformedPolicyException");
+    }
+}
+
+#[test]
+fn size_limit_ignores_white_space() {
+    let body = |pad: usize| {
+        let stmt = r#"{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"*","Resource":"arn:aws:iot:*:*:topic/"}}"#;
+        let name = "x".repeat(pad - stmt.len());
+        stmt.replace("topic/", &format!("topic/{name}"))
+    };
+    let exact = body(2048);
+    let spaced = exact.replace(',', " ,\n   ");
+    assert!(PolicyDocument::parse(&exact).is_ok());
+    assert!(
+        PolicyDocument::parse(&spaced).is_ok(),
+        "white space does not count"
+    );
+    assert!(matches!(
+        PolicyDocument::parse(&body(2049)),
+        Err(iotcore_emulator::policy::PolicyError::TooLarge { size: 2049 })
+    ));
+}
+
+#[test]
+fn action_matching() {
+    let (s, i) = (subject(), issuer());
+    let c = ctx("dev1", None, &s, &i);
+    // (action pattern, request action, allowed)
+    let cases = [
+        ("iot:*", Action::Connect, true),
+        ("iot:*", Action::RetainPublish, true),
+        ("*", Action::Subscribe, true),
+        ("iot:Publish", Action::Publish, true),
+        ("iot:Publish", Action::Receive, false),
+        ("iot:Publish", Action::RetainPublish, false),
+        ("iot:Pub*", Action::Publish, true),
+        ("iot:Pub*", Action::Subscribe, false),
+        ("iot:*Publish", Action::RetainPublish, true),
+        ("iot:Receiv?", Action::Receive, true),
+        ("iot:publish", Action::Publish, true), // action names are case-insensitive
+        ("greengrass:*", Action::Publish, false),
+        ("iot:GetThingShadow", Action::Publish, false),
+    ];
+    for (pattern, action, want) in cases {
+        let p = policy(&format!("[{}]", allow(pattern, "*")));
+        assert_eq!(
+            is_allowed(&[p], action, "x", &c),
+            want,
+            "{pattern} vs {action}"
+        );
+    }
+}
+
+#[test]
+fn resource_wildcards() {
+    let (s, i) = (subject(), issuer());
+    let c = ctx("dev1", None, &s, &i);
+    // (resource pattern, action, name, allowed)
+    let cases = [
+        ("*", Action::Publish, "any/thing", true),
+        (
+            "arn:aws:iot:*:*:topic/a/*",
+            Action::Publish,
+            "a/b/c/d",
+            true,
+        ), // * spans /
+        ("arn:aws:iot:*:*:topic/a/*", Action::Publish, "b/a", false),
+        ("arn:aws:iot:*:*:topic/a/*", Action::Subscribe, "a/b", false), // topic != topicfilter
+        ("arn:aws:iot:*:*:topic/a/?", Action::Publish, "a/b", true),
+        ("arn:aws:iot:*:*:topic/a/?", Action::Publish, "a/bc", false),
+        ("arn:aws:iot:*:*:topic/a/?", Action::Publish, "a/", false),
+        (
+            "arn:aws:iot:*:*:topicfilter/a/+/b",
+            Action::Subscribe,
+            "a/+/b",
+            true,
+        ),
+        (
+            "arn:aws:iot:*:*:topicfilter/a/+/b",
+            Action::Subscribe,
+            "a/x/b",
+            false,
+        ),
+        (
+            "arn:aws:iot:*:*:topicfilter/a/#",
+            Action::Subscribe,
+            "a/#",
+            true,
+        ),
+        (
+            "arn:aws:iot:*:*:topicfilter/a/#",
+            Action::Subscribe,
+            "a/b",
+            false,
+        ),
+        ("arn:aws:iot:*:*:topic/a/#", Action::Publish, "a/b", false),
+        (
+            "arn:aws:iot:*:*:topicfilter/a/*",
+            Action::Subscribe,
+            "a/#",
+            true,
+        ),
+        (
+            "arn:aws:iot:*:*:topic/Sensors",
+            Action::Publish,
+            "sensors",
+            false,
+        ), // case-sensitive
+        (
+            "arn:aws:iot:us-east-1:123456789012:topic/x",
+            Action::Publish,
+            "x",
+            true,
+        ),
+        (
+            "arn:aws:iot:eu-west-1:123456789012:topic/x",
+            Action::Publish,
+            "x",
+            false,
+        ),
+        (
+            "arn:aws:iot:us-east-1:999999999999:topic/x",
+            Action::Publish,
+            "x",
+            false,
+        ),
+        (
+            "arn:aws:iot:us-east-1:123456789012:client/dev?",
+            Action::Connect,
+            "dev1",
+            true,
+        ),
+        (
+            "arn:aws:iot:us-east-1:123456789012:client/dev?",
+            Action::Connect,
+            "dev12",
+            false,
+        ),
+        ("arn:aws:iot:*:*:topic/${*}", Action::Publish, "*", true), // escaped literal *
+        ("arn:aws:iot:*:*:topic/${*}", Action::Publish, "ab", false),
+    ];
+    for (resource, action, name, want) in cases {
+        let p = policy(&format!("[{}]", allow("iot:*", resource)));
+        assert_eq!(
+            is_allowed(&[p], action, name, &c),
+            want,
+            "{resource} vs {action} {name}"
+        );
+    }
+}
+
+#[test]
+fn policy_variables() {
+    let (s, i) = (subject(), issuer());
+    let empty: Vec<(String, String)> = Vec::new();
+    let with_thing = ctx("dev1", Some("dev1"), &s, &i);
+    let no_thing = ctx("dev1", None, &s, &i);
+    let no_fields = ctx("dev1", None, &empty, &empty);
+    let no_cert_id = RequestContext {
+        certificate_id: None,
+        ..no_thing
+    };
+    let star_client = ctx("a*", None, &s, &i);
+    // (resource with variables, context, topic, allowed)
+    let cases: Vec<(&str, RequestContext, &str, bool)> = vec![
+        ("topic/${iot:ClientId}/x", no_thing, "dev1/x", true),
+        ("topic/${iot:ClientId}/x", no_thing, "dev2/x", false),
+        // A substituted value is literal: client id "a*" does not grant "abc".
+        ("topic/${iot:ClientId}", star_client, "abc", false),
+        ("topic/${iot:ClientId}", star_client, "a*", true),
+        (
+            "topic/${iot:Connection.Thing.ThingName}",
+            with_thing,
+            "dev1",
+            true,
+        ),
+        (
+            "topic/${iot:Connection.Thing.ThingName}",
+            with_thing,
+            "dev2",
+            false,
+        ),
+        (
+            "topic/${iot:Connection.Thing.ThingName}",
+            no_thing,
+            "dev1",
+            false,
+        ),
+        (
+            "topic/attached/${iot:Connection.Thing.IsAttached}",
+            with_thing,
+            "attached/true",
+            true,
+        ),
+        (
+            "topic/attached/${iot:Connection.Thing.IsAttached}",
+            no_thing,
+            "attached/false",
+            true,
+        ),
+        (
+            "topic/attached/${iot:Connection.Thing.IsAttached}",
+            no_thing,
+            "attached/true",
+            false,
+        ),
+        (
+            "topic/cn/${iot:Certificate.Subject.CommonName}",
+            no_thing,
+            "cn/dev1",
+            true,
+        ),
+        (
+            "topic/cn/${iot:Certificate.Subject.CommonName}",
+            no_fields,
+            "cn/dev1",
+            false,
+        ),
+        (
+            "topic/o/${iot:Certificate.Subject.Organization}",
+            no_thing,
+            "o/Acme",
+            true,
+        ),
+        (
+            "topic/o/${iot:Certificate.Subject.Organization}",
+            no_thing,
+            "o/Second",
+            false,
+        ),
+        (
+            "topic/c/${iot:Certificate.Subject.Country}",
+            no_thing,
+            "c/DE",
+            true,
+        ),
+        (
+            "topic/i/${iot:Certificate.Issuer.CommonName}",
+            no_thing,
+            "i/Acme Root",
+            true,
+        ),
+        (
+            "topic/i/${iot:Certificate.Issuer.Organization}",
+            no_thing,
+            "i/Acme",
+            false,
+        ),
+        ("topic/id/${iot:CertificateId}", no_thing, "id/c0ffee", true),
+        (
+            "topic/id/${iot:CertificateId}",
+            no_cert_id,
+            "id/c0ffee",
+            false,
+        ),
+        // Unknown variables have no value, even with a wildcard next to them.
+        (
+            "topic/${iot:Connection.Thing.ThingTypeName}*",
+            with_thing,
+            "x",
+            false,
+        ),
+    ];
+    for (resource, c, topic, want) in cases {
+        let p = policy(&format!(
+            "[{}]",
+            allow("iot:Publish", &format!("arn:aws:iot:*:*:{resource}"))
+        ));
+        assert_eq!(
+            is_allowed(&[p], Action::Publish, topic, &c),
+            want,
+            "{resource} with client {} thing {:?} on {topic}",
+            c.client_id,
+            c.thing_name
+        );
+    }
+}
+
+#[test]
+fn unresolved_variable_skips_only_that_resource() {
+    let (s, i) = (subject(), issuer());
+    let c = ctx("dev1", None, &s, &i);
+    let p = policy(
+        r#"[{"Effect": "Allow", "Action": "iot:Publish", "Resource": [
+            "arn:aws:iot:*:*:topic/${iot:Connection.Thing.ThingName}", "arn:aws:iot:*:*:topic/open"]}]"#,
+    );
+    assert!(is_allowed(
+        std::slice::from_ref(&p),
+        Action::Publish,
+        "open",
+        &c
+    ));
+    assert!(!is_allowed(&[p], Action::Publish, "dev1", &c));
+}
+
+#[test]
+fn deny_wins_and_default_deny() {
+    let (s, i) = (subject(), issuer());
+    let c = ctx("dev1", None, &s, &i);
+    let allow_all = policy(&format!("[{}]", allow("iot:*", "*")));
+    let deny_secret = policy(
+        r#"{"Effect": "Deny", "Action": "iot:Publish", "Resource": "arn:aws:iot:*:*:topic/secret/*"}"#,
+    );
+    let both_in_one = policy(&format!(
+        r#"[{}, {{"Effect": "Deny", "Action": "iot:*", "Resource": "arn:aws:iot:*:*:topic/secret/*"}}]"#,
+        allow("iot:Publish", "*")
+    ));
+    let cases: Vec<(Vec<PolicyDocument>, Action, &str, bool)> = vec![
+        (vec![], Action::Connect, "dev1", false),
+        (vec![deny_secret.clone()], Action::Publish, "public", false),
+        (vec![allow_all.clone()], Action::Publish, "secret/x", true),
+        (
+            vec![allow_all.clone(), deny_secret.clone()],
+            Action::Publish,
+            "secret/x",
+            false,
+        ),
+        (
+            vec![deny_secret.clone(), allow_all.clone()],
+            Action::Publish,
+            "secret/x",
+            false,
+        ),
+        (
+            vec![allow_all.clone(), deny_secret.clone()],
+            Action::Publish,
+            "public",
+            true,
+        ),
+        (
+            vec![allow_all.clone(), deny_secret.clone()],
+            Action::Receive,
+            "secret/x",
+            true,
+        ),
+        (
+            vec![both_in_one.clone()],
+            Action::Publish,
+            "secret/a/b",
+            false,
+        ),
+        (vec![both_in_one], Action::Publish, "public", true),
+    ];
+    for (policies, action, name, want) in cases {
+        assert_eq!(
+            is_allowed(&policies, action, name, &c),
+            want,
+            "{} policies, {action} {name}",
+            policies.len()
+        );
+    }
+}
+
+#[test]
+fn not_resource() {
+    let (s, i) = (subject(), issuer());
+    let with_thing = ctx("dev1", Some("dev1"), &s, &i);
+    let no_thing = ctx("dev1", None, &s, &i);
+    let allow_except = policy(
+        r#"{"Effect": "Allow", "Action": "iot:Publish", "NotResource": ["arn:aws:iot:*:*:topic/admin/*", "arn:aws:iot:*:*:topic/ops"]}"#,
+    );
+    let deny_outside_own = policy(&format!(
+        r#"[{}, {{"Effect": "Deny", "Action": "iot:Publish", "NotResource": "arn:aws:iot:*:*:topic/things/${{iot:Connection.Thing.ThingName}}/*"}}]"#,
+        allow("iot:Publish", "*")
+    ));
+    let cases: Vec<(&PolicyDocument, RequestContext, &str, bool)> = vec![
+        (&allow_except, no_thing, "telemetry", true),
+        (&allow_except, no_thing, "admin/x", false),
+        (&allow_except, no_thing, "ops", false),
+        (&allow_except, no_thing, "ops/x", true),
+        (&deny_outside_own, with_thing, "things/dev1/t", true),
+        (&deny_outside_own, with_thing, "things/dev2/t", false),
+        // The Deny's exclusion cannot be resolved without a thing: that
+        // statement matches nothing, so the Allow stands.
+        (&deny_outside_own, no_thing, "things/dev2/t", true),
+    ];
+    for (p, c, topic, want) in cases {
+        assert_eq!(
+            is_allowed(std::slice::from_ref(p), Action::Publish, topic, &c),
+            want,
+            "{topic} thing {:?}",
+            c.thing_name
+        );
+    }
+}
+
+#[test]
+fn every_repository_policy_parses() {
+    let dir = format!("{}/../policies", env!("CARGO_MANIFEST_DIR"));
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("policies/ exists") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let text = std::fs::read_to_string(&path).expect("readable");
+            PolicyDocument::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+    }
+    assert!(
+        seen >= 3,
+        "expected claim, device and rotation policies, found {seen}"
+    );
+}
+
+#[test]
+fn claim_policy_allows_only_provisioning() {
+    let claim = [repo_policy("claim.json")];
+    let (s, i) = (subject(), issuer());
+    let c = ctx("any-client-id", None, &s, &i);
+    let cases = [
+        (Action::Connect, "any-client-id", true),
+        (Action::Connect, "gw_0001", true),
+        (Action::Publish, "$aws/certificates/create/json", true),
+        (
+            Action::Receive,
+            "$aws/certificates/create/json/accepted",
+            true,
+        ),
+        (
+            Action::Subscribe,
+            "$aws/certificates/create/json/accepted",
+            true,
+        ),
+        (
+            Action::Publish,
+            "$aws/certificates/create-from-csr/cbor",
+            true,
+        ),
+        (
+            Action::Subscribe,
+            "$aws/certificates/create-from-csr/json/rejected",
+            true,
+        ),
+        (
+            Action::Publish,
+            "$aws/provisioning-templates/ProdTemplate/provision/json",
+            true,
+        ),
+        (
+            Action::Receive,
+            "$aws/provisioning-templates/ProdTemplate/provision/json/accepted",
+            true,
+        ),
+        (
+            Action::Subscribe,
+            "$aws/provisioning-templates/ProdTemplate/provision/json/+",
+            true,
+        ),
+        (
+            Action::Publish,
+            "$aws/provisioning-templates/RotationTemplate/provision/json",
+            false,
+        ),
+        (
+            Action::Publish,
+            "$aws/provisioning-templates/OtherTemplate/provision/json",
+            false,
+        ),
+        (Action::Subscribe, "$aws/certificates/#", false),
+        (Action::Subscribe, "#", false),
+        (Action::Publish, "things/gw_0001/telemetry", false),
+        (
+            Action::Publish,
+            "$aws/certificates/create/json/accepted",
+            true,
+        ),
+        (
+            Action::RetainPublish,
+            "$aws/certificates/create/json",
+            false,
+        ),
+    ];
+    for (action, name, want) in cases {
+        assert_eq!(
+            is_allowed(&claim, action, name, &c),
+            want,
+            "{action} {name}"
+        );
+    }
+}
+
+#[test]
+fn device_policy_is_least_privilege() {
+    let device = [repo_policy("device.json")];
+    let (s, i) = (subject(), issuer());
+    let own = ctx("gw_0001", Some("gw_0001"), &s, &i);
+    // The server sets no thing name when the client id is not an attached thing.
+    let other_id = ctx("gw_0002", None, &s, &i);
+    let cases: Vec<(RequestContext, Action, &str, bool)> = vec![
+        (own, Action::Connect, "gw_0001", true),
+        (other_id, Action::Connect, "gw_0002", false),
+        (own, Action::Publish, "things/gw_0001/telemetry", true),
+        (own, Action::Publish, "things/gw_0001/a/b/c", true),
+        (own, Action::Receive, "things/gw_0001/config", true),
+        (own, Action::Subscribe, "things/gw_0001/#", true),
+        (own, Action::Subscribe, "things/gw_0001/+/state", true),
+        (own, Action::Publish, "things/gw_0002/telemetry", false),
+        (own, Action::Receive, "things/gw_0002/telemetry", false),
+        (own, Action::Subscribe, "things/gw_0002/#", false),
+        (own, Action::Subscribe, "things/+/telemetry", false),
+        (own, Action::Subscribe, "things/#", false),
+        (own, Action::Subscribe, "cmd/gw_0001", true),
+        (own, Action::Receive, "cmd/gw_0001", true),
+        (own, Action::Subscribe, "cmd/gw_0002", false),
+        (own, Action::Subscribe, "cmd/+", false),
+        (own, Action::Receive, "cmd/gw_0001/extra", false),
+        (
+            own,
+            Action::Subscribe,
+            "$aws/things/gw_0001/jobs/notify-next",
+            true,
+        ),
+        (
+            own,
+            Action::Publish,
+            "$aws/things/gw_0001/jobs/start-next",
+            true,
+        ),
+        (
+            own,
+            Action::Publish,
+            "$aws/things/gw_0002/jobs/start-next",
+            false,
+        ),
+        (
+            own,
+            Action::Publish,
+            "$aws/certificates/create-from-csr/json",
+            true,
+        ),
+        (
+            own,
+            Action::Subscribe,
+            "$aws/certificates/create-from-csr/json/accepted",
+            true,
+        ),
+        (
+            own,
+            Action::Publish,
+            "$aws/provisioning-templates/RotationTemplate/provision/json",
+            true,
+        ),
+        (
+            own,
+            Action::Receive,
+            "$aws/provisioning-templates/RotationTemplate/provision/json/accepted",
+            true,
+        ),
+        (
+            own,
+            Action::Publish,
+            "$aws/provisioning-templates/ProdTemplate/provision/json",
+            false,
+        ),
+        (
+            own,
+            Action::RetainPublish,
+            "things/gw_0001/telemetry",
+            false,
+        ),
+        (other_id, Action::Publish, "things/gw_0002/telemetry", false),
+    ];
+    for (c, action, name, want) in cases {
+        assert_eq!(
+            is_allowed(&device, action, name, &c),
+            want,
+            "client {} {action} {name}",
+            c.client_id
+        );
+    }
+}
+
+#[test]
+fn rotation_policy_allows_only_rotation() {
+    let rotation = [repo_policy("rotation.json")];
+    let (s, i) = (subject(), issuer());
+    let own = ctx("gw_0001", Some("gw_0001"), &s, &i);
+    let cases = [
+        (Action::Connect, "gw_0001", true),
+        (Action::Subscribe, "cmd/gw_0001", true),
+        (Action::Receive, "cmd/gw_0001", true),
+        (
+            Action::Publish,
+            "$aws/certificates/create-from-csr/json",
+            true,
+        ),
+        (
+            Action::Publish,
+            "$aws/provisioning-templates/RotationTemplate/provision/cbor",
+            true,
+        ),
+        (Action::Publish, "$aws/certificates/create/json", false),
+        (Action::Publish, "things/gw_0001/telemetry", false),
+        (Action::Subscribe, "cmd/gw_0002", false),
+    ];
+    for (action, name, want) in cases {
+        assert_eq!(
+            is_allowed(&rotation, action, name, &own),
+            want,
+            "{action} {name}"
+        );
+    }
+}
