@@ -1,46 +1,341 @@
-//! PKCS#11 backend (cryptoki).
+//! PKCS#11 backend (cryptoki): keys in a token found by its label, named by
+//! RFC 7512 URIs (`pkcs11:token=gw;object=device;type=private`).
+//!
+//! One module context per process ([`session::module_context`]), one
+//! logged-in read/write session per store behind a mutex (sessions are
+//! `Send`, not `Sync`). Keys are `CKA_TOKEN`, `CKA_PRIVATE`,
+//! `CKA_SENSITIVE` and not `CKA_EXTRACTABLE`; signing hashes in software and
+//! uses CKM_ECDSA, CKM_RSA_PKCS or CKM_RSA_PKCS_PSS on the digest.
+//!
+//! Promotion relabels objects so that a crash at any point leaves either
+//! the old or the new key under the current label: the old key first moves
+//! to `<current>.old`, then the pending key becomes `<current>`, then the
+//! old key is destroyed. Lookups of `<current>` fall back to
+//! `<current>.old`, and opening the store finishes or rolls back what a
+//! crash interrupted. The `.old` suffix is therefore reserved.
 
+mod error;
+mod keys;
+mod session;
+mod sign;
+pub mod uri;
+
+use std::sync::{Mutex, MutexGuard};
+
+use cryptoki::context::Pkcs11;
+use cryptoki::session::Session;
+use cryptoki::slot::Slot;
+
+pub use session::module_context;
+pub use sign::ecdsa_raw_to_der;
+pub use uri::{ObjectType, Pkcs11Uri, UriError};
+
+use self::keys::KeyObject;
 use super::{
     Backend, KeyAlgorithm, KeyInfo, KeyLabel, KeyStore, KeyStoreError, Pkcs11Settings,
     PrivateKeyMaterial, Result, SignatureScheme,
 };
 
-/// Placeholder until the backend lands.
-pub struct Pkcs11KeyStore;
+const BACKEND: &str = "pkcs11";
+/// Suffix the old key carries while a promotion is under way.
+const OLD_SUFFIX: &str = ".old";
+
+struct Connection {
+    slot: Slot,
+    session: Session,
+}
+
+pub struct Pkcs11KeyStore {
+    settings: Pkcs11Settings,
+    ctx: Pkcs11,
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for Pkcs11KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pkcs11KeyStore")
+            .field("module", &self.settings.module)
+            .field("token", &self.settings.token_label)
+            .finish_non_exhaustive()
+    }
+}
 
 impl Pkcs11KeyStore {
-    pub fn open(_settings: &Pkcs11Settings) -> Result<Self> {
-        Err(KeyStoreError::Unavailable {
-            backend: "pkcs11",
-            detail: "backend not implemented yet".into(),
-            retryable: false,
+    /// Loads the module, finds the token by label, logs in with the PIN
+    /// from the configured source, and finishes any promotion that a crash
+    /// interrupted.
+    pub fn open(settings: &Pkcs11Settings) -> Result<Self> {
+        let ctx = session::module_context(&settings.module)?;
+        let slot = session::find_token(&ctx, &settings.module, &settings.token_label)?;
+        let session = session::open_session(&ctx, slot, settings)?;
+        let store = Self {
+            settings: settings.clone(),
+            ctx,
+            conn: Mutex::new(Connection { slot, session }),
+        };
+        store.with_session(false, |s| store.recover(s))?;
+        Ok(store)
+    }
+
+    /// The URI of the private key object labelled `object`.
+    fn reference(&self, object: &str) -> String {
+        Pkcs11Uri::private_key(&self.settings.token_label, object).to_string()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves the session usable: PKCS#11
+        // operations are single calls here.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the session. When the session turns out to be gone (the
+    /// token was pulled, the daemon behind the module restarted), a new one
+    /// is opened; `f` runs again only if `retry` says that is safe.
+    fn with_session<T>(&self, retry: bool, f: impl Fn(&Session) -> Result<T>) -> Result<T> {
+        let mut conn = self.lock();
+        match f(&conn.session) {
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(
+                    token = %self.settings.token_label,
+                    "PKCS#11 session lost ({e}); opening a new one"
+                );
+                let slot = session::find_token(
+                    &self.ctx,
+                    &self.settings.module,
+                    &self.settings.token_label,
+                )?;
+                let session = session::open_session(&self.ctx, slot, &self.settings)?;
+                *conn = Connection { slot, session };
+                if retry {
+                    f(&conn.session)
+                } else {
+                    Err(e)
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn old_label(label: &str) -> String {
+        format!("{label}{OLD_SUFFIX}")
+    }
+
+    /// The key that `label` means now: the object labelled `label`, or, in
+    /// the middle of an interrupted promotion, the old key at `<label>.old`.
+    fn resolve(&self, s: &Session, label: &KeyLabel) -> Result<Option<KeyObject>> {
+        if let Some(key) = keys::find(s, label.as_str())? {
+            return Ok(Some(key));
+        }
+        keys::find(s, &Self::old_label(label.as_str()))
+    }
+
+    fn require(&self, s: &Session, label: &KeyLabel) -> Result<KeyObject> {
+        self.resolve(s, label)?.ok_or_else(|| {
+            self.not_found(
+                label,
+                "generate or import it first (prov-agent claim import, or enroll)",
+            )
         })
+    }
+
+    fn not_found(&self, label: &KeyLabel, hint: &'static str) -> KeyStoreError {
+        KeyStoreError::NotFound {
+            label: label.to_string(),
+            backend: BACKEND,
+            reference: self.reference(label.as_str()),
+            hint,
+        }
+    }
+
+    fn key_info(&self, s: &Session, label: &KeyLabel, key: &KeyObject) -> Result<KeyInfo> {
+        Ok(KeyInfo {
+            label: label.clone(),
+            backend: Backend::Pkcs11,
+            reference: self.reference(&key.object_label),
+            public_key: keys::public_key(s, key)?,
+        })
+    }
+
+    /// Finishes or undoes promotions that a crash interrupted: a leftover
+    /// `<label>.old` next to `<label>` is the replaced key (destroy it); a
+    /// `<label>.old` alone is the current key whose replacement never got
+    /// its label (give it its label back; the pending key is still there
+    /// for the next attempt).
+    fn recover(&self, s: &Session) -> Result<()> {
+        for object in keys::private_labels(s)? {
+            let Some(base) = object.strip_suffix(OLD_SUFFIX) else {
+                continue;
+            };
+            let Some(old) = keys::find(s, &object)? else {
+                continue;
+            };
+            if keys::find(s, base)?.is_some() {
+                tracing::warn!(
+                    token = %self.settings.token_label,
+                    "destroying key {object}, left over from an interrupted promotion to {base}"
+                );
+                keys::destroy(s, &old)?;
+            } else {
+                tracing::warn!(
+                    token = %self.settings.token_label,
+                    "restoring key {base} from {object} after an interrupted promotion"
+                );
+                keys::relabel(s, &old, base)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_free(&self, s: &Session, label: &KeyLabel) -> Result<()> {
+        if keys::find(s, label.as_str())?.is_some() {
+            return Err(KeyStoreError::AlreadyExists {
+                label: label.to_string(),
+                backend: BACKEND,
+                reference: self.reference(label.as_str()),
+            });
+        }
+        Ok(())
+    }
+
+    /// The slot the token sits in now (for diagnostics).
+    pub fn slot_id(&self) -> u64 {
+        self.lock().slot.id()
     }
 }
 
 impl KeyStore for Pkcs11KeyStore {
     fn backend(&self) -> Backend {
-        unreachable!()
+        Backend::Pkcs11
     }
-    fn generate(&self, _: &KeyLabel, _: KeyAlgorithm) -> Result<KeyInfo> {
-        unreachable!()
+
+    fn generate(&self, label: &KeyLabel, algorithm: KeyAlgorithm) -> Result<KeyInfo> {
+        self.with_session(false, |s| {
+            self.check_free(s, label)?;
+            let key = keys::generate(s, label.as_str(), algorithm)?;
+            self.key_info(s, label, &key)
+        })
     }
-    fn import(&self, _: &KeyLabel, _: &PrivateKeyMaterial) -> Result<KeyInfo> {
-        unreachable!()
+
+    fn import(&self, label: &KeyLabel, material: &PrivateKeyMaterial) -> Result<KeyInfo> {
+        self.with_session(false, |s| {
+            self.check_free(s, label)?;
+            let key = keys::import(s, label.as_str(), material)?;
+            let info = self.key_info(s, label, &key)?;
+            // The token must hold the key we were given, not some other.
+            if info.public_key != material.public_key()? {
+                keys::destroy(s, &key)?;
+                return Err(KeyStoreError::Backend {
+                    backend: BACKEND,
+                    op: "import key",
+                    detail: "the token's public key differs from the imported key's; \
+                             the import was undone"
+                        .into(),
+                });
+            }
+            Ok(info)
+        })
     }
-    fn info(&self, _: &KeyLabel) -> Result<KeyInfo> {
-        unreachable!()
+
+    fn info(&self, label: &KeyLabel) -> Result<KeyInfo> {
+        self.with_session(true, |s| {
+            let key = self.require(s, label)?;
+            self.key_info(s, label, &key)
+        })
     }
-    fn sign(&self, _: &KeyLabel, _: SignatureScheme, _: &[u8]) -> Result<Vec<u8>> {
-        unreachable!()
+
+    fn sign(&self, label: &KeyLabel, scheme: SignatureScheme, message: &[u8]) -> Result<Vec<u8>> {
+        self.with_session(true, |s| {
+            let key = self.require(s, label)?;
+            sign::sign(s, &key, scheme, message)
+        })
     }
-    fn promote(&self, _: &KeyLabel, _: &KeyLabel) -> Result<KeyInfo> {
-        unreachable!()
+
+    fn promote(&self, pending: &KeyLabel, current: &KeyLabel) -> Result<KeyInfo> {
+        if pending == current {
+            return self.info(current);
+        }
+        self.with_session(false, |s| {
+            let new = keys::find(s, pending.as_str())?.ok_or_else(|| {
+                self.not_found(
+                    pending,
+                    "nothing to promote: generate or import the pending key first",
+                )
+            })?;
+            // Prove the pending key is whole before anything moves.
+            keys::public_key(s, &new)?;
+            let old_label = Self::old_label(current.as_str());
+            let mut old = keys::find(s, &old_label)?;
+            if let Some(cur) = keys::find(s, current.as_str())? {
+                // A `.old` next to a current key is garbage from an earlier
+                // promotion that crashed before its last step.
+                if let Some(stale) = old.take() {
+                    keys::destroy(s, &stale)?;
+                }
+                // Step 1: the old key steps aside; lookups of `current`
+                // still find it as `current.old`.
+                keys::relabel(s, &cur, &old_label)?;
+                old = Some(cur);
+            }
+            // Step 2: the new key takes the label. From here on `current`
+            // is the new key.
+            keys::relabel(s, &new, current.as_str())?;
+            // Step 3: the old key goes.
+            if let Some(old) = old {
+                keys::destroy(s, &old)?;
+            }
+            let new = KeyObject {
+                object_label: current.to_string(),
+                ..new
+            };
+            self.key_info(s, current, &new)
+        })
     }
-    fn delete(&self, _: &KeyLabel) -> Result<()> {
-        unreachable!()
+
+    fn delete(&self, label: &KeyLabel) -> Result<()> {
+        self.with_session(false, |s| {
+            let key = keys::find(s, label.as_str())?;
+            let old = keys::find(s, &Self::old_label(label.as_str()))?;
+            if key.is_none() && old.is_none() {
+                return Err(self.not_found(label, "nothing to delete"));
+            }
+            for k in key.iter().chain(old.iter()) {
+                keys::destroy(s, k)?;
+            }
+            Ok(())
+        })
     }
+
     fn list(&self) -> Result<Vec<KeyInfo>> {
-        unreachable!()
+        self.with_session(true, |s| {
+            let objects = keys::private_labels(s)?;
+            let mut out = Vec::new();
+            for object in &objects {
+                // `<label>.old` stands for `<label>` only while `<label>`
+                // itself is missing (an interrupted promotion).
+                let name = match object.strip_suffix(OLD_SUFFIX) {
+                    Some(base) if objects.iter().any(|o| o == base) => continue,
+                    Some(base) => base,
+                    None => object.as_str(),
+                };
+                let Ok(label) = KeyLabel::new(name) else {
+                    continue;
+                };
+                // A key this agent cannot use (another curve, no public
+                // object) is reported in the log, not fatal to the list.
+                let found = keys::find(s, object)
+                    .and_then(|k| k.map(|k| self.key_info(s, &label, &k)).transpose());
+                match found {
+                    Ok(Some(info)) => out.push(info),
+                    Ok(None) => {}
+                    Err(e) if e.is_retryable() => return Err(e),
+                    Err(e) => tracing::warn!(
+                        token = %self.settings.token_label,
+                        "skipping key {object} in list: {e}"
+                    ),
+                }
+            }
+            out.sort_by(|a, b| a.label.cmp(&b.label));
+            Ok(out)
+        })
     }
 }
