@@ -644,3 +644,32 @@ fn signs_from_many_threads_and_two_stores_share_a_token() {
         h.join().unwrap();
     }
 }
+
+#[test]
+fn sign_follows_a_key_replaced_behind_the_stores_back() {
+    let hsm = SoftHsm::new("replaced");
+    let store = open(&hsm);
+    let l = label("device");
+    let first = store.generate(&l, KeyAlgorithm::EcP256).unwrap();
+    // Signing once puts the key's handle in the store's cache.
+    let sig = store.sign(&l, SignatureScheme::EcdsaSha256, b"1").unwrap();
+    first
+        .public_key
+        .verify(SignatureScheme::EcdsaSha256, b"1", &sig)
+        .unwrap();
+    // Another store (another program, as far as this one knows) replaces it.
+    let other = open(&hsm);
+    other.delete(&l).unwrap();
+    let second = other.generate(&l, KeyAlgorithm::EcP256).unwrap();
+    let sig = store.sign(&l, SignatureScheme::EcdsaSha256, b"2").unwrap();
+    second
+        .public_key
+        .verify(SignatureScheme::EcdsaSha256, b"2", &sig)
+        .unwrap();
+    // And once it is deleted for good, signing says so.
+    other.delete(&l).unwrap();
+    let err = store
+        .sign(&l, SignatureScheme::EcdsaSha256, b"3")
+        .unwrap_err();
+    assert!(matches!(err, KeyStoreError::NotFound { .. }), "{err}");
+}

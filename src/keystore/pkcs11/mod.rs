@@ -20,6 +20,7 @@ mod session;
 mod sign;
 pub mod uri;
 
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use cryptoki::context::Pkcs11;
@@ -43,6 +44,22 @@ const OLD_SUFFIX: &str = ".old";
 struct Connection {
     slot: Slot,
     session: Session,
+    /// Keys already looked up for signing, so that a TLS handshake costs
+    /// one C_Sign and not a search of the token first. Cleared by every
+    /// operation that changes keys and when a new session is opened; a
+    /// handle that went stale (another process deleted the key) is looked
+    /// up again.
+    signing_keys: HashMap<KeyLabel, KeyObject>,
+}
+
+impl Connection {
+    fn new(slot: Slot, session: Session) -> Self {
+        Self {
+            slot,
+            session,
+            signing_keys: HashMap::new(),
+        }
+    }
 }
 
 pub struct Pkcs11KeyStore {
@@ -71,7 +88,7 @@ impl Pkcs11KeyStore {
         let store = Self {
             settings: settings.clone(),
             ctx,
-            conn: Mutex::new(Connection { slot, session }),
+            conn: Mutex::new(Connection::new(slot, session)),
         };
         store.with_session(false, |s| store.recover(s))?;
         Ok(store)
@@ -91,9 +108,9 @@ impl Pkcs11KeyStore {
     /// Runs `f` on the session. When the session turns out to be gone (the
     /// token was pulled, the daemon behind the module restarted), a new one
     /// is opened; `f` runs again only if `retry` says that is safe.
-    fn with_session<T>(&self, retry: bool, f: impl Fn(&Session) -> Result<T>) -> Result<T> {
+    fn with_conn<T>(&self, retry: bool, f: impl Fn(&mut Connection) -> Result<T>) -> Result<T> {
         let mut conn = self.lock();
-        match f(&conn.session) {
+        match f(&mut conn) {
             Err(e) if e.is_retryable() => {
                 tracing::warn!(
                     token = %self.settings.token_label,
@@ -105,15 +122,31 @@ impl Pkcs11KeyStore {
                     &self.settings.token_label,
                 )?;
                 let session = session::open_session(&self.ctx, slot, &self.settings)?;
-                *conn = Connection { slot, session };
+                *conn = Connection::new(slot, session);
                 if retry {
-                    f(&conn.session)
+                    f(&mut conn)
                 } else {
                     Err(e)
                 }
             }
             other => other,
         }
+    }
+
+    /// Runs `f` on the session (see [`Self::with_conn`]).
+    fn with_session<T>(&self, retry: bool, f: impl Fn(&Session) -> Result<T>) -> Result<T> {
+        self.with_conn(retry, |c| f(&c.session))
+    }
+
+    /// Runs `f`, which changes keys, on the session; forgets the cached
+    /// signing keys before and after.
+    fn change<T>(&self, f: impl Fn(&Session) -> Result<T>) -> Result<T> {
+        self.with_conn(false, |c| {
+            c.signing_keys.clear();
+            let result = f(&c.session);
+            c.signing_keys.clear();
+            result
+        })
     }
 
     fn old_label(label: &str) -> String {
@@ -209,7 +242,7 @@ impl KeyStore for Pkcs11KeyStore {
     }
 
     fn generate(&self, label: &KeyLabel, algorithm: KeyAlgorithm) -> Result<KeyInfo> {
-        self.with_session(false, |s| {
+        self.change(|s| {
             self.check_free(s, label)?;
             let key = keys::generate(s, label.as_str(), algorithm)?;
             self.key_info(s, label, &key)
@@ -217,7 +250,7 @@ impl KeyStore for Pkcs11KeyStore {
     }
 
     fn import(&self, label: &KeyLabel, material: &PrivateKeyMaterial) -> Result<KeyInfo> {
-        self.with_session(false, |s| {
+        self.change(|s| {
             self.check_free(s, label)?;
             let key = keys::import(s, label.as_str(), material)?;
             let info = self.key_info(s, label, &key)?;
@@ -244,9 +277,36 @@ impl KeyStore for Pkcs11KeyStore {
     }
 
     fn sign(&self, label: &KeyLabel, scheme: SignatureScheme, message: &[u8]) -> Result<Vec<u8>> {
-        self.with_session(true, |s| {
-            let key = self.require(s, label)?;
-            sign::sign(s, &key, scheme, message)
+        self.with_conn(true, |c| {
+            let key = match c.signing_keys.get(label) {
+                Some(key) => key.clone(),
+                None => self.require(&c.session, label)?,
+            };
+            let key = match sign::sign(&c.session, &key, scheme, message)? {
+                Ok(signature) => {
+                    c.signing_keys.insert(label.clone(), key);
+                    return Ok(signature);
+                }
+                // The cached handle is gone: look the label up again.
+                Err(sign::StaleHandle) => {
+                    c.signing_keys.remove(label);
+                    self.require(&c.session, label)?
+                }
+            };
+            match sign::sign(&c.session, &key, scheme, message)? {
+                Ok(signature) => {
+                    c.signing_keys.insert(label.clone(), key);
+                    Ok(signature)
+                }
+                Err(sign::StaleHandle) => Err(KeyStoreError::Backend {
+                    backend: BACKEND,
+                    op: "sign",
+                    detail: format!(
+                        "the object of key {label} vanished while signing; is another program \
+                         changing the token?"
+                    ),
+                }),
+            }
         })
     }
 
@@ -254,7 +314,7 @@ impl KeyStore for Pkcs11KeyStore {
         if pending == current {
             return self.info(current);
         }
-        self.with_session(false, |s| {
+        self.change(|s| {
             let new = keys::find(s, pending.as_str())?.ok_or_else(|| {
                 self.not_found(
                     pending,
@@ -292,7 +352,7 @@ impl KeyStore for Pkcs11KeyStore {
     }
 
     fn delete(&self, label: &KeyLabel) -> Result<()> {
-        self.with_session(false, |s| {
+        self.change(|s| {
             let key = keys::find(s, label.as_str())?;
             let old = keys::find(s, &Self::old_label(label.as_str()))?;
             if key.is_none() && old.is_none() {

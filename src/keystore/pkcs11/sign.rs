@@ -24,6 +24,11 @@ fn pss_params(hash: HashAlg) -> PkcsPssParams {
     }
 }
 
+/// The key's object handle is no longer valid (the object was destroyed,
+/// perhaps by another process): look the key up again.
+#[derive(Debug)]
+pub struct StaleHandle;
+
 /// Signs `message` with `key` as `scheme` says. ECDSA comes back as DER,
 /// RSA as the raw signature.
 pub fn sign(
@@ -31,26 +36,63 @@ pub fn sign(
     key: &KeyObject,
     scheme: SignatureScheme,
     message: &[u8],
-) -> Result<Vec<u8>> {
+) -> Result<Result<Vec<u8>, StaleHandle>> {
+    match sign_raw(session, key, scheme, message) {
+        Ok(signature) => Ok(Ok(signature)),
+        Err(Raw::Stale) => Ok(Err(StaleHandle)),
+        Err(Raw::Failed(e)) => Err(e),
+    }
+}
+
+enum Raw {
+    Stale,
+    Failed(KeyStoreError),
+}
+
+impl From<KeyStoreError> for Raw {
+    fn from(e: KeyStoreError) -> Self {
+        Raw::Failed(e)
+    }
+}
+
+/// Maps a C_Sign failure, keeping stale handles apart.
+fn failed(op: &'static str) -> impl Fn(cryptoki::error::Error) -> Raw {
+    move |e| match e {
+        cryptoki::error::Error::Pkcs11(
+            cryptoki::error::RvError::KeyHandleInvalid
+            | cryptoki::error::RvError::ObjectHandleInvalid,
+            _,
+        ) => Raw::Stale,
+        e => Raw::Failed(error::map(op, e)),
+    }
+}
+
+fn sign_raw(
+    session: &Session,
+    key: &KeyObject,
+    scheme: SignatureScheme,
+    message: &[u8],
+) -> Result<Vec<u8>, Raw> {
     if !key.algorithm.supports(scheme) {
         return Err(KeyStoreError::SchemeMismatch {
             algorithm: key.algorithm,
             scheme,
-        });
+        }
+        .into());
     }
     let hash = scheme.hash();
     let digest = hash.digest(message);
     if !scheme.is_rsa() {
         let raw = session
             .sign(&Mechanism::Ecdsa, key.private, &digest)
-            .map_err(|e| error::map("sign (CKM_ECDSA)", e))?;
+            .map_err(failed("sign (CKM_ECDSA)"))?;
         let field = if key.algorithm == super::super::KeyAlgorithm::EcP256 {
             32
         } else {
             48
         };
         if raw.len() != 2 * field {
-            return Err(KeyStoreError::Backend {
+            return Err(Raw::Failed(KeyStoreError::Backend {
                 backend: BACKEND,
                 op: "sign (CKM_ECDSA)",
                 detail: format!(
@@ -58,7 +100,7 @@ pub fn sign(
                     raw.len(),
                     2 * field
                 ),
-            });
+            }));
         }
         return Ok(ecdsa_raw_to_der(&raw));
     }
@@ -69,13 +111,13 @@ pub fn sign(
                 key.private,
                 &digest,
             )
-            .map_err(|e| error::map("sign (CKM_RSA_PKCS_PSS)", e))
+            .map_err(failed("sign (CKM_RSA_PKCS_PSS)"))
     } else {
         let mut info = hash.pkcs1_digest_info_prefix().to_vec();
         info.extend_from_slice(&digest);
         session
             .sign(&Mechanism::RsaPkcs, key.private, &info)
-            .map_err(|e| error::map("sign (CKM_RSA_PKCS)", e))
+            .map_err(failed("sign (CKM_RSA_PKCS)"))
     }
 }
 
