@@ -76,30 +76,27 @@ fn generate_sign_verify(alg: KeyAlgorithm) {
     sign_and_verify_all(&store, &l, &info.public_key);
 }
 
-#[test]
-fn generate_sign_verify_ec_p256() {
-    generate_sign_verify(KeyAlgorithm::EcP256);
+/// Runs `f` for every algorithm, each on its own thread (RSA key
+/// generation is slow), and fails naming every algorithm that failed.
+fn for_every_algorithm(f: fn(KeyAlgorithm)) {
+    let failed: Vec<KeyAlgorithm> = std::thread::scope(|scope| {
+        let runs: Vec<_> = KeyAlgorithm::ALL
+            .into_iter()
+            .map(|alg| (alg, scope.spawn(move || f(alg))))
+            .collect();
+        runs.into_iter()
+            .filter_map(|(alg, run)| run.join().is_err().then_some(alg))
+            .collect()
+    });
+    assert!(
+        failed.is_empty(),
+        "failed for {failed:?} (see the panics above)"
+    );
 }
 
 #[test]
-fn generate_sign_verify_ec_p384() {
-    generate_sign_verify(KeyAlgorithm::EcP384);
-}
-
-#[test]
-fn generate_sign_verify_rsa_2048() {
-    generate_sign_verify(KeyAlgorithm::Rsa2048);
-}
-
-#[test]
-fn generate_sign_verify_rsa_3072() {
-    generate_sign_verify(KeyAlgorithm::Rsa3072);
-}
-
-#[test]
-fn every_algorithm_is_covered() {
-    // The four tests above are one per algorithm; keep them in step.
-    assert_eq!(KeyAlgorithm::ALL.len(), 4);
+fn generate_sign_verify_every_algorithm() {
+    for_every_algorithm(generate_sign_verify);
 }
 
 /// A key made in software, as a PEM in `format`, with its public key.
@@ -154,28 +151,29 @@ fn import_sign_verify(alg: KeyAlgorithm, format: &str) {
 }
 
 #[test]
-fn import_pem_sign_verify_ec_p256() {
-    import_sign_verify(KeyAlgorithm::EcP256, "pkcs8");
+fn import_pkcs8_pem_sign_verify_every_algorithm() {
+    for_every_algorithm(|alg| import_sign_verify(alg, "pkcs8"));
 }
 
 #[test]
-fn import_pem_sign_verify_ec_p256_sec1() {
-    import_sign_verify(KeyAlgorithm::EcP256, "sec1");
+fn import_sec1_and_pkcs1_pem_sign_verify_every_algorithm() {
+    for_every_algorithm(|alg| import_sign_verify(alg, if alg.is_ec() { "sec1" } else { "pkcs1" }));
 }
 
 #[test]
-fn import_pem_sign_verify_ec_p384() {
-    import_sign_verify(KeyAlgorithm::EcP384, "sec1");
-}
-
-#[test]
-fn import_pem_sign_verify_rsa_2048() {
-    import_sign_verify(KeyAlgorithm::Rsa2048, "pkcs1");
-}
-
-#[test]
-fn import_pem_sign_verify_rsa_3072() {
-    import_sign_verify(KeyAlgorithm::Rsa3072, "pkcs8");
+fn keystore_open_dispatches_to_pkcs11() {
+    let hsm = SoftHsm::new("dispatch");
+    let store = prov_agent::keystore::open(&prov_agent::keystore::KeyStoreSettings::Pkcs11(
+        hsm.settings(),
+    ))
+    .unwrap();
+    assert_eq!(store.backend(), prov_agent::keystore::Backend::Pkcs11);
+    let l = label("claim");
+    let info = store.generate(&l, KeyAlgorithm::EcP256).unwrap();
+    let sig = store.sign(&l, SignatureScheme::EcdsaSha256, b"m").unwrap();
+    info.public_key
+        .verify(SignatureScheme::EcdsaSha256, b"m", &sig)
+        .unwrap();
 }
 
 fn objects(session: &Session, class: ObjectClass, l: &str) -> Vec<ObjectHandle> {

@@ -90,7 +90,14 @@ impl Pkcs11KeyStore {
             ctx,
             conn: Mutex::new(Connection::new(slot, session)),
         };
-        store.with_session(false, |s| store.recover(s))?;
+        // Lookups cope with a leftover `.old` key on their own, so a token
+        // that refuses the clean-up (write-protected, say) is still usable.
+        if let Err(e) = store.with_session(false, |s| store.recover(s)) {
+            tracing::warn!(
+                token = %store.settings.token_label,
+                "could not clean up after an interrupted key promotion: {e}"
+            );
+        }
         Ok(store)
     }
 
