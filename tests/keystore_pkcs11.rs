@@ -671,3 +671,44 @@ fn sign_follows_a_key_replaced_behind_the_stores_back() {
         .unwrap_err();
     assert!(matches!(err, KeyStoreError::NotFound { .. }), "{err}");
 }
+
+#[test]
+fn import_of_a_key_that_does_not_match_its_public_key_is_undone() {
+    let hsm = SoftHsm::new("mismatch");
+    let store = open(&hsm);
+    let (pem_a, _) = software_key(KeyAlgorithm::EcP256, "pkcs8");
+    let (pem_b, _) = software_key(KeyAlgorithm::EcP256, "pkcs8");
+    let a = PrivateKeyMaterial::from_pem(&pem_a).unwrap();
+    let b = PrivateKeyMaterial::from_pem(&pem_b).unwrap();
+    // A's private scalar with B's public point.
+    let (
+        PrivateKeyMaterial::Ec {
+            algorithm,
+            scalar,
+            pkcs8_der,
+            ..
+        },
+        PrivateKeyMaterial::Ec { public_point, .. },
+    ) = (a, b)
+    else {
+        unreachable!()
+    };
+    let broken = PrivateKeyMaterial::Ec {
+        algorithm,
+        scalar,
+        public_point,
+        pkcs8_der,
+    };
+    let l = label("claim");
+    let err = store.import(&l, &broken).unwrap_err();
+    assert!(matches!(err, KeyStoreError::BadSignature), "{err}");
+    // Nothing half done: no object under the label, and the label is free.
+    let session = hsm.user_session();
+    assert!(objects(&session, ObjectClass::PRIVATE_KEY, "claim").is_empty());
+    assert!(objects(&session, ObjectClass::PUBLIC_KEY, "claim").is_empty());
+    let (pem, original) = software_key(KeyAlgorithm::EcP256, "pkcs8");
+    let info = store
+        .import(&l, &PrivateKeyMaterial::from_pem(&pem).unwrap())
+        .unwrap();
+    assert_eq!(info.public_key, original);
+}

@@ -260,18 +260,37 @@ impl KeyStore for Pkcs11KeyStore {
         self.change(|s| {
             self.check_free(s, label)?;
             let key = keys::import(s, label.as_str(), material)?;
-            let info = self.key_info(s, label, &key)?;
-            // The token must hold the key we were given, not some other.
-            if info.public_key != material.public_key()? {
-                keys::destroy(s, &key)?;
-                return Err(KeyStoreError::Backend {
-                    backend: BACKEND,
-                    op: "import key",
-                    detail: "the token's public key differs from the imported key's; \
-                             the import was undone"
-                        .into(),
-                });
-            }
+            // Prove that the token holds the key we were given: a test
+            // signature must verify with the caller's public key.
+            let expected = material.public_key()?;
+            let scheme = material.algorithm().default_scheme();
+            let probe = b"prov-agent import check";
+            let checked = sign::sign(s, &key, scheme, probe)
+                .and_then(|signed| {
+                    signed.map_err(|_| KeyStoreError::Backend {
+                        backend: BACKEND,
+                        op: "import key",
+                        detail: "the imported object vanished".into(),
+                    })
+                })
+                .and_then(|sig| expected.verify(scheme, probe, &sig))
+                .and_then(|()| self.key_info(s, label, &key));
+            let info = match checked {
+                Ok(info) if info.public_key == expected => info,
+                other => {
+                    keys::destroy(s, &key)?;
+                    return Err(match other {
+                        Err(e) => e,
+                        Ok(_) => KeyStoreError::Backend {
+                            backend: BACKEND,
+                            op: "import key",
+                            detail: "the token's public key differs from the imported key's; \
+                                     the import was undone"
+                                .into(),
+                        },
+                    });
+                }
+            };
             Ok(info)
         })
     }

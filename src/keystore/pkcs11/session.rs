@@ -117,7 +117,8 @@ pub fn open_session(ctx: &Pkcs11, slot: Slot, settings: &Pkcs11Settings) -> Resu
     let pin: cryptoki::types::AuthPin = settings.pin.read(BACKEND)?;
     match session.login(UserType::User, Some(&pin)) {
         // Logins are per process and token: another session of ours may
-        // have logged in already.
+        // have logged in already. The module then does not check the PIN
+        // at all; it was checked by whoever logged in first.
         Ok(()) | Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
         Err(e) => Err(match error::map("log in to token", e) {
             KeyStoreError::BadPin { backend, detail } => KeyStoreError::BadPin {
