@@ -712,3 +712,28 @@ fn import_of_a_key_that_does_not_match_its_public_key_is_undone() {
         .unwrap();
     assert_eq!(info.public_key, original);
 }
+
+#[test]
+fn store_logs_in_again_after_the_token_logged_out() {
+    let hsm = SoftHsm::new("relogin");
+    let store = open(&hsm);
+    let l = label("device");
+    let info = store.generate(&l, KeyAlgorithm::EcP256).unwrap();
+    store
+        .sign(&l, SignatureScheme::EcdsaSha256, b"before")
+        .unwrap();
+    // A login is per process and token: logging out anywhere logs the
+    // store's session out too.
+    hsm.user_session().logout().unwrap();
+    for scheme_msg in [&b"after"[..], &b"again"[..]] {
+        let sig = store
+            .sign(&l, SignatureScheme::EcdsaSha256, scheme_msg)
+            .unwrap();
+        info.public_key
+            .verify(SignatureScheme::EcdsaSha256, scheme_msg, &sig)
+            .unwrap();
+    }
+    hsm.user_session().logout().unwrap();
+    assert_eq!(store.info(&l).unwrap().public_key, info.public_key);
+    assert_eq!(store.list().unwrap().len(), 1);
+}

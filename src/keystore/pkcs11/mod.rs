@@ -1,7 +1,7 @@
 //! PKCS#11 backend (cryptoki): keys in a token found by its label, named by
 //! RFC 7512 URIs (`pkcs11:token=gw;object=device;type=private`).
 //!
-//! One module context per process ([`session::module_context`]), one
+//! One module context per process ([`module_context`]), one
 //! logged-in read/write session per store behind a mutex (sessions are
 //! `Send`, not `Sync`). Keys are `CKA_TOKEN`, `CKA_PRIVATE`,
 //! `CKA_SENSITIVE` and not `CKA_EXTRACTABLE`; signing hashes in software and
@@ -113,23 +113,28 @@ impl Pkcs11KeyStore {
     }
 
     /// Runs `f` on the session. When the session turns out to be gone (the
-    /// token was pulled, the daemon behind the module restarted), a new one
-    /// is opened; `f` runs again only if `retry` says that is safe.
+    /// token was pulled, the daemon behind the module restarted) or logged
+    /// out (a login is per process and token: a logout anywhere in the
+    /// process ends it), a new one is opened; `f` runs again after a
+    /// failure only if `retry` says that is safe.
     fn with_conn<T>(&self, retry: bool, f: impl Fn(&mut Connection) -> Result<T>) -> Result<T> {
         let mut conn = self.lock();
+        // Checked first because a logged-out session does not fail: it
+        // just no longer sees private objects, and every key looks absent.
+        if !session::logged_in(&conn.session) {
+            tracing::warn!(
+                token = %self.settings.token_label,
+                "PKCS#11 session is no longer logged in; opening a new one"
+            );
+            self.reconnect(&mut conn)?;
+        }
         match f(&mut conn) {
             Err(e) if e.is_retryable() => {
                 tracing::warn!(
                     token = %self.settings.token_label,
                     "PKCS#11 session lost ({e}); opening a new one"
                 );
-                let slot = session::find_token(
-                    &self.ctx,
-                    &self.settings.module,
-                    &self.settings.token_label,
-                )?;
-                let session = session::open_session(&self.ctx, slot, &self.settings)?;
-                *conn = Connection::new(slot, session);
+                self.reconnect(&mut conn)?;
                 if retry {
                     f(&mut conn)
                 } else {
@@ -138,6 +143,14 @@ impl Pkcs11KeyStore {
             }
             other => other,
         }
+    }
+
+    fn reconnect(&self, conn: &mut Connection) -> Result<()> {
+        let slot =
+            session::find_token(&self.ctx, &self.settings.module, &self.settings.token_label)?;
+        let session = session::open_session(&self.ctx, slot, &self.settings)?;
+        *conn = Connection::new(slot, session);
+        Ok(())
     }
 
     /// Runs `f` on the session (see [`Self::with_conn`]).

@@ -11,7 +11,7 @@ use std::sync::{Mutex, OnceLock};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
 use cryptoki::error::{Error, RvError};
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 
 use super::super::{KeyStoreError, Pkcs11Settings, Result};
@@ -131,4 +131,11 @@ pub fn open_session(ctx: &Pkcs11, slot: Slot, settings: &Pkcs11Settings) -> Resu
             other => other,
         }),
     }
+}
+
+/// Whether `session` is alive and logged in as the user.
+pub fn logged_in(session: &Session) -> bool {
+    session
+        .get_session_info()
+        .is_ok_and(|info| info.session_state() == SessionState::RwUser)
 }
