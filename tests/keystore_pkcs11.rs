@@ -325,6 +325,8 @@ fn missing_token_names_the_label_and_the_tokens_present() {
     assert!(text.contains("\"no-such-token\""), "{text}");
     assert!(text.contains(&format!("\"{}\"", hsm.token_label)), "{text}");
     assert!(text.contains("token_label"), "no hint: {text}");
+    // A wrong label does not fix itself: no point retrying.
+    assert!(!err.is_retryable());
 }
 
 #[test]

@@ -147,7 +147,19 @@ impl Pkcs11KeyStore {
 
     fn reconnect(&self, conn: &mut Connection) -> Result<()> {
         let slot =
-            session::find_token(&self.ctx, &self.settings.module, &self.settings.token_label)?;
+            session::find_token(&self.ctx, &self.settings.module, &self.settings.token_label)
+                .map_err(|e| match e {
+                    // The token was there when the store opened: it is
+                    // likely to come back.
+                    KeyStoreError::Unavailable {
+                        backend, detail, ..
+                    } => KeyStoreError::Unavailable {
+                        backend,
+                        detail,
+                        retryable: true,
+                    },
+                    other => other,
+                })?;
         let session = session::open_session(&self.ctx, slot, &self.settings)?;
         *conn = Connection::new(slot, session);
         Ok(())

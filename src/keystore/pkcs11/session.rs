@@ -90,8 +90,10 @@ pub fn find_token(ctx: &Pkcs11, module: &Path, label: &str) -> Result<Slot> {
                      (e.g. softhsm2-util --init-token --free --label {label})",
                     module.display()
                 ),
-                // Tokens can be plugged in later.
-                retryable: true,
+                // Usually a configuration error: retrying in a loop would
+                // hide it. (A token plugged in later is found by the next
+                // open.)
+                retryable: false,
             })
         }
         _ => Err(KeyStoreError::Unavailable {
