@@ -739,3 +739,36 @@ fn store_logs_in_again_after_the_token_logged_out() {
     assert_eq!(store.info(&l).unwrap().public_key, info.public_key);
     assert_eq!(store.list().unwrap().len(), 1);
 }
+
+#[test]
+fn public_half_left_with_the_pending_label_is_fixed_at_open() {
+    let hsm = SoftHsm::new("halfway");
+    let store = open(&hsm);
+    // A promotion that crashed between relabelling the private half and
+    // the public half; the current label is as long as labels get.
+    let long = "d".repeat(64);
+    let info = store.generate(&label(&long), KeyAlgorithm::EcP256).unwrap();
+    let session = hsm.user_session();
+    let public = objects(&session, ObjectClass::PUBLIC_KEY, &long)[0];
+    let pending = format!("{long}.pending");
+    session
+        .update_attributes(public, &[Attribute::Label(pending.as_bytes().to_vec())])
+        .unwrap();
+    // And an old key left behind under `<label>.old` (68 characters).
+    store.generate(&label("tmp"), KeyAlgorithm::EcP256).unwrap();
+    let tmp = objects(&session, ObjectClass::PRIVATE_KEY, "tmp")[0];
+    let old = format!("{long}.old");
+    session
+        .update_attributes(tmp, &[Attribute::Label(old.as_bytes().to_vec())])
+        .unwrap();
+    drop(store);
+
+    let store = open(&hsm);
+    assert_eq!(objects(&session, ObjectClass::PUBLIC_KEY, &long).len(), 1);
+    assert!(objects(&session, ObjectClass::PUBLIC_KEY, &pending).is_empty());
+    assert!(objects(&session, ObjectClass::PRIVATE_KEY, &old).is_empty());
+    assert_eq!(
+        store.info(&label(&long)).unwrap().public_key,
+        info.public_key
+    );
+}

@@ -169,12 +169,13 @@ impl SoftHsm {
         }
     }
 
-    /// A session of the test's own on the token, logged in as the user:
-    /// to look at objects independently of the store.
+    /// A read/write session of the test's own on the token, logged in as
+    /// the user: to look at (and tamper with) objects independently of the
+    /// store.
     pub fn user_session(&self) -> Session {
         let ctx = context();
         let session = ctx
-            .open_ro_session(find_slot(&ctx, &self.token_label))
+            .open_rw_session(find_slot(&ctx, &self.token_label))
             .expect("open session");
         match session.login(UserType::User, Some(&AuthPin::from(USER_PIN))) {
             Ok(()) | Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => session,

@@ -431,6 +431,27 @@ pub fn relabel(session: &Session, key: &KeyObject, to: &str) -> Result<()> {
     Ok(())
 }
 
+/// Gives the public half of `key` the private half's label, if it lacks it.
+pub fn sync_public_label(session: &Session, key: &KeyObject) -> Result<()> {
+    let Some(public) = find_public(session, key)? else {
+        return Ok(());
+    };
+    let label = key.object_label.as_bytes().to_vec();
+    let current = session
+        .get_attributes(public, &[AttributeType::Label])
+        .map_err(|e| error::map("read public key label", e))?;
+    if current.contains(&Attribute::Label(label.clone())) {
+        return Ok(());
+    }
+    tracing::warn!(
+        key = %key.object_label,
+        "public key object had another label (interrupted promotion); fixing it"
+    );
+    session
+        .update_attributes(public, &[Attribute::Label(label)])
+        .map_err(|e| error::map("relabel public key", e))
+}
+
 /// Destroys the public key first, then the private key: a crash in between
 /// leaves a private key that is still found and can be deleted again.
 pub fn destroy(session: &Session, key: &KeyObject) -> Result<()> {

@@ -228,27 +228,43 @@ impl Pkcs11KeyStore {
     /// for the next attempt).
     fn recover(&self, s: &Session) -> Result<()> {
         for object in keys::private_labels(s)? {
-            let Some(base) = object.strip_suffix(OLD_SUFFIX) else {
-                continue;
-            };
-            let Some(old) = keys::find(s, &object)? else {
-                continue;
-            };
-            if keys::find(s, base)?.is_some() {
+            // One key this store cannot handle must not stop the others.
+            if let Err(e) = self.recover_one(s, &object) {
                 tracing::warn!(
                     token = %self.settings.token_label,
-                    "destroying key {object}, left over from an interrupted promotion to {base}"
+                    "cannot check key {object} for an interrupted promotion: {e}"
                 );
-                keys::destroy(s, &old)?;
-            } else {
-                tracing::warn!(
-                    token = %self.settings.token_label,
-                    "restoring key {base} from {object} after an interrupted promotion"
-                );
-                keys::relabel(s, &old, base)?;
             }
         }
         Ok(())
+    }
+
+    fn recover_one(&self, s: &Session, object: &str) -> Result<()> {
+        let base = object.strip_suffix(OLD_SUFFIX).unwrap_or(object);
+        if KeyLabel::new(base).is_err() {
+            return Ok(()); // not one of the agent's keys
+        }
+        let Some(key) = keys::find(s, object)? else {
+            return Ok(());
+        };
+        let Some(base) = object.strip_suffix(OLD_SUFFIX) else {
+            // A crash between relabelling the private and the public half
+            // leaves the public half under the old name.
+            return keys::sync_public_label(s, &key);
+        };
+        if keys::find(s, base)?.is_some() {
+            tracing::warn!(
+                token = %self.settings.token_label,
+                "destroying key {object}, left over from an interrupted promotion to {base}"
+            );
+            keys::destroy(s, &key)
+        } else {
+            tracing::warn!(
+                token = %self.settings.token_label,
+                "restoring key {base} from {object} after an interrupted promotion"
+            );
+            keys::relabel(s, &key, base)
+        }
     }
 
     fn check_free(&self, s: &Session, label: &KeyLabel) -> Result<()> {
