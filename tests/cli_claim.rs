@@ -1,6 +1,6 @@
 //! `prov-agent claim import|generate` and `keys list` as an operator runs
-//! them, on the file backend here; the hardware backends run the same flow
-//! in their own test files.
+//! them, on every backend: the file backend, a fresh SoftHSM token and a
+//! fresh swtpm.
 
 mod common;
 
@@ -9,28 +9,55 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use common::pki::{cert_pem, openssl_verify_csr, TestCa};
-use prov_agent::keystore::{
-    file::FileKeyStore, FileSettings, KeyAlgorithm, KeyLabel, KeyStore, PublicKey, SignatureScheme,
-};
+use prov_agent::keystore::{KeyAlgorithm, KeyLabel, KeyStore, PublicKey, SignatureScheme};
+
+/// The hardware (or files) behind one test; dropped after the test.
+enum Backend {
+    File,
+    #[cfg(feature = "pkcs11")]
+    Pkcs11(common::softhsm::SoftHsm),
+}
+
+impl Backend {
+    fn config_section(&self) -> String {
+        match self {
+            Backend::File => "[KEYSTORE]\nBACKEND = file\n".into(),
+            #[cfg(feature = "pkcs11")]
+            Backend::Pkcs11(hsm) => format!(
+                "[KEYSTORE]\nBACKEND = pkcs11\n[PKCS11]\nMODULE = {}\nTOKEN_LABEL = {}\nPIN_SOURCE = file:{}\n",
+                hsm.module.display(),
+                hsm.token_label,
+                hsm.pin_file.display()
+            ),
+        }
+    }
+}
 
 struct Env {
     dir: tempfile::TempDir,
     config: PathBuf,
+    _backend: Backend,
 }
 
 impl Env {
-    fn new() -> Self {
+    fn new(backend: Backend) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("config.ini");
         std::fs::write(
             &config,
-            "[SETTINGS]\nSECURE_CERT_PATH = certs\nCLAIM_CERT = claim.pem.crt\n\
-             SECURE_KEY = claim.private.pem.key\nIOT_ENDPOINT = localhost\n\
-             PRODUCTION_TEMPLATE = ProdTemplate\n[AGENT]\nSTATE_DIR = state\n\
-             [KEYSTORE]\nBACKEND = file\n",
+            format!(
+                "[SETTINGS]\nSECURE_CERT_PATH = certs\nCLAIM_CERT = claim.pem.crt\n\
+                 SECURE_KEY = claim.private.pem.key\nIOT_ENDPOINT = localhost\n\
+                 PRODUCTION_TEMPLATE = ProdTemplate\n[AGENT]\nSTATE_DIR = state\n{}",
+                backend.config_section()
+            ),
         )
         .unwrap();
-        Self { dir, config }
+        Self {
+            dir,
+            config,
+            _backend: backend,
+        }
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -47,13 +74,11 @@ impl Env {
         self.dir.path().join(p)
     }
 
+    /// The store the agent uses, opened in this process from the same
+    /// config.
     fn store(&self) -> Arc<dyn KeyStore> {
-        Arc::new(
-            FileKeyStore::open(&FileSettings {
-                key_dir: self.path("state/keys"),
-            })
-            .unwrap(),
-        )
+        let config = prov_agent::config::Config::load(&self.config).unwrap();
+        prov_agent::keystore::open(&config.keystore.settings).unwrap()
     }
 
     /// A claim key and certificate as a CA would hand them out.
@@ -82,9 +107,7 @@ fn text(o: &Output) -> String {
     )
 }
 
-#[test]
-fn import_with_shred_leaves_no_key_file_and_a_working_key() {
-    let env = Env::new();
+fn import_with_shred_leaves_no_key_file_and_a_working_key(env: Env) {
     let ca = TestCa::new();
     let (key, cert, public) = env.claim_files(&ca);
     let out = env.run(&[
@@ -116,7 +139,11 @@ fn import_with_shred_leaves_no_key_file_and_a_working_key() {
         .unwrap();
     // The output names where the key lives and never prints key material.
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("claim key imported: file:"), "{stdout}");
+    let reference = store.info(&label).unwrap().reference;
+    assert!(
+        stdout.contains(&format!("claim key imported: {reference}")),
+        "{stdout}"
+    );
     assert!(
         !stdout.contains("PRIVATE KEY")
             && !String::from_utf8_lossy(&out.stderr).contains("PRIVATE KEY")
@@ -144,9 +171,7 @@ fn import_with_shred_leaves_no_key_file_and_a_working_key() {
     );
 }
 
-#[test]
-fn key_that_does_not_match_the_certificate_changes_nothing() {
-    let env = Env::new();
+fn key_that_does_not_match_the_certificate_changes_nothing(env: Env) {
     let ca = TestCa::new();
     let (key_a, _cert_a, _) = env.claim_files(&ca);
     let key_a_copy = env.path("a.key");
@@ -178,9 +203,7 @@ fn key_that_does_not_match_the_certificate_changes_nothing() {
     assert!(!env.path("certs/claim.pem.crt").exists());
 }
 
-#[test]
-fn a_pem_that_is_not_a_key_is_refused() {
-    let env = Env::new();
+fn a_pem_that_is_not_a_key_is_refused(env: Env) {
     let ca = TestCa::new();
     let (_key, cert, _) = env.claim_files(&ca);
     let out = env.run(&[
@@ -200,9 +223,7 @@ fn a_pem_that_is_not_a_key_is_refused() {
     assert!(env.store().list().unwrap().is_empty());
 }
 
-#[test]
-fn generate_writes_a_csr_for_the_stored_key() {
-    let env = Env::new();
+fn generate_writes_a_csr_for_the_stored_key(env: Env) {
     let csr = env.path("claim.csr");
     let out = env.run(&[
         "claim",
@@ -230,7 +251,7 @@ fn generate_writes_a_csr_for_the_stored_key() {
 
 #[test]
 fn bad_config_exits_2_naming_file_line_and_key() {
-    let env = Env::new();
+    let env = Env::new(Backend::File);
     let mut cfg = std::fs::read_to_string(&env.config).unwrap();
     cfg.push_str("KEY_ALGORTHM = ec-p256\n");
     std::fs::write(&env.config, cfg).unwrap();
@@ -256,3 +277,27 @@ fn missing_config_file_says_how_to_point_at_one() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
 }
+
+/// One #[test] per flow and backend, so that a failure names both.
+macro_rules! on_backends {
+    ($($flow:ident),*) => {
+        mod file {
+            use super::*;
+            $( #[test] fn $flow() { super::$flow(Env::new(Backend::File)) } )*
+        }
+        #[cfg(feature = "pkcs11")]
+        mod pkcs11 {
+            use super::*;
+            $( #[test] fn $flow() {
+                super::$flow(Env::new(Backend::Pkcs11(common::softhsm::SoftHsm::new("cli"))))
+            } )*
+        }
+    };
+}
+
+on_backends!(
+    import_with_shred_leaves_no_key_file_and_a_working_key,
+    key_that_does_not_match_the_certificate_changes_nothing,
+    a_pem_that_is_not_a_key_is_refused,
+    generate_writes_a_csr_for_the_stored_key
+);

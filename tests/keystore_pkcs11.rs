@@ -101,39 +101,15 @@ fn generate_sign_verify_every_algorithm() {
 
 /// A key made in software, as a PEM in `format`, with its public key.
 fn software_key(alg: KeyAlgorithm, format: &str) -> (String, PublicKey) {
-    use pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
-    let mut rng = rand::rngs::OsRng;
-    let (pem, spki) = match alg {
-        KeyAlgorithm::EcP256 => {
-            let k = p256::SecretKey::random(&mut rng);
-            let pem = if format == "sec1" {
-                k.to_sec1_pem(LineEnding::LF).unwrap().to_string()
-            } else {
-                k.to_pkcs8_pem(LineEnding::LF).unwrap().to_string()
-            };
-            (pem, k.public_key().to_public_key_der().unwrap())
-        }
-        KeyAlgorithm::EcP384 => {
-            let k = p384::SecretKey::random(&mut rng);
-            let pem = if format == "sec1" {
-                k.to_sec1_pem(LineEnding::LF).unwrap().to_string()
-            } else {
-                k.to_pkcs8_pem(LineEnding::LF).unwrap().to_string()
-            };
-            (pem, k.public_key().to_public_key_der().unwrap())
-        }
-        KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 => {
-            use rsa::pkcs1::EncodeRsaPrivateKey;
-            let k = rsa::RsaPrivateKey::new(&mut rng, alg.rsa_bits().unwrap()).unwrap();
-            let pem = if format == "pkcs1" {
-                k.to_pkcs1_pem(LineEnding::LF).unwrap().to_string()
-            } else {
-                k.to_pkcs8_pem(LineEnding::LF).unwrap().to_string()
-            };
-            (pem, k.to_public_key().to_public_key_der().unwrap())
-        }
-    };
-    (pem, PublicKey::from_spki_der(spki.as_bytes()).unwrap())
+    let (pem, spki) = common::conformance::software_key_pem(alg, format);
+    (pem.to_string(), PublicKey::from_spki_der(&spki).unwrap())
+}
+
+#[test]
+fn conformance_lifecycle() {
+    let hsm = SoftHsm::new("conformance");
+    let store: Arc<dyn KeyStore> = Arc::new(open(&hsm));
+    common::conformance::lifecycle(&store);
 }
 
 fn import_sign_verify(alg: KeyAlgorithm, format: &str) {

@@ -28,7 +28,6 @@ use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 
 pub use session::module_context;
-pub use sign::ecdsa_raw_to_der;
 pub use uri::{ObjectType, Pkcs11Uri, UriError};
 
 use self::keys::KeyObject;
