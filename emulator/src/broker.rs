@@ -162,7 +162,10 @@ impl Broker {
             .filter(|(f, _)| topic::matches(&msg.topic, f))
             .map(|(_, q)| *q)
             .max();
-        let Some(granted) = granted else { return };
+        let Some(granted) = granted else {
+            tracing::debug!(client_id = %s.client_id, topic = %msg.topic, "no matching subscription");
+            return;
+        };
         if !self.allowed(s, Action::Receive, &msg.topic) {
             tracing::debug!(client_id = %s.client_id, topic = %msg.topic, "iot:Receive denied: not delivered");
             return;
@@ -431,6 +434,7 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Connection<S>,
     msg: Message,
 ) -> Option<Close> {
+    tracing::debug!(client_id = %session.client_id, topic = %msg.topic, bytes = msg.payload.len(), "PUBLISH");
     if msg.qos == Qos::ExactlyOnce {
         return Some(Close::Reason(
             DisconnectReason::ProtocolError,

@@ -27,9 +27,26 @@ pub fn valid_filter(filter: &str) -> bool {
     within_limits(filter) && rumqttc::mqttbytes::valid_filter(filter)
 }
 
-/// MQTT filter matching (`+` one level, `#` the rest).
+/// MQTT filter matching (`+` one level, `#` the rest, the parent level
+/// included). Topics starting with `$` are not matched by a wildcard in the
+/// first level (MQTT 3.1.1 section 4.7.2); rumqttc's own matcher refuses
+/// every `$` topic, which would hide the `$aws/...` responses.
 pub fn matches(topic: &str, filter: &str) -> bool {
-    rumqttc::mqttbytes::matches(topic, filter)
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut levels = topic.split('/');
+    for f in filter.split('/') {
+        if f == "#" {
+            return true;
+        }
+        match levels.next() {
+            Some(_) if f == "+" => {}
+            Some(t) if t == f => {}
+            _ => return false,
+        }
+    }
+    levels.next().is_none()
 }
 
 #[cfg(test)]
@@ -50,5 +67,10 @@ mod tests {
         ));
         assert!(matches("a/b/c", "a/#"));
         assert!(!matches("a/b/c", "a/+"));
+        assert!(matches("a/b", "a/b/#"));
+        assert!(!matches("$aws/x", "#"));
+        assert!(!matches("$aws/x", "+/x"));
+        assert!(matches("a/b", "a/+"));
+        assert!(!matches("a", "a/+"));
     }
 }
