@@ -70,6 +70,19 @@ pub async fn start_with(tweak: impl FnOnce(&mut EmulatorConfig)) -> TestEmulator
     TestEmulator { handle, dir }
 }
 
+impl TestEmulator {
+    /// Stops the emulator and starts a new one on the same data directory
+    /// (fixtures are not registered again).
+    pub async fn restart(self) -> TestEmulator {
+        let TestEmulator { handle, dir } = self;
+        handle.shutdown().await;
+        let handle = Emulator::start(EmulatorConfig::new(dir.path()))
+            .await
+            .unwrap();
+        TestEmulator { handle, dir }
+    }
+}
+
 pub async fn start() -> TestEmulator {
     start_with(|_| {}).await
 }
