@@ -12,7 +12,8 @@ pub(crate) enum Protocol {
     V5,
 }
 
-/// QoS levels AWS IoT supports (0 and 1; 2 is refused).
+/// QoS levels (AWS IoT supports 0 and 1; 2 is refused). Named as in MQTT.
+#[allow(clippy::enum_variant_names)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Qos {
     AtMostOnce,

@@ -195,8 +195,11 @@ fn check_csr_key(der: &[u8]) -> Result<(), PkiError> {
     }
 }
 
-/// Subject or issuer of a certificate as (AWS attribute name, value) pairs.
-pub fn name_attributes(der: &[u8]) -> (Vec<(String, String)>, Vec<(String, String)>) {
+/// Distinguished-name attributes as (AWS attribute name, value) pairs.
+pub type NameAttributes = Vec<(String, String)>;
+
+/// Subject and issuer of a certificate.
+pub fn name_attributes(der: &[u8]) -> (NameAttributes, NameAttributes) {
     let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(der) else {
         return (Vec::new(), Vec::new());
     };

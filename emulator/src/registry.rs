@@ -290,10 +290,9 @@ impl Registry {
             "SELECT id FROM certificates WHERE ?1 = ?1 ORDER BY created_at, id",
             "",
         )?;
-        Ok(ids
-            .iter()
+        ids.iter()
             .filter_map(|id| self.certificate(id).transpose())
-            .collect::<Result<_, _>>()?)
+            .collect()
     }
 
     /// Changes a certificate's status. Moving it away from ACTIVE drops its
@@ -500,10 +499,10 @@ impl Registry {
             "SELECT name FROM things WHERE ?1 = ?1 ORDER BY name",
             "",
         )?;
-        Ok(names
+        names
             .iter()
             .filter_map(|n| self.thing(n).transpose())
-            .collect::<Result<_, _>>()?)
+            .collect()
     }
 
     /// Creates or replaces a thing (certificates attached to it are kept).
