@@ -35,8 +35,6 @@ pub(crate) struct Broker {
     pub registry: Registry,
     pub provisioner: Arc<Provisioner>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
-    /// Bumped whenever the registry may have changed policies or things.
-    policy_generation: AtomicU64,
     next_connection: AtomicU64,
 }
 
@@ -73,15 +71,12 @@ impl Broker {
             registry,
             provisioner,
             sessions: Mutex::new(HashMap::new()),
-            policy_generation: AtomicU64::new(1),
             next_connection: AtomicU64::new(1),
         }
     }
 
-    /// Called when the registry changed: policies are reloaded lazily, and
-    /// connections of certificates no longer ACTIVE are dropped.
-    pub fn registry_changed(&self) {
-        self.policy_generation.fetch_add(1, Ordering::SeqCst);
+    /// Drops the connections of certificates no longer ACTIVE.
+    pub fn check_certificate_statuses(&self) {
         let sessions: Vec<Arc<Session>> = lock(&self.sessions).values().cloned().collect();
         let mut statuses: HashMap<String, bool> = HashMap::new();
         for s in sessions {
@@ -104,7 +99,7 @@ impl Broker {
     }
 
     fn load_auth(&self, certificate_id: &str, client_id: &str) -> AuthState {
-        let generation = self.policy_generation.load(Ordering::SeqCst);
+        let generation = self.registry.auth_epoch();
         let policies = self
             .registry
             .policy_documents_for(certificate_id)
@@ -129,7 +124,7 @@ impl Broker {
     fn allowed(&self, s: &Session, action: Action, name: &str) -> bool {
         let (policies, thing_name) = {
             let mut auth = lock(&s.auth);
-            if auth.generation != self.policy_generation.load(Ordering::SeqCst) {
+            if auth.generation != self.registry.auth_epoch() {
                 *auth = self.load_auth(&s.certificate_id, &s.client_id);
             }
             (auth.policies.clone(), auth.thing_name.clone())

@@ -308,25 +308,31 @@ async fn connection(
     Ok(())
 }
 
-/// Every poll interval (or at once on an in-process registry write): drop
-/// connections of certificates no longer ACTIVE, reload policies, and
-/// delete certificates whose ownership token expired unused.
+/// Every poll interval, or at once on an in-process status change: notice
+/// other processes' writes, drop connections of certificates no longer
+/// ACTIVE, and delete certificates whose ownership token expired unused.
 async fn supervise(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
-    let notify = broker.registry.change_notifier();
-    let mut last_version = broker.registry.data_version().unwrap_or_default();
+    let registry = broker.registry.clone();
+    let mut last_version = registry.data_version().unwrap_or_default();
+    let mut checked_epoch = registry.status_epoch();
     let interval = broker.config.poll_interval;
     loop {
-        let local_change = tokio::select! {
+        tokio::select! {
             _ = shutdown.changed() => return,
-            _ = notify.notified() => true,
-            _ = tokio::time::sleep(interval) => false,
-        };
-        let version = broker.registry.data_version().unwrap_or_default();
-        if local_change || version != last_version {
-            last_version = version;
-            broker.registry_changed();
+            _ = registry.status_change() => {}
+            _ = tokio::time::sleep(interval) => {}
         }
-        match broker.registry.delete_expired_pending(now_unix()) {
+        let version = registry.data_version().unwrap_or_default();
+        if version != last_version {
+            last_version = version;
+            registry.external_change();
+        }
+        let epoch = registry.status_epoch();
+        if epoch != checked_epoch {
+            checked_epoch = epoch;
+            broker.check_certificate_statuses();
+        }
+        match registry.delete_expired_pending(now_unix()) {
             Ok(ids) if !ids.is_empty() => {
                 tracing::info!(count = ids.len(), "deleted certificates never registered")
             }

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -114,11 +115,21 @@ pub(crate) struct ProvisioningWrite {
     pub attach_policies: Vec<String>,
 }
 
+/// Counters of in-process changes, so that live connections re-read only
+/// what changed: `auth` (policies, things, attachments) is compared lazily
+/// by each connection; `status` (certificate statuses) wakes the supervisor.
+#[derive(Default)]
+struct Epochs {
+    auth: AtomicU64,
+    status: AtomicU64,
+    status_changed: Notify,
+}
+
 /// Handle to the registry; cheap to clone.
 #[derive(Clone)]
 pub struct Registry {
     conn: Arc<Mutex<Connection>>,
-    changed: Arc<Notify>,
+    epochs: Arc<Epochs>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -162,7 +173,7 @@ impl Registry {
         conn.execute_batch(SCHEMA)?;
         Ok(Registry {
             conn: Arc::new(Mutex::new(conn)),
-            changed: Arc::new(Notify::new()),
+            epochs: Arc::new(Epochs::default()),
         })
     }
 
@@ -171,12 +182,32 @@ impl Registry {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn touched(&self) {
-        self.changed.notify_one();
+    fn auth_changed(&self) {
+        self.epochs.auth.fetch_add(1, Ordering::SeqCst);
     }
 
-    pub(crate) fn change_notifier(&self) -> Arc<Notify> {
-        self.changed.clone()
+    fn status_changed(&self) {
+        self.epochs.status.fetch_add(1, Ordering::SeqCst);
+        self.epochs.status_changed.notify_one();
+    }
+
+    /// Another process changed the database: everything may have changed.
+    pub(crate) fn external_change(&self) {
+        self.auth_changed();
+        self.status_changed();
+    }
+
+    pub(crate) fn auth_epoch(&self) -> u64 {
+        self.epochs.auth.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn status_epoch(&self) -> u64 {
+        self.epochs.status.load(Ordering::SeqCst)
+    }
+
+    /// Resolves after the next in-process certificate status change.
+    pub(crate) async fn status_change(&self) {
+        self.epochs.status_changed.notified().await
     }
 
     /// SQLite's counter of commits made by other connections (other processes).
@@ -216,7 +247,6 @@ impl Registry {
              VALUES (?1, ?2, ?3, ?4, ?4, ?5, 0)",
             params![id, pem, status.as_str(), now, pending_until],
         )?;
-        self.touched();
         Ok(())
     }
 
@@ -306,7 +336,7 @@ impl Registry {
             "UPDATE certificates SET status = ?2, updated_at = ?3 WHERE id = ?1",
             params![id, status.as_str(), now_unix()],
         )?;
-        self.touched();
+        self.status_changed();
         if n == 0 {
             return Err(RegistryError::NotFound {
                 kind: "certificate",
@@ -324,7 +354,7 @@ impl Registry {
         tx.execute("DELETE FROM certificates WHERE id = ?1", [id])?;
         tx.commit()?;
         drop(db);
-        self.touched();
+        self.status_changed();
         Ok(())
     }
 
@@ -356,7 +386,7 @@ impl Registry {
             "INSERT OR REPLACE INTO policies (name, document) VALUES (?1, ?2)",
             params![name, document],
         )?;
-        self.touched();
+        self.auth_changed();
         Ok(())
     }
 
@@ -407,7 +437,7 @@ impl Registry {
             "INSERT OR IGNORE INTO cert_policies (cert_id, policy) VALUES (?1, ?2)",
             params![cert_id, policy],
         )?;
-        self.touched();
+        self.auth_changed();
         Ok(())
     }
 
@@ -416,7 +446,7 @@ impl Registry {
             "DELETE FROM cert_policies WHERE cert_id = ?1 AND policy = ?2",
             params![cert_id, policy],
         )?;
-        self.touched();
+        self.auth_changed();
         Ok(())
     }
 
@@ -447,7 +477,6 @@ impl Registry {
             "INSERT OR REPLACE INTO templates (name, body, enabled, hook) VALUES (?1, ?2, ?3, ?4)",
             params![name, body, enabled, hook],
         )?;
-        self.touched();
         Ok(())
     }
 
@@ -462,7 +491,6 @@ impl Registry {
                 name: name.into(),
             });
         }
-        self.touched();
         Ok(())
     }
 
@@ -508,7 +536,7 @@ impl Registry {
     /// Creates or replaces a thing (certificates attached to it are kept).
     pub fn put_thing(&self, thing: &ThingRecord) -> Result<(), RegistryError> {
         put_thing_in(&self.db(), thing)?;
-        self.touched();
+        self.auth_changed();
         Ok(())
     }
 
@@ -517,7 +545,7 @@ impl Registry {
             "INSERT OR IGNORE INTO cert_things (cert_id, thing) VALUES (?1, ?2)",
             params![cert_id, thing],
         )?;
-        self.touched();
+        self.auth_changed();
         Ok(())
     }
 
@@ -573,7 +601,10 @@ impl Registry {
         }
         tx.commit()?;
         drop(db);
-        self.touched();
+        self.auth_changed();
+        if w.status != CertStatus::Active {
+            self.status_changed();
+        }
         Ok(())
     }
 }
