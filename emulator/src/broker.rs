@@ -26,7 +26,7 @@ pub const MAX_CLIENT_ID: usize = 128;
 /// Most filters in one SUBSCRIBE.
 pub const MAX_SUBSCRIBE_FILTERS: usize = 8;
 /// Room for the fixed and variable headers around the payload.
-const MAX_PACKET: usize = MAX_PAYLOAD + 1024;
+pub(crate) const MAX_PACKET: usize = MAX_PAYLOAD + 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// State shared by all connections.
@@ -264,7 +264,10 @@ pub(crate) async fn serve<S>(
 
     if info.client_id.is_empty() || info.client_id.len() > MAX_CLIENT_ID {
         let _ = conn
-            .send(&Outbound::ConnAck(ConnAckCode::BadClientId))
+            .send(&Outbound::ConnAck {
+                code: ConnAckCode::BadClientId,
+                keep_alive: 0,
+            })
             .await;
         let _ = conn.stream.shutdown().await;
         return;
@@ -274,7 +277,10 @@ pub(crate) async fn serve<S>(
         Ok(Some(CertStatus::Active))
     ) {
         let _ = conn
-            .send(&Outbound::ConnAck(ConnAckCode::NotAuthorized))
+            .send(&Outbound::ConnAck {
+                code: ConnAckCode::NotAuthorized,
+                keep_alive: 0,
+            })
             .await;
         let _ = conn.stream.shutdown().await;
         return;
@@ -296,7 +302,10 @@ pub(crate) async fn serve<S>(
     if !broker.allowed(&session, Action::Connect, &session.client_id) {
         tracing::info!(client_id = %session.client_id, "iot:Connect denied");
         let _ = conn
-            .send(&Outbound::ConnAck(ConnAckCode::NotAuthorized))
+            .send(&Outbound::ConnAck {
+                code: ConnAckCode::NotAuthorized,
+                keep_alive: 0,
+            })
             .await;
         let _ = conn.stream.shutdown().await;
         return;
@@ -314,7 +323,7 @@ pub(crate) async fn serve<S>(
     let idle_limit = Duration::from_millis(u64::from(keep_alive) * 1500);
 
     let result: Result<Close, Close> = async {
-        conn.send(&Outbound::ConnAck(ConnAckCode::Accepted)).await?;
+        conn.send(&Outbound::ConnAck { code: ConnAckCode::Accepted, keep_alive }).await?;
         let mut deadline = Instant::now() + idle_limit;
         loop {
             tokio::select! {

@@ -75,7 +75,11 @@ pub(crate) enum DisconnectReason {
 
 #[derive(Debug, Clone)]
 pub(crate) enum Outbound {
-    ConnAck(ConnAckCode),
+    /// `keep_alive`: the keep-alive the server enforces (MQTT 5 tells it).
+    ConnAck {
+        code: ConnAckCode,
+        keep_alive: u16,
+    },
     Publish(Message),
     PubAck {
         pkid: u16,
@@ -240,6 +244,31 @@ pub(crate) fn decode(
     }
 }
 
+/// What an MQTT 5 client learns in CONNACK: QoS 1 at most, no topic
+/// aliases, subscription identifiers or shared subscriptions (not emulated),
+/// and the keep-alive actually enforced.
+fn server_capabilities(keep_alive: u16) -> v5::ConnAckProperties {
+    v5::ConnAckProperties {
+        session_expiry_interval: None,
+        receive_max: Some(100),
+        max_qos: Some(1),
+        retain_available: None,
+        max_packet_size: Some(crate::broker::MAX_PACKET as u32),
+        assigned_client_identifier: None,
+        topic_alias_max: Some(0),
+        reason_string: None,
+        user_properties: Vec::new(),
+        wildcard_subscription_available: Some(1),
+        subscription_identifiers_available: Some(0),
+        shared_subscription_available: Some(0),
+        server_keep_alive: Some(keep_alive),
+        response_information: None,
+        server_reference: None,
+        authentication_method: None,
+        authentication_data: None,
+    }
+}
+
 /// Appends the encoding of `out` to `buf`. A 3.1.1 DISCONNECT from the
 /// server does not exist: nothing is written and the caller closes.
 pub(crate) fn encode(
@@ -251,7 +280,7 @@ pub(crate) fn encode(
     match proto {
         Protocol::V4 => {
             let packet = match out {
-                Outbound::ConnAck(code) => v4::Packet::ConnAck(v4::ConnAck::new(
+                Outbound::ConnAck { code, .. } => v4::Packet::ConnAck(v4::ConnAck::new(
                     match code {
                         ConnAckCode::Accepted => v4::ConnectReturnCode::Success,
                         ConnAckCode::BadClientId => v4::ConnectReturnCode::BadClientId,
@@ -290,14 +319,15 @@ pub(crate) fn encode(
         }
         Protocol::V5 => {
             let packet = match out {
-                Outbound::ConnAck(code) => v5::Packet::ConnAck(v5::ConnAck {
+                Outbound::ConnAck { code, keep_alive } => v5::Packet::ConnAck(v5::ConnAck {
                     session_present: false,
                     code: match code {
                         ConnAckCode::Accepted => v5::ConnectReturnCode::Success,
                         ConnAckCode::BadClientId => v5::ConnectReturnCode::ClientIdentifierNotValid,
                         ConnAckCode::NotAuthorized => v5::ConnectReturnCode::NotAuthorized,
                     },
-                    properties: None,
+                    properties: (*code == ConnAckCode::Accepted)
+                        .then(|| server_capabilities(*keep_alive)),
                 }),
                 Outbound::Publish(msg) => v5::Packet::Publish({
                     let mut p = v5::Publish::new(
