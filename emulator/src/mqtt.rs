@@ -73,6 +73,20 @@ pub(crate) enum DisconnectReason {
     AdministrativeAction,
 }
 
+impl DisconnectReason {
+    fn text(self) -> &'static str {
+        match self {
+            DisconnectReason::NotAuthorized => "not authorised",
+            DisconnectReason::SessionTakenOver => "another connection used this client id",
+            DisconnectReason::KeepAliveTimeout => "keep-alive expired",
+            DisconnectReason::PacketTooLarge => "packet or payload too large",
+            DisconnectReason::ProtocolError => "protocol error",
+            DisconnectReason::TopicNameInvalid => "invalid topic",
+            DisconnectReason::AdministrativeAction => "server shutting down",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) enum Outbound {
     /// `keep_alive`: the keep-alive the server enforces (MQTT 5 tells it).
@@ -366,8 +380,8 @@ pub(crate) fn encode(
                     properties: None,
                 }),
                 Outbound::PingResp => v5::Packet::PingResp(v5::PingResp),
-                Outbound::Disconnect(reason) => {
-                    v5::Packet::Disconnect(v5::Disconnect::new(match reason {
+                Outbound::Disconnect(reason) => v5::Packet::Disconnect(v5::Disconnect {
+                    reason_code: match reason {
                         DisconnectReason::NotAuthorized => v5::DisconnectReasonCode::NotAuthorized,
                         DisconnectReason::SessionTakenOver => {
                             v5::DisconnectReasonCode::SessionTakenOver
@@ -385,8 +399,17 @@ pub(crate) fn encode(
                         DisconnectReason::AdministrativeAction => {
                             v5::DisconnectReasonCode::AdministrativeAction
                         }
-                    }))
-                }
+                    },
+                    // Always with a reason string: rumqttc 0.25 cannot read a DISCONNECT
+                    // without properties (remaining length 1), although MQTT 5 allows it,
+                    // and writes an empty property block as remaining length 0.
+                    properties: Some(v5::DisconnectProperties {
+                        session_expiry_interval: None,
+                        reason_string: Some(reason.text().to_owned()),
+                        user_properties: Vec::new(),
+                        server_reference: None,
+                    }),
+                }),
             };
             packet.write(buf, None).map_err(|e| bad(e.to_string()))?;
         }

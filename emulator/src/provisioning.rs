@@ -52,6 +52,14 @@ pub(crate) fn parse_topic(topic: &str) -> Option<(Api, Format)> {
     }
 }
 
+/// AWS IoT thing names: 1 to 128 characters of `[a-zA-Z0-9:_-]`.
+fn valid_thing_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'-'))
+}
+
 /// A rejected request: becomes `{statusCode, errorCode, errorMessage}`.
 #[derive(Debug, Clone)]
 pub(crate) struct ApiError {
@@ -382,6 +390,12 @@ impl Provisioner {
         let thing = match &plan.thing {
             None => None,
             Some(spec) => {
+                if !valid_thing_name(&spec.thing_name) {
+                    return Err(invalid(format!(
+                        "thing name {:?} must be 1 to 128 characters of [a-zA-Z0-9:_-]",
+                        spec.thing_name
+                    )));
+                }
                 let existing = self.registry.thing(&spec.thing_name)?;
                 let merged = match &existing {
                     Some(t) => template::apply_overrides(

@@ -393,3 +393,125 @@ async fn restart_keeps_registry() {
     dev.publish("devices/dev-P1/x", "after restart").await;
     assert!(dev.next_message(WAIT).await.is_some());
 }
+
+/// An MQTT 5 client over TLS and its event loop.
+async fn connect_v5(
+    emu: &TestEmulator,
+    cred: &Credential,
+    client_id: &str,
+) -> (rumqttc::v5::AsyncClient, rumqttc::v5::EventLoop) {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let mut opts = MqttOptions::new(client_id, "localhost", emu.addr().port());
+    opts.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(client_tls(&emu.root_ca_pem(), Some(cred), false)),
+    ));
+    let (client, mut ev) = AsyncClient::new(opts, 16);
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Event::Incoming(Packet::ConnAck(ack)) =
+                ev.poll().await.expect("MQTT 5 connect failed")
+            {
+                let props = ack.properties.expect("CONNACK without properties");
+                assert_eq!(props.max_qos, Some(1));
+                assert_eq!(props.topic_alias_max, Some(0));
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    (client, ev)
+}
+
+/// Polls until the server sends DISCONNECT; returns its reason code.
+async fn v5_disconnect_reason(
+    ev: &mut rumqttc::v5::EventLoop,
+) -> rumqttc::v5::mqttbytes::v5::DisconnectReasonCode {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::Event;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match ev.poll().await {
+                Ok(Event::Incoming(Packet::Disconnect(d))) => return d.reason_code,
+                Err(rumqttc::v5::ConnectionError::MqttState(
+                    rumqttc::v5::StateError::ServerDisconnect { reason_code, .. },
+                )) => return reason_code,
+                Ok(_) => continue,
+                Err(e) => panic!("connection ended without DISCONNECT: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("no DISCONNECT")
+}
+
+#[tokio::test]
+async fn mqtt5_subscribe_refused_with_not_authorised_and_takeover_and_deactivation_reasons() {
+    use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, Packet, SubscribeReasonCode as Sub5};
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::Event;
+    let emu = start().await;
+    let claim = emu.create_claim_credential("claim").unwrap();
+    let (client, mut ev) = connect_v5(&emu, &claim, "claim-v5s").await;
+    client.subscribe("data/#", QoS::AtLeastOnce).await.unwrap();
+    let codes = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Event::Incoming(Packet::SubAck(ack)) = ev.poll().await.unwrap() {
+                return ack.return_codes;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(codes, vec![Sub5::NotAuthorized]);
+
+    // A second connection with the same client id takes the session over.
+    let (_c2, mut ev2) = connect_v5(&emu, &claim, "claim-v5s").await;
+    assert_eq!(
+        v5_disconnect_reason(&mut ev).await,
+        DisconnectReasonCode::SessionTakenOver
+    );
+
+    // Deactivation: DISCONNECT "not authorised", then the socket closes.
+    emu.registry()
+        .set_certificate_status(&claim.certificate_id, CertStatus::Inactive)
+        .unwrap();
+    assert_eq!(
+        v5_disconnect_reason(&mut ev2).await,
+        DisconnectReasonCode::NotAuthorized
+    );
+}
+
+#[tokio::test]
+async fn garbage_after_connect_closes_only_that_connection() {
+    let emu = start().await;
+    let (mut sub, _publ) = pubsub_pair(&emu).await;
+    sub.subscribe(&["data/x"]).await;
+    let cred = emu.create_credential("dev", &["pubsub"]).unwrap();
+    let tls = client_tls(&emu.root_ca_pem(), Some(&cred), false);
+    let tcp = tokio::net::TcpStream::connect(emu.addr()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    // A valid CONNECT, encoded by rumqttc's codec, then a reserved packet type.
+    let mut buf = bytes::BytesMut::new();
+    rumqttc::mqttbytes::v4::Packet::Connect(rumqttc::mqttbytes::v4::Connect::new("raw"))
+        .write(&mut buf, 1024)
+        .unwrap();
+    stream.write_all(&buf).await.unwrap();
+    let mut ack = [0u8; 4];
+    stream.read_exact(&mut ack).await.unwrap();
+    assert_eq!(ack, [0x20, 0x02, 0x00, 0x00], "CONNACK accepted expected");
+    stream.write_all(b"\x00\x02\xde\xad").await.unwrap();
+    let mut rest = [0u8; 16];
+    let n = tokio::time::timeout(WAIT, stream.read(&mut rest))
+        .await
+        .expect("garbage connection kept");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    // Others are unaffected.
+    _publ.publish("data/x", "still here").await;
+    assert!(sub.next_message(WAIT).await.is_some());
+}

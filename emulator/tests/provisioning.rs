@@ -336,6 +336,13 @@ async fn register_thing_rejections() {
     assert!(!ok);
     assert_rejected(&body, 400, "InvalidRequestException");
 
+    // A thing name AWS would refuse.
+    let (ok, body) = c
+        .call(&register_topic("prod"), &json!({"certificateOwnershipToken": other_token, "parameters": {"SerialNumber": "a b"}}))
+        .await;
+    assert!(!ok);
+    assert_rejected(&body, 400, "InvalidRequestException");
+
     // OverrideSettings FAIL on an existing thing with other attributes.
     let (ok, _) = c
         .call(
