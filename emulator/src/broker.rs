@@ -313,6 +313,14 @@ pub(crate) async fn serve<S>(
     if let Some(old) = lock(&broker.sessions).insert(session.client_id.clone(), session.clone()) {
         let _ = old.kill.send(Some(DisconnectReason::SessionTakenOver));
     }
+    // A status change between the CONNECT check and the insertion above
+    // would have missed this session: look once more.
+    if !matches!(
+        broker.registry.certificate_status(&session.certificate_id),
+        Ok(Some(CertStatus::Active))
+    ) {
+        let _ = session.kill.send(Some(DisconnectReason::NotAuthorized));
+    }
     tracing::info!(client_id = %session.client_id, ?proto, "client connected");
 
     // AWS: keep-alive below 30 s counts as 30 s, at most 1200 s; 0 means the maximum.

@@ -432,7 +432,7 @@ impl Provisioner {
                     "the template's certificate is not the one of the ownership token",
                 ))
             }
-            Some(c) if c.status == CertStatusSpec::Inactive => CertStatus::Inactive,
+            Some(c) if matches!(c.status, CertStatusSpec::Inactive) => CertStatus::Inactive,
             _ => CertStatus::Active,
         };
         let mut attach_policies = Vec::new();

@@ -511,3 +511,60 @@ async fn pre_provisioning_hook_allow_refuse_timeout() {
             .is_none());
     }
 }
+
+#[tokio::test]
+async fn rotation_by_reprovisioning_attaches_new_certificate_to_existing_thing() {
+    let emu = start().await;
+    let mut claim = claim_client(&emu, "claim-rot", "prod").await;
+    let (old, token) = create_from_csr(&mut claim).await;
+    let (ok, _) = claim
+        .call(
+            &register_topic("prod"),
+            &json!({"certificateOwnershipToken": token, "parameters": {"SerialNumber": "ROT1"}}),
+        )
+        .await;
+    assert!(ok);
+    emu.registry()
+        .attach_policy("rotation", &old.certificate_id)
+        .unwrap();
+
+    // Connected with its production certificate, the device provisions again.
+    let mut dev = connect(&emu, &old, "dev-ROT1").await.unwrap();
+    dev.subscribe_responses(CSR_TOPIC).await;
+    dev.subscribe_responses(&register_topic("rotate")).await;
+    let (new, token) = create_from_csr(&mut dev).await;
+    let (ok, body) = dev
+        .call(
+            &register_topic("rotate"),
+            &json!({"certificateOwnershipToken": token, "parameters": {"SerialNumber": "ROT1"}}),
+        )
+        .await;
+    assert!(ok, "{body}");
+    assert_eq!(
+        body,
+        json!({"thingName": "dev-ROT1", "deviceConfiguration": {"rotated": "true"}})
+    );
+    let thing = emu.registry().thing("dev-ROT1").unwrap().unwrap();
+    let mut expected = vec![old.certificate_id.clone(), new.certificate_id.clone()];
+    expected.sort();
+    assert_eq!(thing.certificates, expected);
+    // Attributes were kept (DO_NOTHING).
+    assert_eq!(
+        thing.attributes.get("serial").map(String::as_str),
+        Some("ROT1")
+    );
+
+    // The new certificate connects as the thing; then the old one is retired.
+    let mut dev2 = connect(&emu, &new, "dev-ROT1").await.unwrap();
+    assert!(
+        dev.closed_within(Duration::from_secs(2)).await,
+        "same client id must drop the old session"
+    );
+    emu.registry()
+        .set_certificate_status(&old.certificate_id, CertStatus::Inactive)
+        .unwrap();
+    assert!(connect(&emu, &old, "dev-ROT1-old").await.is_err());
+    dev2.subscribe(&["devices/dev-ROT1/ok"]).await;
+    dev2.publish("devices/dev-ROT1/ok", "rotated").await;
+    assert!(dev2.next_message(WAIT).await.is_some());
+}
