@@ -86,6 +86,28 @@ enum Command {
         #[command(subcommand)]
         cmd: TemplatesCmd,
     },
+    /// Registered CA certificates: the certificates they issue connect and
+    /// are registered on first use.
+    Cas {
+        #[command(subcommand)]
+        cmd: CasCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CasCmd {
+    List,
+    /// Register a CA certificate (PEM); `--policy` (repeatable) is attached to
+    /// each certificate it issues when that certificate first connects.
+    Register {
+        file: PathBuf,
+        #[arg(long = "policy")]
+        policies: Vec<String>,
+    },
+    SetStatus {
+        id: String,
+        status: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -400,6 +422,39 @@ fn main() -> Result<()> {
                         json,
                         &serde_json::json!({"policyName": name, "certificateId": cert_id}),
                         |_| println!("policy {name} attached to {cert_id}"),
+                    )
+                }
+            }
+        }
+        Command::Cas { cmd } => {
+            let reg = registry_of(cli.data_dir)?;
+            match cmd {
+                CasCmd::List => print(json, &reg.ca_certificates()?, |cs| {
+                    for c in cs {
+                        println!(
+                            "{}\t{}\t{}",
+                            c.certificate_id,
+                            c.status.as_str(),
+                            c.auto_attach_policies.join(",")
+                        );
+                    }
+                }),
+                CasCmd::Register { file, policies } => {
+                    let pem_str = fs::read_to_string(&file)
+                        .with_context(|| format!("reading {}", file.display()))?;
+                    let names: Vec<&str> = policies.iter().map(String::as_str).collect();
+                    let id = reg.register_ca_certificate(&pem_str, &names)?;
+                    print(json, &serde_json::json!({"certificateId": id}), |_| {
+                        println!("CA {id} registered")
+                    })
+                }
+                CasCmd::SetStatus { id, status } => {
+                    let status: CertStatus = status.parse()?;
+                    reg.set_ca_certificate_status(&id, status)?;
+                    print(
+                        json,
+                        &serde_json::json!({"certificateId": id, "status": status}),
+                        |_| println!("{id}\t{}", status.as_str()),
                     )
                 }
             }

@@ -92,6 +92,16 @@ pub struct ThingRecord {
     pub certificates: Vec<String>,
 }
 
+/// A CA registered by the user: device certificates it issued are
+/// registered (ACTIVE, with `auto_attach_policies`) on their first connection.
+#[derive(Clone, Debug, Serialize)]
+pub struct CaCertificateRecord {
+    pub certificate_id: String,
+    pub certificate_pem: String,
+    pub status: CertStatus,
+    pub auto_attach_policies: Vec<String>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct PolicyRecord {
     pub policy_name: String,
@@ -161,6 +171,8 @@ CREATE TABLE IF NOT EXISTS cert_policies (
   cert_id TEXT NOT NULL, policy TEXT NOT NULL, PRIMARY KEY (cert_id, policy));
 CREATE TABLE IF NOT EXISTS cert_things (
   cert_id TEXT NOT NULL, thing TEXT NOT NULL, PRIMARY KEY (cert_id, thing));
+CREATE TABLE IF NOT EXISTS ca_certificates (
+  id TEXT PRIMARY KEY, pem TEXT NOT NULL, status TEXT NOT NULL, policies_json TEXT NOT NULL);
 ";
 
 impl Registry {
@@ -374,6 +386,109 @@ impl Registry {
             self.delete_certificate(id)?;
         }
         Ok(ids)
+    }
+
+    // ---- registered CAs ----
+
+    /// Registers a CA certificate (ACTIVE). Certificates it issued connect
+    /// and are registered ACTIVE with `policies` attached on first use.
+    pub fn register_ca_certificate(
+        &self,
+        pem_str: &str,
+        policies: &[&str],
+    ) -> Result<String, RegistryError> {
+        let id = crate::pki::certificate_id_from_pem(pem_str)
+            .ok_or_else(|| RegistryError::Invalid("CA certificate is not PEM".into()))?;
+        for p in policies {
+            if self.policy(p)?.is_none() {
+                return Err(RegistryError::NotFound {
+                    kind: "policy",
+                    name: (*p).into(),
+                });
+            }
+        }
+        let policies = serde_json::to_string(policies).unwrap_or_else(|_| "[]".into());
+        self.db().execute(
+            "INSERT OR REPLACE INTO ca_certificates (id, pem, status, policies_json) VALUES (?1, ?2, 'ACTIVE', ?3)",
+            params![id, pem_str, policies],
+        )?;
+        self.auth_changed();
+        Ok(id)
+    }
+
+    pub fn set_ca_certificate_status(
+        &self,
+        id: &str,
+        status: CertStatus,
+    ) -> Result<(), RegistryError> {
+        let n = self.db().execute(
+            "UPDATE ca_certificates SET status = ?2 WHERE id = ?1",
+            params![id, status.as_str()],
+        )?;
+        if n == 0 {
+            return Err(RegistryError::NotFound {
+                kind: "CA certificate",
+                name: id.into(),
+            });
+        }
+        self.auth_changed();
+        Ok(())
+    }
+
+    pub fn ca_certificates(&self) -> Result<Vec<CaCertificateRecord>, RegistryError> {
+        let db = self.db();
+        let mut st =
+            db.prepare("SELECT id, pem, status, policies_json FROM ca_certificates ORDER BY id")?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(certificate_id, certificate_pem, status, policies)| {
+                Ok(CaCertificateRecord {
+                    certificate_id,
+                    certificate_pem,
+                    status: status.parse()?,
+                    auto_attach_policies: serde_json::from_str(&policies).map_err(|e| {
+                        RegistryError::Invalid(format!("CA policies are corrupt: {e}"))
+                    })?,
+                })
+            })
+            .collect()
+    }
+
+    /// Registers a device certificate issued by a registered CA on its first
+    /// connection: ACTIVE, with the CA's policies attached.
+    pub(crate) fn auto_register(
+        &self,
+        pem_str: &str,
+        id: &str,
+        policies: &[String],
+    ) -> Result<(), RegistryError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let now = now_unix();
+        tx.execute(
+            "INSERT OR IGNORE INTO certificates (id, pem, status, created_at, updated_at, pending_until, registered)
+             VALUES (?1, ?2, 'ACTIVE', ?3, ?3, NULL, 1)",
+            params![id, pem_str, now],
+        )?;
+        for p in policies {
+            tx.execute(
+                "INSERT OR IGNORE INTO cert_policies (cert_id, policy) VALUES (?1, ?2)",
+                params![id, p],
+            )?;
+        }
+        tx.commit()?;
+        drop(db);
+        self.auth_changed();
+        Ok(())
     }
 
     // ---- policies ----

@@ -1,12 +1,15 @@
 //! TLS: the server configuration and the client-certificate check against
-//! the registry (registered and ACTIVE, by certificate id).
+//! the registry: registered and ACTIVE (by certificate id), or issued by a
+//! registered ACTIVE CA (then registered on first use).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
 };
@@ -17,10 +20,111 @@ use crate::registry::{CertStatus, Registry};
 /// ALPN protocol AWS IoT Core selects on port 443 for MQTT with client certificates.
 pub const ALPN_MQTT_CA: &[u8] = b"x-amzn-mqtt-ca";
 
-#[derive(Debug)]
+/// Subject (DER) of a registered CA and the policies its certificates get.
+type CaPolicies = Vec<(Vec<u8>, Vec<String>)>;
+
+/// Chain verification against the registered ACTIVE CAs, rebuilt when they change.
+#[derive(Clone)]
+struct CaVerifier {
+    epoch: u64,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+    cas: CaPolicies,
+}
+
 struct RegistryClientVerifier {
     registry: Registry,
+    provider: Arc<CryptoProvider>,
     algorithms: WebPkiSupportedAlgorithms,
+    cas: Mutex<Option<CaVerifier>>,
+}
+
+impl std::fmt::Debug for RegistryClientVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RegistryClientVerifier")
+    }
+}
+
+impl RegistryClientVerifier {
+    /// The verifier over the registered CAs and their policies, current.
+    fn ca_verifier(&self) -> Result<CaVerifier, rustls::Error> {
+        let epoch = self.registry.auth_epoch();
+        let mut cache = self.cas.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.as_ref().filter(|c| c.epoch == epoch) {
+            return Ok(c.clone());
+        }
+        let records = self
+            .registry
+            .ca_certificates()
+            .map_err(|e| rustls::Error::General(format!("registry: {e}")))?;
+        let mut roots = RootCertStore::empty();
+        let mut cas = Vec::new();
+        for ca in records
+            .into_iter()
+            .filter(|c| c.status == CertStatus::Active)
+        {
+            let Ok(p) = pem::parse(&ca.certificate_pem) else {
+                continue;
+            };
+            let der = p.into_contents();
+            if let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) {
+                cas.push((
+                    cert.subject().as_raw().to_vec(),
+                    ca.auto_attach_policies.clone(),
+                ));
+            }
+            let _ = roots.add(CertificateDer::from(der));
+        }
+        let verifier = if roots.is_empty() {
+            None
+        } else {
+            Some(
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                    .build()
+                    .map_err(|e| rustls::Error::General(format!("registered CAs: {e}")))?,
+            )
+        };
+        let current = CaVerifier {
+            epoch,
+            verifier,
+            cas,
+        };
+        *cache = Some(current.clone());
+        Ok(current)
+    }
+
+    /// A certificate unknown to the registry: accepted and registered if it
+    /// chains to a registered ACTIVE CA.
+    fn verify_by_ca(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        id: &str,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let CaVerifier {
+            verifier: Some(verifier),
+            cas,
+            ..
+        } = self.ca_verifier()?
+        else {
+            return Err(CertificateError::UnknownIssuer.into());
+        };
+        verifier.verify_client_cert(end_entity, intermediates, now)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let issuer = cert.issuer().as_raw();
+        let policies = cas
+            .iter()
+            .find(|(subject, _)| subject.as_slice() == issuer)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_default();
+        let pem_str = pem::encode(&pem::Pem::new("CERTIFICATE", end_entity.to_vec()));
+        self.registry
+            .auto_register(&pem_str, id, &policies)
+            .map_err(|e| rustls::Error::General(format!("registry: {e}")))?;
+        tracing::info!(certificate_id = %id, "certificate of a registered CA registered on first connection");
+        Ok(ClientCertVerified::assertion())
+    }
 }
 
 impl ClientCertVerifier for RegistryClientVerifier {
@@ -31,8 +135,8 @@ impl ClientCertVerifier for RegistryClientVerifier {
     fn verify_client_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let id = certificate_id(end_entity);
         let status = self
@@ -43,7 +147,7 @@ impl ClientCertVerifier for RegistryClientVerifier {
             Some(CertStatus::Active) => Ok(ClientCertVerified::assertion()),
             Some(CertStatus::Revoked) => Err(CertificateError::Revoked.into()),
             Some(_) => Err(CertificateError::ApplicationVerificationFailure.into()),
-            None => Err(CertificateError::UnknownIssuer.into()),
+            None => self.verify_by_ca(end_entity, intermediates, now, &id),
         }
     }
 
@@ -82,6 +186,8 @@ pub(crate) fn server_config(
     let verifier = RegistryClientVerifier {
         registry,
         algorithms: provider.signature_verification_algorithms,
+        provider: provider.clone(),
+        cas: Mutex::new(None),
     };
     let mut chain = Vec::new();
     for pem_str in [cert_pem, ca_pem] {

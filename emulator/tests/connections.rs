@@ -515,3 +515,64 @@ async fn garbage_after_connect_closes_only_that_connection() {
     _publ.publish("data/x", "still here").await;
     assert!(sub.next_message(WAIT).await.is_some());
 }
+
+#[tokio::test]
+async fn certificate_of_a_registered_ca_connects_and_is_registered() {
+    let emu = start().await;
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::default();
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "factory CA");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let issue = |cn: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        Credential {
+            certificate_id: iotcore_emulator::pki::certificate_id(cert.der()),
+            certificate_pem: cert.pem(),
+            private_key_pem: key.serialize_pem(),
+        }
+    };
+    let first = issue("factory-1");
+    assert!(
+        connect(&emu, &first, "factory-1").await.is_err(),
+        "CA not registered yet"
+    );
+    let ca_id = emu
+        .registry()
+        .register_ca_certificate(&ca_cert.pem(), &["pubsub"])
+        .unwrap();
+
+    let mut c = connect(&emu, &first, "factory-1").await.unwrap();
+    let rec = emu
+        .registry()
+        .certificate(&first.certificate_id)
+        .unwrap()
+        .expect("registered on first use");
+    assert_eq!(rec.status, CertStatus::Active);
+    assert_eq!(rec.policies, vec!["pubsub".to_owned()]);
+    c.subscribe(&["data/factory"]).await;
+    c.publish("data/factory", "hi").await;
+    assert!(c.next_message(WAIT).await.is_some());
+
+    // A certificate of an INACTIVE CA is refused; one already registered stays as it is.
+    emu.registry()
+        .set_ca_certificate_status(&ca_id, CertStatus::Inactive)
+        .unwrap();
+    assert!(connect(&emu, &issue("factory-2"), "factory-2")
+        .await
+        .is_err());
+    connect(&emu, &first, "factory-1b").await.unwrap();
+}
