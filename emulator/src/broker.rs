@@ -326,7 +326,7 @@ pub(crate) async fn serve<S>(
     // AWS: keep-alive below 30 s counts as 30 s, at most 1200 s; 0 means the maximum.
     let keep_alive = match info.keep_alive {
         0 => 1200,
-        k => k.clamp(30, 1200),
+        k => k.clamp(broker.config.min_keep_alive_secs.min(1200), 1200),
     };
     let idle_limit = Duration::from_millis(u64::from(keep_alive) * 1500);
 

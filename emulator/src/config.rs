@@ -52,6 +52,9 @@ pub struct EmulatorConfig {
     pub token_reuse: TokenReuse,
     pub throttle: ThrottleConfig,
     pub hook_timeout: Duration,
+    /// A smaller keep-alive asked by a client counts as this (AWS: 30 s).
+    /// Lower it only to test keep-alive enforcement quickly.
+    pub min_keep_alive_secs: u16,
     /// How often live connections are checked against certificate statuses
     /// and policies changed by another process.
     pub poll_interval: Duration,
@@ -71,6 +74,7 @@ impl EmulatorConfig {
             token_reuse: TokenReuse::Reject,
             throttle: ThrottleConfig::default(),
             hook_timeout: Duration::from_secs(5),
+            min_keep_alive_secs: 30,
             poll_interval: Duration::from_millis(500),
             region: "us-east-1".into(),
             account: "123456789012".into(),

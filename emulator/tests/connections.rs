@@ -576,3 +576,37 @@ async fn certificate_of_a_registered_ca_connects_and_is_registered() {
         .is_err());
     connect(&emu, &first, "factory-1b").await.unwrap();
 }
+
+#[tokio::test]
+async fn silent_client_is_closed_after_one_and_a_half_keep_alives() {
+    let emu = start_with(|c| c.min_keep_alive_secs = 1).await;
+    let cred = emu.create_credential("dev", &["pubsub"]).unwrap();
+    let tls = client_tls(&emu.root_ca_pem(), Some(&cred), false);
+    let tcp = tokio::net::TcpStream::connect(emu.addr()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let mut connect = rumqttc::mqttbytes::v4::Connect::new("silent");
+    connect.keep_alive = 1;
+    let mut buf = bytes::BytesMut::new();
+    rumqttc::mqttbytes::v4::Packet::Connect(connect)
+        .write(&mut buf, 1024)
+        .unwrap();
+    stream.write_all(&buf).await.unwrap();
+    let mut ack = [0u8; 4];
+    stream.read_exact(&mut ack).await.unwrap();
+    assert_eq!(ack, [0x20, 0x02, 0x00, 0x00]);
+    let started = std::time::Instant::now();
+    let mut rest = [0u8; 16];
+    let n = tokio::time::timeout(WAIT, stream.read(&mut rest))
+        .await
+        .expect("silent client kept");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1400) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+}
