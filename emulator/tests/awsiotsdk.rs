@@ -2,10 +2,9 @@
 //! provisions against the emulator unchanged but for endpoint, port and CA:
 //! MQTT 3.1.1 and 5, keys and CSR flows.
 //!
-//! The interpreter is `$AWSIOTSDK_PYTHON` (default `python3`). When it lacks
-//! the `awsiot` module the test says so and passes, unless
-//! `IOTCORE_REQUIRE_AWSIOTSDK=1`, which `emulator/scripts/awsiotsdk-test.sh`
-//! sets after installing the SDK into a virtualenv.
+//! The interpreter is `$AWSIOTSDK_PYTHON` when set; otherwise the test makes
+//! a virtualenv under cargo's target tmp dir and installs `awsiotsdk` from
+//! PyPI into it once. `IOTCORE_SKIP_AWSIOTSDK=1` skips the test (it says so).
 
 mod common;
 
@@ -15,27 +14,40 @@ use common::*;
 use iotcore_emulator::CertStatus;
 use serde_json::Value;
 
-fn python() -> String {
-    std::env::var("AWSIOTSDK_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn sdk_available() -> bool {
-    let ok = std::process::Command::new(python())
+fn has_sdk(python: &str) -> bool {
+    std::process::Command::new(python)
         .args(["-c", "import awsiot.iotidentity, awscrt"])
         .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("IOTCORE_REQUIRE_AWSIOTSDK").as_deref() != Ok("1"),
-            "awsiotsdk is required but `{} -c 'import awsiot'` fails: run emulator/scripts/awsiotsdk-test.sh",
-            python()
-        );
-        eprintln!(
-            "SKIPPED: awsiotsdk not installed for {}; run emulator/scripts/awsiotsdk-test.sh",
-            python()
-        );
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The Python interpreter with awsiotsdk, installing it if needed.
+fn python() -> String {
+    if let Ok(p) = std::env::var("AWSIOTSDK_PYTHON") {
+        assert!(has_sdk(&p), "AWSIOTSDK_PYTHON={p} cannot import awsiot");
+        return p;
     }
-    ok
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("awsiotsdk-venv");
+    let python = venv.join("bin/python").to_str().unwrap().to_owned();
+    if has_sdk(&python) {
+        return python;
+    }
+    let ok = std::process::Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "python3 -m venv failed: install python3-venv");
+    let out = std::process::Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "awsiotsdk"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && has_sdk(&python),
+        "pip install awsiotsdk failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    python
 }
 
 fn write(dir: &Path, name: &str, contents: &str) -> String {
@@ -46,9 +58,11 @@ fn write(dir: &Path, name: &str, contents: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn awsiotsdk_provisions_over_mqtt3_and_mqtt5_with_keys_and_csr() {
-    if !sdk_available() {
+    if std::env::var("IOTCORE_SKIP_AWSIOTSDK").as_deref() == Ok("1") {
+        eprintln!("SKIPPED by IOTCORE_SKIP_AWSIOTSDK=1");
         return;
     }
+    let python = python();
     let emu = start().await;
     let dir = emu.dir.path().join("sdk");
     std::fs::create_dir_all(&dir).unwrap();
@@ -67,7 +81,7 @@ async fn awsiotsdk_provisions_over_mqtt3_and_mqtt5_with_keys_and_csr() {
         ("5", "csr", emu.addr().port()),
     ] {
         let serial = format!("SDK{mqtt}{mode}");
-        let out = tokio::process::Command::new(python())
+        let out = tokio::process::Command::new(&python)
             .arg(&script)
             .args([
                 "--endpoint",
