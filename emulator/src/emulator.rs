@@ -59,10 +59,18 @@ impl DataDir {
     /// Opens a data directory, creating it, its CA, server certificate and
     /// token key on first use.
     pub fn open(dir: &Path) -> Result<Self, EmulatorError> {
-        std::fs::create_dir_all(dir).map_err(|source| EmulatorError::Io {
-            what: format!("creating data directory {}", dir.display()),
-            source,
-        })?;
+        // The registry holds the CA's private key: the directory is private.
+        if !dir.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| EmulatorError::Io {
+                    what: format!("creating data directory {}", dir.display()),
+                    source,
+                })?;
+        }
         let registry = Registry::open(dir)?;
         let ca = match (registry.meta("ca_cert_pem")?, registry.meta("ca_key_pem")?) {
             (Some(cert), Some(key)) => CertificateAuthority::load(&cert, &key)?,

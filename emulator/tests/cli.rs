@@ -46,6 +46,10 @@ async fn init_serve_provision_and_set_status_from_the_cli() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
     let key_path = dir.join("claim/claim.private.pem.key");
     assert_eq!(
         std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777,
