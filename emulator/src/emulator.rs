@@ -251,13 +251,20 @@ impl EmulatorHandle {
     }
 
     /// Stops listening, closes every connection and waits for the tasks.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
         }
         // Let connection tasks see the signal and close their sockets.
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Drop for EmulatorHandle {
+    /// A handle dropped without `shutdown` still stops the server.
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
     }
 }
 

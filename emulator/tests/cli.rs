@@ -173,6 +173,25 @@ fn templates_create_validates_and_describes() {
     let t = run(&["templates", "describe", "extra", "--json", "-d", d]);
     assert_eq!(t["pre_provisioning_hook"], "/bin/true");
     assert_eq!(t["enabled"], true);
+    // Policies: create from a file and attach to the claim certificate.
+    let claim_id = iotcore_emulator::pki::certificate_id_from_pem(&read(
+        &tmp.path().join("claim/claim.pem.crt"),
+    ))
+    .unwrap();
+    let pol = fx.join("policies/pubsub.json");
+    run(&[
+        "policies",
+        "create",
+        "extra-policy",
+        pol.to_str().unwrap(),
+        "-d",
+        d,
+    ]);
+    run(&["policies", "attach", "extra-policy", &claim_id, "-d", d]);
+    let cert = run(&["certs", "describe", &claim_id, "--json", "-d", d]);
+    assert_eq!(cert["policies"], json!(["claim", "extra-policy"]));
+    let certs = run(&["certs", "list", "--json", "-d", d]);
+    assert_eq!(certs.as_array().unwrap().len(), 1);
     // A bad name is refused with a message.
     let out = std::process::Command::new(BIN)
         .args([
