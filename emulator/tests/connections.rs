@@ -610,3 +610,27 @@ async fn silent_client_is_closed_after_one_and_a_half_keep_alives() {
         "closed after {waited:?}"
     );
 }
+
+#[tokio::test]
+async fn plain_tcp_garbage_fails_the_handshake_and_server_keeps_serving() {
+    let emu = start().await;
+    for addr in [emu.addr(), emu.alpn_addr()] {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00 not TLS at all")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        // The server answers with a TLS alert at most, then closes.
+        let closed = tokio::time::timeout(WAIT, async {
+            loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "server kept a non-TLS connection open");
+    }
+    still_serving(&emu).await;
+}
