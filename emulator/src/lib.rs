@@ -1,4 +1,27 @@
-//! iotcore-emulator: a local stand-in for AWS IoT Core fleet provisioning.
+//! iotcore-emulator: a local stand-in for the parts of AWS IoT Core that
+//! fleet provisioning touches: mutual TLS, MQTT 3.1.1 and 5, IoT policies,
+//! a certificate and thing registry in SQLite, and the Fleet Provisioning
+//! MQTT APIs.
 #![forbid(unsafe_code)]
+
+mod broker;
+pub mod config;
+mod emulator;
+mod hook;
+mod mqtt;
+pub mod pki;
 pub mod policy;
+mod provisioning;
+pub mod registry;
 pub mod template;
+pub mod throttle;
+pub mod tls;
+pub mod topic;
+
+pub use broker::{MAX_CLIENT_ID, MAX_PAYLOAD, MAX_SUBSCRIBE_FILTERS};
+pub use config::{EmulatorConfig, ThrottleConfig, TokenReuse};
+pub use emulator::{Credential, DataDir, Emulator, EmulatorError, EmulatorHandle};
+pub use registry::{
+    CertStatus, CertificateRecord, PolicyRecord, Registry, TemplateRecord, ThingRecord,
+};
+pub use throttle::Rate;

@@ -1,1 +1,496 @@
-fn main() {}
+//! `iotcore-emulator`: init a data directory, serve it, and read or change
+//! its registry.
+#![forbid(unsafe_code)]
+
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use iotcore_emulator::{CertStatus, DataDir, Emulator, EmulatorConfig, Rate, Registry, TokenReuse};
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(
+    name = "iotcore-emulator",
+    version,
+    about = "A local AWS IoT Core for fleet provisioning"
+)]
+struct Cli {
+    /// Print registry output as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Data directory for the registry commands.
+    #[arg(long, short = 'd', global = true, env = "IOTCORE_EMULATOR_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the CA and server certificate, register policies and
+    /// templates, and write the root CA and a claim credential.
+    Init {
+        dir: PathBuf,
+        #[arg(long)]
+        policies: Option<PathBuf>,
+        #[arg(long)]
+        templates: Option<PathBuf>,
+        /// Policy attached to the claim certificate.
+        #[arg(long, default_value = "claim")]
+        claim_policy: String,
+    },
+    /// Serve MQTT over TLS until SIGINT or SIGTERM.
+    Serve {
+        dir: PathBuf,
+        /// Listener without ALPN (AWS's 8883); 0 for any free port.
+        #[arg(long, default_value_t = 8883)]
+        port: u16,
+        /// Listener requiring ALPN x-amzn-mqtt-ca (AWS's 443); 0 for any free port.
+        #[arg(long, default_value_t = 8443)]
+        alpn_port: u16,
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: IpAddr,
+        /// Ownership token lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        token_ttl: u64,
+        /// What a second RegisterThing with the same token gets.
+        #[arg(long, value_enum, default_value_t = Reuse::Reject)]
+        token_reuse: Reuse,
+        /// Requests per second for each provisioning API (burst: twice that).
+        #[arg(long)]
+        rate: Option<f64>,
+    },
+    /// Things in the registry.
+    Things {
+        #[command(subcommand)]
+        cmd: ThingsCmd,
+    },
+    /// Certificates in the registry.
+    Certs {
+        #[command(subcommand)]
+        cmd: CertsCmd,
+    },
+    /// IoT policies.
+    Policies {
+        #[command(subcommand)]
+        cmd: PoliciesCmd,
+    },
+    /// Provisioning templates.
+    Templates {
+        #[command(subcommand)]
+        cmd: TemplatesCmd,
+    },
+    /// Registered CA certificates: the certificates they issue connect and
+    /// are registered on first use.
+    Cas {
+        #[command(subcommand)]
+        cmd: CasCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CasCmd {
+    List,
+    /// Register a CA certificate (PEM); `--policy` (repeatable) is attached to
+    /// each certificate it issues when that certificate first connects.
+    Register {
+        file: PathBuf,
+        #[arg(long = "policy")]
+        policies: Vec<String>,
+    },
+    SetStatus {
+        id: String,
+        status: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Reuse {
+    Reject,
+    Replay,
+}
+
+#[derive(Subcommand)]
+enum ThingsCmd {
+    List,
+    Describe { name: String },
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    List,
+    Describe {
+        id: String,
+    },
+    /// ACTIVE, INACTIVE, REVOKED, ...: moving away from ACTIVE drops live connections.
+    SetStatus {
+        id: String,
+        status: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PoliciesCmd {
+    List,
+    Create { name: String, file: PathBuf },
+    Attach { name: String, cert_id: String },
+}
+
+#[derive(Subcommand)]
+enum TemplatesCmd {
+    List,
+    Create {
+        name: String,
+        file: PathBuf,
+        /// Pre-provisioning hook executable.
+        #[arg(long)]
+        hook: Option<String>,
+        #[arg(long)]
+        disabled: bool,
+    },
+    Describe {
+        name: String,
+    },
+}
+
+fn repo_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(name)
+}
+
+/// `*.json` files of a directory as (file stem, contents), sorted.
+fn json_files(dir: &Path) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let body =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        out.push((stem, body));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Writes a file created with `mode`, through a temp file and rename.
+fn write_file(path: &Path, contents: &str, mode: u32) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+fn init(
+    dir: &Path,
+    policies: Option<PathBuf>,
+    templates: Option<PathBuf>,
+    claim_policy: &str,
+) -> Result<()> {
+    let data = DataDir::open(dir).with_context(|| format!("initialising {}", dir.display()))?;
+    let policies = policies.unwrap_or_else(|| repo_dir("policies"));
+    let templates = templates.unwrap_or_else(|| repo_dir("templates"));
+    for (name, body) in json_files(&policies)? {
+        data.registry
+            .create_policy(&name, &body)
+            .with_context(|| format!("registering policy {name}"))?;
+        println!("policy {name} registered");
+    }
+    for (name, body) in json_files(&templates)? {
+        data.registry
+            .create_template(&name, &body, true, None)
+            .with_context(|| format!("registering template {name}"))?;
+        println!("template {name} registered");
+    }
+    if data.registry.policy(claim_policy)?.is_none() {
+        bail!(
+            "policy {claim_policy} not found in {}: put {claim_policy}.json there or pass --policies DIR",
+            policies.display()
+        );
+    }
+    let claim = data.create_credential("claim", &[claim_policy])?;
+    write_file(&dir.join("root-ca.pem"), &data.root_ca_pem(), 0o644)?;
+    let claim_dir = dir.join("claim");
+    if !claim_dir.exists() {
+        fs::DirBuilder::new().mode(0o700).create(&claim_dir)?;
+    }
+    write_file(
+        &claim_dir.join("claim.pem.crt"),
+        &claim.certificate_pem,
+        0o644,
+    )?;
+    write_file(
+        &claim_dir.join("claim.private.pem.key"),
+        &claim.private_key_pem,
+        0o600,
+    )?;
+    println!(
+        "claim certificate {} with policy {claim_policy}",
+        claim.certificate_id
+    );
+    println!("wrote {}", dir.join("root-ca.pem").display());
+    Ok(())
+}
+
+async fn serve(
+    dir: PathBuf,
+    port: u16,
+    alpn_port: u16,
+    bind: IpAddr,
+    ttl: u64,
+    reuse: Reuse,
+    rate: Option<f64>,
+) -> Result<()> {
+    let mut config = EmulatorConfig::new(dir);
+    config.port = port;
+    config.alpn_port = alpn_port;
+    config.bind = bind;
+    config.token_ttl = Duration::from_secs(ttl);
+    config.token_reuse = match reuse {
+        Reuse::Reject => TokenReuse::Reject,
+        Reuse::Replay => TokenReuse::Replay,
+    };
+    if let Some(r) = rate {
+        let rate = Rate::new(r, (r * 2.0).ceil().max(1.0) as u32);
+        config.throttle.create_keys_and_certificate = rate;
+        config.throttle.create_certificate_from_csr = rate;
+        config.throttle.register_thing = rate;
+    }
+    let handle = Emulator::start(config).await?;
+    println!(
+        "iotcore-emulator listening mqtt={} alpn={}",
+        handle.addr(),
+        handle.alpn_addr()
+    );
+    std::io::stdout().flush()?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    handle.shutdown().await;
+    Ok(())
+}
+
+fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&T)) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        human(value);
+    }
+    Ok(())
+}
+
+fn registry_of(dir: Option<PathBuf>) -> Result<Registry> {
+    let dir = dir.context("no data directory: pass --data-dir DIR or set IOTCORE_EMULATOR_DIR")?;
+    if !dir.join("registry.sqlite3").exists() {
+        bail!(
+            "{} has no registry: run `iotcore-emulator init {}` first",
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(Registry::open(&dir)?)
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let json = cli.json;
+    match cli.command {
+        Command::Init {
+            dir,
+            policies,
+            templates,
+            claim_policy,
+        } => init(&dir, policies, templates, &claim_policy),
+        Command::Serve {
+            dir,
+            port,
+            alpn_port,
+            bind,
+            token_ttl,
+            token_reuse,
+            rate,
+        } => tokio::runtime::Runtime::new()?.block_on(serve(
+            dir,
+            port,
+            alpn_port,
+            bind,
+            token_ttl,
+            token_reuse,
+            rate,
+        )),
+        Command::Things { cmd } => {
+            let reg = registry_of(cli.data_dir)?;
+            match cmd {
+                ThingsCmd::List => print(json, &reg.things()?, |ts| {
+                    for t in ts {
+                        println!("{}\t{}", t.thing_name, t.certificates.join(","));
+                    }
+                }),
+                ThingsCmd::Describe { name } => {
+                    let t = reg
+                        .thing(&name)?
+                        .with_context(|| format!("thing {name} not found"))?;
+                    print(json, &t, |t| println!("{t:#?}"))
+                }
+            }
+        }
+        Command::Certs { cmd } => {
+            let reg = registry_of(cli.data_dir)?;
+            match cmd {
+                CertsCmd::List => print(json, &reg.certificates()?, |cs| {
+                    for c in cs {
+                        println!(
+                            "{}\t{}\t{}",
+                            c.certificate_id,
+                            c.status.as_str(),
+                            c.things.join(",")
+                        );
+                    }
+                }),
+                CertsCmd::Describe { id } => {
+                    let c = reg
+                        .certificate(&id)?
+                        .with_context(|| format!("certificate {id} not found"))?;
+                    print(json, &c, |c| {
+                        println!(
+                            "{}\t{}\npolicies: {}\nthings: {}\n{}",
+                            c.certificate_id,
+                            c.status.as_str(),
+                            c.policies.join(","),
+                            c.things.join(","),
+                            c.certificate_pem
+                        )
+                    })
+                }
+                CertsCmd::SetStatus { id, status } => {
+                    let status: CertStatus = status.parse()?;
+                    reg.set_certificate_status(&id, status)?;
+                    print(
+                        json,
+                        &serde_json::json!({"certificateId": id, "status": status}),
+                        |_| println!("{id}\t{}", status.as_str()),
+                    )
+                }
+            }
+        }
+        Command::Policies { cmd } => {
+            let reg = registry_of(cli.data_dir)?;
+            match cmd {
+                PoliciesCmd::List => print(json, &reg.policies()?, |ps| {
+                    for p in ps {
+                        println!("{}", p.policy_name);
+                    }
+                }),
+                PoliciesCmd::Create { name, file } => {
+                    let doc = fs::read_to_string(&file)
+                        .with_context(|| format!("reading {}", file.display()))?;
+                    reg.create_policy(&name, &doc)?;
+                    print(json, &serde_json::json!({"policyName": name}), |_| {
+                        println!("policy {name} created")
+                    })
+                }
+                PoliciesCmd::Attach { name, cert_id } => {
+                    reg.attach_policy(&name, &cert_id)?;
+                    print(
+                        json,
+                        &serde_json::json!({"policyName": name, "certificateId": cert_id}),
+                        |_| println!("policy {name} attached to {cert_id}"),
+                    )
+                }
+            }
+        }
+        Command::Cas { cmd } => {
+            let reg = registry_of(cli.data_dir)?;
+            match cmd {
+                CasCmd::List => print(json, &reg.ca_certificates()?, |cs| {
+                    for c in cs {
+                        println!(
+                            "{}\t{}\t{}",
+                            c.certificate_id,
+                            c.status.as_str(),
+                            c.auto_attach_policies.join(",")
+                        );
+                    }
+                }),
+                CasCmd::Register { file, policies } => {
+                    let pem_str = fs::read_to_string(&file)
+                        .with_context(|| format!("reading {}", file.display()))?;
+                    let names: Vec<&str> = policies.iter().map(String::as_str).collect();
+                    let id = reg.register_ca_certificate(&pem_str, &names)?;
+                    print(json, &serde_json::json!({"certificateId": id}), |_| {
+                        println!("CA {id} registered")
+                    })
+                }
+                CasCmd::SetStatus { id, status } => {
+                    let status: CertStatus = status.parse()?;
+                    reg.set_ca_certificate_status(&id, status)?;
+                    print(
+                        json,
+                        &serde_json::json!({"certificateId": id, "status": status}),
+                        |_| println!("{id}\t{}", status.as_str()),
+                    )
+                }
+            }
+        }
+        Command::Templates { cmd } => {
+            let reg = registry_of(cli.data_dir)?;
+            match cmd {
+                TemplatesCmd::List => print(json, &reg.templates()?, |ts| {
+                    for t in ts {
+                        println!(
+                            "{}\t{}",
+                            t.template_name,
+                            if t.enabled { "enabled" } else { "disabled" }
+                        );
+                    }
+                }),
+                TemplatesCmd::Create {
+                    name,
+                    file,
+                    hook,
+                    disabled,
+                } => {
+                    let body = fs::read_to_string(&file)
+                        .with_context(|| format!("reading {}", file.display()))?;
+                    reg.create_template(&name, &body, !disabled, hook.as_deref())?;
+                    print(json, &serde_json::json!({"templateName": name}), |_| {
+                        println!("template {name} created")
+                    })
+                }
+                TemplatesCmd::Describe { name } => {
+                    let t = reg
+                        .template(&name)?
+                        .with_context(|| format!("template {name} not found"))?;
+                    print(json, &t, |t| println!("{t:#?}"))
+                }
+            }
+        }
+    }
+}

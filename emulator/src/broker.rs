@@ -1,0 +1,534 @@
+//! MQTT sessions over TLS: CONNECT, publish/subscribe between clients,
+//! IoT policy enforcement, and dispatch of the provisioning APIs.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::config::EmulatorConfig;
+use crate::mqtt::{self, ConnAckCode, DisconnectReason, Inbound, Message, Outbound, Protocol, Qos};
+use crate::pki;
+use crate::policy::{self, Action, PolicyDocument, RequestContext};
+use crate::provisioning::{self, Provisioner, Requester};
+use crate::registry::{CertStatus, Registry};
+use crate::topic;
+
+/// Largest PUBLISH payload AWS IoT accepts.
+pub const MAX_PAYLOAD: usize = 128 * 1024;
+/// Longest client id AWS IoT accepts, in bytes.
+pub const MAX_CLIENT_ID: usize = 128;
+/// Most filters in one SUBSCRIBE.
+pub const MAX_SUBSCRIBE_FILTERS: usize = 8;
+/// Room for the fixed and variable headers around the payload.
+pub(crate) const MAX_PACKET: usize = MAX_PAYLOAD + 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// State shared by all connections.
+pub(crate) struct Broker {
+    pub config: Arc<EmulatorConfig>,
+    pub registry: Registry,
+    pub provisioner: Arc<Provisioner>,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    next_connection: AtomicU64,
+}
+
+struct AuthState {
+    generation: u64,
+    policies: Arc<Vec<PolicyDocument>>,
+    thing_name: Option<String>,
+}
+
+pub(crate) struct Session {
+    connection: u64,
+    client_id: String,
+    certificate_id: String,
+    subject: Vec<(String, String)>,
+    issuer: Vec<(String, String)>,
+    tx: mpsc::UnboundedSender<Outbound>,
+    kill: watch::Sender<Option<DisconnectReason>>,
+    subscriptions: Mutex<Vec<(String, Qos)>>,
+    auth: Mutex<AuthState>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Broker {
+    pub fn new(
+        config: Arc<EmulatorConfig>,
+        registry: Registry,
+        provisioner: Arc<Provisioner>,
+    ) -> Self {
+        Broker {
+            config,
+            registry,
+            provisioner,
+            sessions: Mutex::new(HashMap::new()),
+            next_connection: AtomicU64::new(1),
+        }
+    }
+
+    /// Drops the connections of certificates no longer ACTIVE.
+    pub fn check_certificate_statuses(&self) {
+        let sessions: Vec<Arc<Session>> = lock(&self.sessions).values().cloned().collect();
+        let mut statuses: HashMap<String, bool> = HashMap::new();
+        for s in sessions {
+            let active = *statuses.entry(s.certificate_id.clone()).or_insert_with(|| {
+                matches!(
+                    self.registry.certificate_status(&s.certificate_id),
+                    Ok(Some(CertStatus::Active))
+                )
+            });
+            if !active {
+                tracing::info!(client_id = %s.client_id, "certificate no longer ACTIVE: dropping connection");
+                let _ = s.kill.send(Some(DisconnectReason::NotAuthorized));
+            }
+        }
+    }
+
+    /// Number of live MQTT sessions.
+    pub fn session_count(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
+    fn load_auth(&self, certificate_id: &str, client_id: &str) -> AuthState {
+        let generation = self.registry.auth_epoch();
+        let policies = self
+            .registry
+            .policy_documents_for(certificate_id)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|d| PolicyDocument::parse(d).ok())
+            .collect();
+        // ${iot:Connection.Thing.ThingName} exists only when the client id is
+        // a thing's name and that thing is attached to the certificate.
+        let thing_name = self
+            .registry
+            .thing_attached(client_id, certificate_id)
+            .unwrap_or(false)
+            .then(|| client_id.to_owned());
+        AuthState {
+            generation,
+            policies: Arc::new(policies),
+            thing_name,
+        }
+    }
+
+    fn allowed(&self, s: &Session, action: Action, name: &str) -> bool {
+        let (policies, thing_name) = {
+            let mut auth = lock(&s.auth);
+            if auth.generation != self.registry.auth_epoch() {
+                *auth = self.load_auth(&s.certificate_id, &s.client_id);
+            }
+            (auth.policies.clone(), auth.thing_name.clone())
+        };
+        let ctx = RequestContext {
+            region: &self.config.region,
+            account: &self.config.account,
+            client_id: &s.client_id,
+            thing_name: thing_name.as_deref(),
+            cert_subject: &s.subject,
+            cert_issuer: &s.issuer,
+            certificate_id: Some(&s.certificate_id),
+        };
+        policy::is_allowed(&policies, action, name, &ctx)
+    }
+
+    /// Delivers a message to every session with a matching subscription
+    /// whose policy allows iot:Receive on the topic.
+    fn route(&self, msg: &Message) {
+        let sessions: Vec<Arc<Session>> = lock(&self.sessions).values().cloned().collect();
+        for s in sessions {
+            self.deliver(&s, msg);
+        }
+    }
+
+    /// Delivers to one session if it subscribed and may receive.
+    fn deliver(&self, s: &Session, msg: &Message) {
+        let granted = lock(&s.subscriptions)
+            .iter()
+            .filter(|(f, _)| topic::matches(&msg.topic, f))
+            .map(|(_, q)| *q)
+            .max();
+        let Some(granted) = granted else {
+            tracing::debug!(client_id = %s.client_id, topic = %msg.topic, "no matching subscription");
+            return;
+        };
+        if !self.allowed(s, Action::Receive, &msg.topic) {
+            tracing::debug!(client_id = %s.client_id, topic = %msg.topic, "iot:Receive denied: not delivered");
+            return;
+        }
+        let mut out = msg.clone();
+        out.qos = granted.min(msg.qos).min(Qos::AtLeastOnce);
+        out.retain = false;
+        let _ = s.tx.send(Outbound::Publish(out));
+    }
+}
+
+/// Why a connection ends; the fields are read by the log through `Debug`.
+#[allow(dead_code)]
+#[derive(Debug)]
+enum Close {
+    Graceful,
+    Reason(DisconnectReason, String),
+    Io(String),
+}
+
+struct Connection<S> {
+    stream: S,
+    proto: Protocol,
+    buf: BytesMut,
+    out: BytesMut,
+    next_pkid: u16,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    async fn send(&mut self, packet: &Outbound) -> Result<(), Close> {
+        let mut packet = packet.clone();
+        if let Outbound::Publish(m) = &mut packet {
+            if m.qos != Qos::AtMostOnce {
+                self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+                m.pkid = self.next_pkid;
+            } else {
+                m.pkid = 0;
+            }
+        }
+        self.out.clear();
+        mqtt::encode(self.proto, &packet, &mut self.out).map_err(|e| Close::Io(e.to_string()))?;
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        self.stream
+            .write_all(&self.out)
+            .await
+            .map_err(|e| Close::Io(e.to_string()))?;
+        self.stream
+            .flush()
+            .await
+            .map_err(|e| Close::Io(e.to_string()))
+    }
+}
+
+/// Serves one TLS connection whose client certificate is `cert_der`.
+pub(crate) async fn serve<S>(
+    broker: Arc<Broker>,
+    stream: S,
+    cert_der: Vec<u8>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut conn = Connection {
+        stream,
+        proto: Protocol::V4,
+        buf: BytesMut::with_capacity(4096),
+        out: BytesMut::new(),
+        next_pkid: 0,
+    };
+    // CONNECT first, within a deadline.
+    let connect = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        loop {
+            match mqtt::decode_connect(&mut conn.buf, MAX_PACKET) {
+                Ok(Some(c)) => return Ok(c),
+                Ok(None) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            match conn.stream.read_buf(&mut conn.buf).await {
+                Ok(0) => return Err("closed before CONNECT".to_owned()),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await;
+    let (proto, info) = match connect {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::info!("connection dropped before CONNECT: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::info!("no CONNECT within {CONNECT_TIMEOUT:?}: connection dropped");
+            return;
+        }
+    };
+    conn.proto = proto;
+    let certificate_id = pki::certificate_id(&cert_der);
+
+    if info.client_id.is_empty() || info.client_id.len() > MAX_CLIENT_ID {
+        let _ = conn
+            .send(&Outbound::ConnAck {
+                code: ConnAckCode::BadClientId,
+                keep_alive: 0,
+            })
+            .await;
+        let _ = conn.stream.shutdown().await;
+        return;
+    }
+    if !matches!(
+        broker.registry.certificate_status(&certificate_id),
+        Ok(Some(CertStatus::Active))
+    ) {
+        let _ = conn
+            .send(&Outbound::ConnAck {
+                code: ConnAckCode::NotAuthorized,
+                keep_alive: 0,
+            })
+            .await;
+        let _ = conn.stream.shutdown().await;
+        return;
+    }
+    let (subject, issuer) = pki::name_attributes(&cert_der);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (kill, mut killed) = watch::channel(None);
+    let session = Arc::new(Session {
+        connection: broker.next_connection.fetch_add(1, Ordering::SeqCst),
+        auth: Mutex::new(broker.load_auth(&certificate_id, &info.client_id)),
+        client_id: info.client_id.clone(),
+        certificate_id,
+        subject,
+        issuer,
+        tx,
+        kill,
+        subscriptions: Mutex::new(Vec::new()),
+    });
+    if !broker.allowed(&session, Action::Connect, &session.client_id) {
+        tracing::info!(client_id = %session.client_id, "iot:Connect denied");
+        let _ = conn
+            .send(&Outbound::ConnAck {
+                code: ConnAckCode::NotAuthorized,
+                keep_alive: 0,
+            })
+            .await;
+        let _ = conn.stream.shutdown().await;
+        return;
+    }
+    if let Some(old) = lock(&broker.sessions).insert(session.client_id.clone(), session.clone()) {
+        let _ = old.kill.send(Some(DisconnectReason::SessionTakenOver));
+    }
+    // A status change between the CONNECT check and the insertion above
+    // would have missed this session: look once more.
+    if !matches!(
+        broker.registry.certificate_status(&session.certificate_id),
+        Ok(Some(CertStatus::Active))
+    ) {
+        let _ = session.kill.send(Some(DisconnectReason::NotAuthorized));
+    }
+    tracing::info!(client_id = %session.client_id, ?proto, "client connected");
+
+    // AWS: keep-alive below 30 s counts as 30 s, at most 1200 s; 0 means the maximum.
+    let keep_alive = match info.keep_alive {
+        0 => 1200,
+        k => k.clamp(broker.config.min_keep_alive_secs.min(1200), 1200),
+    };
+    let idle_limit = Duration::from_millis(u64::from(keep_alive) * 1500);
+
+    let result: Result<Close, Close> = async {
+        conn.send(&Outbound::ConnAck { code: ConnAckCode::Accepted, keep_alive }).await?;
+        let mut deadline = Instant::now() + idle_limit;
+        loop {
+            tokio::select! {
+                _ = killed.changed() => {
+                    let reason = (*killed.borrow()).unwrap_or(DisconnectReason::AdministrativeAction);
+                    let _ = conn.send(&Outbound::Disconnect(reason)).await;
+                    return Ok(Close::Reason(reason, "dropped by the server".into()));
+                }
+                _ = shutdown.changed() => {
+                    return Ok(Close::Reason(DisconnectReason::AdministrativeAction, "server shutting down".into()));
+                }
+                out = rx.recv() => {
+                    if let Some(out) = out {
+                        conn.send(&out).await?;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    let _ = conn.send(&Outbound::Disconnect(DisconnectReason::KeepAliveTimeout)).await;
+                    return Ok(Close::Reason(DisconnectReason::KeepAliveTimeout, "keep-alive expired".into()));
+                }
+                read = conn.stream.read_buf(&mut conn.buf) => {
+                    match read {
+                        Ok(0) => return Ok(Close::Io("peer closed the connection".into())),
+                        Ok(_) => deadline = Instant::now() + idle_limit,
+                        Err(e) => return Ok(Close::Io(e.to_string())),
+                    }
+                    loop {
+                        let packet = match mqtt::decode(conn.proto, &mut conn.buf, MAX_PACKET) {
+                            Ok(Some(p)) => p,
+                            Ok(None) => break,
+                            Err(mqtt::CodecError::TooLarge(_)) => {
+                                let _ = conn.send(&Outbound::Disconnect(DisconnectReason::PacketTooLarge)).await;
+                                return Ok(Close::Reason(DisconnectReason::PacketTooLarge, "packet too large".into()));
+                            }
+                            Err(e) => return Ok(Close::Reason(DisconnectReason::ProtocolError, e.to_string())),
+                        };
+                        if let Some(close) = handle_packet(&broker, &session, &mut conn, packet).await {
+                            if let Close::Reason(r, _) = &close {
+                                let _ = conn.send(&Outbound::Disconnect(*r)).await;
+                            }
+                            return Ok(close);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    let result = result.unwrap_or_else(|e| e);
+    tracing::info!(client_id = %session.client_id, ?result, "client disconnected");
+    let _ = conn.stream.shutdown().await;
+    let mut sessions = lock(&broker.sessions);
+    if sessions
+        .get(&session.client_id)
+        .is_some_and(|s| s.connection == session.connection)
+    {
+        sessions.remove(&session.client_id);
+    }
+}
+
+async fn handle_packet<S: AsyncRead + AsyncWrite + Unpin>(
+    broker: &Arc<Broker>,
+    session: &Arc<Session>,
+    conn: &mut Connection<S>,
+    packet: Inbound,
+) -> Option<Close> {
+    match packet {
+        Inbound::Unexpected(_) => Some(Close::Reason(
+            DisconnectReason::ProtocolError,
+            format!("{packet:?}"),
+        )),
+        Inbound::PingReq => conn.send(&Outbound::PingResp).await.err(),
+        Inbound::PubAck => None,
+        Inbound::Disconnect => Some(Close::Graceful),
+        Inbound::Unsubscribe { pkid, filters } => {
+            lock(&session.subscriptions).retain(|(f, _)| !filters.contains(f));
+            conn.send(&Outbound::UnsubAck {
+                pkid,
+                count: filters.len(),
+            })
+            .await
+            .err()
+        }
+        Inbound::Subscribe { pkid, filters } => {
+            let too_many = filters.len() > MAX_SUBSCRIBE_FILTERS;
+            let mut granted = Vec::with_capacity(filters.len());
+            for (filter, qos) in filters {
+                let ok = !too_many
+                    && topic::valid_filter(&filter)
+                    && broker.allowed(session, Action::Subscribe, &filter);
+                if ok {
+                    // AWS has no QoS 2: a QoS 2 request is granted QoS 1.
+                    let qos = qos.min(Qos::AtLeastOnce);
+                    let mut subs = lock(&session.subscriptions);
+                    subs.retain(|(f, _)| *f != filter);
+                    subs.push((filter, qos));
+                    granted.push(Some(qos));
+                } else {
+                    tracing::info!(client_id = %session.client_id, %filter, "subscription refused");
+                    granted.push(None);
+                }
+            }
+            conn.send(&Outbound::SubAck { pkid, granted }).await.err()
+        }
+        Inbound::Publish(msg) => handle_publish(broker, session, conn, msg).await,
+    }
+}
+
+async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
+    broker: &Arc<Broker>,
+    session: &Arc<Session>,
+    conn: &mut Connection<S>,
+    msg: Message,
+) -> Option<Close> {
+    tracing::debug!(client_id = %session.client_id, topic = %msg.topic, bytes = msg.payload.len(), "PUBLISH");
+    if msg.qos == Qos::ExactlyOnce {
+        return Some(Close::Reason(
+            DisconnectReason::ProtocolError,
+            "QoS 2 is not supported".into(),
+        ));
+    }
+    if msg.payload.len() > MAX_PAYLOAD {
+        return Some(Close::Reason(
+            DisconnectReason::PacketTooLarge,
+            "payload over 128 KiB".into(),
+        ));
+    }
+    if !topic::valid_publish_topic(&msg.topic) {
+        return Some(Close::Reason(
+            DisconnectReason::TopicNameInvalid,
+            format!("invalid topic {:?}", msg.topic),
+        ));
+    }
+    let allowed = broker.allowed(session, Action::Publish, &msg.topic)
+        && (!msg.retain || broker.allowed(session, Action::RetainPublish, &msg.topic));
+    if !allowed {
+        tracing::info!(client_id = %session.client_id, topic = %msg.topic, "iot:Publish denied");
+        return match conn.proto {
+            // MQTT 3.1.1 has no way to refuse a PUBLISH: AWS closes the connection.
+            Protocol::V4 => Some(Close::Reason(
+                DisconnectReason::NotAuthorized,
+                "publish not authorised".into(),
+            )),
+            Protocol::V5 => {
+                if msg.qos == Qos::AtLeastOnce {
+                    conn.send(&Outbound::PubAck {
+                        pkid: msg.pkid,
+                        not_authorized: true,
+                    })
+                    .await
+                    .err()
+                } else {
+                    None
+                }
+            }
+        };
+    }
+    if let Some((api, format)) = provisioning::parse_topic(&msg.topic) {
+        let broker = broker.clone();
+        let session = session.clone();
+        let msg = msg.clone();
+        tokio::spawn(async move {
+            let from = Requester {
+                client_id: session.client_id.clone(),
+                certificate_id: session.certificate_id.clone(),
+            };
+            let (accepted, body) = broker
+                .provisioner
+                .handle(&api, format, &msg.payload, &from)
+                .await;
+            let suffix = if accepted { "accepted" } else { "rejected" };
+            // The response goes only to the connection that asked.
+            broker.deliver(
+                &session,
+                &Message {
+                    topic: format!("{}/{suffix}", msg.topic),
+                    qos: Qos::AtLeastOnce,
+                    retain: false,
+                    pkid: 0,
+                    payload: body.into(),
+                },
+            );
+        });
+    } else if msg.topic.starts_with("$aws/") || msg.topic.starts_with("$AWS/") {
+        // Other reserved topics are AWS services this emulator does not have.
+        tracing::debug!(topic = %msg.topic, "reserved topic without a service: dropped");
+    } else {
+        broker.route(&msg);
+    }
+    if msg.qos == Qos::AtLeastOnce {
+        return conn
+            .send(&Outbound::PubAck {
+                pkid: msg.pkid,
+                not_authorized: false,
+            })
+            .await
+            .err();
+    }
+    None
+}

@@ -1,0 +1,358 @@
+//! Starting and stopping an emulator instance; the data directory.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::broker::{self, Broker};
+use crate::config::EmulatorConfig;
+use crate::pki::{CertificateAuthority, PkiError};
+use crate::provisioning::Provisioner;
+use crate::registry::{now_unix, CertStatus, Registry, RegistryError};
+use crate::tls::{self, ALPN_MQTT_CA};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmulatorError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A certificate with its private key, as a device would hold it.
+#[derive(Clone)]
+pub struct Credential {
+    pub certificate_id: String,
+    pub certificate_pem: String,
+    pub private_key_pem: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("certificate_id", &self.certificate_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The data directory: registry, CA and server certificate.
+pub struct DataDir {
+    pub registry: Registry,
+    pub ca: Arc<CertificateAuthority>,
+}
+
+impl DataDir {
+    /// Opens a data directory, creating it, its CA, server certificate and
+    /// token key on first use.
+    pub fn open(dir: &Path) -> Result<Self, EmulatorError> {
+        // The registry holds the CA's private key: the directory is private.
+        if !dir.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| EmulatorError::Io {
+                    what: format!("creating data directory {}", dir.display()),
+                    source,
+                })?;
+        }
+        let registry = Registry::open(dir)?;
+        let ca = match (registry.meta("ca_cert_pem")?, registry.meta("ca_key_pem")?) {
+            (Some(cert), Some(key)) => CertificateAuthority::load(&cert, &key)?,
+            _ => {
+                let (ca, key) = CertificateAuthority::generate()?;
+                registry.set_meta("ca_cert_pem", ca.cert_pem())?;
+                registry.set_meta("ca_key_pem", &key)?;
+                ca
+            }
+        };
+        if registry.meta("server_cert_pem")?.is_none() {
+            let (cert, key) = ca.issue_server()?;
+            registry.set_meta("server_cert_pem", &cert)?;
+            registry.set_meta("server_key_pem", &key)?;
+        }
+        if registry.meta("token_key")?.is_none() {
+            let key: [u8; 32] = rand::random();
+            registry.set_meta("token_key", &hex::encode(key))?;
+        }
+        Ok(DataDir {
+            registry,
+            ca: Arc::new(ca),
+        })
+    }
+
+    pub fn root_ca_pem(&self) -> String {
+        self.ca.cert_pem().to_owned()
+    }
+
+    /// Issues an ACTIVE certificate with a new P-256 key, registers it and
+    /// attaches `policies` (which must exist).
+    pub fn create_credential(
+        &self,
+        common_name: &str,
+        policies: &[&str],
+    ) -> Result<Credential, EmulatorError> {
+        let (issued, key) = self.ca.issue_with_new_ec_key(common_name)?;
+        self.registry.insert_certificate(
+            &issued.certificate_id,
+            &issued.certificate_pem,
+            CertStatus::Active,
+            None,
+        )?;
+        for p in policies {
+            self.registry.attach_policy(p, &issued.certificate_id)?;
+        }
+        Ok(Credential {
+            certificate_id: issued.certificate_id,
+            certificate_pem: issued.certificate_pem,
+            private_key_pem: key,
+        })
+    }
+}
+
+/// A running emulator.
+pub struct EmulatorHandle {
+    data: DataDir,
+    broker: Arc<Broker>,
+    addr: SocketAddr,
+    alpn_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+pub struct Emulator;
+
+impl Emulator {
+    /// Opens (or initialises) the data directory and starts both listeners.
+    pub async fn start(config: EmulatorConfig) -> Result<EmulatorHandle, EmulatorError> {
+        let data = DataDir::open(&config.data_dir)?;
+        let registry = data.registry.clone();
+        let meta = |k: &str| -> Result<String, EmulatorError> {
+            registry.meta(k)?.ok_or_else(|| {
+                RegistryError::Invalid(format!("data directory lacks {k}: run init")).into()
+            })
+        };
+        let (cert, key) = (meta("server_cert_pem")?, meta("server_key_pem")?);
+        let token_key = hex::decode(meta("token_key")?)
+            .map_err(|e| RegistryError::Invalid(format!("token key is corrupt: {e}")))?;
+        let config = Arc::new(config);
+        let plain = tls::server_config(registry.clone(), &cert, &key, data.ca.cert_pem(), false)?;
+        let alpn = tls::server_config(registry.clone(), &cert, &key, data.ca.cert_pem(), true)?;
+        let provisioner = Arc::new(Provisioner::new(
+            registry.clone(),
+            data.ca.clone(),
+            &token_key,
+            config.clone(),
+        ));
+        let broker = Arc::new(Broker::new(config.clone(), registry.clone(), provisioner));
+
+        let bind = |port: u16| {
+            let addr = SocketAddr::new(config.bind, port);
+            async move {
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| EmulatorError::Io {
+                        what: format!("binding {addr}"),
+                        source,
+                    })
+            }
+        };
+        let l1 = bind(config.port).await?;
+        let l2 = bind(config.alpn_port).await?;
+        let local = |l: &TcpListener| {
+            l.local_addr().map_err(|source| EmulatorError::Io {
+                what: "local address".into(),
+                source,
+            })
+        };
+        let (addr, alpn_addr) = (local(&l1)?, local(&l2)?);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(accept_loop(
+                l1,
+                TlsAcceptor::from(plain),
+                false,
+                broker.clone(),
+                shutdown_rx.clone(),
+            )),
+            tokio::spawn(accept_loop(
+                l2,
+                TlsAcceptor::from(alpn),
+                true,
+                broker.clone(),
+                shutdown_rx.clone(),
+            )),
+            tokio::spawn(supervise(broker.clone(), shutdown_rx)),
+        ];
+        tracing::info!(%addr, %alpn_addr, "iotcore-emulator listening");
+        Ok(EmulatorHandle {
+            data,
+            broker,
+            addr,
+            alpn_addr,
+            shutdown,
+            tasks,
+        })
+    }
+}
+
+impl EmulatorHandle {
+    /// The listener without ALPN (AWS's port 8883).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The listener that requires ALPN `x-amzn-mqtt-ca` (AWS's port 443).
+    pub fn alpn_addr(&self) -> SocketAddr {
+        self.alpn_addr
+    }
+
+    /// PEM of the root CA that issued the server and device certificates.
+    pub fn root_ca_pem(&self) -> String {
+        self.data.root_ca_pem()
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.data.registry
+    }
+
+    /// Number of MQTT sessions currently connected.
+    pub fn session_count(&self) -> usize {
+        self.broker.session_count()
+    }
+
+    /// A claim-style credential: ACTIVE, with `policy` attached.
+    pub fn create_claim_credential(&self, policy: &str) -> Result<Credential, EmulatorError> {
+        self.data.create_credential("claim", &[policy])
+    }
+
+    /// An ACTIVE credential with the given policies attached.
+    pub fn create_credential(
+        &self,
+        common_name: &str,
+        policies: &[&str],
+    ) -> Result<Credential, EmulatorError> {
+        self.data.create_credential(common_name, policies)
+    }
+
+    /// Stops listening, closes every connection and waits for the tasks.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        for t in std::mem::take(&mut self.tasks) {
+            let _ = t.await;
+        }
+        // Let connection tasks see the signal and close their sockets.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Drop for EmulatorHandle {
+    /// A handle dropped without `shutdown` still stops the server.
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    require_alpn: bool,
+    broker: Arc<Broker>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.changed() => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let broker = broker.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(tcp, acceptor, require_alpn, broker, shutdown).await {
+                tracing::info!(%peer, "connection refused: {e}");
+            }
+        });
+    }
+}
+
+async fn connection(
+    tcp: TcpStream,
+    acceptor: TlsAcceptor,
+    require_alpn: bool,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let _ = tcp.set_nodelay(true);
+    let tls = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_owned())?
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let (_, server) = tls.get_ref();
+    if require_alpn && server.alpn_protocol() != Some(ALPN_MQTT_CA) {
+        return Err("client did not offer ALPN x-amzn-mqtt-ca".into());
+    }
+    let cert = server
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .ok_or_else(|| "no client certificate".to_owned())?;
+    broker::serve(broker, tls, cert, shutdown).await;
+    Ok(())
+}
+
+/// Every poll interval, or at once on an in-process status change: notice
+/// other processes' writes, drop connections of certificates no longer
+/// ACTIVE, and delete certificates whose ownership token expired unused.
+async fn supervise(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let registry = broker.registry.clone();
+    let mut last_version = registry.data_version().unwrap_or_default();
+    let mut checked_epoch = registry.status_epoch();
+    let interval = broker.config.poll_interval;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = registry.status_change() => {}
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let version = registry.data_version().unwrap_or_default();
+        if version != last_version {
+            last_version = version;
+            registry.external_change();
+        }
+        let epoch = registry.status_epoch();
+        if epoch != checked_epoch {
+            checked_epoch = epoch;
+            broker.check_certificate_statuses();
+        }
+        match registry.delete_expired_pending(now_unix()) {
+            Ok(ids) if !ids.is_empty() => {
+                tracing::info!(count = ids.len(), "deleted certificates never registered")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("expiry sweep failed: {e}"),
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The emulator's own certificate authority: root CA, the server
+//! certificate, and the device certificates the provisioning APIs issue.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
+    SubjectPublicKeyInfo, PKCS_ECDSA_P256_SHA256,
+};
+use sha2::{Digest, Sha256};
+use x509_parser::prelude::FromDer;
+use x509_parser::public_key::PublicKey;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("certificate generation failed: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("certificate signing request is invalid: {0}")]
+    BadCsr(String),
+    #[error("RSA key generation failed: {0}")]
+    Rsa(String),
+    #[error("stored CA is unreadable: {0}")]
+    BadCa(String),
+}
+
+/// Lowercase hex SHA-256 of a certificate's DER: the AWS certificate id.
+pub fn certificate_id(der: &[u8]) -> String {
+    hex::encode(Sha256::digest(der))
+}
+
+/// Certificate id of the first certificate in a PEM string.
+pub fn certificate_id_from_pem(pem_str: &str) -> Option<String> {
+    let p = pem::parse(pem_str).ok()?;
+    Some(certificate_id(p.contents()))
+}
+
+/// An issued certificate.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub certificate_id: String,
+    pub certificate_pem: String,
+    pub der: Vec<u8>,
+}
+
+pub struct CertificateAuthority {
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn random_serial() -> SerialNumber {
+    let mut b: [u8; 16] = rand::random();
+    b[0] &= 0x7f; // positive INTEGER
+    SerialNumber::from_slice(&b)
+}
+
+fn issued(cert: rcgen::Certificate) -> Issued {
+    Issued {
+        certificate_id: certificate_id(cert.der()),
+        certificate_pem: cert.pem(),
+        der: cert.der().to_vec(),
+    }
+}
+
+impl CertificateAuthority {
+    /// Makes a new P-256 root CA; returns it with its key in PEM.
+    pub fn generate() -> Result<(Self, String), PkiError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "iotcore-emulator Root CA");
+        dn.push(DnType::OrganizationName, "iotcore-emulator");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.serial_number = Some(random_serial());
+        let cert = params.self_signed(&key)?;
+        let key_pem = key.serialize_pem();
+        let ca = Self::load(&cert.pem(), &key_pem)?;
+        Ok((ca, key_pem))
+    }
+
+    pub fn load(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
+        let key = KeyPair::from_pem(key_pem).map_err(|e| PkiError::BadCa(e.to_string()))?;
+        let issuer =
+            Issuer::from_ca_cert_pem(cert_pem, key).map_err(|e| PkiError::BadCa(e.to_string()))?;
+        Ok(CertificateAuthority {
+            cert_pem: cert_pem.to_owned(),
+            issuer,
+        })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Server certificate for `localhost` and `127.0.0.1`; returns (cert PEM, key PEM).
+    pub fn issue_server(&self) -> Result<(String, String), PkiError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.serial_number = Some(random_serial());
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    fn device_params(subject: DistinguishedName) -> CertificateParams {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = subject;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.serial_number = Some(random_serial());
+        params
+    }
+
+    /// CreateCertificateFromCsr: verifies the CSR's signature and accepts
+    /// EC P-256/P-384 and RSA 2048/3072 keys. The subject is kept.
+    pub fn issue_from_csr(&self, csr_pem: &str) -> Result<Issued, PkiError> {
+        let der = pem::parse(csr_pem)
+            .map_err(|e| PkiError::BadCsr(format!("not PEM: {e}")))?
+            .into_contents();
+        check_csr_key(&der)?;
+        let csr = CertificateSigningRequestParams::from_der(&der.as_slice().into())
+            .map_err(|e| PkiError::BadCsr(e.to_string()))?;
+        let params = Self::device_params(csr.params.distinguished_name.clone());
+        Ok(issued(params.signed_by(&csr.public_key, &self.issuer)?))
+    }
+
+    /// Issues a certificate for an existing public key (SubjectPublicKeyInfo DER).
+    pub fn issue_for_spki(&self, spki_der: &[u8], common_name: &str) -> Result<Issued, PkiError> {
+        let spki = SubjectPublicKeyInfo::from_der(spki_der)?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        Ok(issued(
+            Self::device_params(dn).signed_by(&spki, &self.issuer)?,
+        ))
+    }
+
+    /// CreateKeysAndCertificate: an RSA-2048 key made here, returned as a
+    /// PKCS#1 PEM (what AWS sends) with its certificate.
+    pub fn issue_with_new_rsa_key(&self) -> Result<(Issued, String), PkiError> {
+        use rsa::pkcs1::EncodeRsaPrivateKey;
+        use rsa::pkcs8::EncodePublicKey;
+        let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048)
+            .map_err(|e| PkiError::Rsa(e.to_string()))?;
+        let spki = key
+            .to_public_key()
+            .to_public_key_der()
+            .map_err(|e| PkiError::Rsa(e.to_string()))?;
+        let key_pem = key
+            .to_pkcs1_pem(rsa::pkcs8::LineEnding::LF)
+            .map_err(|e| PkiError::Rsa(e.to_string()))?;
+        let cert = self.issue_for_spki(spki.as_bytes(), "AWS IoT Certificate")?;
+        Ok((cert, key_pem.to_string()))
+    }
+
+    /// Issues a certificate with a fresh P-256 key; returns it and the key PEM
+    /// (PKCS#8). Used for claim credentials and tests.
+    pub fn issue_with_new_ec_key(&self, common_name: &str) -> Result<(Issued, String), PkiError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        let cert = Self::device_params(dn).signed_by(&key, &self.issuer)?;
+        Ok((issued(cert), key.serialize_pem()))
+    }
+}
+
+fn check_csr_key(der: &[u8]) -> Result<(), PkiError> {
+    let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(der)
+        .map_err(|e| PkiError::BadCsr(format!("not a PKCS#10 request: {e}")))?;
+    let spki = &csr.certification_request_info.subject_pki;
+    match spki.parsed() {
+        Ok(PublicKey::RSA(rsa)) => match rsa.key_size() {
+            2048 | 3072 => Ok(()),
+            n => Err(PkiError::BadCsr(format!(
+                "RSA key of {n} bits: only 2048 and 3072 are accepted"
+            ))),
+        },
+        Ok(PublicKey::EC(point)) => match point.data().len() {
+            65 | 97 => Ok(()),
+            _ => Err(PkiError::BadCsr(
+                "EC key: only P-256 and P-384 are accepted".into(),
+            )),
+        },
+        Ok(_) => Err(PkiError::BadCsr(
+            "key type not accepted: use EC P-256/P-384 or RSA 2048/3072".into(),
+        )),
+        Err(e) => Err(PkiError::BadCsr(format!("unreadable public key: {e}"))),
+    }
+}
+
+/// Distinguished-name attributes as (AWS attribute name, value) pairs.
+pub type NameAttributes = Vec<(String, String)>;
+
+/// Subject and issuer of a certificate.
+pub fn name_attributes(der: &[u8]) -> (NameAttributes, NameAttributes) {
+    let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(der) else {
+        return (Vec::new(), Vec::new());
+    };
+    let conv = |name: &x509_parser::x509::X509Name<'_>| {
+        let mut out = Vec::new();
+        for attr in name.iter_attributes() {
+            let oid = attr.attr_type().to_id_string();
+            let key = match oid.as_str() {
+                "2.5.4.3" => "CommonName",
+                "2.5.4.10" => "Organization",
+                "2.5.4.11" => "OrganizationalUnit",
+                "2.5.4.6" => "Country",
+                "2.5.4.7" => "Locality",
+                "2.5.4.8" => "State",
+                "2.5.4.5" => "SerialNumber",
+                "2.5.4.4" => "Surname",
+                "2.5.4.42" => "GivenName",
+                "2.5.4.12" => "Title",
+                "2.5.4.46" => "DistinguishedNameQualifier",
+                "2.5.4.65" => "Pseudonym",
+                _ => continue,
+            };
+            if let Ok(v) = attr.as_str() {
+                out.push((key.to_owned(), v.to_owned()));
+            }
+        }
+        out
+    };
+    (conv(cert.subject()), conv(cert.issuer()))
+}

@@ -1,0 +1,494 @@
+//! The Fleet Provisioning MQTT APIs: CreateKeysAndCertificate,
+//! CreateCertificateFromCsr and RegisterThing, in JSON and CBOR.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ring::hmac;
+use serde_json::{json, Value};
+
+use crate::config::{EmulatorConfig, TokenReuse};
+use crate::hook::{self, HookError, HookRequest};
+use crate::pki::{CertificateAuthority, Issued, PkiError};
+use crate::policy::PolicyDocument;
+use crate::registry::{
+    now_unix, CertStatus, ProvisioningWrite, Registry, RegistryError, ThingRecord,
+};
+use crate::template::{self, CertStatusSpec, ExistingThing, PolicySpec, Template};
+use crate::throttle::TokenBucket;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Api {
+    CreateKeysAndCertificate,
+    CreateCertificateFromCsr,
+    RegisterThing(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Format {
+    Json,
+    Cbor,
+}
+
+/// Recognises a request topic.
+pub(crate) fn parse_topic(topic: &str) -> Option<(Api, Format)> {
+    let fmt = |s: &str| match s {
+        "json" => Some(Format::Json),
+        "cbor" => Some(Format::Cbor),
+        _ => None,
+    };
+    let parts: Vec<&str> = topic.split('/').collect();
+    match parts.as_slice() {
+        ["$aws", "certificates", "create", f] => Some((Api::CreateKeysAndCertificate, fmt(f)?)),
+        ["$aws", "certificates", "create-from-csr", f] => {
+            Some((Api::CreateCertificateFromCsr, fmt(f)?))
+        }
+        ["$aws", "provisioning-templates", name, "provision", f] => {
+            Some((Api::RegisterThing((*name).to_owned()), fmt(f)?))
+        }
+        _ => None,
+    }
+}
+
+/// AWS IoT thing names: 1 to 128 characters of `[a-zA-Z0-9:_-]`.
+fn valid_thing_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'-'))
+}
+
+/// A rejected request: becomes `{statusCode, errorCode, errorMessage}`.
+#[derive(Debug, Clone)]
+pub(crate) struct ApiError {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError {
+        status: 400,
+        code: "InvalidRequestException",
+        message: message.into(),
+    }
+}
+fn bad_token(message: impl Into<String>) -> ApiError {
+    ApiError {
+        status: 400,
+        code: "InvalidCertificateOwnershipToken",
+        message: message.into(),
+    }
+}
+fn internal(message: impl std::fmt::Display) -> ApiError {
+    ApiError {
+        status: 500,
+        code: "InternalFailureException",
+        message: message.to_string(),
+    }
+}
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        internal(e)
+    }
+}
+
+/// Who sent the request.
+pub(crate) struct Requester {
+    pub client_id: String,
+    pub certificate_id: String,
+}
+
+pub(crate) struct Provisioner {
+    registry: Registry,
+    ca: Arc<CertificateAuthority>,
+    token_key: hmac::Key,
+    config: Arc<EmulatorConfig>,
+    create_keys: TokenBucket,
+    create_from_csr: TokenBucket,
+    register: TokenBucket,
+}
+
+fn decode_body(format: Format, payload: &[u8]) -> Result<Value, ApiError> {
+    if payload.is_empty() {
+        return Ok(Value::Object(Default::default()));
+    }
+    let v: Value = match format {
+        Format::Json => serde_json::from_slice(payload)
+            .map_err(|e| invalid(format!("request is not valid JSON: {e}")))?,
+        Format::Cbor => ciborium::from_reader(payload)
+            .map_err(|e| invalid(format!("request is not a valid CBOR map: {e}")))?,
+    };
+    if !v.is_object() {
+        return Err(invalid("request body must be an object"));
+    }
+    Ok(v)
+}
+
+/// Encodes a response body in the request's format.
+pub(crate) fn encode_body(format: Format, v: &Value) -> Vec<u8> {
+    match format {
+        Format::Json => serde_json::to_vec(v).unwrap_or_default(),
+        Format::Cbor => {
+            let mut out = Vec::new();
+            // Writing a serde_json::Value to a Vec cannot fail.
+            let _ = ciborium::into_writer(v, &mut out);
+            out
+        }
+    }
+}
+
+impl Provisioner {
+    pub fn new(
+        registry: Registry,
+        ca: Arc<CertificateAuthority>,
+        token_key: &[u8],
+        config: Arc<EmulatorConfig>,
+    ) -> Self {
+        let t = config.throttle;
+        Provisioner {
+            registry,
+            ca,
+            token_key: hmac::Key::new(hmac::HMAC_SHA256, token_key),
+            create_keys: TokenBucket::new(t.create_keys_and_certificate),
+            create_from_csr: TokenBucket::new(t.create_certificate_from_csr),
+            register: TokenBucket::new(t.register_thing),
+            config,
+        }
+    }
+
+    /// Handles one request; returns whether it was accepted and the body.
+    pub async fn handle(
+        self: &Arc<Self>,
+        api: &Api,
+        format: Format,
+        payload: &[u8],
+        from: &Requester,
+    ) -> (bool, Vec<u8>) {
+        let result = match api {
+            Api::CreateKeysAndCertificate => self.create_keys(format, payload).await,
+            Api::CreateCertificateFromCsr => self.create_from_csr(format, payload).await,
+            Api::RegisterThing(name) => self.register_thing(name, format, payload, from).await,
+        };
+        match result {
+            Ok(v) => (true, encode_body(format, &v)),
+            Err(e) => {
+                tracing::info!(code = e.code, message = %e.message, "provisioning request rejected");
+                let body =
+                    json!({"statusCode": e.status, "errorCode": e.code, "errorMessage": e.message});
+                (false, encode_body(format, &body))
+            }
+        }
+    }
+
+    fn throttled(bucket: &TokenBucket, api: &str) -> Result<(), ApiError> {
+        if bucket.try_acquire() {
+            Ok(())
+        } else {
+            Err(ApiError {
+                status: 429,
+                code: "ThrottlingException",
+                message: format!("rate exceeded for {api}"),
+            })
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        f: impl FnOnce() -> Result<T, PkiError> + Send + 'static,
+    ) -> Result<Result<T, PkiError>, ApiError> {
+        tokio::task::spawn_blocking(f).await.map_err(internal)
+    }
+
+    /// Stores a new PENDING_ACTIVATION certificate and makes its token.
+    fn register_new(&self, issued: &Issued) -> Result<String, ApiError> {
+        let expires = now_unix() + self.config.token_ttl.as_secs().max(1) as i64;
+        self.registry.insert_certificate(
+            &issued.certificate_id,
+            &issued.certificate_pem,
+            CertStatus::PendingActivation,
+            Some(expires),
+        )?;
+        Ok(self.token_for(&issued.certificate_id, expires))
+    }
+
+    /// `base64url(certId.expiry).base64url(HMAC-SHA256)`: unforgeable
+    /// without the registry's key, bound to one certificate, expiring.
+    pub(crate) fn token_for(&self, certificate_id: &str, expires: i64) -> String {
+        let claims = format!("{certificate_id}.{expires}");
+        let tag = hmac::sign(&self.token_key, claims.as_bytes());
+        format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(claims),
+            URL_SAFE_NO_PAD.encode(tag.as_ref())
+        )
+    }
+
+    fn verify_token(&self, token: &str) -> Result<String, ApiError> {
+        let forged = || bad_token("certificate ownership token is not valid");
+        let (claims, tag) = token.split_once('.').ok_or_else(forged)?;
+        let claims = URL_SAFE_NO_PAD.decode(claims).map_err(|_| forged())?;
+        let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| forged())?;
+        hmac::verify(&self.token_key, &claims, &tag).map_err(|_| forged())?;
+        let claims = String::from_utf8(claims).map_err(|_| forged())?;
+        let (cert_id, expires) = claims.split_once('.').ok_or_else(forged)?;
+        let expires: i64 = expires.parse().map_err(|_| forged())?;
+        if now_unix() >= expires {
+            return Err(bad_token("certificate ownership token has expired"));
+        }
+        Ok(cert_id.to_owned())
+    }
+
+    async fn create_keys(
+        self: &Arc<Self>,
+        format: Format,
+        payload: &[u8],
+    ) -> Result<Value, ApiError> {
+        Self::throttled(&self.create_keys, "CreateKeysAndCertificate")?;
+        decode_body(format, payload)?;
+        let ca = self.ca.clone();
+        let (issued, key_pem) = Self::blocking(move || ca.issue_with_new_rsa_key())
+            .await?
+            .map_err(internal)?;
+        let token = self.register_new(&issued)?;
+        Ok(json!({
+            "certificateId": issued.certificate_id,
+            "certificatePem": issued.certificate_pem,
+            "privateKey": key_pem,
+            "certificateOwnershipToken": token,
+        }))
+    }
+
+    async fn create_from_csr(
+        self: &Arc<Self>,
+        format: Format,
+        payload: &[u8],
+    ) -> Result<Value, ApiError> {
+        Self::throttled(&self.create_from_csr, "CreateCertificateFromCsr")?;
+        let body = decode_body(format, payload)?;
+        let csr = body
+            .get("certificateSigningRequest")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                invalid("certificateSigningRequest is required and must be a PEM string")
+            })?
+            .to_owned();
+        let ca = self.ca.clone();
+        let issued = Self::blocking(move || ca.issue_from_csr(&csr))
+            .await?
+            .map_err(|e| match e {
+                PkiError::BadCsr(m) => {
+                    invalid(format!("certificate signing request is invalid: {m}"))
+                }
+                other => internal(other),
+            })?;
+        let token = self.register_new(&issued)?;
+        Ok(json!({
+            "certificateId": issued.certificate_id,
+            "certificatePem": issued.certificate_pem,
+            "certificateOwnershipToken": token,
+        }))
+    }
+
+    async fn register_thing(
+        self: &Arc<Self>,
+        template_name: &str,
+        format: Format,
+        payload: &[u8],
+        from: &Requester,
+    ) -> Result<Value, ApiError> {
+        Self::throttled(&self.register, "RegisterThing")?;
+        let body = decode_body(format, payload)?;
+        let token = body
+            .get("certificateOwnershipToken")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid("certificateOwnershipToken is required"))?;
+        let mut parameters = BTreeMap::new();
+        match body.get("parameters") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(m)) => {
+                for (k, v) in m {
+                    let v = v
+                        .as_str()
+                        .ok_or_else(|| invalid(format!("parameter {k} must be a string")))?;
+                    parameters.insert(k.clone(), v.to_owned());
+                }
+            }
+            Some(_) => return Err(invalid("parameters must be a map of strings")),
+        }
+        let not_found = || ApiError {
+            status: 404,
+            code: "ResourceNotFoundException",
+            message: format!("provisioning template {template_name} does not exist or is disabled"),
+        };
+        if template::validate_name(template_name).is_err() {
+            return Err(not_found());
+        }
+        let record = self
+            .registry
+            .template(template_name)?
+            .filter(|t| t.enabled)
+            .ok_or_else(not_found)?;
+
+        let cert_id = self.verify_token(token)?;
+        let cert = self
+            .registry
+            .certificate(&cert_id)?
+            .ok_or_else(|| bad_token("the certificate of this ownership token no longer exists"))?;
+        if cert.registered && self.config.token_reuse == TokenReuse::Reject {
+            return Err(bad_token("certificate ownership token was already used"));
+        }
+
+        if let Some(exe) = &record.pre_provisioning_hook {
+            let request = HookRequest {
+                claim_certificate_id: &from.certificate_id,
+                certificate_id: &cert_id,
+                certificate_pem: &cert.certificate_pem,
+                template_arn: format!(
+                    "arn:aws:iot:{}:{}:provisioningtemplate/{}",
+                    self.config.region, self.config.account, template_name
+                ),
+                client_id: &from.client_id,
+                parameters: &parameters,
+            };
+            match hook::run(exe, &request, self.config.hook_timeout).await {
+                Ok(overrides) => parameters.extend(overrides),
+                Err(e) => {
+                    let message = match e {
+                        HookError::Refused => {
+                            "pre-provisioning hook refused provisioning".to_owned()
+                        }
+                        other => format!("pre-provisioning hook failed: {other}"),
+                    };
+                    return Err(ApiError {
+                        status: 403,
+                        code: "AccessDenied",
+                        message,
+                    });
+                }
+            }
+        }
+
+        let template_err = |e: template::TemplateError| {
+            let code = e.error_code();
+            let status = if code == "ResourceConflictsException" {
+                409
+            } else {
+                400
+            };
+            ApiError {
+                status,
+                code,
+                message: e.to_string(),
+            }
+        };
+        let plan = Template::parse(&record.body)
+            .and_then(|t| t.evaluate(&parameters, &cert_id))
+            .map_err(template_err)?;
+
+        let thing = match &plan.thing {
+            None => None,
+            Some(spec) => {
+                if !valid_thing_name(&spec.thing_name) {
+                    return Err(invalid(format!(
+                        "thing name {:?} must be 1 to 128 characters of [a-zA-Z0-9:_-]",
+                        spec.thing_name
+                    )));
+                }
+                let existing = self.registry.thing(&spec.thing_name)?;
+                let merged = match &existing {
+                    Some(t) => template::apply_overrides(
+                        &ExistingThing {
+                            attributes: t.attributes.clone(),
+                            thing_type_name: t.thing_type_name.clone(),
+                            thing_groups: t.thing_groups.clone(),
+                        },
+                        spec,
+                    )
+                    .map_err(template_err)?,
+                    None => ExistingThing {
+                        attributes: spec.attributes.clone(),
+                        thing_type_name: spec.thing_type_name.clone(),
+                        thing_groups: spec.thing_groups.clone(),
+                    },
+                };
+                Some(ThingRecord {
+                    thing_name: spec.thing_name.clone(),
+                    attributes: merged.attributes,
+                    thing_type_name: merged.thing_type_name,
+                    thing_groups: merged.thing_groups,
+                    billing_group: spec
+                        .billing_group
+                        .clone()
+                        .or_else(|| existing.and_then(|t| t.billing_group)),
+                    certificates: Vec::new(),
+                })
+            }
+        };
+        let status = match &plan.certificate {
+            Some(c) if c.certificate_id != cert_id => {
+                return Err(invalid(
+                    "the template's certificate is not the one of the ownership token",
+                ))
+            }
+            Some(c) if matches!(c.status, CertStatusSpec::Inactive) => CertStatus::Inactive,
+            _ => CertStatus::Active,
+        };
+        let mut attach_policies = Vec::new();
+        let mut new_policies = Vec::new();
+        for p in &plan.policies {
+            match p {
+                PolicySpec::Named(name) => {
+                    if self.registry.policy(name)?.is_none() {
+                        return Err(invalid(format!(
+                            "policy {name} named by the template does not exist"
+                        )));
+                    }
+                    attach_policies.push(name.clone());
+                }
+                PolicySpec::Document { name, document } => {
+                    PolicyDocument::parse(document).map_err(|e| {
+                        invalid(format!("policy document in the template is invalid: {e}"))
+                    })?;
+                    let name = name
+                        .clone()
+                        .unwrap_or_else(|| format!("{template_name}_{}", &cert_id[..16]));
+                    new_policies.push((name, document.clone()));
+                }
+            }
+        }
+        self.registry.apply_provisioning(&ProvisioningWrite {
+            certificate_id: cert_id.clone(),
+            status,
+            thing: thing.clone(),
+            new_policies,
+            attach_policies,
+        })?;
+        let thing_name = thing.map(|t| t.thing_name).unwrap_or_default();
+        Ok(json!({"thingName": thing_name, "deviceConfiguration": plan.device_configuration}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics() {
+        assert_eq!(
+            parse_topic("$aws/certificates/create/json"),
+            Some((Api::CreateKeysAndCertificate, Format::Json))
+        );
+        assert_eq!(
+            parse_topic("$aws/certificates/create-from-csr/cbor"),
+            Some((Api::CreateCertificateFromCsr, Format::Cbor))
+        );
+        assert_eq!(
+            parse_topic("$aws/provisioning-templates/prod/provision/json"),
+            Some((Api::RegisterThing("prod".into()), Format::Json))
+        );
+        assert_eq!(parse_topic("$aws/certificates/create/xml"), None);
+        assert_eq!(parse_topic("$aws/certificates/create/json/accepted"), None);
+    }
+}

@@ -1,0 +1,788 @@
+//! The registry: certificates, things, policies and templates in SQLite.
+//!
+//! One connection behind a mutex: the emulator's writes are small and the
+//! handshake path only reads one row, so contention stays low. Every write
+//! wakes the connection supervisor, which re-checks certificate statuses of
+//! live connections (and notices other processes' writes through
+//! `PRAGMA data_version`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use tokio::sync::Notify;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("registry database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{kind} {name} not found in the registry")]
+    NotFound { kind: &'static str, name: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The statuses AWS IoT Core knows for a certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CertStatus {
+    Active,
+    Inactive,
+    Revoked,
+    PendingActivation,
+    PendingTransfer,
+}
+
+impl CertStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertStatus::Active => "ACTIVE",
+            CertStatus::Inactive => "INACTIVE",
+            CertStatus::Revoked => "REVOKED",
+            CertStatus::PendingActivation => "PENDING_ACTIVATION",
+            CertStatus::PendingTransfer => "PENDING_TRANSFER",
+        }
+    }
+}
+
+impl std::str::FromStr for CertStatus {
+    type Err = RegistryError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.to_ascii_uppercase().as_str() {
+            "ACTIVE" => CertStatus::Active,
+            "INACTIVE" => CertStatus::Inactive,
+            "REVOKED" => CertStatus::Revoked,
+            "PENDING_ACTIVATION" => CertStatus::PendingActivation,
+            "PENDING_TRANSFER" => CertStatus::PendingTransfer,
+            other => {
+                return Err(RegistryError::Invalid(format!(
+                    "unknown certificate status {other:?}: use ACTIVE, INACTIVE, REVOKED, PENDING_ACTIVATION or PENDING_TRANSFER"
+                )))
+            }
+        })
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CertificateRecord {
+    pub certificate_id: String,
+    pub certificate_pem: String,
+    pub status: CertStatus,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// Unix time after which a never-registered certificate is deleted.
+    pub pending_until: Option<i64>,
+    /// True once a RegisterThing has consumed its ownership token.
+    pub registered: bool,
+    pub policies: Vec<String>,
+    pub things: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ThingRecord {
+    pub thing_name: String,
+    pub attributes: BTreeMap<String, String>,
+    pub thing_type_name: Option<String>,
+    pub thing_groups: Vec<String>,
+    pub billing_group: Option<String>,
+    pub certificates: Vec<String>,
+}
+
+/// A CA registered by the user: device certificates it issued are
+/// registered (ACTIVE, with `auto_attach_policies`) on their first connection.
+#[derive(Clone, Debug, Serialize)]
+pub struct CaCertificateRecord {
+    pub certificate_id: String,
+    pub certificate_pem: String,
+    pub status: CertStatus,
+    pub auto_attach_policies: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicyRecord {
+    pub policy_name: String,
+    pub document: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TemplateRecord {
+    pub template_name: String,
+    pub body: String,
+    pub enabled: bool,
+    pub pre_provisioning_hook: Option<String>,
+}
+
+/// What RegisterThing writes, as one transaction.
+pub(crate) struct ProvisioningWrite {
+    pub certificate_id: String,
+    pub status: CertStatus,
+    pub thing: Option<ThingRecord>,
+    pub new_policies: Vec<(String, String)>,
+    pub attach_policies: Vec<String>,
+}
+
+/// Counters of in-process changes, so that live connections re-read only
+/// what changed: `auth` (policies, things, attachments) is compared lazily
+/// by each connection; `status` (certificate statuses) wakes the supervisor.
+#[derive(Default)]
+struct Epochs {
+    auth: AtomicU64,
+    status: AtomicU64,
+    status_changed: Notify,
+}
+
+/// Handle to the registry; cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    conn: Arc<Mutex<Connection>>,
+    epochs: Arc<Epochs>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Registry")
+    }
+}
+
+pub(crate) fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS certificates (
+  id TEXT PRIMARY KEY, pem TEXT NOT NULL, status TEXT NOT NULL,
+  created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+  pending_until INTEGER, registered INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS things (
+  name TEXT PRIMARY KEY, attributes TEXT NOT NULL, thing_type TEXT,
+  groups_json TEXT NOT NULL, billing_group TEXT);
+CREATE TABLE IF NOT EXISTS policies (name TEXT PRIMARY KEY, document TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS templates (
+  name TEXT PRIMARY KEY, body TEXT NOT NULL, enabled INTEGER NOT NULL, hook TEXT);
+CREATE TABLE IF NOT EXISTS cert_policies (
+  cert_id TEXT NOT NULL, policy TEXT NOT NULL, PRIMARY KEY (cert_id, policy));
+CREATE TABLE IF NOT EXISTS cert_things (
+  cert_id TEXT NOT NULL, thing TEXT NOT NULL, PRIMARY KEY (cert_id, thing));
+CREATE TABLE IF NOT EXISTS ca_certificates (
+  id TEXT PRIMARY KEY, pem TEXT NOT NULL, status TEXT NOT NULL, policies_json TEXT NOT NULL);
+";
+
+impl Registry {
+    /// Opens (creating if needed) `DIR/registry.sqlite3`.
+    pub fn open(data_dir: &Path) -> Result<Self, RegistryError> {
+        let conn = Connection::open(data_dir.join("registry.sqlite3"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Registry {
+            conn: Arc::new(Mutex::new(conn)),
+            epochs: Arc::new(Epochs::default()),
+        })
+    }
+
+    fn db(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (transactions roll back).
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn auth_changed(&self) {
+        self.epochs.auth.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn status_changed(&self) {
+        self.epochs.status.fetch_add(1, Ordering::SeqCst);
+        self.epochs.status_changed.notify_one();
+    }
+
+    /// Another process changed the database: everything may have changed.
+    pub(crate) fn external_change(&self) {
+        self.auth_changed();
+        self.status_changed();
+    }
+
+    pub(crate) fn auth_epoch(&self) -> u64 {
+        self.epochs.auth.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn status_epoch(&self) -> u64 {
+        self.epochs.status.load(Ordering::SeqCst)
+    }
+
+    /// Resolves after the next in-process certificate status change.
+    pub(crate) async fn status_change(&self) {
+        self.epochs.status_changed.notified().await
+    }
+
+    /// SQLite's counter of commits made by other connections (other processes).
+    pub(crate) fn data_version(&self) -> Result<i64, RegistryError> {
+        Ok(self
+            .db()
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?)
+    }
+
+    pub(crate) fn meta(&self, key: &str) -> Result<Option<String>, RegistryError> {
+        Ok(self
+            .db()
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub(crate) fn set_meta(&self, key: &str, value: &str) -> Result<(), RegistryError> {
+        self.db().execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    // ---- certificates ----
+
+    pub(crate) fn insert_certificate(
+        &self,
+        id: &str,
+        pem: &str,
+        status: CertStatus,
+        pending_until: Option<i64>,
+    ) -> Result<(), RegistryError> {
+        let now = now_unix();
+        self.db().execute(
+            "INSERT OR REPLACE INTO certificates (id, pem, status, created_at, updated_at, pending_until, registered)
+             VALUES (?1, ?2, ?3, ?4, ?4, ?5, 0)",
+            params![id, pem, status.as_str(), now, pending_until],
+        )?;
+        Ok(())
+    }
+
+    pub fn certificate_status(&self, id: &str) -> Result<Option<CertStatus>, RegistryError> {
+        let s: Option<String> = self
+            .db()
+            .query_row("SELECT status FROM certificates WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        s.map(|s| s.parse()).transpose()
+    }
+
+    pub fn certificate(&self, id: &str) -> Result<Option<CertificateRecord>, RegistryError> {
+        let db = self.db();
+        let row = db
+            .query_row(
+                "SELECT id, pem, status, created_at, updated_at, pending_until, registered FROM certificates WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, Option<i64>>(5)?,
+                        r.get::<_, bool>(6)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((
+            certificate_id,
+            certificate_pem,
+            status,
+            created_at,
+            updated_at,
+            pending_until,
+            registered,
+        )) = row
+        else {
+            return Ok(None);
+        };
+        let policies = column_list(
+            &db,
+            "SELECT policy FROM cert_policies WHERE cert_id = ?1 ORDER BY policy",
+            id,
+        )?;
+        let things = column_list(
+            &db,
+            "SELECT thing FROM cert_things WHERE cert_id = ?1 ORDER BY thing",
+            id,
+        )?;
+        Ok(Some(CertificateRecord {
+            certificate_id,
+            certificate_pem,
+            status: status.parse()?,
+            created_at,
+            updated_at,
+            pending_until,
+            registered,
+            policies,
+            things,
+        }))
+    }
+
+    pub fn certificates(&self) -> Result<Vec<CertificateRecord>, RegistryError> {
+        let ids = column_list(
+            &self.db(),
+            "SELECT id FROM certificates WHERE ?1 = ?1 ORDER BY created_at, id",
+            "",
+        )?;
+        ids.iter()
+            .filter_map(|id| self.certificate(id).transpose())
+            .collect()
+    }
+
+    /// Changes a certificate's status. Moving it away from ACTIVE drops its
+    /// live connections within the supervisor's poll interval.
+    pub fn set_certificate_status(
+        &self,
+        id: &str,
+        status: CertStatus,
+    ) -> Result<(), RegistryError> {
+        let n = self.db().execute(
+            "UPDATE certificates SET status = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, status.as_str(), now_unix()],
+        )?;
+        self.status_changed();
+        if n == 0 {
+            return Err(RegistryError::NotFound {
+                kind: "certificate",
+                name: id.into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn delete_certificate(&self, id: &str) -> Result<(), RegistryError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        tx.execute("DELETE FROM cert_policies WHERE cert_id = ?1", [id])?;
+        tx.execute("DELETE FROM cert_things WHERE cert_id = ?1", [id])?;
+        tx.execute("DELETE FROM certificates WHERE id = ?1", [id])?;
+        tx.commit()?;
+        drop(db);
+        self.status_changed();
+        Ok(())
+    }
+
+    /// Deletes never-registered certificates whose ownership token has expired.
+    pub(crate) fn delete_expired_pending(&self, now: i64) -> Result<Vec<String>, RegistryError> {
+        let ids = {
+            let db = self.db();
+            let mut st = db.prepare(
+                "SELECT id FROM certificates WHERE registered = 0 AND pending_until IS NOT NULL AND pending_until <= ?1",
+            )?;
+            let ids = st
+                .query_map([now], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            ids
+        };
+        for id in &ids {
+            self.delete_certificate(id)?;
+        }
+        Ok(ids)
+    }
+
+    // ---- registered CAs ----
+
+    /// Registers a CA certificate (ACTIVE). Certificates it issued connect
+    /// and are registered ACTIVE with `policies` attached on first use.
+    pub fn register_ca_certificate(
+        &self,
+        pem_str: &str,
+        policies: &[&str],
+    ) -> Result<String, RegistryError> {
+        let id = crate::pki::certificate_id_from_pem(pem_str)
+            .ok_or_else(|| RegistryError::Invalid("CA certificate is not PEM".into()))?;
+        for p in policies {
+            if self.policy(p)?.is_none() {
+                return Err(RegistryError::NotFound {
+                    kind: "policy",
+                    name: (*p).into(),
+                });
+            }
+        }
+        let policies = serde_json::to_string(policies).unwrap_or_else(|_| "[]".into());
+        self.db().execute(
+            "INSERT OR REPLACE INTO ca_certificates (id, pem, status, policies_json) VALUES (?1, ?2, 'ACTIVE', ?3)",
+            params![id, pem_str, policies],
+        )?;
+        self.auth_changed();
+        Ok(id)
+    }
+
+    pub fn set_ca_certificate_status(
+        &self,
+        id: &str,
+        status: CertStatus,
+    ) -> Result<(), RegistryError> {
+        let n = self.db().execute(
+            "UPDATE ca_certificates SET status = ?2 WHERE id = ?1",
+            params![id, status.as_str()],
+        )?;
+        if n == 0 {
+            return Err(RegistryError::NotFound {
+                kind: "CA certificate",
+                name: id.into(),
+            });
+        }
+        self.auth_changed();
+        Ok(())
+    }
+
+    pub fn ca_certificates(&self) -> Result<Vec<CaCertificateRecord>, RegistryError> {
+        let db = self.db();
+        let mut st =
+            db.prepare("SELECT id, pem, status, policies_json FROM ca_certificates ORDER BY id")?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(certificate_id, certificate_pem, status, policies)| {
+                Ok(CaCertificateRecord {
+                    certificate_id,
+                    certificate_pem,
+                    status: status.parse()?,
+                    auto_attach_policies: serde_json::from_str(&policies).map_err(|e| {
+                        RegistryError::Invalid(format!("CA policies are corrupt: {e}"))
+                    })?,
+                })
+            })
+            .collect()
+    }
+
+    /// Registers a device certificate issued by a registered CA on its first
+    /// connection: ACTIVE, with the CA's policies attached.
+    pub(crate) fn auto_register(
+        &self,
+        pem_str: &str,
+        id: &str,
+        policies: &[String],
+    ) -> Result<(), RegistryError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let now = now_unix();
+        tx.execute(
+            "INSERT OR IGNORE INTO certificates (id, pem, status, created_at, updated_at, pending_until, registered)
+             VALUES (?1, ?2, 'ACTIVE', ?3, ?3, NULL, 1)",
+            params![id, pem_str, now],
+        )?;
+        for p in policies {
+            tx.execute(
+                "INSERT OR IGNORE INTO cert_policies (cert_id, policy) VALUES (?1, ?2)",
+                params![id, p],
+            )?;
+        }
+        tx.commit()?;
+        drop(db);
+        self.auth_changed();
+        Ok(())
+    }
+
+    // ---- policies ----
+
+    /// Creates or replaces a policy. The document must parse.
+    pub fn create_policy(&self, name: &str, document: &str) -> Result<(), RegistryError> {
+        crate::policy::PolicyDocument::parse(document)
+            .map_err(|e| RegistryError::Invalid(format!("policy {name}: {e}")))?;
+        self.db().execute(
+            "INSERT OR REPLACE INTO policies (name, document) VALUES (?1, ?2)",
+            params![name, document],
+        )?;
+        self.auth_changed();
+        Ok(())
+    }
+
+    pub fn policy(&self, name: &str) -> Result<Option<PolicyRecord>, RegistryError> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT name, document FROM policies WHERE name = ?1",
+                [name],
+                |r| {
+                    Ok(PolicyRecord {
+                        policy_name: r.get(0)?,
+                        document: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    pub fn policies(&self) -> Result<Vec<PolicyRecord>, RegistryError> {
+        let db = self.db();
+        let mut st = db.prepare("SELECT name, document FROM policies ORDER BY name")?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(PolicyRecord {
+                    policy_name: r.get(0)?,
+                    document: r.get(1)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn attach_policy(&self, policy: &str, cert_id: &str) -> Result<(), RegistryError> {
+        if self.policy(policy)?.is_none() {
+            return Err(RegistryError::NotFound {
+                kind: "policy",
+                name: policy.into(),
+            });
+        }
+        if self.certificate_status(cert_id)?.is_none() {
+            return Err(RegistryError::NotFound {
+                kind: "certificate",
+                name: cert_id.into(),
+            });
+        }
+        self.db().execute(
+            "INSERT OR IGNORE INTO cert_policies (cert_id, policy) VALUES (?1, ?2)",
+            params![cert_id, policy],
+        )?;
+        self.auth_changed();
+        Ok(())
+    }
+
+    pub fn detach_policy(&self, policy: &str, cert_id: &str) -> Result<(), RegistryError> {
+        self.db().execute(
+            "DELETE FROM cert_policies WHERE cert_id = ?1 AND policy = ?2",
+            params![cert_id, policy],
+        )?;
+        self.auth_changed();
+        Ok(())
+    }
+
+    /// Documents of the policies attached to a certificate.
+    pub(crate) fn policy_documents_for(&self, cert_id: &str) -> Result<Vec<String>, RegistryError> {
+        column_list(
+            &self.db(),
+            "SELECT p.document FROM cert_policies c JOIN policies p ON p.name = c.policy WHERE c.cert_id = ?1",
+            cert_id,
+        )
+    }
+
+    // ---- templates ----
+
+    /// Registers (or replaces) a provisioning template after validating its
+    /// name and body.
+    pub fn create_template(
+        &self,
+        name: &str,
+        body: &str,
+        enabled: bool,
+        hook: Option<&str>,
+    ) -> Result<(), RegistryError> {
+        crate::template::validate_name(name).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        crate::template::Template::parse(body)
+            .map_err(|e| RegistryError::Invalid(format!("template {name}: {e}")))?;
+        self.db().execute(
+            "INSERT OR REPLACE INTO templates (name, body, enabled, hook) VALUES (?1, ?2, ?3, ?4)",
+            params![name, body, enabled, hook],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_template_enabled(&self, name: &str, enabled: bool) -> Result<(), RegistryError> {
+        let n = self.db().execute(
+            "UPDATE templates SET enabled = ?2 WHERE name = ?1",
+            params![name, enabled],
+        )?;
+        if n == 0 {
+            return Err(RegistryError::NotFound {
+                kind: "template",
+                name: name.into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn template(&self, name: &str) -> Result<Option<TemplateRecord>, RegistryError> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT name, body, enabled, hook FROM templates WHERE name = ?1",
+                [name],
+                template_row,
+            )
+            .optional()?)
+    }
+
+    pub fn templates(&self) -> Result<Vec<TemplateRecord>, RegistryError> {
+        let db = self.db();
+        let mut st = db.prepare("SELECT name, body, enabled, hook FROM templates ORDER BY name")?;
+        let rows = st
+            .query_map([], template_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    // ---- things ----
+
+    pub fn thing(&self, name: &str) -> Result<Option<ThingRecord>, RegistryError> {
+        let db = self.db();
+        thing_in(&db, name)
+    }
+
+    pub fn things(&self) -> Result<Vec<ThingRecord>, RegistryError> {
+        let names = column_list(
+            &self.db(),
+            "SELECT name FROM things WHERE ?1 = ?1 ORDER BY name",
+            "",
+        )?;
+        names
+            .iter()
+            .filter_map(|n| self.thing(n).transpose())
+            .collect()
+    }
+
+    /// Creates or replaces a thing (certificates attached to it are kept).
+    pub fn put_thing(&self, thing: &ThingRecord) -> Result<(), RegistryError> {
+        put_thing_in(&self.db(), thing)?;
+        self.auth_changed();
+        Ok(())
+    }
+
+    pub fn attach_thing(&self, thing: &str, cert_id: &str) -> Result<(), RegistryError> {
+        self.db().execute(
+            "INSERT OR IGNORE INTO cert_things (cert_id, thing) VALUES (?1, ?2)",
+            params![cert_id, thing],
+        )?;
+        self.auth_changed();
+        Ok(())
+    }
+
+    /// True when `thing` exists and `cert_id` is attached to it.
+    pub(crate) fn thing_attached(&self, thing: &str, cert_id: &str) -> Result<bool, RegistryError> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT 1 FROM cert_things c JOIN things t ON t.name = c.thing WHERE c.thing = ?1 AND c.cert_id = ?2",
+                params![thing, cert_id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Everything a successful RegisterThing writes, in one transaction.
+    pub(crate) fn apply_provisioning(&self, w: &ProvisioningWrite) -> Result<(), RegistryError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        if let Some(thing) = &w.thing {
+            put_thing_in(&tx, thing)?;
+            tx.execute(
+                "INSERT OR IGNORE INTO cert_things (cert_id, thing) VALUES (?1, ?2)",
+                params![w.certificate_id, thing.thing_name],
+            )?;
+        }
+        for (name, doc) in &w.new_policies {
+            tx.execute(
+                "INSERT OR REPLACE INTO policies (name, document) VALUES (?1, ?2)",
+                params![name, doc],
+            )?;
+        }
+        for name in w
+            .attach_policies
+            .iter()
+            .chain(w.new_policies.iter().map(|(n, _)| n))
+        {
+            tx.execute(
+                "INSERT OR IGNORE INTO cert_policies (cert_id, policy) VALUES (?1, ?2)",
+                params![w.certificate_id, name],
+            )?;
+        }
+        let n = tx.execute(
+            "UPDATE certificates SET status = ?2, updated_at = ?3, registered = 1, pending_until = NULL WHERE id = ?1",
+            params![w.certificate_id, w.status.as_str(), now_unix()],
+        )?;
+        if n == 0 {
+            return Err(RegistryError::NotFound {
+                kind: "certificate",
+                name: w.certificate_id.clone(),
+            });
+        }
+        tx.commit()?;
+        drop(db);
+        self.auth_changed();
+        if w.status != CertStatus::Active {
+            self.status_changed();
+        }
+        Ok(())
+    }
+}
+
+fn template_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TemplateRecord> {
+    Ok(TemplateRecord {
+        template_name: r.get(0)?,
+        body: r.get(1)?,
+        enabled: r.get(2)?,
+        pre_provisioning_hook: r.get(3)?,
+    })
+}
+
+fn column_list(db: &Connection, sql: &str, arg: &str) -> Result<Vec<String>, RegistryError> {
+    let mut st = db.prepare(sql)?;
+    let rows = st
+        .query_map([arg], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+fn thing_in(db: &Connection, name: &str) -> Result<Option<ThingRecord>, RegistryError> {
+    let row = db
+        .query_row(
+            "SELECT name, attributes, thing_type, groups_json, billing_group FROM things WHERE name = ?1",
+            [name],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((thing_name, attrs, thing_type_name, groups, billing_group)) = row else {
+        return Ok(None);
+    };
+    let bad = |e: serde_json::Error| {
+        RegistryError::Invalid(format!("thing {name}: stored JSON is corrupt: {e}"))
+    };
+    Ok(Some(ThingRecord {
+        certificates: column_list(
+            db,
+            "SELECT cert_id FROM cert_things WHERE thing = ?1 ORDER BY cert_id",
+            name,
+        )?,
+        thing_name,
+        attributes: serde_json::from_str(&attrs).map_err(bad)?,
+        thing_type_name,
+        thing_groups: serde_json::from_str(&groups).map_err(bad)?,
+        billing_group,
+    }))
+}
+
+fn put_thing_in(db: &Connection, t: &ThingRecord) -> Result<(), RegistryError> {
+    let attrs = serde_json::to_string(&t.attributes).unwrap_or_else(|_| "{}".into());
+    let groups = serde_json::to_string(&t.thing_groups).unwrap_or_else(|_| "[]".into());
+    db.execute(
+        "INSERT OR REPLACE INTO things (name, attributes, thing_type, groups_json, billing_group) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![t.thing_name, attrs, t.thing_type_name, groups, t.billing_group],
+    )?;
+    Ok(())
+}

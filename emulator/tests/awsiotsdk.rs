@@ -1,0 +1,131 @@
+//! A current AWS device SDK (awsiotsdk for Python, `awsiot.iotidentity`)
+//! provisions against the emulator unchanged but for endpoint, port and CA:
+//! MQTT 3.1.1 and 5, keys and CSR flows.
+//!
+//! The interpreter is `$AWSIOTSDK_PYTHON` when set; otherwise the test makes
+//! a virtualenv under cargo's target tmp dir and installs `awsiotsdk` from
+//! PyPI into it once. `IOTCORE_SKIP_AWSIOTSDK=1` skips the test (it says so).
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use iotcore_emulator::CertStatus;
+use serde_json::Value;
+
+fn has_sdk(python: &str) -> bool {
+    std::process::Command::new(python)
+        .args(["-c", "import awsiot.iotidentity, awscrt"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The Python interpreter with awsiotsdk, installing it if needed.
+fn python() -> String {
+    if let Ok(p) = std::env::var("AWSIOTSDK_PYTHON") {
+        assert!(has_sdk(&p), "AWSIOTSDK_PYTHON={p} cannot import awsiot");
+        return p;
+    }
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("awsiotsdk-venv");
+    let python = venv.join("bin/python").to_str().unwrap().to_owned();
+    if has_sdk(&python) {
+        return python;
+    }
+    let ok = std::process::Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "python3 -m venv failed: install python3-venv");
+    let out = std::process::Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "awsiotsdk"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && has_sdk(&python),
+        "pip install awsiotsdk failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    python
+}
+
+fn write(dir: &Path, name: &str, contents: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, contents).unwrap();
+    p.to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn awsiotsdk_provisions_over_mqtt3_and_mqtt5_with_keys_and_csr() {
+    if std::env::var("IOTCORE_SKIP_AWSIOTSDK").as_deref() == Ok("1") {
+        eprintln!("SKIPPED by IOTCORE_SKIP_AWSIOTSDK=1");
+        return;
+    }
+    let python = python();
+    let emu = start().await;
+    let dir = emu.dir.path().join("sdk");
+    std::fs::create_dir_all(&dir).unwrap();
+    let claim = emu.create_claim_credential("claim").unwrap();
+    let ca = write(&dir, "root-ca.pem", &emu.root_ca_pem());
+    let cert = write(&dir, "claim.pem.crt", &claim.certificate_pem);
+    let key = write(&dir, "claim.private.pem.key", &claim.private_key_pem);
+    let (_, csr) = p256_csr();
+    let csr = write(&dir, "device.csr", &csr);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/awsiotsdk/provision.py");
+
+    for (mqtt, mode, port) in [
+        ("3", "keys", emu.addr().port()),
+        ("3", "csr", emu.addr().port()),
+        ("5", "keys", emu.addr().port()),
+        ("5", "csr", emu.addr().port()),
+    ] {
+        let serial = format!("SDK{mqtt}{mode}");
+        let out = tokio::process::Command::new(&python)
+            .arg(&script)
+            .args([
+                "--endpoint",
+                "localhost",
+                "--port",
+                &port.to_string(),
+                "--ca",
+                &ca,
+                "--cert",
+                &cert,
+            ])
+            .args([
+                "--key",
+                &key,
+                "--client-id",
+                &format!("claim-sdk-{mqtt}-{mode}"),
+                "--template",
+                "prod",
+            ])
+            .args([
+                "--serial", &serial, "--mqtt", mqtt, "--mode", mode, "--csr", &csr,
+            ])
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "awsiotsdk MQTT {mqtt} {mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["thingName"], format!("dev-{serial}"));
+        assert_eq!(v["deviceConfiguration"]["mode"], "prod");
+        let id = v["certificateId"].as_str().unwrap();
+        assert_eq!(
+            emu.registry().certificate(id).unwrap().unwrap().status,
+            CertStatus::Active
+        );
+        assert!(emu
+            .registry()
+            .thing(&format!("dev-{serial}"))
+            .unwrap()
+            .unwrap()
+            .certificates
+            .contains(&id.to_owned()));
+    }
+}

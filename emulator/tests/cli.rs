@@ -1,0 +1,209 @@
+//! The binary: init, serve, and registry commands acting on a live server.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use iotcore_emulator::Credential;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const BIN: &str = env!("CARGO_BIN_EXE_iotcore-emulator");
+
+fn run(args: &[&str]) -> Value {
+    let out = std::process::Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap()
+}
+
+#[tokio::test]
+async fn init_serve_provision_and_set_status_from_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let d = dir.to_str().unwrap();
+    let fx = fixtures();
+    let out = std::process::Command::new(BIN)
+        .args(["init", d, "--policies"])
+        .arg(fx.join("policies"))
+        .arg("--templates")
+        .arg(fx.join("templates"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let key_path = dir.join("claim/claim.private.pem.key");
+    assert_eq!(
+        std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let claim_pem = read(&dir.join("claim/claim.pem.crt"));
+    let claim_id = iotcore_emulator::pki::certificate_id_from_pem(&claim_pem).unwrap();
+    let claim = Credential {
+        certificate_id: claim_id.clone(),
+        certificate_pem: claim_pem,
+        private_key_pem: read(&key_path),
+    };
+    let root_ca = read(&dir.join("root-ca.pem"));
+
+    let policies = run(&["policies", "list", "--json", "-d", d]);
+    let names: Vec<&str> = policies
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["policy_name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"claim") && names.contains(&"device"));
+    let cert = run(&["certs", "describe", &claim_id, "--json", "-d", d]);
+    assert_eq!(cert["status"], "ACTIVE");
+    assert_eq!(cert["policies"], json!(["claim"]));
+
+    let mut serve = tokio::process::Command::new(BIN)
+        .args(["serve", d, "--port", "0", "--alpn-port", "0"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(serve.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let addr: std::net::SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("mqtt="))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .parse()
+        .unwrap();
+    assert!(line.contains("alpn="));
+
+    let mut c = connect_tls(addr, client_tls(&root_ca, Some(&claim), false), "claim-cli")
+        .await
+        .unwrap();
+    c.subscribe_responses(CSR_TOPIC).await;
+    c.subscribe_responses(&register_topic("prod")).await;
+    let (device, token) = create_from_csr(&mut c).await;
+    let (ok, body) = c
+        .call(
+            &register_topic("prod"),
+            &json!({"certificateOwnershipToken": token, "parameters": {"SerialNumber": "CLI1"}}),
+        )
+        .await;
+    assert!(ok, "{body}");
+    let things = run(&["things", "list", "--json", "-d", d]);
+    assert_eq!(things[0]["thing_name"], "dev-CLI1");
+
+    let mut dev = connect_tls(addr, client_tls(&root_ca, Some(&device), false), "dev-CLI1")
+        .await
+        .unwrap();
+    run(&[
+        "certs",
+        "set-status",
+        &device.certificate_id,
+        "INACTIVE",
+        "-d",
+        d,
+    ]);
+    assert!(
+        dev.closed_within(Duration::from_millis(1500)).await,
+        "live connection survived INACTIVE"
+    );
+    assert!(
+        connect_tls(addr, client_tls(&root_ca, Some(&device), false), "dev-CLI1")
+            .await
+            .is_err()
+    );
+
+    let pid = serve.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(WAIT, serve.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "serve exited with {exit}");
+}
+
+#[test]
+fn templates_create_validates_and_describes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let fx = fixtures();
+    let out = std::process::Command::new(BIN)
+        .args(["init", d, "--policies"])
+        .arg(fx.join("policies"))
+        .arg("--templates")
+        .arg(fx.join("templates"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let file = fx.join("templates/prod.json");
+    run(&[
+        "templates",
+        "create",
+        "extra",
+        file.to_str().unwrap(),
+        "--hook",
+        "/bin/true",
+        "-d",
+        d,
+    ]);
+    let t = run(&["templates", "describe", "extra", "--json", "-d", d]);
+    assert_eq!(t["pre_provisioning_hook"], "/bin/true");
+    assert_eq!(t["enabled"], true);
+    // Policies: create from a file and attach to the claim certificate.
+    let claim_id = iotcore_emulator::pki::certificate_id_from_pem(&read(
+        &tmp.path().join("claim/claim.pem.crt"),
+    ))
+    .unwrap();
+    let pol = fx.join("policies/pubsub.json");
+    run(&[
+        "policies",
+        "create",
+        "extra-policy",
+        pol.to_str().unwrap(),
+        "-d",
+        d,
+    ]);
+    run(&["policies", "attach", "extra-policy", &claim_id, "-d", d]);
+    let cert = run(&["certs", "describe", &claim_id, "--json", "-d", d]);
+    assert_eq!(cert["policies"], json!(["claim", "extra-policy"]));
+    let certs = run(&["certs", "list", "--json", "-d", d]);
+    assert_eq!(certs.as_array().unwrap().len(), 1);
+    // A bad name is refused with a message.
+    let out = std::process::Command::new(BIN)
+        .args([
+            "templates",
+            "create",
+            "bad name!",
+            file.to_str().unwrap(),
+            "-d",
+            d,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("template name"));
+}

@@ -1,0 +1,354 @@
+//! Shared helpers for the black-box tests: an emulator on port 0 with the
+//! fixture policies and templates, and rumqttc clients over rustls (ring).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use iotcore_emulator::{Credential, Emulator, EmulatorConfig, EmulatorHandle};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, Incoming, MqttOptions, QoS, TlsConfiguration, Transport,
+};
+use rustls::pki_types::{
+    CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer,
+};
+use rustls::{ClientConfig, RootCertStore};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub struct TestEmulator {
+    pub handle: EmulatorHandle,
+    pub dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TestEmulator {
+    type Target = EmulatorHandle;
+    fn deref(&self) -> &EmulatorHandle {
+        &self.handle
+    }
+}
+
+/// Registers the fixture policies and templates.
+pub fn register_fixtures(handle: &EmulatorHandle) {
+    for entry in std::fs::read_dir(fixtures().join("policies")).unwrap() {
+        let p = entry.unwrap().path();
+        let name = p.file_stem().unwrap().to_str().unwrap().to_owned();
+        handle
+            .registry()
+            .create_policy(&name, &std::fs::read_to_string(&p).unwrap())
+            .unwrap();
+    }
+    for entry in std::fs::read_dir(fixtures().join("templates")).unwrap() {
+        let p = entry.unwrap().path();
+        let name = p.file_stem().unwrap().to_str().unwrap().to_owned();
+        handle
+            .registry()
+            .create_template(&name, &std::fs::read_to_string(&p).unwrap(), true, None)
+            .unwrap();
+    }
+}
+
+pub async fn start_with(tweak: impl FnOnce(&mut EmulatorConfig)) -> TestEmulator {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = EmulatorConfig::new(dir.path());
+    tweak(&mut config);
+    let handle = Emulator::start(config).await.unwrap();
+    register_fixtures(&handle);
+    TestEmulator { handle, dir }
+}
+
+impl TestEmulator {
+    /// Stops the emulator and starts a new one on the same data directory
+    /// (fixtures are not registered again).
+    pub async fn restart(self) -> TestEmulator {
+        let TestEmulator { handle, dir } = self;
+        handle.shutdown().await;
+        let handle = Emulator::start(EmulatorConfig::new(dir.path()))
+            .await
+            .unwrap();
+        TestEmulator { handle, dir }
+    }
+}
+
+pub async fn start() -> TestEmulator {
+    start_with(|_| {}).await
+}
+
+pub fn private_key(pem_str: &str) -> PrivateKeyDer<'static> {
+    let p = pem::parse(pem_str).unwrap();
+    let der = p.contents().to_vec();
+    match p.tag() {
+        "PRIVATE KEY" => PrivatePkcs8KeyDer::from(der).into(),
+        "RSA PRIVATE KEY" => PrivatePkcs1KeyDer::from(der).into(),
+        "EC PRIVATE KEY" => PrivateSec1KeyDer::from(der).into(),
+        other => panic!("unexpected key PEM {other}"),
+    }
+}
+
+pub fn cert_der(pem_str: &str) -> CertificateDer<'static> {
+    CertificateDer::from(pem::parse(pem_str).unwrap().into_contents())
+}
+
+pub fn roots(root_ca_pem: &str) -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    roots.add(cert_der(root_ca_pem)).unwrap();
+    roots
+}
+
+/// rustls client configuration with the ring provider.
+pub fn client_tls(root_ca_pem: &str, cred: Option<&Credential>, alpn: bool) -> Arc<ClientConfig> {
+    let builder =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots(root_ca_pem));
+    let mut config = match cred {
+        Some(c) => builder
+            .with_client_auth_cert(
+                vec![cert_der(&c.certificate_pem)],
+                private_key(&c.private_key_pem),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    if alpn {
+        config.alpn_protocols = vec![b"x-amzn-mqtt-ca".to_vec()];
+    }
+    Arc::new(config)
+}
+
+pub struct Client {
+    pub client: AsyncClient,
+    pub events: mpsc::UnboundedReceiver<Result<Event, String>>,
+    pub error: Option<String>,
+}
+
+/// Connects with rumqttc over TLS; `Err` carries the connection error.
+pub async fn connect_tls(
+    addr: std::net::SocketAddr,
+    tls: Arc<ClientConfig>,
+    client_id: &str,
+) -> Result<Client, String> {
+    let mut opts = MqttOptions::new(client_id, "localhost", addr.port());
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(256 * 1024, 256 * 1024);
+    opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    opts.set_credentials("?SDK=Test&Version=1", "");
+    let (client, mut eventloop) = AsyncClient::new(opts, 64);
+    let (tx, mut events) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(ev) => {
+                    if tx.send(Ok(ev)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let msg = match &e {
+                        ConnectionError::ConnectionRefused(code) => format!("refused: {code:?}"),
+                        other => other.to_string(),
+                    };
+                    let _ = tx.send(Err(msg));
+                    return;
+                }
+            }
+        }
+    });
+    let first = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Some(Ok(Event::Incoming(Incoming::ConnAck(_)))) => return Ok(()),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e),
+                None => return Err("event loop ended".to_owned()),
+            }
+        }
+    })
+    .await
+    .map_err(|_| "timed out waiting for CONNACK".to_owned())?;
+    first.map(|_| Client {
+        client,
+        events,
+        error: None,
+    })
+}
+
+pub async fn connect(
+    emu: &EmulatorHandle,
+    cred: &Credential,
+    client_id: &str,
+) -> Result<Client, String> {
+    connect_tls(
+        emu.addr(),
+        client_tls(&emu.root_ca_pem(), Some(cred), false),
+        client_id,
+    )
+    .await
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Client")
+    }
+}
+
+impl Client {
+    /// Next incoming event of interest; `Err` when the connection ended.
+    async fn next_incoming(&mut self, limit: Duration) -> Option<Result<Incoming, String>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) => return None,
+                Ok(None) => return Some(Err("event loop ended".into())),
+                Ok(Some(Err(e))) => {
+                    self.error = Some(e.clone());
+                    return Some(Err(e));
+                }
+                Ok(Some(Ok(Event::Incoming(i)))) => match i {
+                    Incoming::PingResp | Incoming::PubAck(_) => continue,
+                    other => return Some(Ok(other)),
+                },
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// Subscribes and returns the SUBACK return codes.
+    pub async fn subscribe(&mut self, filters: &[&str]) -> Vec<rumqttc::SubscribeReasonCode> {
+        let subs = filters
+            .iter()
+            .map(|f| rumqttc::SubscribeFilter::new((*f).to_owned(), QoS::AtLeastOnce));
+        self.client.subscribe_many(subs).await.unwrap();
+        loop {
+            match self.next_incoming(WAIT).await {
+                Some(Ok(Incoming::SubAck(ack))) => return ack.return_codes,
+                Some(Ok(_)) => continue,
+                other => panic!("no SUBACK: {other:?}"),
+            }
+        }
+    }
+
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+
+    /// Next PUBLISH received within `limit`.
+    pub async fn next_message(&mut self, limit: Duration) -> Option<(String, Vec<u8>)> {
+        loop {
+            match self.next_incoming(limit).await {
+                Some(Ok(Incoming::Publish(p))) => return Some((p.topic, p.payload.to_vec())),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    /// True if the server closes the connection within `limit`.
+    pub async fn closed_within(&mut self, limit: Duration) -> bool {
+        if self.error.is_some() {
+            return true;
+        }
+        loop {
+            match self.next_incoming(limit).await {
+                Some(Err(_)) => return true,
+                Some(Ok(_)) => continue,
+                None => return false,
+            }
+        }
+    }
+
+    /// Publishes a JSON request and waits for its accepted/rejected response.
+    pub async fn call(&mut self, topic: &str, body: &Value) -> (bool, Value) {
+        self.publish(topic, serde_json::to_vec(body).unwrap()).await;
+        let (t, payload) = self
+            .next_message(WAIT)
+            .await
+            .expect("no response to the request");
+        let accepted = t == format!("{topic}/accepted");
+        assert!(
+            accepted || t == format!("{topic}/rejected"),
+            "unexpected response topic {t}"
+        );
+        (accepted, serde_json::from_slice(&payload).unwrap())
+    }
+
+    /// Subscribes to both response topics of `topic`.
+    pub async fn subscribe_responses(&mut self, topic: &str) {
+        let codes = self
+            .subscribe(&[&format!("{topic}/accepted"), &format!("{topic}/rejected")])
+            .await;
+        assert!(
+            codes
+                .iter()
+                .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_))),
+            "response subscription refused: {codes:?}"
+        );
+    }
+}
+
+/// A P-256 key and a CSR for it, both PEM.
+pub fn p256_csr() -> (String, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "device");
+    let csr = params.serialize_request(&key).unwrap();
+    (key.serialize_pem(), csr.pem().unwrap())
+}
+
+pub const CSR_TOPIC: &str = "$aws/certificates/create-from-csr/json";
+pub const KEYS_TOPIC: &str = "$aws/certificates/create/json";
+pub fn register_topic(template: &str) -> String {
+    format!("$aws/provisioning-templates/{template}/provision/json")
+}
+
+/// A claim client subscribed to the CSR and RegisterThing responses.
+pub async fn claim_client(emu: &EmulatorHandle, client_id: &str, template: &str) -> Client {
+    let claim = emu.create_claim_credential("claim").unwrap();
+    let mut c = connect(emu, &claim, client_id).await.unwrap();
+    c.subscribe_responses(CSR_TOPIC).await;
+    c.subscribe_responses(&register_topic(template)).await;
+    c
+}
+
+/// CreateCertificateFromCsr: returns the device credential and the token.
+pub async fn create_from_csr(c: &mut Client) -> (Credential, String) {
+    let (key, csr) = p256_csr();
+    let (ok, body) = c
+        .call(
+            CSR_TOPIC,
+            &serde_json::json!({"certificateSigningRequest": csr}),
+        )
+        .await;
+    assert!(ok, "CreateCertificateFromCsr rejected: {body}");
+    let cred = Credential {
+        certificate_id: body["certificateId"].as_str().unwrap().to_owned(),
+        certificate_pem: body["certificatePem"].as_str().unwrap().to_owned(),
+        private_key_pem: key,
+    };
+    (
+        cred,
+        body["certificateOwnershipToken"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    )
+}
