@@ -25,9 +25,23 @@ pub enum Command {
     /// Manage the shared bootstrap ("claim") credential.
     #[command(subcommand)]
     Claim(ClaimCommand),
+    /// Trade the claim credential for the device's own identity (fleet
+    /// provisioning), with every private key in the key store.
+    Enroll(Enroll),
     /// Inspect the keys in the configured key store.
     #[command(subcommand)]
     Keys(KeysCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct Enroll {
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Enroll again although the device has an identity (the current one
+    /// stays in use until the new one is proven and committed).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Subcommand)]

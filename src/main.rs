@@ -66,6 +66,9 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             println!("claim key generated: {}", info.reference);
             println!("CSR written to {}", args.csr.display());
         }
+        Command::Enroll(args) => {
+            println!("{}", commands::enroll::run(&config, store, &args)?);
+        }
         Command::Keys(KeysCommand::List { json }) => {
             println!("{}", commands::keys::list(&store, json)?);
         }

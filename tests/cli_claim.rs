@@ -11,27 +11,7 @@ use std::sync::Arc;
 use common::pki::{cert_pem, openssl_verify_csr, TestCa};
 use prov_agent::keystore::{KeyAlgorithm, KeyLabel, KeyStore, PublicKey, SignatureScheme};
 
-/// The hardware (or files) behind one test; dropped after the test.
-enum Backend {
-    File,
-    #[cfg(feature = "pkcs11")]
-    Pkcs11(common::softhsm::SoftHsm),
-}
-
-impl Backend {
-    fn config_section(&self) -> String {
-        match self {
-            Backend::File => "[KEYSTORE]\nBACKEND = file\n".into(),
-            #[cfg(feature = "pkcs11")]
-            Backend::Pkcs11(hsm) => format!(
-                "[KEYSTORE]\nBACKEND = pkcs11\n[PKCS11]\nMODULE = {}\nTOKEN_LABEL = {}\nPIN_SOURCE = file:{}\n",
-                hsm.module.display(),
-                hsm.token_label,
-                hsm.pin_file.display()
-            ),
-        }
-    }
-}
+use common::backend::Backend;
 
 struct Env {
     dir: tempfile::TempDir,
@@ -49,7 +29,7 @@ impl Env {
                 "[SETTINGS]\nSECURE_CERT_PATH = certs\nCLAIM_CERT = claim.pem.crt\n\
                  SECURE_KEY = claim.private.pem.key\nIOT_ENDPOINT = localhost\n\
                  PRODUCTION_TEMPLATE = ProdTemplate\n[AGENT]\nSTATE_DIR = state\n{}",
-                backend.config_section()
+                backend.config_section(&dir.path().join("state"))
             ),
         )
         .unwrap();
@@ -289,7 +269,7 @@ macro_rules! on_backends {
         mod pkcs11 {
             use super::*;
             $( #[test] fn $flow() {
-                super::$flow(Env::new(Backend::Pkcs11(common::softhsm::SoftHsm::new("cli"))))
+                super::$flow(Env::new(Backend::pkcs11("cli")))
             } )*
         }
     };

@@ -2,6 +2,7 @@
 //! code, so `main` stays a thin shell.
 
 pub mod claim;
+pub mod enroll;
 pub mod keys;
 
 use std::path::PathBuf;
@@ -32,6 +33,8 @@ pub enum CommandError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Provision(#[from] crate::provision::ProvisionError),
     #[error("{0}")]
     Input(String),
     #[error("{0}")]
@@ -43,6 +46,7 @@ impl CommandError {
         match self {
             CommandError::Config(_) | CommandError::Input(_) => exit::CONFIG,
             CommandError::KeyStore(_) => exit::KEYSTORE,
+            CommandError::Provision(e) => e.exit_code(),
             CommandError::Io { .. } | CommandError::Other(_) => exit::OTHER,
         }
     }

@@ -48,6 +48,10 @@ pub enum MqttError {
         error_code: String,
         error_message: String,
     },
+    #[error(
+        "{step}: the service sent a {size}-byte packet, over the {MAX_PAYLOAD}-byte limit; refused"
+    )]
+    Oversized { step: String, size: usize },
     #[error("{api}: malformed response: {detail}")]
     BadResponse { api: String, detail: String },
 }
@@ -92,6 +96,7 @@ enum Incoming {
     PubAck,
     Publish { topic: String, payload: Vec<u8> },
     Closed(String),
+    Oversized(usize),
 }
 
 /// One MQTT connection.
@@ -228,6 +233,9 @@ impl Session {
                 _ => None,
             })
             .await?;
+        // CreateKeysAndCertificate answers with a private key: wipe the
+        // raw copy once decoded.
+        let bytes = zeroize::Zeroizing::new(bytes);
         let value = payload::decode(format, &bytes).map_err(|detail| MqttError::BadResponse {
             api: api.into(),
             detail,
@@ -289,6 +297,12 @@ impl Session {
                         detail: "event loop stopped".into(),
                     })
                 }
+                Ok(Some(Incoming::Oversized(size))) => {
+                    return Err(MqttError::Oversized {
+                        step: step.to_string(),
+                        size,
+                    })
+                }
                 Ok(Some(Incoming::Closed(detail))) => {
                     return Err(MqttError::Disconnected {
                         step: step.to_string(),
@@ -335,12 +349,18 @@ async fn pump(mut eventloop: EventLoop, tx: mpsc::Sender<Incoming>) {
                 Incoming::Closed("the server sent DISCONNECT".into())
             }
             Ok(_) => continue,
+            Err(rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+                rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(size),
+            ))) => {
+                let _ = tx.send(Incoming::Oversized(size)).await;
+                return;
+            }
             Err(e) => {
                 let _ = tx.send(Incoming::Closed(e.to_string())).await;
                 return;
             }
         };
-        let closed = matches!(msg, Incoming::Closed(_));
+        let closed = matches!(msg, Incoming::Closed(_) | Incoming::Oversized(_));
         if tx.send(msg).await.is_err() || closed {
             return;
         }

@@ -63,6 +63,15 @@ pub struct Journal {
     pub thing_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_configuration: Option<BTreeMap<String, String>>,
+    /// RegisterThing was published with the current token: after a crash
+    /// or a lost answer the certificate may already be registered.
+    #[serde(default)]
+    pub register_sent: bool,
+    /// Certificates this device obtained but gave up on (their registration
+    /// may have gone through); reported once the new identity works so that
+    /// the backend can deactivate them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub abandoned_certificate_ids: Vec<String>,
     /// Certificate id of the identity being replaced (rotation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_certificate_id: Option<String>,
@@ -119,6 +128,8 @@ impl Journal {
             token_expires_at: None,
             thing_name: None,
             device_configuration: None,
+            register_sent: false,
+            abandoned_certificate_ids: Vec::new(),
             previous_certificate_id: None,
         }
     }

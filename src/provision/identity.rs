@@ -1,0 +1,111 @@
+//! The device's committed identity: which thing it is, which certificate it
+//! presents and which key-store key signs for it.
+//!
+//! `STATE_DIR/identity.json` is the single source of truth, replaced
+//! atomically; it holds the certificate PEM itself so that certificate and
+//! metadata can never disagree. `STATE_DIR/certs/device.pem.crt` is a copy
+//! for other services on the gateway.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::Certificate;
+use crate::durable;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Identity {
+    pub thing_name: String,
+    pub certificate_id: String,
+    pub certificate_pem: String,
+    pub key_label: String,
+    pub key_reference: String,
+    /// Unix seconds.
+    pub not_after: u64,
+    pub device_configuration: BTreeMap<String, String>,
+    /// Unix seconds of the commit.
+    pub committed_at: u64,
+    /// The certificate this identity replaced, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_certificate_id: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is damaged ({detail}): restore it from a backup or enroll again with --force")]
+    Corrupt { path: PathBuf, detail: String },
+}
+
+pub const FILE_NAME: &str = "identity.json";
+
+impl Identity {
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join(FILE_NAME)
+    }
+
+    pub fn cert_path(state_dir: &Path) -> PathBuf {
+        state_dir.join("certs").join("device.pem.crt")
+    }
+
+    pub fn load(state_dir: &Path) -> Result<Option<Self>, IdentityError> {
+        let path = Self::path(state_dir);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(IdentityError::Io {
+                    what: "read",
+                    path,
+                    source,
+                })
+            }
+        };
+        let id: Identity = serde_json::from_slice(&bytes).map_err(|e| IdentityError::Corrupt {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        Certificate::from_pem(&id.certificate_pem, "identity certificate").map_err(|e| {
+            IdentityError::Corrupt {
+                path,
+                detail: e.to_string(),
+            }
+        })?;
+        Ok(Some(id))
+    }
+
+    /// Writes the identity, then the certificate copy for other services.
+    pub fn save(&self, state_dir: &Path) -> Result<(), IdentityError> {
+        let io = |what, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| IdentityError::Io { what, path, source }
+        };
+        durable::create_dir_all(state_dir).map_err(io("create", state_dir))?;
+        let path = Self::path(state_dir);
+        let bytes = serde_json::to_vec_pretty(self).expect("identity serialises");
+        durable::write_file(&path, &bytes).map_err(io("write", &path))?;
+        let cert = Self::cert_path(state_dir);
+        let certs_dir = cert.parent().expect("cert path has a parent");
+        durable::create_dir_all(certs_dir).map_err(io("create", certs_dir))?;
+        durable::write_file(&cert, self.certificate_pem.as_bytes()).map_err(io("write", &cert))
+    }
+
+    /// Removes the identity (used by `enroll --force` once the new identity
+    /// replaces it, never before).
+    pub fn remove(state_dir: &Path) -> Result<(), IdentityError> {
+        let path = Self::path(state_dir);
+        durable::remove_file(&path).map_err(|source| IdentityError::Io {
+            what: "remove",
+            path,
+            source,
+        })
+    }
+}

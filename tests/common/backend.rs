@@ -1,0 +1,39 @@
+//! The key store behind a test device, with the hardware it needs (a fresh
+//! SoftHSM token or a fresh swtpm), as a config section.
+
+use std::path::Path;
+
+pub enum Backend {
+    File,
+    #[cfg(feature = "pkcs11")]
+    Pkcs11(super::softhsm::SoftHsm),
+}
+
+impl Backend {
+    #[cfg(feature = "pkcs11")]
+    pub fn pkcs11(name: &str) -> Self {
+        Backend::Pkcs11(super::softhsm::SoftHsm::new(name))
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::File => "file",
+            #[cfg(feature = "pkcs11")]
+            Backend::Pkcs11(_) => "pkcs11",
+        }
+    }
+
+    /// `[KEYSTORE]` and the backend's own section.
+    pub fn config_section(&self, _state_dir: &Path) -> String {
+        match self {
+            Backend::File => "[KEYSTORE]\nBACKEND = file\n".into(),
+            #[cfg(feature = "pkcs11")]
+            Backend::Pkcs11(hsm) => format!(
+                "[KEYSTORE]\nBACKEND = pkcs11\n[PKCS11]\nMODULE = {}\nTOKEN_LABEL = {}\nPIN_SOURCE = file:{}\n",
+                hsm.module.display(),
+                hsm.token_label,
+                hsm.pin_file.display()
+            ),
+        }
+    }
+}

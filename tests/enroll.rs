@@ -1,0 +1,111 @@
+//! `prov-agent enroll` end to end against the emulator, on every key store
+//! backend, in csr and keys mode.
+
+mod common;
+
+use common::backend::Backend;
+use common::device::{text, Device};
+use common::emulator::TestCloud;
+use iotcore_emulator::CertStatus;
+
+async fn enroll_end_to_end(backend: Backend, mode: &str, format: &str) {
+    let cloud = TestCloud::start().await;
+    let hardware = backend.name() != "file";
+    let device = Device::new(
+        &cloud,
+        backend,
+        &format!("MODE = {mode}\nPAYLOAD_FORMAT = {format}\n"),
+    );
+    device.import_claim().await;
+
+    let out = device.run(&["enroll", "--json"]).await;
+    assert!(out.status.success(), "enroll: {}", text(&out));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let thing_name = format!("gw_{}", device.serial);
+    assert_eq!(result["thingName"], thing_name.as_str());
+    assert_eq!(result["changed"], true);
+    assert_eq!(
+        result["deviceConfiguration"]["thingName"],
+        thing_name.as_str()
+    );
+    let cert_id = result["certificateId"].as_str().unwrap().to_string();
+
+    // The registry has the thing, with the template's attributes, and its
+    // certificate is ACTIVE and the only active one attached to it.
+    let registry = cloud.handle.registry();
+    let thing = registry.thing(&thing_name).unwrap().expect("thing exists");
+    assert_eq!(thing.attributes["serialNumber"], device.serial);
+    assert_eq!(thing.attributes["site"], "plant-a");
+    assert_eq!(thing.attributes["hardwareRevision"], "r2");
+    assert!(thing.thing_groups.contains(&"gateways-plant-a".to_string()));
+    let cert = registry
+        .certificate(&cert_id)
+        .unwrap()
+        .expect("certificate exists");
+    assert_eq!(cert.status, CertStatus::Active);
+    assert!(cert.things.contains(&thing_name));
+    let active: Vec<_> = thing
+        .certificates
+        .iter()
+        .filter(|id| registry.certificate_status(id).unwrap() == Some(CertStatus::Active))
+        .collect();
+    assert_eq!(active, vec![&cert_id]);
+
+    // The identity works on a connection of our own.
+    device.round_trip(&cloud).await.unwrap();
+    let identity = device.identity().unwrap();
+    assert_eq!(identity.certificate_id, cert_id);
+    assert_eq!(result["keyReference"], identity.key_reference.as_str());
+
+    // No private key material in the state directory (hardware backends)
+    // nor in the output.
+    if hardware {
+        for (path, bytes) in device.state_files() {
+            let s = String::from_utf8_lossy(&bytes);
+            assert!(
+                !s.contains("PRIVATE KEY"),
+                "{} holds a private key",
+                path.display()
+            );
+        }
+    }
+    for stream in [&out.stdout, &out.stderr] {
+        let s = String::from_utf8_lossy(stream);
+        assert!(
+            !s.contains("PRIVATE KEY"),
+            "output holds a private key: {s}"
+        );
+        assert!(!s.contains("Token\""), "output mentions a token: {s}");
+    }
+    // The journal is gone: the enrollment is complete.
+    assert!(!device.state_dir().join("journal.json").exists());
+
+    // A second enroll says so and changes nothing.
+    let again = device.run(&["enroll"]).await;
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already enrolled"));
+    assert_eq!(device.identity().unwrap().certificate_id, cert_id);
+    assert_eq!(registry.things().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_csr_json() {
+    enroll_end_to_end(Backend::File, "csr", "json").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_keys_cbor() {
+    enroll_end_to_end(Backend::File, "keys", "cbor").await;
+}
+
+#[cfg(feature = "pkcs11")]
+#[tokio::test(flavor = "multi_thread")]
+async fn pkcs11_csr() {
+    enroll_end_to_end(Backend::pkcs11("enroll"), "csr", "json").await;
+}
+
+#[cfg(feature = "pkcs11")]
+#[tokio::test(flavor = "multi_thread")]
+async fn pkcs11_keys() {
+    enroll_end_to_end(Backend::pkcs11("enroll"), "keys", "cbor").await;
+}
