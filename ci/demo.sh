@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# prov-agent demo: installs what is missing, builds, makes a fresh SoftHSM
-# token (or, with --backend tpm, starts a swtpm), imports a claim key into it
-# and shows where the key lives. Everything runs in a temp dir and is
-# stopped and removed at the end.
+# prov-agent demo: installs what is missing, builds, starts iotcore-emulator
+# in a temp dir (init + serve), makes a fresh SoftHSM token (or, with
+# --backend tpm, starts a swtpm), imports the claim key into it, runs
+# `prov-agent enroll`, and prints the thing, the certificate, where the key
+# lives and the emulator's registry entry. Everything it starts is stopped
+# and removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -19,9 +21,10 @@ done
 [[ $backend == pkcs11 || $backend == tpm ]] || { echo "ci/demo.sh: --backend is pkcs11 or tpm" >&2; exit 2; }
 
 ci/install-deps.sh
-echo "== building prov-agent"
-cargo build --quiet --bin prov-agent
+echo "== building prov-agent and iotcore-emulator"
+cargo build --quiet --workspace --bins
 agent=$root/target/debug/prov-agent
+emulator=$root/target/debug/iotcore-emulator
 
 work=$(mktemp -d -t prov-agent-demo.XXXXXX)
 pids=()
@@ -33,13 +36,18 @@ trap cleanup EXIT
 mkdir -p "$work/certs" "$work/state"
 chmod 700 "$work"
 
-echo "== a claim certificate and key, as a factory CA would hand them out"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
-  -subj "/CN=demo claim CA" -keyout "$work/ca.key" -out "$work/certs/root-ca.pem" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-  -subj "/CN=demo claim" -keyout "$work/claim.private.pem.key" -out "$work/claim.csr" 2>/dev/null
-openssl x509 -req -in "$work/claim.csr" -CA "$work/certs/root-ca.pem" -CAkey "$work/ca.key" \
-  -CAcreateserial -days 30 -out "$work/claim.pem.crt" 2>/dev/null
+echo "== iotcore-emulator init and serve"
+"$emulator" init "$work/cloud" >/dev/null
+cp "$work/cloud/root-ca.pem" "$work/certs/root-ca.pem"
+cp "$work/cloud/claim/claim.pem.crt" "$work/claim.pem.crt"
+cp "$work/cloud/claim/claim.private.pem.key" "$work/claim.private.pem.key"
+"$emulator" serve "$work/cloud" --port 0 --alpn-port 0 > "$work/serve.out" 2>"$work/serve.err" &
+pids+=($!)
+for _ in $(seq 100); do [[ -s $work/serve.out ]] && break; sleep 0.1; done
+[[ -s $work/serve.out ]] || { cat "$work/serve.err" >&2; echo "ci/demo.sh: the emulator did not start" >&2; exit 1; }
+cat "$work/serve.out"
+port=$(grep -oE '127\.0\.0\.1:[0-9]+' "$work/serve.out" | head -1 | cut -d: -f2)
+[[ -n $port ]] || { echo "ci/demo.sh: cannot read the emulator's port" >&2; exit 1; }
 
 cat > "$work/config.ini" <<INI
 [SETTINGS]
@@ -51,6 +59,11 @@ PRODUCTION_TEMPLATE = ProdTemplate
 CERT_ROTATION_TEMPLATE = RotationTemplate
 [AGENT]
 STATE_DIR = state
+[PROVISIONING]
+PORT = $port
+SERIAL_NUMBER = DEMO-$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')
+[TEMPLATE_PARAMETERS]
+Site = plant-a
 INI
 
 if [[ $backend == pkcs11 ]]; then
@@ -88,9 +101,16 @@ fi
 
 echo "== prov-agent claim import --shred"
 "$agent" --config "$work/config.ini" claim import --cert "$work/claim.pem.crt" --key "$work/claim.private.pem.key" --shred
-[[ ! -e $work/claim.private.pem.key ]] && echo "the PEM key file is gone; the key lives only in the $backend store"
+[[ ! -e $work/claim.private.pem.key ]] && echo "the PEM claim key file is gone; the key lives only in the $backend store"
+
+echo "== prov-agent enroll"
+"$agent" --config "$work/config.ini" enroll
+thing=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["thingName"])' "$work/state/identity.json")
 
 echo "== prov-agent keys list"
 "$agent" --config "$work/config.ini" keys list
+
+echo "== the emulator's registry entry for $thing"
+"$emulator" -d "$work/cloud" things describe "$thing"
 
 echo "== demo done"
