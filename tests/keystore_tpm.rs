@@ -249,7 +249,9 @@ fn rsa_pss_signatures_verify_with_ring() {
             let msg = format!("pss {i}");
             let sig = f.store.sign(&l, scheme, msg.as_bytes()).unwrap();
             assert_eq!(sig.len(), 256);
-            info.public_key.verify(scheme, msg.as_bytes(), &sig).unwrap();
+            info.public_key
+                .verify(scheme, msg.as_bytes(), &sig)
+                .unwrap();
         }
     }
 }
@@ -309,7 +311,8 @@ fn blob_from_another_tpm_does_not_load() {
         assert!(matches!(err, KeyStoreError::Backend { .. }), "{msg}");
         assert!(msg.contains(&name), "{msg}");
         assert!(msg.contains("another TPM"), "{msg}");
-        assert!(msg.contains("TPM_RC_"), "{msg}");
+        assert!(msg.contains("TPM_RC_") && msg.contains("(rc 0x"), "{msg}");
+        eprintln!("blob from another TPM: {msg}");
     }
 }
 
@@ -323,9 +326,15 @@ fn corrupted_blob_gives_a_clear_error() {
 
     // Not JSON any more.
     std::fs::write(&path, &good[..good.len() / 2]).unwrap();
-    let err = f.store.sign(&l, SignatureScheme::EcdsaSha256, b"x").unwrap_err();
+    let err = f
+        .store
+        .sign(&l, SignatureScheme::EcdsaSha256, b"x")
+        .unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("corrupted") && msg.contains("device.tpmkey"), "{msg}");
+    assert!(
+        msg.contains("corrupted") && msg.contains("device.tpmkey"),
+        "{msg}"
+    );
     assert!(f.store.list().is_err());
 
     // Well-formed, but one byte of the wrapped private part flipped: the
@@ -337,9 +346,15 @@ fn corrupted_blob_gives_a_clear_error() {
     bytes[n - 3] ^= 0x55;
     let bad = good.replace(private, &hex::encode(&bytes));
     std::fs::write(&path, bad).unwrap();
-    let err = f.store.sign(&l, SignatureScheme::EcdsaSha256, b"x").unwrap_err();
+    let err = f
+        .store
+        .sign(&l, SignatureScheme::EcdsaSha256, b"x")
+        .unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("device.tpmkey") && msg.contains("TPM_RC_"), "{msg}");
+    assert!(
+        msg.contains("device.tpmkey") && msg.contains("TPM_RC_"),
+        "{msg}"
+    );
 
     // Deleting is the fix, and works on the corrupted file.
     f.store.delete(&l).unwrap();
@@ -356,8 +371,7 @@ fn missing_persistent_handle_is_not_found() {
     let (f, ()) = f.with_raw_context(|ctx| {
         use tss_esapi::handles::{PersistentTpmHandle, TpmHandle};
         use tss_esapi::interface_types::{
-            dynamic_handles::Persistent, resource_handles::Provision,
-            session_handles::AuthSession,
+            dynamic_handles::Persistent, resource_handles::Provision, session_handles::AuthSession,
         };
         let h = PersistentTpmHandle::new(0x8100_0100).unwrap();
         let obj = ctx
@@ -392,7 +406,9 @@ fn stale_key_file_of_an_evicted_handle_is_not_found() {
     let f = Fixture::new(TpmKeyStorage::Persistent);
     let l = label("device");
     f.store.generate(&l, KeyAlgorithm::EcP256).unwrap();
-    f.store.sign(&l, SignatureScheme::EcdsaSha256, b"x").unwrap();
+    f.store
+        .sign(&l, SignatureScheme::EcdsaSha256, b"x")
+        .unwrap();
     let saved = std::fs::read(f.key_dir().join("device.tpmkey")).unwrap();
     f.store.delete(&l).unwrap();
     std::fs::write(f.key_dir().join("device.tpmkey"), saved).unwrap();
@@ -409,7 +425,10 @@ fn promote_delete_list(storage: TpmKeyStorage) {
     let pending = current.pending();
     let old = f.store.generate(&current, KeyAlgorithm::EcP256).unwrap();
     let new = f.store.generate(&pending, KeyAlgorithm::EcP384).unwrap();
-    let other = f.store.generate(&label("claim"), KeyAlgorithm::EcP256).unwrap();
+    let other = f
+        .store
+        .generate(&label("claim"), KeyAlgorithm::EcP256)
+        .unwrap();
     let names: Vec<_> = f
         .store
         .list()
@@ -476,32 +495,11 @@ fn promote_delete_list_persistent() {
 #[test]
 fn leaked_transient_handles_are_flushed_at_open() {
     let tpm = Swtpm::start();
-    {
-        // A "crashed run": a transient object created and never flushed.
-        // tr_close drops ESAPI's record of it, so the context's drop does
-        // not flush it either.
-        let mut ctx = raw_context(&tpm);
-        for _ in 0..2 {
-            let template = prov_agent_test_template();
-            let mut handle: tss_esapi::handles::ObjectHandle = ctx
-                .execute_with_session(
-                    Some(tss_esapi::interface_types::session_handles::AuthSession::Password),
-                    |c| {
-                        c.create_primary(
-                            tss_esapi::interface_types::resource_handles::Hierarchy::Owner,
-                            template,
-                            None,
-                            None,
-                            None,
-                            None,
-                        )
-                    },
-                )
-                .unwrap()
-                .key_handle
-                .into();
-            ctx.tr_close(&mut handle).unwrap();
-        }
+    // A "crashed run": two transient objects created and the connection
+    // dropped without TPM2_FlushContext. Done with raw TPM commands on the
+    // socket, because a tss-esapi Context flushes what it made when dropped.
+    for _ in 0..2 {
+        leak_transient_object(&tpm);
     }
     {
         let mut ctx = raw_context(&tpm);
@@ -525,6 +523,48 @@ fn leaked_transient_handles_are_flushed_at_open() {
     drop(store);
     let mut ctx = raw_context(&tpm);
     assert!(handles(&mut ctx, 0x8000_0000).is_empty());
+}
+
+/// Sends TPM2_CreatePrimary straight to the simulator's command port (the
+/// swtpm TCTI speaks bare TPM commands) and hangs up without flushing.
+fn leak_transient_object(tpm: &Swtpm) {
+    use std::io::{Read, Write};
+    use tss_esapi::traits::Marshall;
+    let port: u16 = tpm.tcti().rsplit('=').next().unwrap().parse().unwrap();
+    let public = prov_agent_test_template().marshall().unwrap();
+    let mut params = Vec::new();
+    params.extend_from_slice(&4u16.to_be_bytes()); // inSensitive: size 4
+    params.extend_from_slice(&[0, 0, 0, 0]); //       empty userAuth, data
+    params.extend_from_slice(&(public.len() as u16).to_be_bytes());
+    params.extend_from_slice(&public);
+    params.extend_from_slice(&0u16.to_be_bytes()); // outsideInfo
+    params.extend_from_slice(&0u32.to_be_bytes()); // creationPCR: none
+    let auth = [
+        0x40, 0x00, 0x00, 0x09, // TPM_RS_PW
+        0x00, 0x00, // nonce
+        0x00, // session attributes
+        0x00, 0x00, // empty password
+    ];
+    let mut cmd = Vec::new();
+    cmd.extend_from_slice(&0x8002u16.to_be_bytes()); // TPM_ST_SESSIONS
+    cmd.extend_from_slice(&[0; 4]); // size, below
+    cmd.extend_from_slice(&0x0000_0131u32.to_be_bytes()); // TPM_CC_CreatePrimary
+    cmd.extend_from_slice(&0x4000_0001u32.to_be_bytes()); // TPM_RH_OWNER
+    cmd.extend_from_slice(&(auth.len() as u32).to_be_bytes());
+    cmd.extend_from_slice(&auth);
+    cmd.extend_from_slice(&params);
+    let len = cmd.len() as u32;
+    cmd[2..6].copy_from_slice(&len.to_be_bytes());
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.write_all(&cmd).unwrap();
+    let mut header = [0u8; 10];
+    sock.read_exact(&mut header).unwrap();
+    let rc = u32::from_be_bytes(header[6..10].try_into().unwrap());
+    assert_eq!(rc, 0, "TPM2_CreatePrimary failed: 0x{rc:08x}");
+    let size = u32::from_be_bytes(header[2..6].try_into().unwrap()) as usize;
+    let mut rest = vec![0u8; size - 10];
+    sock.read_exact(&mut rest).unwrap();
+    // Dropping the socket is the "crash".
 }
 
 /// A small primary (ECC P-256 signing key) for the leak test.
@@ -607,7 +647,10 @@ fn keys_survive_a_restart_of_the_store() {
         let info = f.store.generate(&l, KeyAlgorithm::EcP256).unwrap();
         let (f, ()) = f.with_raw_context(|_| ());
         assert_eq!(f.store.info(&l).unwrap().public_key, info.public_key);
-        let sig = f.store.sign(&l, SignatureScheme::EcdsaSha256, b"m").unwrap();
+        let sig = f
+            .store
+            .sign(&l, SignatureScheme::EcdsaSha256, b"m")
+            .unwrap();
         info.public_key
             .verify(SignatureScheme::EcdsaSha256, b"m", &sig)
             .unwrap();

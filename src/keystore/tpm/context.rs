@@ -40,7 +40,9 @@ pub(super) fn tpm_err(op: &'static str, e: tss_esapi::Error) -> KeyStoreError {
 
 /// `TPM_RC_INTEGRITY: the integrity check failed (rc 0x0000099f)`.
 pub(super) fn describe(e: tss_esapi::Error) -> String {
-    let raw = raw_rc(e).map(|rc| format!(" (rc 0x{rc:08x})")).unwrap_or_default();
+    let raw = raw_rc(e)
+        .map(|rc| format!(" (rc 0x{rc:08x})"))
+        .unwrap_or_default();
     match rc_kind(e) {
         Some(kind) => format!("{}: {e}{raw}", rc_name(kind)),
         None => format!("{e}{raw}"),
@@ -54,15 +56,17 @@ pub(super) fn rc_kind(e: tss_esapi::Error) -> Option<Tss2ResponseCodeKind> {
     }
 }
 
-/// tss-esapi 7.x does not expose the raw TSS2_RC; its `Debug` output is the
-/// only place that carries it (`Tss2Error(FormatOne(FormatOneResponseCode(2463)))`).
+/// The raw TSS2_RC. tss-esapi 7.x has no accessor for it; the `Display` of
+/// the format-zero/format-one wrappers prints it (`Response code value: 0x902`).
 fn raw_rc(e: tss_esapi::Error) -> Option<u32> {
-    if !matches!(e, tss_esapi::Error::Tss2Error(_)) {
-        return None;
-    }
-    let dbg = format!("{e:?}");
-    let digits: String = dbg.chars().filter(|c| c.is_ascii_digit()).collect();
-    digits.parse().ok()
+    use tss_esapi::constants::Tss2ResponseCode as Rc;
+    let text = match e {
+        tss_esapi::Error::Tss2Error(Rc::FormatZero(rc)) => rc.to_string(),
+        tss_esapi::Error::Tss2Error(Rc::FormatOne(rc)) => rc.to_string(),
+        _ => return None,
+    };
+    let hex = text.rsplit("0x").next()?;
+    u32::from_str_radix(hex.trim(), 16).ok()
 }
 
 /// `ObjectMemory` -> `TPM_RC_OBJECT_MEMORY`, the name the TPM spec and
@@ -231,9 +235,9 @@ impl Tpm {
         let session = self.session;
         let private_buf = tss_esapi::structures::Private::try_from(private)?;
         let public = public.clone();
-        let handle = self.ctx.execute_with_session(Some(session), |ctx| {
-            ctx.load(primary, private_buf, public)
-        })?;
+        let handle = self
+            .ctx
+            .execute_with_session(Some(session), |ctx| ctx.load(primary, private_buf, public))?;
         self.loaded_blob = Some((private.to_vec(), handle));
         Ok(handle)
     }
@@ -418,4 +422,34 @@ fn create_primary(ctx: &mut Context) -> Result<KeyHandle> {
         }
         _ => tpm_err("create the storage primary key (SRK)", e),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rc_names_and_values() {
+        assert_eq!(
+            rc_name(Tss2ResponseCodeKind::ObjectMemory),
+            "TPM_RC_OBJECT_MEMORY"
+        );
+        assert_eq!(rc_name(Tss2ResponseCodeKind::Integrity), "TPM_RC_INTEGRITY");
+    }
+
+    #[test]
+    fn tcti_strings_as_tpm2_tools_take_them() {
+        for ok in [
+            "device:/dev/tpmrm0",
+            "swtpm:host=127.0.0.1,port=2321",
+            "swtpm:port=2321",
+            "mssim:host=localhost,port=2321",
+            "tabrmd",
+            "tabrmd:bus_name=com.intel.tss2.Tabrmd",
+        ] {
+            parse_tcti(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let err = parse_tcti("libtpms:whatever").unwrap_err();
+        assert!(!err.is_retryable());
+    }
 }

@@ -69,8 +69,12 @@ pub(super) struct KeyFile {
 
 pub(super) enum Location {
     /// TPM2B_PRIVATE contents (without the size prefix).
-    Blob { private: Vec<u8> },
-    Persistent { handle: u32 },
+    Blob {
+        private: Vec<u8>,
+    },
+    Persistent {
+        handle: u32,
+    },
 }
 
 impl KeyFile {

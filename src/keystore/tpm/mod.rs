@@ -39,6 +39,14 @@ use meta::{KeyFile, Location, Origin};
 
 pub use sign::ecdsa_rs_to_der;
 
+/// A key the TPM just made or imported, before it is stored.
+struct NewKey {
+    algorithm: KeyAlgorithm,
+    origin: Origin,
+    public: Public,
+    private: Private,
+}
+
 pub struct TpmKeyStore {
     key_dir: PathBuf,
     storage: TpmKeyStorage,
@@ -121,11 +129,14 @@ impl TpmKeyStore {
         tpm: &mut Tpm,
         label: &KeyLabel,
         path: PathBuf,
-        algorithm: KeyAlgorithm,
-        origin: Origin,
-        public: Public,
-        private: Private,
+        new: NewKey,
     ) -> Result<KeyInfo> {
+        let NewKey {
+            algorithm,
+            origin,
+            public,
+            private,
+        } = new;
         let location = match self.storage {
             TpmKeyStorage::Blob => Location::Blob {
                 private: private.value().to_vec(),
@@ -139,7 +150,9 @@ impl TpmKeyStore {
             // Do not leave an NV object nobody knows about.
             if let Location::Persistent { handle } = location {
                 if let Err(ev) = evict(tpm, handle) {
-                    tracing::warn!("tpm: could not evict 0x{handle:08x} after a failed write: {ev}");
+                    tracing::warn!(
+                        "tpm: could not evict 0x{handle:08x} after a failed write: {ev}"
+                    );
                 }
             }
             return Err(e);
@@ -151,7 +164,7 @@ impl TpmKeyStore {
             public,
             location,
         };
-        Ok(info_of(label, &file)?)
+        info_of(label, &file)
     }
 
     /// Loads the object and makes it persistent at the first free handle
@@ -171,7 +184,8 @@ impl TpmKeyStore {
         let loaded = tpm
             .load_blob(public, private)
             .map_err(|e| tpm_err("load the new key", e))?;
-        let target = PersistentTpmHandle::new(handle).map_err(|e| tpm_err("persistent handle", e))?;
+        let target =
+            PersistentTpmHandle::new(handle).map_err(|e| tpm_err("persistent handle", e))?;
         let result = tpm.authorized("make the key persistent (TPM2_EvictControl)", |ctx| {
             ctx.evict_control(
                 Provision::Owner,
@@ -376,10 +390,12 @@ impl KeyStore for TpmKeyStore {
             &mut tpm,
             label,
             path,
-            algorithm,
-            Origin::Generated,
-            created.out_public,
-            created.out_private,
+            NewKey {
+                algorithm,
+                origin: Origin::Generated,
+                public: created.out_public,
+                private: created.out_private,
+            },
         )
     }
 
@@ -416,11 +432,13 @@ impl KeyStore for TpmKeyStore {
         let info = self.store(
             &mut tpm,
             label,
-            path.clone(),
-            algorithm,
-            Origin::Imported,
-            public,
-            private,
+            path,
+            NewKey {
+                algorithm,
+                origin: Origin::Imported,
+                public,
+                private,
+            },
         )?;
         // The TPM does not check that an EC private scalar matches the public
         // point it was given: prove the pair with one signature.

@@ -162,30 +162,27 @@ mod tests {
 
     #[test]
     fn p384_sized_values_match_p384_crate() {
-        // A full-width P-384 signature with both high bits set: 2 * (2 + 49)
-        // = 102 bytes of content, still a short-form length.
-        let r = [0xffu8; 48];
-        let mut s = [0x80u8; 48];
-        s[47] = 1;
-        let der = ecdsa_rs_to_der(&r, &s);
-        assert_eq!(der[..2], [0x30, 102]);
-        let mut raw = r.to_vec();
-        raw.extend_from_slice(&s);
-        // The p384 crate only accepts scalars below the group order, so
-        // compare with a value below it.
-        let mut r2 = [0x11u8; 48];
-        r2[0] = 0x91;
-        let s2 = [0x00u8; 47]
-            .iter()
-            .copied()
-            .chain([5u8])
-            .collect::<Vec<_>>();
+        // Full width r with the high bit set (49-byte INTEGER) and a short s.
+        let mut r = [0x11u8; 48];
+        r[0] = 0x91;
+        let mut s = [0u8; 48];
+        s[47] = 5;
         let sig = p384::ecdsa::Signature::from_scalars(
-            *p384::FieldBytes::from_slice(&r2),
-            *p384::FieldBytes::from_slice(&s2),
+            p384::FieldBytes::from(r),
+            p384::FieldBytes::from(s),
         )
         .unwrap();
-        assert_eq!(ecdsa_rs_to_der(&r2, &s2), sig.to_der().as_bytes());
+        let der = ecdsa_rs_to_der(&r, &s);
+        assert_eq!(der[..2], [0x30, 2 + 49 + 2 + 1]);
+        assert_eq!(der, sig.to_der().as_bytes());
+    }
+
+    #[test]
+    fn long_form_length_when_content_exceeds_127_bytes() {
+        let der = ecdsa_rs_to_der(&[0xff; 66], &[0xff; 66]);
+        // 2 * (2 + 67) = 138 content bytes.
+        assert_eq!(der[..3], [0x30, 0x81, 138]);
+        assert_eq!(der.len(), 3 + 138);
     }
 
     #[test]
@@ -205,8 +202,8 @@ mod tests {
                 r[..3].fill(0);
             }
             let Ok(sig) = p256::ecdsa::Signature::from_scalars(
-                *p256::FieldBytes::from_slice(&r),
-                *p256::FieldBytes::from_slice(&s),
+                p256::FieldBytes::from(r),
+                p256::FieldBytes::from(s),
             ) else {
                 continue;
             };
