@@ -528,9 +528,7 @@ fn leaked_transient_handles_are_flushed_at_open() {
 /// Sends TPM2_CreatePrimary straight to the simulator's command port (the
 /// swtpm TCTI speaks bare TPM commands) and hangs up without flushing.
 fn leak_transient_object(tpm: &Swtpm) {
-    use std::io::{Read, Write};
     use tss_esapi::traits::Marshall;
-    let port: u16 = tpm.tcti().rsplit('=').next().unwrap().parse().unwrap();
     let public = prov_agent_test_template().marshall().unwrap();
     let mut params = Vec::new();
     params.extend_from_slice(&4u16.to_be_bytes()); // inSensitive: size 4
@@ -555,16 +553,73 @@ fn leak_transient_object(tpm: &Swtpm) {
     cmd.extend_from_slice(&params);
     let len = cmd.len() as u32;
     cmd[2..6].copy_from_slice(&len.to_be_bytes());
+    send_and_hang_up(tpm, &cmd);
+}
+
+/// Sends one raw TPM command to the simulator's command port (the swtpm
+/// TCTI speaks bare TPM commands), checks it succeeded, and closes the
+/// connection without cleaning up: the "crash".
+fn send_and_hang_up(tpm: &Swtpm, cmd: &[u8]) {
+    use std::io::{Read, Write};
+    let port: u16 = tpm.tcti().rsplit('=').next().unwrap().parse().unwrap();
     let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    sock.write_all(&cmd).unwrap();
+    sock.write_all(cmd).unwrap();
     let mut header = [0u8; 10];
     sock.read_exact(&mut header).unwrap();
     let rc = u32::from_be_bytes(header[6..10].try_into().unwrap());
-    assert_eq!(rc, 0, "TPM2_CreatePrimary failed: 0x{rc:08x}");
+    assert_eq!(rc, 0, "raw TPM command failed: 0x{rc:08x}");
     let size = u32::from_be_bytes(header[2..6].try_into().unwrap()) as usize;
     let mut rest = vec![0u8; size - 10];
     sock.read_exact(&mut rest).unwrap();
-    // Dropping the socket is the "crash".
+}
+
+/// Starts an HMAC session with raw TPM2_StartAuthSession and hangs up.
+fn leak_session(tpm: &Swtpm) {
+    let mut cmd = Vec::new();
+    cmd.extend_from_slice(&0x8001u16.to_be_bytes()); // TPM_ST_NO_SESSIONS
+    cmd.extend_from_slice(&[0; 4]); // size, below
+    cmd.extend_from_slice(&0x0000_0176u32.to_be_bytes()); // TPM_CC_StartAuthSession
+    cmd.extend_from_slice(&0x4000_0007u32.to_be_bytes()); // tpmKey: TPM_RH_NULL
+    cmd.extend_from_slice(&0x4000_0007u32.to_be_bytes()); // bind: TPM_RH_NULL
+    cmd.extend_from_slice(&32u16.to_be_bytes()); // nonceCaller
+    cmd.extend_from_slice(&[0x5a; 32]);
+    cmd.extend_from_slice(&0u16.to_be_bytes()); // encryptedSalt: none
+    cmd.push(0x00); // TPM_SE_HMAC
+    cmd.extend_from_slice(&0x0010u16.to_be_bytes()); // symmetric: TPM_ALG_NULL
+    cmd.extend_from_slice(&0x000Bu16.to_be_bytes()); // authHash: SHA-256
+    let len = cmd.len() as u32;
+    cmd[2..6].copy_from_slice(&len.to_be_bytes());
+    send_and_hang_up(tpm, &cmd);
+}
+
+#[test]
+fn leaked_sessions_are_flushed_at_open() {
+    let tpm = Swtpm::start();
+    // swtpm keeps at most three sessions loaded: three crashed runs would
+    // leave no room for the store's own session.
+    for _ in 0..3 {
+        leak_session(&tpm);
+    }
+    {
+        let mut ctx = raw_context(&tpm);
+        assert_eq!(handles(&mut ctx, 0x0200_0000).len(), 3, "no leak to test");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = TpmKeyStore::open(&settings(
+        &tpm,
+        dir.path().to_path_buf(),
+        TpmKeyStorage::Blob,
+    ))
+    .unwrap();
+    let l = label("k");
+    let info = store.generate(&l, KeyAlgorithm::EcP256).unwrap();
+    let sig = store.sign(&l, SignatureScheme::EcdsaSha256, b"m").unwrap();
+    info.public_key
+        .verify(SignatureScheme::EcdsaSha256, b"m", &sig)
+        .unwrap();
+    drop(store);
+    let mut ctx = raw_context(&tpm);
+    assert!(handles(&mut ctx, 0x0200_0000).is_empty());
 }
 
 /// A small primary (ECC P-256 signing key) for the leak test.

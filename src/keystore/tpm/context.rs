@@ -124,6 +124,7 @@ pub(super) struct Tpm {
 impl Tpm {
     pub(super) fn open(tcti: &str) -> Result<Self> {
         let conf = parse_tcti(tcti)?;
+        let direct = is_direct(&conf);
         let mut ctx = Context::new(conf).map_err(|e| KeyStoreError::Unavailable {
             backend: BACKEND,
             detail: format!(
@@ -134,7 +135,7 @@ impl Tpm {
             retryable: true,
         })?;
         ensure_started(&mut ctx)?;
-        flush_leaked_transients(&mut ctx)?;
+        flush_leaked(&mut ctx, direct)?;
         let primary = create_primary(&mut ctx)?;
         let session = ctx
             .start_auth_session(
@@ -334,33 +335,54 @@ fn ensure_started(ctx: &mut Context) -> Result<()> {
     }
 }
 
-/// Flushes transient objects that a crashed run left loaded. Without a
-/// resource manager (swtpm, mssim, /dev/tpm0) they would hold the TPM's
-/// few object slots until the next reboot; through /dev/tpmrm0 or tabrmd the
-/// list holds only this connection's own objects and is empty.
-fn flush_leaked_transients(ctx: &mut Context) -> Result<()> {
-    let (data, _) = ctx
-        .execute_without_session(|ctx| {
-            ctx.get_capability(CapabilityType::Handles, TRANSIENT_FIRST, 64)
-        })
-        .map_err(|e| tpm_err("list transient handles", e))?;
-    let CapabilityData::Handles(list) = data else {
-        return Ok(());
-    };
-    for handle in list.iter() {
-        let TpmHandle::Transient(_) = handle else {
+/// Whether the TCTI talks to the TPM with no resource manager in between:
+/// then everything loaded in the TPM was left by an earlier run of some
+/// program, as nobody else can share the connection.
+fn is_direct(conf: &TctiNameConf) -> bool {
+    match conf {
+        // DeviceConfig's path is private in tss-esapi 7.x; its Debug shows it.
+        TctiNameConf::Device(d) => !format!("{d:?}").contains("tpmrm"),
+        TctiNameConf::Mssim(_) | TctiNameConf::Swtpm(_) => true,
+        _ => false,
+    }
+}
+
+/// First handle of loaded HMAC/policy sessions (TPM_HT_LOADED_SESSION << 24).
+const LOADED_SESSION_FIRST: u32 = 0x0200_0000;
+
+/// Flushes transient objects and sessions that a crashed run left loaded.
+/// Without a resource manager (swtpm, mssim, /dev/tpm0) they would hold the
+/// TPM's few object and session slots (three of each on swtpm) until the
+/// next reboot. Through /dev/tpmrm0 or tabrmd the transient list holds only
+/// this connection's own objects (none yet), and sessions, which a resource
+/// manager does not hide from other connections, are left alone.
+fn flush_leaked(ctx: &mut Context, direct: bool) -> Result<()> {
+    let mut ranges = vec![(TRANSIENT_FIRST, "transient object")];
+    if direct {
+        ranges.push((LOADED_SESSION_FIRST, "session"));
+    }
+    for (first, what) in ranges {
+        let (data, _) = ctx
+            .execute_without_session(|ctx| ctx.get_capability(CapabilityType::Handles, first, 64))
+            .map_err(|e| tpm_err("list loaded handles", e))?;
+        let CapabilityData::Handles(list) = data else {
             continue;
         };
-        let raw: u32 = (*handle).into();
-        let flushed = ctx
-            .execute_without_session(|ctx| ctx.tr_from_tpm_public(*handle))
-            .and_then(|obj| ctx.flush_context(obj));
-        match flushed {
-            Ok(()) => tracing::info!("tpm: flushed leaked transient object 0x{raw:08x}"),
-            Err(e) => tracing::warn!(
-                "tpm: could not flush leaked transient object 0x{raw:08x}: {}",
-                describe(e)
-            ),
+        for handle in list.iter() {
+            let raw: u32 = (*handle).into();
+            if raw >> 24 != first >> 24 {
+                continue;
+            }
+            let flushed = ctx
+                .execute_without_session(|ctx| ctx.tr_from_tpm_public(*handle))
+                .and_then(|obj| ctx.flush_context(obj));
+            match flushed {
+                Ok(()) => tracing::info!("tpm: flushed leaked {what} 0x{raw:08x}"),
+                Err(e) => tracing::warn!(
+                    "tpm: could not flush leaked {what} 0x{raw:08x}: {}",
+                    describe(e)
+                ),
+            }
         }
     }
     Ok(())
@@ -449,6 +471,10 @@ mod tests {
         ] {
             parse_tcti(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
+        assert!(is_direct(&parse_tcti("device:/dev/tpm0").unwrap()));
+        assert!(is_direct(&parse_tcti("swtpm:port=2321").unwrap()));
+        assert!(!is_direct(&parse_tcti("device:/dev/tpmrm0").unwrap()));
+        assert!(!is_direct(&parse_tcti("tabrmd").unwrap()));
         let err = parse_tcti("libtpms:whatever").unwrap_err();
         assert!(!err.is_retryable());
     }

@@ -29,8 +29,11 @@ pub(super) fn generated_attributes() -> tss_esapi::Result<ObjectAttributes> {
 }
 
 /// Attributes of an imported key. TPM2_Import refuses objects with
-/// fixedTPM or fixedParent set (TPM 2.0 Part 3, TPM2_Import: TPM_RC_ATTRIBUTES),
-/// and sensitiveDataOrigin would be a lie.
+/// fixedTPM or fixedParent set (TPM_RC_ATTRIBUTES on objectPublic, checked
+/// on swtpm), and sensitiveDataOrigin would be a lie. The key still cannot
+/// leave: TPM2_Duplicate needs a policy session satisfying the object's
+/// authPolicy, and an empty authPolicy is satisfied by none; the blob only
+/// loads under this TPM's storage primary.
 pub(super) fn imported_attributes() -> tss_esapi::Result<ObjectAttributes> {
     ObjectAttributesBuilder::new()
         .with_user_with_auth(true)
