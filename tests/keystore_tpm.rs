@@ -713,3 +713,44 @@ fn keys_survive_a_restart_of_the_store() {
         let _ = &f.tpm;
     }
 }
+
+#[test]
+fn signs_from_many_threads() {
+    // Send + Sync: rustls may sign on any thread. Two blob keys used in
+    // turn also make the store reload its single cached key.
+    let f = Fixture::new(TpmKeyStorage::Blob);
+    let store = std::sync::Arc::new(f.store);
+    let keys: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            let l = label(n);
+            let info = store.generate(&l, KeyAlgorithm::EcP256).unwrap();
+            (l, info.public_key)
+        })
+        .collect();
+    let keys = std::sync::Arc::new(keys);
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let store = store.clone();
+            let keys = keys.clone();
+            std::thread::spawn(move || {
+                for i in 0..10 {
+                    let (l, public) = &keys[(t + i) % 2];
+                    let msg = format!("{t}/{i}");
+                    let sig = store
+                        .sign(l, SignatureScheme::EcdsaSha256, msg.as_bytes())
+                        .unwrap();
+                    public
+                        .verify(SignatureScheme::EcdsaSha256, msg.as_bytes(), &sig)
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // The store must go before the simulator.
+    drop(store);
+    drop(f.tpm);
+}

@@ -137,9 +137,13 @@ impl Tpm {
         ensure_started(&mut ctx)?;
         flush_leaked(&mut ctx, direct)?;
         let primary = create_primary(&mut ctx)?;
+        // Salted with the SRK: without a salt (and with the empty auth
+        // values used here) the session key would be empty and anyone on
+        // the bus could compute the HMACs; with it the HMACs are secret and
+        // parameter encryption becomes possible. One ECDH, once.
         let session = ctx
             .start_auth_session(
-                None,
+                Some(primary),
                 None,
                 None,
                 SessionType::Hmac,
