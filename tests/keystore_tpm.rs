@@ -222,6 +222,11 @@ fn import_sign_verify(storage: TpmKeyStorage) {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
         assert!(!text.contains("PRIVATE KEY"));
         assert!(text.contains("\"origin\": \"imported\""));
+        // swtpm has TPM2_EncryptDecrypt2: the key went in inner-wrapped.
+        assert!(
+            text.contains("\"import_wrapper\": \"aes-128-cfb-inner\""),
+            "{text}"
+        );
     }
 }
 

@@ -147,7 +147,8 @@ impl Tpm {
                 None,
                 None,
                 SessionType::Hmac,
-                SymmetricDefinition::Null,
+                // Used only by commands that ask for parameter encryption.
+                SymmetricDefinition::AES_128_CFB,
                 HashingAlgorithm::Sha256,
             )
             .map_err(|e| tpm_err("start HMAC session", e))?
@@ -182,6 +183,35 @@ impl Tpm {
         self.ctx
             .execute_with_session(Some(session), f)
             .map_err(|e| self.classify(op, e))
+    }
+
+    /// Like [`Tpm::authorized`], with parameter encryption: the command's
+    /// first TPM2B parameter and the response's first TPM2B travel
+    /// AES-128-CFB encrypted under the salted session's key. Only for
+    /// commands whose first parameter is a TPM2B (the TPM refuses the
+    /// attribute otherwise).
+    pub(super) fn encrypted<T>(
+        &mut self,
+        op: &'static str,
+        f: impl FnOnce(&mut Context) -> tss_esapi::Result<T>,
+    ) -> Result<T> {
+        let session = self.session;
+        let (on, mask) = SessionAttributesBuilder::new()
+            .with_decrypt(true)
+            .with_encrypt(true)
+            .build();
+        self.ctx
+            .tr_sess_set_attributes(session, on, mask)
+            .map_err(|e| tpm_err("turn on parameter encryption", e))?;
+        let result = self.authorized(op, f);
+        let (off, mask) = SessionAttributesBuilder::new()
+            .with_decrypt(false)
+            .with_encrypt(false)
+            .build();
+        self.ctx
+            .tr_sess_set_attributes(session, off, mask)
+            .map_err(|e| tpm_err("turn off parameter encryption", e))?;
+        result
     }
 
     /// Runs `f` without sessions (commands with no authorised handle: a

@@ -2,15 +2,26 @@
 //! duplication blob handed to the TPM, which returns a TPM2B_PRIVATE
 //! wrapped under the storage primary.
 //!
-//! The blob carries neither an inner wrapper (symmetricAlg TPM_ALG_NULL)
-//! nor an outer one (empty inSymSeed), so it is the plain TPM2B_SENSITIVE
-//! (TPM 2.0 Part 1, 23.3 "Duplication"): the TPM accepts that for objects
-//! without encryptedDuplication. It means the key crosses the TPM's bus in
-//! the clear once; it never touches disk, and every buffer that holds it
-//! here is zeroized.
+//! The blob has no outer wrapper (empty inSymSeed; the TPM accepts that for
+//! objects without encryptedDuplication). It does have an inner wrapper
+//! (TPM 2.0 Part 1, 23.3.2.3): `AES-128-CFB_K(TPM2B_DIGEST(H(sensitive ||
+//! name)) || TPM2B_SENSITIVE)` with a one-time key K. So that the plaintext
+//! never crosses the TPM's bus, the AES is done by the TPM itself
+//! (TPM2_EncryptDecrypt2 under a temporary TPM2_LoadExternal of K) with
+//! parameter encryption of the salted session protecting K and the
+//! plaintext on the way in; TPM2_Import then receives K the same way. This
+//! needs no AES code on our side. A TPM without TPM2_EncryptDecrypt2 falls
+//! back to an unwrapped blob, with a warning. The key never touches disk,
+//! and every buffer of ours that holds it is zeroized.
 
 use rand::RngCore;
-use tss_esapi::structures::{EccParameter, EccPoint, Public, PublicKeyRsa, RsaExponent};
+use tss_esapi::attributes::ObjectAttributesBuilder;
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::structures::{
+    Auth, Digest, EccParameter, EccPoint, Public, PublicBuilder, PublicKeyRsa, RsaExponent,
+    Sensitive, SymmetricCipherParameters, SymmetricDefinitionObject, SymmetricKey,
+};
+use tss_esapi::traits::Marshall;
 use zeroize::Zeroizing;
 
 use super::keys;
@@ -66,6 +77,70 @@ pub(super) fn import_parts(key: &PrivateKeyMaterial) -> Result<(Public, Zeroizin
             Ok((public, sensitive(TPM_ALG_RSA, prime1)))
         }
     }
+}
+
+/// Length of the one-time inner wrapper key (AES-128).
+pub(super) const INNER_KEY_LEN: usize = 16;
+
+/// The inner wrapper's plaintext: `TPM2B_DIGEST(SHA-256(sensitive ||
+/// name)) || sensitive`, where `sensitive` is the marshalled
+/// TPM2B_SENSITIVE and `name` the object's Name (nameAlg || H(TPMT_PUBLIC)).
+pub(super) fn inner_plaintext(public: &Public, sensitive: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+    use sha2::Digest as _;
+    let marshalled = public
+        .marshall()
+        .map_err(|e| super::context::tpm_err("marshal TPMT_PUBLIC", e))?;
+    let mut name = vec![0x00, 0x0b]; // TPM_ALG_SHA256
+    name.extend_from_slice(&sha2::Sha256::digest(&marshalled));
+    let mut h = sha2::Sha256::new();
+    h.update(sensitive);
+    h.update(&name);
+    let integrity = h.finalize();
+    let mut out = Zeroizing::new(Vec::with_capacity(2 + integrity.len() + sensitive.len()));
+    out.extend_from_slice(&(integrity.len() as u16).to_be_bytes());
+    out.extend_from_slice(&integrity);
+    out.extend_from_slice(sensitive);
+    Ok(out)
+}
+
+/// A fresh one-time AES-128 key for the inner wrapper, and the public and
+/// sensitive areas to load it into the TPM (NULL hierarchy, temporary).
+pub(super) fn inner_key() -> Result<(Zeroizing<Vec<u8>>, Public, Sensitive)> {
+    use sha2::Digest as _;
+    let err = |e| super::context::tpm_err("build inner wrapper key", e);
+    let mut rng = rand::rngs::OsRng;
+    let mut key = Zeroizing::new(vec![0u8; INNER_KEY_LEN]);
+    rng.fill_bytes(&mut key);
+    let mut seed = Zeroizing::new(vec![0u8; SEED_LEN]);
+    rng.fill_bytes(&mut seed);
+    // A loaded symmetric key's unique is H(seedValue || key): the TPM
+    // checks it.
+    let mut h = sha2::Sha256::new();
+    h.update(&seed[..]);
+    h.update(&key[..]);
+    let unique = Digest::try_from(h.finalize().to_vec()).map_err(err)?;
+    let attributes = ObjectAttributesBuilder::new()
+        .with_user_with_auth(true)
+        .with_sign_encrypt(true)
+        .with_decrypt(true)
+        .build()
+        .map_err(err)?;
+    let public = PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::SymCipher)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_symmetric_cipher_parameters(SymmetricCipherParameters::new(
+            SymmetricDefinitionObject::AES_128_CFB,
+        ))
+        .with_symmetric_cipher_unique_identifier(unique)
+        .build()
+        .map_err(err)?;
+    let sensitive = Sensitive::Symmetric {
+        auth_value: Auth::default(),
+        seed_value: Digest::try_from(&seed[..]).map_err(err)?,
+        sensitive: SymmetricKey::try_from(&key[..]).map_err(err)?,
+    };
+    Ok((key, public, sensitive))
 }
 
 /// The RSA public exponent as the TPM wants it: 0 for 65537 (the default),

@@ -54,6 +54,10 @@ pub(super) struct KeyMeta {
     pub origin: Origin,
     pub fixed_tpm: bool,
     pub fixed_parent: bool,
+    /// How an imported key travelled to the TPM: `aes-128-cfb-inner` (the
+    /// TPM encrypted it under a one-time key before TPM2_Import) or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import_wrapper: Option<String>,
     #[serde(flatten)]
     pub stored: Stored,
 }
@@ -95,6 +99,7 @@ pub(super) fn write(
     path: &Path,
     algorithm: KeyAlgorithm,
     origin: Origin,
+    import_wrapper: Option<&str>,
     public: &Public,
     location: &Location,
 ) -> Result<()> {
@@ -116,6 +121,7 @@ pub(super) fn write(
         origin,
         fixed_tpm: attrs.fixed_tpm(),
         fixed_parent: attrs.fixed_parent(),
+        import_wrapper: import_wrapper.map(str::to_string),
         stored,
     };
     let mut text = serde_json::to_vec_pretty(&meta).map_err(|e| KeyStoreError::Backend {

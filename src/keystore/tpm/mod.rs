@@ -25,9 +25,14 @@ use std::sync::{Mutex, MutexGuard};
 
 use tss_esapi::constants::Tss2ResponseCodeKind;
 use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle};
+use tss_esapi::interface_types::algorithm::SymmetricMode;
 use tss_esapi::interface_types::dynamic_handles::Persistent;
+use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::resource_handles::Provision;
-use tss_esapi::structures::{EncryptedSecret, Private, Public, SymmetricDefinitionObject};
+use tss_esapi::structures::{
+    Data, EncryptedSecret, InitialValue, MaxBuffer, Private, Public, SymmetricDefinitionObject,
+};
+use zeroize::Zeroizing;
 
 use super::{
     Backend, KeyAlgorithm, KeyInfo, KeyLabel, KeyStore, KeyStoreError, PrivateKeyMaterial, Result,
@@ -43,6 +48,8 @@ pub use sign::ecdsa_rs_to_der;
 struct NewKey {
     algorithm: KeyAlgorithm,
     origin: Origin,
+    /// For imported keys: how the key was protected on its way in.
+    import_wrapper: Option<&'static str>,
     public: Public,
     private: Private,
 }
@@ -134,6 +141,7 @@ impl TpmKeyStore {
         let NewKey {
             algorithm,
             origin,
+            import_wrapper,
             public,
             private,
         } = new;
@@ -146,7 +154,7 @@ impl TpmKeyStore {
                 Location::Persistent { handle }
             }
         };
-        if let Err(e) = meta::write(&path, algorithm, origin, &public, &location) {
+        if let Err(e) = meta::write(&path, algorithm, origin, import_wrapper, &public, &location) {
             // Do not leave an NV object nobody knows about.
             if let Location::Persistent { handle } = location {
                 if let Err(ev) = evict(tpm, handle) {
@@ -328,6 +336,104 @@ impl TpmKeyStore {
     }
 }
 
+/// The import blob encrypted by the TPM, and the one-time key it used.
+struct InnerWrapped {
+    key: Zeroizing<Vec<u8>>,
+    blob: Zeroizing<Vec<u8>>,
+}
+
+/// Why the inner wrapper could not be made, and whether that is because
+/// the TPM lacks the commands (then a plain import is the fallback).
+struct WrapError {
+    error: KeyStoreError,
+    unsupported: bool,
+}
+
+impl TpmKeyStore {
+    /// Encrypts the import blob with a one-time AES key inside the TPM.
+    /// Returns the key (for TPM2_Import's encryptionKey) and the blob.
+    fn wrap_inner(
+        &self,
+        tpm: &mut Tpm,
+        public: &Public,
+        sensitive: &[u8],
+    ) -> std::result::Result<InnerWrapped, WrapError> {
+        let fail = |error: KeyStoreError| {
+            let unsupported = matches!(&error, KeyStoreError::Backend { detail, .. }
+                if detail.contains("TPM_RC_COMMAND_CODE")
+                    || detail.contains("TPM_RC_SYMMETRIC")
+                    || detail.contains("TPM_RC_MODE"));
+            WrapError { error, unsupported }
+        };
+        let plain = import::inner_plaintext(public, sensitive).map_err(fail)?;
+        let (key, key_public, key_sensitive) = import::inner_key().map_err(fail)?;
+        let in_data = MaxBuffer::try_from(&plain[..])
+            .map_err(|e| fail(tpm_err("wrap the key for encryption", e)))?;
+        // inPrivate is LoadExternal's first parameter: encrypted on the bus.
+        let aes = tpm
+            .encrypted(
+                "load the one-time wrapping key (TPM2_LoadExternal)",
+                |ctx| ctx.load_external(key_sensitive, key_public, Hierarchy::Null),
+            )
+            .map_err(fail)?;
+        let result = tpm.encrypted("encrypt the key (TPM2_EncryptDecrypt2)", |ctx| {
+            ctx.encrypt_decrypt_2(
+                aes,
+                false,
+                SymmetricMode::Cfb,
+                in_data,
+                InitialValue::try_from(vec![0u8; 16])?,
+            )
+        });
+        if let Err(e) = tpm.ctx.flush_context(aes.into()) {
+            tracing::warn!("tpm: could not flush the wrapping key: {}", describe(e));
+        }
+        let (out, _) = result.map_err(fail)?;
+        Ok(InnerWrapped {
+            key,
+            blob: Zeroizing::new(out.value().to_vec()),
+        })
+    }
+}
+
+/// TPM2_Import under the storage primary. `inner_key` is the AES-128 key of
+/// the inner wrapper, or `None` for an unwrapped blob.
+fn import_with(
+    tpm: &mut Tpm,
+    public: &Public,
+    duplicate: &[u8],
+    inner_key: Option<Zeroizing<Vec<u8>>>,
+) -> Result<Private> {
+    let duplicate =
+        Private::try_from(duplicate).map_err(|e| tpm_err("wrap the key for TPM2_Import", e))?;
+    let (encryption_key, symmetric) = match &inner_key {
+        Some(k) => (
+            Some(Data::try_from(&k[..]).map_err(|e| tpm_err("wrap the inner key", e))?),
+            SymmetricDefinitionObject::AES_128_CFB,
+        ),
+        None => (None, SymmetricDefinitionObject::Null),
+    };
+    let primary = tpm.primary;
+    let public = public.clone();
+    // encryptionKey is Import's first parameter: encrypted on the bus.
+    tpm.encrypted("import key (TPM2_Import)", |ctx| {
+        ctx.import(
+            primary.into(),
+            encryption_key,
+            public,
+            duplicate,
+            EncryptedSecret::default(),
+            symmetric,
+        )
+    })
+    .map_err(|e| match e {
+        KeyStoreError::Backend { detail, .. } => KeyStoreError::BadPrivateKey {
+            detail: format!("the TPM refused the key in TPM2_Import: {detail}"),
+        },
+        other => other,
+    })
+}
+
 fn missing_handle(file: &KeyFile, handle: u32) -> KeyStoreError {
     KeyStoreError::NotFound {
         label: file
@@ -393,6 +499,7 @@ impl KeyStore for TpmKeyStore {
             NewKey {
                 algorithm,
                 origin: Origin::Generated,
+                import_wrapper: None,
                 public: created.out_public,
                 private: created.out_private,
             },
@@ -403,32 +510,25 @@ impl KeyStore for TpmKeyStore {
         let path = self.ensure_free(label)?;
         let algorithm = key.algorithm();
         let expected = key.public_key()?;
-        let (public, duplicate) = import::import_parts(key)?;
-        // Private keeps its bytes in a zeroizing buffer; `duplicate` is
-        // wiped when it goes out of scope.
-        let duplicate = Private::try_from(&duplicate[..])
-            .map_err(|e| tpm_err("wrap the key for TPM2_Import", e))?;
+        let (public, sensitive) = import::import_parts(key)?;
         let mut tpm = self.lock();
         tpm.unload_blob();
-        let primary = tpm.primary;
-        let import_public = public.clone();
-        let private = tpm
-            .authorized("import key (TPM2_Import)", |ctx| {
-                ctx.import(
-                    primary.into(),
-                    None,
-                    import_public,
-                    duplicate,
-                    EncryptedSecret::default(),
-                    SymmetricDefinitionObject::Null,
-                )
-            })
-            .map_err(|e| match e {
-                KeyStoreError::Backend { detail, .. } => KeyStoreError::BadPrivateKey {
-                    detail: format!("the TPM refused the key in TPM2_Import: {detail}"),
-                },
-                other => other,
-            })?;
+        let (private, import_wrapper) = match self.wrap_inner(&mut tpm, &public, &sensitive) {
+            Ok(wrapped) => (
+                import_with(&mut tpm, &public, &wrapped.blob, Some(wrapped.key))?,
+                "aes-128-cfb-inner",
+            ),
+            Err(e) if e.unsupported => {
+                tracing::warn!(
+                    "tpm: this TPM cannot encrypt the key for TPM2_Import ({}); importing it \
+                     without the inner wrapper, so the key crosses the TPM bus unencrypted once",
+                    e.error
+                );
+                (import_with(&mut tpm, &public, &sensitive, None)?, "none")
+            }
+            Err(e) => return Err(e.error),
+        };
+        drop(sensitive);
         let info = self.store(
             &mut tpm,
             label,
@@ -436,6 +536,7 @@ impl KeyStore for TpmKeyStore {
             NewKey {
                 algorithm,
                 origin: Origin::Imported,
+                import_wrapper: Some(import_wrapper),
                 public,
                 private,
             },
