@@ -759,3 +759,109 @@ fn signs_from_many_threads() {
     drop(store);
     drop(f.tpm);
 }
+
+/// A TCP proxy in front of a swtpm (command and control ports) that
+/// records every byte sent towards the TPM.
+struct BusTap {
+    port: u16,
+    sent: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl BusTap {
+    fn new(tpm: &Swtpm) -> Self {
+        use std::net::{TcpListener, TcpStream};
+        let target: u16 = tpm.tcti().rsplit('=').next().unwrap().parse().unwrap();
+        let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        // Two adjacent free ports, like the simulator's.
+        let (cmd, ctrl) = loop {
+            let a = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+            let p = a.local_addr().unwrap().port();
+            if let Ok(b) = TcpListener::bind(("127.0.0.1", p + 1)) {
+                break (a, b);
+            }
+        };
+        let port = cmd.local_addr().unwrap().port();
+        for (listener, to) in [(cmd, target), (ctrl, target + 1)] {
+            let sent = sent.clone();
+            std::thread::spawn(move || {
+                for client in listener.incoming() {
+                    let Ok(client) = client else { return };
+                    let server = TcpStream::connect(("127.0.0.1", to)).unwrap();
+                    let (mut c2, mut s2) =
+                        (client.try_clone().unwrap(), server.try_clone().unwrap());
+                    let sent = sent.clone();
+                    // TPM -> client: plain copy.
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut s2, &mut c2);
+                        let _ = c2.shutdown(std::net::Shutdown::Both);
+                    });
+                    // client -> TPM: copy and record.
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let (mut client, mut server) = (client, server);
+                        let mut buf = [0u8; 4096];
+                        while let Ok(n) = client.read(&mut buf) {
+                            if n == 0 || server.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            sent.lock().unwrap().extend_from_slice(&buf[..n]);
+                        }
+                        let _ = server.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            });
+        }
+        BusTap { port, sent }
+    }
+
+    fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    fn saw(&self, needle: &[u8]) -> bool {
+        self.sent
+            .lock()
+            .unwrap()
+            .windows(needle.len())
+            .any(|w| w == needle)
+    }
+}
+
+#[test]
+fn imported_private_key_never_crosses_the_bus_in_the_clear() {
+    let tpm = Swtpm::start();
+    let tap = BusTap::new(&tpm);
+    let dir = tempfile::tempdir().unwrap();
+    let store = TpmKeyStore::open(&TpmSettings {
+        tcti: tap.tcti(),
+        storage: TpmKeyStorage::Blob,
+        persistent_base: BASE,
+        key_dir: dir.path().to_path_buf(),
+    })
+    .unwrap();
+    for alg in [KeyAlgorithm::EcP256, KeyAlgorithm::Rsa2048] {
+        let (pem, spki) = software_key(alg, 0);
+        let material = PrivateKeyMaterial::from_pem(&pem).unwrap();
+        let (secret, public_part) = match &material {
+            PrivateKeyMaterial::Ec {
+                scalar,
+                public_point,
+                ..
+            } => (scalar.to_vec(), public_point[1..33].to_vec()),
+            PrivateKeyMaterial::Rsa {
+                prime1, modulus, ..
+            } => (prime1.to_vec(), modulus[..32].to_vec()),
+        };
+        let l = label(&format!("tap-{alg}"));
+        store.import(&l, &material).unwrap();
+        let original = PublicKey::from_spki_der(&spki).unwrap();
+        let sig = store.sign(&l, alg.default_scheme(), b"m").unwrap();
+        original.verify(alg.default_scheme(), b"m", &sig).unwrap();
+        // The tap did see the import (its public part travels in the clear)...
+        assert!(tap.saw(&public_part), "{alg}: tap saw nothing");
+        // ...but never the private part.
+        assert!(!tap.saw(&secret), "{alg}: private key seen on the bus");
+    }
+    drop(store);
+    drop(tpm);
+}
