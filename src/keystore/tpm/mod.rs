@@ -101,14 +101,32 @@ impl TpmKeyStore {
 
     fn key_file(&self, label: &KeyLabel) -> Result<KeyFile> {
         let path = meta::path(&self.key_dir, label);
-        meta::read(&path)?.ok_or_else(|| KeyStoreError::NotFound {
-            label: label.to_string(),
-            backend: BACKEND,
-            reference: format!("tpm:blob={}", path.display()),
-            hint: "generate or import it first",
-        })
+        meta::read(&path)?
+            .ok_or_else(|| self.not_found(label, &path, "generate or import it first"))
     }
 
+    /// NotFound for a label without a key file. Without the file there is
+    /// no handle to name, so a persistent store names the file.
+    fn not_found(
+        &self,
+        label: &KeyLabel,
+        path: &std::path::Path,
+        hint: &'static str,
+    ) -> KeyStoreError {
+        let reference = match self.storage {
+            TpmKeyStorage::Blob => format!("tpm:blob={}", path.display()),
+            TpmKeyStorage::Persistent => format!("tpm:key-file={}", path.display()),
+        };
+        KeyStoreError::NotFound {
+            label: label.to_string(),
+            backend: BACKEND,
+            reference,
+            hint,
+        }
+    }
+
+    /// The path for a new key, if the label is free. A corrupted key file
+    /// under the label is an error too (it says to delete the file).
     fn ensure_free(&self, label: &KeyLabel) -> Result<PathBuf> {
         let path = meta::path(&self.key_dir, label);
         if let Some(existing) = meta::read(&path)? {
@@ -116,13 +134,6 @@ impl TpmKeyStore {
                 label: label.to_string(),
                 backend: BACKEND,
                 reference: existing.reference(),
-            });
-        }
-        if path.exists() {
-            return Err(KeyStoreError::AlreadyExists {
-                label: label.to_string(),
-                backend: BACKEND,
-                reference: format!("tpm:blob={}", path.display()),
             });
         }
         Ok(path)
@@ -630,14 +641,7 @@ impl TpmKeyStore {
         let path = meta::path(&self.key_dir, label);
         let file = match meta::read(&path) {
             Ok(Some(f)) => Some(f),
-            Ok(None) => {
-                return Err(KeyStoreError::NotFound {
-                    label: label.to_string(),
-                    backend: BACKEND,
-                    reference: format!("tpm:blob={}", path.display()),
-                    hint: "nothing to delete",
-                })
-            }
+            Ok(None) => return Err(self.not_found(label, &path, "nothing to delete")),
             // A corrupted file is deleted all the same: that is the fix the
             // corruption error suggests.
             Err(e) => {
@@ -707,8 +711,8 @@ impl TpmKeyStore {
     }
 }
 
-#[allow(dead_code)]
-fn _assert_send_sync() {
-    fn is<T: Send + Sync>() {}
-    is::<TpmKeyStore>();
-}
+// rustls signs on whatever thread runs the handshake.
+const _: () = {
+    const fn is_send_sync<T: Send + Sync>() {}
+    is_send_sync::<TpmKeyStore>();
+};
