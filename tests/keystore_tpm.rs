@@ -865,3 +865,21 @@ fn imported_private_key_never_crosses_the_bus_in_the_clear() {
     drop(store);
     drop(tpm);
 }
+
+#[test]
+fn tpm_gone_mid_run_is_retryable_unavailable() {
+    let Fixture {
+        store, dir, tpm, ..
+    } = Fixture::new(TpmKeyStorage::Blob);
+    let l = label("device");
+    store.generate(&l, KeyAlgorithm::EcP256).unwrap();
+    drop(tpm); // the simulator stops; the store's context stays
+    let err = store
+        .sign(&l, SignatureScheme::EcdsaSha256, b"m")
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(matches!(err, KeyStoreError::Unavailable { .. }), "{err}");
+    // Dropping a store whose TPM is gone must not panic.
+    drop(store);
+    drop(dir);
+}

@@ -227,30 +227,7 @@ impl Tpm {
     }
 
     fn classify(&self, op: &'static str, e: tss_esapi::Error) -> KeyStoreError {
-        if is_transport(e) {
-            KeyStoreError::Unavailable {
-                backend: BACKEND,
-                detail: format!("{op}: lost the connection to the TPM: {}", describe(e)),
-                retryable: true,
-            }
-        } else if rc_kind(e).is_some_and(|k| {
-            matches!(
-                k,
-                Tss2ResponseCodeKind::Retry
-                    | Tss2ResponseCodeKind::Yielded
-                    | Tss2ResponseCodeKind::Testing
-                    | Tss2ResponseCodeKind::NvRate
-                    | Tss2ResponseCodeKind::NvUnavailable
-            )
-        }) {
-            KeyStoreError::Unavailable {
-                backend: BACKEND,
-                detail: format!("{op}: the TPM is busy: {}", describe(e)),
-                retryable: true,
-            }
-        } else {
-            tpm_err(op, e)
-        }
+        classify(op, e)
     }
 
     /// Loads a wrapped blob under the primary, reusing the loaded copy when
@@ -346,6 +323,35 @@ impl Tpm {
             }
         }
         Ok(out)
+    }
+}
+
+/// The store's error for a failed TPM command: a lost connection or a busy
+/// TPM is retryable `Unavailable`, anything else `Backend` with the code.
+pub(super) fn classify(op: &'static str, e: tss_esapi::Error) -> KeyStoreError {
+    if is_transport(e) {
+        KeyStoreError::Unavailable {
+            backend: BACKEND,
+            detail: format!("{op}: lost the connection to the TPM: {}", describe(e)),
+            retryable: true,
+        }
+    } else if rc_kind(e).is_some_and(|k| {
+        matches!(
+            k,
+            Tss2ResponseCodeKind::Retry
+                | Tss2ResponseCodeKind::Yielded
+                | Tss2ResponseCodeKind::Testing
+                | Tss2ResponseCodeKind::NvRate
+                | Tss2ResponseCodeKind::NvUnavailable
+        )
+    }) {
+        KeyStoreError::Unavailable {
+            backend: BACKEND,
+            detail: format!("{op}: the TPM is busy: {}", describe(e)),
+            retryable: true,
+        }
+    } else {
+        tpm_err(op, e)
     }
 }
 

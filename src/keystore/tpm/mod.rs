@@ -39,7 +39,7 @@ use super::{
     SignatureScheme, TpmKeyStorage, TpmSettings,
 };
 use crate::durable;
-use context::{describe, rc_kind, tpm_err, Tpm, BACKEND};
+use context::{classify, describe, rc_kind, tpm_err, Tpm, BACKEND};
 use meta::{KeyFile, Location, Origin};
 
 pub use sign::ecdsa_rs_to_der;
@@ -202,7 +202,7 @@ impl TpmKeyStore {
             })?;
         let loaded = tpm
             .load_blob(public, private)
-            .map_err(|e| tpm_err("load the new key", e))?;
+            .map_err(|e| classify("load the new key", e))?;
         let target =
             PersistentTpmHandle::new(handle).map_err(|e| tpm_err("persistent handle", e))?;
         let result = tpm.authorized("make the key persistent (TPM2_EvictControl)", |ctx| {
@@ -256,7 +256,7 @@ impl TpmKeyStore {
                             describe(e)
                         ),
                     },
-                    _ => tpm_err("load key blob", e),
+                    _ => classify("load key blob", e),
                 }
             }),
             Location::Persistent { handle } => {
@@ -268,7 +268,7 @@ impl TpmKeyStore {
                     ) {
                         missing_handle(file, handle)
                     } else {
-                        tpm_err("open persistent key", e)
+                        classify("open persistent key", e)
                     }
                 })?;
                 Ok(KeyHandle::from(obj))
@@ -472,7 +472,7 @@ fn info_of(label: &KeyLabel, file: &KeyFile) -> Result<KeyInfo> {
 fn evict(tpm: &mut Tpm, handle: u32) -> Result<()> {
     let obj = tpm
         .persistent_object(handle)
-        .map_err(|e| tpm_err("open persistent key", e))?;
+        .map_err(|e| classify("open persistent key", e))?;
     tpm.drop_persistent_entry(handle);
     // EvictControl's first parameter is a handle, not a TPM2B; any session
     // works. ESAPI closes the resource when the object goes.
