@@ -883,3 +883,32 @@ fn tpm_gone_mid_run_is_retryable_unavailable() {
     drop(store);
     drop(dir);
 }
+
+#[test]
+fn store_reconnects_after_the_tpm_restarts() {
+    // A daemon keeps its store for months; a restarted TPM stack must not
+    // need a restarted agent. The first call after the restart reports a
+    // retryable error (or already succeeds); a retry works.
+    for storage in [TpmKeyStorage::Blob, TpmKeyStorage::Persistent] {
+        let Fixture {
+            store,
+            dir,
+            mut tpm,
+            ..
+        } = Fixture::new(storage);
+        let l = label("device");
+        let info = store.generate(&l, KeyAlgorithm::EcP256).unwrap();
+        tpm.restart();
+        let first = store.sign(&l, SignatureScheme::EcdsaSha256, b"m");
+        if let Err(e) = &first {
+            assert!(e.is_retryable(), "{e}");
+        }
+        let sig = store.sign(&l, SignatureScheme::EcdsaSha256, b"m").unwrap();
+        info.public_key
+            .verify(SignatureScheme::EcdsaSha256, b"m", &sig)
+            .unwrap();
+        drop(store);
+        drop(dir);
+        drop(tpm);
+    }
+}

@@ -34,41 +34,28 @@ impl Swtpm {
 
     fn try_start(port: u16) -> Result<Self, String> {
         let state = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let child = Command::new("swtpm")
-            .arg("socket")
-            .arg("--tpm2")
-            .arg("--server")
-            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-            .arg("--ctrl")
-            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
-            .arg("--tpmstate")
-            .arg(format!("dir={}", state.path().display()))
-            .arg("--flags")
-            .arg("not-need-init,startup-clear")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot run swtpm (install swtpm): {e}"))?;
-        let mut s = Swtpm { child, port, state };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(status)) = s.child.try_wait() {
-                // Most likely a port collision with another test: retry.
-                return Err(format!("swtpm exited early ({status})"));
+        let child = spawn_and_wait(port, state.path())?;
+        Ok(Swtpm { child, port, state })
+    }
+
+    /// Stops the simulator and starts it again on the same ports and state,
+    /// like a TPM reset or a restarted simulator.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut last = String::new();
+        // The ports may take a moment to become free again.
+        for _ in 0..50 {
+            match spawn_and_wait(self.port, self.state.path()) {
+                Ok(child) => {
+                    self.child = child;
+                    return;
+                }
+                Err(e) => last = e,
             }
-            // The control port answers once the server is up; probing it
-            // does not occupy the (single-client) command port.
-            let ctrl = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port + 1);
-            if TcpStream::connect_timeout(&ctrl.into(), Duration::from_millis(200)).is_ok() {
-                return Ok(s);
-            }
-            if Instant::now() > deadline {
-                let _ = s.child.kill();
-                return Err("swtpm did not answer within 10 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(100));
         }
+        panic!("could not restart swtpm: {last}");
     }
 
     /// TCTI string for this simulator, as tpm2-tools take it.
@@ -85,6 +72,46 @@ impl Drop for Swtpm {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Starts swtpm on `port` (commands) and `port + 1` (control) with its
+/// state in `state`, and waits until it answers.
+fn spawn_and_wait(port: u16, state: &std::path::Path) -> Result<Child, String> {
+    let mut child = Command::new("swtpm")
+        .arg("socket")
+        .arg("--tpm2")
+        .arg("--server")
+        .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+        .arg("--ctrl")
+        .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+        .arg("--tpmstate")
+        .arg(format!("dir={}", state.display()))
+        .arg("--flags")
+        .arg("not-need-init,startup-clear")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run swtpm (install swtpm): {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            // Most likely a port collision with another test: retry.
+            return Err(format!("swtpm exited early ({status})"));
+        }
+        // The control port answers once the server is up; probing it does
+        // not occupy the command port.
+        let ctrl = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port + 1);
+        if TcpStream::connect_timeout(&ctrl.into(), Duration::from_millis(200)).is_ok() {
+            return Ok(child);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("swtpm did not answer within 10 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

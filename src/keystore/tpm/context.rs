@@ -90,6 +90,24 @@ fn is_transport(e: tss_esapi::Error) -> bool {
     raw_rc(e).is_some_and(|rc| (rc >> 16) & 0xff == 0x0a)
 }
 
+/// Whether the TPM no longer knows a handle or session this store loaded,
+/// or wants TPM2_Startup: signs of a TPM reset or restart.
+fn is_reset(e: tss_esapi::Error) -> bool {
+    use Tss2ResponseCodeKind as K;
+    rc_kind(e).is_some_and(|k| {
+        matches!(
+            k,
+            K::Initialize
+                | K::ReferenceH0
+                | K::ReferenceH1
+                | K::ReferenceH2
+                | K::ReferenceS0
+                | K::ReferenceS1
+                | K::ReferenceS2
+        )
+    })
+}
+
 /// Parses a TCTI string as tpm2-tools take it (`device:/dev/tpmrm0`,
 /// `swtpm:host=127.0.0.1,port=2321`, `mssim:...`, `tabrmd`).
 pub(super) fn parse_tcti(tcti: &str) -> Result<TctiNameConf> {
@@ -119,6 +137,9 @@ pub(super) struct Tpm {
     /// ESYS resources for persistent handles, so signing does not pay a
     /// TPM2_ReadPublic each time.
     persistent: HashMap<u32, ObjectHandle>,
+    /// Set when a command found the connection lost; the store then opens
+    /// a new one before the next command.
+    pub(super) broken: bool,
 }
 
 impl Tpm {
@@ -170,6 +191,7 @@ impl Tpm {
             primary,
             loaded_blob: None,
             persistent: HashMap::new(),
+            broken: false,
         })
     }
 
@@ -180,9 +202,8 @@ impl Tpm {
         f: impl FnOnce(&mut Context) -> tss_esapi::Result<T>,
     ) -> Result<T> {
         let session = self.session;
-        self.ctx
-            .execute_with_session(Some(session), f)
-            .map_err(|e| self.classify(op, e))
+        let result = self.ctx.execute_with_session(Some(session), f);
+        result.map_err(|e| self.classify(op, e))
     }
 
     /// Like [`Tpm::authorized`], with parameter encryption: the command's
@@ -221,12 +242,27 @@ impl Tpm {
         op: &'static str,
         f: impl FnOnce(&mut Context) -> tss_esapi::Result<T>,
     ) -> Result<T> {
-        self.ctx
-            .execute_without_session(f)
-            .map_err(|e| self.classify(op, e))
+        let result = self.ctx.execute_without_session(f);
+        result.map_err(|e| self.classify(op, e))
     }
 
-    fn classify(&self, op: &'static str, e: tss_esapi::Error) -> KeyStoreError {
+    /// [`classify`], remembering a lost connection or a TPM that was
+    /// reset under us (then our primary, session and loaded keys are gone).
+    pub(super) fn classify(&mut self, op: &'static str, e: tss_esapi::Error) -> KeyStoreError {
+        if is_transport(e) {
+            self.broken = true;
+        } else if is_reset(e) {
+            self.broken = true;
+            return KeyStoreError::Unavailable {
+                backend: BACKEND,
+                detail: format!(
+                    "{op}: the TPM was reset or restarted and lost this store's loaded objects \
+                     ({}); the store reconnects on the next call",
+                    describe(e)
+                ),
+                retryable: true,
+            };
+        }
         classify(op, e)
     }
 

@@ -39,7 +39,7 @@ use super::{
     SignatureScheme, TpmKeyStorage, TpmSettings,
 };
 use crate::durable;
-use context::{classify, describe, rc_kind, tpm_err, Tpm, BACKEND};
+use context::{describe, rc_kind, tpm_err, Tpm, BACKEND};
 use meta::{KeyFile, Location, Origin};
 
 pub use sign::ecdsa_rs_to_der;
@@ -58,7 +58,29 @@ pub struct TpmKeyStore {
     key_dir: PathBuf,
     storage: TpmKeyStorage,
     persistent_base: u32,
-    tpm: Mutex<Tpm>,
+    tcti: String,
+    /// `None` only between a lost connection and the reconnect.
+    tpm: Mutex<Option<Tpm>>,
+}
+
+/// The locked, connected TPM.
+struct TpmGuard<'a>(MutexGuard<'a, Option<Tpm>>);
+
+impl std::ops::Deref for TpmGuard<'_> {
+    type Target = Tpm;
+    fn deref(&self) -> &Tpm {
+        self.0
+            .as_ref()
+            .expect("TpmKeyStore::lock connects before handing out")
+    }
+}
+
+impl std::ops::DerefMut for TpmGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Tpm {
+        self.0
+            .as_mut()
+            .expect("TpmKeyStore::lock connects before handing out")
+    }
 }
 
 impl TpmKeyStore {
@@ -89,14 +111,26 @@ impl TpmKeyStore {
             key_dir: settings.key_dir.clone(),
             storage: settings.storage,
             persistent_base: settings.persistent_base,
-            tpm: Mutex::new(tpm),
+            tcti: settings.tcti.clone(),
+            tpm: Mutex::new(Some(tpm)),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Tpm> {
+    /// The TPM connection, reconnected first if the last command found it
+    /// lost (the TPM, simulator or resource manager restarted): that is
+    /// what makes a retryable `Unavailable` worth retrying.
+    fn lock(&self) -> Result<TpmGuard<'_>> {
         // A panic while holding the lock leaves the context usable: every
         // TPM command is self-contained.
-        self.tpm.lock().unwrap_or_else(|p| p.into_inner())
+        let mut guard = self.tpm.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.as_ref().is_none_or(|t| t.broken) {
+            // Drop the old context first: its drop flushes its handles by
+            // number, which on a restarted TPM may be the new context's.
+            drop(guard.take());
+            tracing::warn!("tpm: reconnecting through {}", self.tcti);
+            *guard = Some(Tpm::open(&self.tcti)?);
+        }
+        Ok(TpmGuard(guard))
     }
 
     fn key_file(&self, label: &KeyLabel) -> Result<KeyFile> {
@@ -202,7 +236,7 @@ impl TpmKeyStore {
             })?;
         let loaded = tpm
             .load_blob(public, private)
-            .map_err(|e| classify("load the new key", e))?;
+            .map_err(|e| tpm.classify("load the new key", e))?;
         let target =
             PersistentTpmHandle::new(handle).map_err(|e| tpm_err("persistent handle", e))?;
         let result = tpm.authorized("make the key persistent (TPM2_EvictControl)", |ctx| {
@@ -256,7 +290,7 @@ impl TpmKeyStore {
                             describe(e)
                         ),
                     },
-                    _ => classify("load key blob", e),
+                    _ => tpm.classify("load key blob", e),
                 }
             }),
             Location::Persistent { handle } => {
@@ -268,7 +302,7 @@ impl TpmKeyStore {
                     ) {
                         missing_handle(file, handle)
                     } else {
-                        classify("open persistent key", e)
+                        tpm.classify("open persistent key", e)
                     }
                 })?;
                 Ok(KeyHandle::from(obj))
@@ -472,7 +506,7 @@ fn info_of(label: &KeyLabel, file: &KeyFile) -> Result<KeyInfo> {
 fn evict(tpm: &mut Tpm, handle: u32) -> Result<()> {
     let obj = tpm
         .persistent_object(handle)
-        .map_err(|e| classify("open persistent key", e))?;
+        .map_err(|e| tpm.classify("open persistent key", e))?;
     tpm.drop_persistent_entry(handle);
     // EvictControl's first parameter is a handle, not a TPM2B; any session
     // works. ESAPI closes the resource when the object goes.
@@ -496,7 +530,7 @@ impl KeyStore for TpmKeyStore {
         let attributes =
             keys::generated_attributes().map_err(|e| tpm_err("build key attributes", e))?;
         let template = keys::public_area(algorithm, attributes, None, None)?;
-        let mut tpm = self.lock();
+        let mut tpm = self.lock()?;
         // Create needs a free object slot on TPMs without a resource manager.
         tpm.unload_blob();
         let primary = tpm.primary;
@@ -522,7 +556,7 @@ impl KeyStore for TpmKeyStore {
         let algorithm = key.algorithm();
         let expected = key.public_key()?;
         let (public, sensitive) = import::import_parts(key)?;
-        let mut tpm = self.lock();
+        let mut tpm = self.lock()?;
         tpm.unload_blob();
         let (private, import_wrapper) = match self.wrap_inner(&mut tpm, &public, &sensitive) {
             Ok(wrapped) => (
@@ -572,7 +606,7 @@ impl KeyStore for TpmKeyStore {
     fn info(&self, label: &KeyLabel) -> Result<KeyInfo> {
         let file = self.key_file(label)?;
         if matches!(file.location, Location::Persistent { .. }) {
-            let mut tpm = self.lock();
+            let mut tpm = self.lock()?;
             self.check_persistent(&mut tpm, &file)?;
         }
         info_of(label, &file)
@@ -580,13 +614,13 @@ impl KeyStore for TpmKeyStore {
 
     fn sign(&self, label: &KeyLabel, scheme: SignatureScheme, message: &[u8]) -> Result<Vec<u8>> {
         let file = self.key_file(label)?;
-        let mut tpm = self.lock();
+        let mut tpm = self.lock()?;
         self.sign_with(&mut tpm, &file, scheme, message)
     }
 
     fn promote(&self, pending: &KeyLabel, current: &KeyLabel) -> Result<KeyInfo> {
         let new = self.key_file(pending)?;
-        let mut tpm = self.lock();
+        let mut tpm = self.lock()?;
         // Prove the pending key is there and loads before replacing anything.
         self.check_persistent(&mut tpm, &new)?;
         self.loaded(&mut tpm, &new)?;
@@ -620,7 +654,7 @@ impl KeyStore for TpmKeyStore {
     }
 
     fn delete(&self, label: &KeyLabel) -> Result<()> {
-        let mut tpm = self.lock();
+        let mut tpm = self.lock()?;
         self.delete_locked(&mut tpm, label)
     }
 
@@ -698,7 +732,7 @@ impl TpmKeyStore {
     /// loaded object), for tests and `prov-agent check`.
     pub fn key_attributes(&self, label: &KeyLabel) -> Result<TpmKeyAttributes> {
         let file = self.key_file(label)?;
-        let mut tpm = self.lock();
+        let mut tpm = self.lock()?;
         let key = self.loaded(&mut tpm, &file)?;
         let (public, _, _) = tpm.plain("read key public area", |ctx| ctx.read_public(key))?;
         let a = public.object_attributes();
