@@ -885,24 +885,22 @@ fn tpm_gone_mid_run_is_retryable_unavailable() {
 }
 
 #[test]
-fn store_reconnects_after_the_tpm_restarts() {
-    // A daemon keeps its store for months; a restarted TPM stack must not
-    // need a restarted agent. The first call after the restart reports a
-    // retryable error (or already succeeds); a retry works.
+fn store_reconnects_after_a_tpm_reset() {
+    // A daemon keeps its store for months; a reset TPM (or a restarted
+    // resource manager) must not need a restarted agent. The first call
+    // after the reset reports a retryable error; a retry works.
     for storage in [TpmKeyStorage::Blob, TpmKeyStorage::Persistent] {
         let Fixture {
-            store,
-            dir,
-            mut tpm,
-            ..
+            store, dir, tpm, ..
         } = Fixture::new(storage);
         let l = label("device");
         let info = store.generate(&l, KeyAlgorithm::EcP256).unwrap();
-        tpm.restart();
-        let first = store.sign(&l, SignatureScheme::EcdsaSha256, b"m");
-        if let Err(e) = &first {
-            assert!(e.is_retryable(), "{e}");
-        }
+        store.sign(&l, SignatureScheme::EcdsaSha256, b"m").unwrap();
+        tpm.reset();
+        let first = store
+            .sign(&l, SignatureScheme::EcdsaSha256, b"m")
+            .unwrap_err();
+        assert!(first.is_retryable(), "{first}");
         let sig = store.sign(&l, SignatureScheme::EcdsaSha256, b"m").unwrap();
         info.public_key
             .verify(SignatureScheme::EcdsaSha256, b"m", &sig)

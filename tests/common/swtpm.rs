@@ -38,24 +38,18 @@ impl Swtpm {
         Ok(Swtpm { child, port, state })
     }
 
-    /// Stops the simulator and starts it again on the same ports and state,
-    /// like a TPM reset or a restarted simulator.
-    pub fn restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let mut last = String::new();
-        // The ports may take a moment to become free again.
-        for _ in 0..50 {
-            match spawn_and_wait(self.port, self.state.path()) {
-                Ok(child) => {
-                    self.child = child;
-                    return;
-                }
-                Err(e) => last = e,
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("could not restart swtpm: {last}");
+    /// Resets the TPM through the control channel (CMD_INIT), like a
+    /// power cycle: transient objects and sessions are gone, persistent
+    /// ones and the seeds stay. The process and its ports stay, so no other
+    /// test can take the ports in between.
+    pub fn reset(&self) {
+        use std::io::{Read, Write};
+        let mut ctrl = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port + 1)).unwrap();
+        // CMD_INIT (2) with no flags.
+        ctrl.write_all(&[0, 0, 0, 2, 0, 0, 0, 0]).unwrap();
+        let mut result = [0u8; 4];
+        ctrl.read_exact(&mut result).unwrap();
+        assert_eq!(result, [0; 4], "swtpm CMD_INIT failed");
     }
 
     /// TCTI string for this simulator, as tpm2-tools take it.
