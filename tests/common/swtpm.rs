@@ -98,6 +98,12 @@ fn spawn_and_wait(port: u16, state: &std::path::Path) -> Result<Child, String> {
         // not occupy the command port.
         let ctrl = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port + 1);
         if TcpStream::connect_timeout(&ctrl.into(), Duration::from_millis(200)).is_ok() {
+            // Make sure it was our simulator that answered, not another
+            // test's that took the port while ours failed to bind it.
+            std::thread::sleep(Duration::from_millis(50));
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("swtpm exited early ({status})"));
+            }
             return Ok(child);
         }
         if Instant::now() > deadline {
