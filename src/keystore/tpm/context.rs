@@ -432,6 +432,11 @@ const LOADED_SESSION_FIRST: u32 = 0x0200_0000;
 /// next reboot. Through /dev/tpmrm0 or tabrmd the transient list holds only
 /// this connection's own objects (none yet), and sessions, which a resource
 /// manager does not hide from other connections, are left alone.
+///
+/// Without a resource manager nothing tells our leftovers from another
+/// live program's objects: two agents sharing one simulator or /dev/tpm0
+/// would flush each other's. The device node is exclusive, and production
+/// goes through /dev/tpmrm0, where this cannot happen.
 fn flush_leaked(ctx: &mut Context, direct: bool) -> Result<()> {
     let mut ranges = vec![(TRANSIENT_FIRST, "transient object")];
     if direct {

@@ -7,8 +7,16 @@
 //! (`tpm:blob=<path>`) or a persistent object whose handle that file names
 //! (`tpm:handle=0x81000100`).
 //!
-//! One ESAPI context, one HMAC session and the primary live as long as the
-//! store, behind a mutex: the TPM does one command at a time anyway.
+//! One ESAPI context, one HMAC session (salted with the SRK, so its key is
+//! secret) and the primary live as long as the store, behind a mutex: the
+//! TPM does one command at a time anyway. A lost connection or a TPM reset
+//! is reported as retryable and the next call reconnects.
+//!
+//! Generated keys are fixedTPM, fixedParent and sensitiveDataOrigin.
+//! Imported keys come in through TPM2_Import, encrypted on the bus (see
+//! `import.rs`); the TPM refuses fixedTPM/fixedParent on imported objects,
+//! and their empty authPolicy rules out TPM2_Duplicate, so they cannot
+//! leave either.
 //!
 //! Files: `context.rs` (connection, session, primary, errors), `keys.rs`
 //! (templates, public keys), `import.rs` (TPM2_Import), `sign.rs`

@@ -2,12 +2,14 @@
 //! null validation ticket (allowed because the keys are unrestricted), and
 //! the result is put in the format the `KeyStore` trait promises.
 //!
-//! RSA-PSS salt length: TPM 2.0 Part 1 (B.7) first let the TPM pick the
-//! largest salt that fits; later revisions and FIPS 186-4 TPMs (libtpms, so
-//! swtpm, among them) use a salt as long as the digest. rustls and ring
-//! verify PSS with salt length = digest length only, so a TPM that uses the
-//! largest salt would make PSS signatures they reject. The integration
-//! tests check every PSS signature with ring, which catches such a TPM.
+//! RSA-PSS salt length: the TPM picks it, not the caller. TPM 2.0 Part 1
+//! (B.7) let a TPM use the largest salt that fits; TPMs that follow FIPS
+//! 186-4 use a salt as long as the digest, and so does libtpms (swtpm).
+//! rustls and ring verify PSS with salt length = digest length only, so a
+//! TPM using the largest salt would make PSS signatures they reject. The
+//! integration tests verify every PSS signature with ring (SHA-256/384/512,
+//! RSA-2048 and RSA-3072) against swtpm; on real hardware, `prov-agent`
+//! should prove PSS the same way before offering it to TLS.
 
 use tss_esapi::constants::StructureTag;
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
