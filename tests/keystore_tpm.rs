@@ -151,6 +151,13 @@ fn generate_sign_verify(storage: TpmKeyStorage) {
         assert!(attrs.fixed_tpm && attrs.fixed_parent && attrs.sensitive_data_origin);
         assert!(!attrs.imported);
     }
+    // Key files 0600 in a 0700 directory.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&f.key_dir()), 0o700);
+    for entry in std::fs::read_dir(f.key_dir()).unwrap() {
+        assert_eq!(mode(&entry.unwrap().path()), 0o600);
+    }
 }
 
 #[test]
