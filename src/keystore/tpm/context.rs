@@ -1,0 +1,562 @@
+//! The one long-lived TPM connection: TCTI, ESAPI context, the reused HMAC
+//! session, the storage primary, and the handles this store keeps loaded.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
+use tss_esapi::constants::{CapabilityType, SessionType, StartupType, Tss2ResponseCodeKind};
+use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle, TpmHandle};
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::resource_handles::Hierarchy;
+use tss_esapi::interface_types::session_handles::AuthSession;
+use tss_esapi::structures::{
+    CapabilityData, EccParameter, EccPoint, EccScheme, KeyDerivationFunctionScheme, Public,
+    PublicBuilder, PublicEccParameters, SymmetricDefinition, SymmetricDefinitionObject,
+};
+use tss_esapi::tcti_ldr::TctiNameConf;
+use tss_esapi::Context;
+
+use crate::keystore::{KeyStoreError, Result};
+
+pub(super) const BACKEND: &str = "tpm";
+
+/// First handle of the transient range (TPM_HT_TRANSIENT << 24).
+const TRANSIENT_FIRST: u32 = 0x8000_0000;
+/// First and last handle of the owner's persistent range.
+pub(super) const PERSISTENT_OWNER_FIRST: u32 = 0x8100_0000;
+pub(super) const PERSISTENT_OWNER_LAST: u32 = 0x817F_FFFF;
+
+/// Turns a tss-esapi error into the store's error, keeping the TPM's return
+/// code: its TCG name, tss-esapi's text and the raw value.
+pub(super) fn tpm_err(op: &'static str, e: tss_esapi::Error) -> KeyStoreError {
+    KeyStoreError::Backend {
+        backend: BACKEND,
+        op,
+        detail: describe(e),
+    }
+}
+
+/// `TPM_RC_INTEGRITY: the integrity check failed (rc 0x0000099f)`.
+pub(super) fn describe(e: tss_esapi::Error) -> String {
+    let raw = raw_rc(e)
+        .map(|rc| format!(" (rc 0x{rc:08x})"))
+        .unwrap_or_default();
+    match rc_kind(e) {
+        Some(kind) => format!("{}: {e}{raw}", rc_name(kind)),
+        None => format!("{e}{raw}"),
+    }
+}
+
+pub(super) fn rc_kind(e: tss_esapi::Error) -> Option<Tss2ResponseCodeKind> {
+    match e {
+        tss_esapi::Error::Tss2Error(rc) => rc.kind(),
+        tss_esapi::Error::WrapperError(_) => None,
+    }
+}
+
+/// The raw TSS2_RC. tss-esapi 7.x has no accessor for it; the `Display` of
+/// the format-zero/format-one wrappers prints it (`Response code value: 0x902`).
+fn raw_rc(e: tss_esapi::Error) -> Option<u32> {
+    use tss_esapi::constants::Tss2ResponseCode as Rc;
+    let text = match e {
+        tss_esapi::Error::Tss2Error(Rc::FormatZero(rc)) => rc.to_string(),
+        tss_esapi::Error::Tss2Error(Rc::FormatOne(rc)) => rc.to_string(),
+        _ => return None,
+    };
+    let hex = text.rsplit("0x").next()?;
+    u32::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// `ObjectMemory` -> `TPM_RC_OBJECT_MEMORY`, the name the TPM spec and
+/// tpm2-tools use.
+fn rc_name(kind: Tss2ResponseCodeKind) -> String {
+    let camel = format!("{kind:?}");
+    let mut out = String::from("TPM_RC_");
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+/// Whether the error came from the transport (TCTI layer) rather than the
+/// TPM: the device went away or the simulator stopped.
+fn is_transport(e: tss_esapi::Error) -> bool {
+    // Layer is bits 16..24 of a TSS2_RC; 0x0A is the TCTI layer.
+    raw_rc(e).is_some_and(|rc| (rc >> 16) & 0xff == 0x0a)
+}
+
+/// Whether the TPM no longer knows a handle or session this store loaded,
+/// or wants TPM2_Startup: signs of a TPM reset or restart.
+fn is_reset(e: tss_esapi::Error) -> bool {
+    use Tss2ResponseCodeKind as K;
+    rc_kind(e).is_some_and(|k| {
+        matches!(
+            k,
+            K::Initialize
+                | K::ReferenceH0
+                | K::ReferenceH1
+                | K::ReferenceH2
+                | K::ReferenceS0
+                | K::ReferenceS1
+                | K::ReferenceS2
+        )
+    })
+}
+
+/// Parses a TCTI string as tpm2-tools take it (`device:/dev/tpmrm0`,
+/// `swtpm:host=127.0.0.1,port=2321`, `mssim:...`, `tabrmd`).
+pub(super) fn parse_tcti(tcti: &str) -> Result<TctiNameConf> {
+    TctiNameConf::from_str(tcti.trim()).map_err(|e| KeyStoreError::Unavailable {
+        backend: BACKEND,
+        detail: format!(
+            "TCTI {tcti:?} cannot be parsed ({e}): use device:/dev/tpmrm0, \
+             swtpm:host=127.0.0.1,port=2321, mssim:host=...,port=... or tabrmd"
+        ),
+        retryable: false,
+    })
+}
+
+/// Everything that needs the TPM, behind the store's mutex.
+pub(super) struct Tpm {
+    pub(super) ctx: Context,
+    /// HMAC session started once and reused for every authorised command:
+    /// starting a session costs a round trip and an RNG draw per call.
+    session: AuthSession,
+    /// The storage primary (ECC P-256 SRK), loaded for the store's lifetime.
+    pub(super) primary: KeyHandle,
+    /// The last wrapped blob loaded under the primary, by its TPM2B_PRIVATE
+    /// bytes (a promote or re-import changes them). One slot only: a TPM
+    /// without a resource manager (swtpm, mssim) has as few as three object
+    /// slots, and Create/Import need one free.
+    loaded_blob: Option<(Vec<u8>, KeyHandle)>,
+    /// ESYS resources for persistent handles, so signing does not pay a
+    /// TPM2_ReadPublic each time.
+    persistent: HashMap<u32, ObjectHandle>,
+    /// Set when a command found the connection lost; the store then opens
+    /// a new one before the next command.
+    pub(super) broken: bool,
+}
+
+impl Tpm {
+    pub(super) fn open(tcti: &str) -> Result<Self> {
+        let conf = parse_tcti(tcti)?;
+        let direct = is_direct(&conf);
+        let mut ctx = Context::new(conf).map_err(|e| KeyStoreError::Unavailable {
+            backend: BACKEND,
+            detail: format!(
+                "cannot connect to the TPM through TCTI {tcti:?}: {}. Check that the device \
+                 exists and is readable, or that the simulator / resource manager runs",
+                describe(e)
+            ),
+            retryable: true,
+        })?;
+        ensure_started(&mut ctx)?;
+        flush_leaked(&mut ctx, direct)?;
+        let primary = create_primary(&mut ctx)?;
+        // Salted with the SRK: without a salt (and with the empty auth
+        // values used here) the session key would be empty and anyone on
+        // the bus could compute the HMACs; with it the HMACs are secret and
+        // parameter encryption becomes possible. One ECDH, once.
+        let session = ctx
+            .start_auth_session(
+                Some(primary),
+                None,
+                None,
+                SessionType::Hmac,
+                // Used only by commands that ask for parameter encryption.
+                SymmetricDefinition::AES_128_CFB,
+                HashingAlgorithm::Sha256,
+            )
+            .map_err(|e| tpm_err("start HMAC session", e))?
+            .ok_or_else(|| KeyStoreError::Backend {
+                backend: BACKEND,
+                op: "start HMAC session",
+                detail: "the TPM returned no session".into(),
+            })?;
+        // continueSession keeps the session alive after each command, which
+        // is what makes reuse possible.
+        let (attrs, mask) = SessionAttributesBuilder::new()
+            .with_continue_session(true)
+            .build();
+        ctx.tr_sess_set_attributes(session, attrs, mask)
+            .map_err(|e| tpm_err("set session attributes", e))?;
+        Ok(Self {
+            ctx,
+            session,
+            primary,
+            loaded_blob: None,
+            persistent: HashMap::new(),
+            broken: false,
+        })
+    }
+
+    /// Runs `f` with the reused HMAC session as the authorisation session.
+    pub(super) fn authorized<T>(
+        &mut self,
+        op: &'static str,
+        f: impl FnOnce(&mut Context) -> tss_esapi::Result<T>,
+    ) -> Result<T> {
+        let session = self.session;
+        let result = self.ctx.execute_with_session(Some(session), f);
+        result.map_err(|e| self.classify(op, e))
+    }
+
+    /// Like [`Tpm::authorized`], with parameter encryption: the command's
+    /// first TPM2B parameter and the response's first TPM2B travel
+    /// AES-128-CFB encrypted under the salted session's key. Only for
+    /// commands whose first parameter is a TPM2B (the TPM refuses the
+    /// attribute otherwise).
+    pub(super) fn encrypted<T>(
+        &mut self,
+        op: &'static str,
+        f: impl FnOnce(&mut Context) -> tss_esapi::Result<T>,
+    ) -> Result<T> {
+        let session = self.session;
+        let (on, mask) = SessionAttributesBuilder::new()
+            .with_decrypt(true)
+            .with_encrypt(true)
+            .build();
+        self.ctx
+            .tr_sess_set_attributes(session, on, mask)
+            .map_err(|e| tpm_err("turn on parameter encryption", e))?;
+        let result = self.authorized(op, f);
+        let (off, mask) = SessionAttributesBuilder::new()
+            .with_decrypt(false)
+            .with_encrypt(false)
+            .build();
+        self.ctx
+            .tr_sess_set_attributes(session, off, mask)
+            .map_err(|e| tpm_err("turn off parameter encryption", e))?;
+        result
+    }
+
+    /// Runs `f` without sessions (commands with no authorised handle: a
+    /// session there would need audit or encrypt set).
+    pub(super) fn plain<T>(
+        &mut self,
+        op: &'static str,
+        f: impl FnOnce(&mut Context) -> tss_esapi::Result<T>,
+    ) -> Result<T> {
+        let result = self.ctx.execute_without_session(f);
+        result.map_err(|e| self.classify(op, e))
+    }
+
+    /// [`classify`], remembering a lost connection or a TPM that was
+    /// reset under us (then our primary, session and loaded keys are gone).
+    pub(super) fn classify(&mut self, op: &'static str, e: tss_esapi::Error) -> KeyStoreError {
+        if is_transport(e) {
+            self.broken = true;
+        } else if is_reset(e) {
+            self.broken = true;
+            return KeyStoreError::Unavailable {
+                backend: BACKEND,
+                detail: format!(
+                    "{op}: the TPM was reset or restarted and lost this store's loaded objects \
+                     ({}); the store reconnects on the next call",
+                    describe(e)
+                ),
+                retryable: true,
+            };
+        }
+        classify(op, e)
+    }
+
+    /// Loads a wrapped blob under the primary, reusing the loaded copy when
+    /// it is the same blob.
+    pub(super) fn load_blob(
+        &mut self,
+        public: &Public,
+        private: &[u8],
+    ) -> std::result::Result<KeyHandle, tss_esapi::Error> {
+        if let Some((bytes, handle)) = &self.loaded_blob {
+            if bytes == private {
+                return Ok(*handle);
+            }
+        }
+        self.unload_blob();
+        let primary = self.primary;
+        let session = self.session;
+        let private_buf = tss_esapi::structures::Private::try_from(private)?;
+        let public = public.clone();
+        let handle = self
+            .ctx
+            .execute_with_session(Some(session), |ctx| ctx.load(primary, private_buf, public))?;
+        self.loaded_blob = Some((private.to_vec(), handle));
+        Ok(handle)
+    }
+
+    /// Flushes the cached blob, freeing its object slot.
+    pub(super) fn unload_blob(&mut self) {
+        if let Some((_, handle)) = self.loaded_blob.take() {
+            if let Err(e) = self.ctx.flush_context(handle.into()) {
+                tracing::warn!("tpm: could not flush a loaded key: {}", describe(e));
+            }
+        }
+    }
+
+    /// The ESYS resource for a persistent handle. A handle that is not in the
+    /// TPM fails with TPM_RC_HANDLE (or TPM_RC_VALUE).
+    pub(super) fn persistent_object(
+        &mut self,
+        handle: u32,
+    ) -> std::result::Result<ObjectHandle, tss_esapi::Error> {
+        if let Some(obj) = self.persistent.get(&handle) {
+            return Ok(*obj);
+        }
+        let tpm_handle = TpmHandle::Persistent(PersistentTpmHandle::new(handle)?);
+        let obj = self
+            .ctx
+            .execute_without_session(|ctx| ctx.tr_from_tpm_public(tpm_handle))?;
+        self.persistent.insert(handle, obj);
+        Ok(obj)
+    }
+
+    /// Forgets the ESYS resource of a persistent handle (after it was
+    /// evicted, or when it turned out to be stale).
+    pub(super) fn forget_persistent(&mut self, handle: u32) {
+        if let Some(mut obj) = self.persistent.remove(&handle) {
+            // Closing only drops ESAPI's bookkeeping; it does not touch the
+            // TPM object. Evicted objects are already closed by ESAPI.
+            let _ = self.ctx.tr_close(&mut obj);
+        }
+    }
+
+    pub(super) fn remember_persistent(&mut self, handle: u32, obj: ObjectHandle) {
+        self.persistent.insert(handle, obj);
+    }
+
+    pub(super) fn drop_persistent_entry(&mut self, handle: u32) {
+        self.persistent.remove(&handle);
+    }
+
+    /// Persistent handles present in the TPM from `first` upward.
+    pub(super) fn persistent_handles(&mut self, first: u32) -> Result<Vec<u32>> {
+        let mut out = Vec::new();
+        let mut next = first;
+        loop {
+            let (data, more) = self.plain("list persistent handles", |ctx| {
+                ctx.get_capability(CapabilityType::Handles, next, 64)
+            })?;
+            let CapabilityData::Handles(list) = data else {
+                break;
+            };
+            let mut last = None;
+            for h in list.iter() {
+                if let TpmHandle::Persistent(p) = h {
+                    let v: u32 = (*p).into();
+                    out.push(v);
+                    last = Some(v);
+                }
+            }
+            match (more, last) {
+                (true, Some(l)) if l < PERSISTENT_OWNER_LAST => next = l + 1,
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The store's error for a failed TPM command: a lost connection or a busy
+/// TPM is retryable `Unavailable`, anything else `Backend` with the code.
+pub(super) fn classify(op: &'static str, e: tss_esapi::Error) -> KeyStoreError {
+    if is_transport(e) {
+        KeyStoreError::Unavailable {
+            backend: BACKEND,
+            detail: format!("{op}: lost the connection to the TPM: {}", describe(e)),
+            retryable: true,
+        }
+    } else if rc_kind(e).is_some_and(|k| {
+        matches!(
+            k,
+            Tss2ResponseCodeKind::Retry
+                | Tss2ResponseCodeKind::Yielded
+                | Tss2ResponseCodeKind::Testing
+                | Tss2ResponseCodeKind::NvRate
+                | Tss2ResponseCodeKind::NvUnavailable
+        )
+    }) {
+        KeyStoreError::Unavailable {
+            backend: BACKEND,
+            detail: format!("{op}: the TPM is busy: {}", describe(e)),
+            retryable: true,
+        }
+    } else {
+        tpm_err(op, e)
+    }
+}
+
+/// A TPM that was just powered on (a bare mssim simulator) needs
+/// TPM2_Startup; real TPMs and swtpm with startup-clear already had it.
+fn ensure_started(ctx: &mut Context) -> Result<()> {
+    let probe = ctx.execute_without_session(|ctx| {
+        ctx.get_capability(CapabilityType::Handles, TRANSIENT_FIRST, 1)
+    });
+    match probe {
+        Ok(_) => Ok(()),
+        Err(e) if rc_kind(e) == Some(Tss2ResponseCodeKind::Initialize) => ctx
+            .startup(StartupType::Clear)
+            .map_err(|e| tpm_err("TPM2_Startup", e)),
+        Err(e) if is_transport(e) => Err(KeyStoreError::Unavailable {
+            backend: BACKEND,
+            detail: format!("the TPM does not answer: {}", describe(e)),
+            retryable: true,
+        }),
+        Err(e) => Err(tpm_err("read TPM capabilities", e)),
+    }
+}
+
+/// Whether the TCTI talks to the TPM with no resource manager in between:
+/// then everything loaded in the TPM was left by an earlier run of some
+/// program, as nobody else can share the connection.
+fn is_direct(conf: &TctiNameConf) -> bool {
+    match conf {
+        // DeviceConfig's path is private in tss-esapi 7.x; its Debug shows it.
+        TctiNameConf::Device(d) => !format!("{d:?}").contains("tpmrm"),
+        TctiNameConf::Mssim(_) | TctiNameConf::Swtpm(_) => true,
+        _ => false,
+    }
+}
+
+/// First handle of loaded HMAC/policy sessions (TPM_HT_LOADED_SESSION << 24).
+const LOADED_SESSION_FIRST: u32 = 0x0200_0000;
+
+/// Flushes transient objects and sessions that a crashed run left loaded.
+/// Without a resource manager (swtpm, mssim, /dev/tpm0) they would hold the
+/// TPM's few object and session slots (three of each on swtpm) until the
+/// next reboot. Through /dev/tpmrm0 or tabrmd the transient list holds only
+/// this connection's own objects (none yet), and sessions, which a resource
+/// manager does not hide from other connections, are left alone.
+///
+/// Without a resource manager nothing tells our leftovers from another
+/// live program's objects: two agents sharing one simulator or /dev/tpm0
+/// would flush each other's. The device node is exclusive, and production
+/// goes through /dev/tpmrm0, where this cannot happen.
+fn flush_leaked(ctx: &mut Context, direct: bool) -> Result<()> {
+    let mut ranges = vec![(TRANSIENT_FIRST, "transient object")];
+    if direct {
+        ranges.push((LOADED_SESSION_FIRST, "session"));
+    }
+    for (first, what) in ranges {
+        let (data, _) = ctx
+            .execute_without_session(|ctx| ctx.get_capability(CapabilityType::Handles, first, 64))
+            .map_err(|e| tpm_err("list loaded handles", e))?;
+        let CapabilityData::Handles(list) = data else {
+            continue;
+        };
+        for handle in list.iter() {
+            let raw: u32 = (*handle).into();
+            if raw >> 24 != first >> 24 {
+                continue;
+            }
+            let flushed = ctx
+                .execute_without_session(|ctx| ctx.tr_from_tpm_public(*handle))
+                .and_then(|obj| ctx.flush_context(obj));
+            match flushed {
+                Ok(()) => tracing::info!("tpm: flushed leaked {what} 0x{raw:08x}"),
+                Err(e) => tracing::warn!(
+                    "tpm: could not flush leaked {what} 0x{raw:08x}: {}",
+                    describe(e)
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The TCG storage root key template (TCG TPM v2.0 Provisioning Guidance,
+/// ECC NIST P-256 SRK): restricted decrypt, AES-128-CFB, fixedTPM,
+/// fixedParent, sensitiveDataOrigin, userWithAuth, noDA, empty auth and
+/// policy, unique x and y 32 zero bytes each. Being a primary, the same
+/// template gives the same key on every start, so nothing needs to be
+/// persisted; a persistent SRK made with this template (0x81000001 by
+/// convention) is the very same key.
+pub(super) fn srk_template() -> tss_esapi::Result<Public> {
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_no_da(true)
+        .with_restricted(true)
+        .with_decrypt(true)
+        .build()?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_ecc_parameters(PublicEccParameters::new(
+            SymmetricDefinitionObject::AES_128_CFB,
+            EccScheme::Null,
+            EccCurve::NistP256,
+            KeyDerivationFunctionScheme::Null,
+        ))
+        .with_ecc_unique_identifier(EccPoint::new(
+            EccParameter::try_from(vec![0u8; 32])?,
+            EccParameter::try_from(vec![0u8; 32])?,
+        ))
+        .build()
+}
+
+fn create_primary(ctx: &mut Context) -> Result<KeyHandle> {
+    let template = srk_template().map_err(|e| tpm_err("build SRK template", e))?;
+    // Owner hierarchy with an empty auth value: the password session is
+    // enough and needs no round trip.
+    ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
+        ctx.create_primary(Hierarchy::Owner, template, None, None, None, None)
+    })
+    .map(|r| r.key_handle)
+    .map_err(|e| match rc_kind(e) {
+        Some(Tss2ResponseCodeKind::BadAuth | Tss2ResponseCodeKind::AuthFail) => {
+            KeyStoreError::Unavailable {
+                backend: BACKEND,
+                detail: format!(
+                    "the owner hierarchy has an authorization value, which this agent does not \
+                     support yet: {}",
+                    describe(e)
+                ),
+                retryable: false,
+            }
+        }
+        _ => tpm_err("create the storage primary key (SRK)", e),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rc_names_and_values() {
+        assert_eq!(
+            rc_name(Tss2ResponseCodeKind::ObjectMemory),
+            "TPM_RC_OBJECT_MEMORY"
+        );
+        assert_eq!(rc_name(Tss2ResponseCodeKind::Integrity), "TPM_RC_INTEGRITY");
+    }
+
+    #[test]
+    fn tcti_strings_as_tpm2_tools_take_them() {
+        for ok in [
+            "device:/dev/tpmrm0",
+            "swtpm:host=127.0.0.1,port=2321",
+            "swtpm:port=2321",
+            "mssim:host=localhost,port=2321",
+            "tabrmd",
+            "tabrmd:bus_name=com.intel.tss2.Tabrmd",
+        ] {
+            parse_tcti(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        assert!(is_direct(&parse_tcti("device:/dev/tpm0").unwrap()));
+        assert!(is_direct(&parse_tcti("swtpm:port=2321").unwrap()));
+        assert!(!is_direct(&parse_tcti("device:/dev/tpmrm0").unwrap()));
+        assert!(!is_direct(&parse_tcti("tabrmd").unwrap()));
+        let err = parse_tcti("libtpms:whatever").unwrap_err();
+        assert!(!err.is_retryable());
+    }
+}

@@ -1,0 +1,919 @@
+//! TPM key store against a swtpm of its own per test.
+#![cfg(feature = "tpm")]
+
+mod common;
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use common::swtpm::Swtpm;
+use prov_agent::keystore::tpm::TpmKeyStore;
+use prov_agent::keystore::{
+    KeyAlgorithm, KeyLabel, KeyStore, KeyStoreError, PrivateKeyMaterial, PublicKey,
+    SignatureScheme, TpmKeyStorage, TpmSettings,
+};
+
+const ALL_SCHEMES: [SignatureScheme; 8] = [
+    SignatureScheme::EcdsaSha256,
+    SignatureScheme::EcdsaSha384,
+    SignatureScheme::RsaPkcs1Sha256,
+    SignatureScheme::RsaPkcs1Sha384,
+    SignatureScheme::RsaPkcs1Sha512,
+    SignatureScheme::RsaPssSha256,
+    SignatureScheme::RsaPssSha384,
+    SignatureScheme::RsaPssSha512,
+];
+
+const BASE: u32 = 0x8100_0100;
+
+/// A store on its own simulator. Fields drop in order: the store (and its
+/// TPM context) before the simulator.
+struct Fixture {
+    store: TpmKeyStore,
+    dir: tempfile::TempDir,
+    tpm: Swtpm,
+    storage: TpmKeyStorage,
+}
+
+impl Fixture {
+    fn new(storage: TpmKeyStorage) -> Self {
+        let tpm = Swtpm::start();
+        let dir = tempfile::tempdir().unwrap();
+        let store = TpmKeyStore::open(&settings(&tpm, dir.path().join("keys"), storage)).unwrap();
+        Fixture {
+            store,
+            dir,
+            tpm,
+            storage,
+        }
+    }
+
+    fn key_dir(&self) -> PathBuf {
+        self.dir.path().join("keys")
+    }
+
+    /// Closes the store (its context) and runs `f` with a raw context on the
+    /// same simulator, then reopens the store.
+    fn with_raw_context<T>(self, f: impl FnOnce(&mut tss_esapi::Context) -> T) -> (Self, T) {
+        let Fixture {
+            store,
+            dir,
+            tpm,
+            storage,
+        } = self;
+        drop(store);
+        let out = {
+            let mut ctx = raw_context(&tpm);
+            f(&mut ctx)
+        };
+        let store = TpmKeyStore::open(&settings(&tpm, dir.path().join("keys"), storage)).unwrap();
+        (
+            Fixture {
+                store,
+                dir,
+                tpm,
+                storage,
+            },
+            out,
+        )
+    }
+}
+
+fn settings(tpm: &Swtpm, key_dir: PathBuf, storage: TpmKeyStorage) -> TpmSettings {
+    TpmSettings {
+        tcti: tpm.tcti(),
+        storage,
+        persistent_base: BASE,
+        key_dir,
+    }
+}
+
+fn raw_context(tpm: &Swtpm) -> tss_esapi::Context {
+    let conf = tss_esapi::tcti_ldr::TctiNameConf::from_str(&tpm.tcti()).unwrap();
+    tss_esapi::Context::new(conf).unwrap()
+}
+
+fn handles(ctx: &mut tss_esapi::Context, first: u32) -> Vec<u32> {
+    use tss_esapi::constants::CapabilityType;
+    use tss_esapi::structures::CapabilityData;
+    let (data, _) = ctx
+        .execute_without_session(|c| c.get_capability(CapabilityType::Handles, first, 64))
+        .unwrap();
+    let CapabilityData::Handles(list) = data else {
+        panic!("not a handle list")
+    };
+    list.iter()
+        .map(|h| u32::from(*h))
+        .filter(|h| h >> 24 == first >> 24)
+        .collect()
+}
+
+fn label(s: &str) -> KeyLabel {
+    KeyLabel::new(s).unwrap()
+}
+
+fn schemes(alg: KeyAlgorithm) -> impl Iterator<Item = SignatureScheme> {
+    ALL_SCHEMES.into_iter().filter(move |s| alg.supports(*s))
+}
+
+/// Signs with every scheme the key supports and checks each signature
+/// with ring, through `PublicKey::verify`, against `public`.
+fn sign_and_verify_all(store: &TpmKeyStore, l: &KeyLabel, public: &PublicKey) {
+    let alg = public.algorithm();
+    for scheme in schemes(alg) {
+        let msg = format!("message for {alg} {scheme:?}");
+        let sig = store.sign(l, scheme, msg.as_bytes()).unwrap();
+        public
+            .verify(scheme, msg.as_bytes(), &sig)
+            .unwrap_or_else(|e| panic!("{alg} {scheme:?}: {e}"));
+        // And not for another message.
+        assert!(
+            public.verify(scheme, b"another message", &sig).is_err(),
+            "{alg} {scheme:?} verified a wrong message"
+        );
+    }
+}
+
+fn generate_sign_verify(storage: TpmKeyStorage) {
+    let f = Fixture::new(storage);
+    for alg in KeyAlgorithm::ALL {
+        let l = label(&format!("gen-{alg}"));
+        let info = f.store.generate(&l, alg).unwrap();
+        assert_eq!(info.algorithm(), alg);
+        match storage {
+            TpmKeyStorage::Blob => assert!(info.reference.starts_with("tpm:blob="), "{info:?}"),
+            TpmKeyStorage::Persistent => {
+                assert!(info.reference.starts_with("tpm:handle=0x8100"), "{info:?}")
+            }
+        }
+        sign_and_verify_all(&f.store, &l, &info.public_key);
+        let attrs = f.store.key_attributes(&l).unwrap();
+        assert!(attrs.fixed_tpm && attrs.fixed_parent && attrs.sensitive_data_origin);
+        assert!(!attrs.imported);
+    }
+    // Key files 0600 in a 0700 directory.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&f.key_dir()), 0o700);
+    for entry in std::fs::read_dir(f.key_dir()).unwrap() {
+        assert_eq!(mode(&entry.unwrap().path()), 0o600);
+    }
+}
+
+#[test]
+fn generate_sign_verify_every_algorithm_blob() {
+    generate_sign_verify(TpmKeyStorage::Blob);
+}
+
+#[test]
+fn generate_sign_verify_every_algorithm_persistent() {
+    generate_sign_verify(TpmKeyStorage::Persistent);
+}
+
+/// A software key in each PEM flavour the agent accepts, with its SPKI.
+fn software_key(alg: KeyAlgorithm, flavour: usize) -> (String, Vec<u8>) {
+    use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+    let mut rng = rand::rngs::OsRng;
+    match alg {
+        KeyAlgorithm::EcP256 => {
+            let k = p256::SecretKey::random(&mut rng);
+            let pem = if flavour % 2 == 0 {
+                k.to_pkcs8_pem(LineEnding::LF).unwrap().to_string()
+            } else {
+                k.to_sec1_pem(LineEnding::LF).unwrap().to_string()
+            };
+            (pem, k.public_key().to_public_key_der().unwrap().into_vec())
+        }
+        KeyAlgorithm::EcP384 => {
+            let k = p384::SecretKey::random(&mut rng);
+            let pem = if flavour % 2 == 0 {
+                k.to_sec1_pem(LineEnding::LF).unwrap().to_string()
+            } else {
+                k.to_pkcs8_pem(LineEnding::LF).unwrap().to_string()
+            };
+            (pem, k.public_key().to_public_key_der().unwrap().into_vec())
+        }
+        KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 => {
+            use rsa::pkcs1::EncodeRsaPrivateKey;
+            let k = rsa::RsaPrivateKey::new(&mut rng, alg.rsa_bits().unwrap()).unwrap();
+            let pem = if flavour % 2 == 0 {
+                k.to_pkcs1_pem(LineEnding::LF).unwrap().to_string()
+            } else {
+                k.to_pkcs8_pem(LineEnding::LF).unwrap().to_string()
+            };
+            let spki = k.to_public_key().to_public_key_der().unwrap().into_vec();
+            (pem, spki)
+        }
+    }
+}
+
+fn import_sign_verify(storage: TpmKeyStorage) {
+    let f = Fixture::new(storage);
+    for (i, alg) in KeyAlgorithm::ALL.into_iter().enumerate() {
+        let (pem, spki) = software_key(alg, i + storage as usize);
+        let original = PublicKey::from_spki_der(&spki).unwrap();
+        let material = PrivateKeyMaterial::from_pem(&pem).unwrap();
+        let l = label(&format!("imp-{alg}"));
+        let info = f.store.import(&l, &material).unwrap();
+        drop(material);
+        assert_eq!(info.public_key, original, "{alg}");
+        // Verified against the key made in software, not the TPM's copy.
+        sign_and_verify_all(&f.store, &l, &original);
+        // TPM2_Import only takes objects without fixedTPM/fixedParent.
+        let attrs = f.store.key_attributes(&l).unwrap();
+        assert!(attrs.imported);
+        assert!(!attrs.fixed_tpm && !attrs.fixed_parent && !attrs.sensitive_data_origin);
+    }
+    // Nothing on disk holds the plaintext: every key file is TPM-wrapped.
+    for entry in std::fs::read_dir(f.key_dir()).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        assert!(!text.contains("PRIVATE KEY"));
+        assert!(text.contains("\"origin\": \"imported\""));
+        // swtpm has TPM2_EncryptDecrypt2: the key went in inner-wrapped.
+        assert!(
+            text.contains("\"import_wrapper\": \"aes-128-cfb-inner\""),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn import_pem_sign_verify_every_algorithm_blob() {
+    import_sign_verify(TpmKeyStorage::Blob);
+}
+
+#[test]
+fn import_pem_sign_verify_every_algorithm_persistent() {
+    import_sign_verify(TpmKeyStorage::Persistent);
+}
+
+#[test]
+fn rsa_pss_signatures_verify_with_ring() {
+    let f = Fixture::new(TpmKeyStorage::Blob);
+    let l = label("pss");
+    let info = f.store.generate(&l, KeyAlgorithm::Rsa2048).unwrap();
+    for scheme in [
+        SignatureScheme::RsaPssSha256,
+        SignatureScheme::RsaPssSha384,
+        SignatureScheme::RsaPssSha512,
+    ] {
+        for i in 0..5 {
+            let msg = format!("pss {i}");
+            let sig = f.store.sign(&l, scheme, msg.as_bytes()).unwrap();
+            assert_eq!(sig.len(), 256);
+            info.public_key
+                .verify(scheme, msg.as_bytes(), &sig)
+                .unwrap();
+        }
+    }
+}
+
+#[test]
+fn wrong_scheme_is_refused() {
+    let f = Fixture::new(TpmKeyStorage::Blob);
+    let l = label("ec");
+    f.store.generate(&l, KeyAlgorithm::EcP256).unwrap();
+    for scheme in [SignatureScheme::RsaPssSha256, SignatureScheme::EcdsaSha384] {
+        assert!(matches!(
+            f.store.sign(&l, scheme, b"x"),
+            Err(KeyStoreError::SchemeMismatch { .. })
+        ));
+    }
+}
+
+#[test]
+fn label_taken_is_already_exists() {
+    for storage in [TpmKeyStorage::Blob, TpmKeyStorage::Persistent] {
+        let f = Fixture::new(storage);
+        let l = label("claim");
+        f.store.generate(&l, KeyAlgorithm::EcP256).unwrap();
+        assert!(matches!(
+            f.store.generate(&l, KeyAlgorithm::EcP256),
+            Err(KeyStoreError::AlreadyExists { .. })
+        ));
+        let (pem, _) = software_key(KeyAlgorithm::EcP256, 0);
+        let m = PrivateKeyMaterial::from_pem(&pem).unwrap();
+        assert!(matches!(
+            f.store.import(&l, &m),
+            Err(KeyStoreError::AlreadyExists { .. })
+        ));
+    }
+}
+
+#[test]
+fn blob_from_another_tpm_does_not_load() {
+    let a = Fixture::new(TpmKeyStorage::Blob);
+    let b = Fixture::new(TpmKeyStorage::Blob);
+    let l = label("device");
+    a.store.generate(&l, KeyAlgorithm::EcP256).unwrap();
+    let (pem, _) = software_key(KeyAlgorithm::EcP384, 0);
+    let imported = label("imported");
+    a.store
+        .import(&imported, &PrivateKeyMaterial::from_pem(&pem).unwrap())
+        .unwrap();
+    for l in [&l, &imported] {
+        let name = format!("{l}.tpmkey");
+        std::fs::copy(a.key_dir().join(&name), b.key_dir().join(&name)).unwrap();
+        // It still signs where it was made...
+        let scheme = a.store.info(l).unwrap().algorithm().default_scheme();
+        a.store.sign(l, scheme, b"x").unwrap();
+        // ...and not on the other TPM, with an error naming the file.
+        let err = b.store.sign(l, scheme, b"x").unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, KeyStoreError::Backend { .. }), "{msg}");
+        assert!(msg.contains(&name), "{msg}");
+        assert!(msg.contains("another TPM"), "{msg}");
+        assert!(msg.contains("TPM_RC_") && msg.contains("(rc 0x"), "{msg}");
+        eprintln!("blob from another TPM: {msg}");
+    }
+}
+
+#[test]
+fn corrupted_blob_gives_a_clear_error() {
+    let f = Fixture::new(TpmKeyStorage::Blob);
+    let l = label("device");
+    f.store.generate(&l, KeyAlgorithm::EcP256).unwrap();
+    let path = f.key_dir().join("device.tpmkey");
+    let good = std::fs::read_to_string(&path).unwrap();
+
+    // Not JSON any more.
+    std::fs::write(&path, &good[..good.len() / 2]).unwrap();
+    let err = f
+        .store
+        .sign(&l, SignatureScheme::EcdsaSha256, b"x")
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("corrupted") && msg.contains("device.tpmkey"),
+        "{msg}"
+    );
+    assert!(f.store.list().is_err());
+
+    // Well-formed, but one byte of the wrapped private part flipped: the
+    // TPM's integrity check catches it.
+    let meta: serde_json::Value = serde_json::from_str(&good).unwrap();
+    let private = meta["private"].as_str().unwrap();
+    let mut bytes = hex::decode(private).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x55;
+    let bad = good.replace(private, &hex::encode(&bytes));
+    std::fs::write(&path, bad).unwrap();
+    let err = f
+        .store
+        .sign(&l, SignatureScheme::EcdsaSha256, b"x")
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("device.tpmkey") && msg.contains("TPM_RC_"),
+        "{msg}"
+    );
+
+    // Deleting is the fix, and works on the corrupted file.
+    f.store.delete(&l).unwrap();
+    assert!(!path.exists());
+}
+
+#[test]
+fn missing_persistent_handle_is_not_found() {
+    let f = Fixture::new(TpmKeyStorage::Persistent);
+    let l = label("device");
+    let info = f.store.generate(&l, KeyAlgorithm::EcP256).unwrap();
+    assert_eq!(info.reference, "tpm:handle=0x81000100");
+    // Someone evicts the handle behind the agent's back.
+    let (f, ()) = f.with_raw_context(|ctx| {
+        use tss_esapi::handles::{PersistentTpmHandle, TpmHandle};
+        use tss_esapi::interface_types::{
+            dynamic_handles::Persistent, resource_handles::Provision, session_handles::AuthSession,
+        };
+        let h = PersistentTpmHandle::new(0x8100_0100).unwrap();
+        let obj = ctx
+            .execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::Persistent(h)))
+            .unwrap();
+        ctx.execute_with_session(Some(AuthSession::Password), |c| {
+            c.evict_control(Provision::Owner, obj, Persistent::Persistent(h))
+        })
+        .unwrap();
+    });
+    for err in [
+        f.store
+            .sign(&l, SignatureScheme::EcdsaSha256, b"x")
+            .unwrap_err(),
+        f.store.info(&l).unwrap_err(),
+    ] {
+        let msg = err.to_string();
+        assert!(matches!(err, KeyStoreError::NotFound { .. }), "{msg}");
+        assert!(msg.contains("0x81000100") && msg.contains("gone"), "{msg}");
+    }
+    // list still shows what the files say; delete cleans up.
+    assert_eq!(f.store.list().unwrap().len(), 1);
+    f.store.delete(&l).unwrap();
+    assert!(f.store.list().unwrap().is_empty());
+}
+
+#[test]
+fn stale_key_file_of_an_evicted_handle_is_not_found() {
+    // A key file restored from a backup after its handle was evicted (by
+    // delete, in the same store that had the handle open): NotFound, not a
+    // bare TPM error.
+    let f = Fixture::new(TpmKeyStorage::Persistent);
+    let l = label("device");
+    f.store.generate(&l, KeyAlgorithm::EcP256).unwrap();
+    f.store
+        .sign(&l, SignatureScheme::EcdsaSha256, b"x")
+        .unwrap();
+    let saved = std::fs::read(f.key_dir().join("device.tpmkey")).unwrap();
+    f.store.delete(&l).unwrap();
+    std::fs::write(f.key_dir().join("device.tpmkey"), saved).unwrap();
+    let err = f
+        .store
+        .sign(&l, SignatureScheme::EcdsaSha256, b"x")
+        .unwrap_err();
+    assert!(matches!(err, KeyStoreError::NotFound { .. }), "{err}");
+}
+
+fn promote_delete_list(storage: TpmKeyStorage) {
+    let f = Fixture::new(storage);
+    let current = label("device");
+    let pending = current.pending();
+    let old = f.store.generate(&current, KeyAlgorithm::EcP256).unwrap();
+    let new = f.store.generate(&pending, KeyAlgorithm::EcP384).unwrap();
+    let other = f
+        .store
+        .generate(&label("claim"), KeyAlgorithm::EcP256)
+        .unwrap();
+    let names: Vec<_> = f
+        .store
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|i| i.label.to_string())
+        .collect();
+    assert_eq!(names, ["claim", "device", "device.pending"]);
+
+    let promoted = f.store.promote(&pending, &current).unwrap();
+    assert_eq!(promoted.public_key, new.public_key);
+    assert_ne!(promoted.public_key, old.public_key);
+    assert!(matches!(
+        f.store.info(&pending),
+        Err(KeyStoreError::NotFound { .. })
+    ));
+    let sig = f
+        .store
+        .sign(&current, SignatureScheme::EcdsaSha384, b"after promote")
+        .unwrap();
+    new.public_key
+        .verify(SignatureScheme::EcdsaSha384, b"after promote", &sig)
+        .unwrap();
+    let listed = f.store.list().unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[1].public_key, new.public_key);
+
+    // Promoting a pending key that is not there changes nothing.
+    assert!(matches!(
+        f.store.promote(&pending, &current),
+        Err(KeyStoreError::NotFound { .. })
+    ));
+    assert_eq!(f.store.info(&current).unwrap().public_key, new.public_key);
+
+    f.store.delete(&current).unwrap();
+    assert!(matches!(
+        f.store.delete(&current),
+        Err(KeyStoreError::NotFound { .. })
+    ));
+    let left = f.store.list().unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].public_key, other.public_key);
+
+    if storage == TpmKeyStorage::Persistent {
+        // The old current key was evicted by promote, the new one by delete:
+        // only "claim" holds an NV handle now.
+        let claim_ref = other.reference.clone();
+        let (_f, persistent) = f.with_raw_context(|ctx| handles(ctx, 0x8100_0000));
+        assert_eq!(persistent.len(), 1, "{persistent:x?}");
+        assert_eq!(claim_ref, format!("tpm:handle=0x{:08x}", persistent[0]));
+    }
+}
+
+#[test]
+fn promote_delete_list_blob() {
+    promote_delete_list(TpmKeyStorage::Blob);
+}
+
+#[test]
+fn promote_delete_list_persistent() {
+    promote_delete_list(TpmKeyStorage::Persistent);
+}
+
+#[test]
+fn leaked_transient_handles_are_flushed_at_open() {
+    let tpm = Swtpm::start();
+    // A "crashed run": two transient objects created and the connection
+    // dropped without TPM2_FlushContext. Done with raw TPM commands on the
+    // socket, because a tss-esapi Context flushes what it made when dropped.
+    for _ in 0..2 {
+        leak_transient_object(&tpm);
+    }
+    {
+        let mut ctx = raw_context(&tpm);
+        assert_eq!(handles(&mut ctx, 0x8000_0000).len(), 2, "no leak to test");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = TpmKeyStore::open(&settings(
+        &tpm,
+        dir.path().to_path_buf(),
+        TpmKeyStorage::Blob,
+    ))
+    .unwrap();
+    // With the leaked objects gone, the store has room to work (swtpm has
+    // three object slots: two leaked plus the SRK would leave none).
+    let l = label("k");
+    let info = store.generate(&l, KeyAlgorithm::EcP256).unwrap();
+    let sig = store.sign(&l, SignatureScheme::EcdsaSha256, b"m").unwrap();
+    info.public_key
+        .verify(SignatureScheme::EcdsaSha256, b"m", &sig)
+        .unwrap();
+    drop(store);
+    let mut ctx = raw_context(&tpm);
+    assert!(handles(&mut ctx, 0x8000_0000).is_empty());
+}
+
+/// Sends TPM2_CreatePrimary straight to the simulator's command port (the
+/// swtpm TCTI speaks bare TPM commands) and hangs up without flushing.
+fn leak_transient_object(tpm: &Swtpm) {
+    use tss_esapi::traits::Marshall;
+    let public = prov_agent_test_template().marshall().unwrap();
+    let mut params = Vec::new();
+    params.extend_from_slice(&4u16.to_be_bytes()); // inSensitive: size 4
+    params.extend_from_slice(&[0, 0, 0, 0]); //       empty userAuth, data
+    params.extend_from_slice(&(public.len() as u16).to_be_bytes());
+    params.extend_from_slice(&public);
+    params.extend_from_slice(&0u16.to_be_bytes()); // outsideInfo
+    params.extend_from_slice(&0u32.to_be_bytes()); // creationPCR: none
+    let auth = [
+        0x40, 0x00, 0x00, 0x09, // TPM_RS_PW
+        0x00, 0x00, // nonce
+        0x00, // session attributes
+        0x00, 0x00, // empty password
+    ];
+    let mut cmd = Vec::new();
+    cmd.extend_from_slice(&0x8002u16.to_be_bytes()); // TPM_ST_SESSIONS
+    cmd.extend_from_slice(&[0; 4]); // size, below
+    cmd.extend_from_slice(&0x0000_0131u32.to_be_bytes()); // TPM_CC_CreatePrimary
+    cmd.extend_from_slice(&0x4000_0001u32.to_be_bytes()); // TPM_RH_OWNER
+    cmd.extend_from_slice(&(auth.len() as u32).to_be_bytes());
+    cmd.extend_from_slice(&auth);
+    cmd.extend_from_slice(&params);
+    let len = cmd.len() as u32;
+    cmd[2..6].copy_from_slice(&len.to_be_bytes());
+    send_and_hang_up(tpm, &cmd);
+}
+
+/// Sends one raw TPM command to the simulator's command port (the swtpm
+/// TCTI speaks bare TPM commands), checks it succeeded, and closes the
+/// connection without cleaning up: the "crash".
+fn send_and_hang_up(tpm: &Swtpm, cmd: &[u8]) {
+    use std::io::{Read, Write};
+    let port: u16 = tpm.tcti().rsplit('=').next().unwrap().parse().unwrap();
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.write_all(cmd).unwrap();
+    let mut header = [0u8; 10];
+    sock.read_exact(&mut header).unwrap();
+    let rc = u32::from_be_bytes(header[6..10].try_into().unwrap());
+    assert_eq!(rc, 0, "raw TPM command failed: 0x{rc:08x}");
+    let size = u32::from_be_bytes(header[2..6].try_into().unwrap()) as usize;
+    let mut rest = vec![0u8; size - 10];
+    sock.read_exact(&mut rest).unwrap();
+}
+
+/// Starts an HMAC session with raw TPM2_StartAuthSession and hangs up.
+fn leak_session(tpm: &Swtpm) {
+    let mut cmd = Vec::new();
+    cmd.extend_from_slice(&0x8001u16.to_be_bytes()); // TPM_ST_NO_SESSIONS
+    cmd.extend_from_slice(&[0; 4]); // size, below
+    cmd.extend_from_slice(&0x0000_0176u32.to_be_bytes()); // TPM_CC_StartAuthSession
+    cmd.extend_from_slice(&0x4000_0007u32.to_be_bytes()); // tpmKey: TPM_RH_NULL
+    cmd.extend_from_slice(&0x4000_0007u32.to_be_bytes()); // bind: TPM_RH_NULL
+    cmd.extend_from_slice(&32u16.to_be_bytes()); // nonceCaller
+    cmd.extend_from_slice(&[0x5a; 32]);
+    cmd.extend_from_slice(&0u16.to_be_bytes()); // encryptedSalt: none
+    cmd.push(0x00); // TPM_SE_HMAC
+    cmd.extend_from_slice(&0x0010u16.to_be_bytes()); // symmetric: TPM_ALG_NULL
+    cmd.extend_from_slice(&0x000Bu16.to_be_bytes()); // authHash: SHA-256
+    let len = cmd.len() as u32;
+    cmd[2..6].copy_from_slice(&len.to_be_bytes());
+    send_and_hang_up(tpm, &cmd);
+}
+
+#[test]
+fn leaked_sessions_are_flushed_at_open() {
+    let tpm = Swtpm::start();
+    // swtpm keeps at most three sessions loaded: three crashed runs would
+    // leave no room for the store's own session.
+    for _ in 0..3 {
+        leak_session(&tpm);
+    }
+    {
+        let mut ctx = raw_context(&tpm);
+        assert_eq!(handles(&mut ctx, 0x0200_0000).len(), 3, "no leak to test");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = TpmKeyStore::open(&settings(
+        &tpm,
+        dir.path().to_path_buf(),
+        TpmKeyStorage::Blob,
+    ))
+    .unwrap();
+    let l = label("k");
+    let info = store.generate(&l, KeyAlgorithm::EcP256).unwrap();
+    let sig = store.sign(&l, SignatureScheme::EcdsaSha256, b"m").unwrap();
+    info.public_key
+        .verify(SignatureScheme::EcdsaSha256, b"m", &sig)
+        .unwrap();
+    drop(store);
+    let mut ctx = raw_context(&tpm);
+    assert!(handles(&mut ctx, 0x0200_0000).is_empty());
+}
+
+/// A small primary (ECC P-256 signing key) for the leak test.
+fn prov_agent_test_template() -> tss_esapi::structures::Public {
+    use tss_esapi::attributes::ObjectAttributesBuilder;
+    use tss_esapi::interface_types::{
+        algorithm::{HashingAlgorithm, PublicAlgorithm},
+        ecc::EccCurve,
+    };
+    use tss_esapi::structures::{
+        EccPoint, EccScheme, HashScheme, KeyDerivationFunctionScheme, PublicBuilder,
+        PublicEccParametersBuilder,
+    };
+    let attrs = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_sign_encrypt(true)
+        .build()
+        .unwrap();
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attrs)
+        .with_ecc_parameters(
+            PublicEccParametersBuilder::new_unrestricted_signing_key(
+                EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
+                EccCurve::NistP256,
+            )
+            .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
+            .build()
+            .unwrap(),
+        )
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn unreachable_tcti_is_retryable_unavailable() {
+    // A port nobody listens on.
+    let port = {
+        let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let err = TpmKeyStore::open(&TpmSettings {
+        tcti: format!("swtpm:host=127.0.0.1,port={port}"),
+        storage: TpmKeyStorage::Blob,
+        persistent_base: BASE,
+        key_dir: dir.path().to_path_buf(),
+    })
+    .err()
+    .unwrap();
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("swtpm:host=127.0.0.1"), "{err}");
+}
+
+#[test]
+fn malformed_tcti_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = TpmKeyStore::open(&TpmSettings {
+        tcti: "carrier-pigeon:coop=3".into(),
+        storage: TpmKeyStorage::Blob,
+        persistent_base: BASE,
+        key_dir: dir.path().to_path_buf(),
+    })
+    .err()
+    .unwrap();
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("device:/dev/tpmrm0"), "{err}");
+}
+
+#[test]
+fn keys_survive_a_restart_of_the_store() {
+    for storage in [TpmKeyStorage::Blob, TpmKeyStorage::Persistent] {
+        let f = Fixture::new(storage);
+        let l = label("device");
+        let info = f.store.generate(&l, KeyAlgorithm::EcP256).unwrap();
+        let (f, ()) = f.with_raw_context(|_| ());
+        assert_eq!(f.store.info(&l).unwrap().public_key, info.public_key);
+        let sig = f
+            .store
+            .sign(&l, SignatureScheme::EcdsaSha256, b"m")
+            .unwrap();
+        info.public_key
+            .verify(SignatureScheme::EcdsaSha256, b"m", &sig)
+            .unwrap();
+        assert_eq!(f.storage, storage);
+        let _ = &f.tpm;
+    }
+}
+
+#[test]
+fn signs_from_many_threads() {
+    // Send + Sync: rustls may sign on any thread. Two blob keys used in
+    // turn also make the store reload its single cached key.
+    let f = Fixture::new(TpmKeyStorage::Blob);
+    let store = std::sync::Arc::new(f.store);
+    let keys: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            let l = label(n);
+            let info = store.generate(&l, KeyAlgorithm::EcP256).unwrap();
+            (l, info.public_key)
+        })
+        .collect();
+    let keys = std::sync::Arc::new(keys);
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let store = store.clone();
+            let keys = keys.clone();
+            std::thread::spawn(move || {
+                for i in 0..10 {
+                    let (l, public) = &keys[(t + i) % 2];
+                    let msg = format!("{t}/{i}");
+                    let sig = store
+                        .sign(l, SignatureScheme::EcdsaSha256, msg.as_bytes())
+                        .unwrap();
+                    public
+                        .verify(SignatureScheme::EcdsaSha256, msg.as_bytes(), &sig)
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // The store must go before the simulator.
+    drop(store);
+    drop(f.tpm);
+}
+
+/// A TCP proxy in front of a swtpm (command and control ports) that
+/// records every byte sent towards the TPM.
+struct BusTap {
+    port: u16,
+    sent: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl BusTap {
+    fn new(tpm: &Swtpm) -> Self {
+        use std::net::{TcpListener, TcpStream};
+        let target: u16 = tpm.tcti().rsplit('=').next().unwrap().parse().unwrap();
+        let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        // Two adjacent free ports, like the simulator's.
+        let (cmd, ctrl) = loop {
+            let a = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+            let p = a.local_addr().unwrap().port();
+            if let Ok(b) = TcpListener::bind(("127.0.0.1", p + 1)) {
+                break (a, b);
+            }
+        };
+        let port = cmd.local_addr().unwrap().port();
+        for (listener, to) in [(cmd, target), (ctrl, target + 1)] {
+            let sent = sent.clone();
+            std::thread::spawn(move || {
+                for client in listener.incoming() {
+                    let Ok(client) = client else { return };
+                    let server = TcpStream::connect(("127.0.0.1", to)).unwrap();
+                    let (mut c2, mut s2) =
+                        (client.try_clone().unwrap(), server.try_clone().unwrap());
+                    let sent = sent.clone();
+                    // TPM -> client: plain copy.
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut s2, &mut c2);
+                        let _ = c2.shutdown(std::net::Shutdown::Both);
+                    });
+                    // client -> TPM: copy and record.
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let (mut client, mut server) = (client, server);
+                        let mut buf = [0u8; 4096];
+                        while let Ok(n) = client.read(&mut buf) {
+                            if n == 0 || server.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            sent.lock().unwrap().extend_from_slice(&buf[..n]);
+                        }
+                        let _ = server.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            });
+        }
+        BusTap { port, sent }
+    }
+
+    fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    fn saw(&self, needle: &[u8]) -> bool {
+        self.sent
+            .lock()
+            .unwrap()
+            .windows(needle.len())
+            .any(|w| w == needle)
+    }
+}
+
+#[test]
+fn imported_private_key_never_crosses_the_bus_in_the_clear() {
+    let tpm = Swtpm::start();
+    let tap = BusTap::new(&tpm);
+    let dir = tempfile::tempdir().unwrap();
+    let store = TpmKeyStore::open(&TpmSettings {
+        tcti: tap.tcti(),
+        storage: TpmKeyStorage::Blob,
+        persistent_base: BASE,
+        key_dir: dir.path().to_path_buf(),
+    })
+    .unwrap();
+    for alg in [KeyAlgorithm::EcP256, KeyAlgorithm::Rsa2048] {
+        let (pem, spki) = software_key(alg, 0);
+        let material = PrivateKeyMaterial::from_pem(&pem).unwrap();
+        let (secret, public_part) = match &material {
+            PrivateKeyMaterial::Ec {
+                scalar,
+                public_point,
+                ..
+            } => (scalar.to_vec(), public_point[1..33].to_vec()),
+            PrivateKeyMaterial::Rsa {
+                prime1, modulus, ..
+            } => (prime1.to_vec(), modulus[..32].to_vec()),
+        };
+        let l = label(&format!("tap-{alg}"));
+        store.import(&l, &material).unwrap();
+        let original = PublicKey::from_spki_der(&spki).unwrap();
+        let sig = store.sign(&l, alg.default_scheme(), b"m").unwrap();
+        original.verify(alg.default_scheme(), b"m", &sig).unwrap();
+        // The tap did see the import (its public part travels in the clear)...
+        assert!(tap.saw(&public_part), "{alg}: tap saw nothing");
+        // ...but never the private part.
+        assert!(!tap.saw(&secret), "{alg}: private key seen on the bus");
+    }
+    drop(store);
+    drop(tpm);
+}
+
+#[test]
+fn tpm_gone_mid_run_is_retryable_unavailable() {
+    let Fixture {
+        store, dir, tpm, ..
+    } = Fixture::new(TpmKeyStorage::Blob);
+    let l = label("device");
+    store.generate(&l, KeyAlgorithm::EcP256).unwrap();
+    drop(tpm); // the simulator stops; the store's context stays
+    let err = store
+        .sign(&l, SignatureScheme::EcdsaSha256, b"m")
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(matches!(err, KeyStoreError::Unavailable { .. }), "{err}");
+    // Dropping a store whose TPM is gone must not panic.
+    drop(store);
+    drop(dir);
+}
+
+#[test]
+fn store_reconnects_after_a_tpm_reset() {
+    // A daemon keeps its store for months; a reset TPM (or a restarted
+    // resource manager) must not need a restarted agent. The first call
+    // after the reset reports a retryable error; a retry works.
+    for storage in [TpmKeyStorage::Blob, TpmKeyStorage::Persistent] {
+        let Fixture {
+            store, dir, tpm, ..
+        } = Fixture::new(storage);
+        let l = label("device");
+        let info = store.generate(&l, KeyAlgorithm::EcP256).unwrap();
+        store.sign(&l, SignatureScheme::EcdsaSha256, b"m").unwrap();
+        tpm.reset();
+        let first = store
+            .sign(&l, SignatureScheme::EcdsaSha256, b"m")
+            .unwrap_err();
+        assert!(first.is_retryable(), "{first}");
+        let sig = store.sign(&l, SignatureScheme::EcdsaSha256, b"m").unwrap();
+        info.public_key
+            .verify(SignatureScheme::EcdsaSha256, b"m", &sig)
+            .unwrap();
+        drop(store);
+        drop(dir);
+        drop(tpm);
+    }
+}
