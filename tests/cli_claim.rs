@@ -272,6 +272,11 @@ macro_rules! on_backends {
                 super::$flow(Env::new(Backend::pkcs11("cli")))
             } )*
         }
+        #[cfg(feature = "tpm")]
+        mod tpm {
+            use super::*;
+            $( #[test] fn $flow() { super::$flow(Env::new(Backend::tpm())) } )*
+        }
     };
 }
 

@@ -109,3 +109,15 @@ async fn pkcs11_csr() {
 async fn pkcs11_keys() {
     enroll_end_to_end(Backend::pkcs11("enroll"), "keys", "cbor").await;
 }
+
+#[cfg(feature = "tpm")]
+#[tokio::test(flavor = "multi_thread")]
+async fn tpm_csr() {
+    enroll_end_to_end(Backend::tpm(), "csr", "json").await;
+}
+
+#[cfg(feature = "tpm")]
+#[tokio::test(flavor = "multi_thread")]
+async fn tpm_keys() {
+    enroll_end_to_end(Backend::tpm(), "keys", "json").await;
+}

@@ -104,4 +104,47 @@ mod tests {
         .verify(b"hello", &der)
         .unwrap();
     }
+
+    #[test]
+    fn p384_sized_values_match_p384_crate() {
+        // Full width r with the high bit set (49-byte INTEGER) and a short s.
+        let mut r = [0x11u8; 48];
+        r[0] = 0x91;
+        let mut s = [0u8; 48];
+        s[47] = 5;
+        let sig = p384::ecdsa::Signature::from_scalars(
+            p384::FieldBytes::from(r),
+            p384::FieldBytes::from(s),
+        )
+        .unwrap();
+        let der = rs_to_der(&r, &s);
+        assert_eq!(der[..2], [0x30, 2 + 49 + 2 + 1]);
+        assert_eq!(der, sig.to_der().as_bytes());
+    }
+
+    #[test]
+    fn matches_p256_crate_on_random_values() {
+        use rand::RngCore;
+        let mut rng = rand::rngs::OsRng;
+        for i in 0..200 {
+            let mut r = [0u8; 32];
+            let mut s = [0u8; 32];
+            rng.fill_bytes(&mut r);
+            rng.fill_bytes(&mut s);
+            // Keep below the group order and exercise short values too.
+            r[0] &= 0x7f | if i % 2 == 0 { 0x80 } else { 0 };
+            r[0] %= 0xf0;
+            s[0] %= 0xf0;
+            if i % 7 == 0 {
+                r[..3].fill(0);
+            }
+            let Ok(sig) = p256::ecdsa::Signature::from_scalars(
+                p256::FieldBytes::from(r),
+                p256::FieldBytes::from(s),
+            ) else {
+                continue;
+            };
+            assert_eq!(rs_to_der(&r, &s), sig.to_der().as_bytes());
+        }
+    }
 }

@@ -7,6 +7,8 @@ pub enum Backend {
     File,
     #[cfg(feature = "pkcs11")]
     Pkcs11(super::softhsm::SoftHsm),
+    #[cfg(feature = "tpm")]
+    Tpm(super::swtpm::Swtpm),
 }
 
 impl Backend {
@@ -15,11 +17,18 @@ impl Backend {
         Backend::Pkcs11(super::softhsm::SoftHsm::new(name))
     }
 
+    #[cfg(feature = "tpm")]
+    pub fn tpm() -> Self {
+        Backend::Tpm(super::swtpm::Swtpm::start())
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Backend::File => "file",
             #[cfg(feature = "pkcs11")]
             Backend::Pkcs11(_) => "pkcs11",
+            #[cfg(feature = "tpm")]
+            Backend::Tpm(_) => "tpm",
         }
     }
 
@@ -33,6 +42,11 @@ impl Backend {
                 hsm.module.display(),
                 hsm.token_label,
                 hsm.pin_file.display()
+            ),
+            #[cfg(feature = "tpm")]
+            Backend::Tpm(tpm) => format!(
+                "[KEYSTORE]\nBACKEND = tpm\n[TPM]\nTCTI = {}\nKEY_STORAGE = blob\n",
+                tpm.tcti()
             ),
         }
     }

@@ -50,8 +50,6 @@ use crate::durable;
 use context::{describe, rc_kind, tpm_err, Tpm, BACKEND};
 use meta::{KeyFile, Location, Origin};
 
-pub use sign::ecdsa_rs_to_der;
-
 /// A key the TPM just made or imported, before it is stored.
 struct NewKey {
     algorithm: KeyAlgorithm,
@@ -369,7 +367,7 @@ impl TpmKeyStore {
         let ticket = sign::null_ticket()?;
         let tpm_scheme = sign::tpm_scheme(scheme);
         let key = self.loaded(tpm, file)?;
-        let signature = match tpm.authorized("sign (TPM2_Sign)", |ctx| {
+        let signature = match tpm.password("sign (TPM2_Sign)", |ctx| {
             ctx.sign(key, digest.clone(), tpm_scheme, ticket.clone())
         }) {
             Ok(s) => s,

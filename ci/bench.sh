@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Benchmarks (release build). Prints numbers; the targets are in the README.
+#   ci/bench.sh keystore [softhsm|swtpm|file]   signatures/s and key generations/s
+#   ci/bench.sh emulator [DEVICES]              enrollments/s against iotcore-emulator
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ci/install-deps.sh
+
+what=${1:-keystore}
+shift || true
+case $what in
+  keystore)
+    cargo bench --quiet --bench keystore -- "$@" ;;
+  emulator)
+    cargo run --quiet --release -p iotcore-emulator --example enroll_bench -- "${1:-1000}" ;;
+  *)
+    echo "usage: ci/bench.sh keystore|emulator [args]" >&2; exit 2 ;;
+esac
