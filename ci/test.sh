@@ -18,5 +18,8 @@ if cargo tree -d --workspace --all-features -e normal 2>/dev/null | grep -E '^ru
   exit 1
 fi
 
+echo "== built without the hardware backends: configs naming them are refused"
+cargo test --locked --no-default-features --lib -- not_built_in
+
 echo "== cargo test"
 cargo test --workspace --all-features --locked -- --test-threads="${TEST_THREADS:-4}"

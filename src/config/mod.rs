@@ -158,6 +158,8 @@ pub struct ProvisioningConfig {
     pub serial: SerialSource,
     pub payload_format: PayloadFormat,
     pub port: u16,
+    /// Offer ALPN `x-amzn-mqtt-ca` (needed for MQTT on port 443).
+    pub alpn: bool,
     pub response_timeout: Duration,
     pub connect_timeout: Duration,
     pub max_retries: u32,
@@ -244,6 +246,7 @@ pub const SCHEMA: &[(&str, &[KeySpec])] = &[
             ("SERIAL_NUMBER", Some("auto")),
             ("PAYLOAD_FORMAT", Some("json")),
             ("PORT", Some("8883")),
+            ("ALPN", Some("auto")),
             ("RESPONSE_TIMEOUT", Some("10s")),
             ("CONNECT_TIMEOUT", Some("10s")),
             ("MAX_RETRIES", Some("5")),
@@ -639,6 +642,7 @@ impl Config {
             settings: backend_settings,
         };
 
+        let port = r.with_default("PROVISIONING", "PORT", values::port)?;
         let provisioning = ProvisioningConfig {
             mode: r.with_default("PROVISIONING", "MODE", |s| {
                 match s.trim().to_ascii_lowercase().as_str() {
@@ -655,7 +659,18 @@ impl Config {
                     _ => Err(format!("{s:?}: use json or cbor")),
                 }
             })?,
-            port: r.with_default("PROVISIONING", "PORT", values::port)?,
+            port,
+            alpn: match r.with_default("PROVISIONING", "ALPN", |s| {
+                match s.trim().to_ascii_lowercase().as_str() {
+                    "auto" => Ok(None),
+                    other => values::boolean(other)
+                        .map(Some)
+                        .map_err(|_| format!("{s:?}: use auto (on for port 443), true or false")),
+                }
+            })? {
+                Some(on) => on,
+                None => port == 443,
+            },
             response_timeout: r.with_default(
                 "PROVISIONING",
                 "RESPONSE_TIMEOUT",

@@ -258,3 +258,41 @@ fn configuration_doc_lists_every_key_with_its_default() {
         }
     }
 }
+
+#[test]
+fn alpn_follows_the_port_unless_set() {
+    let c = load(&format!("{MINIMAL}[PROVISIONING]\nPORT = 443\n")).unwrap();
+    assert!(c.provisioning.alpn);
+    let c = load(MINIMAL).unwrap();
+    assert!(!c.provisioning.alpn);
+    let c = load(&format!(
+        "{MINIMAL}[PROVISIONING]\nPORT = 9443\nALPN = true\n"
+    ))
+    .unwrap();
+    assert!(c.provisioning.alpn);
+    assert!(load(&format!("{MINIMAL}[PROVISIONING]\nALPN = maybe\n")).is_err());
+}
+
+/// Built without a backend (`cargo test --no-default-features`, run by
+/// ci/test.sh), a config naming it is refused with the feature's name.
+#[cfg(not(feature = "tpm"))]
+#[test]
+fn backend_not_built_in_names_the_feature() {
+    let e = load(&MINIMAL.replace("BACKEND = file", "BACKEND = tpm"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[KEYSTORE] BACKEND"), "{e}");
+    assert!(e.contains("--features tpm"), "{e}");
+}
+
+#[cfg(not(feature = "pkcs11"))]
+#[test]
+fn pkcs11_not_built_in_names_the_feature() {
+    let text = MINIMAL.replace("BACKEND = file", "BACKEND = pkcs11");
+    let e = load(&format!(
+        "{text}[PKCS11]\nMODULE = /m.so\nTOKEN_LABEL = t\nPIN_SOURCE = env:P\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("--features pkcs11"), "{e}");
+}

@@ -260,7 +260,7 @@ impl<'a> Flow<'a> {
     }
 
     fn alpn(&self) -> Option<&'static [u8]> {
-        (self.config.provisioning.port == 443).then_some(ALPN_AWS_IOT)
+        self.config.provisioning.alpn.then_some(ALPN_AWS_IOT)
     }
 
     fn claim_options(&self) -> Result<ConnectOptions, ProvisionError> {

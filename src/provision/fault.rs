@@ -3,6 +3,9 @@
 //! no destructors, no flushing) when the flow reaches that point. Without
 //! the feature every point compiles to nothing.
 
+#[cfg(all(feature = "fault-injection", not(debug_assertions)))]
+compile_error!("the fault-injection feature is for test builds only, never for release builds");
+
 /// The points a flow passes, in order.
 pub const POINTS: &[&str] = &[
     "key-generated",
