@@ -25,7 +25,12 @@ pub const DEFAULT_PATH: &str = "/etc/prov-agent/config.ini";
 /// Environment variable naming the configuration file.
 pub const ENV_CONFIG: &str = "PROV_AGENT_CONFIG";
 /// Variables with the override prefix that are not overrides.
-pub const RESERVED_ENV: &[&str] = &[ENV_CONFIG, "PROV_AGENT_LOG", "PROV_AGENT_PIN"];
+pub const RESERVED_ENV: &[&str] = &[
+    ENV_CONFIG,
+    "PROV_AGENT_LOG",
+    "PROV_AGENT_PIN",
+    "PROV_AGENT_FAULT",
+];
 /// Prefix of the per-key environment overrides.
 pub const ENV_PREFIX: &str = "PROV_AGENT_";
 

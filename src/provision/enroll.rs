@@ -79,7 +79,15 @@ pub async fn enroll(
     if let Some(phase) = resumed_from {
         tracing::info!(?phase, "resuming an interrupted enrollment");
     }
-    let mut journal = journal.unwrap_or_else(|| Journal::new(Operation::Enroll));
+    let mut journal = journal.unwrap_or_else(|| {
+        let mut j = Journal::new(Operation::Enroll);
+        // `--force`: once the new identity works, the old certificate is
+        // reported so that the backend can deactivate it.
+        if let Some(old) = &existing {
+            j.abandoned_certificate_ids.push(old.certificate_id.clone());
+        }
+        j
+    });
     let identity = flow.run(&mut journal, existing.as_ref()).await?;
     Ok(Enrolled {
         identity,
