@@ -67,12 +67,15 @@ fn resolve_at(
 
 fn from_dmi(path: &Path) -> Option<String> {
     let raw = std::fs::read_to_string(path).ok()?;
+    if PLACEHOLDERS.contains(&raw.trim().to_ascii_lowercase().as_str()) {
+        return None;
+    }
     let s: String = raw
         .trim()
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         .collect();
-    if PLACEHOLDERS.contains(&s.to_ascii_lowercase().as_str()) || s.len() > 64 {
+    if s.is_empty() || s.len() > 64 {
         None
     } else {
         Some(s)
