@@ -53,7 +53,7 @@ impl Device {
                  CERT_ROTATION_TEMPLATE = RotationTemplate\n\
                  [AGENT]\nSTATE_DIR = state\n{}\
                  [PROVISIONING]\nPORT = {}\nSERIAL_NUMBER = {serial}\nRESPONSE_TIMEOUT = 5s\n\
-                 CONNECT_TIMEOUT = 5s\nMAX_RETRIES = 3\n{extra}\n\
+                 CONNECT_TIMEOUT = 5s\n{extra}\n\
                  [TEMPLATE_PARAMETERS]\nSite = plant-a\nHardwareRevision = r2\n",
                 backend.config_section(&state),
                 cloud.handle.addr().port(),

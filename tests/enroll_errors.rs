@@ -1,0 +1,189 @@
+//! What `prov-agent enroll` does when the service says no, is slow, or is
+//! not there: clear errors, the documented exit codes, retries where they
+//! help, and a device left as it was.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::backend::Backend;
+use common::device::{text, Device};
+use common::emulator::TestCloud;
+
+/// The device kept its state: no identity, no journal, only the claim key.
+fn assert_untouched(device: &Device) {
+    assert!(device.identity().is_none(), "an identity was written");
+    assert!(
+        !device.state_dir().join("journal.json").exists(),
+        "a journal was left"
+    );
+    let labels: Vec<String> = device
+        .store()
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|k| k.label.to_string())
+        .collect();
+    assert_eq!(labels, vec!["claim".to_string()], "keys left behind");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_template_is_refused_with_exit_3() {
+    let cloud = TestCloud::start().await;
+    let device = Device::new(&cloud, Backend::File, "");
+    device.import_claim().await;
+    let out = device
+        .run_env(
+            &["enroll"],
+            &[("PROV_AGENT_SETTINGS_PRODUCTION_TEMPLATE", "NoSuchTemplate")],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The claim policy does not even allow the unknown template's topics:
+    // either the subscription or the service refuses, and says so.
+    assert!(
+        stderr.contains("NoSuchTemplate") || stderr.contains("ResourceNotFoundException"),
+        "{stderr}"
+    );
+    // The certificate was issued but never registered: the journal keeps
+    // it for a retry within the hour, and nothing is committed.
+    assert!(device.identity().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hook_refusal_is_access_denied_with_exit_3() {
+    let cloud = TestCloud::start().await;
+    let hook = cloud.dir.path().join("refuse.sh");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\ncat >/dev/null\necho '{\"allowProvisioning\": false}'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let body = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/ProdTemplate.json"),
+    )
+    .unwrap();
+    cloud
+        .handle
+        .registry()
+        .create_template("ProdTemplate", &body, true, Some(hook.to_str().unwrap()))
+        .unwrap();
+    let device = Device::new(&cloud, Backend::File, "");
+    device.import_claim().await;
+    let out = device.run(&["enroll"]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("RegisterThing rejected"), "{stderr}");
+    assert!(stderr.contains("AccessDenied"), "{stderr}");
+    assert!(stderr.contains("statusCode 403"), "{stderr}");
+    assert!(device.identity().is_none());
+    assert!(cloud.handle.registry().things().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn template_error_is_refused_with_exit_3() {
+    let cloud = TestCloud::start().await;
+    let device = Device::new(&cloud, Backend::File, "");
+    device.import_claim().await;
+    // The template maps Site through SiteGroups: an unknown site fails
+    // Fn::FindInMap in the service.
+    let out = device
+        .run_env(
+            &["enroll"],
+            &[("PROV_AGENT_TEMPLATE_PARAMETERS_Site", "atlantis")],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("InvalidRequestException"), "{stderr}");
+    assert!(device.identity().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_root_cert_fails_the_handshake_clearly() {
+    let cloud = TestCloud::start().await;
+    let device = Device::new(&cloud, Backend::File, "");
+    device.import_claim().await;
+    let other = common::pki::TestCa::new();
+    std::fs::write(
+        device.path("certs/root-ca.pem"),
+        common::pki::cert_pem(&other.der()),
+    )
+    .unwrap();
+    let out = device.run(&["enroll"]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("TLS") && stderr.contains("ROOT_CERT"),
+        "{stderr}"
+    );
+    assert_untouched(&device);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_claim_key_says_to_import_it() {
+    let cloud = TestCloud::start().await;
+    let device = Device::new(&cloud, Backend::File, "");
+    let out = device.run(&["enroll"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("claim import"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn emulator_that_starts_late_is_waited_for() {
+    // Reserve a port, start enroll against it, and bring the service up
+    // a moment later on that port.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let early = TestCloud::start().await;
+    let device = Device::new(&early, Backend::File, "MAX_RETRIES = 8\n");
+    device.import_claim().await;
+    let config = std::fs::read_to_string(&device.config).unwrap().replace(
+        &format!("PORT = {}", early.handle.addr().port()),
+        &format!("PORT = {port}"),
+    );
+    std::fs::write(&device.config, config).unwrap();
+    let data = early.dir.path().join("emulator");
+    let claim = early.claim.clone();
+    early.handle.shutdown().await;
+
+    let run = tokio::spawn({
+        let config = device.config.clone();
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_prov-agent"))
+                .arg("--config")
+                .arg(config)
+                .args(["enroll", "--json"])
+                .output()
+                .await
+                .unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut cfg = iotcore_emulator::EmulatorConfig::new(&data);
+    cfg.port = port;
+    let late = iotcore_emulator::Emulator::start(cfg).await.unwrap();
+    let out = run.await.unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("retrying"),
+        "{}",
+        text(&out)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(late
+        .registry()
+        .thing(result["thingName"].as_str().unwrap())
+        .unwrap()
+        .is_some());
+    drop(claim);
+}
