@@ -2,6 +2,7 @@
 # Benchmarks (release build). Prints numbers; the targets are in the README.
 #   ci/bench.sh keystore [softhsm|swtpm|file]   signatures/s and key generations/s
 #   ci/bench.sh emulator [DEVICES]              enrollments/s against iotcore-emulator
+#   ci/bench.sh enroll [RUNS]                   prov-agent enroll: wall time, peak RSS, HW signatures
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ci/install-deps.sh
@@ -13,6 +14,9 @@ case $what in
     cargo bench --quiet --bench keystore -- "$@" ;;
   emulator)
     cargo run --quiet --release -p iotcore-emulator --example enroll_bench -- "${1:-1000}" ;;
+  enroll)
+    cargo build --quiet --release --workspace --bins
+    python3 ci/bench_enroll.py "${1:-10}" ;;
   *)
-    echo "usage: ci/bench.sh keystore|emulator [args]" >&2; exit 2 ;;
+    echo "usage: ci/bench.sh keystore|emulator|enroll [args]" >&2; exit 2 ;;
 esac

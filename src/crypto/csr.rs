@@ -54,6 +54,7 @@ impl PublicKeyData for HardwareCsrKey {
 
 impl SigningKey for HardwareCsrKey {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        tracing::debug!(key = %self.label, "hardware signature: certificate request");
         self.store
             .sign(&self.label, self.scheme(), msg)
             .map_err(|e| {

@@ -115,6 +115,7 @@ impl std::fmt::Debug for HardwareSigner {
 
 impl Signer for HardwareSigner {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
+        tracing::debug!(key = %self.label, scheme = ?self.tls, "hardware signature: TLS handshake");
         self.store
             .sign(&self.label, self.scheme, message)
             .map_err(|e| {
