@@ -10,6 +10,12 @@ use prov_agent::config::{Config, DEFAULT_PATH, ENV_CONFIG};
 use prov_agent::keystore;
 
 fn main() -> ExitCode {
+    // tpm2-tss prints its own ERROR lines on stderr for conditions the
+    // agent handles and reports with the TPM's return code; keep them out
+    // unless someone asks (TSS2_LOG=all+debug). Single-threaded here.
+    if std::env::var_os("TSS2_LOG").is_none() {
+        std::env::set_var("TSS2_LOG", "all+NONE");
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

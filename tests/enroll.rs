@@ -121,3 +121,28 @@ async fn tpm_csr() {
 async fn tpm_keys() {
     enroll_end_to_end(Backend::tpm(), "keys", "json").await;
 }
+
+/// `SERIAL_NUMBER = tpm-ek`: the serial is the TPM's endorsement key digest.
+#[cfg(feature = "tpm")]
+#[tokio::test(flavor = "multi_thread")]
+async fn tpm_serial_from_endorsement_key() {
+    let cloud = TestCloud::start().await;
+    let device = Device::new(&cloud, Backend::tpm(), "");
+    device.import_claim().await;
+    let out = device
+        .run_env(
+            &["enroll", "--json"],
+            &[("PROV_AGENT_PROVISIONING_SERIAL_NUMBER", "tpm-ek")],
+        )
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ek_id = match &device.backend {
+        Backend::Tpm(_) => {
+            let store = device.store();
+            store.hardware_id().unwrap().unwrap()
+        }
+        _ => unreachable!(),
+    };
+    assert_eq!(result["thingName"], format!("gw_{ek_id}").as_str());
+}

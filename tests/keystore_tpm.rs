@@ -917,3 +917,22 @@ fn store_reconnects_after_a_tpm_reset() {
         drop(tpm);
     }
 }
+
+#[test]
+fn endorsement_id_is_stable_per_tpm_and_differs_between_tpms() {
+    let a = Swtpm::start();
+    let b = Swtpm::start();
+    let dir = tempfile::tempdir().unwrap();
+    let open = |tpm: &Swtpm, sub: &str| {
+        TpmKeyStore::open(&settings(tpm, dir.path().join(sub), TpmKeyStorage::Blob)).unwrap()
+    };
+    let id_a = open(&a, "a").endorsement_id().unwrap();
+    assert_eq!(id_a.len(), 20);
+    assert!(id_a.bytes().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(open(&a, "a2").endorsement_id().unwrap(), id_a, "not stable");
+    assert_ne!(
+        open(&b, "b").endorsement_id().unwrap(),
+        id_a,
+        "two TPMs, one id"
+    );
+}

@@ -14,7 +14,11 @@ pub fn run(
     store: Arc<dyn KeyStore>,
     args: &Enroll,
 ) -> Result<String, CommandError> {
-    let serial = serial::resolve(&config.provisioning.serial, None)
+    let tpm_ek = match (&config.provisioning.serial, store.hardware_id()) {
+        (crate::config::SerialSource::TpmEk, Some(id)) => Some(id?),
+        _ => None,
+    };
+    let serial = serial::resolve(&config.provisioning.serial, tpm_ek)
         .map_err(|e| CommandError::Provision(e.into()))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -65,6 +65,13 @@ pub trait KeyStore: Send + Sync {
 
     /// Every key this store holds for the agent.
     fn list(&self) -> Result<Vec<KeyInfo>>;
+
+    /// A stable identifier of the hardware itself (a TPM's endorsement key
+    /// digest), for `SERIAL_NUMBER = tpm-ek`. `None` when the backend has
+    /// none.
+    fn hardware_id(&self) -> Option<Result<String>> {
+        None
+    }
 }
 
 impl<T: KeyStore + ?Sized> KeyStore for std::sync::Arc<T> {
@@ -91,6 +98,9 @@ impl<T: KeyStore + ?Sized> KeyStore for std::sync::Arc<T> {
     }
     fn list(&self) -> Result<Vec<KeyInfo>> {
         (**self).list()
+    }
+    fn hardware_id(&self) -> Option<Result<String>> {
+        (**self).hardware_id()
     }
 }
 

@@ -122,6 +122,34 @@ impl TpmKeyStore {
         })
     }
 
+    /// A stable identifier of this TPM: the first 10 bytes (hex) of the
+    /// SHA-256 of its RSA endorsement key's modulus, made from the TCG
+    /// default EK template (the same key on every call: a primary).
+    pub fn endorsement_id(&self) -> Result<String> {
+        use sha2::Digest;
+        use tss_esapi::abstraction::ek::create_ek_public_from_default_template;
+        use tss_esapi::interface_types::algorithm::AsymmetricAlgorithm;
+        let template = create_ek_public_from_default_template(AsymmetricAlgorithm::Rsa, None)
+            .map_err(|e| tpm_err("build EK template", e))?;
+        let mut tpm = self.lock()?;
+        let created = tpm.password("create EK (TPM2_CreatePrimary, endorsement)", |ctx| {
+            ctx.create_primary(Hierarchy::Endorsement, template, None, None, None, None)
+        })?;
+        let handle: ObjectHandle = created.key_handle.into();
+        let _ = tpm.plain("flush EK", |ctx| ctx.flush_context(handle));
+        match created.out_public {
+            Public::Rsa { unique, .. } => {
+                let digest = sha2::Sha256::digest(unique.value());
+                Ok(hex::encode(&digest[..10]))
+            }
+            _ => Err(KeyStoreError::Backend {
+                backend: BACKEND,
+                op: "create EK",
+                detail: "the TPM returned a non-RSA endorsement key".into(),
+            }),
+        }
+    }
+
     /// The TPM connection, reconnected first if the last command found it
     /// lost (the TPM, simulator or resource manager restarted): that is
     /// what makes a retryable `Unavailable` worth retrying.
@@ -527,6 +555,10 @@ fn evict(tpm: &mut Tpm, handle: u32) -> Result<()> {
 }
 
 impl KeyStore for TpmKeyStore {
+    fn hardware_id(&self) -> Option<Result<String>> {
+        Some(self.endorsement_id())
+    }
+
     fn backend(&self) -> Backend {
         Backend::Tpm
     }
