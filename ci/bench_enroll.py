@@ -37,16 +37,20 @@ def run(cmd, env=None):
 
 
 def measured(cmd, env):
-    """Like run, but with the child's own peak RSS (wait4)."""
+    """Runs cmd under GNU time: (seconds, peak RSS in KiB, stdout, stderr).
+    Python's own wait4 would report the RSS of the forked Python image."""
+    rss_file = tempfile.NamedTemporaryFile(prefix="rss.", delete=False)
+    rss_file.close()
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run(["/usr/bin/time", "-o", rss_file.name, "-f", "%M"] + cmd,
+                          capture_output=True, env=env)
     elapsed = time.monotonic() - start
-    if status != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{out.decode()}\n{err.decode()}")
-    return elapsed, usage.ru_maxrss, out.decode(), err.decode()
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout.decode()}\n{proc.stderr.decode()}")
+    with open(rss_file.name) as f:
+        rss = int(f.read().strip().splitlines()[-1])
+    os.unlink(rss_file.name)
+    return elapsed, rss, proc.stdout.decode(), proc.stderr.decode()
 
 
 def main():

@@ -10,7 +10,8 @@ packages=(
   opensc                   # pkcs11-tool, for inspecting tokens
   openssl                  # independent verifier of CSRs and certificates in tests
   pkg-config clang libclang-dev
-  python3-venv
+  python3-venv             # the awsiotsdk test's virtualenv
+  time                     # GNU time: peak RSS in ci/bench.sh enroll
 )
 
 missing=()
