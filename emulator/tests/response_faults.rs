@@ -122,7 +122,8 @@ async fn malformed_json_answers_do_not_parse_and_register_thing_is_untouched() {
 
 #[tokio::test]
 async fn certificate_for_another_key_is_registered_but_not_for_the_requested_key() {
-    let emu = start_with(|c| c.response_fault = Some(ResponseFault::CertificateForAnotherKey)).await;
+    let emu =
+        start_with(|c| c.response_fault = Some(ResponseFault::CertificateForAnotherKey)).await;
     let mut c = claim_client(&emu, "claim-otherkey", "prod").await;
     c.subscribe_responses(KEYS_TOPIC).await;
 
@@ -205,7 +206,9 @@ async fn wrong_certificate_id_is_not_the_hash_of_the_certificate() {
         let true_id = sha256_hex(&der(body["certificatePem"].as_str().unwrap()));
         // Looks like an id, is not this certificate's.
         assert_eq!(id.len(), 64);
-        assert!(id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         assert_ne!(id, true_id);
         assert!(emu.registry().certificate(id).unwrap().is_none());
         assert!(emu.registry().certificate(&true_id).unwrap().is_some());
