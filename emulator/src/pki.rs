@@ -368,3 +368,28 @@ pub fn name_attributes(der: &[u8]) -> (NameAttributes, NameAttributes) {
     };
     (conv(cert.subject()), conv(cert.issuer()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AWS_NOT_AFTER_UNIX;
+    use std::time::Duration;
+
+    #[test]
+    fn validity_rounds_caps_and_allows_for_skew() {
+        let now = 1_800_000_000;
+        let v = Validity::starting_at(now, Duration::from_secs(30));
+        assert_eq!((v.not_before, v.not_after), (now - 3, now + 30));
+        let v = Validity::starting_at(now, Duration::from_millis(1500));
+        assert_eq!((v.not_before, v.not_after), (now, now + 2));
+        let v = Validity::starting_at(now, Duration::ZERO);
+        assert_eq!((v.not_before, v.not_after), (now, now + 1));
+        let v = Validity::starting_at(now, Duration::from_secs(86_400));
+        assert_eq!((v.not_before, v.not_after), (now - 60, now + 86_400));
+        let v = Validity::starting_at(now, Duration::MAX);
+        assert_eq!((v.not_before, v.not_after), (now - 60, AWS_NOT_AFTER_UNIX));
+        // Issued after AWS's end date: never notBefore after notAfter.
+        let v = Validity::starting_at(AWS_NOT_AFTER_UNIX + 100, Duration::from_secs(30));
+        assert!(v.not_before <= v.not_after);
+    }
+}
