@@ -11,12 +11,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::config::EmulatorConfig;
+use crate::config::{EmulatorConfig, ROTATION_REPORT_FILTER};
 use crate::mqtt::{self, ConnAckCode, DisconnectReason, Inbound, Message, Outbound, Protocol, Qos};
 use crate::pki;
 use crate::policy::{self, Action, PolicyDocument, RequestContext};
 use crate::provisioning::{self, Provisioner, Requester};
 use crate::registry::{CertStatus, Registry};
+use crate::rotation;
 use crate::topic;
 
 /// Largest PUBLISH payload AWS IoT accepts.
@@ -498,10 +499,13 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
                 client_id: session.client_id.clone(),
                 certificate_id: session.certificate_id.clone(),
             };
-            let (accepted, body) = broker
+            let Some((accepted, body)) = broker
                 .provisioner
                 .handle(&api, format, &msg.payload, &from)
-                .await;
+                .await
+            else {
+                return;
+            };
             let suffix = if accepted { "accepted" } else { "rejected" };
             // The response goes only to the connection that asked.
             broker.deliver(
@@ -520,6 +524,15 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
         tracing::debug!(topic = %msg.topic, "reserved topic without a service: dropped");
     } else {
         broker.route(&msg);
+        if broker.config.rotation_report_rule && topic::matches(&msg.topic, ROTATION_REPORT_FILTER)
+        {
+            rotation::apply_report(
+                &broker.registry,
+                &session.certificate_id,
+                &msg.topic,
+                &msg.payload,
+            );
+        }
     }
     if msg.qos == Qos::AtLeastOnce {
         return conn

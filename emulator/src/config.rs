@@ -37,6 +37,107 @@ impl Default for ThrottleConfig {
     }
 }
 
+/// Wrong answers and lost answers of the provisioning APIs, so that a
+/// client's defences can be tested. **Test-only**: nothing like this is a
+/// setting of AWS IoT Core. Set it in [`EmulatorConfig::response_fault`] or
+/// change it on a running emulator with
+/// [`EmulatorHandle::set_response_fault`](crate::EmulatorHandle::set_response_fault)
+/// (which also restarts the counts of `DropResponses` and `ThrottleFirst`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseFault {
+    /// Accepted answers of CreateCertificateFromCsr and
+    /// CreateKeysAndCertificate are cut in half: not valid JSON or CBOR.
+    /// The certificate is still issued and registered (PENDING_ACTIVATION).
+    MalformedJson,
+    /// Accepted answers of CreateCertificateFromCsr and
+    /// CreateKeysAndCertificate carry a valid certificate, registered under
+    /// its id and covered by the ownership token, but issued for a freshly
+    /// made key of the same kind instead of the CSR's (or the returned
+    /// `privateKey`'s) key. The subject is kept.
+    CertificateForAnotherKey,
+    /// Accepted answers of CreateCertificateFromCsr and
+    /// CreateKeysAndCertificate carry a `certificateId` that is not the
+    /// SHA-256 of the certificate's DER (64 lowercase hex digits all the
+    /// same). The registry and the ownership token use the true id.
+    WrongCertificateId,
+    /// Accepted answers of CreateCertificateFromCsr and
+    /// CreateKeysAndCertificate are padded with an extra `"padding"` field
+    /// to more than 128 KiB (AWS's payload limit) and sent anyway.
+    OversizedPayload,
+    /// The first `n` requests to any of the three provisioning APIs are
+    /// processed (certificates issued, things registered: side effects
+    /// happen) but no answer is sent: a lost response.
+    DropResponses(u32),
+    /// The first `n` requests to any of the three provisioning APIs are
+    /// rejected with `ThrottlingException` (429) without any side effect.
+    ThrottleFirst(u32),
+}
+
+impl ResponseFault {
+    /// Applies to the accepted answers of the two certificate APIs only.
+    pub(crate) fn alters_certificate_answers(self) -> bool {
+        matches!(
+            self,
+            ResponseFault::MalformedJson
+                | ResponseFault::CertificateForAnotherKey
+                | ResponseFault::WrongCertificateId
+                | ResponseFault::OversizedPayload
+        )
+    }
+}
+
+impl std::fmt::Display for ResponseFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResponseFault::MalformedJson => f.write_str("malformed-json"),
+            ResponseFault::CertificateForAnotherKey => f.write_str("certificate-for-another-key"),
+            ResponseFault::WrongCertificateId => f.write_str("wrong-certificate-id"),
+            ResponseFault::OversizedPayload => f.write_str("oversized-payload"),
+            ResponseFault::DropResponses(n) => write!(f, "drop-responses:{n}"),
+            ResponseFault::ThrottleFirst(n) => write!(f, "throttle-first:{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for ResponseFault {
+    type Err = String;
+    /// `malformed-json`, `certificate-for-another-key`,
+    /// `wrong-certificate-id`, `oversized-payload`, `drop-responses:N`,
+    /// `throttle-first:N` (the `Display` form).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let count = |n: &str| {
+            n.parse::<u32>()
+                .map_err(|_| format!("{s:?}: the count after ':' must be a number"))
+        };
+        Ok(match s.split_once(':') {
+            None => match s {
+                "malformed-json" => ResponseFault::MalformedJson,
+                "certificate-for-another-key" => ResponseFault::CertificateForAnotherKey,
+                "wrong-certificate-id" => ResponseFault::WrongCertificateId,
+                "oversized-payload" => ResponseFault::OversizedPayload,
+                _ => return Err(format!("unknown response fault {s:?}: use malformed-json, certificate-for-another-key, wrong-certificate-id, oversized-payload, drop-responses:N or throttle-first:N")),
+            },
+            Some(("drop-responses", n)) => ResponseFault::DropResponses(count(n)?),
+            Some(("throttle-first", n)) => ResponseFault::ThrottleFirst(count(n)?),
+            Some(_) => return Err(format!("unknown response fault {s:?}: use drop-responses:N or throttle-first:N")),
+        })
+    }
+}
+
+/// The default [`EmulatorConfig::certificate_validity`]: unbounded, so
+/// that issued certificates end on AWS's fixed date,
+/// [`AWS_NOT_AFTER_UNIX`] (2049-12-31 23:59:59 UTC).
+pub const DEFAULT_CERTIFICATE_VALIDITY: Duration = Duration::MAX;
+
+/// 2049-12-31 23:59:59 UTC, the notAfter of every certificate AWS IoT's
+/// CreateKeysAndCertificate and CreateCertificateFromCsr issue; no
+/// certificate the emulator issues ends later.
+pub const AWS_NOT_AFTER_UNIX: i64 = 2_524_607_999;
+
+/// The topic filter of rotation reports read by the report rule
+/// ([`EmulatorConfig::rotation_report_rule`]).
+pub const ROTATION_REPORT_FILTER: &str = "things/+/rotation";
+
 #[derive(Clone, Debug)]
 pub struct EmulatorConfig {
     /// Holds `registry.sqlite3` (CA, certificates, things, policies, templates).
@@ -61,6 +162,20 @@ pub struct EmulatorConfig {
     /// Used in ARNs matched by policies.
     pub region: String,
     pub account: String,
+    /// Test-only: wrong or lost answers of the provisioning APIs (see
+    /// [`ResponseFault`]). `None` (the default) answers correctly.
+    pub response_fault: Option<ResponseFault>,
+    /// Lifetime of the certificates CreateCertificateFromCsr and
+    /// CreateKeysAndCertificate issue, in whole seconds (a fraction rounds
+    /// up, at least 1 s): notAfter = issuance + this, never after
+    /// 2049-12-31 23:59:59 UTC (AWS's fixed notAfter, which the default
+    /// [`DEFAULT_CERTIFICATE_VALIDITY`] gives); notBefore = issuance minus a
+    /// clock-skew allowance of a tenth of the validity, at most 60 s.
+    pub certificate_validity: Duration,
+    /// The backend rule standing in for a customer's function that reacts
+    /// to rotation reports on `things/<thing>/rotation` (on by default; see
+    /// README). Not an AWS service.
+    pub rotation_report_rule: bool,
 }
 
 impl EmulatorConfig {
@@ -78,6 +193,9 @@ impl EmulatorConfig {
             poll_interval: Duration::from_millis(500),
             region: "us-east-1".into(),
             account: "123456789012".into(),
+            response_fault: None,
+            certificate_validity: DEFAULT_CERTIFICATE_VALIDITY,
+            rotation_report_rule: true,
         }
     }
 }

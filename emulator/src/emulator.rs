@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::broker::{self, Broker};
-use crate::config::EmulatorConfig;
+use crate::config::{EmulatorConfig, ResponseFault};
 use crate::pki::{CertificateAuthority, PkiError};
 use crate::provisioning::Provisioner;
 use crate::registry::{now_unix, CertStatus, Registry, RegistryError};
@@ -234,6 +234,19 @@ impl EmulatorHandle {
     /// Number of MQTT sessions currently connected.
     pub fn session_count(&self) -> usize {
         self.broker.session_count()
+    }
+
+    /// Test-only: replaces the response fault of the provisioning APIs
+    /// (`None`: answer correctly) and restarts the counts of
+    /// `DropResponses` and `ThrottleFirst`. Requests already being handled
+    /// keep the fault they started with.
+    pub fn set_response_fault(&self, fault: Option<ResponseFault>) {
+        self.broker.provisioner.set_response_fault(fault);
+    }
+
+    /// The response fault in force.
+    pub fn response_fault(&self) -> Option<ResponseFault> {
+        self.broker.provisioner.response_fault()
     }
 
     /// A claim-style credential: ACTIVE, with `policy` attached.

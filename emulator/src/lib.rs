@@ -13,13 +13,17 @@ pub mod pki;
 pub mod policy;
 mod provisioning;
 pub mod registry;
+mod rotation;
 pub mod template;
 pub mod throttle;
 pub mod tls;
 pub mod topic;
 
 pub use broker::{MAX_CLIENT_ID, MAX_PAYLOAD, MAX_SUBSCRIBE_FILTERS};
-pub use config::{EmulatorConfig, ThrottleConfig, TokenReuse};
+pub use config::{
+    EmulatorConfig, ResponseFault, ThrottleConfig, TokenReuse, AWS_NOT_AFTER_UNIX,
+    DEFAULT_CERTIFICATE_VALIDITY, ROTATION_REPORT_FILTER,
+};
 pub use emulator::{Credential, DataDir, Emulator, EmulatorError, EmulatorHandle};
 pub use registry::{
     CertStatus, CertificateRecord, PolicyRecord, Registry, TemplateRecord, ThingRecord,

@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
-use iotcore_emulator::{CertStatus, DataDir, Emulator, EmulatorConfig, Rate, Registry, TokenReuse};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use iotcore_emulator::{
+    CertStatus, DataDir, Emulator, EmulatorConfig, Rate, Registry, ResponseFault, TokenReuse,
+};
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -46,26 +48,7 @@ enum Command {
         claim_policy: String,
     },
     /// Serve MQTT over TLS until SIGINT or SIGTERM.
-    Serve {
-        dir: PathBuf,
-        /// Listener without ALPN (AWS's 8883); 0 for any free port.
-        #[arg(long, default_value_t = 8883)]
-        port: u16,
-        /// Listener requiring ALPN x-amzn-mqtt-ca (AWS's 443); 0 for any free port.
-        #[arg(long, default_value_t = 8443)]
-        alpn_port: u16,
-        #[arg(long, default_value = "127.0.0.1")]
-        bind: IpAddr,
-        /// Ownership token lifetime in seconds.
-        #[arg(long, default_value_t = 3600)]
-        token_ttl: u64,
-        /// What a second RegisterThing with the same token gets.
-        #[arg(long, value_enum, default_value_t = Reuse::Reject)]
-        token_reuse: Reuse,
-        /// Requests per second for each provisioning API (burst: twice that).
-        #[arg(long)]
-        rate: Option<f64>,
-    },
+    Serve(ServeArgs),
     /// Things in the registry.
     Things {
         #[command(subcommand)]
@@ -92,6 +75,41 @@ enum Command {
         #[command(subcommand)]
         cmd: CasCmd,
     },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    dir: PathBuf,
+    /// Listener without ALPN (AWS's 8883); 0 for any free port.
+    #[arg(long, default_value_t = 8883)]
+    port: u16,
+    /// Listener requiring ALPN x-amzn-mqtt-ca (AWS's 443); 0 for any free port.
+    #[arg(long, default_value_t = 8443)]
+    alpn_port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Ownership token lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    token_ttl: u64,
+    /// What a second RegisterThing with the same token gets.
+    #[arg(long, value_enum, default_value_t = Reuse::Reject)]
+    token_reuse: Reuse,
+    /// Requests per second for each provisioning API (burst: twice that).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Lifetime in seconds of the certificates the provisioning APIs issue
+    /// (default: until 2049-12-31 23:59:59 UTC, like AWS).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    cert_validity: Option<u64>,
+    /// Turn off the rotation report rule (things/+/rotation retires the
+    /// thing's old certificates).
+    #[arg(long)]
+    no_report_rule: bool,
+    /// Test-only: wrong or lost provisioning answers: malformed-json,
+    /// certificate-for-another-key, wrong-certificate-id, oversized-payload,
+    /// drop-responses:N, throttle-first:N.
+    #[arg(long, value_name = "FAULT")]
+    response_fault: Option<ResponseFault>,
 }
 
 #[derive(Subcommand)]
@@ -251,29 +269,29 @@ fn init(
     Ok(())
 }
 
-async fn serve(
-    dir: PathBuf,
-    port: u16,
-    alpn_port: u16,
-    bind: IpAddr,
-    ttl: u64,
-    reuse: Reuse,
-    rate: Option<f64>,
-) -> Result<()> {
-    let mut config = EmulatorConfig::new(dir);
-    config.port = port;
-    config.alpn_port = alpn_port;
-    config.bind = bind;
-    config.token_ttl = Duration::from_secs(ttl);
-    config.token_reuse = match reuse {
+async fn serve(args: ServeArgs) -> Result<()> {
+    let mut config = EmulatorConfig::new(args.dir);
+    config.port = args.port;
+    config.alpn_port = args.alpn_port;
+    config.bind = args.bind;
+    config.token_ttl = Duration::from_secs(args.token_ttl);
+    config.token_reuse = match args.token_reuse {
         Reuse::Reject => TokenReuse::Reject,
         Reuse::Replay => TokenReuse::Replay,
     };
-    if let Some(r) = rate {
+    if let Some(r) = args.rate {
         let rate = Rate::new(r, (r * 2.0).ceil().max(1.0) as u32);
         config.throttle.create_keys_and_certificate = rate;
         config.throttle.create_certificate_from_csr = rate;
         config.throttle.register_thing = rate;
+    }
+    if let Some(secs) = args.cert_validity {
+        config.certificate_validity = Duration::from_secs(secs);
+    }
+    config.rotation_report_rule = !args.no_report_rule;
+    config.response_fault = args.response_fault;
+    if let Some(f) = args.response_fault {
+        eprintln!("iotcore-emulator: test-only response fault {f} is on");
     }
     let handle = Emulator::start(config).await?;
     println!(
@@ -328,23 +346,7 @@ fn main() -> Result<()> {
             templates,
             claim_policy,
         } => init(&dir, policies, templates, &claim_policy),
-        Command::Serve {
-            dir,
-            port,
-            alpn_port,
-            bind,
-            token_ttl,
-            token_reuse,
-            rate,
-        } => tokio::runtime::Runtime::new()?.block_on(serve(
-            dir,
-            port,
-            alpn_port,
-            bind,
-            token_ttl,
-            token_reuse,
-            rate,
-        )),
+        Command::Serve(args) => tokio::runtime::Runtime::new()?.block_on(serve(args)),
         Command::Things { cmd } => {
             let reg = registry_of(cli.data_dir)?;
             match cmd {

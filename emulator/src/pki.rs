@@ -3,8 +3,8 @@
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
-    SubjectPublicKeyInfo, PKCS_ECDSA_P256_SHA256,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
+    SerialNumber, SubjectPublicKeyInfo, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384,
 };
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::FromDer;
@@ -20,6 +20,8 @@ pub enum PkiError {
     Rsa(String),
     #[error("stored CA is unreadable: {0}")]
     BadCa(String),
+    #[error("certificate validity cannot be encoded: {0}")]
+    Validity(String),
 }
 
 /// Lowercase hex SHA-256 of a certificate's DER: the AWS certificate id.
@@ -31,6 +33,87 @@ pub fn certificate_id(der: &[u8]) -> String {
 pub fn certificate_id_from_pem(pem_str: &str) -> Option<String> {
     let p = pem::parse(pem_str).ok()?;
     Some(certificate_id(p.contents()))
+}
+
+/// A certificate's validity period, in Unix seconds (X.509 times have a
+/// resolution of one second).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+impl Validity {
+    /// The validity of a certificate issued now for `lifetime`: notAfter =
+    /// now + lifetime in whole seconds (a fraction rounds up, at least 1 s),
+    /// never after 2049-12-31 23:59:59 UTC (AWS's fixed notAfter);
+    /// notBefore = now minus a clock-skew allowance of a tenth of the
+    /// lifetime, at most 60 s, and never after notAfter.
+    pub fn from_now(lifetime: std::time::Duration) -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_default();
+        Self::starting_at(now, lifetime)
+    }
+
+    /// As [`Validity::from_now`] with `now` in Unix seconds.
+    pub fn starting_at(now: i64, lifetime: std::time::Duration) -> Self {
+        let secs = lifetime
+            .as_secs()
+            .saturating_add(u64::from(lifetime.subsec_nanos() > 0))
+            .max(1);
+        let secs = i64::try_from(secs).unwrap_or(i64::MAX);
+        let not_after = now
+            .saturating_add(secs)
+            .min(crate::config::AWS_NOT_AFTER_UNIX);
+        let skew = (secs / 10).min(60);
+        Validity {
+            not_before: (now - skew).min(not_after),
+            not_after,
+        }
+    }
+
+    fn apply(&self, params: &mut CertificateParams) -> Result<(), PkiError> {
+        let t = |secs: i64| {
+            time::OffsetDateTime::from_unix_timestamp(secs)
+                .map_err(|e| PkiError::Validity(e.to_string()))
+        };
+        params.not_before = t(self.not_before)?;
+        params.not_after = t(self.not_after)?;
+        Ok(())
+    }
+}
+
+/// The kind of a public key the provisioning APIs accept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeyKind {
+    Rsa(usize),
+    P256,
+    P384,
+}
+
+/// SubjectPublicKeyInfo DER of a freshly made key of `kind` (thrown away).
+fn fresh_spki(kind: KeyKind) -> Result<Vec<u8>, PkiError> {
+    match kind {
+        KeyKind::P256 => {
+            Ok(KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?.subject_public_key_info())
+        }
+        KeyKind::P384 => {
+            Ok(KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384)?.subject_public_key_info())
+        }
+        KeyKind::Rsa(bits) => {
+            use rsa::pkcs8::EncodePublicKey;
+            let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), bits)
+                .map_err(|e| PkiError::Rsa(e.to_string()))?;
+            Ok(key
+                .to_public_key()
+                .to_public_key_der()
+                .map_err(|e| PkiError::Rsa(e.to_string()))?
+                .as_bytes()
+                .to_vec())
+        }
+    }
 }
 
 /// An issued certificate.
@@ -110,53 +193,107 @@ impl CertificateAuthority {
         Ok((cert.pem(), key.serialize_pem()))
     }
 
-    fn device_params(subject: DistinguishedName) -> CertificateParams {
+    /// Device certificate parameters; `validity` `None` keeps rcgen's
+    /// default (1975 to 4096), used for claim credentials.
+    fn device_params(
+        subject: DistinguishedName,
+        validity: Option<Validity>,
+    ) -> Result<CertificateParams, PkiError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = subject;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.serial_number = Some(random_serial());
-        params
+        if let Some(v) = validity {
+            v.apply(&mut params)?;
+        }
+        Ok(params)
     }
 
     /// CreateCertificateFromCsr: verifies the CSR's signature and accepts
     /// EC P-256/P-384 and RSA 2048/3072 keys. The subject is kept.
     pub fn issue_from_csr(&self, csr_pem: &str) -> Result<Issued, PkiError> {
+        self.issue_from_csr_with(csr_pem, None, false)
+    }
+
+    /// As [`CertificateAuthority::issue_from_csr`] with a validity
+    /// (`None`: rcgen's default). With `another_key` the certificate is
+    /// for a freshly made key of the same kind as the CSR's instead of the
+    /// CSR's own (a fault for testing clients).
+    pub fn issue_from_csr_with(
+        &self,
+        csr_pem: &str,
+        validity: Option<Validity>,
+        another_key: bool,
+    ) -> Result<Issued, PkiError> {
         let der = pem::parse(csr_pem)
             .map_err(|e| PkiError::BadCsr(format!("not PEM: {e}")))?
             .into_contents();
-        check_csr_key(&der)?;
+        let kind = check_csr_key(&der)?;
         let csr = CertificateSigningRequestParams::from_der(&der.as_slice().into())
             .map_err(|e| PkiError::BadCsr(e.to_string()))?;
-        let params = Self::device_params(csr.params.distinguished_name.clone());
+        let params = Self::device_params(csr.params.distinguished_name.clone(), validity)?;
+        if another_key {
+            let spki = fresh_spki(kind)?;
+            let spki = SubjectPublicKeyInfo::from_der(&spki)?;
+            return Ok(issued(params.signed_by(&spki, &self.issuer)?));
+        }
         Ok(issued(params.signed_by(&csr.public_key, &self.issuer)?))
     }
 
     /// Issues a certificate for an existing public key (SubjectPublicKeyInfo DER).
     pub fn issue_for_spki(&self, spki_der: &[u8], common_name: &str) -> Result<Issued, PkiError> {
+        self.issue_for_spki_with(spki_der, common_name, None)
+    }
+
+    /// As [`CertificateAuthority::issue_for_spki`] with a validity (`None`:
+    /// rcgen's default).
+    pub fn issue_for_spki_with(
+        &self,
+        spki_der: &[u8],
+        common_name: &str,
+        validity: Option<Validity>,
+    ) -> Result<Issued, PkiError> {
         let spki = SubjectPublicKeyInfo::from_der(spki_der)?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, common_name);
         Ok(issued(
-            Self::device_params(dn).signed_by(&spki, &self.issuer)?,
+            Self::device_params(dn, validity)?.signed_by(&spki, &self.issuer)?,
         ))
     }
 
     /// CreateKeysAndCertificate: an RSA-2048 key made here, returned as a
     /// PKCS#1 PEM (what AWS sends) with its certificate.
     pub fn issue_with_new_rsa_key(&self) -> Result<(Issued, String), PkiError> {
+        self.issue_with_new_rsa_key_with(None, false)
+    }
+
+    /// As [`CertificateAuthority::issue_with_new_rsa_key`] with a validity
+    /// (`None`: rcgen's default). With `another_key` the certificate is for
+    /// a second, freshly made RSA-2048 key, not for the returned one (a
+    /// fault for testing clients).
+    pub fn issue_with_new_rsa_key_with(
+        &self,
+        validity: Option<Validity>,
+        another_key: bool,
+    ) -> Result<(Issued, String), PkiError> {
         use rsa::pkcs1::EncodeRsaPrivateKey;
         use rsa::pkcs8::EncodePublicKey;
         let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048)
             .map_err(|e| PkiError::Rsa(e.to_string()))?;
-        let spki = key
-            .to_public_key()
-            .to_public_key_der()
-            .map_err(|e| PkiError::Rsa(e.to_string()))?;
+        let spki = if another_key {
+            fresh_spki(KeyKind::Rsa(2048))?
+        } else {
+            key.to_public_key()
+                .to_public_key_der()
+                .map_err(|e| PkiError::Rsa(e.to_string()))?
+                .as_bytes()
+                .to_vec()
+        };
         let key_pem = key
             .to_pkcs1_pem(rsa::pkcs8::LineEnding::LF)
             .map_err(|e| PkiError::Rsa(e.to_string()))?;
-        let cert = self.issue_for_spki(spki.as_bytes(), "AWS IoT Certificate")?;
+        let cert = self.issue_for_spki_with(&spki, "AWS IoT Certificate", validity)?;
         Ok((cert, key_pem.to_string()))
     }
 
@@ -166,24 +303,25 @@ impl CertificateAuthority {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, common_name);
-        let cert = Self::device_params(dn).signed_by(&key, &self.issuer)?;
+        let cert = Self::device_params(dn, None)?.signed_by(&key, &self.issuer)?;
         Ok((issued(cert), key.serialize_pem()))
     }
 }
 
-fn check_csr_key(der: &[u8]) -> Result<(), PkiError> {
+fn check_csr_key(der: &[u8]) -> Result<KeyKind, PkiError> {
     let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(der)
         .map_err(|e| PkiError::BadCsr(format!("not a PKCS#10 request: {e}")))?;
     let spki = &csr.certification_request_info.subject_pki;
     match spki.parsed() {
         Ok(PublicKey::RSA(rsa)) => match rsa.key_size() {
-            2048 | 3072 => Ok(()),
+            n @ (2048 | 3072) => Ok(KeyKind::Rsa(n)),
             n => Err(PkiError::BadCsr(format!(
                 "RSA key of {n} bits: only 2048 and 3072 are accepted"
             ))),
         },
         Ok(PublicKey::EC(point)) => match point.data().len() {
-            65 | 97 => Ok(()),
+            65 => Ok(KeyKind::P256),
+            97 => Ok(KeyKind::P384),
             _ => Err(PkiError::BadCsr(
                 "EC key: only P-256 and P-384 are accepted".into(),
             )),
@@ -229,4 +367,29 @@ pub fn name_attributes(der: &[u8]) -> (NameAttributes, NameAttributes) {
         out
     };
     (conv(cert.subject()), conv(cert.issuer()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AWS_NOT_AFTER_UNIX;
+    use std::time::Duration;
+
+    #[test]
+    fn validity_rounds_caps_and_allows_for_skew() {
+        let now = 1_800_000_000;
+        let v = Validity::starting_at(now, Duration::from_secs(30));
+        assert_eq!((v.not_before, v.not_after), (now - 3, now + 30));
+        let v = Validity::starting_at(now, Duration::from_millis(1500));
+        assert_eq!((v.not_before, v.not_after), (now, now + 2));
+        let v = Validity::starting_at(now, Duration::ZERO);
+        assert_eq!((v.not_before, v.not_after), (now, now + 1));
+        let v = Validity::starting_at(now, Duration::from_secs(86_400));
+        assert_eq!((v.not_before, v.not_after), (now - 60, now + 86_400));
+        let v = Validity::starting_at(now, Duration::MAX);
+        assert_eq!((v.not_before, v.not_after), (now - 60, AWS_NOT_AFTER_UNIX));
+        // Issued after AWS's end date: never notBefore after notAfter.
+        let v = Validity::starting_at(AWS_NOT_AFTER_UNIX + 100, Duration::from_secs(30));
+        assert!(v.not_before <= v.not_after);
+    }
 }

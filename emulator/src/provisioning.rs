@@ -2,16 +2,16 @@
 //! CreateCertificateFromCsr and RegisterThing, in JSON and CBOR.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ring::hmac;
 use serde_json::{json, Value};
 
-use crate::config::{EmulatorConfig, TokenReuse};
+use crate::config::{EmulatorConfig, ResponseFault, TokenReuse};
 use crate::hook::{self, HookError, HookRequest};
-use crate::pki::{CertificateAuthority, Issued, PkiError};
+use crate::pki::{CertificateAuthority, Issued, PkiError, Validity};
 use crate::policy::PolicyDocument;
 use crate::registry::{
     now_unix, CertStatus, ProvisioningWrite, Registry, RegistryError, ThingRecord,
@@ -109,7 +109,28 @@ pub(crate) struct Provisioner {
     create_keys: TokenBucket,
     create_from_csr: TokenBucket,
     register: TokenBucket,
+    fault: Mutex<FaultState>,
 }
+
+/// The response fault in force and how many requests it has counted (for
+/// `DropResponses` and `ThrottleFirst`).
+struct FaultState {
+    fault: Option<ResponseFault>,
+    counted: u32,
+}
+
+/// What the fault in force does to one request.
+#[derive(Clone, Copy, Debug, Default)]
+struct FaultPlan {
+    /// A fault that alters accepted certificate answers.
+    answer: Option<ResponseFault>,
+    drop_response: bool,
+    throttle: bool,
+}
+
+/// Size of the `padding` field of an `OversizedPayload` answer: the body
+/// ends up over 128 KiB whatever else it holds.
+const OVERSIZE_PADDING: usize = 129 * 1024;
 
 fn decode_body(format: Format, payload: &[u8]) -> Result<Value, ApiError> {
     if payload.is_empty() {
@@ -155,32 +176,115 @@ impl Provisioner {
             create_keys: TokenBucket::new(t.create_keys_and_certificate),
             create_from_csr: TokenBucket::new(t.create_certificate_from_csr),
             register: TokenBucket::new(t.register_thing),
+            fault: Mutex::new(FaultState {
+                fault: config.response_fault,
+                counted: 0,
+            }),
             config,
         }
     }
 
-    /// Handles one request; returns whether it was accepted and the body.
+    /// Replaces the response fault and restarts its count.
+    pub fn set_response_fault(&self, fault: Option<ResponseFault>) {
+        let mut st = self.fault.lock().unwrap_or_else(|e| e.into_inner());
+        st.fault = fault;
+        st.counted = 0;
+        tracing::info!(?fault, "response fault set");
+    }
+
+    /// The current response fault.
+    pub fn response_fault(&self) -> Option<ResponseFault> {
+        self.fault.lock().unwrap_or_else(|e| e.into_inner()).fault
+    }
+
+    /// Decides, when a request arrives, what the response fault does to it.
+    fn fault_plan(&self) -> FaultPlan {
+        let mut st = self.fault.lock().unwrap_or_else(|e| e.into_inner());
+        let mut plan = FaultPlan::default();
+        match st.fault {
+            Some(ResponseFault::DropResponses(n)) if st.counted < n => {
+                st.counted += 1;
+                plan.drop_response = true;
+            }
+            Some(ResponseFault::ThrottleFirst(n)) if st.counted < n => {
+                st.counted += 1;
+                plan.throttle = true;
+            }
+            Some(f) if f.alters_certificate_answers() => plan.answer = Some(f),
+            _ => {}
+        }
+        plan
+    }
+
+    /// Handles one request; returns whether it was accepted and the body,
+    /// or `None` when the response fault `DropResponses` swallows the answer.
     pub async fn handle(
         self: &Arc<Self>,
         api: &Api,
         format: Format,
         payload: &[u8],
         from: &Requester,
-    ) -> (bool, Vec<u8>) {
-        let result = match api {
-            Api::CreateKeysAndCertificate => self.create_keys(format, payload).await,
-            Api::CreateCertificateFromCsr => self.create_from_csr(format, payload).await,
-            Api::RegisterThing(name) => self.register_thing(name, format, payload, from).await,
+    ) -> Option<(bool, Vec<u8>)> {
+        let plan = self.fault_plan();
+        let result = if plan.throttle {
+            tracing::warn!(?api, "response fault ThrottleFirst: request throttled");
+            Err(ApiError {
+                status: 429,
+                code: "ThrottlingException",
+                message: "rate exceeded".into(),
+            })
+        } else {
+            match api {
+                Api::CreateKeysAndCertificate => {
+                    self.create_keys(format, payload, plan.answer).await
+                }
+                Api::CreateCertificateFromCsr => {
+                    self.create_from_csr(format, payload, plan.answer).await
+                }
+                Api::RegisterThing(name) => self.register_thing(name, format, payload, from).await,
+            }
         };
-        match result {
-            Ok(v) => (true, encode_body(format, &v)),
+        if plan.drop_response {
+            tracing::warn!(
+                ?api,
+                accepted = result.is_ok(),
+                "response fault DropResponses: answer not sent"
+            );
+            return None;
+        }
+        Some(match result {
+            Ok(mut v) => {
+                let certificate_api = !matches!(api, Api::RegisterThing(_));
+                match plan.answer.filter(|_| certificate_api) {
+                    Some(ResponseFault::OversizedPayload) => {
+                        tracing::warn!(
+                            ?api,
+                            "response fault OversizedPayload: answer padded over 128 KiB"
+                        );
+                        if let Value::Object(m) = &mut v {
+                            m.insert(
+                                "padding".into(),
+                                Value::String("A".repeat(OVERSIZE_PADDING)),
+                            );
+                        }
+                        (true, encode_body(format, &v))
+                    }
+                    Some(ResponseFault::MalformedJson) => {
+                        tracing::warn!(?api, "response fault MalformedJson: answer cut in half");
+                        let mut body = encode_body(format, &v);
+                        body.truncate(body.len() / 2);
+                        (true, body)
+                    }
+                    _ => (true, encode_body(format, &v)),
+                }
+            }
             Err(e) => {
                 tracing::info!(code = e.code, message = %e.message, "provisioning request rejected");
                 let body =
                     json!({"statusCode": e.status, "errorCode": e.code, "errorMessage": e.message});
                 (false, encode_body(format, &body))
             }
-        }
+        })
     }
 
     fn throttled(bucket: &TokenBucket, api: &str) -> Result<(), ApiError> {
@@ -240,20 +344,44 @@ impl Provisioner {
         Ok(cert_id.to_owned())
     }
 
+    /// The validity of a certificate issued now.
+    fn validity(&self) -> Validity {
+        Validity::from_now(self.config.certificate_validity)
+    }
+
+    /// The certificate id an answer carries: the true one, or under the
+    /// `WrongCertificateId` fault 64 hex digits that are not the SHA-256 of
+    /// the DER.
+    fn answered_id(issued: &Issued, fault: Option<ResponseFault>) -> String {
+        if fault == Some(ResponseFault::WrongCertificateId) {
+            tracing::warn!(certificate_id = %issued.certificate_id, "response fault WrongCertificateId: answering another id");
+            // Looks like an id (64 lowercase hex digits) but is the hash of other bytes.
+            return crate::pki::certificate_id(&[issued.der.as_slice(), b"wrong"].concat());
+        }
+        issued.certificate_id.clone()
+    }
+
     async fn create_keys(
         self: &Arc<Self>,
         format: Format,
         payload: &[u8],
+        fault: Option<ResponseFault>,
     ) -> Result<Value, ApiError> {
         Self::throttled(&self.create_keys, "CreateKeysAndCertificate")?;
         decode_body(format, payload)?;
         let ca = self.ca.clone();
-        let (issued, key_pem) = Self::blocking(move || ca.issue_with_new_rsa_key())
-            .await?
-            .map_err(internal)?;
+        let validity = self.validity();
+        let another_key = fault == Some(ResponseFault::CertificateForAnotherKey);
+        if another_key {
+            tracing::warn!("response fault CertificateForAnotherKey: certificate for a fresh key");
+        }
+        let (issued, key_pem) =
+            Self::blocking(move || ca.issue_with_new_rsa_key_with(Some(validity), another_key))
+                .await?
+                .map_err(internal)?;
         let token = self.register_new(&issued)?;
         Ok(json!({
-            "certificateId": issued.certificate_id,
+            "certificateId": Self::answered_id(&issued, fault),
             "certificatePem": issued.certificate_pem,
             "privateKey": key_pem,
             "certificateOwnershipToken": token,
@@ -264,6 +392,7 @@ impl Provisioner {
         self: &Arc<Self>,
         format: Format,
         payload: &[u8],
+        fault: Option<ResponseFault>,
     ) -> Result<Value, ApiError> {
         Self::throttled(&self.create_from_csr, "CreateCertificateFromCsr")?;
         let body = decode_body(format, payload)?;
@@ -275,17 +404,23 @@ impl Provisioner {
             })?
             .to_owned();
         let ca = self.ca.clone();
-        let issued = Self::blocking(move || ca.issue_from_csr(&csr))
-            .await?
-            .map_err(|e| match e {
-                PkiError::BadCsr(m) => {
-                    invalid(format!("certificate signing request is invalid: {m}"))
-                }
-                other => internal(other),
-            })?;
+        let validity = self.validity();
+        let another_key = fault == Some(ResponseFault::CertificateForAnotherKey);
+        if another_key {
+            tracing::warn!("response fault CertificateForAnotherKey: certificate for a fresh key");
+        }
+        let issued =
+            Self::blocking(move || ca.issue_from_csr_with(&csr, Some(validity), another_key))
+                .await?
+                .map_err(|e| match e {
+                    PkiError::BadCsr(m) => {
+                        invalid(format!("certificate signing request is invalid: {m}"))
+                    }
+                    other => internal(other),
+                })?;
         let token = self.register_new(&issued)?;
         Ok(json!({
-            "certificateId": issued.certificate_id,
+            "certificateId": Self::answered_id(&issued, fault),
             "certificatePem": issued.certificate_pem,
             "certificateOwnershipToken": token,
         }))

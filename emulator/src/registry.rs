@@ -116,6 +116,17 @@ pub struct TemplateRecord {
     pub pre_provisioning_hook: Option<String>,
 }
 
+/// What [`Registry::retire_certificate`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Retired {
+    /// The certificate was not attached to the thing: nothing changed.
+    NotAttached,
+    /// Detached; still attached to another thing, so left as it was.
+    DetachedOnly,
+    /// Detached and set INACTIVE.
+    Deactivated,
+}
+
 /// What RegisterThing writes, as one transaction.
 pub(crate) struct ProvisioningWrite {
     pub certificate_id: String,
@@ -662,6 +673,55 @@ impl Registry {
         )?;
         self.auth_changed();
         Ok(())
+    }
+
+    /// Detaches a certificate from a thing (AWS's DetachThingPrincipal);
+    /// false when it was not attached.
+    pub fn detach_thing(&self, thing: &str, cert_id: &str) -> Result<bool, RegistryError> {
+        let n = self.db().execute(
+            "DELETE FROM cert_things WHERE cert_id = ?1 AND thing = ?2",
+            params![cert_id, thing],
+        )?;
+        self.auth_changed();
+        Ok(n > 0)
+    }
+
+    /// What the rotation report rule did to one old certificate.
+    /// In one transaction: if `cert_id` is attached to `thing`, detach it
+    /// and, unless another thing still has it, set it INACTIVE.
+    pub(crate) fn retire_certificate(
+        &self,
+        thing: &str,
+        cert_id: &str,
+    ) -> Result<Retired, RegistryError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let n = tx.execute(
+            "DELETE FROM cert_things WHERE cert_id = ?1 AND thing = ?2",
+            params![cert_id, thing],
+        )?;
+        if n == 0 {
+            return Ok(Retired::NotAttached);
+        }
+        let others: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM cert_things WHERE cert_id = ?1",
+            [cert_id],
+            |r| r.get(0),
+        )?;
+        let outcome = if others > 0 {
+            Retired::DetachedOnly
+        } else {
+            tx.execute(
+                "UPDATE certificates SET status = ?2, updated_at = ?3 WHERE id = ?1",
+                params![cert_id, CertStatus::Inactive.as_str(), now_unix()],
+            )?;
+            Retired::Deactivated
+        };
+        tx.commit()?;
+        drop(db);
+        self.auth_changed();
+        self.status_changed();
+        Ok(outcome)
     }
 
     /// True when `thing` exists and `cert_id` is attached to it.

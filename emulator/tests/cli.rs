@@ -207,3 +207,85 @@ fn templates_create_validates_and_describes() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("template name"));
 }
+
+#[tokio::test]
+async fn serve_flags_cert_validity_response_fault_and_no_report_rule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let d = dir.to_str().unwrap();
+    let fx = fixtures();
+    let out = std::process::Command::new(BIN)
+        .args(["init", d, "--policies"])
+        .arg(fx.join("policies"))
+        .arg("--templates")
+        .arg(fx.join("templates"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+
+    // Bad values are usage errors.
+    for bad in [
+        &["--response-fault", "nonsense"][..],
+        &["--response-fault", "drop-responses:x"][..],
+        &["--cert-validity", "0"][..],
+    ] {
+        let out = std::process::Command::new(BIN)
+            .args(["serve", d, "--port", "0", "--alpn-port", "0"])
+            .args(bad)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        assert!(!out.stderr.is_empty());
+    }
+
+    let mut serve = tokio::process::Command::new(BIN)
+        .args(["serve", d, "--port", "0", "--alpn-port", "0"])
+        .args(["--cert-validity", "30", "--no-report-rule"])
+        .args(["--response-fault", "throttle-first:1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(serve.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let addr: std::net::SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("mqtt="))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .parse()
+        .unwrap();
+    let claim = Credential {
+        certificate_id: String::new(),
+        certificate_pem: read(&dir.join("claim/claim.pem.crt")),
+        private_key_pem: read(&dir.join("claim/claim.private.pem.key")),
+    };
+    let root_ca = read(&dir.join("root-ca.pem"));
+    let mut c = connect_tls(
+        addr,
+        client_tls(&root_ca, Some(&claim), false),
+        "claim-flags",
+    )
+    .await
+    .unwrap();
+    c.subscribe_responses(CSR_TOPIC).await;
+    let (ok, body) = c
+        .call(
+            CSR_TOPIC,
+            &json!({"certificateSigningRequest": p256_csr().1}),
+        )
+        .await;
+    assert!(!ok);
+    assert_eq!(body["errorCode"], "ThrottlingException", "{body}");
+    let (device, _) = create_from_csr(&mut c).await;
+    let der = pem::parse(&device.certificate_pem).unwrap().into_contents();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let v = cert.validity();
+    assert_eq!(v.not_after.timestamp() - v.not_before.timestamp(), 33);
+    let _ = serve.start_kill();
+    let _ = serve.wait().await;
+}

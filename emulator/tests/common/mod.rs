@@ -142,9 +142,19 @@ pub async fn connect_tls(
     tls: Arc<ClientConfig>,
     client_id: &str,
 ) -> Result<Client, String> {
+    connect_tls_max_packet(addr, tls, client_id, 256 * 1024).await
+}
+
+/// As [`connect_tls`] with the largest packet the client accepts and sends.
+pub async fn connect_tls_max_packet(
+    addr: std::net::SocketAddr,
+    tls: Arc<ClientConfig>,
+    client_id: &str,
+    max_packet: usize,
+) -> Result<Client, String> {
     let mut opts = MqttOptions::new(client_id, "localhost", addr.port());
     opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_max_packet_size(256 * 1024, 256 * 1024);
+    opts.set_max_packet_size(max_packet, max_packet);
     opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
     opts.set_credentials("?SDK=Test&Version=1", "");
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
