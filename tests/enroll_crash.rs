@@ -111,3 +111,74 @@ async fn tpm_csr() {
 async fn tpm_keys() {
     crash_everywhere(Backend::tpm, "keys").await;
 }
+
+/// The device dies after the certificate was issued; the next run's
+/// RegisterThing goes through but its answer is lost. Whether the service
+/// refuses the token a second time (Reject, the emulator's default) or
+/// answers again (Replay), the device ends with one working identity and
+/// the thing with exactly one active certificate: with Reject, the agent
+/// starts over and reports the abandoned certificate, which the backend
+/// rule deactivates.
+async fn lost_register_answer(reuse: iotcore_emulator::TokenReuse) {
+    let cloud = TestCloud::start_with(|c| c.token_reuse = reuse).await;
+    let device = Device::new(&cloud, Backend::File, "");
+    device.import_claim().await;
+    let crashed = device
+        .run_env(&["enroll"], &[("PROV_AGENT_FAULT", "cert-issued")])
+        .await;
+    assert!(!crashed.status.success());
+
+    cloud
+        .handle
+        .set_response_fault(Some(iotcore_emulator::ResponseFault::DropResponses(1)));
+    let done = device
+        .run_env(
+            &["enroll", "--json"],
+            &[("PROV_AGENT_PROVISIONING_RESPONSE_TIMEOUT", "1s")],
+        )
+        .await;
+    assert!(done.status.success(), "{reuse:?}: {}", text(&done));
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(stderr.contains("no answer within"), "{stderr}");
+
+    let thing_name = format!("gw_{}", device.serial);
+    let registry = cloud.handle.registry();
+    let identity = device.identity().unwrap();
+    // The backend rule acts on the report asynchronously: give it a moment.
+    let mut active = Vec::new();
+    for _ in 0..30 {
+        let thing = registry.thing(&thing_name).unwrap().unwrap();
+        active = thing
+            .certificates
+            .iter()
+            .filter(|id| registry.certificate_status(id).unwrap() == Some(CertStatus::Active))
+            .cloned()
+            .collect();
+        if active.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(active, vec![identity.certificate_id.clone()], "{reuse:?}");
+    let all_active = registry
+        .certificates()
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.status == CertStatus::Active)
+        .count();
+    assert_eq!(all_active, 2, "{reuse:?}: claim + device only");
+    if reuse == iotcore_emulator::TokenReuse::Reject {
+        assert!(stderr.contains("starting over"), "{stderr}");
+    }
+    device.round_trip(&cloud).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_register_answer_with_token_reuse_rejected() {
+    lost_register_answer(iotcore_emulator::TokenReuse::Reject).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_register_answer_with_token_reuse_replayed() {
+    lost_register_answer(iotcore_emulator::TokenReuse::Replay).await;
+}

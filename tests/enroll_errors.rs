@@ -187,3 +187,116 @@ async fn emulator_that_starts_late_is_waited_for() {
         .is_some());
     drop(claim);
 }
+
+/// Bad answers from the service are refused, and the device keeps the
+/// state it had: no identity, no journal, no pending key.
+async fn bad_answer(fault: iotcore_emulator::ResponseFault, mode: &str, expect: &str) {
+    let cloud = TestCloud::start_with(|c| c.response_fault = Some(fault)).await;
+    let device = Device::new(&cloud, Backend::File, &format!("MODE = {mode}\n"));
+    device.import_claim().await;
+    let out = device.run(&["enroll"]).await;
+    assert!(!out.status.success(), "{fault:?} {mode}: {}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(expect), "{fault:?} {mode}: {stderr}");
+    assert!(!stderr.contains("PRIVATE KEY"), "{stderr}");
+    assert_untouched(&device);
+    assert!(cloud.handle.registry().things().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_json_answer_is_refused() {
+    use iotcore_emulator::ResponseFault::MalformedJson;
+    bad_answer(MalformedJson, "csr", "invalid JSON").await;
+    bad_answer(MalformedJson, "keys", "invalid JSON").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificate_for_another_key_is_refused() {
+    use iotcore_emulator::ResponseFault::CertificateForAnotherKey;
+    bad_answer(CertificateForAnotherKey, "csr", "for another key than ours").await;
+    bad_answer(
+        CertificateForAnotherKey,
+        "keys",
+        "for another key than ours",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_certificate_id_is_refused() {
+    use iotcore_emulator::ResponseFault::WrongCertificateId;
+    bad_answer(
+        WrongCertificateId,
+        "csr",
+        "is not the SHA-256 of the certificate",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_answer_is_refused() {
+    use iotcore_emulator::ResponseFault::OversizedPayload;
+    bad_answer(OversizedPayload, "csr", "over the 131072-byte limit").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn throttling_is_retried_and_succeeds() {
+    let cloud = TestCloud::start_with(|c| {
+        c.response_fault = Some(iotcore_emulator::ResponseFault::ThrottleFirst(2))
+    })
+    .await;
+    let device = Device::new(&cloud, Backend::File, "");
+    device.import_claim().await;
+    let out = device.run(&["enroll", "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("ThrottlingException").count(), 2, "{stderr}");
+    assert!(device.identity().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_answer_is_retried() {
+    let cloud = TestCloud::start_with(|c| {
+        c.response_fault = Some(iotcore_emulator::ResponseFault::DropResponses(1))
+    })
+    .await;
+    let device = Device::new(&cloud, Backend::File, "");
+    device.import_claim().await;
+    let out = device
+        .run_env(
+            &["enroll", "--json"],
+            &[("PROV_AGENT_PROVISIONING_RESPONSE_TIMEOUT", "1s")],
+        )
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no answer within"),
+        "{}",
+        text(&out)
+    );
+    // The certificate of the lost answer was never activated.
+    let registry = cloud.handle.registry();
+    let active = registry
+        .certificates()
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.status == iotcore_emulator::CertStatus::Active)
+        .count();
+    // The claim certificate and the device's.
+    assert_eq!(active, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_are_bounded_and_exit_4() {
+    let cloud = TestCloud::start_with(|c| {
+        c.response_fault = Some(iotcore_emulator::ResponseFault::ThrottleFirst(50))
+    })
+    .await;
+    let device = Device::new(&cloud, Backend::File, "MAX_RETRIES = 2\n");
+    device.import_claim().await;
+    let out = device.run(&["enroll"]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("gave up after 3 attempts"), "{stderr}");
+    assert_untouched(&device);
+}
