@@ -146,3 +146,87 @@ async fn tpm_serial_from_endorsement_key() {
     };
     assert_eq!(result["thingName"], format!("gw_{ek_id}").as_str());
 }
+
+/// Port 443 style: the emulator's ALPN listener refuses clients that do
+/// not offer `x-amzn-mqtt-ca`; with ALPN on, enrollment goes through it.
+#[tokio::test(flavor = "multi_thread")]
+async fn enroll_over_the_alpn_listener() {
+    let cloud = TestCloud::start().await;
+    let device = Device::new(&cloud, Backend::File, "ALPN = true\n");
+    device.import_claim().await;
+    let alpn_port = cloud.handle.alpn_addr().port().to_string();
+    let without = device
+        .run_env(
+            &["enroll"],
+            &[
+                ("PROV_AGENT_PROVISIONING_PORT", &alpn_port),
+                ("PROV_AGENT_PROVISIONING_ALPN", "false"),
+                ("PROV_AGENT_PROVISIONING_MAX_RETRIES", "0"),
+            ],
+        )
+        .await;
+    assert!(!without.status.success(), "{}", text(&without));
+    let with = device
+        .run_env(
+            &["enroll", "--json"],
+            &[("PROV_AGENT_PROVISIONING_PORT", &alpn_port)],
+        )
+        .await;
+    assert!(with.status.success(), "{}", text(&with));
+}
+
+/// `DECOMMISSION_CLAIM = true`: once enrolled, the claim key and
+/// certificate are gone from the device.
+#[tokio::test(flavor = "multi_thread")]
+async fn decommission_claim_after_commit() {
+    let cloud = TestCloud::start().await;
+    let device = Device::new(&cloud, Backend::File, "DECOMMISSION_CLAIM = true\n");
+    device.import_claim().await;
+    let out = device.run(&["enroll"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let labels: Vec<String> = device
+        .store()
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|k| k.label.to_string())
+        .collect();
+    assert_eq!(labels, vec!["device".to_string()]);
+    assert!(!device.path("certs/claim.pem.crt").exists());
+    device.round_trip(&cloud).await.unwrap();
+}
+
+/// `enroll --force`: a new identity replaces the old one only once it
+/// works; the old certificate is reported and deactivated by the backend.
+#[tokio::test(flavor = "multi_thread")]
+async fn force_replaces_the_identity_and_retires_the_old_certificate() {
+    let cloud = TestCloud::start().await;
+    let device = Device::new(&cloud, Backend::File, "");
+    device.import_claim().await;
+    assert!(device.run(&["enroll"]).await.status.success());
+    let old = device.identity().unwrap();
+    let out = device.run(&["enroll", "--force", "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let new = device.identity().unwrap();
+    assert_ne!(new.certificate_id, old.certificate_id);
+    assert_eq!(
+        new.previous_certificate_id.as_deref(),
+        Some(old.certificate_id.as_str())
+    );
+    assert_eq!(new.thing_name, old.thing_name);
+    let registry = cloud.handle.registry();
+    let mut status = None;
+    for _ in 0..30 {
+        status = registry.certificate_status(&old.certificate_id).unwrap();
+        if status == Some(CertStatus::Inactive) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, Some(CertStatus::Inactive));
+    assert_eq!(
+        registry.certificate_status(&new.certificate_id).unwrap(),
+        Some(CertStatus::Active)
+    );
+    device.round_trip(&cloud).await.unwrap();
+}

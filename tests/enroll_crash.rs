@@ -37,12 +37,32 @@ async fn crash_everywhere(make_backend: fn() -> Backend, mode: &str) {
             text(&crashed)
         );
 
+        // While RegisterThing is outstanding the journal holds the
+        // ownership token; it must never reach the output or the logs.
+        let token = std::fs::read(device.state_dir().join("journal.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|j| j["ownershipToken"].as_str().map(str::to_string));
+        if point == "cert-issued" {
+            assert!(
+                token.is_some(),
+                "the journal should hold the token at {point}"
+            );
+        }
         let done = device.run(&["enroll", "--json"]).await;
         assert!(
             done.status.success(),
             "{point}: second enroll: {}",
             text(&done)
         );
+        if let Some(token) = token {
+            for out in [&crashed, &done] {
+                assert!(
+                    !text(out).contains(&token),
+                    "{point}: the ownership token was printed"
+                );
+            }
+        }
         let result: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
         let thing_name = format!("gw_{}", device.serial);
         assert_eq!(result["thingName"], thing_name.as_str(), "{point}");
