@@ -111,6 +111,6 @@ echo "== prov-agent keys list"
 "$agent" --config "$work/config.ini" keys list
 
 echo "== the emulator's registry entry for $thing"
-"$emulator" -d "$work/cloud" things describe "$thing"
+"$emulator" -d "$work/cloud" --json things describe "$thing"
 
 echo "== demo done"

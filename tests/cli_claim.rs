@@ -41,6 +41,7 @@ impl Env {
     }
 
     fn run(&self, args: &[&str]) -> Output {
+        let _shared = common::token_store_shared();
         Command::new(env!("CARGO_BIN_EXE_prov-agent"))
             .arg("--config")
             .arg(&self.config)

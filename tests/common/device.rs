@@ -84,7 +84,10 @@ impl Device {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.output().await.unwrap()
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let _shared = super::token_store_shared();
+        cmd.spawn().unwrap().wait_with_output().await.unwrap()
     }
 
     pub async fn run(&self, args: &[&str]) -> Output {

@@ -109,6 +109,10 @@ impl SoftHsm {
         static INIT: Mutex<()> = Mutex::new(());
 
         let ctx = context();
+        // No child process may start while the token is being made.
+        let _exclusive = super::TOKEN_STORE
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let mut name = name.to_string();
         name.truncate(24); // token labels are at most 32 bytes
