@@ -77,6 +77,8 @@ impl Device {
     }
 
     /// Runs `prov-agent --config ... <args>` with extra environment.
+    // The token-store lock is held for the child's whole run on purpose.
+    #[allow(clippy::await_holding_lock, clippy::let_unit_value)]
     pub async fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_prov-agent"));
         cmd.arg("--config").arg(&self.config).args(args);

@@ -10,12 +10,14 @@ pub mod pki;
 pub mod softhsm;
 pub mod swtpm;
 
-/// SoftHSM's file object store is shared by this test process and the
-/// `prov-agent` processes it starts. A child that starts while this process
-/// is writing a new token can see it half made. Token creation takes this
-/// lock for writing; every child process run holds it for reading.
-pub static TOKEN_STORE: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
+/// Held while a `prov-agent` child process runs, so that no SoftHSM token
+/// is being written meanwhile (see [`softhsm::TOKEN_STORE`]).
+#[cfg(feature = "pkcs11")]
 pub fn token_store_shared() -> std::sync::RwLockReadGuard<'static, ()> {
-    TOKEN_STORE.read().unwrap_or_else(|p| p.into_inner())
+    softhsm::TOKEN_STORE
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(not(feature = "pkcs11"))]
+pub fn token_store_shared() {}

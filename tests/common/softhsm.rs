@@ -24,6 +24,12 @@ use prov_agent::keystore::{pkcs11::module_context, Pkcs11Settings, SecretSource}
 pub const SO_PIN: &str = "so-pin-7531";
 pub const USER_PIN: &str = "user-pin-2468";
 
+/// SoftHSM's file object store is shared by this test process and the
+/// `prov-agent` processes it starts, and a child that starts while this
+/// process writes a new token can see it half made. Token creation takes
+/// this lock for writing; every child process run holds it for reading.
+pub static TOKEN_STORE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 /// The SoftHSM module: `TEST_PKCS11_MODULE` or Debian's path.
 pub fn module_path() -> PathBuf {
     std::env::var_os("TEST_PKCS11_MODULE")
@@ -110,9 +116,7 @@ impl SoftHsm {
 
         let ctx = context();
         // No child process may start while the token is being made.
-        let _exclusive = super::TOKEN_STORE
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
+        let _exclusive = TOKEN_STORE.write().unwrap_or_else(|p| p.into_inner());
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let mut name = name.to_string();
         name.truncate(24); // token labels are at most 32 bytes
