@@ -28,6 +28,9 @@ pub enum Command {
     /// Trade the claim credential for the device's own identity (fleet
     /// provisioning), with every private key in the key store.
     Enroll(Enroll),
+    /// Replace the device's certificate and key (rotation template, current
+    /// identity); rolls back on any failure before the commit.
+    Rotate(Rotate),
     /// Inspect the keys in the configured key store.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -42,6 +45,17 @@ pub struct Enroll {
     /// stays in use until the new one is proven and committed).
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Rotate {
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Rotate only when the certificate has reached [ROTATION] THRESHOLD
+    /// (for a systemd timer); exit 0 either way.
+    #[arg(long)]
+    pub if_due: bool,
 }
 
 #[derive(Debug, Subcommand)]

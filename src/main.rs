@@ -76,6 +76,9 @@ fn run(cli: Cli) -> Result<(), CommandError> {
         Command::Enroll(args) => {
             println!("{}", commands::enroll::run(&config, store, &args)?);
         }
+        Command::Rotate(args) => {
+            println!("{}", commands::enroll::run_rotate(&config, store, &args)?);
+        }
         Command::Keys(KeysCommand::List { json }) => {
             println!("{}", commands::keys::list(&store, json)?);
         }

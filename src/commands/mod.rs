@@ -4,6 +4,7 @@
 pub mod claim;
 pub mod enroll;
 pub mod keys;
+pub mod outcome;
 
 use std::path::PathBuf;
 

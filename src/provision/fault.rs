@@ -14,8 +14,9 @@ pub const POINTS: &[&str] = &[
     "register-sent",
     "registered",
     "verified",
-    "promoted",
+    "identity-written",
     "committed",
+    "old-key-deleted",
 ];
 
 #[inline]

@@ -72,6 +72,12 @@ pub struct Journal {
     /// the backend can deactivate them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub abandoned_certificate_ids: Vec<String>,
+    /// The key-store label of the new key (see `Flow::next_slot`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_key_label: Option<String>,
+    /// The label of the replaced identity's key, deleted after the commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_key_label: Option<String>,
     /// Certificate id of the identity being replaced (rotation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_certificate_id: Option<String>,
@@ -130,6 +136,8 @@ impl Journal {
             device_configuration: None,
             register_sent: false,
             abandoned_certificate_ids: Vec::new(),
+            pending_key_label: None,
+            retired_key_label: None,
             previous_certificate_id: None,
         }
     }

@@ -2,9 +2,11 @@
 
 pub mod enroll;
 pub mod fault;
+mod flow;
 pub mod identity;
 pub mod journal;
 pub mod retry;
+pub mod rotate;
 pub mod serial;
 
 use std::path::PathBuf;
@@ -13,6 +15,66 @@ use std::time::Duration;
 use crate::commands::exit;
 use crate::keystore::KeyStoreError;
 use crate::mqtt::MqttError;
+
+/// What `enroll` or `rotate` did.
+#[derive(Debug)]
+pub struct Outcome {
+    pub identity: identity::Identity,
+    /// False when nothing needed doing (enrolled already, rotation not due).
+    pub changed: bool,
+    /// The phase a crashed run had reached, when this run resumed it.
+    pub resumed_from: Option<journal::Phase>,
+    pub steps: Vec<StepTiming>,
+    /// Committed, but the report of retired certificates is still to be
+    /// sent (the next run does it).
+    pub report_pending: bool,
+    /// `rotate --if-due` when not due: when it will be (Unix seconds).
+    pub due_at: Option<u64>,
+}
+
+impl Outcome {
+    pub fn unchanged(identity: identity::Identity) -> Self {
+        Self {
+            identity,
+            changed: false,
+            resumed_from: None,
+            steps: Vec::new(),
+            report_pending: false,
+            due_at: None,
+        }
+    }
+}
+
+/// Takes the state directory's lock (`STATE_DIR/lock`) so that one
+/// `enroll`, `rotate` or daemon works on the device at a time. Creates the
+/// directory (0700) if needed. The lock goes with the returned file.
+pub fn lock_state_dir(state_dir: &std::path::Path) -> Result<std::fs::File, ProvisionError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    crate::durable::create_dir_all(state_dir)
+        .map_err(ProvisionError::io("create state directory", state_dir))?;
+    let path = state_dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(crate::durable::FILE_MODE)
+        .open(&path)
+        .map_err(ProvisionError::io("open lock file", &path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ProvisionError::Busy(format!(
+            "another prov-agent (enroll, rotate or the daemon) is working on this device \
+             (lock {}): wait for it or stop it",
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(ProvisionError::Io {
+            what: "lock",
+            path,
+            source: e,
+        }),
+    }
+}
 
 /// How long one step of a flow took, for the human output.
 #[derive(Debug, Clone)]

@@ -126,11 +126,9 @@ impl Device {
     /// publish/subscribe round trip: proof that the identity works.
     pub async fn round_trip(&self, cloud: &TestCloud) -> Result<(), String> {
         let identity = self.identity().ok_or("no identity")?;
-        let config = self.load_config();
         let store = self.store();
-        let key = store
-            .info(&config.keystore.device_key)
-            .map_err(|e| e.to_string())?;
+        let label = identity.key_label.parse().map_err(|e| format!("{e}"))?;
+        let key = store.info(&label).map_err(|e| e.to_string())?;
         let cert = Certificate::from_pem(&identity.certificate_pem, "identity").unwrap();
         let roots = Certificate::from_pem(&cloud.handle.root_ca_pem(), "root").unwrap();
         let tls = client_config(roots.chain(), cert.chain().to_vec(), store, &key, None)

@@ -1,0 +1,799 @@
+//! The provisioning flow shared by `enroll` and `rotate`: obtain a key and
+//! certificate, RegisterThing, prove the new credential, commit.
+//!
+//! The flow is a small state machine over the [`Journal`]: each phase is
+//! written durably once its step is done, and a run after a crash resumes
+//! from the last phase written. The device's working identity (if any) is
+//! not touched before the new one has connected and made a round trip.
+//!
+//! Enrollment authenticates with the claim credential and runs
+//! `PRODUCTION_TEMPLATE`; rotation authenticates with the current identity
+//! (client id = thing name) and runs `CERT_ROTATION_TEMPLATE`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::CertificateDer;
+use zeroize::Zeroizing;
+
+use super::fault;
+use super::identity::Identity;
+use super::journal::{self, Journal, Operation, Phase};
+use super::retry::Backoff;
+use super::{ProvisionError, StepTiming};
+use crate::config::{Config, ProvisioningMode};
+use crate::crypto::{client_config, make_csr, Certificate, ALPN_AWS_IOT};
+use crate::durable;
+use crate::keystore::{KeyInfo, KeyLabel, KeyStore, KeyStoreError, PrivateKeyMaterial};
+use crate::mqtt::{ConnectOptions, MqttError, Session};
+
+/// How long an ownership token is presented after it was issued. AWS gives
+/// an hour; a margin keeps a slow RegisterThing from racing the expiry.
+pub const TOKEN_LIFETIME: Duration = Duration::from_secs(55 * 60);
+
+/// Everything one run of the flow needs.
+pub(super) struct Flow<'a> {
+    config: &'a Config,
+    store: Arc<dyn KeyStore>,
+    operation: Operation,
+    /// The identity being replaced: rotation authenticates with it.
+    current: Option<Identity>,
+    serial: String,
+    roots: Vec<CertificateDer<'static>>,
+    backoff: Backoff,
+    session: Option<Session>,
+    pending: KeyLabel,
+    pub(super) steps: Vec<StepTiming>,
+    /// The commit is done but the report of retired certificates is not.
+    pub(super) report_pending: bool,
+}
+
+impl<'a> Flow<'a> {
+    pub(super) fn new(
+        config: &'a Config,
+        store: Arc<dyn KeyStore>,
+        operation: Operation,
+        current: Option<Identity>,
+        serial: &str,
+    ) -> Result<Self, ProvisionError> {
+        let current_label = current.as_ref().map(|c| c.key_label.clone());
+        let root_path = &config.settings.root_cert;
+        let roots_pem = std::fs::read_to_string(root_path)
+            .map_err(ProvisionError::io("read ROOT_CERT", root_path))?;
+        let roots =
+            Certificate::from_pem(&roots_pem, &format!("ROOT_CERT {}", root_path.display()))
+                .map_err(|e| ProvisionError::Input(e.to_string()))?
+                .chain()
+                .to_vec();
+        Ok(Self {
+            config,
+            store,
+            operation,
+            current,
+            serial: serial.to_string(),
+            roots,
+            backoff: Backoff::new(config.provisioning.max_retries),
+            session: None,
+            report_pending: false,
+            pending: Self::next_slot(config, current_label.as_deref())?,
+            steps: Vec::new(),
+        })
+    }
+
+    pub(super) async fn run(&mut self, journal: &mut Journal) -> Result<Identity, ProvisionError> {
+        let state_dir = self.config.state_dir.clone();
+        // The key labels are fixed when the flow starts and kept in the
+        // journal: after the commit identity.json names the new key, so
+        // they could not be worked out again.
+        match &journal.pending_key_label {
+            Some(label) => self.pending = KeyLabel::new(label.clone())?,
+            None => {
+                journal.pending_key_label = Some(self.pending.to_string());
+                journal.retired_key_label = self.current.as_ref().map(|c| c.key_label.clone());
+            }
+        }
+        loop {
+            match journal.phase {
+                Phase::Started => {
+                    self.obtain(journal).await?;
+                    journal.advance(&state_dir, Phase::CertIssued)?;
+                    fault::point("cert-issued");
+                }
+                Phase::CertIssued => {
+                    if !journal.token_usable(journal::now()) || !self.pending_matches(journal)? {
+                        tracing::warn!(
+                            "the ownership token expired or the pending key is gone: starting over"
+                        );
+                        self.start_over(journal)?;
+                        continue;
+                    }
+                    match self.register(journal).await {
+                        Ok(()) => {
+                            journal.advance(&state_dir, Phase::Registered)?;
+                            fault::point("registered");
+                        }
+                        Err(ProvisionError::Mqtt(MqttError::Rejected { error_code, .. }))
+                            if journal.register_sent
+                                && error_code == "InvalidCertificateOwnershipToken" =>
+                        {
+                            // The first RegisterThing may have gone through
+                            // with its answer lost; the service will not
+                            // take the token twice. Start over and report
+                            // this certificate for deactivation once the new
+                            // identity works.
+                            tracing::warn!(
+                                "the service refused the ownership token a second time: \
+                                 starting over with a new certificate"
+                            );
+                            self.start_over(journal)?;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Phase::Registered => {
+                    self.close_session().await;
+                    self.verify(journal).await?;
+                    journal.advance(&state_dir, Phase::Verified)?;
+                    fault::point("verified");
+                }
+                Phase::Verified => {
+                    self.commit(journal)?;
+                    journal.advance(&state_dir, Phase::Committed)?;
+                    fault::point("committed");
+                }
+                Phase::Committed => {
+                    let identity = Identity::load(&state_dir)?.ok_or_else(|| {
+                        ProvisionError::Inconsistent(
+                            "the journal says committed but identity.json is missing".into(),
+                        )
+                    })?;
+                    self.delete_retired_key(journal, &identity)?;
+                    fault::point("old-key-deleted");
+                    if let Err(e) = self.report_as(journal, &identity).await {
+                        // The new identity is committed and works; the
+                        // report waits in the journal for the next run.
+                        tracing::warn!(
+                            error = %e,
+                            "the retired certificates could not be reported; the next run retries"
+                        );
+                        self.report_pending = true;
+                        return Ok(identity);
+                    }
+                    if self.operation == Operation::Enroll
+                        && self.config.provisioning.decommission_claim
+                    {
+                        self.decommission_claim()?;
+                    }
+                    Journal::clear(&state_dir)?;
+                    return Ok(identity);
+                }
+            }
+        }
+    }
+
+    /// Device keys alternate between two labels, `<DEVICE_KEY>` and
+    /// `<DEVICE_KEY>.alt`: a new key is made under the one the current
+    /// identity does not use, so that the commit is the atomic rewrite of
+    /// identity.json alone, and the old key is deleted only after it.
+    fn next_slot(config: &Config, current: Option<&str>) -> Result<KeyLabel, ProvisionError> {
+        let primary = config.keystore.device_key.clone();
+        if current == Some(primary.as_str()) {
+            KeyLabel::new(format!("{primary}.alt")).map_err(ProvisionError::from)
+        } else {
+            Ok(primary)
+        }
+    }
+
+    pub(super) fn state_dir(&self) -> &std::path::Path {
+        &self.config.state_dir
+    }
+
+    fn timed(&mut self, name: &'static str, since: Instant) {
+        self.steps.push(StepTiming {
+            name,
+            duration: since.elapsed(),
+        });
+    }
+
+    /// Drops the attempt in the journal: its pending key is deleted and its
+    /// certificate remembered as abandoned.
+    fn start_over(&mut self, journal: &mut Journal) -> Result<(), ProvisionError> {
+        let mut abandoned = std::mem::take(&mut journal.abandoned_certificate_ids);
+        if let Some(id) = journal.certificate_id.take() {
+            if !abandoned.contains(&id) {
+                abandoned.push(id);
+            }
+        }
+        self.delete_pending()?;
+        let (pending, retired) = (
+            journal.pending_key_label.take(),
+            journal.retired_key_label.take(),
+        );
+        let previous = journal.previous_certificate_id.take();
+        *journal = Journal::new(self.operation);
+        journal.abandoned_certificate_ids = abandoned;
+        journal.pending_key_label = pending;
+        journal.retired_key_label = retired;
+        journal.previous_certificate_id = previous;
+        journal.save(&self.config.state_dir)?;
+        Ok(())
+    }
+
+    /// After the commit: the key of the replaced identity goes.
+    fn delete_retired_key(
+        &self,
+        journal: &Journal,
+        committed: &Identity,
+    ) -> Result<(), ProvisionError> {
+        let Some(old) = &journal.retired_key_label else {
+            return Ok(());
+        };
+        if *old == committed.key_label {
+            return Ok(());
+        }
+        let label = KeyLabel::new(old.clone())?;
+        match self.store.delete(&label) {
+            Ok(()) => {
+                tracing::info!(key = %label, "deleted the key of the replaced identity");
+                Ok(())
+            }
+            Err(KeyStoreError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(super) fn delete_pending(&self) -> Result<(), ProvisionError> {
+        match self.store.delete(&self.pending) {
+            Ok(()) => {
+                tracing::info!(key = %self.pending, "deleted the pending key of an abandoned attempt");
+                Ok(())
+            }
+            Err(KeyStoreError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn pending_matches(&self, journal: &Journal) -> Result<bool, ProvisionError> {
+        let Some(pem) = &journal.certificate_pem else {
+            return Ok(false);
+        };
+        let cert = Certificate::from_pem(pem, "journal certificate")
+            .map_err(|e| ProvisionError::Inconsistent(e.to_string()))?;
+        match self.store.info(&self.pending) {
+            Ok(info) => Ok(info.public_key == *cert.public_key()),
+            Err(KeyStoreError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    // ---- connections ---------------------------------------------------
+
+    fn endpoint_options(&self, client_id: String, tls: rustls::ClientConfig) -> ConnectOptions {
+        ConnectOptions {
+            host: self.config.settings.iot_endpoint.clone(),
+            port: self.config.provisioning.port,
+            client_id,
+            tls: Arc::new(tls),
+            connect_timeout: self.config.provisioning.connect_timeout,
+            keep_alive: Duration::from_secs(30),
+        }
+    }
+
+    fn alpn(&self) -> Option<&'static [u8]> {
+        self.config.provisioning.alpn.then_some(ALPN_AWS_IOT)
+    }
+
+    /// Where requests go: the claim credential (enroll) or the current
+    /// identity as its thing (rotate).
+    fn session_options(&self) -> Result<ConnectOptions, ProvisionError> {
+        match &self.current {
+            Some(current) if self.operation == Operation::Rotate => self.identity_options(current),
+            _ => self.claim_options(),
+        }
+    }
+
+    fn identity_options(&self, current: &Identity) -> Result<ConnectOptions, ProvisionError> {
+        let cert = Certificate::from_pem(&current.certificate_pem, "current identity")
+            .map_err(|e| ProvisionError::Inconsistent(e.to_string()))?;
+        let label = KeyLabel::new(current.key_label.clone())?;
+        let key = self.store.info(&label)?;
+        let tls = client_config(
+            &self.roots,
+            cert.chain().to_vec(),
+            self.store.clone(),
+            &key,
+            self.alpn(),
+        )
+        .map_err(|e| ProvisionError::Inconsistent(format!("current identity: {e}")))?;
+        Ok(self.endpoint_options(current.thing_name.clone(), tls))
+    }
+
+    fn claim_options(&self) -> Result<ConnectOptions, ProvisionError> {
+        let cert_path = &self.config.settings.claim_cert;
+        let pem = std::fs::read_to_string(cert_path).map_err(|e| {
+            ProvisionError::Input(format!(
+                "cannot read the claim certificate {}: {e}; run `prov-agent claim import` first",
+                cert_path.display()
+            ))
+        })?;
+        let cert = Certificate::from_pem(&pem, &format!("CLAIM_CERT {}", cert_path.display()))
+            .map_err(|e| ProvisionError::Input(e.to_string()))?;
+        let key = self
+            .store
+            .info(&self.config.keystore.claim_key)
+            .map_err(|e| match e {
+                KeyStoreError::NotFound { .. } => ProvisionError::Input(format!(
+                    "{e}; run `prov-agent claim import` (or `claim generate`) first"
+                )),
+                other => other.into(),
+            })?;
+        let tls = client_config(
+            &self.roots,
+            cert.chain().to_vec(),
+            self.store.clone(),
+            &key,
+            self.alpn(),
+        )
+        .map_err(|e| ProvisionError::Input(format!("claim credential: {e}")))?;
+        let mut client_id = format!(
+            "{}{}",
+            self.config.provisioning.client_id_prefix, self.serial
+        );
+        client_id.truncate(128);
+        Ok(self.endpoint_options(client_id, tls))
+    }
+
+    async fn session(&mut self) -> Result<&mut Session, ProvisionError> {
+        if self.session.is_none() {
+            let opts = self.session_options()?;
+            let started = Instant::now();
+            let session = Session::connect(&opts).await?;
+            self.timed(
+                match self.operation {
+                    Operation::Enroll => "connect with the claim certificate",
+                    Operation::Rotate => "connect with the current certificate",
+                },
+                started,
+            );
+            self.session = Some(session);
+        }
+        Ok(self.session.as_mut().expect("connected above"))
+    }
+
+    pub(super) async fn close_session(&mut self) {
+        if let Some(s) = self.session.take() {
+            s.close().await;
+        }
+    }
+
+    /// Runs `step` until it succeeds, fails for good, or the retries are
+    /// spent. The claim session is dropped before each retry.
+    async fn retrying<T>(
+        &mut self,
+        what: &str,
+        mut step: impl AsyncFnMut(&mut Self) -> Result<T, ProvisionError>,
+    ) -> Result<T, ProvisionError> {
+        let mut attempt = 0;
+        loop {
+            match step(self).await {
+                Err(e) if e.is_retryable() && attempt < self.backoff.max_retries => {
+                    attempt += 1;
+                    let delay = self.backoff.delay(attempt);
+                    tracing::warn!(step = what, error = %e, attempt, ?delay, "retrying");
+                    self.session = None;
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) if e.is_retryable() => {
+                    return Err(ProvisionError::GaveUp {
+                        step: what.to_string(),
+                        attempts: attempt + 1,
+                        last: Box::new(e),
+                    })
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn api_topic(&self, base: &str) -> String {
+        format!(
+            "{base}/{}",
+            self.config.provisioning.payload_format.as_str()
+        )
+    }
+
+    // ---- step 2: key and certificate ------------------------------------
+
+    async fn obtain(&mut self, journal: &mut Journal) -> Result<(), ProvisionError> {
+        // A crashed attempt may have left a pending key behind.
+        self.delete_pending()?;
+        let issued = match self.config.provisioning.mode {
+            ProvisioningMode::Csr => self.obtain_from_csr().await?,
+            ProvisioningMode::Keys => self.obtain_keys().await?,
+        };
+        journal.certificate_id = Some(issued.certificate_id);
+        journal.certificate_pem = Some(issued.certificate_pem);
+        journal.ownership_token = Some(issued.token.to_string());
+        journal.token_expires_at = Some(journal::now() + TOKEN_LIFETIME.as_secs());
+        journal.register_sent = false;
+        Ok(())
+    }
+
+    async fn obtain_from_csr(&mut self) -> Result<Issued, ProvisionError> {
+        let started = Instant::now();
+        let key = self
+            .store
+            .generate(&self.pending, self.config.keystore.algorithm)?;
+        fault::point("key-generated");
+        let csr = make_csr(self.store.clone(), &key, &self.serial)
+            .map_err(|e| ProvisionError::Other(e.to_string()))?;
+        self.timed("make key and CSR in the key store", started);
+        let topic = self.api_topic("$aws/certificates/create-from-csr");
+        let body = serde_json::json!({ "certificateSigningRequest": csr });
+        let started = Instant::now();
+        let response = self
+            .retrying("CreateCertificateFromCsr", async |flow: &mut Self| {
+                let format = flow.config.provisioning.payload_format;
+                let timeout = flow.config.provisioning.response_timeout;
+                let session = flow.session().await?;
+                Ok(session
+                    .request("CreateCertificateFromCsr", &topic, format, &body, timeout)
+                    .await?)
+            })
+            .await;
+        let response = match response {
+            Ok(r) => r,
+            Err(e) => {
+                self.delete_pending()?;
+                return Err(e);
+            }
+        };
+        self.timed("CreateCertificateFromCsr", started);
+        match Issued::parse("CreateCertificateFromCsr", response, &key) {
+            Ok(issued) => Ok(issued),
+            Err(e) => {
+                self.delete_pending()?;
+                Err(e)
+            }
+        }
+    }
+
+    async fn obtain_keys(&mut self) -> Result<Issued, ProvisionError> {
+        let topic = self.api_topic("$aws/certificates/create");
+        let body = serde_json::json!({});
+        let started = Instant::now();
+        let mut response = self
+            .retrying("CreateKeysAndCertificate", async |flow: &mut Self| {
+                let format = flow.config.provisioning.payload_format;
+                let timeout = flow.config.provisioning.response_timeout;
+                let session = flow.session().await?;
+                Ok(session
+                    .request("CreateKeysAndCertificate", &topic, format, &body, timeout)
+                    .await?)
+            })
+            .await?;
+        self.timed("CreateKeysAndCertificate", started);
+
+        // Take the key out of the response at once so that no other copy
+        // lives on; every copy is wiped when dropped.
+        let key_pem = match response.get_mut("privateKey").map(serde_json::Value::take) {
+            Some(serde_json::Value::String(s)) => Zeroizing::new(s),
+            _ => {
+                return Err(ProvisionError::BadResponse {
+                    api: "CreateKeysAndCertificate".into(),
+                    detail: "privateKey is missing or not a string".into(),
+                })
+            }
+        };
+        let material =
+            PrivateKeyMaterial::from_pem(&key_pem).map_err(|e| ProvisionError::BadResponse {
+                api: "CreateKeysAndCertificate".into(),
+                detail: format!("privateKey: {e}"),
+            })?;
+        drop(key_pem);
+        let public = material.public_key()?;
+        // Check the certificate against the key before the key goes in.
+        let check = Issued::parse_for_public_key("CreateKeysAndCertificate", response, &public)?;
+        let started = Instant::now();
+        self.store.import(&self.pending, &material)?;
+        drop(material);
+        fault::point("key-imported");
+        self.timed("import the key into the key store", started);
+        Ok(check)
+    }
+
+    // ---- step 4: RegisterThing -------------------------------------------
+
+    fn template_and_parameters(
+        &self,
+    ) -> Result<(String, BTreeMap<String, String>), ProvisionError> {
+        let mut parameters = BTreeMap::new();
+        parameters.insert("SerialNumber".to_string(), self.serial.clone());
+        match (&self.current, self.operation) {
+            (Some(current), Operation::Rotate) => {
+                let template = self
+                    .config
+                    .settings
+                    .cert_rotation_template
+                    .clone()
+                    .ok_or_else(|| {
+                        ProvisionError::Input(
+                            "rotation needs [SETTINGS] CERT_ROTATION_TEMPLATE: the template that \
+                         re-registers the thing with a new certificate"
+                                .into(),
+                        )
+                    })?;
+                parameters.insert("ThingName".into(), current.thing_name.clone());
+                Ok((template, parameters))
+            }
+            _ => {
+                parameters.extend(self.config.template_parameters.clone());
+                Ok((self.config.settings.production_template.clone(), parameters))
+            }
+        }
+    }
+
+    async fn register(&mut self, journal: &mut Journal) -> Result<(), ProvisionError> {
+        let (template, parameters) = self.template_and_parameters()?;
+        let topic = self.api_topic(&format!("$aws/provisioning-templates/{template}/provision"));
+        let token = Zeroizing::new(journal.ownership_token.clone().unwrap_or_default());
+        let body = serde_json::json!({
+            "certificateOwnershipToken": token.as_str(),
+            "parameters": parameters,
+        });
+        let started = Instant::now();
+        let state_dir = self.config.state_dir.clone();
+        let response = self
+            .retrying("RegisterThing", async |flow: &mut Self| {
+                let format = flow.config.provisioning.payload_format;
+                let timeout = flow.config.provisioning.response_timeout;
+                let session = flow.session().await?;
+                if !journal.register_sent {
+                    journal.register_sent = true;
+                    journal.save(&state_dir)?;
+                }
+                fault::point("register-sent");
+                Ok(session
+                    .request("RegisterThing", &topic, format, &body, timeout)
+                    .await?)
+            })
+            .await?;
+        self.timed("RegisterThing", started);
+        let thing = response
+            .get("thingName")
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty() && s.len() <= 128)
+            .ok_or_else(|| ProvisionError::BadResponse {
+                api: "RegisterThing".into(),
+                detail: "thingName is missing, empty or longer than 128 characters".into(),
+            })?;
+        let config = match response.get("deviceConfiguration") {
+            None | Some(serde_json::Value::Null) => BTreeMap::new(),
+            Some(serde_json::Value::Object(map)) => map
+                .iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+            Some(_) => {
+                return Err(ProvisionError::BadResponse {
+                    api: "RegisterThing".into(),
+                    detail: "deviceConfiguration is not an object".into(),
+                })
+            }
+        };
+        journal.thing_name = Some(thing.to_string());
+        journal.device_configuration = Some(config);
+        journal.ownership_token = None;
+        Ok(())
+    }
+
+    // ---- step 5: prove the new credential --------------------------------
+
+    async fn verify(&mut self, journal: &Journal) -> Result<(), ProvisionError> {
+        let thing = journal.thing_name.clone().unwrap_or_default();
+        let cert = self.journal_certificate(journal)?;
+        let key = self.store.info(&self.pending)?;
+        let tls = client_config(
+            &self.roots,
+            cert.chain().to_vec(),
+            self.store.clone(),
+            &key,
+            self.alpn(),
+        )
+        .map_err(|e| ProvisionError::Inconsistent(format!("new credential: {e}")))?;
+        let opts = self.endpoint_options(thing.clone(), tls);
+        let topic = self
+            .config
+            .provisioning
+            .verify_topic
+            .replace("{thing}", &thing);
+        let timeout = self.config.provisioning.response_timeout;
+        let started = Instant::now();
+        self.retrying("verify the new credential", async |_flow: &mut Self| {
+            let mut session = Session::connect(&opts).await?;
+            session
+                .subscribe(std::slice::from_ref(&topic), timeout)
+                .await?;
+            let nonce = hex::encode(rand::random::<[u8; 16]>());
+            let payload =
+                serde_json::to_vec(&serde_json::json!({ "verify": nonce })).expect("json");
+            session.publish(&topic, payload.clone(), timeout).await?;
+            let echoed = session.receive(&topic, timeout).await?;
+            if echoed != payload {
+                return Err(ProvisionError::Inconsistent(
+                    "the verification round trip returned another message".into(),
+                ));
+            }
+            session.close().await;
+            Ok(())
+        })
+        .await?;
+        self.timed("verify the new credential (connect, round trip)", started);
+        Ok(())
+    }
+
+    // ---- step 7: report retired certificates -------------------------------
+
+    /// Tells the backend, as the new identity, which certificates this
+    /// device no longer uses (the one a rotation replaced, or ones an
+    /// interrupted enrollment gave up on), so that it can deactivate them.
+    /// Sent only after the commit: until then the old certificate may still
+    /// be the device's only working one.
+    pub(super) async fn report_as(
+        &mut self,
+        journal: &Journal,
+        identity: &Identity,
+    ) -> Result<(), ProvisionError> {
+        if journal.abandoned_certificate_ids.is_empty() {
+            return Ok(());
+        }
+        let thing = identity.thing_name.clone();
+        let opts = self.identity_options(identity)?;
+        let topic = self.config.rotation.report_topic.replace("{thing}", &thing);
+        let body = serde_json::json!({
+            "thingName": thing,
+            "newCertificateId": identity.certificate_id,
+            "oldCertificateIds": journal.abandoned_certificate_ids,
+            "reason": match self.operation {
+                Operation::Enroll => "enrollment",
+                Operation::Rotate => "rotation",
+            },
+            "time": journal::now(),
+        });
+        let payload = serde_json::to_vec(&body).expect("json");
+        let timeout = self.config.provisioning.response_timeout;
+        let started = Instant::now();
+        self.retrying(
+            "report the retired certificates",
+            async |_flow: &mut Self| {
+                let mut session = Session::connect(&opts).await?;
+                session.publish(&topic, payload.clone(), timeout).await?;
+                session.close().await;
+                Ok(())
+            },
+        )
+        .await?;
+        self.timed("report the retired certificates", started);
+        Ok(())
+    }
+
+    fn journal_certificate(&self, journal: &Journal) -> Result<Certificate, ProvisionError> {
+        let pem = journal.certificate_pem.as_deref().ok_or_else(|| {
+            ProvisionError::Inconsistent("the journal holds no certificate".into())
+        })?;
+        Certificate::from_pem(pem, "journal certificate")
+            .map_err(|e| ProvisionError::Inconsistent(e.to_string()))
+    }
+
+    // ---- step 6: commit ---------------------------------------------------
+
+    /// The commit: identity.json, rewritten atomically, now names the new
+    /// certificate and the new key. Idempotent after a crash.
+    fn commit(&mut self, journal: &Journal) -> Result<Identity, ProvisionError> {
+        let started = Instant::now();
+        let cert = self.journal_certificate(journal)?;
+        let key: KeyInfo = self.store.info(&self.pending)?;
+        if key.public_key != *cert.public_key() {
+            return Err(ProvisionError::Inconsistent(format!(
+                "key {} does not match the new certificate {}",
+                key.reference,
+                cert.id()
+            )));
+        }
+        let not_after = cert
+            .not_after()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let identity = Identity {
+            thing_name: journal.thing_name.clone().unwrap_or_default(),
+            certificate_id: cert.id(),
+            certificate_pem: cert.to_pem(),
+            key_label: key.label.to_string(),
+            key_reference: key.reference.clone(),
+            not_after,
+            device_configuration: journal.device_configuration.clone().unwrap_or_default(),
+            committed_at: journal::now(),
+            previous_certificate_id: journal.previous_certificate_id.clone(),
+        };
+        identity.save(&self.config.state_dir)?;
+        fault::point("identity-written");
+        self.timed("commit the new identity", started);
+        Ok(identity)
+    }
+
+    fn decommission_claim(&self) -> Result<(), ProvisionError> {
+        match self.store.delete(&self.config.keystore.claim_key) {
+            Ok(()) | Err(KeyStoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let cert = &self.config.settings.claim_cert;
+        durable::remove_file(cert).map_err(ProvisionError::io("remove claim certificate", cert))?;
+        tracing::info!("claim key and certificate decommissioned");
+        Ok(())
+    }
+}
+
+/// What CreateCertificateFromCsr or CreateKeysAndCertificate issued,
+/// checked.
+struct Issued {
+    certificate_id: String,
+    certificate_pem: String,
+    token: Zeroizing<String>,
+}
+
+impl Issued {
+    fn parse(
+        api: &str,
+        response: serde_json::Value,
+        key: &KeyInfo,
+    ) -> Result<Self, ProvisionError> {
+        Self::parse_for_public_key(api, response, &key.public_key)
+    }
+
+    /// Refuses anything but a certificate for `public`, whose id is the
+    /// SHA-256 of its DER, with a token.
+    fn parse_for_public_key(
+        api: &str,
+        response: serde_json::Value,
+        public: &crate::keystore::PublicKey,
+    ) -> Result<Self, ProvisionError> {
+        let bad = |detail: String| ProvisionError::BadResponse {
+            api: api.to_string(),
+            detail,
+        };
+        let field = |name: &str| {
+            response
+                .get(name)
+                .and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .ok_or_else(|| bad(format!("{name} is missing or not a string")))
+        };
+        let certificate_id = field("certificateId")?;
+        let certificate_pem = field("certificatePem")?;
+        let token = Zeroizing::new(field("certificateOwnershipToken")?);
+        let cert = Certificate::from_pem(&certificate_pem, "certificatePem")
+            .map_err(|e| bad(e.to_string()))?;
+        if cert.id() != certificate_id {
+            return Err(bad(format!(
+                "certificateId {certificate_id} is not the SHA-256 of the certificate ({})",
+                cert.id()
+            )));
+        }
+        if cert.public_key() != public {
+            return Err(bad("the certificate is for another key than ours".into()));
+        }
+        Ok(Self {
+            certificate_id,
+            certificate_pem,
+            token,
+        })
+    }
+}

@@ -1,0 +1,135 @@
+//! `prov-agent rotate`: replace the device's certificate and key while it
+//! keeps working, through the rotation template, with the current identity.
+//!
+//! Before the commit any failure rolls back: the pending key is deleted, a
+//! certificate that may have been activated is reported for deactivation,
+//! and the current identity is untouched. After a crash (no chance to roll
+//! back) the next run resumes from the journal instead.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::flow::Flow;
+use super::identity::Identity;
+use super::journal::{Journal, Operation, Phase};
+use super::{lock_state_dir, Outcome, ProvisionError};
+use crate::config::{Config, RotationThreshold};
+use crate::crypto::Certificate;
+use crate::keystore::KeyStore;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RotateOptions {
+    /// Rotate only when the certificate has reached the threshold.
+    pub if_due: bool,
+}
+
+/// When the certificate should be rotated (before any random delay).
+pub fn due_at(cert: &Certificate, threshold: RotationThreshold) -> SystemTime {
+    let (nb, na) = (cert.not_before(), cert.not_after());
+    let lifetime = na.duration_since(nb).unwrap_or(Duration::ZERO);
+    match threshold {
+        RotationThreshold::Lifetime(share) => nb + lifetime.mul_f64(share),
+        RotationThreshold::BeforeExpiry(before) => na.checked_sub(before).unwrap_or(nb).max(nb),
+    }
+}
+
+pub fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub async fn rotate(
+    config: &Config,
+    store: Arc<dyn KeyStore>,
+    opts: RotateOptions,
+) -> Result<Outcome, ProvisionError> {
+    let state_dir = &config.state_dir;
+    let _lock = lock_state_dir(state_dir)?;
+    let current = Identity::load(state_dir)?.ok_or_else(|| {
+        ProvisionError::Input("the device is not enrolled: run `prov-agent enroll` first".into())
+    })?;
+    let journal = Journal::load(state_dir)?;
+    if let Some(j) = &journal {
+        if j.operation != Operation::Rotate {
+            return Err(ProvisionError::Busy(format!(
+                "an enrollment is in progress (journal phase {:?}); finish it with `prov-agent enroll` first",
+                j.phase
+            )));
+        }
+    }
+    let cert = Certificate::from_pem(&current.certificate_pem, "current identity")
+        .map_err(|e| ProvisionError::Inconsistent(e.to_string()))?;
+    let due = due_at(&cert, config.rotation.threshold);
+    if journal.is_none() && opts.if_due && SystemTime::now() < due {
+        let mut outcome = Outcome::unchanged(current);
+        outcome.due_at = Some(unix(due));
+        return Ok(outcome);
+    }
+
+    let resumed_from = journal.as_ref().map(|j| j.phase);
+    if let Some(phase) = resumed_from {
+        tracing::info!(?phase, "resuming an interrupted rotation");
+    }
+    let mut journal = journal.unwrap_or_else(|| {
+        let mut j = Journal::new(Operation::Rotate);
+        j.previous_certificate_id = Some(current.certificate_id.clone());
+        j.abandoned_certificate_ids
+            .push(current.certificate_id.clone());
+        j
+    });
+    let serial = current
+        .device_configuration
+        .get("serialNumber")
+        .cloned()
+        .unwrap_or_else(|| current.thing_name.clone());
+    let mut flow = Flow::new(
+        config,
+        store,
+        Operation::Rotate,
+        Some(current.clone()),
+        &serial,
+    )?;
+    match flow.run(&mut journal).await {
+        Ok(identity) => Ok(Outcome {
+            identity,
+            changed: true,
+            resumed_from,
+            steps: std::mem::take(&mut flow.steps),
+            report_pending: flow.report_pending,
+            due_at: None,
+        }),
+        Err(e) if journal.phase <= Phase::Registered => {
+            tracing::warn!(error = %e, "rotation failed before the commit: rolling back");
+            flow.close_session().await;
+            if let Err(rollback) = flow.roll_back(&journal, &current).await {
+                tracing::error!(error = %rollback, "rollback incomplete");
+            }
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl Flow<'_> {
+    /// Undoes a rotation that failed before the commit: the pending key
+    /// goes, a certificate that RegisterThing may have activated is
+    /// reported for deactivation (as the current identity), the journal is
+    /// removed. The current identity is never touched.
+    pub(super) async fn roll_back(
+        &mut self,
+        journal: &Journal,
+        current: &Identity,
+    ) -> Result<(), ProvisionError> {
+        self.delete_pending()?;
+        if journal.register_sent {
+            if let Some(failed) = &journal.certificate_id {
+                let mut retired = Journal::new(Operation::Rotate);
+                retired.abandoned_certificate_ids.push(failed.clone());
+                self.report_as(&retired, current).await?;
+            }
+        }
+        Journal::clear(self.state_dir())?;
+        Ok(())
+    }
+}

@@ -1,0 +1,309 @@
+//! `prov-agent rotate` against the emulator on every key store backend:
+//! the new certificate works and is the only active one, the old one is
+//! retired by the backend after the report, the old key is gone; a
+//! rotation that fails before the commit leaves the old identity working;
+//! a rotation killed at any point finishes on the next run.
+
+mod common;
+
+use std::time::Duration;
+
+use common::backend::Backend;
+use common::device::{text, Device};
+use common::emulator::TestCloud;
+use iotcore_emulator::CertStatus;
+
+async fn enrolled(cloud: &TestCloud, backend: Backend, extra: &str) -> Device {
+    let device = Device::new(cloud, backend, extra);
+    device.import_claim().await;
+    let out = device.run(&["enroll"]).await;
+    assert!(out.status.success(), "enroll: {}", text(&out));
+    device
+}
+
+/// The certificates attached to the thing that are ACTIVE, once the
+/// backend rule has had a moment to act on a report.
+async fn active_certificates(cloud: &TestCloud, thing: &str, expect: usize) -> Vec<String> {
+    let registry = cloud.handle.registry();
+    let mut active = Vec::new();
+    for _ in 0..30 {
+        let t = registry.thing(thing).unwrap().expect("thing");
+        active = t
+            .certificates
+            .iter()
+            .filter(|id| registry.certificate_status(id).unwrap() == Some(CertStatus::Active))
+            .cloned()
+            .collect();
+        if active.len() == expect {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    active
+}
+
+fn labels(device: &Device) -> Vec<String> {
+    device
+        .store()
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|k| k.label.to_string())
+        .collect()
+}
+
+async fn rotate_end_to_end(backend: Backend, mode: &str) {
+    let cloud = TestCloud::start().await;
+    let device = enrolled(&cloud, backend, &format!("MODE = {mode}\n")).await;
+    let old = device.identity().unwrap();
+    let old_key = device
+        .store()
+        .info(&old.key_label.parse().unwrap())
+        .unwrap()
+        .public_key;
+
+    let out = device.run(&["rotate", "--json"]).await;
+    assert!(out.status.success(), "rotate: {}", text(&out));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let new = device.identity().unwrap();
+    assert_eq!(result["certificateId"], new.certificate_id.as_str());
+    assert_eq!(result["previousCertificateId"], old.certificate_id.as_str());
+    assert_ne!(new.certificate_id, old.certificate_id);
+    assert_eq!(new.thing_name, old.thing_name, "same thing");
+
+    // Exactly one active certificate, the new one; the old one INACTIVE.
+    let active = active_certificates(&cloud, &new.thing_name, 1).await;
+    assert_eq!(active, vec![new.certificate_id.clone()]);
+    let registry = cloud.handle.registry();
+    assert_eq!(
+        registry.certificate_status(&old.certificate_id).unwrap(),
+        Some(CertStatus::Inactive)
+    );
+    // The old key is gone from the store; the new one signs.
+    let keys = device.store().list().unwrap();
+    assert!(
+        keys.iter().all(|k| k.public_key != old_key),
+        "the old key is still there"
+    );
+    assert_eq!(
+        labels(&device),
+        vec!["claim".to_string(), new.key_label.clone()]
+    );
+    assert_ne!(
+        new.key_label, old.key_label,
+        "the new key took the other slot"
+    );
+    device.round_trip(&cloud).await.unwrap();
+    assert!(!device.state_dir().join("journal.json").exists());
+
+    // And once more: back to the first slot.
+    let out = device.run(&["rotate"]).await;
+    assert!(out.status.success(), "second rotate: {}", text(&out));
+    let third = device.identity().unwrap();
+    assert_eq!(third.key_label, old.key_label);
+    assert_eq!(
+        labels(&device),
+        vec!["claim".to_string(), third.key_label.clone()]
+    );
+    device.round_trip(&cloud).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_rotate() {
+    rotate_end_to_end(Backend::File, "csr").await;
+}
+
+#[cfg(feature = "pkcs11")]
+#[tokio::test(flavor = "multi_thread")]
+async fn pkcs11_rotate_csr() {
+    rotate_end_to_end(Backend::pkcs11("rotate"), "csr").await;
+}
+
+#[cfg(feature = "pkcs11")]
+#[tokio::test(flavor = "multi_thread")]
+async fn pkcs11_rotate_keys() {
+    rotate_end_to_end(Backend::pkcs11("rotate"), "keys").await;
+}
+
+#[cfg(feature = "tpm")]
+#[tokio::test(flavor = "multi_thread")]
+async fn tpm_rotate_csr() {
+    rotate_end_to_end(Backend::tpm(), "csr").await;
+}
+
+#[cfg(feature = "tpm")]
+#[tokio::test(flavor = "multi_thread")]
+async fn tpm_rotate_keys() {
+    rotate_end_to_end(Backend::tpm(), "keys").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn if_due_leaves_a_young_certificate_alone() {
+    let cloud = TestCloud::start().await;
+    let device = enrolled(&cloud, Backend::File, "").await;
+    let before = device.identity().unwrap();
+    let out = device.run(&["rotate", "--if-due"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("not due until"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(device.identity().unwrap(), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn if_due_rotates_a_short_lived_certificate() {
+    let cloud = TestCloud::start_with(|c| c.certificate_validity = Duration::from_secs(4)).await;
+    let device = enrolled(&cloud, Backend::File, "").await;
+    let before = device.identity().unwrap();
+    // THRESHOLD 66% of 4 s (+ the emulator's clock-skew allowance).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let out = device.run(&["rotate", "--if-due", "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_ne!(
+        device.identity().unwrap().certificate_id,
+        before.certificate_id
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotate_before_enroll_says_so() {
+    let cloud = TestCloud::start().await;
+    let device = Device::new(&cloud, Backend::File, "");
+    let out = device.run(&["rotate"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("prov-agent enroll"));
+}
+
+/// The rotation template hands the new certificate a policy that denies
+/// the verification topic: the rotation fails at verification and rolls
+/// back; the device keeps its old, working identity, and the certificate
+/// that was activated for nothing is retired.
+async fn rollback(backend: Backend) {
+    let cloud = TestCloud::start().await;
+    let registry = cloud.handle.registry();
+    let device_policy = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/device.json"),
+    )
+    .unwrap();
+    let crippled = device_policy
+        .replace("topic/things/", "topic/nothing/")
+        .replace("topicfilter/things/", "topicfilter/nothing/");
+    assert_ne!(crippled, device_policy);
+    registry
+        .create_policy("device-noverify", &crippled)
+        .unwrap();
+    let template = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/RotationTemplate.json"),
+    )
+    .unwrap()
+    .replace(
+        "\"PolicyName\": \"device\"",
+        "\"PolicyName\": \"device-noverify\"",
+    );
+    registry
+        .create_template("RotationTemplate", &template, true, None)
+        .unwrap();
+
+    let device = enrolled(&cloud, backend, "MAX_RETRIES = 1\n").await;
+    let before = device.identity().unwrap();
+    let before_key = device
+        .store()
+        .info(&"device".parse().unwrap())
+        .unwrap()
+        .public_key;
+    let out = device.run(&["rotate"]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refused"),
+        "{}",
+        text(&out)
+    );
+
+    assert_eq!(device.identity().unwrap(), before, "the identity changed");
+    assert_eq!(
+        device
+            .store()
+            .info(&"device".parse().unwrap())
+            .unwrap()
+            .public_key,
+        before_key
+    );
+    assert_eq!(
+        labels(&device),
+        vec!["claim".to_string(), before.key_label.clone()]
+    );
+    assert!(!device.state_dir().join("journal.json").exists());
+    device.round_trip(&cloud).await.unwrap();
+    let active = active_certificates(&cloud, &before.thing_name, 1).await;
+    assert_eq!(active, vec![before.certificate_id.clone()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_rollback() {
+    rollback(Backend::File).await;
+}
+
+#[cfg(feature = "pkcs11")]
+#[tokio::test(flavor = "multi_thread")]
+async fn pkcs11_rollback() {
+    rollback(Backend::pkcs11("rollback")).await;
+}
+
+#[cfg(feature = "tpm")]
+#[tokio::test(flavor = "multi_thread")]
+async fn tpm_rollback() {
+    rollback(Backend::tpm()).await;
+}
+
+/// kill -9 (an abort) at every point of a rotation, then `rotate` again:
+/// the device always has one working identity and the registry agrees.
+#[cfg(feature = "fault-injection")]
+async fn crash_everywhere(make_backend: fn() -> Backend) {
+    use prov_agent::provision::fault::POINTS;
+    let cloud = TestCloud::start().await;
+    for point in POINTS.iter().copied().filter(|p| *p != "key-imported") {
+        let device = enrolled(&cloud, make_backend(), "").await;
+        let crashed = device
+            .run_env(&["rotate"], &[("PROV_AGENT_FAULT", point)])
+            .await;
+        assert!(
+            String::from_utf8_lossy(&crashed.stderr).contains(&format!("dying at {point}")),
+            "{point}: {}",
+            text(&crashed)
+        );
+        // Whatever the phase, the device has a working identity now.
+        device
+            .round_trip(&cloud)
+            .await
+            .unwrap_or_else(|e| panic!("{point}: no working identity after the crash: {e}"));
+        let done = device.run(&["rotate"]).await;
+        assert!(done.status.success(), "{point}: {}", text(&done));
+        let identity = device.identity().unwrap();
+        let active = active_certificates(&cloud, &identity.thing_name, 1).await;
+        assert_eq!(active, vec![identity.certificate_id.clone()], "{point}");
+        device
+            .round_trip(&cloud)
+            .await
+            .unwrap_or_else(|e| panic!("{point}: {e}"));
+        assert_eq!(
+            labels(&device),
+            vec!["claim".to_string(), identity.key_label.clone()],
+            "{point}"
+        );
+        assert!(!device.state_dir().join("journal.json").exists(), "{point}");
+    }
+}
+
+#[cfg(all(feature = "fault-injection", feature = "pkcs11"))]
+#[tokio::test(flavor = "multi_thread")]
+async fn pkcs11_crash_everywhere() {
+    crash_everywhere(|| Backend::pkcs11("rcrash")).await;
+}
+
+#[cfg(all(feature = "fault-injection", feature = "tpm"))]
+#[tokio::test(flavor = "multi_thread")]
+async fn tpm_crash_everywhere() {
+    crash_everywhere(Backend::tpm).await;
+}
