@@ -177,7 +177,7 @@ fn software_key(alg: KeyAlgorithm, flavour: usize) -> (String, Vec<u8>) {
     match alg {
         KeyAlgorithm::EcP256 => {
             let k = p256::SecretKey::random(&mut rng);
-            let pem = if flavour % 2 == 0 {
+            let pem = if flavour.is_multiple_of(2) {
                 k.to_pkcs8_pem(LineEnding::LF).unwrap().to_string()
             } else {
                 k.to_sec1_pem(LineEnding::LF).unwrap().to_string()
@@ -186,7 +186,7 @@ fn software_key(alg: KeyAlgorithm, flavour: usize) -> (String, Vec<u8>) {
         }
         KeyAlgorithm::EcP384 => {
             let k = p384::SecretKey::random(&mut rng);
-            let pem = if flavour % 2 == 0 {
+            let pem = if flavour.is_multiple_of(2) {
                 k.to_sec1_pem(LineEnding::LF).unwrap().to_string()
             } else {
                 k.to_pkcs8_pem(LineEnding::LF).unwrap().to_string()
@@ -196,7 +196,7 @@ fn software_key(alg: KeyAlgorithm, flavour: usize) -> (String, Vec<u8>) {
         KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 => {
             use rsa::pkcs1::EncodeRsaPrivateKey;
             let k = rsa::RsaPrivateKey::new(&mut rng, alg.rsa_bits().unwrap()).unwrap();
-            let pem = if flavour % 2 == 0 {
+            let pem = if flavour.is_multiple_of(2) {
                 k.to_pkcs1_pem(LineEnding::LF).unwrap().to_string()
             } else {
                 k.to_pkcs8_pem(LineEnding::LF).unwrap().to_string()

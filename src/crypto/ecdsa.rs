@@ -7,7 +7,7 @@
 
 /// Converts a raw `r || s` signature (both halves of equal length) to DER.
 pub fn raw_to_der(raw: &[u8]) -> Option<Vec<u8>> {
-    if raw.is_empty() || raw.len() % 2 != 0 {
+    if raw.is_empty() || !raw.len().is_multiple_of(2) {
         return None;
     }
     let (r, s) = raw.split_at(raw.len() / 2);
