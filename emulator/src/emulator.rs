@@ -12,6 +12,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::broker::{self, Broker};
 use crate::config::{EmulatorConfig, ResponseFault};
+use crate::jobs::{JobExecutionRecord, JobRecord};
 use crate::pki::{CertificateAuthority, PkiError};
 use crate::provisioning::Provisioner;
 use crate::registry::{now_unix, CertStatus, Registry, RegistryError};
@@ -181,6 +182,8 @@ impl Emulator {
             })
         };
         let (addr, alpn_addr) = (local(&l1)?, local(&l2)?);
+        // Records the jobs state the devices are assumed to know.
+        broker.publish_job_notifications();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let tasks = vec![
             tokio::spawn(accept_loop(
@@ -261,6 +264,29 @@ impl EmulatorHandle {
         policies: &[&str],
     ) -> Result<Credential, EmulatorError> {
         self.data.create_credential(common_name, policies)
+    }
+
+    /// Creates a job with one QUEUED execution for each thing (each must
+    /// exist); connected things subscribed to `$aws/things/<thing>/jobs/notify-next`
+    /// (and `notify`) are told at once.
+    pub fn create_job(
+        &self,
+        job_id: &str,
+        document: serde_json::Value,
+        things: &[&str],
+    ) -> Result<JobRecord, RegistryError> {
+        let job = self.data.registry.create_job(job_id, &document, things)?;
+        self.broker.publish_job_notifications();
+        Ok(job)
+    }
+
+    /// The execution of `job_id` on `thing`, if the job targets the thing.
+    pub fn job_execution(
+        &self,
+        job_id: &str,
+        thing: &str,
+    ) -> Result<Option<JobExecutionRecord>, RegistryError> {
+        self.data.registry.job_execution(job_id, thing)
     }
 
     /// Stops listening, closes every connection and waits for the tasks.
@@ -348,6 +374,7 @@ async fn supervise(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = registry.status_change() => {}
+            _ = registry.jobs_change() => {}
             _ = tokio::time::sleep(interval) => {}
         }
         let version = registry.data_version().unwrap_or_default();
@@ -355,6 +382,7 @@ async fn supervise(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
             last_version = version;
             registry.external_change();
         }
+        broker.publish_job_notifications();
         let epoch = registry.status_epoch();
         if epoch != checked_epoch {
             checked_epoch = epoch;
