@@ -673,19 +673,20 @@ fn answer(
             }
         }
         JobsApi::Update(job) => {
-            let status =
-                match body.get("status").and_then(Value::as_str) {
-                    Some(s @ ("IN_PROGRESS" | "SUCCEEDED" | "FAILED" | "REJECTED")) => {
-                        s.parse::<JobExecutionStatus>()?
-                    }
-                    Some(other) => return Err(reject(
+            let status = match body.get("status").and_then(Value::as_str) {
+                Some(s @ ("IN_PROGRESS" | "SUCCEEDED" | "FAILED" | "REJECTED")) => {
+                    s.parse::<JobExecutionStatus>()?
+                }
+                Some(other) => {
+                    return Err(reject(
                         "InvalidRequest",
                         format!(
                             "status {other:?} is not IN_PROGRESS, SUCCEEDED, FAILED or REJECTED"
                         ),
-                    )),
-                    None => return Err(reject("InvalidRequest", "status is required")),
-                };
+                    ))
+                }
+                None => return Err(reject("InvalidRequest", "status is required")),
+            };
             let details = details_field(body)?;
             let expected = int_field(body, "expectedVersion")?;
             let number = int_field(body, "executionNumber")?;
