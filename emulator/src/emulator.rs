@@ -362,27 +362,32 @@ async fn connection(
     Ok(())
 }
 
-/// Every poll interval, or at once on an in-process status change: notice
-/// other processes' writes, drop connections of certificates no longer
-/// ACTIVE, and delete certificates whose ownership token expired unused.
+/// Every poll interval, or at once on an in-process status or jobs change:
+/// notice other processes' writes, drop connections of certificates no
+/// longer ACTIVE, publish jobs notifications, and delete certificates whose
+/// ownership token expired unused.
 async fn supervise(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let registry = broker.registry.clone();
     let mut last_version = registry.data_version().unwrap_or_default();
     let mut checked_epoch = registry.status_epoch();
     let interval = broker.config.poll_interval;
     loop {
+        let mut jobs_changed = false;
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = registry.status_change() => {}
-            _ = registry.jobs_change() => {}
+            _ = registry.jobs_change() => jobs_changed = true,
             _ = tokio::time::sleep(interval) => {}
         }
         let version = registry.data_version().unwrap_or_default();
         if version != last_version {
             last_version = version;
             registry.external_change();
+            jobs_changed = true;
         }
-        broker.publish_job_notifications();
+        if jobs_changed {
+            broker.publish_job_notifications();
+        }
         let epoch = registry.status_epoch();
         if epoch != checked_epoch {
             checked_epoch = epoch;
