@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::config::{EmulatorConfig, ROTATION_REPORT_FILTER};
+use crate::jobs::{self, JobNotifier};
 use crate::mqtt::{self, ConnAckCode, DisconnectReason, Inbound, Message, Outbound, Protocol, Qos};
 use crate::pki;
 use crate::policy::{self, Action, PolicyDocument, RequestContext};
@@ -37,6 +38,7 @@ pub(crate) struct Broker {
     pub provisioner: Arc<Provisioner>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     next_connection: AtomicU64,
+    jobs: JobNotifier,
 }
 
 struct AuthState {
@@ -73,6 +75,23 @@ impl Broker {
             provisioner,
             sessions: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(1),
+            jobs: JobNotifier::default(),
+        }
+    }
+
+    /// Publishes `notify-next` and `notify` for every thing whose pending
+    /// job executions changed since the last call (the first call only
+    /// records the state).
+    pub fn publish_job_notifications(&self) {
+        for (topic, payload) in self.jobs.changes(&self.registry) {
+            tracing::debug!(%topic, "jobs notification");
+            self.route(&Message {
+                topic,
+                qos: Qos::AtLeastOnce,
+                retain: false,
+                pkid: 0,
+                payload: payload.into(),
+            });
         }
     }
 
@@ -519,6 +538,21 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
                 },
             );
         });
+    } else if let Some((thing, api)) = jobs::parse_topic(&msg.topic) {
+        let (accepted, body) = jobs::handle(&broker.registry, &thing, &api, &msg.payload);
+        let suffix = if accepted { "accepted" } else { "rejected" };
+        // The response goes only to the connection that asked.
+        broker.deliver(
+            session,
+            &Message {
+                topic: format!("{}/{suffix}", msg.topic),
+                qos: Qos::AtLeastOnce,
+                retain: false,
+                pkid: 0,
+                payload: body.into(),
+            },
+        );
+        broker.publish_job_notifications();
     } else if msg.topic.starts_with("$aws/") || msg.topic.starts_with("$AWS/") {
         // Other reserved topics are AWS services this emulator does not have.
         tracing::debug!(topic = %msg.topic, "reserved topic without a service: dropped");

@@ -12,6 +12,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::broker::{self, Broker};
 use crate::config::{EmulatorConfig, ResponseFault};
+use crate::jobs::{JobExecutionRecord, JobRecord};
 use crate::pki::{CertificateAuthority, PkiError};
 use crate::provisioning::Provisioner;
 use crate::registry::{now_unix, CertStatus, Registry, RegistryError};
@@ -181,6 +182,8 @@ impl Emulator {
             })
         };
         let (addr, alpn_addr) = (local(&l1)?, local(&l2)?);
+        // Records the jobs state the devices are assumed to know.
+        broker.publish_job_notifications();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let tasks = vec![
             tokio::spawn(accept_loop(
@@ -263,6 +266,29 @@ impl EmulatorHandle {
         self.data.create_credential(common_name, policies)
     }
 
+    /// Creates a job with one QUEUED execution for each thing (each must
+    /// exist); connected things subscribed to `$aws/things/<thing>/jobs/notify-next`
+    /// (and `notify`) are told at once.
+    pub fn create_job(
+        &self,
+        job_id: &str,
+        document: serde_json::Value,
+        things: &[&str],
+    ) -> Result<JobRecord, RegistryError> {
+        let job = self.data.registry.create_job(job_id, &document, things)?;
+        self.broker.publish_job_notifications();
+        Ok(job)
+    }
+
+    /// The execution of `job_id` on `thing`, if the job targets the thing.
+    pub fn job_execution(
+        &self,
+        job_id: &str,
+        thing: &str,
+    ) -> Result<Option<JobExecutionRecord>, RegistryError> {
+        self.data.registry.job_execution(job_id, thing)
+    }
+
     /// Stops listening, closes every connection and waits for the tasks.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
@@ -336,24 +362,31 @@ async fn connection(
     Ok(())
 }
 
-/// Every poll interval, or at once on an in-process status change: notice
-/// other processes' writes, drop connections of certificates no longer
-/// ACTIVE, and delete certificates whose ownership token expired unused.
+/// Every poll interval, or at once on an in-process status or jobs change:
+/// notice other processes' writes, drop connections of certificates no
+/// longer ACTIVE, publish jobs notifications, and delete certificates whose
+/// ownership token expired unused.
 async fn supervise(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let registry = broker.registry.clone();
     let mut last_version = registry.data_version().unwrap_or_default();
     let mut checked_epoch = registry.status_epoch();
     let interval = broker.config.poll_interval;
     loop {
+        let mut jobs_changed = false;
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = registry.status_change() => {}
+            _ = registry.jobs_change() => jobs_changed = true,
             _ = tokio::time::sleep(interval) => {}
         }
         let version = registry.data_version().unwrap_or_default();
         if version != last_version {
             last_version = version;
             registry.external_change();
+            jobs_changed = true;
+        }
+        if jobs_changed {
+            broker.publish_job_notifications();
         }
         let epoch = registry.status_epoch();
         if epoch != checked_epoch {

@@ -8,6 +8,7 @@ mod broker;
 pub mod config;
 mod emulator;
 mod hook;
+pub mod jobs;
 mod mqtt;
 pub mod pki;
 pub mod policy;
@@ -25,6 +26,7 @@ pub use config::{
     DEFAULT_CERTIFICATE_VALIDITY, ROTATION_REPORT_FILTER,
 };
 pub use emulator::{Credential, DataDir, Emulator, EmulatorError, EmulatorHandle};
+pub use jobs::{JobExecutionRecord, JobExecutionStatus, JobRecord};
 pub use registry::{
     CertStatus, CertificateRecord, PolicyRecord, Registry, TemplateRecord, ThingRecord,
 };

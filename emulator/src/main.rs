@@ -5,7 +5,7 @@
 use std::fs;
 use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -74,6 +74,33 @@ enum Command {
     Cas {
         #[command(subcommand)]
         cmd: CasCmd,
+    },
+    /// AWS IoT Jobs: a running `serve` tells connected things within its
+    /// poll interval.
+    Jobs {
+        #[command(subcommand)]
+        cmd: JobsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsCmd {
+    /// Create a job with one QUEUED execution per thing.
+    Create {
+        job_id: String,
+        /// The job document (a JSON object).
+        #[arg(long)]
+        document: PathBuf,
+        /// A target thing (repeatable; at least one).
+        #[arg(long = "thing", required = true)]
+        things: Vec<String>,
+    },
+    List,
+    /// The job, or with --thing its execution on that thing.
+    Describe {
+        job_id: String,
+        #[arg(long)]
+        thing: Option<String>,
     },
 }
 
@@ -218,6 +245,34 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<()> {
     Ok(())
 }
 
+/// The pre-provisioning hook of template `name`: `DIR/hooks/<name>.hook`,
+/// if it exists, names (on its first line) an executable relative to
+/// `DIR/hooks/`; the registry gets its absolute path.
+fn template_hook(templates: &Path, name: &str) -> Result<Option<String>> {
+    let hooks = templates.join("hooks");
+    let link = hooks.join(format!("{name}.hook"));
+    if !link.exists() {
+        return Ok(None);
+    }
+    let text = fs::read_to_string(&link).with_context(|| format!("reading {}", link.display()))?;
+    let script = text.lines().next().unwrap_or_default().trim();
+    if script.is_empty() {
+        bail!("{} names no hook executable", link.display());
+    }
+    let path = hooks.join(script);
+    let path = path
+        .canonicalize()
+        .with_context(|| format!("hook {} of template {name}", path.display()))?;
+    let mode = fs::metadata(&path)?.permissions().mode();
+    if mode & 0o111 == 0 {
+        bail!(
+            "hook {} of template {name} is not executable",
+            path.display()
+        );
+    }
+    Ok(Some(path.to_string_lossy().into_owned()))
+}
+
 fn init(
     dir: &Path,
     policies: Option<PathBuf>,
@@ -234,10 +289,14 @@ fn init(
         println!("policy {name} registered");
     }
     for (name, body) in json_files(&templates)? {
+        let hook = template_hook(&templates, &name)?;
         data.registry
-            .create_template(&name, &body, true, None)
+            .create_template(&name, &body, true, hook.as_deref())
             .with_context(|| format!("registering template {name}"))?;
-        println!("template {name} registered");
+        match hook {
+            Some(h) => println!("template {name} registered with pre-provisioning hook {h}"),
+            None => println!("template {name} registered"),
+        }
     }
     if data.registry.policy(claim_policy)?.is_none() {
         bail!(
@@ -459,6 +518,45 @@ fn main() -> Result<()> {
                         |_| println!("{id}\t{}", status.as_str()),
                     )
                 }
+            }
+        }
+        Command::Jobs { cmd } => {
+            let reg = registry_of(cli.data_dir)?;
+            match cmd {
+                JobsCmd::Create {
+                    job_id,
+                    document,
+                    things,
+                } => {
+                    let text = fs::read_to_string(&document)
+                        .with_context(|| format!("reading {}", document.display()))?;
+                    let doc: serde_json::Value = serde_json::from_str(&text)
+                        .with_context(|| format!("{} is not JSON", document.display()))?;
+                    let names: Vec<&str> = things.iter().map(String::as_str).collect();
+                    let job = reg.create_job(&job_id, &doc, &names)?;
+                    print(json, &job, |j| {
+                        println!("job {} created for {}", j.job_id, j.targets.join(","))
+                    })
+                }
+                JobsCmd::List => print(json, &reg.jobs()?, |js| {
+                    for j in js {
+                        println!("{}\t{}\t{}", j.job_id, j.status, j.targets.join(","));
+                    }
+                }),
+                JobsCmd::Describe { job_id, thing } => match thing {
+                    None => {
+                        let j = reg
+                            .job(&job_id)?
+                            .with_context(|| format!("job {job_id} not found"))?;
+                        print(json, &j, |j| println!("{j:#?}"))
+                    }
+                    Some(thing) => {
+                        let e = reg.job_execution(&job_id, &thing)?.with_context(|| {
+                            format!("job {job_id} has no execution on thing {thing}")
+                        })?;
+                        print(json, &e, |e| println!("{e:#?}"))
+                    }
+                },
             }
         }
         Command::Templates { cmd } => {

@@ -144,6 +144,7 @@ struct Epochs {
     auth: AtomicU64,
     status: AtomicU64,
     status_changed: Notify,
+    jobs_changed: Notify,
 }
 
 /// Handle to the registry; cheap to clone.
@@ -184,6 +185,12 @@ CREATE TABLE IF NOT EXISTS cert_things (
   cert_id TEXT NOT NULL, thing TEXT NOT NULL, PRIMARY KEY (cert_id, thing));
 CREATE TABLE IF NOT EXISTS ca_certificates (
   id TEXT PRIMARY KEY, pem TEXT NOT NULL, status TEXT NOT NULL, policies_json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+  id TEXT PRIMARY KEY, document TEXT NOT NULL, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS job_executions (
+  job_id TEXT NOT NULL, thing TEXT NOT NULL, status TEXT NOT NULL, status_details TEXT NOT NULL,
+  version INTEGER NOT NULL, execution_number INTEGER NOT NULL, queued_at INTEGER NOT NULL,
+  started_at INTEGER, last_updated_at INTEGER NOT NULL, PRIMARY KEY (job_id, thing));
 ";
 
 impl Registry {
@@ -200,7 +207,7 @@ impl Registry {
         })
     }
 
-    fn db(&self) -> MutexGuard<'_, Connection> {
+    pub(crate) fn db(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back).
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -218,6 +225,17 @@ impl Registry {
     pub(crate) fn external_change(&self) {
         self.auth_changed();
         self.status_changed();
+        self.jobs_changed();
+    }
+
+    /// Wakes the supervisor, which publishes the jobs notifications.
+    pub(crate) fn jobs_changed(&self) {
+        self.epochs.jobs_changed.notify_one();
+    }
+
+    /// Resolves after the next in-process change of jobs.
+    pub(crate) async fn jobs_change(&self) {
+        self.epochs.jobs_changed.notified().await
     }
 
     pub(crate) fn auth_epoch(&self) -> u64 {
