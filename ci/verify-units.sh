@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 
 MAX_EXPOSURE=${MAX_EXPOSURE:-20}
 
-cargo build --locked --bin prov-agent --quiet
+# --all-features: the binary `cargo test --all-features` already built.
+cargo build --locked --all-features --bin prov-agent --quiet
 agent="$PWD/target/debug/prov-agent"
 
 tmp=$(mktemp -d)
@@ -48,3 +49,13 @@ for u in "$tmp"/*.service; do
   }
   tail -1 "$tmp/security.txt"
 done
+
+# The sysusers.d entry makes the user the units name (in a temp root).
+mkdir -p "$tmp/root/etc"
+cp /etc/passwd /etc/group "$tmp/root/etc/"
+systemd-sysusers --root="$tmp/root" "$PWD/systemd/prov-agent.sysusers" 2>&1
+grep -q '^prov-agent:' "$tmp/root/etc/passwd" || { echo "sysusers made no prov-agent user" >&2; exit 1; }
+grep -Eq '^tss:[^:]*:[0-9]+:(.*,)?prov-agent(,|$)' "$tmp/root/etc/group" || {
+  echo "sysusers did not put prov-agent in group tss" >&2
+  exit 1
+}
