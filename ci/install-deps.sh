@@ -12,6 +12,7 @@ packages=(
   pkg-config clang libclang-dev
   python3-venv             # the awsiotsdk test's virtualenv
   time                     # GNU time: peak RSS in ci/bench.sh enroll
+  systemd                  # systemd-analyze: ci/verify-units.sh (debian:12 images lack it)
 )
 
 missing=()

@@ -23,3 +23,6 @@ cargo test --locked --no-default-features --lib -- not_built_in
 
 echo "== cargo test"
 cargo test --workspace --all-features --locked -- --test-threads="${TEST_THREADS:-4}"
+
+echo "== systemd units: systemd-analyze verify"
+ci/verify-units.sh

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod crypto;
+pub mod daemon;
 pub mod durable;
 pub mod keystore;
 pub mod mqtt;
