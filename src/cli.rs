@@ -31,6 +31,20 @@ pub enum Command {
     /// Replace the device's certificate and key (rotation template, current
     /// identity); rolls back on any failure before the commit.
     Rotate(Rotate),
+    /// Show the device's identity: thing, certificate, expiry, key, any
+    /// interrupted operation.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the setup: config, state directory permissions, key and
+    /// certificate, expiry, clock, endpoint. Exits 1 when a check fails.
+    Check {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect the keys in the configured key store.
     #[command(subcommand)]
     Keys(KeysCommand),

@@ -54,10 +54,10 @@ fn run(cli: Cli) -> Result<(), CommandError> {
         .or_else(|| std::env::var_os(ENV_CONFIG).map(Into::into))
         .unwrap_or_else(|| DEFAULT_PATH.into());
     let config = Config::load(&path)?;
-    let store = keystore::open(&config.keystore.settings)?;
+    let store = || keystore::open(&config.keystore.settings);
     match cli.command {
         Command::Claim(ClaimCommand::Import(args)) => {
-            let done = commands::claim::import(&config, &store, &args)?;
+            let done = commands::claim::import(&config, &store()?, &args)?;
             println!("claim key imported: {}", done.key.reference);
             println!(
                 "claim certificate {} stored at {}",
@@ -69,18 +69,31 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             }
         }
         Command::Claim(ClaimCommand::Generate(args)) => {
-            let info = commands::claim::generate(&config, &store, &args)?;
+            let info = commands::claim::generate(&config, &store()?, &args)?;
             println!("claim key generated: {}", info.reference);
             println!("CSR written to {}", args.csr.display());
         }
         Command::Enroll(args) => {
-            println!("{}", commands::enroll::run(&config, store, &args)?);
+            println!("{}", commands::enroll::run(&config, store()?, &args)?);
         }
         Command::Rotate(args) => {
-            println!("{}", commands::enroll::run_rotate(&config, store, &args)?);
+            println!(
+                "{}",
+                commands::enroll::run_rotate(&config, store()?, &args)?
+            );
+        }
+        Command::Status { json } => {
+            println!("{}", commands::status::run(&config, json)?);
+        }
+        Command::Check { json } => {
+            let (text, failed) = commands::check::run(&config, json)?;
+            println!("{text}");
+            if failed {
+                return Err(CommandError::Failed);
+            }
         }
         Command::Keys(KeysCommand::List { json }) => {
-            println!("{}", commands::keys::list(&store, json)?);
+            println!("{}", commands::keys::list(&store()?, json)?);
         }
     }
     Ok(())

@@ -1,10 +1,12 @@
 //! The subcommands. Each returns a [`CommandError`] that knows its exit
 //! code, so `main` stays a thin shell.
 
+pub mod check;
 pub mod claim;
 pub mod enroll;
 pub mod keys;
 pub mod outcome;
+pub mod status;
 
 use std::path::PathBuf;
 
@@ -40,6 +42,9 @@ pub enum CommandError {
     Input(String),
     #[error("{0}")]
     Other(String),
+    /// Already reported on stdout (`check`): exit 1 without more words.
+    #[error("one or more checks failed")]
+    Failed,
 }
 
 impl CommandError {
@@ -48,7 +53,7 @@ impl CommandError {
             CommandError::Config(_) | CommandError::Input(_) => exit::CONFIG,
             CommandError::KeyStore(_) => exit::KEYSTORE,
             CommandError::Provision(e) => e.exit_code(),
-            CommandError::Io { .. } | CommandError::Other(_) => exit::OTHER,
+            CommandError::Io { .. } | CommandError::Other(_) | CommandError::Failed => exit::OTHER,
         }
     }
 

@@ -1,0 +1,426 @@
+//! `prov-agent check`: tells an operator what is wrong, one line per check.
+//!
+//! Each check passes, warns or fails with an explanation of what to do;
+//! the command exits non-zero when any check fails.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::outcome::date;
+use super::CommandError;
+use crate::config::Config;
+use crate::crypto::{client_config, Certificate, ALPN_AWS_IOT};
+use crate::keystore::{KeyInfo, KeyLabel, KeyStore};
+use crate::provision::identity::Identity;
+use crate::provision::journal::Journal;
+use crate::provision::rotate::{due_at, unix};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Pass,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Finding {
+    pub check: &'static str,
+    pub verdict: Verdict,
+    pub detail: String,
+}
+
+/// No certificate can be valid before this (2025-01-01): a clock behind
+/// it has never been set.
+const CLOCK_FLOOR: u64 = 1_735_689_600;
+
+struct Report(Vec<Finding>);
+
+impl Report {
+    fn add(&mut self, check: &'static str, verdict: Verdict, detail: impl Into<String>) {
+        self.0.push(Finding {
+            check,
+            verdict,
+            detail: detail.into(),
+        });
+    }
+}
+
+/// Runs every check. `Ok((text, failed))`.
+pub fn run(config: &Config, json: bool) -> Result<(String, bool), CommandError> {
+    let mut r = Report(Vec::new());
+    r.add(
+        "config",
+        Verdict::Pass,
+        format!("{} is valid", config.source.display()),
+    );
+    check_state_dir(&mut r, &config.state_dir);
+
+    let identity = match Identity::load(&config.state_dir) {
+        Ok(i) => i,
+        Err(e) => {
+            r.add("identity", Verdict::Fail, e.to_string());
+            None
+        }
+    };
+    match Journal::load(&config.state_dir) {
+        Ok(Some(j)) => r.add(
+            "journal",
+            Verdict::Warn,
+            format!(
+                "an interrupted {:?} stopped at phase {:?} ({}): run it again to finish it",
+                j.operation,
+                j.phase,
+                date(j.updated_at)
+            ),
+        ),
+        Ok(None) => {}
+        Err(e) => r.add("journal", Verdict::Fail, e.to_string()),
+    }
+
+    // Which credential the device would use now.
+    let (cert, label) = match &identity {
+        Some(id) => (
+            Certificate::from_pem(&id.certificate_pem, "identity certificate")
+                .map_err(|e| e.to_string()),
+            KeyLabel::new(id.key_label.clone()).map_err(|e| e.to_string()),
+        ),
+        None => {
+            r.add(
+                "identity",
+                Verdict::Warn,
+                "not enrolled yet: checking the claim credential",
+            );
+            let path = &config.settings.claim_cert;
+            (
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read CLAIM_CERT {}: {e}", path.display()))
+                    .and_then(|pem| {
+                        Certificate::from_pem(&pem, &path.display().to_string())
+                            .map_err(|e| e.to_string())
+                    }),
+                Ok(config.keystore.claim_key.clone()),
+            )
+        }
+    };
+    let cert = match cert {
+        Ok(c) => Some(c),
+        Err(e) => {
+            r.add("certificate", Verdict::Fail, e);
+            None
+        }
+    };
+
+    let store = match crate::keystore::open(&config.keystore.settings) {
+        Ok(s) => {
+            r.add(
+                "key store",
+                Verdict::Pass,
+                format!("{} key store opened", config.keystore.backend),
+            );
+            Some(s)
+        }
+        Err(e) => {
+            r.add("key store", Verdict::Fail, e.to_string());
+            None
+        }
+    };
+    let key = match (&store, &label) {
+        (Some(store), Ok(label)) => match store.info(label) {
+            Ok(k) => {
+                r.add(
+                    "key",
+                    Verdict::Pass,
+                    format!("{} is reachable", k.reference),
+                );
+                Some(k)
+            }
+            Err(e) => {
+                r.add("key", Verdict::Fail, e.to_string());
+                None
+            }
+        },
+        (_, Err(e)) => {
+            r.add("key", Verdict::Fail, e.clone());
+            None
+        }
+        _ => None,
+    };
+    if let (Some(cert), Some(key)) = (&cert, &key) {
+        if *cert.public_key() == key.public_key {
+            r.add(
+                "key matches certificate",
+                Verdict::Pass,
+                format!("certificate {} belongs to {}", cert.id(), key.reference),
+            );
+        } else {
+            r.add(
+                "key matches certificate",
+                Verdict::Fail,
+                format!(
+                    "certificate {} does not belong to key {}: the device cannot authenticate; enroll again (`prov-agent enroll --force`)",
+                    cert.id(),
+                    key.reference
+                ),
+            );
+        }
+    }
+    if let Some(cert) = &cert {
+        check_certificate(&mut r, config, cert, identity.is_some());
+    }
+    if let (Some(cert), Some(key), Some(store)) = (&cert, &key, &store) {
+        check_endpoint(&mut r, config, cert, store.clone(), key);
+    }
+
+    let failed = r.0.iter().any(|f| f.verdict == Verdict::Fail);
+    let text = if json {
+        serde_json::to_string_pretty(&serde_json::json!({ "ok": !failed, "checks": r.0 }))
+            .expect("json")
+    } else {
+        r.0.iter()
+            .map(|f| {
+                let tag = match f.verdict {
+                    Verdict::Pass => "ok  ",
+                    Verdict::Warn => "warn",
+                    Verdict::Fail => "FAIL",
+                };
+                format!("{tag}  {:<24} {}", f.check, f.detail)
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    Ok((text, failed))
+}
+
+fn check_state_dir(r: &mut Report, dir: &Path) {
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            r.add(
+                "state directory",
+                Verdict::Warn,
+                format!("{} does not exist yet (enroll creates it)", dir.display()),
+            );
+            return;
+        }
+        Err(e) => {
+            r.add(
+                "state directory",
+                Verdict::Fail,
+                format!("{}: {e}", dir.display()),
+            );
+            return;
+        }
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    let mut problems = Vec::new();
+    if mode & 0o077 != 0 {
+        problems.push(format!(
+            "{} is mode {mode:04o}: others can read it; run `chmod 0700 {}`",
+            dir.display(),
+            dir.display()
+        ));
+    }
+    if me.is_some_and(|uid| uid != meta.uid()) {
+        problems.push(format!(
+            "{} is owned by uid {}, not by the agent's user",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    for name in ["identity.json", "journal.json", "lock"] {
+        let p = dir.join(name);
+        if let Ok(m) = std::fs::metadata(&p) {
+            let mode = m.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                problems.push(format!(
+                    "{} is mode {mode:04o}; run `chmod 0600 {}`",
+                    p.display(),
+                    p.display()
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        r.add(
+            "state directory",
+            Verdict::Pass,
+            format!("{} is private (0700)", dir.display()),
+        );
+    } else {
+        r.add("state directory", Verdict::Fail, problems.join("; "));
+    }
+}
+
+fn check_certificate(r: &mut Report, config: &Config, cert: &Certificate, enrolled: bool) {
+    let now = SystemTime::now();
+    let now_s = unix(now);
+    if now_s < CLOCK_FLOOR
+        || now
+            < cert
+                .not_before()
+                .checked_sub(Duration::from_secs(300))
+                .unwrap_or(cert.not_before())
+    {
+        r.add(
+            "clock",
+            Verdict::Fail,
+            format!(
+                "the clock says {}, before the certificate's notBefore {} (or before 2025): set the time (NTP) or TLS will fail",
+                date(now_s),
+                date(unix(cert.not_before()))
+            ),
+        );
+    } else {
+        r.add(
+            "clock",
+            Verdict::Pass,
+            format!("{} is plausible", date(now_s)),
+        );
+    }
+    let not_after = unix(cert.not_after());
+    if now_s >= not_after {
+        r.add(
+            "certificate expiry",
+            Verdict::Fail,
+            format!(
+                "certificate {} expired at {}: {}",
+                cert.id(),
+                date(not_after),
+                if enrolled {
+                    "it can no longer connect; enroll again (`prov-agent enroll --force`)"
+                } else {
+                    "ask for a new claim certificate"
+                }
+            ),
+        );
+    } else if enrolled && now >= due_at(cert, config.rotation.threshold) {
+        r.add(
+            "certificate expiry",
+            Verdict::Warn,
+            format!(
+                "certificate {} is due for rotation (not after {}): run `prov-agent rotate`",
+                cert.id(),
+                date(not_after)
+            ),
+        );
+    } else {
+        r.add(
+            "certificate expiry",
+            Verdict::Pass,
+            format!("valid until {}", date(not_after)),
+        );
+    }
+    // The chain: verifiable when ROOT_CERT holds the issuer (the emulator,
+    // a private CA); AWS signs device certificates with a CA of the
+    // account that is not the server's root.
+    let roots = std::fs::read_to_string(&config.settings.root_cert)
+        .ok()
+        .and_then(|pem| Certificate::from_pem(&pem, "ROOT_CERT").ok());
+    let Some(roots) = roots else {
+        r.add(
+            "certificate chain",
+            Verdict::Fail,
+            format!(
+                "cannot read ROOT_CERT {}",
+                config.settings.root_cert.display()
+            ),
+        );
+        return;
+    };
+    let leaf = match x509_parser::parse_x509_certificate(cert.der()) {
+        Ok((_, c)) => c,
+        Err(e) => {
+            r.add("certificate chain", Verdict::Fail, e.to_string());
+            return;
+        }
+    };
+    let issuer = roots.chain().iter().find_map(|der| {
+        let (_, ca) = x509_parser::parse_x509_certificate(der).ok()?;
+        (ca.subject() == leaf.issuer()).then(|| der.clone())
+    });
+    match issuer {
+        Some(der) => {
+            let (_, ca) = x509_parser::parse_x509_certificate(&der).expect("parsed above");
+            match leaf.verify_signature(Some(ca.public_key())) {
+                Ok(()) => r.add("certificate chain", Verdict::Pass, format!("signed by {}", ca.subject())),
+                Err(e) => r.add("certificate chain", Verdict::Fail, format!("the signature by {} does not verify: {e}", ca.subject())),
+            }
+        }
+        None => r.add(
+            "certificate chain",
+            Verdict::Pass,
+            format!("issuer {} is not in ROOT_CERT (normal for AWS-issued certificates); the service checks it", leaf.issuer()),
+        ),
+    }
+}
+
+fn check_endpoint(
+    r: &mut Report,
+    config: &Config,
+    cert: &Certificate,
+    store: Arc<dyn KeyStore>,
+    key: &KeyInfo,
+) {
+    let endpoint = format!(
+        "{}:{}",
+        config.settings.iot_endpoint, config.provisioning.port
+    );
+    let roots = match std::fs::read_to_string(&config.settings.root_cert)
+        .map_err(|e| e.to_string())
+        .and_then(|pem| Certificate::from_pem(&pem, "ROOT_CERT").map_err(|e| e.to_string()))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            r.add("endpoint", Verdict::Fail, format!("ROOT_CERT: {e}"));
+            return;
+        }
+    };
+    let alpn = config.provisioning.alpn.then_some(ALPN_AWS_IOT);
+    let tls = match client_config(roots.chain(), cert.chain().to_vec(), store, key, alpn) {
+        Ok(t) => t,
+        Err(e) => {
+            r.add("endpoint", Verdict::Fail, e.to_string());
+            return;
+        }
+    };
+    let timeout = config.provisioning.connect_timeout;
+    let host = config.settings.iot_endpoint.clone();
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(async {
+                let connect = async {
+                    let tcp = tokio::net::TcpStream::connect(&endpoint)
+                        .await
+                        .map_err(|e| format!("cannot connect: {e}"))?;
+                    let name = crate::crypto::tls::server_name(&host).map_err(|e| e.to_string())?;
+                    tokio_rustls::TlsConnector::from(Arc::new(tls))
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+                    Ok::<(), String>(())
+                };
+                tokio::time::timeout(timeout, connect)
+                    .await
+                    .map_err(|_| format!("no answer within {timeout:?}"))?
+            })
+        });
+    match result {
+        Ok(()) => r.add(
+            "endpoint",
+            Verdict::Pass,
+            format!("{endpoint}: TLS handshake with the device's credential"),
+        ),
+        Err(e) => r.add(
+            "endpoint",
+            Verdict::Fail,
+            format!("{endpoint}: {e}; check IOT_ENDPOINT, PORT, ROOT_CERT and the network"),
+        ),
+    }
+}

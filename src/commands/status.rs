@@ -1,0 +1,100 @@
+//! `prov-agent status`: what identity the device has and how it stands.
+
+use std::time::SystemTime;
+
+use super::outcome::date;
+use super::CommandError;
+use crate::config::Config;
+use crate::crypto::Certificate;
+use crate::provision::identity::Identity;
+use crate::provision::journal::Journal;
+use crate::provision::rotate::{due_at, unix};
+
+pub fn run(config: &Config, json: bool) -> Result<String, CommandError> {
+    let identity =
+        Identity::load(&config.state_dir).map_err(|e| CommandError::Provision(e.into()))?;
+    let journal =
+        Journal::load(&config.state_dir).map_err(|e| CommandError::Provision(e.into()))?;
+    let now = unix(SystemTime::now());
+    let in_progress = journal.as_ref().map(|j| {
+        serde_json::json!({ "operation": j.operation, "phase": j.phase, "since": date(j.updated_at) })
+    });
+    let Some(id) = identity else {
+        if json {
+            return Ok(serde_json::to_string_pretty(&serde_json::json!({
+                "enrolled": false,
+                "backend": config.keystore.backend.as_str(),
+                "inProgress": in_progress,
+            }))
+            .expect("json"));
+        }
+        let mut out = "not enrolled: run `prov-agent enroll`".to_string();
+        if let Some(j) = &journal {
+            out.push_str(&format!(
+                "\ninterrupted {:?} at phase {:?}: running it again finishes it",
+                j.operation, j.phase
+            ));
+        }
+        return Ok(out);
+    };
+    let cert = Certificate::from_pem(&id.certificate_pem, "identity")
+        .map_err(|e| CommandError::Other(e.to_string()))?;
+    let due = unix(due_at(&cert, config.rotation.threshold));
+    let left = id.not_after.saturating_sub(now);
+    if json {
+        return Ok(serde_json::to_string_pretty(&serde_json::json!({
+            "enrolled": true,
+            "thingName": id.thing_name,
+            "certificateId": id.certificate_id,
+            "notAfter": date(id.not_after),
+            "secondsLeft": left,
+            "expired": now >= id.not_after,
+            "rotationDue": date(due),
+            "keyReference": id.key_reference,
+            "backend": config.keystore.backend.as_str(),
+            "lastCommit": date(id.committed_at),
+            "previousCertificateId": id.previous_certificate_id,
+            "inProgress": in_progress,
+        }))
+        .expect("json"));
+    }
+    let mut out = String::new();
+    out.push_str(&format!("thing        {}\n", id.thing_name));
+    out.push_str(&format!("certificate  {}\n", id.certificate_id));
+    out.push_str(&format!(
+        "not after    {} ({})\n",
+        date(id.not_after),
+        if now >= id.not_after {
+            "EXPIRED".to_string()
+        } else {
+            format!("{} left", human_duration(left))
+        }
+    ));
+    out.push_str(&format!("rotation due {}\n", date(due)));
+    out.push_str(&format!(
+        "key          {} ({} backend)\n",
+        id.key_reference, config.keystore.backend
+    ));
+    out.push_str(&format!("last commit  {}", date(id.committed_at)));
+    if let Some(prev) = &id.previous_certificate_id {
+        out.push_str(&format!(" (replaced {prev})"));
+    }
+    if let Some(j) = &journal {
+        out.push_str(&format!(
+            "\nin progress  {:?} at phase {:?} since {}",
+            j.operation,
+            j.phase,
+            date(j.updated_at)
+        ));
+    }
+    Ok(out)
+}
+
+fn human_duration(secs: u64) -> String {
+    match secs {
+        s if s >= 2 * 86_400 => format!("{} days", s / 86_400),
+        s if s >= 2 * 3600 => format!("{} hours", s / 3600),
+        s if s >= 120 => format!("{} minutes", s / 60),
+        s => format!("{s} seconds"),
+    }
+}

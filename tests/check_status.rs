@@ -1,0 +1,138 @@
+//! `prov-agent status` and `prov-agent check` on a healthy device and on
+//! deliberately broken ones: each broken thing is named.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::backend::Backend;
+use common::device::{text, Device};
+use common::emulator::TestCloud;
+
+async fn enrolled(cloud: &TestCloud) -> Device {
+    let device = Device::new(cloud, Backend::File, "");
+    device.import_claim().await;
+    let out = device.run(&["enroll"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    device
+}
+
+/// The verdict `check --json` gave for one check.
+fn verdict(out: &std::process::Output, check: &str) -> (String, String) {
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("check --json: {e}: {}", text(out)));
+    let f = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == check)
+        .unwrap_or_else(|| panic!("no check {check}: {}", text(out)));
+    (
+        f["verdict"].as_str().unwrap().to_string(),
+        f["detail"].as_str().unwrap().to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn healthy_device() {
+    let cloud = TestCloud::start().await;
+    let device = enrolled(&cloud).await;
+    let out = device.run(&["check"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+    assert!(stdout.contains("TLS handshake"), "{stdout}");
+
+    let out = device.run(&["status", "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let identity = device.identity().unwrap();
+    assert_eq!(s["enrolled"], true);
+    assert_eq!(s["thingName"], identity.thing_name.as_str());
+    assert_eq!(s["certificateId"], identity.certificate_id.as_str());
+    assert_eq!(s["keyReference"], identity.key_reference.as_str());
+    assert_eq!(s["expired"], false);
+    assert!(s["secondsLeft"].as_u64().unwrap() > 0);
+    let human = device.run(&["status"]).await;
+    assert!(String::from_utf8_lossy(&human.stdout).contains(&identity.thing_name));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_before_enrollment() {
+    let cloud = TestCloud::start().await;
+    let device = Device::new(&cloud, Backend::File, "");
+    let out = device.run(&["status"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not enrolled"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_certificate_is_named() {
+    let cloud = TestCloud::start_with(|c| c.certificate_validity = Duration::from_secs(2)).await;
+    let device = enrolled(&cloud).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let out = device.run(&["check", "--json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let (v, detail) = verdict(&out, "certificate expiry");
+    assert_eq!(v, "fail");
+    assert!(detail.contains("expired"), "{detail}");
+    let status = device.run(&["status", "--json"]).await;
+    let s: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(s["expired"], true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn key_that_does_not_match_is_named() {
+    let cloud = TestCloud::start().await;
+    let device = enrolled(&cloud).await;
+    // Put another certificate (the claim's) in the identity.
+    let path = device.state_dir().join("identity.json");
+    let mut identity: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    identity["certificatePem"] = cloud.claim.certificate_pem.clone().into();
+    std::fs::write(&path, serde_json::to_vec(&identity).unwrap()).unwrap();
+    let out = device.run(&["check", "--json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let (v, detail) = verdict(&out, "key matches certificate");
+    assert_eq!(v, "fail");
+    assert!(detail.contains("does not belong"), "{detail}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_endpoint_is_named() {
+    let cloud = TestCloud::start().await;
+    let device = enrolled(&cloud).await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let out = device
+        .run_env(
+            &["check", "--json"],
+            &[("PROV_AGENT_PROVISIONING_PORT", &closed.to_string())],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let (v, detail) = verdict(&out, "endpoint");
+    assert_eq!(v, "fail");
+    assert!(detail.contains("cannot connect"), "{detail}");
+    // Everything else is fine.
+    let (v, _) = verdict(&out, "key matches certificate");
+    assert_eq!(v, "pass");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_permissions_are_named() {
+    let cloud = TestCloud::start().await;
+    let device = enrolled(&cloud).await;
+    std::fs::set_permissions(device.state_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = device.run(&["check", "--json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let (v, detail) = verdict(&out, "state directory");
+    assert_eq!(v, "fail");
+    assert!(
+        detail.contains("0755") && detail.contains("chmod 0700"),
+        "{detail}"
+    );
+}
