@@ -31,6 +31,10 @@ pub enum Command {
     /// Replace the device's certificate and key (rotation template, current
     /// identity); rolls back on any failure before the commit.
     Rotate(Rotate),
+    /// The daemon: keeps a connection as the thing and rotates the
+    /// certificate on schedule, on command (cmd/<thing>) and on AWS IoT
+    /// jobs; SIGHUP reloads the config, SIGTERM stops.
+    Run,
     /// Show the device's identity: thing, certificate, expiry, key, any
     /// interrupted operation.
     Status {

@@ -82,6 +82,14 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                 commands::enroll::run_rotate(&config, store()?, &args)?
             );
         }
+        Command::Run => {
+            let store = store()?;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| CommandError::Other(format!("cannot start the async runtime: {e}")))?
+                .block_on(prov_agent::daemon::run::run(&path, config, store))?;
+        }
         Command::Status { json } => {
             println!("{}", commands::status::run(&config, json)?);
         }

@@ -1,3 +1,4 @@
 //! The daemon, `prov-agent run`, and what it needs from its service manager.
 
 pub mod notify;
+pub mod run;

@@ -263,6 +263,35 @@ impl Session {
         })
     }
 
+    /// The next message on any subscribed topic; waits as long as it takes
+    /// (the connection's keep-alive notices a dead peer).
+    pub async fn next_message(&mut self) -> Result<(String, Vec<u8>), MqttError> {
+        loop {
+            match self.incoming.recv().await {
+                None => {
+                    return Err(MqttError::Disconnected {
+                        step: "wait for messages".into(),
+                        detail: "event loop stopped".into(),
+                    })
+                }
+                Some(Incoming::Closed(detail)) => {
+                    return Err(MqttError::Disconnected {
+                        step: "wait for messages".into(),
+                        detail,
+                    })
+                }
+                Some(Incoming::Oversized(size)) => {
+                    return Err(MqttError::Oversized {
+                        step: "wait for messages".into(),
+                        size,
+                    })
+                }
+                Some(Incoming::Publish { topic, payload }) => return Ok((topic, payload)),
+                Some(_) => {}
+            }
+        }
+    }
+
     /// Sends DISCONNECT and stops the event loop.
     pub async fn close(mut self) {
         let _ = self.client.disconnect().await;

@@ -22,8 +22,18 @@ pub async fn enroll(
     serial: &str,
     opts: EnrollOptions,
 ) -> Result<Outcome, ProvisionError> {
+    let _lock = lock_state_dir(&config.state_dir)?;
+    enroll_locked(config, store, serial, opts).await
+}
+
+/// [`enroll`] for a caller that holds the state directory's lock.
+pub async fn enroll_locked(
+    config: &Config,
+    store: Arc<dyn KeyStore>,
+    serial: &str,
+    opts: EnrollOptions,
+) -> Result<Outcome, ProvisionError> {
     let state_dir = &config.state_dir;
-    let _lock = lock_state_dir(state_dir)?;
 
     let existing = Identity::load(state_dir)?;
     let journal = Journal::load(state_dir)?;

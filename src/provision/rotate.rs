@@ -44,8 +44,18 @@ pub async fn rotate(
     store: Arc<dyn KeyStore>,
     opts: RotateOptions,
 ) -> Result<Outcome, ProvisionError> {
+    let _lock = lock_state_dir(&config.state_dir)?;
+    rotate_locked(config, store, opts).await
+}
+
+/// [`rotate`] for a caller that holds the state directory's lock (the
+/// daemon).
+pub async fn rotate_locked(
+    config: &Config,
+    store: Arc<dyn KeyStore>,
+    opts: RotateOptions,
+) -> Result<Outcome, ProvisionError> {
     let state_dir = &config.state_dir;
-    let _lock = lock_state_dir(state_dir)?;
     let current = Identity::load(state_dir)?.ok_or_else(|| {
         ProvisionError::Input("the device is not enrolled: run `prov-agent enroll` first".into())
     })?;

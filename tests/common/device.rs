@@ -114,8 +114,16 @@ impl Device {
         Config::load(&self.config).unwrap()
     }
 
-    pub fn store(&self) -> Arc<dyn KeyStore> {
-        prov_agent::keystore::open(&self.load_config().keystore.settings).unwrap()
+    /// The device's key store, opened in this process. While it lives no
+    /// `prov-agent` child runs and no token is being made, so that this
+    /// process's view of a SoftHSM token store is never one that another
+    /// process is changing.
+    pub fn store(&self) -> super::Exclusive<Arc<dyn KeyStore>> {
+        let guard = super::token_store_exclusive();
+        super::Exclusive {
+            value: prov_agent::keystore::open(&self.load_config().keystore.settings).unwrap(),
+            _guard: guard,
+        }
     }
 
     pub fn identity(&self) -> Option<Identity> {
@@ -124,9 +132,11 @@ impl Device {
 
     /// Connects with the committed identity, as the thing, and makes a
     /// publish/subscribe round trip: proof that the identity works.
+    #[allow(clippy::await_holding_lock)]
     pub async fn round_trip(&self, cloud: &TestCloud) -> Result<(), String> {
         let identity = self.identity().ok_or("no identity")?;
-        let store = self.store();
+        let locked = self.store();
+        let store: Arc<dyn KeyStore> = locked.value.clone();
         let label = identity.key_label.parse().map_err(|e| format!("{e}"))?;
         let key = store.info(&label).map_err(|e| e.to_string())?;
         let cert = Certificate::from_pem(&identity.certificate_pem, "identity").unwrap();

@@ -54,3 +54,56 @@ impl TestCloud {
         Self { handle, claim, dir }
     }
 }
+
+impl TestCloud {
+    /// A connection of the device's backend: a certificate whose policy
+    /// allows everything, as a cloud-side service would hold.
+    pub async fn backend_session(&self) -> prov_agent::mqtt::Session {
+        use prov_agent::keystore::{
+            file::FileKeyStore, FileSettings, KeyLabel, KeyStore, PrivateKeyMaterial,
+        };
+        let policy = r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:*", "Resource": "*"}]}"#;
+        let registry = self.handle.registry();
+        if registry.policy("backend").unwrap().is_none() {
+            registry.create_policy("backend", policy).unwrap();
+        }
+        let cred = self
+            .handle
+            .create_credential("backend-service", &["backend"])
+            .unwrap();
+        let dir = self
+            .dir
+            .path()
+            .join(format!("backend-{}", rand::random::<u32>()));
+        let store =
+            std::sync::Arc::new(FileKeyStore::open(&FileSettings { key_dir: dir }).unwrap());
+        let label = KeyLabel::new("backend").unwrap();
+        let key = store
+            .import(
+                &label,
+                &PrivateKeyMaterial::from_pem(&cred.private_key_pem).unwrap(),
+            )
+            .unwrap();
+        let cert =
+            prov_agent::crypto::Certificate::from_pem(&cred.certificate_pem, "backend").unwrap();
+        let roots =
+            prov_agent::crypto::Certificate::from_pem(&self.handle.root_ca_pem(), "root").unwrap();
+        let tls = prov_agent::crypto::client_config(
+            roots.chain(),
+            cert.chain().to_vec(),
+            store,
+            &key,
+            None,
+        )
+        .unwrap();
+        let opts = prov_agent::mqtt::ConnectOptions {
+            host: "localhost".into(),
+            port: self.handle.addr().port(),
+            client_id: format!("backend-{}", rand::random::<u32>()),
+            tls: std::sync::Arc::new(tls),
+            connect_timeout: std::time::Duration::from_secs(5),
+            keep_alive: std::time::Duration::from_secs(30),
+        };
+        prov_agent::mqtt::Session::connect(&opts).await.unwrap()
+    }
+}

@@ -1,0 +1,511 @@
+//! `prov-agent run`: the daemon.
+//!
+//! Offline first: it starts from the identity on disk without a network,
+//! and keeps one MQTT connection as the thing, reconnecting with capped
+//! exponential backoff and full jitter. It rotates the certificate when it
+//! reaches [ROTATION] THRESHOLD (plus a per-certificate random delay, so a
+//! fleet does not rotate at once), when the backend publishes
+//! `{"msg": "rotate_cert"}` on `cmd/<thing>`, and when an AWS IoT job with
+//! `"operation": "rotate-certificate"` arrives. Before a rotation it closes
+//! its own connection (the verification connection uses the same client id,
+//! and IoT Core drops the older of two); afterwards it reconnects with the
+//! new identity. SIGHUP reloads the config, SIGTERM stops; under systemd it
+//! sends READY, STATUS and WATCHDOG notifications.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use sha2::Digest;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::time::Instant;
+
+use super::notify::{Notifier, NOTIFY_SOCKET, WATCHDOG_PID, WATCHDOG_USEC};
+use crate::config::{Config, PayloadFormat};
+use crate::crypto::{client_config, Certificate, ALPN_AWS_IOT};
+use crate::keystore::{KeyLabel, KeyStore};
+use crate::mqtt::{ConnectOptions, MqttError, Session};
+use crate::provision::enroll::{enroll_locked, EnrollOptions};
+use crate::provision::identity::Identity;
+use crate::provision::journal::{Journal, Operation};
+use crate::provision::retry::Backoff;
+use crate::provision::rotate::{due_at, rotate_locked, RotateOptions};
+use crate::provision::{lock_state_dir, ProvisionError};
+
+/// The job document operation that asks for a rotation.
+pub const JOB_OPERATION: &str = "rotate-certificate";
+
+/// Why a rotation runs.
+#[derive(Debug, Clone)]
+enum Trigger {
+    Schedule,
+    Command,
+    Job { job_id: String },
+}
+
+struct Daemon {
+    config_path: PathBuf,
+    config: Config,
+    store: Arc<dyn KeyStore>,
+    identity: Identity,
+    notifier: Option<Notifier>,
+    session: Option<Session>,
+    reconnect: Backoff,
+    attempt: u32,
+    next_connect: Instant,
+}
+
+pub async fn run(
+    config_path: &Path,
+    config: Config,
+    store: Arc<dyn KeyStore>,
+) -> Result<(), ProvisionError> {
+    let _lock = lock_state_dir(&config.state_dir)?;
+    let notifier = Notifier::from_env();
+
+    // Finish whatever a crash interrupted before anything else.
+    if let Some(journal) = Journal::load(&config.state_dir)? {
+        tracing::info!(operation = ?journal.operation, phase = ?journal.phase, "finishing an interrupted operation");
+        let result = match journal.operation {
+            Operation::Rotate => {
+                rotate_locked(&config, store.clone(), RotateOptions::default()).await
+            }
+            Operation::Enroll => {
+                let serial = crate::provision::serial::resolve(&config.provisioning.serial, None)?;
+                enroll_locked(&config, store.clone(), &serial, EnrollOptions::default()).await
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "the interrupted operation could not be finished; carrying on with the current identity");
+        }
+    }
+    let identity = Identity::load(&config.state_dir)?.ok_or_else(|| {
+        ProvisionError::Input("the device is not enrolled: run `prov-agent enroll` first".into())
+    })?;
+
+    let mut daemon = Daemon {
+        config_path: config_path.to_path_buf(),
+        config,
+        store,
+        identity,
+        notifier,
+        session: None,
+        reconnect: Backoff {
+            max_retries: u32::MAX,
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(300),
+        },
+        attempt: 0,
+        next_connect: Instant::now(),
+    };
+    daemon.notify(|n| n.ready());
+    daemon.status("started");
+    tracing::info!(thing = %daemon.identity.thing_name, certificate = %daemon.identity.certificate_id, "daemon started");
+    daemon.main_loop().await
+}
+
+impl Daemon {
+    fn notify(&self, f: impl FnOnce(&Notifier)) {
+        if let Some(n) = &self.notifier {
+            f(n);
+        }
+    }
+
+    fn status(&self, what: &str) {
+        let line = format!(
+            "{what}; thing {} certificate {}",
+            self.identity.thing_name,
+            &self.identity.certificate_id[..12.min(self.identity.certificate_id.len())]
+        );
+        self.notify(|n| n.status(&line));
+    }
+
+    fn watchdog_period(&self) -> Duration {
+        self.notifier
+            .as_ref()
+            .and_then(Notifier::watchdog_interval)
+            .unwrap_or(Duration::from_secs(3600))
+    }
+
+    /// When the current certificate is due, with this certificate's own
+    /// random delay: a digest of its id picks a point in [0, RANDOM_DELAY),
+    /// stable across restarts, different for each device.
+    fn due(&self) -> SystemTime {
+        let Ok(cert) = Certificate::from_pem(&self.identity.certificate_pem, "identity") else {
+            return SystemTime::now();
+        };
+        let base = due_at(&cert, self.config.rotation.threshold);
+        let window = self.config.rotation.random_delay.as_secs();
+        if window == 0 {
+            return base;
+        }
+        let digest = sha2::Sha256::digest(self.identity.certificate_id.as_bytes());
+        let n = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+        base + Duration::from_secs(n % window)
+    }
+
+    async fn main_loop(&mut self) -> Result<(), ProvisionError> {
+        let mut term = signal(SignalKind::terminate())
+            .map_err(ProvisionError::io("install SIGTERM handler", "signal"))?;
+        let mut int = signal(SignalKind::interrupt())
+            .map_err(ProvisionError::io("install SIGINT handler", "signal"))?;
+        let mut hup = signal(SignalKind::hangup())
+            .map_err(ProvisionError::io("install SIGHUP handler", "signal"))?;
+        let mut watchdog = tokio::time::interval(self.watchdog_period());
+        let mut check = tokio::time::interval(self.config.rotation.check_interval);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if self.session.is_none() && Instant::now() >= self.next_connect {
+                self.connect().await;
+            }
+            let reconnect_at = self.next_connect;
+            let offline = self.session.is_none();
+            tokio::select! {
+                _ = term.recv() => return self.stop().await,
+                _ = int.recv() => return self.stop().await,
+                _ = hup.recv() => self.reload(),
+                _ = watchdog.tick() => self.notify(|n| n.watchdog()),
+                _ = check.tick() => {
+                    if SystemTime::now() >= self.due() {
+                        tracing::info!("the certificate is due for rotation");
+                        self.rotate(Trigger::Schedule).await;
+                    }
+                }
+                _ = tokio::time::sleep_until(reconnect_at), if offline => {}
+                message = next_message(&mut self.session) => match message {
+                    Ok((topic, payload)) => self.handle(&topic, &payload).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "connection lost");
+                        self.session = None;
+                        self.schedule_reconnect();
+                        self.status("offline, reconnecting");
+                    }
+                },
+            }
+        }
+    }
+
+    async fn stop(&mut self) -> Result<(), ProvisionError> {
+        tracing::info!("stopping");
+        self.notify(|n| n.stopping());
+        if let Some(s) = self.session.take() {
+            s.close().await;
+        }
+        Ok(())
+    }
+
+    fn reload(&mut self) {
+        self.notify(|n| n.reloading());
+        match Config::load(&self.config_path) {
+            Ok(new) => {
+                if format!("{:?}", new.keystore.settings)
+                    != format!("{:?}", self.config.keystore.settings)
+                {
+                    tracing::warn!(
+                        "key store settings changed: they take effect at the next restart"
+                    );
+                }
+                self.config = new;
+                tracing::info!("configuration reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "configuration not reloaded; keeping the running one")
+            }
+        }
+        self.notify(|n| n.ready());
+    }
+
+    fn schedule_reconnect(&mut self) {
+        self.attempt = self.attempt.saturating_add(1);
+        let delay = self
+            .reconnect
+            .delay(self.attempt)
+            .max(Duration::from_millis(200));
+        self.next_connect = Instant::now() + delay;
+        tracing::info!(?delay, attempt = self.attempt, "reconnecting later");
+    }
+
+    fn thing_topics(&self) -> (String, String) {
+        let thing = &self.identity.thing_name;
+        (
+            self.config.rotation.command_topic.replace("{thing}", thing),
+            format!("$aws/things/{thing}/jobs/notify-next"),
+        )
+    }
+
+    fn connect_options(&self) -> Result<ConnectOptions, ProvisionError> {
+        let roots_pem = std::fs::read_to_string(&self.config.settings.root_cert).map_err(
+            ProvisionError::io("read ROOT_CERT", &self.config.settings.root_cert),
+        )?;
+        let roots = Certificate::from_pem(&roots_pem, "ROOT_CERT")
+            .map_err(|e| ProvisionError::Input(e.to_string()))?;
+        let cert = Certificate::from_pem(&self.identity.certificate_pem, "identity")
+            .map_err(|e| ProvisionError::Inconsistent(e.to_string()))?;
+        let key = self
+            .store
+            .info(&KeyLabel::new(self.identity.key_label.clone())?)?;
+        let alpn = self.config.provisioning.alpn.then_some(ALPN_AWS_IOT);
+        let tls = client_config(
+            roots.chain(),
+            cert.chain().to_vec(),
+            self.store.clone(),
+            &key,
+            alpn,
+        )
+        .map_err(|e| ProvisionError::Inconsistent(e.to_string()))?;
+        Ok(ConnectOptions {
+            host: self.config.settings.iot_endpoint.clone(),
+            port: self.config.provisioning.port,
+            client_id: self.identity.thing_name.clone(),
+            tls: Arc::new(tls),
+            connect_timeout: self.config.provisioning.connect_timeout,
+            keep_alive: Duration::from_secs(60),
+        })
+    }
+
+    /// Connects and then looks for a job queued while the device was
+    /// offline.
+    async fn connect(&mut self) {
+        if self.connect_only().await {
+            self.pending_job().await;
+        }
+    }
+
+    async fn connect_only(&mut self) -> bool {
+        let result = async {
+            let opts = self.connect_options()?;
+            let mut session = Session::connect(&opts).await?;
+            let (cmd, jobs) = self.thing_topics();
+            session
+                .subscribe(&[cmd, jobs], self.config.provisioning.response_timeout)
+                .await?;
+            Ok::<_, ProvisionError>(session)
+        }
+        .await;
+        match result {
+            Ok(session) => {
+                tracing::info!(thing = %self.identity.thing_name, "connected");
+                self.session = Some(session);
+                self.attempt = 0;
+                self.status("connected");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot connect");
+                self.schedule_reconnect();
+                self.status("offline, reconnecting");
+                false
+            }
+        }
+    }
+
+    async fn pending_job(&mut self) {
+        let topic = format!("$aws/things/{}/jobs/$next/get", self.identity.thing_name);
+        let timeout = self.config.provisioning.response_timeout;
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        match session
+            .request(
+                "DescribeJobExecution",
+                &topic,
+                PayloadFormat::Json,
+                &serde_json::json!({}),
+                timeout,
+            )
+            .await
+        {
+            Ok(answer) => {
+                if let Some(job_id) = rotation_job(&answer) {
+                    self.rotate(Trigger::Job { job_id }).await;
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "no pending job"),
+        }
+    }
+
+    async fn handle(&mut self, topic: &str, payload: &[u8]) {
+        let (cmd, jobs) = self.thing_topics();
+        let Ok(body) = serde_json::from_slice::<serde_json::Value>(payload) else {
+            tracing::warn!(topic, "ignoring a message that is not JSON");
+            return;
+        };
+        if topic == cmd {
+            if body.get("msg").and_then(|m| m.as_str()) == Some("rotate_cert") {
+                tracing::info!("rotation requested on {topic}");
+                self.rotate(Trigger::Command).await;
+            } else {
+                tracing::info!(topic, "ignoring an unknown command");
+            }
+        } else if topic == jobs {
+            if let Some(job_id) = rotation_job(&body) {
+                self.rotate(Trigger::Job { job_id }).await;
+            }
+        }
+    }
+
+    async fn update_job(&mut self, job_id: &str, status: &str, details: serde_json::Value) {
+        let topic = format!(
+            "$aws/things/{}/jobs/{job_id}/update",
+            self.identity.thing_name
+        );
+        let timeout = self.config.provisioning.response_timeout;
+        let body = serde_json::json!({ "status": status, "statusDetails": details });
+        let Some(session) = self.session.as_mut() else {
+            tracing::warn!(job_id, status, "cannot update the job: offline");
+            return;
+        };
+        if let Err(e) = session
+            .request(
+                "UpdateJobExecution",
+                &topic,
+                PayloadFormat::Json,
+                &body,
+                timeout,
+            )
+            .await
+        {
+            tracing::warn!(job_id, status, error = %e, "job update failed");
+        }
+    }
+
+    async fn rotate(&mut self, trigger: Trigger) {
+        if let Trigger::Job { job_id } = &trigger {
+            self.update_job(job_id, "IN_PROGRESS", serde_json::json!({}))
+                .await;
+        }
+        self.status("rotating");
+        // Our own connection uses the thing name as client id, as the
+        // verification connection will: close it first.
+        if let Some(s) = self.session.take() {
+            s.close().await;
+        }
+        let result = {
+            let mut watchdog = tokio::time::interval(self.watchdog_period());
+            let rotation =
+                rotate_locked(&self.config, self.store.clone(), RotateOptions::default());
+            tokio::pin!(rotation);
+            loop {
+                tokio::select! {
+                    r = &mut rotation => break r,
+                    _ = watchdog.tick() => self.notify(|n| n.watchdog()),
+                }
+            }
+        };
+        let outcome = match result {
+            Ok(outcome) => {
+                tracing::info!(?trigger, old = ?outcome.identity.previous_certificate_id, new = %outcome.identity.certificate_id, "rotated");
+                self.identity = outcome.identity;
+                self.post_rotation().await;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(?trigger, error = %e, "rotation failed; the device keeps its identity");
+                Err(e.to_string())
+            }
+        };
+        // Reconnect at once, with whichever identity is now current.
+        self.attempt = 0;
+        self.connect_only().await;
+        if let Trigger::Job { job_id } = &trigger {
+            match &outcome {
+                Ok(()) => {
+                    let details =
+                        serde_json::json!({ "certificateId": self.identity.certificate_id });
+                    self.update_job(job_id, "SUCCEEDED", details).await;
+                }
+                Err(e) => {
+                    let mut reason = e.clone();
+                    reason.truncate(500);
+                    self.update_job(job_id, "FAILED", serde_json::json!({ "reason": reason }))
+                        .await;
+                }
+            }
+        }
+        self.status(if outcome.is_ok() {
+            "rotated"
+        } else {
+            "rotation failed"
+        });
+    }
+
+    /// Runs [ROTATION] POST_ROTATION_COMMAND with `/bin/sh -c`, telling it
+    /// the new identity through the environment.
+    async fn post_rotation(&self) {
+        let Some(command) = self.config.rotation.post_rotation_command.clone() else {
+            return;
+        };
+        let cert_path = Identity::cert_path(&self.config.state_dir);
+        let mut cmd = tokio::process::Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(&command)
+            .env("PROV_AGENT_THING_NAME", &self.identity.thing_name)
+            .env("PROV_AGENT_CERTIFICATE_ID", &self.identity.certificate_id)
+            .env("PROV_AGENT_CERT_PATH", &cert_path)
+            .env("PROV_AGENT_KEY_REFERENCE", &self.identity.key_reference)
+            .env(
+                "PROV_AGENT_PREVIOUS_CERTIFICATE_ID",
+                self.identity
+                    .previous_certificate_id
+                    .clone()
+                    .unwrap_or_default(),
+            )
+            .env_remove(NOTIFY_SOCKET)
+            .env_remove(WATCHDOG_USEC)
+            .env_remove(WATCHDOG_PID)
+            .kill_on_drop(true);
+        match tokio::time::timeout(Duration::from_secs(120), cmd.status()).await {
+            Ok(Ok(status)) if status.success() => tracing::info!("post-rotation command done"),
+            Ok(Ok(status)) => tracing::warn!(%status, "post-rotation command failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "post-rotation command could not start"),
+            Err(_) => tracing::warn!("post-rotation command still running after 120 s; killed"),
+        }
+    }
+}
+
+async fn next_message(session: &mut Option<Session>) -> Result<(String, Vec<u8>), MqttError> {
+    match session.as_mut() {
+        Some(s) => s.next_message().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The job id of a pending rotation job in a notify-next or
+/// DescribeJobExecution body.
+fn rotation_job(body: &serde_json::Value) -> Option<String> {
+    let execution = body.get("execution")?;
+    let status = execution
+        .get("status")
+        .and_then(|s| s.as_str())
+        .unwrap_or("QUEUED");
+    if !matches!(status, "QUEUED" | "IN_PROGRESS") {
+        return None;
+    }
+    let operation = execution.get("jobDocument")?.get("operation")?.as_str()?;
+    if operation != JOB_OPERATION {
+        tracing::info!(operation, "ignoring a job for another operation");
+        return None;
+    }
+    execution.get("jobId")?.as_str().map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_pending_rotation_jobs_count() {
+        let job = |status: &str, op: &str| serde_json::json!({"execution": {"jobId": "j1", "status": status, "jobDocument": {"operation": op}}});
+        assert_eq!(
+            rotation_job(&job("QUEUED", JOB_OPERATION)).as_deref(),
+            Some("j1")
+        );
+        assert_eq!(
+            rotation_job(&job("IN_PROGRESS", JOB_OPERATION)).as_deref(),
+            Some("j1")
+        );
+        assert_eq!(rotation_job(&job("SUCCEEDED", JOB_OPERATION)), None);
+        assert_eq!(rotation_job(&job("QUEUED", "reboot")), None);
+        assert_eq!(rotation_job(&serde_json::json!({"timestamp": 1})), None);
+    }
+}

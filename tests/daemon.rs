@@ -1,0 +1,314 @@
+//! `prov-agent run`, the daemon, against the emulator: rotation on
+//! command, on an AWS IoT job and on schedule; offline start and an
+//! emulator restart; the post-rotation command; a clean stop on SIGTERM.
+
+mod common;
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::backend::Backend;
+use common::device::{text, Device};
+use common::emulator::TestCloud;
+use iotcore_emulator::{CertStatus, JobExecutionStatus};
+use tokio::io::AsyncBufReadExt;
+
+/// A running daemon whose log lines are collected.
+struct Daemon {
+    child: tokio::process::Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    fn start(device: &Device) -> Self {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_prov-agent"))
+            .arg("--config")
+            .arg(&device.config)
+            .arg("run")
+            .env("PROV_AGENT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self { child, log }
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until `needle` has appeared `n` times in the log.
+    async fn wait_log(&self, needle: &str, n: usize, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.count(needle) < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {n}x {needle:?} within {within:?}; log:\n{}",
+                self.log.lock().unwrap().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        let pid = self.child.id().unwrap().to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("the daemon stops on SIGTERM")
+            .unwrap();
+        assert!(
+            exit.success(),
+            "exit status {exit:?}; log:\n{}",
+            self.log.lock().unwrap().join("\n")
+        );
+    }
+}
+
+/// Waits until identity.json names a certificate other than `old`.
+async fn wait_rotated(device: &Device, old: &str, within: Duration) -> String {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(id) = device.identity() {
+            if id.certificate_id != old {
+                return id.certificate_id;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no rotation within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn only_active(cloud: &TestCloud, thing: &str, cert: &str) {
+    let registry = cloud.handle.registry();
+    for _ in 0..50 {
+        let t = registry.thing(thing).unwrap().unwrap();
+        let active: Vec<_> = t
+            .certificates
+            .iter()
+            .filter(|id| registry.certificate_status(id).unwrap() == Some(CertStatus::Active))
+            .cloned()
+            .collect();
+        if active == vec![cert.to_string()] {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{thing} does not have exactly one active certificate {cert}");
+}
+
+async fn enrolled(cloud: &TestCloud, backend: Backend, extra: &str) -> Device {
+    let device = Device::new(cloud, backend, extra);
+    device.import_claim().await;
+    let out = device.run(&["enroll"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    device
+}
+
+async fn command_rotation(backend: Backend) {
+    let cloud = TestCloud::start().await;
+    let post = tempfile::tempdir().unwrap();
+    let env_file = post.path().join("post.env");
+    let device = enrolled(&cloud, backend, "").await;
+    // Add the post-rotation command to the config.
+    let mut cfg = std::fs::read_to_string(&device.config).unwrap();
+    cfg.push_str(&format!(
+        "[ROTATION]\nPOST_ROTATION_COMMAND = env > {}\n",
+        env_file.display()
+    ));
+    std::fs::write(&device.config, cfg).unwrap();
+    let before = device.identity().unwrap();
+
+    let daemon = Daemon::start(&device);
+    daemon
+        .wait_log("connected", 1, Duration::from_secs(15))
+        .await;
+    let mut backend_session = cloud.backend_session().await;
+    backend_session
+        .publish(
+            &format!("cmd/{}", before.thing_name),
+            br#"{"msg": "rotate_cert"}"#.to_vec(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let new = wait_rotated(&device, &before.certificate_id, Duration::from_secs(30)).await;
+    only_active(&cloud, &before.thing_name, &new).await;
+    // The daemon is back online with the new identity.
+    daemon
+        .wait_log("connected", 2, Duration::from_secs(15))
+        .await;
+    device.round_trip(&cloud).await.unwrap();
+
+    // The post-rotation command saw the new identity, and no systemd
+    // notification socket.
+    let env = std::fs::read_to_string(&env_file).unwrap();
+    assert!(
+        env.contains(&format!("PROV_AGENT_CERTIFICATE_ID={new}")),
+        "{env}"
+    );
+    assert!(
+        env.contains(&format!(
+            "PROV_AGENT_PREVIOUS_CERTIFICATE_ID={}",
+            before.certificate_id
+        )),
+        "{env}"
+    );
+    assert!(
+        env.contains(&format!("PROV_AGENT_THING_NAME={}", before.thing_name)),
+        "{env}"
+    );
+    assert!(env.contains("PROV_AGENT_CERT_PATH="), "{env}");
+    assert!(env.contains("PROV_AGENT_KEY_REFERENCE="), "{env}");
+    assert!(!env.contains("NOTIFY_SOCKET"), "{env}");
+    daemon.stop().await;
+}
+
+#[cfg(feature = "pkcs11")]
+#[tokio::test(flavor = "multi_thread")]
+async fn pkcs11_command_rotation_and_post_rotation_command() {
+    command_rotation(Backend::pkcs11("daemon")).await;
+}
+
+#[cfg(feature = "tpm")]
+#[tokio::test(flavor = "multi_thread")]
+async fn tpm_command_rotation_and_post_rotation_command() {
+    command_rotation(Backend::tpm()).await;
+}
+
+async fn job_rotation(backend: Backend) {
+    let cloud = TestCloud::start().await;
+    let device = enrolled(&cloud, backend, "").await;
+    let before = device.identity().unwrap();
+    let daemon = Daemon::start(&device);
+    daemon
+        .wait_log("connected", 1, Duration::from_secs(15))
+        .await;
+    cloud
+        .handle
+        .create_job(
+            "rotate-1",
+            serde_json::json!({"operation": "rotate-certificate"}),
+            &[&before.thing_name],
+        )
+        .unwrap();
+    let new = wait_rotated(&device, &before.certificate_id, Duration::from_secs(30)).await;
+    let mut status = None;
+    for _ in 0..100 {
+        status = cloud
+            .handle
+            .job_execution("rotate-1", &before.thing_name)
+            .unwrap()
+            .map(|e| e.status);
+        if status == Some(JobExecutionStatus::Succeeded) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, Some(JobExecutionStatus::Succeeded));
+    only_active(&cloud, &before.thing_name, &new).await;
+    daemon.stop().await;
+}
+
+#[cfg(feature = "pkcs11")]
+#[tokio::test(flavor = "multi_thread")]
+async fn pkcs11_job_rotation_succeeds() {
+    job_rotation(Backend::pkcs11("djob")).await;
+}
+
+#[cfg(feature = "tpm")]
+#[tokio::test(flavor = "multi_thread")]
+async fn tpm_job_rotation_succeeds() {
+    job_rotation(Backend::tpm()).await;
+}
+
+/// A certificate valid for 8 s, rotated at half its life: the daemon
+/// rotates it by itself, more than once.
+#[tokio::test(flavor = "multi_thread")]
+async fn scheduled_rotation_of_a_short_lived_certificate() {
+    let cloud = TestCloud::start_with(|c| c.certificate_validity = Duration::from_secs(8)).await;
+    let device = enrolled(&cloud, Backend::File, "").await;
+    let mut cfg = std::fs::read_to_string(&device.config).unwrap();
+    cfg.push_str("[ROTATION]\nTHRESHOLD = 50%\nRANDOM_DELAY = 0s\nCHECK_INTERVAL = 500ms\n");
+    std::fs::write(&device.config, cfg).unwrap();
+    let first = device.identity().unwrap();
+    let daemon = Daemon::start(&device);
+    let second = wait_rotated(&device, &first.certificate_id, Duration::from_secs(20)).await;
+    let third = wait_rotated(&device, &second, Duration::from_secs(20)).await;
+    only_active(&cloud, &first.thing_name, &third).await;
+    daemon.stop().await;
+}
+
+/// Started while the service is down, the daemon waits; it connects once
+/// the service is up, rides out a restart of it, and still rotates.
+#[tokio::test(flavor = "multi_thread")]
+async fn offline_start_and_service_restart() {
+    let cloud = TestCloud::start().await;
+    let device = enrolled(&cloud, Backend::File, "").await;
+    let before = device.identity().unwrap();
+    let port = cloud.handle.addr().port();
+    let data = cloud.dir.path().join("emulator");
+    let TestCloud { handle, claim, dir } = cloud;
+    handle.shutdown().await;
+
+    let daemon = Daemon::start(&device);
+    daemon
+        .wait_log("cannot connect", 1, Duration::from_secs(15))
+        .await;
+    assert_eq!(daemon.count("connected as"), 0);
+
+    let restart = |data: std::path::PathBuf| async move {
+        let mut cfg = iotcore_emulator::EmulatorConfig::new(data);
+        cfg.port = port;
+        iotcore_emulator::Emulator::start(cfg).await.unwrap()
+    };
+    let handle = restart(data.clone()).await;
+    daemon
+        .wait_log("INFO connected", 1, Duration::from_secs(30))
+        .await;
+    handle.shutdown().await;
+    daemon
+        .wait_log("connection lost", 1, Duration::from_secs(15))
+        .await;
+    let handle = restart(data).await;
+    daemon
+        .wait_log("INFO connected", 2, Duration::from_secs(30))
+        .await;
+
+    let cloud = TestCloud { handle, claim, dir };
+    let mut backend = cloud.backend_session().await;
+    backend
+        .publish(
+            &format!("cmd/{}", before.thing_name),
+            br#"{"msg": "rotate_cert"}"#.to_vec(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let new = wait_rotated(&device, &before.certificate_id, Duration::from_secs(30)).await;
+    only_active(&cloud, &before.thing_name, &new).await;
+    daemon.stop().await;
+}
