@@ -3,6 +3,7 @@
 #   ci/bench.sh keystore [softhsm|swtpm|file]   signatures/s and key generations/s
 #   ci/bench.sh emulator [DEVICES]              enrollments/s against iotcore-emulator
 #   ci/bench.sh enroll [RUNS]                   prov-agent enroll: wall time, peak RSS, HW signatures
+#   ci/bench.sh daemon [IDLE_SECONDS]           prov-agent run: RSS and CPU idle, one rotation
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ci/install-deps.sh
@@ -17,6 +18,9 @@ case $what in
   enroll)
     cargo build --quiet --release --workspace --bins
     python3 ci/bench_enroll.py "${1:-10}" ;;
+  daemon)
+    cargo build --quiet --release --workspace --bins
+    python3 ci/bench_daemon.py "${1:-60}" ;;
   *)
-    echo "usage: ci/bench.sh keystore|emulator|enroll [args]" >&2; exit 2 ;;
+    echo "usage: ci/bench.sh keystore|emulator|enroll|daemon [args]" >&2; exit 2 ;;
 esac
