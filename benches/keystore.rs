@@ -11,6 +11,11 @@ mod softhsm;
 mod swtpm;
 
 use std::sync::Arc;
+
+/// swtpm.rs starts the simulator through this (see tests/common/mod.rs).
+fn clean_command(program: &str) -> std::process::Command {
+    std::process::Command::new(program)
+}
 use std::time::{Duration, Instant};
 
 use prov_agent::keystore::{

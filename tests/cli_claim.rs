@@ -43,7 +43,7 @@ impl Env {
     #[allow(clippy::let_unit_value)]
     fn run(&self, args: &[&str]) -> Output {
         let _shared = common::token_store_shared();
-        Command::new(env!("CARGO_BIN_EXE_prov-agent"))
+        common::clean_command(env!("CARGO_BIN_EXE_prov-agent"))
             .arg("--config")
             .arg(&self.config)
             .args(args)

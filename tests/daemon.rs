@@ -22,7 +22,7 @@ struct Daemon {
 
 impl Daemon {
     fn start(device: &Device) -> Self {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_prov-agent"))
+        let mut child = common::clean_tokio_command(env!("CARGO_BIN_EXE_prov-agent"))
             .arg("--config")
             .arg(&device.config)
             .arg("run")
@@ -311,4 +311,130 @@ async fn offline_start_and_service_restart() {
     let new = wait_rotated(&device, &before.certificate_id, Duration::from_secs(30)).await;
     only_active(&cloud, &before.thing_name, &new).await;
     daemon.stop().await;
+}
+
+/// Under systemd: READY=1 once started, STATUS lines, WATCHDOG=1 pings at
+/// half the watchdog timeout; SIGHUP reloads the config (RELOADING=1, then
+/// READY=1 again) and a bad config is refused without stopping the daemon;
+/// STOPPING=1 on SIGTERM.
+#[tokio::test(flavor = "multi_thread")]
+async fn systemd_notifications_and_reload() {
+    let cloud = TestCloud::start().await;
+    let device = enrolled(&cloud, Backend::File, "").await;
+    let sock_dir = tempfile::tempdir().unwrap();
+    let sock_path = sock_dir.path().join("notify");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+
+    let mut child = common::clean_tokio_command(env!("CARGO_BIN_EXE_prov-agent"))
+        .arg("--config")
+        .arg(&device.config)
+        .arg("run")
+        .env("PROV_AGENT_LOG", "info")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = log.clone();
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let received = Arc::new(Mutex::new(Vec::<String>::new()));
+    let collector = {
+        let received = received.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            let deadline = std::time::Instant::now() + Duration::from_secs(12);
+            while std::time::Instant::now() < deadline {
+                if let Ok(n) = sock.recv(&mut buf) {
+                    received
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+            }
+        })
+    };
+    let wait_msg = |needle: &'static str, n: usize| {
+        let received = received.clone();
+        async move {
+            for _ in 0..100 {
+                if received
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|m| m.contains(needle))
+                    .count()
+                    >= n
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("no {n}x {needle}: {:?}", received.lock().unwrap());
+        }
+    };
+    wait_msg("READY=1", 1).await;
+    wait_msg("STATUS=", 1).await;
+    wait_msg("WATCHDOG=1", 3).await;
+
+    // A good reload.
+    let hup = || {
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    assert!(hup().success());
+    wait_msg("RELOADING=1", 1).await;
+    wait_msg("READY=1", 2).await;
+    // A bad config is refused, the daemon keeps running.
+    let good = std::fs::read_to_string(&device.config).unwrap();
+    std::fs::write(&device.config, format!("{good}[NOPE]\n")).unwrap();
+    assert!(hup().success());
+    wait_msg("RELOADING=1", 2).await;
+    for _ in 0..50 {
+        if log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("configuration not reloaded"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("configuration not reloaded")));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the daemon stopped on a bad reload"
+    );
+    std::fs::write(&device.config, good).unwrap();
+
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success());
+    wait_msg("STOPPING=1", 1).await;
+    drop(collector);
 }

@@ -159,7 +159,7 @@ async fn emulator_that_starts_late_is_waited_for() {
     let run = tokio::spawn({
         let config = device.config.clone();
         async move {
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_prov-agent"))
+            common::clean_tokio_command(env!("CARGO_BIN_EXE_prov-agent"))
                 .arg("--config")
                 .arg(config)
                 .args(["enroll", "--json"])

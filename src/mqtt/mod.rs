@@ -293,11 +293,19 @@ impl Session {
     }
 
     /// Sends DISCONNECT and stops the event loop.
+    /// When this returns the connection is gone, and with it the TLS
+    /// session's hold on the key store.
     pub async fn close(mut self) {
         let _ = self.client.disconnect().await;
         // Give the event loop a moment to flush the DISCONNECT; it ends
         // when the server closes the socket.
-        let _ = tokio::time::timeout(Duration::from_millis(500), &mut self.task).await;
+        if tokio::time::timeout(Duration::from_millis(500), &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+            let _ = (&mut self.task).await;
+        }
     }
 
     pub fn endpoint(&self) -> &str {

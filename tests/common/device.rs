@@ -80,7 +80,7 @@ impl Device {
     // The token-store lock is held for the child's whole run on purpose.
     #[allow(clippy::await_holding_lock, clippy::let_unit_value)]
     pub async fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_prov-agent"));
+        let mut cmd = super::clean_tokio_command(env!("CARGO_BIN_EXE_prov-agent"));
         cmd.arg("--config").arg(&self.config).args(args);
         cmd.env("PROV_AGENT_LOG", "info");
         for (k, v) in env {

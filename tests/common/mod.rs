@@ -53,3 +53,26 @@ impl<T> std::ops::Deref for Exclusive<T> {
         &self.value
     }
 }
+
+/// `bash -c` prologue that closes every inherited descriptor above 2 and
+/// then runs `"$0" "$@"` (bash, because dash cannot name descriptors above
+/// 9 in a redirection). tpm2-tss opens its TCTI sockets without
+/// close-on-exec, so a child started while another test thread talks to a
+/// swtpm would keep that connection open, and swtpm, which serves one
+/// connection at a time, would wait on it for ever.
+pub const CLOSE_FDS_AND_EXEC: &str =
+    "for f in /proc/$$/fd/*; do fd=${f##*/}; [ \"$fd\" -gt 2 ] && [ -e \"$f\" ] && exec {fd}>&-; done; exec \"$0\" \"$@\"";
+
+/// A std command for `program` that starts with no inherited descriptors.
+pub fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg("-c").arg(CLOSE_FDS_AND_EXEC).arg(program);
+    cmd
+}
+
+/// The tokio flavour of [`clean_command`].
+pub fn clean_tokio_command(program: impl AsRef<std::ffi::OsStr>) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("bash");
+    cmd.arg("-c").arg(CLOSE_FDS_AND_EXEC).arg(program);
+    cmd
+}

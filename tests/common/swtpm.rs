@@ -6,7 +6,7 @@
 //! finalisation talks to a dead simulator.
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Swtpm {
@@ -72,7 +72,7 @@ impl Drop for Swtpm {
 /// Starts swtpm on `port` (commands) and `port + 1` (control) with its
 /// state in `state`, and waits until it answers.
 fn spawn_and_wait(port: u16, state: &std::path::Path) -> Result<Child, String> {
-    let mut child = Command::new("swtpm")
+    let mut child = super::clean_command("swtpm")
         .arg("socket")
         .arg("--tpm2")
         .arg("--server")
