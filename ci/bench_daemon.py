@@ -103,6 +103,18 @@ def main():
         else:
             sys.exit("the daemon did not connect")
         rss0, hwm0, cpu0 = proc_status(daemon.pid)
+        if os.environ.get("BENCH_SMAPS"):
+            agg = {}
+            name = None
+            with open(f"/proc/{daemon.pid}/smaps") as f:
+                for line in f:
+                    parts = line.split()
+                    if "-" in parts[0] and len(parts) >= 5 and ":" in parts[3]:
+                        name = parts[5] if len(parts) > 5 else "[anon]"
+                    elif line.startswith("Rss:"):
+                        agg[name] = agg.get(name, 0) + int(parts[1])
+            for n, kb in sorted(agg.items(), key=lambda x: -x[1])[:15]:
+                print(f"  {kb:>7} KiB  {n}")
         time.sleep(idle)
         rss1, hwm1, cpu1 = proc_status(daemon.pid)
 
