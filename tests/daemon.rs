@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::backend::Backend;
 use common::device::{text, Device};
 use common::emulator::TestCloud;
-use iotcore_emulator::{CertStatus, JobExecutionStatus};
+use iotcore_emulator::JobExecutionStatus;
 use tokio::io::AsyncBufReadExt;
 
 /// A running daemon whose log lines are collected.
@@ -103,21 +103,10 @@ async fn wait_rotated(device: &Device, old: &str, within: Duration) -> String {
 }
 
 async fn only_active(cloud: &TestCloud, thing: &str, cert: &str) {
-    let registry = cloud.handle.registry();
-    for _ in 0..50 {
-        let t = registry.thing(thing).unwrap().unwrap();
-        let active: Vec<_> = t
-            .certificates
-            .iter()
-            .filter(|id| registry.certificate_status(id).unwrap() == Some(CertStatus::Active))
-            .cloned()
-            .collect();
-        if active == vec![cert.to_string()] {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{thing} does not have exactly one active certificate {cert}");
+    assert_eq!(
+        cloud.active_certificates(thing, 1).await,
+        vec![cert.to_string()]
+    );
 }
 
 async fn enrolled(cloud: &TestCloud, backend: Backend, extra: &str) -> Device {

@@ -21,27 +21,6 @@ async fn enrolled(cloud: &TestCloud, backend: Backend, extra: &str) -> Device {
     device
 }
 
-/// The certificates attached to the thing that are ACTIVE, once the
-/// backend rule has had a moment to act on a report.
-async fn active_certificates(cloud: &TestCloud, thing: &str, expect: usize) -> Vec<String> {
-    let registry = cloud.handle.registry();
-    let mut active = Vec::new();
-    for _ in 0..30 {
-        let t = registry.thing(thing).unwrap().expect("thing");
-        active = t
-            .certificates
-            .iter()
-            .filter(|id| registry.certificate_status(id).unwrap() == Some(CertStatus::Active))
-            .cloned()
-            .collect();
-        if active.len() == expect {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    active
-}
-
 fn labels(device: &Device) -> Vec<String> {
     device
         .store()
@@ -72,7 +51,7 @@ async fn rotate_end_to_end(backend: Backend, mode: &str) {
     assert_eq!(new.thing_name, old.thing_name, "same thing");
 
     // Exactly one active certificate, the new one; the old one INACTIVE.
-    let active = active_certificates(&cloud, &new.thing_name, 1).await;
+    let active = cloud.active_certificates(&new.thing_name, 1).await;
     assert_eq!(active, vec![new.certificate_id.clone()]);
     let registry = cloud.handle.registry();
     assert_eq!(
@@ -236,7 +215,7 @@ async fn rollback(backend: Backend) {
     );
     assert!(!device.state_dir().join("journal.json").exists());
     device.round_trip(&cloud).await.unwrap();
-    let active = active_certificates(&cloud, &before.thing_name, 1).await;
+    let active = cloud.active_certificates(&before.thing_name, 1).await;
     assert_eq!(active, vec![before.certificate_id.clone()]);
 }
 
@@ -281,7 +260,7 @@ async fn crash_everywhere(make_backend: fn() -> Backend) {
         let done = device.run(&["rotate"]).await;
         assert!(done.status.success(), "{point}: {}", text(&done));
         let identity = device.identity().unwrap();
-        let active = active_certificates(&cloud, &identity.thing_name, 1).await;
+        let active = cloud.active_certificates(&identity.thing_name, 1).await;
         assert_eq!(active, vec![identity.certificate_id.clone()], "{point}");
         device
             .round_trip(&cloud)

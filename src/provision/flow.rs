@@ -396,6 +396,22 @@ impl<'a> Flow<'a> {
         }
     }
 
+    /// One provisioning API request on the session, with retries.
+    async fn call_api(
+        &mut self,
+        api: &str,
+        topic: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, ProvisionError> {
+        self.retrying(api, async |flow: &mut Self| {
+            let format = flow.config.provisioning.payload_format;
+            let timeout = flow.config.provisioning.response_timeout;
+            let session = flow.session().await?;
+            Ok(session.request(api, topic, format, body, timeout).await?)
+        })
+        .await
+    }
+
     fn api_topic(&self, base: &str) -> String {
         format!(
             "{base}/{}",
@@ -433,14 +449,7 @@ impl<'a> Flow<'a> {
         let body = serde_json::json!({ "certificateSigningRequest": csr });
         let started = Instant::now();
         let response = self
-            .retrying("CreateCertificateFromCsr", async |flow: &mut Self| {
-                let format = flow.config.provisioning.payload_format;
-                let timeout = flow.config.provisioning.response_timeout;
-                let session = flow.session().await?;
-                Ok(session
-                    .request("CreateCertificateFromCsr", &topic, format, &body, timeout)
-                    .await?)
-            })
+            .call_api("CreateCertificateFromCsr", &topic, &body)
             .await;
         let response = match response {
             Ok(r) => r,
@@ -464,14 +473,7 @@ impl<'a> Flow<'a> {
         let body = serde_json::json!({});
         let started = Instant::now();
         let mut response = self
-            .retrying("CreateKeysAndCertificate", async |flow: &mut Self| {
-                let format = flow.config.provisioning.payload_format;
-                let timeout = flow.config.provisioning.response_timeout;
-                let session = flow.session().await?;
-                Ok(session
-                    .request("CreateKeysAndCertificate", &topic, format, &body, timeout)
-                    .await?)
-            })
+            .call_api("CreateKeysAndCertificate", &topic, &body)
             .await?;
         self.timed("CreateKeysAndCertificate", started);
 

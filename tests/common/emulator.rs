@@ -107,3 +107,30 @@ impl TestCloud {
         prov_agent::mqtt::Session::connect(&opts).await.unwrap()
     }
 }
+
+impl TestCloud {
+    /// The ACTIVE certificates attached to `thing`, polled for up to 3 s
+    /// until there are `expect` of them (the backend rule acts on a
+    /// rotation report asynchronously).
+    pub async fn active_certificates(&self, thing: &str, expect: usize) -> Vec<String> {
+        let registry = self.handle.registry();
+        let mut active = Vec::new();
+        for _ in 0..30 {
+            let t = registry.thing(thing).unwrap().expect("thing exists");
+            active = t
+                .certificates
+                .iter()
+                .filter(|id| {
+                    registry.certificate_status(id).unwrap()
+                        == Some(iotcore_emulator::CertStatus::Active)
+                })
+                .cloned()
+                .collect();
+            if active.len() == expect {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        active
+    }
+}
