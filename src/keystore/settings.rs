@@ -158,3 +158,35 @@ pub enum KeyStoreSettings {
     Pkcs11(Pkcs11Settings),
     File(FileSettings),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn sources_parse_and_read_the_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pin");
+        std::fs::write(&file, "1234\nignored\n").unwrap();
+        let src = SecretSource::parse(&format!("file:{}", file.display())).unwrap();
+        assert_eq!(src.read("pkcs11").unwrap().expose_secret(), "1234");
+
+        // A systemd credential: $CREDENTIALS_DIRECTORY/NAME. No other test
+        // touches this variable.
+        std::env::set_var("CREDENTIALS_DIRECTORY", dir.path());
+        let src = SecretSource::parse("credential:pin").unwrap();
+        assert_eq!(src.read("pkcs11").unwrap().expose_secret(), "1234");
+        std::env::remove_var("CREDENTIALS_DIRECTORY");
+        let e = src.read("pkcs11").unwrap_err().to_string();
+        assert!(e.contains("LoadCredential=pin"), "{e}");
+
+        assert!(SecretSource::parse("credential:../etc/shadow").is_err());
+        assert!(SecretSource::parse("env:").is_err());
+        // The value is never echoed: it may be the PIN itself.
+        let e = SecretSource::parse("s3cret-pin").unwrap_err();
+        assert!(!e.contains("s3cret"), "{e}");
+        // Debug shows where the secret is, never a secret.
+        assert_eq!(format!("{:?}", SecretSource::Env("PIN".into())), "env:PIN");
+    }
+}
