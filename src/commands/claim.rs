@@ -67,27 +67,34 @@ pub fn import(
         )));
     }
 
-    if args.replace {
-        match store.delete(label) {
-            Ok(()) | Err(KeyStoreError::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
+    // The key goes in under a staging label and replaces the claim key only
+    // once it has proven itself, so that a failed `--replace` leaves the old
+    // claim key in place.
+    match store.info(label) {
+        Ok(existing) if !args.replace => {
+            return Err(CommandError::Input(format!(
+                "a claim key is already in the store ({}). To replace it run \
+                 `prov-agent claim import --replace ...`",
+                existing.reference
+            )))
         }
+        Ok(_) | Err(KeyStoreError::NotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
     }
-    let info = store.import(label, &material).map_err(|e| match e {
-        KeyStoreError::AlreadyExists { .. } => CommandError::Input(format!(
-            "{e}. To replace the claim key run `prov-agent claim import --replace ...`"
-        )),
-        other => other.into(),
-    })?;
+    let staging = label.pending();
+    match store.delete(&staging) {
+        Ok(()) | Err(KeyStoreError::NotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let staged = store.import(&staging, &material)?;
     drop(material);
-
-    if let Err(e) = prove_key(store, &info, &cert) {
-        // Leave the store as it was before the command.
-        if let Err(cleanup) = store.delete(label) {
-            tracing::error!(key = %label, error = %cleanup, "could not remove the imported key after a failed check");
+    if let Err(e) = prove_key(store, &staged, &cert) {
+        if let Err(cleanup) = store.delete(&staging) {
+            tracing::error!(key = %staging, error = %cleanup, "could not remove the imported key after a failed check");
         }
         return Err(e);
     }
+    let info = store.promote(&staging, label)?;
 
     let cert_path = config.settings.claim_cert.clone();
     if let Some(dir) = cert_path.parent() {
