@@ -6,11 +6,8 @@ mod common;
 
 use std::sync::Arc;
 
-use common::pki::{mutual_tls, openssl_verify_csr, TestCa};
-use prov_agent::crypto::make_csr;
-use prov_agent::keystore::{
-    file::FileKeyStore, FileSettings, KeyAlgorithm, KeyLabel, KeyStore, PublicKey,
-};
+use common::pki::{assert_csr_carries_store_key, assert_mutual_tls_both_versions, TestCa};
+use prov_agent::keystore::{file::FileKeyStore, FileSettings, KeyAlgorithm, KeyLabel, KeyStore};
 
 fn store() -> (tempfile::TempDir, Arc<dyn KeyStore>) {
     let dir = tempfile::tempdir().unwrap();
@@ -27,14 +24,7 @@ fn csr_signed_by_store_verifies_with_openssl() {
     for alg in KeyAlgorithm::ALL {
         let label = KeyLabel::new(format!("csr-{alg}")).unwrap();
         let info = store.generate(&label, alg).unwrap();
-        let csr = make_csr(store.clone(), &info, "GW-0001").unwrap();
-        let openssl_pub = openssl_verify_csr(dir.path(), &csr);
-        let parsed = pem::parse(openssl_pub.trim()).unwrap();
-        let from_openssl = PublicKey::from_spki_der(parsed.contents()).unwrap();
-        assert_eq!(
-            from_openssl, info.public_key,
-            "{alg}: CSR carries another key"
-        );
+        assert_csr_carries_store_key(&store, dir.path(), &info);
     }
 }
 
@@ -45,17 +35,7 @@ fn mutual_tls_with_store_key_over_tls12_and_tls13() {
     for alg in KeyAlgorithm::ALL {
         let label = KeyLabel::new(format!("tls-{alg}")).unwrap();
         let info = store.generate(&label, alg).unwrap();
-        let cert = ca.issue_client(store.clone(), &info);
-        for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
-            let hs = mutual_tls(&ca, store.clone(), &info, cert.clone(), version)
-                .unwrap_or_else(|e| panic!("{alg} {:?}: {e}", version.version));
-            assert_eq!(hs.version, version.version);
-            assert_eq!(
-                hs.client_cert, cert,
-                "server saw another client certificate"
-            );
-            assert_eq!(hs.echoed, b"ping");
-        }
+        assert_mutual_tls_both_versions(&ca, &store, &info);
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::outcome::{human, json};
 use super::CommandError;
 use crate::cli::{Enroll, Rotate};
-use crate::config::{Config, SerialSource};
+use crate::config::Config;
 use crate::keystore::KeyStore;
 use crate::provision::enroll::{enroll, EnrollOptions};
 use crate::provision::rotate::{rotate, RotateOptions};
@@ -23,12 +23,7 @@ pub fn run(
     store: Arc<dyn KeyStore>,
     args: &Enroll,
 ) -> Result<String, CommandError> {
-    let tpm_ek = match (&config.provisioning.serial, store.hardware_id()) {
-        (SerialSource::TpmEk, Some(id)) => Some(id?),
-        _ => None,
-    };
-    let serial = serial::resolve(&config.provisioning.serial, tpm_ek)
-        .map_err(|e| CommandError::Provision(e.into()))?;
+    let serial = serial::resolve(&config.provisioning.serial, store.as_ref())?;
     let done = runtime()?
         .block_on(enroll(
             config,

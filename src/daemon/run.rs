@@ -71,7 +71,8 @@ pub async fn run(
                 rotate_locked(&config, store.clone(), RotateOptions::default()).await
             }
             Operation::Enroll => {
-                let serial = crate::provision::serial::resolve(&config.provisioning.serial, None)?;
+                let serial =
+                    crate::provision::serial::resolve(&config.provisioning.serial, store.as_ref())?;
                 enroll_locked(&config, store.clone(), &serial, EnrollOptions::default()).await
             }
         };

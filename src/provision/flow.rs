@@ -459,7 +459,7 @@ impl<'a> Flow<'a> {
             }
         };
         self.timed("CreateCertificateFromCsr", started);
-        match Issued::parse("CreateCertificateFromCsr", response, &key) {
+        match Issued::parse("CreateCertificateFromCsr", response, &key.public_key) {
             Ok(issued) => Ok(issued),
             Err(e) => {
                 self.delete_pending()?;
@@ -496,7 +496,7 @@ impl<'a> Flow<'a> {
         drop(key_pem);
         let public = material.public_key()?;
         // Check the certificate against the key before the key goes in.
-        let check = Issued::parse_for_public_key("CreateKeysAndCertificate", response, &public)?;
+        let check = Issued::parse("CreateKeysAndCertificate", response, &public)?;
         let started = Instant::now();
         self.store.import(&self.pending, &material)?;
         drop(material);
@@ -751,17 +751,9 @@ struct Issued {
 }
 
 impl Issued {
-    fn parse(
-        api: &str,
-        response: serde_json::Value,
-        key: &KeyInfo,
-    ) -> Result<Self, ProvisionError> {
-        Self::parse_for_public_key(api, response, &key.public_key)
-    }
-
     /// Refuses anything but a certificate for `public`, whose id is the
     /// SHA-256 of its DER, with a token.
-    fn parse_for_public_key(
+    fn parse(
         api: &str,
         response: serde_json::Value,
         public: &crate::keystore::PublicKey,

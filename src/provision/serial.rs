@@ -30,10 +30,23 @@ const PLACEHOLDERS: &[&str] = &[
     "0123456789",
 ];
 
-/// Resolves the serial number. `tpm_ek` is the digest of the TPM's
-/// endorsement key when the backend is a TPM.
-pub fn resolve(source: &SerialSource, tpm_ek: Option<String>) -> Result<String, SerialError> {
-    resolve_at(source, tpm_ek, Path::new(DMI_SERIAL), Path::new(MACHINE_ID))
+/// The device's serial number from `source`. The key store is asked for
+/// its hardware identifier (a TPM's endorsement key digest) only when the
+/// source is `tpm-ek`.
+pub fn resolve(
+    source: &SerialSource,
+    store: &dyn crate::keystore::KeyStore,
+) -> Result<String, super::ProvisionError> {
+    let tpm_ek = match source {
+        SerialSource::TpmEk => store.hardware_id().transpose()?,
+        _ => None,
+    };
+    Ok(resolve_at(
+        source,
+        tpm_ek,
+        Path::new(DMI_SERIAL),
+        Path::new(MACHINE_ID),
+    )?)
 }
 
 fn resolve_at(

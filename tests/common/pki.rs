@@ -197,3 +197,36 @@ pub fn openssl_verify_csr(dir: &Path, csr_pem: &str) -> String {
 pub fn cert_pem(der: &CertificateDer<'_>) -> String {
     pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
 }
+
+/// A CSR signed with `key` in `store` passes `openssl req -verify` and
+/// carries `key`'s public key.
+pub fn assert_csr_carries_store_key(store: &Arc<dyn KeyStore>, dir: &Path, key: &KeyInfo) {
+    let csr = prov_agent::crypto::make_csr(store.clone(), key, "GW-0001").unwrap();
+    let openssl_pub = openssl_verify_csr(dir, &csr);
+    let from_openssl = prov_agent::keystore::PublicKey::from_spki_der(
+        pem::parse(openssl_pub.trim()).unwrap().contents(),
+    )
+    .unwrap();
+    assert_eq!(
+        from_openssl,
+        key.public_key,
+        "{}: CSR carries another key",
+        key.algorithm()
+    );
+}
+
+/// Mutual TLS with `key` in `store` completes over TLS 1.2 and 1.3, the
+/// server sees the client certificate `ca` issued for it, and data flows.
+pub fn assert_mutual_tls_both_versions(ca: &TestCa, store: &Arc<dyn KeyStore>, key: &KeyInfo) {
+    let cert = ca.issue_client(store.clone(), key);
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let hs = mutual_tls(ca, store.clone(), key, cert.clone(), version)
+            .unwrap_or_else(|e| panic!("{} {:?}: {e}", key.algorithm(), version.version));
+        assert_eq!(hs.version, version.version);
+        assert_eq!(
+            hs.client_cert, cert,
+            "server saw another client certificate"
+        );
+        assert_eq!(hs.echoed, b"ping");
+    }
+}
