@@ -10,14 +10,6 @@ use common::backend::Backend;
 use common::device::{text, Device};
 use common::emulator::TestCloud;
 
-async fn enrolled(cloud: &TestCloud) -> Device {
-    let device = Device::new(cloud, Backend::File, "");
-    device.import_claim().await;
-    let out = device.run(&["enroll"]).await;
-    assert!(out.status.success(), "{}", text(&out));
-    device
-}
-
 /// The verdict `check --json` gave for one check.
 fn verdict(out: &std::process::Output, check: &str) -> (String, String) {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
@@ -37,7 +29,7 @@ fn verdict(out: &std::process::Output, check: &str) -> (String, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn healthy_device() {
     let cloud = TestCloud::start().await;
-    let device = enrolled(&cloud).await;
+    let device = Device::enrolled(&cloud, Backend::File, "").await;
     let out = device.run(&["check"]).await;
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -70,7 +62,7 @@ async fn status_before_enrollment() {
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_certificate_is_named() {
     let cloud = TestCloud::start_with(|c| c.certificate_validity = Duration::from_secs(2)).await;
-    let device = enrolled(&cloud).await;
+    let device = Device::enrolled(&cloud, Backend::File, "").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let out = device.run(&["check", "--json"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -85,7 +77,7 @@ async fn expired_certificate_is_named() {
 #[tokio::test(flavor = "multi_thread")]
 async fn key_that_does_not_match_is_named() {
     let cloud = TestCloud::start().await;
-    let device = enrolled(&cloud).await;
+    let device = Device::enrolled(&cloud, Backend::File, "").await;
     // Put another certificate (the claim's) in the identity.
     let path = device.state_dir().join("identity.json");
     let mut identity: serde_json::Value =
@@ -102,7 +94,7 @@ async fn key_that_does_not_match_is_named() {
 #[tokio::test(flavor = "multi_thread")]
 async fn unreachable_endpoint_is_named() {
     let cloud = TestCloud::start().await;
-    let device = enrolled(&cloud).await;
+    let device = Device::enrolled(&cloud, Backend::File, "").await;
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -125,7 +117,7 @@ async fn unreachable_endpoint_is_named() {
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_permissions_are_named() {
     let cloud = TestCloud::start().await;
-    let device = enrolled(&cloud).await;
+    let device = Device::enrolled(&cloud, Backend::File, "").await;
     std::fs::set_permissions(device.state_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = device.run(&["check", "--json"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

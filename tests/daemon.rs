@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::backend::Backend;
-use common::device::{text, Device};
+use common::device::Device;
 use common::emulator::TestCloud;
 use iotcore_emulator::JobExecutionStatus;
 use tokio::io::AsyncBufReadExt;
@@ -109,19 +109,11 @@ async fn only_active(cloud: &TestCloud, thing: &str, cert: &str) {
     );
 }
 
-async fn enrolled(cloud: &TestCloud, backend: Backend, extra: &str) -> Device {
-    let device = Device::new(cloud, backend, extra);
-    device.import_claim().await;
-    let out = device.run(&["enroll"]).await;
-    assert!(out.status.success(), "{}", text(&out));
-    device
-}
-
 async fn command_rotation(backend: Backend) {
     let cloud = TestCloud::start().await;
     let post = tempfile::tempdir().unwrap();
     let env_file = post.path().join("post.env");
-    let device = enrolled(&cloud, backend, "").await;
+    let device = Device::enrolled(&cloud, backend, "").await;
     // Add the post-rotation command to the config.
     let mut cfg = std::fs::read_to_string(&device.config).unwrap();
     cfg.push_str(&format!(
@@ -190,7 +182,7 @@ async fn tpm_command_rotation_and_post_rotation_command() {
 
 async fn job_rotation(backend: Backend) {
     let cloud = TestCloud::start().await;
-    let device = enrolled(&cloud, backend, "").await;
+    let device = Device::enrolled(&cloud, backend, "").await;
     let before = device.identity().unwrap();
     let daemon = Daemon::start(&device);
     daemon
@@ -239,7 +231,7 @@ async fn tpm_job_rotation_succeeds() {
 #[tokio::test(flavor = "multi_thread")]
 async fn scheduled_rotation_of_a_short_lived_certificate() {
     let cloud = TestCloud::start_with(|c| c.certificate_validity = Duration::from_secs(8)).await;
-    let device = enrolled(&cloud, Backend::File, "").await;
+    let device = Device::enrolled(&cloud, Backend::File, "").await;
     let mut cfg = std::fs::read_to_string(&device.config).unwrap();
     cfg.push_str("[ROTATION]\nTHRESHOLD = 50%\nRANDOM_DELAY = 0s\nCHECK_INTERVAL = 500ms\n");
     std::fs::write(&device.config, cfg).unwrap();
@@ -256,7 +248,7 @@ async fn scheduled_rotation_of_a_short_lived_certificate() {
 #[tokio::test(flavor = "multi_thread")]
 async fn offline_start_and_service_restart() {
     let cloud = TestCloud::start().await;
-    let device = enrolled(&cloud, Backend::File, "").await;
+    let device = Device::enrolled(&cloud, Backend::File, "").await;
     let before = device.identity().unwrap();
     let port = cloud.handle.addr().port();
     let data = cloud.dir.path().join("emulator");
@@ -309,7 +301,7 @@ async fn offline_start_and_service_restart() {
 #[tokio::test(flavor = "multi_thread")]
 async fn systemd_notifications_and_reload() {
     let cloud = TestCloud::start().await;
-    let device = enrolled(&cloud, Backend::File, "").await;
+    let device = Device::enrolled(&cloud, Backend::File, "").await;
     let sock_dir = tempfile::tempdir().unwrap();
     let sock_path = sock_dir.path().join("notify");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();

@@ -13,14 +13,6 @@ use common::device::{text, Device};
 use common::emulator::TestCloud;
 use iotcore_emulator::CertStatus;
 
-async fn enrolled(cloud: &TestCloud, backend: Backend, extra: &str) -> Device {
-    let device = Device::new(cloud, backend, extra);
-    device.import_claim().await;
-    let out = device.run(&["enroll"]).await;
-    assert!(out.status.success(), "enroll: {}", text(&out));
-    device
-}
-
 fn labels(device: &Device) -> Vec<String> {
     device
         .store()
@@ -33,7 +25,7 @@ fn labels(device: &Device) -> Vec<String> {
 
 async fn rotate_end_to_end(backend: Backend, mode: &str) {
     let cloud = TestCloud::start().await;
-    let device = enrolled(&cloud, backend, &format!("MODE = {mode}\n")).await;
+    let device = Device::enrolled(&cloud, backend, &format!("MODE = {mode}\n")).await;
     let old = device.identity().unwrap();
     let old_key = device
         .store()
@@ -119,7 +111,7 @@ async fn tpm_rotate_keys() {
 #[tokio::test(flavor = "multi_thread")]
 async fn if_due_leaves_a_young_certificate_alone() {
     let cloud = TestCloud::start().await;
-    let device = enrolled(&cloud, Backend::File, "").await;
+    let device = Device::enrolled(&cloud, Backend::File, "").await;
     let before = device.identity().unwrap();
     let out = device.run(&["rotate", "--if-due"]).await;
     assert!(out.status.success(), "{}", text(&out));
@@ -134,7 +126,7 @@ async fn if_due_leaves_a_young_certificate_alone() {
 #[tokio::test(flavor = "multi_thread")]
 async fn if_due_rotates_a_short_lived_certificate() {
     let cloud = TestCloud::start_with(|c| c.certificate_validity = Duration::from_secs(4)).await;
-    let device = enrolled(&cloud, Backend::File, "").await;
+    let device = Device::enrolled(&cloud, Backend::File, "").await;
     let before = device.identity().unwrap();
     // THRESHOLD 66% of 4 s (+ the emulator's clock-skew allowance).
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -185,7 +177,7 @@ async fn rollback(backend: Backend) {
         .create_template("RotationTemplate", &template, true, None)
         .unwrap();
 
-    let device = enrolled(&cloud, backend, "MAX_RETRIES = 1\n").await;
+    let device = Device::enrolled(&cloud, backend, "MAX_RETRIES = 1\n").await;
     let before = device.identity().unwrap();
     let before_key = device
         .store()
@@ -243,7 +235,7 @@ async fn crash_everywhere(make_backend: fn() -> Backend) {
     use prov_agent::provision::fault::POINTS;
     let cloud = TestCloud::start().await;
     for point in POINTS.iter().copied().filter(|p| *p != "key-imported") {
-        let device = enrolled(&cloud, make_backend(), "").await;
+        let device = Device::enrolled(&cloud, make_backend(), "").await;
         let crashed = device
             .run_env(&["rotate"], &[("PROV_AGENT_FAULT", point)])
             .await;

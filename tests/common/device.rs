@@ -68,6 +68,15 @@ impl Device {
         }
     }
 
+    /// A device that has imported its claim key and enrolled.
+    pub async fn enrolled(cloud: &TestCloud, backend: Backend, extra: &str) -> Self {
+        let device = Self::new(cloud, backend, extra);
+        device.import_claim().await;
+        let out = device.run(&["enroll"]).await;
+        assert!(out.status.success(), "enroll: {}", text(&out));
+        device
+    }
+
     pub fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
     }
