@@ -6,24 +6,13 @@ Numbers only."""
 
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-AGENT = os.path.join(ROOT, "target/release/prov-agent")
-EMULATOR = os.path.join(ROOT, "target/release/iotcore-emulator")
+from benchlib import AGENT, EMULATOR, Bench, run
+
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def run(cmd, env=None):
-    proc = subprocess.run(cmd, capture_output=True, env=env)
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout.decode()}\n{proc.stderr.decode()}")
-    return proc.stdout.decode()
 
 
 def proc_status(pid):
@@ -41,53 +30,12 @@ def proc_status(pid):
 
 def main():
     idle = int(sys.argv[1]) if len(sys.argv) > 1 else 60
-    work = tempfile.mkdtemp(prefix="prov-agent-bench-daemon.")
-    procs = []
+    bench = Bench("prov-agent-bench-daemon.")
+    work, procs, env, cloud = bench.work, bench.procs, bench.env, bench.cloud
     try:
-        cloud = os.path.join(work, "cloud")
-        run([EMULATOR, "init", cloud])
-        serve_out = open(os.path.join(work, "serve.out"), "w+")
-        procs.append(subprocess.Popen([EMULATOR, "serve", cloud, "--port", "0", "--alpn-port", "0"],
-                                      stdout=serve_out, stderr=subprocess.DEVNULL))
-        for _ in range(100):
-            serve_out.seek(0)
-            m = re.search(r"127\.0\.0\.1:(\d+)", serve_out.read())
-            if m:
-                break
-            time.sleep(0.1)
-        else:
-            sys.exit("the emulator did not start")
-        port = int(m.group(1))
-
-        os.makedirs(os.path.join(work, "tokens"), mode=0o700)
-        conf = os.path.join(work, "softhsm2.conf")
-        with open(conf, "w") as f:
-            f.write(f"directories.tokendir = {work}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n")
-        env = dict(os.environ, SOFTHSM2_CONF=conf, PROV_AGENT_LOG="info")
-        pin = os.path.join(work, "pin")
-        with open(pin, "w") as f:
-            f.write("bench-pin\n")
-        os.chmod(pin, 0o600)
-        run(["softhsm2-util", "--init-token", "--free", "--label", "bench", "--so-pin", "bench-so",
-             "--pin", "bench-pin"], env=env)
-
-        dev = os.path.join(work, "device")
-        os.makedirs(os.path.join(dev, "certs"))
-        shutil.copy(os.path.join(cloud, "root-ca.pem"), os.path.join(dev, "certs/root-ca.pem"))
-        shutil.copy(os.path.join(cloud, "claim/claim.pem.crt"), os.path.join(dev, "claim.pem.crt"))
-        shutil.copy(os.path.join(cloud, "claim/claim.private.pem.key"), os.path.join(dev, "claim.key"))
-        cfg = os.path.join(dev, "config.ini")
-        with open(cfg, "w") as f:
-            f.write("[SETTINGS]\nSECURE_CERT_PATH = certs\nROOT_CERT = root-ca.pem\nCLAIM_CERT = claim.pem.crt\n"
-                    "IOT_ENDPOINT = localhost\nPRODUCTION_TEMPLATE = ProdTemplate\n"
-                    "CERT_ROTATION_TEMPLATE = RotationTemplate\n[AGENT]\nSTATE_DIR = state\n"
-                    f"[KEYSTORE]\nBACKEND = pkcs11\n[PKCS11]\nMODULE = /usr/lib/softhsm/libsofthsm2.so\n"
-                    f"TOKEN_LABEL = bench\nPIN_SOURCE = file:{pin}\n"
-                    f"[PROVISIONING]\nPORT = {port}\nSERIAL_NUMBER = BENCH-D\n"
-                    "[TEMPLATE_PARAMETERS]\nSite = plant-a\n")
-        run([AGENT, "--config", cfg, "claim", "import", "--cert", os.path.join(dev, "claim.pem.crt"),
-             "--key", os.path.join(dev, "claim.key")], env=env)
+        cfg = bench.device(1, "softhsm")
         run([AGENT, "--config", cfg, "enroll"], env=env)
+        dev = os.path.dirname(cfg)
         identity = os.path.join(dev, "state/identity.json")
         with open(identity) as f:
             first = json.load(f)
@@ -140,9 +88,7 @@ def main():
               "(includes the emulator's job poll interval)")
         print(f"after the rotation: RSS {rss2 / 1024:.1f} MiB (peak {hwm2 / 1024:.1f} MiB), CPU {cpu2 - cpu1:.2f} s")
     finally:
-        for p in procs:
-            p.terminate()
-        shutil.rmtree(work, ignore_errors=True)
+        bench.close()
 
 
 if __name__ == "__main__":
