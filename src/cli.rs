@@ -52,6 +52,11 @@ pub enum Command {
     /// Inspect the keys in the configured key store.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Internal: the daemon's key helper process, which holds the hardware
+    /// during a handshake or a rotation and speaks a private protocol on
+    /// stdin and stdout. Not for people.
+    #[command(name = "key-helper", hide = true)]
+    KeyHelper,
 }
 
 #[derive(Debug, Args)]

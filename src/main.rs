@@ -6,8 +6,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use prov_agent::cli::{ClaimCommand, Cli, Command, KeysCommand};
 use prov_agent::commands::{self, exit, CommandError};
-use prov_agent::config::{Config, DEFAULT_PATH, ENV_CONFIG};
-use prov_agent::keystore;
+use std::sync::Arc;
+
+use prov_agent::config::{Config, ConfigError, DEFAULT_PATH, ENV_CONFIG};
+use prov_agent::keystore::{self, helper::HelperKeyStore};
 
 fn main() -> ExitCode {
     // tpm2-tss prints its own ERROR lines on stderr for conditions the
@@ -49,11 +51,18 @@ fn init_logging() {
 }
 
 fn run(cli: Cli) -> Result<(), CommandError> {
+    if let Command::KeyHelper = cli.command {
+        return key_helper();
+    }
     let path = cli
         .config
         .or_else(|| std::env::var_os(ENV_CONFIG).map(Into::into))
         .unwrap_or_else(|| DEFAULT_PATH.into());
-    let config = Config::load(&path)?;
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+        file: path.clone(),
+        source,
+    })?;
+    let config = Config::from_str_with_env(&path, &text, std::env::vars())?;
     let store = || keystore::open(&config.keystore.settings);
     match cli.command {
         Command::Claim(ClaimCommand::Import(args)) => {
@@ -83,7 +92,18 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             );
         }
         Command::Run => {
-            let store = store()?;
+            // The daemon keeps its hardware in a helper process that lives
+            // only as long as a handshake or a rotation (keystore::helper).
+            // Start one now so that a key store that cannot be opened is
+            // reported at once, with its exit code.
+            let helper = HelperKeyStore::new(
+                "/proc/self/exe",
+                config.keystore.settings.backend(),
+                &path,
+                text,
+            );
+            helper.start()?;
+            let store: Arc<dyn keystore::KeyStore> = Arc::new(helper);
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -103,6 +123,33 @@ fn run(cli: Cli) -> Result<(), CommandError> {
         Command::Keys(KeysCommand::List { json }) => {
             println!("{}", commands::keys::list(&store()?, json)?);
         }
+        Command::KeyHelper => unreachable!("handled above"),
     }
     Ok(())
+}
+
+/// `prov-agent key-helper`: serves the daemon's key operations on stdin and
+/// stdout until the daemon closes stdin. Both are used through descriptors
+/// of their own, unbuffered, so that no library buffer keeps a copy of a
+/// key on its way to the store.
+fn key_helper() -> Result<(), CommandError> {
+    use std::os::fd::AsFd;
+    let own = |fd: std::os::fd::BorrowedFd<'_>| {
+        fd.try_clone_to_owned()
+            .map(std::fs::File::from)
+            .map_err(|e| CommandError::Other(format!("key helper: {e}")))
+    };
+    let mut input = own(std::io::stdin().as_fd())?;
+    let mut output = own(std::io::stdout().as_fd())?;
+    keystore::helper::serve(&mut input, &mut output, |path, text| {
+        let config = Config::from_str_with_env(path, text, std::env::vars()).map_err(|e| {
+            keystore::KeyStoreError::Helper {
+                kind: keystore::HelperErrorKind::Other,
+                message: e.to_string(),
+                retryable: false,
+            }
+        })?;
+        keystore::open(&config.keystore.settings)
+    })
+    .map_err(CommandError::Other)
 }

@@ -66,6 +66,38 @@ impl Daemon {
         }
     }
 
+    /// Checks that the connected, idle daemon holds none of the hardware:
+    /// its key helper process has ended, it never loaded the PKCS#11 module
+    /// or a TPM transport itself, and another process can use the key store
+    /// (swtpm serves one connection at a time, so a TPM connection kept by
+    /// the daemon would make `keys list` wait for ever).
+    async fn holds_no_hardware(&self, device: &Device) {
+        let pid = self.child.id().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let children = children_of(pid);
+            if children.is_empty() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the idle daemon still has child processes {children:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        for library in ["softhsm", "libtss2-tcti-"] {
+            assert!(
+                !maps.contains(library),
+                "the daemon itself has loaded {library}"
+            );
+        }
+        let list = tokio::time::timeout(Duration::from_secs(30), device.run(&["keys", "list"]))
+            .await
+            .expect("`keys list` got the key store while the daemon was idle");
+        assert!(list.status.success(), "{}", common::device::text(&list));
+    }
+
     async fn stop(mut self) {
         let pid = self.child.id().unwrap().to_string();
         let status = std::process::Command::new("kill")
@@ -83,6 +115,28 @@ impl Daemon {
             self.log.lock().unwrap().join("\n")
         );
     }
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            children.push(child);
+        }
+    }
+    children
 }
 
 /// Waits until identity.json names a certificate other than `old`.
@@ -113,12 +167,15 @@ async fn command_rotation(backend: Backend) {
     let cloud = TestCloud::start().await;
     let post = tempfile::tempdir().unwrap();
     let env_file = post.path().join("post.env");
+    let fds_file = post.path().join("post.fds");
     let device = Device::enrolled(&cloud, backend, "").await;
-    // Add the post-rotation command to the config.
+    // Add the post-rotation command to the config. Its `ls` lists the
+    // descriptors it inherited, besides the one it reads the list from.
     let mut cfg = std::fs::read_to_string(&device.config).unwrap();
     cfg.push_str(&format!(
-        "[ROTATION]\nPOST_ROTATION_COMMAND = env > {}\n",
-        env_file.display()
+        "[ROTATION]\nPOST_ROTATION_COMMAND = env > {}; ls -l /proc/self/fd > {}\n",
+        env_file.display(),
+        fds_file.display()
     ));
     std::fs::write(&device.config, cfg).unwrap();
     let before = device.identity().unwrap();
@@ -165,6 +222,22 @@ async fn command_rotation(backend: Backend) {
     assert!(env.contains("PROV_AGENT_CERT_PATH="), "{env}");
     assert!(env.contains("PROV_AGENT_KEY_REFERENCE="), "{env}");
     assert!(!env.contains("NOTIFY_SOCKET"), "{env}");
+    // ... and inherited no descriptor beyond stdin, stdout and stderr: no
+    // TPM connection, no token session, nothing of the daemon's.
+    let listing = std::fs::read_to_string(&fds_file).unwrap();
+    let mut fds: Vec<u32> = listing
+        .lines()
+        .filter_map(|l| l.split_once(" -> "))
+        .filter(|(_, target)| !(target.starts_with("/proc/") && target.ends_with("/fd")))
+        .filter_map(|(fd, _)| fd.split_whitespace().last()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    assert_eq!(
+        fds,
+        vec![0, 1, 2],
+        "descriptors of the post-rotation command:\n{listing}"
+    );
+    daemon.holds_no_hardware(&device).await;
     daemon.stop().await;
 }
 

@@ -10,7 +10,7 @@ use crate::cli::{ClaimGenerate, ClaimImport};
 use crate::config::Config;
 use crate::crypto::{make_csr, Certificate};
 use crate::durable;
-use crate::keystore::{KeyInfo, KeyStore, KeyStoreError, PrivateKeyMaterial};
+use crate::keystore::{KeyInfo, KeyStore, PrivateKeyMaterial};
 
 /// What `claim import` did, for the caller to print.
 #[derive(Debug)]
@@ -78,12 +78,14 @@ pub fn import(
                 existing.reference
             )))
         }
-        Ok(_) | Err(KeyStoreError::NotFound { .. }) => {}
+        Ok(_) => {}
+        Err(e) if e.is_not_found() => {}
         Err(e) => return Err(e.into()),
     }
     let staging = label.pending();
     match store.delete(&staging) {
-        Ok(()) | Err(KeyStoreError::NotFound { .. }) => {}
+        Ok(()) => {}
+        Err(e) if e.is_not_found() => {}
         Err(e) => return Err(e.into()),
     }
     let staged = store.import(&staging, &material)?;

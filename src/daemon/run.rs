@@ -11,6 +11,10 @@
 //! and IoT Core drops the older of two); afterwards it reconnects with the
 //! new identity. SIGHUP reloads the config, SIGTERM stops; under systemd it
 //! sends READY, STATUS and WATCHDOG notifications.
+//!
+//! The daemon's key store is a [`crate::keystore::helper::HelperKeyStore`]:
+//! the TPM or token is opened in a child process for a handshake or a
+//! rotation and closed again ([`KeyStore::release`]) once it is over.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -80,6 +84,7 @@ pub async fn run(
             tracing::error!(error = %e, "the interrupted operation could not be finished; carrying on with the current identity");
         }
     }
+    store.release();
     let identity = Identity::load(&config.state_dir)?.ok_or_else(|| {
         ProvisionError::Input("the device is not enrolled: run `prov-agent enroll` first".into())
     })?;
@@ -283,6 +288,8 @@ impl Daemon {
             Ok::<_, ProvisionError>(session)
         }
         .await;
+        // The key was needed for the handshake only.
+        self.store.release();
         match result {
             Ok(session) => {
                 tracing::info!(thing = %self.identity.thing_name, "connected");
@@ -393,6 +400,9 @@ impl Daemon {
                 }
             }
         };
+        // Nothing of the hardware stays open for the post-rotation command
+        // to inherit, or to keep from the service it reloads.
+        self.store.release();
         let outcome = match result {
             Ok(outcome) => {
                 tracing::info!(?trigger, old = ?outcome.identity.previous_certificate_id, new = %outcome.identity.certificate_id, "rotated");

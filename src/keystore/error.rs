@@ -70,6 +70,16 @@ pub enum KeyStoreError {
         feature: &'static str,
     },
 
+    /// An error the key helper process reported (`prov-agent run` keeps
+    /// the hardware in a short-lived child process): its message as the
+    /// helper wrote it, and the facts callers branch on.
+    #[error("{message}")]
+    Helper {
+        kind: HelperErrorKind,
+        message: String,
+        retryable: bool,
+    },
+
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -77,6 +87,16 @@ pub enum KeyStoreError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What kind of error the key helper process reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HelperErrorKind {
+    NotFound,
+    AlreadyExists,
+    BadPin,
+    Other,
 }
 
 impl KeyStoreError {
@@ -88,7 +108,34 @@ impl KeyStoreError {
             KeyStoreError::Unavailable {
                 retryable: true,
                 ..
+            } | KeyStoreError::Helper {
+                retryable: true,
+                ..
             }
         )
+    }
+
+    /// Whether the key asked for does not exist, in this process's store or
+    /// in the key helper's.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            KeyStoreError::NotFound { .. }
+                | KeyStoreError::Helper {
+                    kind: HelperErrorKind::NotFound,
+                    ..
+                }
+        )
+    }
+
+    /// The kind the key helper reports this error as.
+    pub fn helper_kind(&self) -> HelperErrorKind {
+        match self {
+            KeyStoreError::NotFound { .. } => HelperErrorKind::NotFound,
+            KeyStoreError::AlreadyExists { .. } => HelperErrorKind::AlreadyExists,
+            KeyStoreError::BadPin { .. } => HelperErrorKind::BadPin,
+            KeyStoreError::Helper { kind, .. } => *kind,
+            _ => HelperErrorKind::Other,
+        }
     }
 }

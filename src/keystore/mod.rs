@@ -13,6 +13,7 @@
 
 mod error;
 pub mod file;
+pub mod helper;
 mod material;
 #[cfg(feature = "pkcs11")]
 pub mod pkcs11;
@@ -21,7 +22,7 @@ mod settings;
 pub mod tpm;
 mod types;
 
-pub use error::{KeyStoreError, Result};
+pub use error::{HelperErrorKind, KeyStoreError, Result};
 pub use material::PrivateKeyMaterial;
 pub use settings::{
     FileSettings, KeyStoreSettings, Pkcs11Settings, SecretSource, TpmKeyStorage, TpmSettings,
@@ -72,6 +73,12 @@ pub trait KeyStore: Send + Sync {
     fn hardware_id(&self) -> Option<Result<String>> {
         None
     }
+
+    /// Lets go of the hardware until the next operation. The daemon calls
+    /// it when a handshake or a rotation is over; a store that runs its
+    /// hardware in a helper process ([`helper::HelperKeyStore`]) ends the
+    /// process. Stores that keep one context for their lifetime ignore it.
+    fn release(&self) {}
 }
 
 impl<T: KeyStore + ?Sized> KeyStore for std::sync::Arc<T> {
@@ -101,6 +108,9 @@ impl<T: KeyStore + ?Sized> KeyStore for std::sync::Arc<T> {
     }
     fn hardware_id(&self) -> Option<Result<String>> {
         (**self).hardware_id()
+    }
+    fn release(&self) {
+        (**self).release()
     }
 }
 

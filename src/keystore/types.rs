@@ -59,7 +59,8 @@ impl FromStr for KeyLabel {
 /// The key store backends. A backend that the binary was built without is
 /// still named here so that configuration errors can say which cargo feature
 /// is missing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Backend {
     Tpm,
     Pkcs11,
@@ -111,7 +112,8 @@ impl FromStr for Backend {
 }
 
 /// Key algorithms the agent makes and accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum KeyAlgorithm {
     EcP256,
     EcP384,
@@ -193,7 +195,8 @@ impl FromStr for KeyAlgorithm {
 }
 
 /// Signature schemes a store can compute.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum SignatureScheme {
     EcdsaSha256,
     EcdsaSha384,

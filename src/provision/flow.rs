@@ -25,7 +25,7 @@ use super::{ProvisionError, StepTiming};
 use crate::config::{Config, ProvisioningMode};
 use crate::crypto::{client_config, make_csr, Certificate, ALPN_AWS_IOT};
 use crate::durable;
-use crate::keystore::{KeyInfo, KeyLabel, KeyStore, KeyStoreError, PrivateKeyMaterial};
+use crate::keystore::{KeyInfo, KeyLabel, KeyStore, PrivateKeyMaterial};
 use crate::mqtt::{ConnectOptions, MqttError, Session};
 
 /// How long an ownership token is presented after it was issued. AWS gives
@@ -238,7 +238,7 @@ impl<'a> Flow<'a> {
                 tracing::info!(key = %label, "deleted the key of the replaced identity");
                 Ok(())
             }
-            Err(KeyStoreError::NotFound { .. }) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
@@ -249,7 +249,7 @@ impl<'a> Flow<'a> {
                 tracing::info!(key = %self.pending, "deleted the pending key of an abandoned attempt");
                 Ok(())
             }
-            Err(KeyStoreError::NotFound { .. }) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
@@ -262,7 +262,7 @@ impl<'a> Flow<'a> {
             .map_err(|e| ProvisionError::Inconsistent(e.to_string()))?;
         match self.store.info(&self.pending) {
             Ok(info) => Ok(info.public_key == *cert.public_key()),
-            Err(KeyStoreError::NotFound { .. }) => Ok(false),
+            Err(e) if e.is_not_found() => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
@@ -323,7 +323,7 @@ impl<'a> Flow<'a> {
             .store
             .info(&self.config.keystore.claim_key)
             .map_err(|e| match e {
-                KeyStoreError::NotFound { .. } => ProvisionError::Input(format!(
+                e if e.is_not_found() => ProvisionError::Input(format!(
                     "{e}; run `prov-agent claim import` (or `claim generate`) first"
                 )),
                 other => other.into(),
@@ -732,7 +732,8 @@ impl<'a> Flow<'a> {
 
     fn decommission_claim(&self) -> Result<(), ProvisionError> {
         match self.store.delete(&self.config.keystore.claim_key) {
-            Ok(()) | Err(KeyStoreError::NotFound { .. }) => {}
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
             Err(e) => return Err(e.into()),
         }
         let cert = &self.config.settings.claim_cert;
