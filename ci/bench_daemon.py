@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """ci/bench.sh daemon: the daemon's resident memory and CPU time while
 connected and idle (default 60 s), and the wall time of one rotation
-triggered by an AWS IoT job. Release builds, emulator on loopback, SoftHSM.
-Numbers only."""
+triggered by an AWS IoT job. Release builds, emulator on loopback, SoftHSM
+(BENCH_BACKEND=tpm: swtpm). Numbers only.
+
+The daemon opens the key store in a `prov-agent key-helper` child process
+for a handshake or a rotation only; the idle figures are the daemon alone,
+and the child-process count shows that no helper is left running."""
 
 import json
 import os
@@ -28,12 +32,40 @@ def proc_status(pid):
     return kib("VmRSS"), kib("VmHWM"), cpu
 
 
+def rollup(pid):
+    """Rss, Pss and Anonymous (KiB) from /proc/PID/smaps_rollup."""
+    out = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 2 and parts[0].rstrip(":") in ("Rss", "Pss", "Anonymous"):
+                out[parts[0].rstrip(":")] = int(parts[1])
+    return out
+
+
+def children(pid):
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            pass
+    return found
+
+
 def main():
     idle = int(sys.argv[1]) if len(sys.argv) > 1 else 60
     bench = Bench("prov-agent-bench-daemon.")
     work, procs, env, cloud = bench.work, bench.procs, bench.env, bench.cloud
     try:
-        cfg = bench.device(1, "softhsm")
+        backend = os.environ.get("BENCH_BACKEND", "softhsm")
+        if backend == "tpm":
+            bench.start_swtpm()
+        cfg = bench.device(1, backend)
         run([AGENT, "--config", cfg, "enroll"], env=env)
         dev = os.path.dirname(cfg)
         identity = os.path.join(dev, "state/identity.json")
@@ -65,6 +97,8 @@ def main():
                 print(f"  {kb:>7} KiB  {n}")
         time.sleep(idle)
         rss1, hwm1, cpu1 = proc_status(daemon.pid)
+        idle_mem = rollup(daemon.pid)
+        idle_children = children(daemon.pid)
 
         doc = os.path.join(work, "job.json")
         with open(doc, "w") as f:
@@ -82,8 +116,10 @@ def main():
         rotation = time.monotonic() - start
         rss2, hwm2, cpu2 = proc_status(daemon.pid)
 
-        print(f"daemon idle {idle} s connected: RSS {rss1 / 1024:.1f} MiB (peak {hwm1 / 1024:.1f} MiB), "
-              f"CPU {cpu1 - cpu0:.2f} s ({100 * (cpu1 - cpu0) / idle:.3f} %)")
+        print(f"daemon idle {idle} s connected ({backend}): RSS {rss1 / 1024:.1f} MiB "
+              f"(peak {hwm1 / 1024:.1f} MiB), CPU {cpu1 - cpu0:.2f} s ({100 * (cpu1 - cpu0) / idle:.3f} %)")
+        print(f"  of which anonymous {idle_mem['Anonymous'] / 1024:.1f} MiB, PSS {idle_mem['Pss'] / 1024:.1f} MiB; "
+              f"child processes while idle: {len(idle_children)}")
         print(f"one rotation (job created -> identity committed): {rotation * 1000:.0f} ms "
               "(includes the emulator's job poll interval)")
         print(f"after the rotation: RSS {rss2 / 1024:.1f} MiB (peak {hwm2 / 1024:.1f} MiB), CPU {cpu2 - cpu1:.2f} s")

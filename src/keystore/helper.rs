@@ -418,10 +418,16 @@ impl HelperKeyStore {
 
     /// Whether a helper process is running.
     pub fn is_running(&self) -> bool {
+        self.pid().is_some()
+    }
+
+    /// The process id of the running helper, if one runs.
+    pub fn pid(&self) -> Option<u32> {
         self.process
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
+            .as_ref()
+            .map(|p| p.child.id())
     }
 
     fn broken(&self, what: &str, e: impl std::fmt::Display) -> KeyStoreError {

@@ -32,6 +32,17 @@ impl Backend {
         }
     }
 
+    /// The agent's name for this backend.
+    pub fn keystore_backend(&self) -> prov_agent::keystore::Backend {
+        match self {
+            Backend::File => prov_agent::keystore::Backend::File,
+            #[cfg(feature = "pkcs11")]
+            Backend::Pkcs11(_) => prov_agent::keystore::Backend::Pkcs11,
+            #[cfg(feature = "tpm")]
+            Backend::Tpm(_) => prov_agent::keystore::Backend::Tpm,
+        }
+    }
+
     /// `[KEYSTORE]` and the backend's own section.
     pub fn config_section(&self, _state_dir: &Path) -> String {
         match self {
