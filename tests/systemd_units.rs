@@ -16,6 +16,8 @@ const ROTATE: &str = "prov-agent-rotate.service";
 const TIMER: &str = "prov-agent-rotate.timer";
 const SERVICES: [&str; 3] = [ENROLL, DAEMON, ROTATE];
 const BINARY: &str = "/usr/bin/prov-agent";
+/// The credential `PIN_SOURCE = credential:pkcs11-pin` reads.
+const PIN_CREDENTIAL: &str = "pkcs11-pin";
 
 /// One unit file: `(section, key, value)` in file order; a key set twice
 /// appears twice, as systemd sees list settings.
@@ -248,7 +250,7 @@ const SANDBOX: &[(&str, &str)] = &[
     ("StateDirectoryMode", "0700"),
     ("ConfigurationDirectory", "prov-agent"),
     ("UMask", "0077"),
-    ("LoadCredential", "pkcs11-pin:/etc/prov-agent/pkcs11-pin"),
+    ("LoadCredential", PIN_CREDENTIAL),
     ("NoNewPrivileges", "yes"),
     ("CapabilityBoundingSet", ""),
     ("AmbientCapabilities", ""),
@@ -308,6 +310,63 @@ fn the_three_services_share_one_sandbox() {
     assert!(daemon.len() > SANDBOX.len());
     assert_eq!(sandbox(ENROLL), daemon, "{ENROLL} and {DAEMON} differ");
     assert_eq!(sandbox(ROTATE), daemon, "{ROTATE} and {DAEMON} differ");
+}
+
+/// `LoadCredential=ID[:SOURCE]` and `LoadCredentialEncrypted=` as
+/// `(ID, SOURCE)`; without a source systemd takes the ID as the source.
+fn credentials(unit: &Unit) -> Vec<(&str, &str)> {
+    ["LoadCredential", "LoadCredentialEncrypted"]
+        .into_iter()
+        .flat_map(|key| unit.all("Service", key))
+        .map(|v| v.split_once(':').unwrap_or((v, v)))
+        .collect()
+}
+
+#[test]
+fn pin_credential_cannot_fail_a_start_without_a_pin() {
+    // systemd (252 and later, load_credential() in src/core/execute.c,
+    // exec-credential.c from 255) fails the start with 243/CREDENTIALS when
+    // an absolute source, file or directory, is missing, but skips a
+    // missing credential given by name only (looked up among systemd's own
+    // credentials and in /etc/credstore, /run/credstore, /usr/local/lib/
+    // credstore, /usr/lib/credstore). TPM gateways have no PIN: the units
+    // must start there without a drop-in.
+    for name in SERVICES {
+        let u = Unit::load(name);
+        let creds = credentials(&u);
+        assert_eq!(
+            creds.iter().filter(|(id, _)| *id == PIN_CREDENTIAL).count(),
+            1,
+            "{name}: {PIN_CREDENTIAL} loaded once (found {creds:?})"
+        );
+        for (id, source) in &creds {
+            assert!(
+                !source.starts_with('/'),
+                "{name}: credential {id} from {source}: a missing file or directory fails the start"
+            );
+            // The same name in the credential store: where systemd/README.md
+            // tells the operator to put it.
+            assert_eq!(id, source, "{name}: credential {id} looked up as {source}");
+        }
+        // A SetCredential= fallback would reach the token as the PIN (and
+        // count against its retry limit); ImportCredential= needs systemd
+        // 254 and is ignored, with a warning, by 252.
+        for key in [
+            "SetCredential",
+            "SetCredentialEncrypted",
+            "ImportCredential",
+        ] {
+            assert!(u.all("Service", key).is_empty(), "{name}: {key}= set");
+        }
+    }
+}
+
+#[test]
+fn readme_puts_the_pin_where_the_units_look_for_it() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let store = format!("/etc/credstore/{PIN_CREDENTIAL}");
+    assert!(readme.contains(&store), "systemd/README.md: no {store}");
 }
 
 #[test]
