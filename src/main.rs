@@ -39,9 +39,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logging to stderr, filtered by `PROV_AGENT_LOG` (a level such as `info`,
+/// or `target=level` pairs); warnings and errors when it is unset, and a
+/// word on stderr when it cannot be parsed.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PROV_AGENT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let filter = match std::env::var("PROV_AGENT_LOG") {
+        Ok(value) => tracing_subscriber::EnvFilter::try_new(&value).unwrap_or_else(|e| {
+            eprintln!(
+                "prov-agent: PROV_AGENT_LOG={value:?} is not a log filter ({e}); logging \
+                 warnings and errors. Use a level (info) or target=level pairs"
+            );
+            tracing_subscriber::EnvFilter::new("warn")
+        }),
+        Err(_) => tracing_subscriber::EnvFilter::new("warn"),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -260,6 +260,22 @@ fn missing_config_file_says_how_to_point_at_one() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
 }
 
+#[test]
+fn a_bad_log_filter_is_reported_not_ignored() {
+    let out = Command::new(env!("CARGO_BIN_EXE_prov-agent"))
+        .args(["--config", "/nonexistent/prov-agent.ini", "keys", "list"])
+        .env("PROV_AGENT_LOG", "prov_agent=loud")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("PROV_AGENT_LOG=\"prov_agent=loud\" is not a log filter"),
+        "{stderr}"
+    );
+    // The command itself still runs and fails for its own reason.
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+}
+
 /// One #[test] per flow and backend, so that a failure names both.
 macro_rules! on_backends {
     ($($flow:ident),*) => {

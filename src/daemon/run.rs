@@ -204,9 +204,7 @@ impl Daemon {
         self.notify(|n| n.reloading());
         match Config::load(&self.config_path) {
             Ok(new) => {
-                if format!("{:?}", new.keystore.settings)
-                    != format!("{:?}", self.config.keystore.settings)
-                {
+                if new.keystore.settings != self.config.keystore.settings {
                     tracing::warn!(
                         "key store settings changed: they take effect at the next restart"
                     );

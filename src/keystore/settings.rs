@@ -122,7 +122,7 @@ pub enum TpmKeyStorage {
     Persistent,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TpmSettings {
     /// A TCTI string as tpm2-tools take it: `device:/dev/tpmrm0`,
     /// `swtpm:host=127.0.0.1,port=2321`, `tabrmd`, `mssim:...`.
@@ -135,7 +135,7 @@ pub struct TpmSettings {
     pub key_dir: PathBuf,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pkcs11Settings {
     /// Path of the PKCS#11 module (`/usr/lib/softhsm/libsofthsm2.so`).
     pub module: PathBuf,
@@ -145,14 +145,14 @@ pub struct Pkcs11Settings {
     pub pin: SecretSource,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileSettings {
     /// Directory holding `<label>.pem` files (0700, keys 0600).
     pub key_dir: PathBuf,
 }
 
 /// Which backend to open, with its settings.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyStoreSettings {
     Tpm(TpmSettings),
     Pkcs11(Pkcs11Settings),
