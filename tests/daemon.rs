@@ -318,6 +318,33 @@ async fn scheduled_rotation_of_a_short_lived_certificate() {
 
 /// Started while the service is down, the daemon waits; it connects once
 /// the service is up, rides out a restart of it, and still rotates.
+/// A key store that cannot be opened stops the daemon at start with the
+/// key store's exit code and what the store said (the daemon opens its
+/// hardware in a helper process, which reports back before the daemon goes
+/// on), rather than a daemon that retries for ever.
+#[cfg(feature = "pkcs11")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_store_that_cannot_be_opened_stops_the_daemon_at_start() {
+    let cloud = TestCloud::start().await;
+    let device = Device::enrolled(&cloud, Backend::pkcs11("daemon-pin"), "").await;
+    let Backend::Pkcs11(hsm) = &device.backend else {
+        unreachable!()
+    };
+    std::fs::write(&hsm.pin_file, "a-wrong-pin\n").unwrap();
+    let before = device.identity().unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), device.run(&["run"]))
+        .await
+        .expect("the daemon stops at once");
+    let text = common::device::text(&out);
+    assert_eq!(out.status.code(), Some(5), "{text}");
+    assert!(text.contains("PIN"), "{text}");
+    assert!(!text.contains("a-wrong-pin"), "{text}");
+    assert_eq!(
+        device.identity().unwrap().certificate_id,
+        before.certificate_id
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn offline_start_and_service_restart() {
     let cloud = TestCloud::start().await;
