@@ -2,13 +2,12 @@
 //! the command, map errors to exit codes.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use prov_agent::cli::{ClaimCommand, Cli, Command, KeysCommand};
 use prov_agent::commands::{self, exit, CommandError};
-use std::sync::Arc;
-
-use prov_agent::config::{Config, ConfigError, DEFAULT_PATH, ENV_CONFIG};
+use prov_agent::config::{Config, DEFAULT_PATH, ENV_CONFIG};
 use prov_agent::keystore::{self, helper::HelperKeyStore};
 
 fn main() -> ExitCode {
@@ -69,11 +68,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
         .config
         .or_else(|| std::env::var_os(ENV_CONFIG).map(Into::into))
         .unwrap_or_else(|| DEFAULT_PATH.into());
-    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-        file: path.clone(),
-        source,
-    })?;
-    let config = Config::from_str_with_env(&path, &text, std::env::vars())?;
+    let (config, text) = Config::load_with_text(&path)?;
     let store = || keystore::open(&config.keystore.settings);
     match cli.command {
         Command::Claim(ClaimCommand::Import(args)) => {

@@ -471,11 +471,18 @@ impl Config {
     /// Reads `path` and applies `PROV_AGENT_*` overrides from the process
     /// environment.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_text(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], also returning the text it parsed (the daemon
+    /// hands exactly that text to its key helper).
+    pub fn load_with_text(path: &Path) -> Result<(Self, String), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             file: path.to_path_buf(),
             source,
         })?;
-        Self::from_str_with_env(path, &text, std::env::vars())
+        let config = Self::from_str_with_env(path, &text, std::env::vars())?;
+        Ok((config, text))
     }
 
     /// Parses `text` as if read from `path`, with the given environment.
