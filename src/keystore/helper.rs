@@ -316,6 +316,25 @@ fn handle(store: &dyn KeyStore, request: Request, body: &[u8]) -> Result<(Reply,
     })
 }
 
+/// An error reply as the error it reports.
+fn into_result(answer: (Reply, Zeroizing<Vec<u8>>)) -> Result<(Reply, Zeroizing<Vec<u8>>)> {
+    match answer {
+        (
+            Reply::Error {
+                kind,
+                message,
+                retryable,
+            },
+            _,
+        ) => Err(KeyStoreError::Helper {
+            kind,
+            message,
+            retryable,
+        }),
+        answer => Ok(answer),
+    }
+}
+
 struct HelperProcess {
     child: Child,
     stdin: Option<ChildStdin>,
@@ -463,33 +482,21 @@ impl HelperKeyStore {
             config_path: self.config_path.clone(),
             config_text: self.config_text.clone(),
         };
-        let answer = process.exchange(&hello, &[]);
-        let result = match answer {
-            Ok((Reply::Hello { version, backend }, _))
+        let result = match process.exchange(&hello, &[]).map(into_result) {
+            Ok(Ok((Reply::Hello { version, backend }, _)))
                 if version == VERSION && backend == self.backend =>
             {
                 return Ok(process);
             }
-            Ok((Reply::Hello { version, backend }, _)) => Err(self.broken(
+            Ok(Ok((Reply::Hello { version, backend }, _))) => Err(self.broken(
                 "does not match the daemon",
                 format!(
                     "protocol {version} and backend {backend}, expected {VERSION} and {}; restart the daemon",
                     self.backend
                 ),
             )),
-            Ok((
-                Reply::Error {
-                    kind,
-                    message,
-                    retryable,
-                },
-                _,
-            )) => Err(KeyStoreError::Helper {
-                kind,
-                message,
-                retryable,
-            }),
-            Ok((other, _)) => Err(self.broken("answered the hello with", format!("{other:?}"))),
+            Ok(Ok((other, _))) => Err(self.broken("answered the hello with", format!("{other:?}"))),
+            Ok(Err(refused)) => Err(refused),
             Err(e) => Err(self.broken("failed to start", e)),
         };
         process.end();
@@ -503,19 +510,7 @@ impl HelperKeyStore {
         }
         let process = guard.as_mut().expect("a helper was just started");
         match process.exchange(&request, body) {
-            Ok((
-                Reply::Error {
-                    kind,
-                    message,
-                    retryable,
-                },
-                _,
-            )) => Err(KeyStoreError::Helper {
-                kind,
-                message,
-                retryable,
-            }),
-            Ok(answer) => Ok(answer),
+            Ok(answer) => into_result(answer),
             Err(e) => {
                 // A dead or confused helper is ended; the next call starts
                 // a fresh one.
@@ -531,8 +526,9 @@ impl HelperKeyStore {
         self.broken("gave an unexpected answer", format!("{reply:?}"))
     }
 
-    fn key(&self, request: Request) -> Result<KeyInfo> {
-        match self.call(request, &[])?.0 {
+    /// Sends `request` and `body`, expecting a key description back.
+    fn key(&self, request: Request, body: &[u8]) -> Result<KeyInfo> {
+        match self.call(request, body)?.0 {
             Reply::Key { key } => key
                 .into_info()
                 .map_err(|e| self.broken("sent a bad key description", e)),
@@ -547,28 +543,29 @@ impl KeyStore for HelperKeyStore {
     }
 
     fn generate(&self, label: &KeyLabel, algorithm: KeyAlgorithm) -> Result<KeyInfo> {
-        self.key(Request::Generate {
-            label: label.as_str().into(),
-            algorithm,
-        })
+        self.key(
+            Request::Generate {
+                label: label.as_str().into(),
+                algorithm,
+            },
+            &[],
+        )
     }
 
     fn import(&self, label: &KeyLabel, key: &PrivateKeyMaterial) -> Result<KeyInfo> {
         let request = Request::Import {
             label: label.as_str().into(),
         };
-        match self.call(request, key.pkcs8_der())?.0 {
-            Reply::Key { key } => key
-                .into_info()
-                .map_err(|e| self.broken("sent a bad key description", e)),
-            other => Err(self.unexpected(other)),
-        }
+        self.key(request, key.pkcs8_der())
     }
 
     fn info(&self, label: &KeyLabel) -> Result<KeyInfo> {
-        self.key(Request::Info {
-            label: label.as_str().into(),
-        })
+        self.key(
+            Request::Info {
+                label: label.as_str().into(),
+            },
+            &[],
+        )
     }
 
     fn sign(&self, label: &KeyLabel, scheme: SignatureScheme, message: &[u8]) -> Result<Vec<u8>> {
@@ -583,10 +580,13 @@ impl KeyStore for HelperKeyStore {
     }
 
     fn promote(&self, pending: &KeyLabel, current: &KeyLabel) -> Result<KeyInfo> {
-        self.key(Request::Promote {
-            pending: pending.as_str().into(),
-            current: current.as_str().into(),
-        })
+        self.key(
+            Request::Promote {
+                pending: pending.as_str().into(),
+                current: current.as_str().into(),
+            },
+            &[],
+        )
     }
 
     fn delete(&self, label: &KeyLabel) -> Result<()> {
