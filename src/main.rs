@@ -102,12 +102,8 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             // only as long as a handshake or a rotation (keystore::helper).
             // Start one now so that a key store that cannot be opened is
             // reported at once, with its exit code.
-            let helper = HelperKeyStore::new(
-                "/proc/self/exe",
-                config.keystore.settings.backend(),
-                &path,
-                text,
-            );
+            let helper =
+                HelperKeyStore::new("/proc/self/exe", config.keystore.backend, &path, text);
             helper.start()?;
             let store: Arc<dyn keystore::KeyStore> = Arc::new(helper);
             tokio::runtime::Builder::new_current_thread()

@@ -84,7 +84,6 @@ pub async fn run(
             tracing::error!(error = %e, "the interrupted operation could not be finished; carrying on with the current identity");
         }
     }
-    store.release();
     let identity = Identity::load(&config.state_dir)?.ok_or_else(|| {
         ProvisionError::Input("the device is not enrolled: run `prov-agent enroll` first".into())
     })?;

@@ -429,10 +429,15 @@ impl HelperKeyStore {
     /// operation. The helper keeps running until [`KeyStore::release`].
     pub fn start(&self) -> Result<()> {
         let mut guard = self.process.lock().unwrap_or_else(PoisonError::into_inner);
-        if guard.is_none() {
-            *guard = Some(self.spawn()?);
+        self.running(&mut guard).map(drop)
+    }
+
+    /// The running helper, started if there is none.
+    fn running<'a>(&self, process: &'a mut Option<HelperProcess>) -> Result<&'a mut HelperProcess> {
+        if process.is_none() {
+            *process = Some(self.spawn()?);
         }
-        Ok(())
+        Ok(process.as_mut().expect("a helper was just started"))
     }
 
     /// Whether a helper process is running.
@@ -505,11 +510,7 @@ impl HelperKeyStore {
 
     fn call(&self, request: Request, body: &[u8]) -> Result<(Reply, Zeroizing<Vec<u8>>)> {
         let mut guard = self.process.lock().unwrap_or_else(PoisonError::into_inner);
-        if guard.is_none() {
-            *guard = Some(self.spawn()?);
-        }
-        let process = guard.as_mut().expect("a helper was just started");
-        match process.exchange(&request, body) {
+        match self.running(&mut guard)?.exchange(&request, body) {
             Ok(answer) => into_result(answer),
             Err(e) => {
                 // A dead or confused helper is ended; the next call starts

@@ -159,17 +159,6 @@ pub enum KeyStoreSettings {
     File(FileSettings),
 }
 
-impl KeyStoreSettings {
-    /// The backend these settings are for.
-    pub fn backend(&self) -> super::Backend {
-        match self {
-            KeyStoreSettings::Tpm(_) => super::Backend::Tpm,
-            KeyStoreSettings::Pkcs11(_) => super::Backend::Pkcs11,
-            KeyStoreSettings::File(_) => super::Backend::File,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,13 +34,7 @@ impl Backend {
 
     /// The agent's name for this backend.
     pub fn keystore_backend(&self) -> prov_agent::keystore::Backend {
-        match self {
-            Backend::File => prov_agent::keystore::Backend::File,
-            #[cfg(feature = "pkcs11")]
-            Backend::Pkcs11(_) => prov_agent::keystore::Backend::Pkcs11,
-            #[cfg(feature = "tpm")]
-            Backend::Tpm(_) => prov_agent::keystore::Backend::Tpm,
-        }
+        self.name().parse().expect("a backend name the agent knows")
     }
 
     /// `[KEYSTORE]` and the backend's own section.
