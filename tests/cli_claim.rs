@@ -12,6 +12,7 @@ use common::pki::{cert_pem, openssl_verify_csr, TestCa};
 use prov_agent::keystore::{KeyAlgorithm, KeyLabel, KeyStore, PublicKey, SignatureScheme};
 
 use common::backend::Backend;
+use common::device::{failed_with, text};
 
 struct Env {
     dir: tempfile::TempDir,
@@ -80,15 +81,6 @@ impl Env {
     }
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn import_with_shred_leaves_no_key_file_and_a_working_key(env: Env) {
     let ca = TestCa::new();
     let (key, cert, public) = env.claim_files(&ca);
@@ -141,12 +133,8 @@ fn import_with_shred_leaves_no_key_file_and_a_working_key(env: Env) {
         "--key",
         key2.to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--replace"),
-        "{}",
-        text(&out)
-    );
+    let stderr = failed_with(&out, 2);
+    assert!(stderr.contains("--replace"), "{}", text(&out));
     assert!(
         key2.exists(),
         "a refused import must not touch the key file"
@@ -168,12 +156,8 @@ fn key_that_does_not_match_the_certificate_changes_nothing(env: Env) {
         key_a_copy.to_str().unwrap(),
         "--shred",
     ]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("public keys differ"),
-        "{}",
-        text(&out)
-    );
+    let stderr = failed_with(&out, 2);
+    assert!(stderr.contains("public keys differ"), "{}", text(&out));
     assert!(
         key_a_copy.exists(),
         "the key file must survive a refused import"
@@ -196,12 +180,8 @@ fn a_pem_that_is_not_a_key_is_refused(env: Env) {
         "--key",
         cert.to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not a private key"),
-        "{}",
-        text(&out)
-    );
+    let stderr = failed_with(&out, 2);
+    assert!(stderr.contains("not a private key"), "{}", text(&out));
     assert!(env.store().list().unwrap().is_empty());
 }
 
@@ -238,8 +218,7 @@ fn bad_config_exits_2_naming_file_line_and_key() {
     cfg.push_str("KEY_ALGORTHM = ec-p256\n");
     std::fs::write(&env.config, cfg).unwrap();
     let out = env.run(&["keys", "list"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = failed_with(&out, 2);
     assert!(
         stderr.contains(&format!("{}:11", env.config.display())),
         "{stderr}"

@@ -335,10 +335,10 @@ async fn a_key_store_that_cannot_be_opened_stops_the_daemon_at_start() {
     let out = tokio::time::timeout(Duration::from_secs(30), device.run(&["run"]))
         .await
         .expect("the daemon stops at once");
-    let text = common::device::text(&out);
-    assert_eq!(out.status.code(), Some(5), "{text}");
-    assert!(text.contains("PIN"), "{text}");
-    assert!(!text.contains("a-wrong-pin"), "{text}");
+    let stderr = common::device::failed_with(&out, 5);
+    assert!(stderr.contains("PIN"), "{stderr}");
+    let all = common::device::text(&out);
+    assert!(!all.contains("a-wrong-pin"), "{all}");
     assert_eq!(
         device.identity().unwrap().certificate_id,
         before.certificate_id

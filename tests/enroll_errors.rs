@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use common::backend::Backend;
-use common::device::{text, Device};
+use common::device::{failed_with, text, Device};
 use common::emulator::TestCloud;
 
 /// The device kept its state: no identity, no journal, only the claim key.
@@ -39,8 +39,7 @@ async fn unknown_template_is_refused_with_exit_3() {
             &[("PROV_AGENT_SETTINGS_PRODUCTION_TEMPLATE", "NoSuchTemplate")],
         )
         .await;
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = failed_with(&out, 3);
     // The claim policy does not even allow the unknown template's topics:
     // either the subscription or the service refuses, and says so.
     assert!(
@@ -74,8 +73,7 @@ async fn hook_refusal_is_access_denied_with_exit_3() {
     let device = Device::new(&cloud, Backend::File, "");
     device.import_claim().await;
     let out = device.run(&["enroll"]).await;
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = failed_with(&out, 3);
     assert!(stderr.contains("RegisterThing rejected"), "{stderr}");
     assert!(stderr.contains("AccessDenied"), "{stderr}");
     assert!(stderr.contains("statusCode 403"), "{stderr}");
@@ -96,8 +94,7 @@ async fn template_error_is_refused_with_exit_3() {
             &[("PROV_AGENT_TEMPLATE_PARAMETERS_Site", "atlantis")],
         )
         .await;
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = failed_with(&out, 3);
     assert!(stderr.contains("InvalidRequestException"), "{stderr}");
     assert!(device.identity().is_none());
 }
@@ -114,8 +111,7 @@ async fn wrong_root_cert_fails_the_handshake_clearly() {
     )
     .unwrap();
     let out = device.run(&["enroll"]).await;
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = failed_with(&out, 4);
     assert!(
         stderr.contains("TLS") && stderr.contains("ROOT_CERT"),
         "{stderr}"
@@ -128,12 +124,8 @@ async fn no_claim_key_says_to_import_it() {
     let cloud = TestCloud::start().await;
     let device = Device::new(&cloud, Backend::File, "");
     let out = device.run(&["enroll"]).await;
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("claim import"),
-        "{}",
-        text(&out)
-    );
+    let stderr = failed_with(&out, 2);
+    assert!(stderr.contains("claim import"), "{}", text(&out));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -295,8 +287,7 @@ async fn retries_are_bounded_and_exit_4() {
     let device = Device::new(&cloud, Backend::File, "MAX_RETRIES = 2\n");
     device.import_claim().await;
     let out = device.run(&["enroll"]).await;
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = failed_with(&out, 4);
     assert!(stderr.contains("gave up after 3 attempts"), "{stderr}");
     assert_untouched(&device);
 }

@@ -213,6 +213,13 @@ pub fn text(o: &Output) -> String {
     )
 }
 
+/// Asserts that the command exited with `code` and returns its stderr for
+/// the checks of the message.
+pub fn failed_with(o: &Output, code: i32) -> String {
+    assert_eq!(o.status.code(), Some(code), "{}", text(o));
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 /// The payload format names the config takes.
 pub fn format_name(f: PayloadFormat) -> &'static str {
     f.as_str()
