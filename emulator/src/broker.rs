@@ -282,23 +282,20 @@ pub(crate) async fn serve<S>(
     conn.proto = proto;
     let certificate_id = pki::certificate_id(&cert_der);
 
-    if info.client_id.is_empty() || info.client_id.len() > MAX_CLIENT_ID {
-        let _ = conn
-            .send(&Outbound::ConnAck {
-                code: ConnAckCode::BadClientId,
-                keep_alive: 0,
-            })
-            .await;
-        let _ = conn.stream.shutdown().await;
-        return;
-    }
-    if !matches!(
+    let refusal = if info.client_id.is_empty() || info.client_id.len() > MAX_CLIENT_ID {
+        Some(ConnAckCode::BadClientId)
+    } else if !matches!(
         broker.registry.certificate_status(&certificate_id),
         Ok(Some(CertStatus::Active))
     ) {
+        Some(ConnAckCode::NotAuthorized)
+    } else {
+        None
+    };
+    if let Some(code) = refusal {
         let _ = conn
             .send(&Outbound::ConnAck {
-                code: ConnAckCode::NotAuthorized,
+                code,
                 keep_alive: 0,
             })
             .await;
