@@ -41,7 +41,11 @@ echo "== iotcore-emulator init and serve"
 cp "$work/cloud/root-ca.pem" "$work/certs/root-ca.pem"
 cp "$work/cloud/claim/claim.pem.crt" "$work/claim.pem.crt"
 cp "$work/cloud/claim/claim.private.pem.key" "$work/claim.private.pem.key"
-"$emulator" serve "$work/cloud" --port 0 --alpn-port 0 > "$work/serve.out" 2>"$work/serve.err" &
+# The templates' pre-provisioning hook is Python with boto3: a virtualenv
+# with it goes first on the emulator's PATH.
+pybin=$(ci/python-venv.sh)
+PATH="$pybin:$PATH" "$emulator" serve "$work/cloud" --port 0 --alpn-port 0 --api-port 0 \
+  > "$work/serve.out" 2>"$work/serve.err" &
 pids+=($!)
 for _ in $(seq 100); do [[ -s $work/serve.out ]] && break; sleep 0.1; done
 [[ -s $work/serve.out ]] || { cat "$work/serve.err" >&2; echo "ci/demo.sh: the emulator did not start" >&2; exit 1; }
@@ -112,5 +116,26 @@ echo "== prov-agent keys list"
 
 echo "== the emulator's registry entry for $thing"
 "$emulator" -d "$work/cloud" --json things describe "$thing"
+
+echo "== someone with a copy of the claim key tries to enroll as $thing"
+# Its own directory and a software key store; the same serial number.
+mkdir -p -m 700 "$work/thief/certs"
+cp "$work/certs/root-ca.pem" "$work/thief/certs/"
+sed -e '/^\[KEYSTORE\]/,$d' "$work/config.ini" > "$work/thief/config.ini"
+printf '[KEYSTORE]\nBACKEND = file\n' >> "$work/thief/config.ini"
+"$agent" --config "$work/thief/config.ini" claim import --cert "$work/claim.pem.crt" \
+  --key "$work/cloud/claim/claim.private.pem.key" >/dev/null 2>&1
+set +e
+"$agent" --config "$work/thief/config.ini" enroll 2>"$work/thief/enroll.err"
+code=$?
+set -e
+if [[ $code -eq 3 ]] && grep -q AccessDenied "$work/thief/enroll.err"; then
+  echo "refused (exit 3, AccessDenied): $(grep -o 'errorCode [A-Za-z]*' "$work/thief/enroll.err" | head -1)"
+  grep -h 'provisioning_hook: .*refused' "$work/serve.err" | sed 's/^.*provisioning_hook: /the hook: /' | head -1
+else
+  cat "$work/thief/enroll.err" >&2
+  echo "ci/demo.sh: the thief was not refused (exit $code)" >&2
+  exit 1
+fi
 
 echo "== demo done"

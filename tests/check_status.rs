@@ -128,3 +128,27 @@ async fn wrong_permissions_are_named() {
         "{detail}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thing_name_inside_the_claim_client_ids_is_named() {
+    let cloud = TestCloud::start().await;
+    let device = Device::enrolled(&cloud, Backend::File, "").await;
+    let out = device.run(&["check", "--json"]).await;
+    let (v, _) = verdict(&out, "thing name");
+    assert_eq!(v, "pass", "{}", text(&out));
+    // A claim client-id prefix that covers the thing's name ("gw_SN..."):
+    // every claim holder could connect as this gateway.
+    let out = device
+        .run_env(
+            &["check", "--json"],
+            &[("PROV_AGENT_PROVISIONING_CLIENT_ID_PREFIX", "gw_")],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let (v, detail) = verdict(&out, "thing name");
+    assert_eq!(v, "fail");
+    assert!(
+        detail.contains("knock this gateway off") && detail.contains("gw_"),
+        "{detail}"
+    );
+}

@@ -142,17 +142,28 @@ pub const ROTATION_REPORT_FILTER: &str = "things/+/rotation";
 pub struct EmulatorConfig {
     /// Holds `registry.sqlite3` (CA, certificates, things, policies, templates).
     pub data_dir: PathBuf,
-    /// Address both listeners bind (loopback by default).
+    /// Address both MQTT listeners bind (loopback by default).
     pub bind: IpAddr,
     /// Listener without ALPN (AWS's 8883); 0 picks a free port.
     pub port: u16,
     /// Listener that requires ALPN `x-amzn-mqtt-ca` (AWS's 443); 0 picks a free port.
     pub alpn_port: u16,
+    /// Port of the control-plane HTTP API (README, "Control-plane API"); 0
+    /// picks a free port. The listener always starts.
+    pub api_port: u16,
+    /// Address the control-plane API binds: loopback only (127.0.0.1 by
+    /// default), because it does not check SigV4 signatures;
+    /// [`Emulator::start`](crate::Emulator::start) refuses any other.
+    pub api_bind: IpAddr,
     /// Lifetime of an ownership token; certificates never registered are deleted after it.
     pub token_ttl: Duration,
     pub token_reuse: TokenReuse,
     pub throttle: ThrottleConfig,
     pub hook_timeout: Duration,
+    /// Extra environment variables of the pre-provisioning hook, set after
+    /// (and so overriding) the ones the emulator sets (`AWS_ENDPOINT_URL_IOT`,
+    /// `AWS_REGION`, ...; see README); everything else is inherited.
+    pub hook_environment: Vec<(String, String)>,
     /// A smaller keep-alive asked by a client counts as this (AWS: 30 s).
     /// Lower it only to test keep-alive enforcement quickly.
     pub min_keep_alive_secs: u16,
@@ -185,10 +196,13 @@ impl EmulatorConfig {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 0,
             alpn_port: 0,
+            api_port: 0,
+            api_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             token_ttl: Duration::from_secs(3600),
             token_reuse: TokenReuse::Reject,
             throttle: ThrottleConfig::default(),
             hook_timeout: Duration::from_secs(5),
+            hook_environment: Vec::new(),
             min_keep_alive_secs: 30,
             poll_interval: Duration::from_millis(500),
             region: "us-east-1".into(),

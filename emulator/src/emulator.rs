@@ -1,6 +1,6 @@
 //! Starting and stopping an emulator instance; the data directory.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +12,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::broker::{self, Broker};
 use crate::config::{EmulatorConfig, ResponseFault};
+use crate::control::{self, ControlPlane};
+use crate::hook::HookRunner;
 use crate::jobs::{JobExecutionRecord, JobRecord};
 use crate::pki::{CertificateAuthority, PkiError};
 use crate::provisioning::Provisioner;
@@ -26,6 +28,8 @@ pub enum EmulatorError {
     Pki(#[from] PkiError),
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("control-plane API bind address {0} is not a loopback address: the API does not check SigV4 signatures, so it binds only loopback (127.0.0.1, ::1)")]
+    ApiNotLoopback(IpAddr),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -132,6 +136,7 @@ pub struct EmulatorHandle {
     broker: Arc<Broker>,
     addr: SocketAddr,
     alpn_addr: SocketAddr,
+    api_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -139,8 +144,13 @@ pub struct EmulatorHandle {
 pub struct Emulator;
 
 impl Emulator {
-    /// Opens (or initialises) the data directory and starts both listeners.
+    /// Opens (or initialises) the data directory and starts both MQTT
+    /// listeners and the control-plane API. Refuses an `api_bind` that is
+    /// not a loopback address.
     pub async fn start(config: EmulatorConfig) -> Result<EmulatorHandle, EmulatorError> {
+        if !config.api_bind.is_loopback() {
+            return Err(EmulatorError::ApiNotLoopback(config.api_bind));
+        }
         let data = DataDir::open(&config.data_dir)?;
         let registry = data.registry.clone();
         let meta = |k: &str| -> Result<String, EmulatorError> {
@@ -154,16 +164,9 @@ impl Emulator {
         let config = Arc::new(config);
         let plain = tls::server_config(registry.clone(), &cert, &key, data.ca.cert_pem(), false)?;
         let alpn = tls::server_config(registry.clone(), &cert, &key, data.ca.cert_pem(), true)?;
-        let provisioner = Arc::new(Provisioner::new(
-            registry.clone(),
-            data.ca.clone(),
-            &token_key,
-            config.clone(),
-        ));
-        let broker = Arc::new(Broker::new(config.clone(), registry.clone(), provisioner));
 
-        let bind = |port: u16| {
-            let addr = SocketAddr::new(config.bind, port);
+        let bind = |ip: IpAddr, port: u16| {
+            let addr = SocketAddr::new(ip, port);
             async move {
                 TcpListener::bind(addr)
                     .await
@@ -173,15 +176,27 @@ impl Emulator {
                     })
             }
         };
-        let l1 = bind(config.port).await?;
-        let l2 = bind(config.alpn_port).await?;
+        let l1 = bind(config.bind, config.port).await?;
+        let l2 = bind(config.bind, config.alpn_port).await?;
+        let l3 = bind(config.api_bind, config.api_port).await?;
         let local = |l: &TcpListener| {
             l.local_addr().map_err(|source| EmulatorError::Io {
                 what: "local address".into(),
                 source,
             })
         };
-        let (addr, alpn_addr) = (local(&l1)?, local(&l2)?);
+        let (addr, alpn_addr, api_addr) = (local(&l1)?, local(&l2)?, local(&l3)?);
+        // Hooks get the API's address, so it is bound first.
+        let hooks = HookRunner::new(&config, &api_url(api_addr));
+        let provisioner = Arc::new(Provisioner::new(
+            registry.clone(),
+            data.ca.clone(),
+            &token_key,
+            config.clone(),
+            hooks,
+        ));
+        let broker = Arc::new(Broker::new(config.clone(), registry.clone(), provisioner));
+        let control_plane = Arc::new(ControlPlane::new(registry.clone(), &config));
         // Records the jobs state the devices are assumed to know.
         broker.publish_job_notifications();
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -200,14 +215,16 @@ impl Emulator {
                 broker.clone(),
                 shutdown_rx.clone(),
             )),
+            tokio::spawn(control::serve(l3, control_plane, shutdown_rx.clone())),
             tokio::spawn(supervise(broker.clone(), shutdown_rx)),
         ];
-        tracing::info!(%addr, %alpn_addr, "iotcore-emulator listening");
+        tracing::info!(%addr, %alpn_addr, %api_addr, "iotcore-emulator listening");
         Ok(EmulatorHandle {
             data,
             broker,
             addr,
             alpn_addr,
+            api_addr,
             shutdown,
             tasks,
         })
@@ -223,6 +240,17 @@ impl EmulatorHandle {
     /// The listener that requires ALPN `x-amzn-mqtt-ca` (AWS's port 443).
     pub fn alpn_addr(&self) -> SocketAddr {
         self.alpn_addr
+    }
+
+    /// The control-plane HTTP API (loopback; SigV4 signatures not checked).
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// `http://127.0.0.1:PORT`: the endpoint to give boto3 or the AWS CLI
+    /// (`AWS_ENDPOINT_URL_IOT`).
+    pub fn api_url(&self) -> String {
+        api_url(self.api_addr)
     }
 
     /// PEM of the root CA that issued the server and device certificates.
@@ -305,6 +333,10 @@ impl Drop for EmulatorHandle {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
     }
+}
+
+fn api_url(addr: SocketAddr) -> String {
+    format!("http://{addr}")
 }
 
 async fn accept_loop(

@@ -1,14 +1,31 @@
 //! Pre-provisioning hook: an executable that gets the request as JSON on
 //! stdin and answers `{"allowProvisioning": bool, "parameterOverrides": {..}}`
 //! on stdout within the time limit (5 s, like AWS's Lambda limit).
+//!
+//! It runs in the emulator's environment plus what an AWS SDK needs to reach
+//! the emulator's control-plane API instead of AWS (see [`HookRunner::new`]),
+//! so that a hook written with boto3 runs unchanged here and as a Lambda. Its
+//! stderr is logged, as a Lambda's output goes to CloudWatch.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
+
+use crate::config::EmulatorConfig;
+
+/// The access key id a hook gets: the API checks no signature, but an AWS
+/// SDK refuses to sign a request without credentials.
+pub(crate) const HOOK_ACCESS_KEY_ID: &str = "emulator";
+/// The secret access key a hook gets (see [`HOOK_ACCESS_KEY_ID`]).
+pub(crate) const HOOK_SECRET_ACCESS_KEY: &str = "emulator-not-checked";
+
+/// At most this much of a hook's stderr is kept and logged; the rest is read
+/// and dropped, so that a chatty hook never blocks on a full pipe.
+const STDERR_LIMIT: usize = 16 * 1024;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -44,43 +61,193 @@ pub(crate) enum HookError {
     Refused,
 }
 
-/// Runs the hook; returns the parameter overrides when it allows provisioning.
-pub(crate) async fn run(
-    executable: &str,
-    request: &HookRequest<'_>,
+/// Runs hooks with the time limit and environment of one emulator.
+pub(crate) struct HookRunner {
     limit: Duration,
-) -> Result<BTreeMap<String, String>, HookError> {
-    let input = serde_json::to_vec(request).unwrap_or_default();
-    let mut child = Command::new(executable)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(HookError::Spawn)?;
-    let mut stdin = child.stdin.take();
-    let mut stdout = child.stdout.take();
-    let work = async {
-        if let Some(mut s) = stdin.take() {
-            // A hook that ignores its input may close stdin early: not an error.
-            let _ = s.write_all(&input).await;
+    environment: Vec<(String, String)>,
+}
+
+impl HookRunner {
+    /// The environment a hook gets on top of the emulator's own:
+    /// `AWS_ENDPOINT_URL_IOT` (boto3's and the AWS CLI's per-service
+    /// endpoint) = `api_url`, `AWS_REGION` and `AWS_DEFAULT_REGION` = the
+    /// region, placeholder credentials, `AWS_EC2_METADATA_DISABLED=true`
+    /// (no credential lookup against an instance metadata service), then
+    /// [`EmulatorConfig::hook_environment`], which may override them.
+    pub fn new(config: &EmulatorConfig, api_url: &str) -> Self {
+        let mut environment: Vec<(String, String)> = [
+            ("AWS_ENDPOINT_URL_IOT", api_url),
+            ("AWS_REGION", &config.region),
+            ("AWS_DEFAULT_REGION", &config.region),
+            ("AWS_ACCESS_KEY_ID", HOOK_ACCESS_KEY_ID),
+            ("AWS_SECRET_ACCESS_KEY", HOOK_SECRET_ACCESS_KEY),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        environment.extend(config.hook_environment.iter().cloned());
+        HookRunner {
+            limit: config.hook_timeout,
+            environment,
         }
-        let mut out = Vec::new();
-        if let Some(s) = stdout.as_mut() {
-            s.read_to_end(&mut out).await.map_err(HookError::Spawn)?;
+    }
+
+    /// Runs the hook of `template`; returns the parameter overrides when it
+    /// allows provisioning. Its stderr is logged line by line, prefixed with
+    /// the template name: at `warn` when it refused or failed, else `info`.
+    pub async fn run(
+        &self,
+        template: &str,
+        executable: &str,
+        request: &HookRequest<'_>,
+    ) -> Result<BTreeMap<String, String>, HookError> {
+        let mut stderr = Stderr::default();
+        let result = self.run_capturing(executable, request, &mut stderr).await;
+        stderr.log(template, result.is_err());
+        result
+    }
+
+    async fn run_capturing(
+        &self,
+        executable: &str,
+        request: &HookRequest<'_>,
+        stderr_out: &mut Stderr,
+    ) -> Result<BTreeMap<String, String>, HookError> {
+        let input = serde_json::to_vec(request).unwrap_or_default();
+        let mut child = Command::new(executable)
+            .envs(self.environment.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(HookError::Spawn)?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        // stdin, stdout and stderr at once: a hook may write before it reads.
+        // The stderr read so far is kept when the time runs out.
+        let work = async {
+            let write = async {
+                if let Some(mut s) = stdin {
+                    // A hook that ignores its input may close stdin early: not an error.
+                    let _ = s.write_all(&input).await;
+                }
+            };
+            let read_out = async {
+                let mut out = Vec::new();
+                if let Some(mut s) = stdout {
+                    s.read_to_end(&mut out).await?;
+                }
+                Ok::<_, std::io::Error>(out)
+            };
+            let read_err = async {
+                if let Some(s) = stderr {
+                    stderr_out.cut = read_bounded(s, &mut stderr_out.kept, STDERR_LIMIT).await;
+                }
+            };
+            let ((), out, ()) = tokio::join!(write, read_out, read_err);
+            let out = out.map_err(HookError::Spawn)?;
+            let status = child.wait().await.map_err(HookError::Spawn)?;
+            Ok::<_, HookError>((status, out))
+        };
+        // On timeout `child` is dropped on return, which kills it.
+        let (status, out) = tokio::time::timeout(self.limit, work)
+            .await
+            .map_err(|_| HookError::Timeout(self.limit))??;
+        if !status.success() {
+            return Err(HookError::Failed(status));
         }
-        let status = child.wait().await.map_err(HookError::Spawn)?;
-        Ok::<_, HookError>((status, out))
-    };
-    let (status, out) = tokio::time::timeout(limit, work)
-        .await
-        .map_err(|_| HookError::Timeout(limit))??;
-    if !status.success() {
-        return Err(HookError::Failed(status));
+        let answer: HookResponse = serde_json::from_slice(&out).map_err(HookError::BadAnswer)?;
+        if !answer.allow_provisioning {
+            return Err(HookError::Refused);
+        }
+        Ok(answer.parameter_overrides)
     }
-    let answer: HookResponse = serde_json::from_slice(&out).map_err(HookError::BadAnswer)?;
-    if !answer.allow_provisioning {
-        return Err(HookError::Refused);
+}
+
+/// What a hook wrote on stderr: the first [`STDERR_LIMIT`] bytes.
+#[derive(Default)]
+struct Stderr {
+    kept: Vec<u8>,
+    /// More was written than kept.
+    cut: bool,
+}
+
+impl Stderr {
+    fn log(&self, template: &str, refused_or_failed: bool) {
+        let text = String::from_utf8_lossy(&self.kept);
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            if refused_or_failed {
+                tracing::warn!("pre-provisioning hook of template {template}: {line}");
+            } else {
+                tracing::info!("pre-provisioning hook of template {template}: {line}");
+            }
+        }
+        if self.cut {
+            tracing::info!(
+                "pre-provisioning hook of template {template}: stderr cut after {STDERR_LIMIT} bytes"
+            );
+        }
     }
-    Ok(answer.parameter_overrides)
+}
+
+/// Reads `from` to its end (or a read error), keeping the first `limit`
+/// bytes in `into`; true when bytes were dropped.
+async fn read_bounded(mut from: impl AsyncRead + Unpin, into: &mut Vec<u8>, limit: usize) -> bool {
+    let mut buf = [0u8; 4096];
+    let mut cut = false;
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return cut,
+            Ok(n) => {
+                let room = limit.saturating_sub(into.len());
+                into.extend_from_slice(&buf[..n.min(room)]);
+                cut |= n > room;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_points_an_aws_sdk_at_the_emulator() {
+        let mut config = EmulatorConfig::new("/nonexistent");
+        config.region = "eu-west-1".into();
+        config.hook_environment = vec![
+            ("PATH".into(), "/venv/bin:/usr/bin".into()),
+            ("AWS_REGION".into(), "eu-central-1".into()),
+        ];
+        let runner = HookRunner::new(&config, "http://127.0.0.1:1234");
+        let get = |k: &str| {
+            runner
+                .environment
+                .iter()
+                .rev()
+                .find(|(name, _)| name == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("AWS_ENDPOINT_URL_IOT"), Some("http://127.0.0.1:1234"));
+        assert_eq!(get("AWS_DEFAULT_REGION"), Some("eu-west-1"));
+        assert_eq!(get("AWS_EC2_METADATA_DISABLED"), Some("true"));
+        assert_eq!(get("AWS_ACCESS_KEY_ID"), Some(HOOK_ACCESS_KEY_ID));
+        // Extra variables come last, so they win.
+        assert_eq!(get("AWS_REGION"), Some("eu-central-1"));
+        assert_eq!(get("PATH"), Some("/venv/bin:/usr/bin"));
+    }
+
+    #[tokio::test]
+    async fn stderr_is_kept_up_to_the_limit_and_drained() {
+        let data = vec![b'x'; 3 * STDERR_LIMIT];
+        let mut kept = Vec::new();
+        assert!(read_bounded(&data[..], &mut kept, STDERR_LIMIT).await);
+        assert_eq!(kept.len(), STDERR_LIMIT);
+        let mut kept = Vec::new();
+        assert!(!read_bounded(&data[..STDERR_LIMIT], &mut kept, STDERR_LIMIT).await);
+        assert_eq!(kept.len(), STDERR_LIMIT);
+    }
 }

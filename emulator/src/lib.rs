@@ -1,11 +1,13 @@
 //! iotcore-emulator: a local stand-in for the parts of AWS IoT Core that
 //! fleet provisioning touches: mutual TLS, MQTT 3.1.1 and 5, IoT policies,
-//! a certificate and thing registry in SQLite, and the Fleet Provisioning
-//! MQTT APIs.
+//! a certificate and thing registry in SQLite, the Fleet Provisioning
+//! MQTT APIs, and part of the control-plane HTTP API that boto3 speaks
+//! (loopback only: SigV4 signatures are not checked).
 #![forbid(unsafe_code)]
 
 mod broker;
 pub mod config;
+mod control;
 mod emulator;
 mod hook;
 pub mod jobs;
@@ -28,6 +30,7 @@ pub use config::{
 pub use emulator::{Credential, DataDir, Emulator, EmulatorError, EmulatorHandle};
 pub use jobs::{JobExecutionRecord, JobExecutionStatus, JobRecord};
 pub use registry::{
-    CertStatus, CertificateRecord, PolicyRecord, Registry, TemplateRecord, ThingRecord,
+    AttributeUpdate, CertStatus, CertificateRecord, PolicyRecord, Registry, RegistryError,
+    TemplateRecord, ThingRecord, ThingUpdate,
 };
 pub use throttle::Rate;

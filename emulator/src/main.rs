@@ -12,7 +12,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use iotcore_emulator::{
-    CertStatus, DataDir, Emulator, EmulatorConfig, Rate, Registry, ResponseFault, TokenReuse,
+    AttributeUpdate, CertStatus, DataDir, Emulator, EmulatorConfig, Rate, Registry, ResponseFault,
+    ThingUpdate, TokenReuse,
 };
 use serde::Serialize;
 
@@ -47,7 +48,7 @@ enum Command {
         #[arg(long, default_value = "claim")]
         claim_policy: String,
     },
-    /// Serve MQTT over TLS until SIGINT or SIGTERM.
+    /// Serve MQTT over TLS and the control-plane HTTP API until SIGINT or SIGTERM.
     Serve(ServeArgs),
     /// Things in the registry.
     Things {
@@ -115,6 +116,13 @@ struct ServeArgs {
     alpn_port: u16,
     #[arg(long, default_value = "127.0.0.1")]
     bind: IpAddr,
+    /// Port of the control-plane HTTP API (boto3, AWS CLI); 0 for any free port.
+    #[arg(long, default_value_t = 8081)]
+    api_port: u16,
+    /// Address of the control-plane API: loopback only, as it checks no
+    /// SigV4 signature.
+    #[arg(long, default_value = "127.0.0.1")]
+    api_bind: IpAddr,
     /// Ownership token lifetime in seconds.
     #[arg(long, default_value_t = 3600)]
     token_ttl: u64,
@@ -164,7 +172,29 @@ enum Reuse {
 #[derive(Subcommand)]
 enum ThingsCmd {
     List,
-    Describe { name: String },
+    Describe {
+        name: String,
+    },
+    /// Set and remove attributes, merging with the others (as `aws iot
+    /// update-thing --attribute-payload '{"attributes": {..}, "merge": true}'`).
+    Update {
+        name: String,
+        /// Add or replace an attribute (repeatable).
+        #[arg(long = "attribute", value_name = "KEY=VALUE", value_parser = parse_attribute)]
+        attributes: Vec<(String, String)>,
+        /// Remove an attribute (repeatable).
+        #[arg(long = "remove-attribute", value_name = "KEY")]
+        remove: Vec<String>,
+    },
+}
+
+fn parse_attribute(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!(
+            "{s:?} is not KEY=VALUE with a non-empty key and value (use --remove-attribute KEY to remove one)"
+        )),
+    }
 }
 
 #[derive(Subcommand)]
@@ -333,6 +363,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     config.port = args.port;
     config.alpn_port = args.alpn_port;
     config.bind = args.bind;
+    config.api_port = args.api_port;
+    config.api_bind = args.api_bind;
     config.token_ttl = Duration::from_secs(args.token_ttl);
     config.token_reuse = match args.token_reuse {
         Reuse::Reject => TokenReuse::Reject,
@@ -354,9 +386,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     let handle = Emulator::start(config).await?;
     println!(
-        "iotcore-emulator listening mqtt={} alpn={}",
+        "iotcore-emulator listening mqtt={} alpn={} api={}",
         handle.addr(),
-        handle.alpn_addr()
+        handle.alpn_addr(),
+        handle.api_url()
     );
     std::io::stdout().flush()?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -419,6 +452,42 @@ fn main() -> Result<()> {
                         .thing(&name)?
                         .with_context(|| format!("thing {name} not found"))?;
                     print(json, &t, |t| println!("{t:#?}"))
+                }
+                ThingsCmd::Update {
+                    name,
+                    attributes,
+                    remove,
+                } => {
+                    if attributes.is_empty() && remove.is_empty() {
+                        bail!("nothing to change: give --attribute KEY=VALUE or --remove-attribute KEY");
+                    }
+                    if let Some((k, _)) = attributes.iter().find(|(k, _)| remove.contains(k)) {
+                        bail!("attribute {k} is both set and removed");
+                    }
+                    // Merge semantics: the empty string removes.
+                    let mut merge: std::collections::BTreeMap<String, String> =
+                        remove.into_iter().map(|k| (k, String::new())).collect();
+                    merge.extend(attributes);
+                    let update = ThingUpdate {
+                        attributes: Some(AttributeUpdate::Merge(merge)),
+                        ..Default::default()
+                    };
+                    let t = reg
+                        .update_thing(&name, &update)
+                        .with_context(|| format!("updating thing {name}"))?;
+                    print(json, &t, |t| {
+                        let attrs: Vec<String> = t
+                            .attributes
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect();
+                        println!(
+                            "{}\tversion {}\t{}",
+                            t.thing_name,
+                            t.version,
+                            attrs.join(",")
+                        )
+                    })
                 }
             }
         }

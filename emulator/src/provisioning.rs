@@ -10,11 +10,11 @@ use ring::hmac;
 use serde_json::{json, Value};
 
 use crate::config::{EmulatorConfig, ResponseFault, TokenReuse};
-use crate::hook::{self, HookError, HookRequest};
+use crate::hook::{HookError, HookRequest, HookRunner};
 use crate::pki::{CertificateAuthority, Issued, PkiError, Validity};
 use crate::policy::PolicyDocument;
 use crate::registry::{
-    now_unix, CertStatus, ProvisioningWrite, Registry, RegistryError, ThingRecord,
+    now_unix, valid_thing_name, CertStatus, ProvisioningWrite, Registry, RegistryError, ThingRecord,
 };
 use crate::template::{self, CertStatusSpec, ExistingThing, PolicySpec, Template};
 use crate::throttle::TokenBucket;
@@ -50,14 +50,6 @@ pub(crate) fn parse_topic(topic: &str) -> Option<(Api, Format)> {
         }
         _ => None,
     }
-}
-
-/// AWS IoT thing names: 1 to 128 characters of `[a-zA-Z0-9:_-]`.
-fn valid_thing_name(name: &str) -> bool {
-    (1..=128).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'-'))
 }
 
 /// A rejected request: becomes `{statusCode, errorCode, errorMessage}`.
@@ -106,6 +98,7 @@ pub(crate) struct Provisioner {
     ca: Arc<CertificateAuthority>,
     token_key: hmac::Key,
     config: Arc<EmulatorConfig>,
+    hooks: HookRunner,
     create_keys: TokenBucket,
     create_from_csr: TokenBucket,
     register: TokenBucket,
@@ -167,12 +160,14 @@ impl Provisioner {
         ca: Arc<CertificateAuthority>,
         token_key: &[u8],
         config: Arc<EmulatorConfig>,
+        hooks: HookRunner,
     ) -> Self {
         let t = config.throttle;
         Provisioner {
             registry,
             ca,
             token_key: hmac::Key::new(hmac::HMAC_SHA256, token_key),
+            hooks,
             create_keys: TokenBucket::new(t.create_keys_and_certificate),
             create_from_csr: TokenBucket::new(t.create_certificate_from_csr),
             register: TokenBucket::new(t.register_thing),
@@ -487,7 +482,7 @@ impl Provisioner {
                 client_id: &from.client_id,
                 parameters: &parameters,
             };
-            match hook::run(exe, &request, self.config.hook_timeout).await {
+            match self.hooks.run(template_name, exe, &request).await {
                 Ok(overrides) => parameters.extend(overrides),
                 Err(e) => {
                     let message = match e {
@@ -558,6 +553,7 @@ impl Provisioner {
                         .clone()
                         .or_else(|| existing.and_then(|t| t.billing_group)),
                     certificates: Vec::new(),
+                    version: 0,
                 })
             }
         };

@@ -24,6 +24,13 @@ pub enum RegistryError {
     NotFound { kind: &'static str, name: String },
     #[error("{0}")]
     Invalid(String),
+    /// An update named a version that is not the thing's current one.
+    #[error("thing {name} is at version {actual}, not the expected version {expected}")]
+    VersionConflict {
+        name: String,
+        expected: i64,
+        actual: i64,
+    },
 }
 
 /// The statuses AWS IoT Core knows for a certificate.
@@ -74,6 +81,9 @@ pub struct CertificateRecord {
     pub status: CertStatus,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Starts at 1 and grows by one with every change of status (AWS's
+    /// `customerVersion`).
+    pub customer_version: i64,
     /// Unix time after which a never-registered certificate is deleted.
     pub pending_until: Option<i64>,
     /// True once a RegisterThing has consumed its ownership token.
@@ -90,6 +100,32 @@ pub struct ThingRecord {
     pub thing_groups: Vec<String>,
     pub billing_group: Option<String>,
     pub certificates: Vec<String>,
+    /// Starts at 1 and grows by one with every change of the thing
+    /// (attributes, type, groups, billing group; not attachments). Kept by
+    /// the registry: [`Registry::put_thing`] ignores the value given.
+    pub version: i64,
+}
+
+/// A change of a thing's attributes, as UpdateThing's `attributePayload`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttributeUpdate {
+    /// Adds or replaces the given attributes; one given the empty string is
+    /// removed (AWS's `merge: true`).
+    Merge(BTreeMap<String, String>),
+    /// Replaces all attributes by the given ones (AWS's `merge: false`);
+    /// one given the empty string is not set.
+    Replace(BTreeMap<String, String>),
+}
+
+/// What [`Registry::update_thing`] changes; `None` leaves a part as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ThingUpdate {
+    pub attributes: Option<AttributeUpdate>,
+    /// `Some(None)` removes the thing type.
+    pub thing_type_name: Option<Option<String>>,
+    /// Refuse the update ([`RegistryError::VersionConflict`]) unless the
+    /// thing is at this version.
+    pub expected_version: Option<i64>,
 }
 
 /// A CA registered by the user: device certificates it issued are
@@ -160,6 +196,35 @@ impl std::fmt::Debug for Registry {
     }
 }
 
+/// AWS IoT thing names (and thing type and billing group names): 1 to 128
+/// characters of `[a-zA-Z0-9:_-]`.
+pub(crate) fn valid_thing_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'-'))
+}
+
+/// AWS's thing attribute names: 1 to 128 of `[a-zA-Z0-9_.,@/:#-]`.
+pub(crate) fn valid_attribute_name(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.,@/:#-".contains(&b))
+}
+
+/// AWS's thing attribute values: at most 800 of `[a-zA-Z0-9_.,@/:#=[]-]`
+/// (empty: removes the attribute in an update).
+pub(crate) fn valid_attribute_value(s: &str) -> bool {
+    s.len() <= 800
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.,@/:#=[]-".contains(&b))
+}
+
+/// SQL assignment for an `UPDATE certificates` whose new status is `?2`:
+/// the customer version grows only when the status changes.
+const BUMP_CUSTOMER_VERSION: &str =
+    "customer_version = customer_version + (CASE WHEN status = ?2 THEN 0 ELSE 1 END)";
+
 pub(crate) fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -193,14 +258,61 @@ CREATE TABLE IF NOT EXISTS job_executions (
   started_at INTEGER, last_updated_at INTEGER NOT NULL, PRIMARY KEY (job_id, thing));
 ";
 
+/// (table, column, definition) of an [`ADDED_COLUMNS`] entry.
+type AddedColumn = (&'static str, &'static str, &'static str);
+
+/// Columns added after the first release: added to data directories made before them, existing rows getting the
+/// default. Only ever append.
+const ADDED_COLUMNS: &[AddedColumn] = &[
+    ("things", "version", "INTEGER NOT NULL DEFAULT 1"),
+    (
+        "certificates",
+        "customer_version",
+        "INTEGER NOT NULL DEFAULT 1",
+    ),
+];
+
+/// Adds the missing [`ADDED_COLUMNS`]. When one is missing, in one
+/// transaction that takes the write lock first and looks again, so that two
+/// processes opening an old data directory at once do not both add it.
+fn migrate(conn: &mut Connection) -> Result<(), RegistryError> {
+    fn missing(db: &Connection) -> Result<Vec<&'static AddedColumn>, RegistryError> {
+        let mut out = Vec::new();
+        for added in ADDED_COLUMNS {
+            let (table, column, _) = added;
+            let present: bool = db.query_row(
+                "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+                params![table, column],
+                |r| r.get(0),
+            )?;
+            if !present {
+                out.push(added);
+            }
+        }
+        Ok(out)
+    }
+    if missing(conn)?.is_empty() {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    for (table, column, definition) in missing(&tx)? {
+        tx.execute_batch(&format!(
+            "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+        ))?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 impl Registry {
     /// Opens (creating if needed) `DIR/registry.sqlite3`.
     pub fn open(data_dir: &Path) -> Result<Self, RegistryError> {
-        let conn = Connection::open(data_dir.join("registry.sqlite3"))?;
+        let mut conn = Connection::open(data_dir.join("registry.sqlite3"))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&mut conn)?;
         Ok(Registry {
             conn: Arc::new(Mutex::new(conn)),
             epochs: Arc::new(Epochs::default()),
@@ -305,7 +417,7 @@ impl Registry {
         let db = self.db();
         let row = db
             .query_row(
-                "SELECT id, pem, status, created_at, updated_at, pending_until, registered FROM certificates WHERE id = ?1",
+                "SELECT id, pem, status, created_at, updated_at, pending_until, registered, customer_version FROM certificates WHERE id = ?1",
                 [id],
                 |r| {
                     Ok((
@@ -316,6 +428,7 @@ impl Registry {
                         r.get::<_, i64>(4)?,
                         r.get::<_, Option<i64>>(5)?,
                         r.get::<_, bool>(6)?,
+                        r.get::<_, i64>(7)?,
                     ))
                 },
             )
@@ -328,6 +441,7 @@ impl Registry {
             updated_at,
             pending_until,
             registered,
+            customer_version,
         )) = row
         else {
             return Ok(None);
@@ -348,6 +462,7 @@ impl Registry {
             status: status.parse()?,
             created_at,
             updated_at,
+            customer_version,
             pending_until,
             registered,
             policies,
@@ -374,7 +489,7 @@ impl Registry {
         status: CertStatus,
     ) -> Result<(), RegistryError> {
         let n = self.db().execute(
-            "UPDATE certificates SET status = ?2, updated_at = ?3 WHERE id = ?1",
+            &format!("UPDATE certificates SET status = ?2, updated_at = ?3, {BUMP_CUSTOMER_VERSION} WHERE id = ?1"),
             params![id, status.as_str(), now_unix()],
         )?;
         self.status_changed();
@@ -684,6 +799,86 @@ impl Registry {
         Ok(())
     }
 
+    /// Changes a thing's attributes and type in one transaction (AWS's
+    /// UpdateThing) and returns it as it now is. The version grows by one
+    /// when something changed. Attribute names and values and the type name
+    /// must fit AWS's patterns ([`RegistryError::Invalid`]).
+    pub fn update_thing(
+        &self,
+        name: &str,
+        update: &ThingUpdate,
+    ) -> Result<ThingRecord, RegistryError> {
+        let given = match &update.attributes {
+            None => None,
+            Some(AttributeUpdate::Merge(m) | AttributeUpdate::Replace(m)) => Some(m),
+        };
+        for (k, v) in given.into_iter().flatten() {
+            if !valid_attribute_name(k) {
+                return Err(RegistryError::Invalid(format!(
+                    "attribute name {k:?} must be 1 to 128 characters of [a-zA-Z0-9_.,@/:#-]"
+                )));
+            }
+            if !valid_attribute_value(v) {
+                return Err(RegistryError::Invalid(format!(
+                    "the value of attribute {k} must be at most 800 characters of [a-zA-Z0-9_.,@/:#=[]-]"
+                )));
+            }
+        }
+        if let Some(Some(t)) = &update.thing_type_name {
+            if !valid_thing_name(t) {
+                return Err(RegistryError::Invalid(format!(
+                    "thing type name {t:?} must be 1 to 128 characters of [a-zA-Z0-9:_-]"
+                )));
+            }
+        }
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let mut thing = thing_in(&tx, name)?.ok_or_else(|| RegistryError::NotFound {
+            kind: "thing",
+            name: name.into(),
+        })?;
+        if let Some(expected) = update.expected_version {
+            if expected != thing.version {
+                return Err(RegistryError::VersionConflict {
+                    name: name.into(),
+                    expected,
+                    actual: thing.version,
+                });
+            }
+        }
+        match &update.attributes {
+            None => {}
+            Some(AttributeUpdate::Merge(given)) => {
+                for (k, v) in given {
+                    if v.is_empty() {
+                        thing.attributes.remove(k);
+                    } else {
+                        thing.attributes.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            Some(AttributeUpdate::Replace(given)) => {
+                thing.attributes = given
+                    .iter()
+                    .filter(|(_, v)| !v.is_empty())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+            }
+        }
+        if let Some(t) = &update.thing_type_name {
+            thing.thing_type_name = t.clone();
+        }
+        put_thing_in(&tx, &thing)?;
+        let thing = thing_in(&tx, name)?.ok_or_else(|| RegistryError::NotFound {
+            kind: "thing",
+            name: name.into(),
+        })?;
+        tx.commit()?;
+        drop(db);
+        self.auth_changed();
+        Ok(thing)
+    }
+
     pub fn attach_thing(&self, thing: &str, cert_id: &str) -> Result<(), RegistryError> {
         self.db().execute(
             "INSERT OR IGNORE INTO cert_things (cert_id, thing) VALUES (?1, ?2)",
@@ -730,7 +925,7 @@ impl Registry {
             Retired::DetachedOnly
         } else {
             tx.execute(
-                "UPDATE certificates SET status = ?2, updated_at = ?3 WHERE id = ?1",
+                &format!("UPDATE certificates SET status = ?2, updated_at = ?3, {BUMP_CUSTOMER_VERSION} WHERE id = ?1"),
                 params![cert_id, CertStatus::Inactive.as_str(), now_unix()],
             )?;
             Retired::Deactivated
@@ -783,7 +978,7 @@ impl Registry {
             )?;
         }
         let n = tx.execute(
-            "UPDATE certificates SET status = ?2, updated_at = ?3, registered = 1, pending_until = NULL WHERE id = ?1",
+            &format!("UPDATE certificates SET status = ?2, updated_at = ?3, registered = 1, pending_until = NULL, {BUMP_CUSTOMER_VERSION} WHERE id = ?1"),
             params![w.certificate_id, w.status.as_str(), now_unix()],
         )?;
         if n == 0 {
@@ -822,7 +1017,7 @@ fn column_list(db: &Connection, sql: &str, arg: &str) -> Result<Vec<String>, Reg
 fn thing_in(db: &Connection, name: &str) -> Result<Option<ThingRecord>, RegistryError> {
     let row = db
         .query_row(
-            "SELECT name, attributes, thing_type, groups_json, billing_group FROM things WHERE name = ?1",
+            "SELECT name, attributes, thing_type, groups_json, billing_group, version FROM things WHERE name = ?1",
             [name],
             |r| {
                 Ok((
@@ -831,11 +1026,12 @@ fn thing_in(db: &Connection, name: &str) -> Result<Option<ThingRecord>, Registry
                     r.get::<_, Option<String>>(2)?,
                     r.get::<_, String>(3)?,
                     r.get::<_, Option<String>>(4)?,
+                    r.get::<_, i64>(5)?,
                 ))
             },
         )
         .optional()?;
-    let Some((thing_name, attrs, thing_type_name, groups, billing_group)) = row else {
+    let Some((thing_name, attrs, thing_type_name, groups, billing_group, version)) = row else {
         return Ok(None);
     };
     let bad = |e: serde_json::Error| {
@@ -852,15 +1048,183 @@ fn thing_in(db: &Connection, name: &str) -> Result<Option<ThingRecord>, Registry
         thing_type_name,
         thing_groups: serde_json::from_str(&groups).map_err(bad)?,
         billing_group,
+        version,
     }))
 }
 
+/// Creates a thing at version 1, or replaces its fields and bumps its
+/// version when one of them differs (attributes and groups are stored as
+/// canonical JSON, so equal contents compare equal).
 fn put_thing_in(db: &Connection, t: &ThingRecord) -> Result<(), RegistryError> {
     let attrs = serde_json::to_string(&t.attributes).unwrap_or_else(|_| "{}".into());
     let groups = serde_json::to_string(&t.thing_groups).unwrap_or_else(|_| "[]".into());
     db.execute(
-        "INSERT OR REPLACE INTO things (name, attributes, thing_type, groups_json, billing_group) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![t.thing_name, attrs, t.thing_type_name, groups, t.billing_group],
+        "INSERT INTO things (name, attributes, thing_type, groups_json, billing_group, version)
+         VALUES (?1, ?2, ?3, ?4, ?5, 1)
+         ON CONFLICT (name) DO UPDATE SET
+           attributes = excluded.attributes, thing_type = excluded.thing_type,
+           groups_json = excluded.groups_json, billing_group = excluded.billing_group,
+           version = things.version + 1
+         WHERE things.attributes IS NOT excluded.attributes
+            OR things.thing_type IS NOT excluded.thing_type
+            OR things.groups_json IS NOT excluded.groups_json
+            OR things.billing_group IS NOT excluded.billing_group",
+        params![
+            t.thing_name,
+            attrs,
+            t.thing_type_name,
+            groups,
+            t.billing_group
+        ],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A data directory written before the version columns existed keeps
+    /// its things and certificates, which start at version 1.
+    #[test]
+    fn old_data_directories_are_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let old = Connection::open(dir.path().join("registry.sqlite3")).unwrap();
+            old.execute_batch(SCHEMA).unwrap();
+            old.execute(
+                "INSERT INTO things (name, attributes, thing_type, groups_json, billing_group)
+                 VALUES ('gw_1', '{\"a\":\"1\"}', 'gateway', '[]', NULL)",
+                [],
+            )
+            .unwrap();
+            old.execute(
+                "INSERT INTO certificates (id, pem, status, created_at, updated_at, pending_until, registered)
+                 VALUES ('c1', 'PEM', 'ACTIVE', 10, 20, NULL, 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let reg = Registry::open(dir.path()).unwrap();
+        let t = reg.thing("gw_1").unwrap().unwrap();
+        assert_eq!(t.version, 1);
+        assert_eq!(t.attributes.get("a").map(String::as_str), Some("1"));
+        assert_eq!(t.thing_type_name.as_deref(), Some("gateway"));
+        let c = reg.certificate("c1").unwrap().unwrap();
+        assert_eq!((c.customer_version, c.created_at), (1, 10));
+        // Opening again (another process, a restart) changes nothing.
+        drop(reg);
+        let reg = Registry::open(dir.path()).unwrap();
+        assert_eq!(reg.thing("gw_1").unwrap().unwrap().version, 1);
+
+        reg.set_certificate_status("c1", CertStatus::Inactive)
+            .unwrap();
+        reg.set_certificate_status("c1", CertStatus::Inactive)
+            .unwrap();
+        assert_eq!(reg.certificate("c1").unwrap().unwrap().customer_version, 2);
+    }
+
+    #[test]
+    fn attribute_patterns() {
+        assert!(valid_attribute_name("serial.no@site/1:#a,b-c_d"));
+        assert!(!valid_attribute_name(""));
+        assert!(!valid_attribute_name("a b"));
+        assert!(valid_attribute_value(""));
+        assert!(valid_attribute_value("k=[v]"));
+        assert!(!valid_attribute_value("a b"));
+        assert!(!valid_attribute_value(&"a".repeat(801)));
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(dir.path()).unwrap();
+        reg.put_thing(&ThingRecord {
+            thing_name: "gw_1".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let bad = ThingUpdate {
+            attributes: Some(AttributeUpdate::Merge(BTreeMap::from([(
+                "a b".to_owned(),
+                "1".to_owned(),
+            )]))),
+            ..Default::default()
+        };
+        assert!(matches!(
+            reg.update_thing("gw_1", &bad),
+            Err(RegistryError::Invalid(m)) if m.contains("attribute name \"a b\"")
+        ));
+    }
+
+    #[test]
+    fn versions_grow_with_changes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(dir.path()).unwrap();
+        let mut t = ThingRecord {
+            thing_name: "gw_1".into(),
+            ..Default::default()
+        };
+        reg.put_thing(&t).unwrap();
+        assert_eq!(reg.thing("gw_1").unwrap().unwrap().version, 1);
+        reg.put_thing(&t).unwrap();
+        assert_eq!(reg.thing("gw_1").unwrap().unwrap().version, 1);
+        t.attributes.insert("a".into(), "1".into());
+        reg.put_thing(&t).unwrap();
+        assert_eq!(reg.thing("gw_1").unwrap().unwrap().version, 2);
+
+        let merge = |pairs: &[(&str, &str)]| ThingUpdate {
+            attributes: Some(AttributeUpdate::Merge(
+                pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            )),
+            ..Default::default()
+        };
+        let t = reg
+            .update_thing("gw_1", &merge(&[("b", "2"), ("a", "")]))
+            .unwrap();
+        assert_eq!(t.version, 3);
+        assert_eq!(
+            t.attributes,
+            BTreeMap::from([("b".to_owned(), "2".to_owned())])
+        );
+        // Removing what is not there changes nothing.
+        assert_eq!(
+            reg.update_thing("gw_1", &merge(&[("a", "")]))
+                .unwrap()
+                .version,
+            3
+        );
+        let stale = ThingUpdate {
+            expected_version: Some(2),
+            ..merge(&[("c", "3")])
+        };
+        assert!(matches!(
+            reg.update_thing("gw_1", &stale),
+            Err(RegistryError::VersionConflict {
+                expected: 2,
+                actual: 3,
+                ..
+            })
+        ));
+        let replace = ThingUpdate {
+            attributes: Some(AttributeUpdate::Replace(BTreeMap::from([
+                ("x".to_owned(), "9".to_owned()),
+                ("y".to_owned(), String::new()),
+            ]))),
+            thing_type_name: Some(Some("gateway".into())),
+            expected_version: Some(3),
+        };
+        let t = reg.update_thing("gw_1", &replace).unwrap();
+        assert_eq!(
+            (t.version, t.attributes, t.thing_type_name.as_deref()),
+            (
+                4,
+                BTreeMap::from([("x".to_owned(), "9".to_owned())]),
+                Some("gateway")
+            )
+        );
+        assert!(matches!(
+            reg.update_thing("nope", &ThingUpdate::default()),
+            Err(RegistryError::NotFound { kind: "thing", .. })
+        ));
+    }
 }

@@ -77,7 +77,16 @@ async fn init_serve_provision_and_set_status_from_the_cli() {
     assert_eq!(cert["policies"], json!(["claim"]));
 
     let mut serve = tokio::process::Command::new(BIN)
-        .args(["serve", d, "--port", "0", "--alpn-port", "0"])
+        .args([
+            "serve",
+            d,
+            "--port",
+            "0",
+            "--alpn-port",
+            "0",
+            "--api-port",
+            "0",
+        ])
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -230,7 +239,16 @@ async fn serve_flags_cert_validity_response_fault_and_no_report_rule() {
         &["--cert-validity", "0"][..],
     ] {
         let out = std::process::Command::new(BIN)
-            .args(["serve", d, "--port", "0", "--alpn-port", "0"])
+            .args([
+                "serve",
+                d,
+                "--port",
+                "0",
+                "--alpn-port",
+                "0",
+                "--api-port",
+                "0",
+            ])
             .args(bad)
             .output()
             .unwrap();
@@ -239,7 +257,16 @@ async fn serve_flags_cert_validity_response_fault_and_no_report_rule() {
     }
 
     let mut serve = tokio::process::Command::new(BIN)
-        .args(["serve", d, "--port", "0", "--alpn-port", "0"])
+        .args([
+            "serve",
+            d,
+            "--port",
+            "0",
+            "--alpn-port",
+            "0",
+            "--api-port",
+            "0",
+        ])
         .args(["--cert-validity", "30", "--no-report-rule"])
         .args(["--response-fault", "throttle-first:1"])
         .stdout(Stdio::piped())

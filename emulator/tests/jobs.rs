@@ -415,7 +415,16 @@ async fn jobs_cli_create_list_describe_reaches_a_live_server() {
     drop(data);
 
     let mut serve = tokio::process::Command::new(BIN)
-        .args(["serve", d, "--port", "0", "--alpn-port", "0"])
+        .args([
+            "serve",
+            d,
+            "--port",
+            "0",
+            "--alpn-port",
+            "0",
+            "--api-port",
+            "0",
+        ])
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()

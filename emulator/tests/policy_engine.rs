@@ -597,8 +597,13 @@ fn claim_policy_allows_only_provisioning() {
     let (s, i) = (subject(), issuer());
     let c = ctx("any-client-id", None, &s, &i);
     let cases = [
-        (Action::Connect, "any-client-id", true),
-        (Action::Connect, "gw_0001", true),
+        // Only as a claim session: with a gateway's thing name as client id
+        // the claim credential could knock the gateway off.
+        (Action::Connect, "prov-SN0001", true),
+        (Action::Connect, "prov-", true),
+        (Action::Connect, "any-client-id", false),
+        (Action::Connect, "gw_0001", false),
+        (Action::Connect, "xprov-SN0001", false),
         (Action::Publish, "$aws/certificates/create/json", true),
         (
             Action::Receive,
@@ -735,10 +740,17 @@ fn device_policy_is_least_privilege() {
             "$aws/provisioning-templates/RotationTemplate/provision/json/accepted",
             true,
         ),
+        // `enroll --force` re-enrolls with the device's own certificate.
         (
             own,
             Action::Publish,
             "$aws/provisioning-templates/ProdTemplate/provision/json",
+            true,
+        ),
+        (
+            own,
+            Action::Publish,
+            "$aws/provisioning-templates/OtherTemplate/provision/json",
             false,
         ),
         (

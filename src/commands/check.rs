@@ -65,6 +65,9 @@ pub fn run(config: &Config, json: bool) -> Result<(String, bool), CommandError> 
             None
         }
     };
+    if let Some(id) = &identity {
+        check_thing_name(&mut r, config, &id.thing_name);
+    }
     match Journal::load(&config.state_dir) {
         Ok(Some(j)) => r.add(
             "journal",
@@ -192,6 +195,32 @@ pub fn run(config: &Config, json: bool) -> Result<(String, bool), CommandError> 
             .join("\n")
     };
     Ok((text, failed))
+}
+
+/// The claim policy lets anyone with the (fleet-wide) claim credential
+/// connect with any client id that starts with `CLIENT_ID_PREFIX`; a thing
+/// named so could be knocked off by them (the service drops the older
+/// connection of a client id).
+fn check_thing_name(r: &mut Report, config: &Config, thing: &str) {
+    let prefix = &config.provisioning.client_id_prefix;
+    if thing.starts_with(prefix.as_str()) {
+        r.add(
+            "thing name",
+            Verdict::Fail,
+            format!(
+                "thing {thing} starts with CLIENT_ID_PREFIX {prefix:?}, the client ids the claim \
+                 policy lets every claim holder connect as: anyone with the claim credential can \
+                 knock this gateway off; rename things (the template's ThingNamePrefix) or change \
+                 CLIENT_ID_PREFIX together with the claim policy"
+            ),
+        );
+    } else {
+        r.add(
+            "thing name",
+            Verdict::Pass,
+            format!("thing {thing} is outside the claim sessions' client ids ({prefix}...)"),
+        );
+    }
 }
 
 fn check_state_dir(r: &mut Report, dir: &Path) {

@@ -700,14 +700,11 @@ impl Config {
                     .filter(|n| *n <= 100)
                     .ok_or_else(|| format!("{s:?}: a number of retries from 0 to 100"))
             })?,
-            client_id_prefix: r.with_default("PROVISIONING", "CLIENT_ID_PREFIX", |s| {
-                let s = s.trim();
-                if s.len() <= 64 && !s.contains(['+', '#', '/']) {
-                    Ok(s.to_string())
-                } else {
-                    Err(format!("{s:?}: at most 64 bytes without + # /"))
-                }
-            })?,
+            client_id_prefix: r.with_default(
+                "PROVISIONING",
+                "CLIENT_ID_PREFIX",
+                values::client_id_prefix,
+            )?,
             verify_topic: r.with_default("PROVISIONING", "VERIFY_TOPIC", values::topic)?,
             decommission_claim: r.with_default(
                 "PROVISIONING",
@@ -741,6 +738,28 @@ impl Config {
                 message: "is sent by the agent itself: set [PROVISIONING] SERIAL_NUMBER instead"
                     .into(),
             });
+        }
+
+        // The claim policy lets claim sessions connect only as
+        // `client/<CLIENT_ID_PREFIX>*`; a thing whose name starts with the
+        // prefix could be knocked off by anyone holding the claim
+        // credential (the service drops the older connection of a client id).
+        if let Some(prefix) = template_parameters.get("ThingNamePrefix") {
+            let names = format!("{prefix}_");
+            let cip = &provisioning.client_id_prefix;
+            if names.starts_with(cip.as_str()) || cip.starts_with(names.as_str()) {
+                return Err(ConfigError::Value {
+                    origin: path.display().to_string(),
+                    section: FREE_FORM_SECTION.into(),
+                    key: "ThingNamePrefix".into(),
+                    message: format!(
+                        "thing names {names}... and the claim sessions' client ids {cip}... \
+                         overlap: anyone with the claim credential could connect as this \
+                         gateway's thing and knock it off; choose a ThingNamePrefix that does \
+                         not start with [PROVISIONING] CLIENT_ID_PREFIX"
+                    ),
+                });
+            }
         }
 
         let rotation = RotationConfig {

@@ -296,3 +296,32 @@ fn pkcs11_not_built_in_names_the_feature() {
     .to_string();
     assert!(e.contains("--features pkcs11"), "{e}");
 }
+
+#[test]
+fn claim_client_ids_cannot_be_any_client_id() {
+    // Empty, or a policy or MQTT wildcard: `client/<prefix>*` in the claim
+    // policy would match a gateway's thing name.
+    for bad in ["\"\"", "prov-*", "pr?v", "a/b", "a+b", "x#"] {
+        let value = if bad == "\"\"" { "" } else { bad };
+        let text = format!("{MINIMAL}[PROVISIONING]\nCLIENT_ID_PREFIX = {value}\n");
+        let e = load(&text).unwrap_err().to_string();
+        assert!(e.contains("CLIENT_ID_PREFIX"), "{bad}: {e}");
+        assert!(e.contains("any thing"), "{bad}: {e}");
+    }
+    let c = load(MINIMAL).unwrap();
+    assert_eq!(c.provisioning.client_id_prefix, "prov-");
+}
+
+#[test]
+fn thing_names_overlapping_the_claim_client_ids_are_refused() {
+    for (prefix, tnp) in [("prov-", "prov-gw"), ("gw", "gw"), ("gw_1", "gw")] {
+        let text = format!(
+            "{MINIMAL}[PROVISIONING]\nCLIENT_ID_PREFIX = {prefix}\n[TEMPLATE_PARAMETERS]\nThingNamePrefix = {tnp}\n"
+        );
+        let e = load(&text).unwrap_err().to_string();
+        assert!(e.contains("ThingNamePrefix"), "{prefix} {tnp}: {e}");
+        assert!(e.contains("knock it off"), "{prefix} {tnp}: {e}");
+    }
+    let text = format!("{MINIMAL}[TEMPLATE_PARAMETERS]\nThingNamePrefix = gw\n");
+    assert!(load(&text).is_ok());
+}

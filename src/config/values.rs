@@ -91,6 +91,26 @@ pub fn topic(s: &str) -> Result<String, String> {
     }
 }
 
+/// The client-id prefix of claim sessions: 1 to 64 of `[A-Za-z0-9_.:-]`.
+/// The claim policy grants `iot:Connect` on `client/<prefix>*` only, so the
+/// prefix must not be empty (that would be any client id, a gateway's thing
+/// name included) nor hold a policy wildcard (`*`, `?`) or an MQTT one.
+pub fn client_id_prefix(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let ok = (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?}: 1 to 64 of A-Z a-z 0-9 _ . : - (the claim policy allows iot:Connect only \
+             on client/<CLIENT_ID_PREFIX>*, so an empty prefix would let the claim credential \
+             connect as any thing)"
+        ))
+    }
+}
+
 /// A share of a lifetime, `0.66` or `66%`, strictly between 0 and 1.
 pub fn fraction(s: &str) -> Result<f64, String> {
     let s = s.trim();

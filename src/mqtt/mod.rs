@@ -35,6 +35,14 @@ pub enum MqttError {
         client_id: String,
         code: ConnectReturnCode,
     },
+    /// The server ended the TLS handshake with an alert refusing our
+    /// certificate (with TLS 1.3 it arrives after the client's side of the
+    /// handshake, on the first read).
+    #[error("{endpoint} refused the client certificate (TLS alert {alert:?}); check that the certificate is registered and ACTIVE and that ROOT_CERT is the endpoint's CA")]
+    CertificateRefused {
+        endpoint: String,
+        alert: rustls::AlertDescription,
+    },
     #[error("{step}: no answer within {after:?}")]
     Timeout { step: String, after: Duration },
     #[error("{step}: the connection was lost: {detail}")]
@@ -410,6 +418,12 @@ fn classify_connect_error(
     client_id: &str,
 ) -> MqttError {
     use rumqttc::ConnectionError as C;
+    if let Some(alert) = refusal_alert(&e) {
+        return MqttError::CertificateRefused {
+            endpoint: endpoint.into(),
+            alert,
+        };
+    }
     match e {
         C::ConnectionRefused(code) => MqttError::ConnectRefused {
             endpoint: endpoint.into(),
@@ -431,5 +445,29 @@ fn classify_connect_error(
             detail: other.to_string(),
             retryable: true,
         },
+    }
+}
+
+/// The TLS alert with which the server refused our certificate, wherever
+/// rumqttc put the I/O error that carries it.
+fn refusal_alert(e: &rumqttc::ConnectionError) -> Option<rustls::AlertDescription> {
+    use rumqttc::{mqttbytes, ConnectionError as C, StateError as S};
+    let io = match e {
+        C::Io(io)
+        | C::MqttState(S::Io(io))
+        | C::MqttState(S::Deserialization(mqttbytes::Error::Io(io))) => io,
+        _ => return None,
+    };
+    use rustls::AlertDescription as A;
+    match io.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::AlertReceived(
+            alert @ (A::AccessDenied
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::BadCertificate
+            | A::UnknownCA),
+        ) => Some(*alert),
+        _ => None,
     }
 }

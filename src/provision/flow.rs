@@ -43,6 +43,9 @@ pub(super) struct Flow<'a> {
     roots: Vec<CertificateDer<'static>>,
     backoff: Backoff,
     session: Option<Session>,
+    /// `enroll --force`: the current certificate could not connect, so
+    /// requests go over the claim credential.
+    current_refused: bool,
     pending: KeyLabel,
     pub(super) steps: Vec<StepTiming>,
     /// The commit is done but the report of retired certificates is not.
@@ -75,6 +78,7 @@ impl<'a> Flow<'a> {
             roots,
             backoff: Backoff::new(config.provisioning.max_retries),
             session: None,
+            current_refused: false,
             report_pending: false,
             pending: Self::next_slot(config, current_label.as_deref())?,
             steps: Vec::new(),
@@ -101,11 +105,12 @@ impl<'a> Flow<'a> {
                     fault::point("cert-issued");
                 }
                 Phase::CertIssued => {
-                    if !journal.token_usable(journal::now()) || !self.pending_matches(journal)? {
+                    let key_matches = self.pending_matches(journal)?;
+                    if !journal.token_usable(journal::now()) || !key_matches {
                         tracing::warn!(
                             "the ownership token expired or the pending key is gone: starting over"
                         );
-                        self.start_over(journal)?;
+                        self.start_over(journal, key_matches)?;
                         continue;
                     }
                     match self.register(journal).await {
@@ -124,9 +129,10 @@ impl<'a> Flow<'a> {
                             // identity works.
                             tracing::warn!(
                                 "the service refused the ownership token a second time: \
-                                 starting over with a new certificate"
+                                 starting over with a new certificate for the same key"
                             );
-                            self.start_over(journal)?;
+                            let key_matches = self.pending_matches(journal)?;
+                            self.start_over(journal, key_matches)?;
                         }
                         Err(e) => return Err(e),
                     }
@@ -196,16 +202,29 @@ impl<'a> Flow<'a> {
         });
     }
 
-    /// Drops the attempt in the journal: its pending key is deleted and its
-    /// certificate remembered as abandoned.
-    fn start_over(&mut self, journal: &mut Journal) -> Result<(), ProvisionError> {
+    /// Drops the attempt in the journal and remembers its certificate as
+    /// abandoned. If its RegisterThing was sent (it may have gone through,
+    /// the thing now existing with that certificate) and the pending key is
+    /// still the certificate's (`key_matches`), the key is kept and the next
+    /// certificate is issued for it: the pre-provisioning hook admits a
+    /// registration for an existing thing when the new certificate is for
+    /// the key of one of its certificates, which only this device holds.
+    /// Otherwise the pending key is deleted.
+    fn start_over(
+        &mut self,
+        journal: &mut Journal,
+        key_matches: bool,
+    ) -> Result<(), ProvisionError> {
         let mut abandoned = std::mem::take(&mut journal.abandoned_certificate_ids);
         if let Some(id) = journal.certificate_id.take() {
             if !abandoned.contains(&id) {
                 abandoned.push(id);
             }
         }
-        self.delete_pending()?;
+        let recertify = key_matches && (journal.register_sent || journal.recertify_pending_key);
+        if !recertify {
+            self.delete_pending()?;
+        }
         let (pending, retired) = (
             journal.pending_key_label.take(),
             journal.retired_key_label.take(),
@@ -213,6 +232,7 @@ impl<'a> Flow<'a> {
         let previous = journal.previous_certificate_id.take();
         *journal = Journal::new(self.operation);
         journal.abandoned_certificate_ids = abandoned;
+        journal.recertify_pending_key = recertify;
         journal.pending_key_label = pending;
         journal.retired_key_label = retired;
         journal.previous_certificate_id = previous;
@@ -284,13 +304,49 @@ impl<'a> Flow<'a> {
         self.config.provisioning.alpn.then_some(ALPN_AWS_IOT)
     }
 
-    /// Where requests go: the claim credential (enroll) or the current
-    /// identity as its thing (rotate).
-    fn session_options(&self) -> Result<ConnectOptions, ProvisionError> {
-        match &self.current {
-            Some(current) if self.operation == Operation::Rotate => self.identity_options(current),
-            _ => self.claim_options(),
+    /// The connection requests go over: the current identity as its thing
+    /// (rotate, and `enroll --force` on an enrolled device), else the claim
+    /// credential. For `enroll --force` the device's own certificate is the
+    /// proof, to the pre-provisioning hook, that the request for an existing
+    /// thing comes from that thing's device; a current certificate that can
+    /// no longer connect (deactivated, revoked, its key gone) falls back to
+    /// the claim credential, which the hook admits for an existing thing only
+    /// after an operator opened it for re-enrollment (templates/README.md).
+    async fn connect(&mut self) -> Result<(Session, &'static str), ProvisionError> {
+        const CURRENT: &str = "connect with the current certificate";
+        if let Some(current) = self.current.clone() {
+            match self.operation {
+                Operation::Rotate => {
+                    let opts = self.identity_options(&current)?;
+                    return Ok((Session::connect(&opts).await?, CURRENT));
+                }
+                Operation::Enroll if !self.current_refused => {
+                    let attempt = match self.identity_options(&current) {
+                        Ok(opts) => Session::connect(&opts).await.map_err(ProvisionError::from),
+                        Err(e) => Err(e),
+                    };
+                    match attempt {
+                        Ok(session) => return Ok((session, CURRENT)),
+                        Err(e) if e.is_retryable() => return Err(e),
+                        Err(e) => {
+                            tracing::warn!(
+                                error = %e,
+                                "the current certificate cannot connect: enrolling with the claim \
+                                 credential instead (for an existing thing the template's hook \
+                                 then needs an operator to open it for re-enrollment)"
+                            );
+                            self.current_refused = true;
+                        }
+                    }
+                }
+                Operation::Enroll => {}
+            }
         }
+        let opts = self.claim_options()?;
+        Ok((
+            Session::connect(&opts).await?,
+            "connect with the claim certificate",
+        ))
     }
 
     fn identity_options(&self, current: &Identity) -> Result<ConnectOptions, ProvisionError> {
@@ -346,16 +402,9 @@ impl<'a> Flow<'a> {
 
     async fn session(&mut self) -> Result<&mut Session, ProvisionError> {
         if self.session.is_none() {
-            let opts = self.session_options()?;
             let started = Instant::now();
-            let session = Session::connect(&opts).await?;
-            self.timed(
-                match self.operation {
-                    Operation::Enroll => "connect with the claim certificate",
-                    Operation::Rotate => "connect with the current certificate",
-                },
-                started,
-            );
+            let (session, step) = self.connect().await?;
+            self.timed(step, started);
             self.session = Some(session);
         }
         Ok(self.session.as_mut().expect("connected above"))
@@ -422,12 +471,27 @@ impl<'a> Flow<'a> {
     // ---- step 2: key and certificate ------------------------------------
 
     async fn obtain(&mut self, journal: &mut Journal) -> Result<(), ProvisionError> {
-        // A crashed attempt may have left a pending key behind.
-        self.delete_pending()?;
-        let issued = match self.config.provisioning.mode {
-            ProvisioningMode::Csr => self.obtain_from_csr().await?,
-            ProvisioningMode::Keys => self.obtain_keys().await?,
+        let keep = match journal.recertify_pending_key {
+            false => None,
+            true => match self.store.info(&self.pending) {
+                Ok(key) => Some(key),
+                // Nothing left to prove with: a fresh start.
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(e.into()),
+            },
         };
+        let issued = match keep {
+            Some(key) => self.obtain_from_csr(Some(key)).await?,
+            None => {
+                // A crashed attempt may have left a pending key behind.
+                self.delete_pending()?;
+                match self.config.provisioning.mode {
+                    ProvisioningMode::Csr => self.obtain_from_csr(None).await?,
+                    ProvisioningMode::Keys => self.obtain_keys().await?,
+                }
+            }
+        };
+        journal.recertify_pending_key = false;
         journal.certificate_id = Some(issued.certificate_id);
         journal.certificate_pem = Some(issued.certificate_pem);
         journal.ownership_token = Some(issued.token.to_string());
@@ -436,11 +500,21 @@ impl<'a> Flow<'a> {
         Ok(())
     }
 
-    async fn obtain_from_csr(&mut self) -> Result<Issued, ProvisionError> {
+    /// A certificate for a new pending key, or with `existing` for the
+    /// pending key already in the store (kept whatever happens: it is the
+    /// proof that this device owns the thing an earlier attempt registered).
+    async fn obtain_from_csr(
+        &mut self,
+        existing: Option<KeyInfo>,
+    ) -> Result<Issued, ProvisionError> {
         let started = Instant::now();
-        let key = self
-            .store
-            .generate(&self.pending, self.config.keystore.algorithm)?;
+        let keep_key = existing.is_some();
+        let key = match existing {
+            Some(key) => key,
+            None => self
+                .store
+                .generate(&self.pending, self.config.keystore.algorithm)?,
+        };
         fault::point("key-generated");
         let csr = make_csr(self.store.clone(), &key, &self.serial)
             .map_err(|e| ProvisionError::Other(e.to_string()))?;
@@ -454,7 +528,9 @@ impl<'a> Flow<'a> {
         let response = match response {
             Ok(r) => r,
             Err(e) => {
-                self.delete_pending()?;
+                if !keep_key {
+                    self.delete_pending()?;
+                }
                 return Err(e);
             }
         };
@@ -462,7 +538,9 @@ impl<'a> Flow<'a> {
         match Issued::parse("CreateCertificateFromCsr", response, &key.public_key) {
             Ok(issued) => Ok(issued),
             Err(e) => {
-                self.delete_pending()?;
+                if !keep_key {
+                    self.delete_pending()?;
+                }
                 Err(e)
             }
         }
@@ -589,6 +667,16 @@ impl<'a> Flow<'a> {
                 })
             }
         };
+        let claim_prefix = &self.config.provisioning.client_id_prefix;
+        if thing.starts_with(claim_prefix.as_str()) {
+            tracing::warn!(
+                thing,
+                prefix = %claim_prefix,
+                "the thing name starts with CLIENT_ID_PREFIX: anyone with the claim credential \
+                 can connect with it as client id and knock this gateway off; fix the template \
+                 (`prov-agent check` reports it)"
+            );
+        }
         journal.thing_name = Some(thing.to_string());
         journal.device_configuration = Some(config);
         journal.ownership_token = None;

@@ -67,6 +67,13 @@ pub struct Journal {
     /// or a lost answer the certificate may already be registered.
     #[serde(default)]
     pub register_sent: bool,
+    /// The next certificate is to be issued for the pending key already in
+    /// the key store (CreateCertificateFromCsr, whatever the mode): an
+    /// earlier attempt's RegisterThing may have gone through, and a
+    /// certificate for the same key is what proves to the pre-provisioning
+    /// hook that the request comes from the device that owns the thing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recertify_pending_key: bool,
     /// Certificates this device obtained but gave up on (their registration
     /// may have gone through); reported once the new identity works so that
     /// the backend can deactivate them.
@@ -135,6 +142,7 @@ impl Journal {
             thing_name: None,
             device_configuration: None,
             register_sent: false,
+            recertify_pending_key: false,
             abandoned_certificate_ids: Vec::new(),
             pending_key_label: None,
             retired_key_label: None,

@@ -143,6 +143,7 @@ impl ProvisionError {
             ProvisionError::Mqtt(e) => match e {
                 MqttError::Rejected { .. }
                 | MqttError::ConnectRefused { .. }
+                | MqttError::CertificateRefused { .. }
                 | MqttError::SubscribeRefused { .. } => exit::REFUSED,
                 MqttError::Timeout { .. }
                 | MqttError::Disconnected { .. }

@@ -27,6 +27,14 @@ impl Device {
     /// A device with the claim certificate and key delivered as files
     /// (not imported yet). `extra` is appended to the config.
     pub fn new(cloud: &TestCloud, backend: Backend, extra: &str) -> Self {
+        let serial = format!("SN{}", hex::encode(rand::random::<[u8; 5]>()));
+        Self::with_serial(cloud, backend, extra, &serial)
+    }
+
+    /// [`Device::new`] with a given serial number (another device's, for an
+    /// attacker).
+    pub fn with_serial(cloud: &TestCloud, backend: Backend, extra: &str, serial: &str) -> Self {
+        let serial = serial.to_string();
         let dir = tempfile::tempdir().unwrap();
         let certs = dir.path().join("certs");
         std::fs::create_dir_all(&certs).unwrap();
@@ -41,7 +49,6 @@ impl Device {
             &cloud.claim.private_key_pem,
         )
         .unwrap();
-        let serial = format!("SN{}", hex::encode(rand::random::<[u8; 5]>()));
         let config = dir.path().join("config.ini");
         let state = dir.path().join("state");
         std::fs::write(
@@ -141,26 +148,9 @@ impl Device {
 
     /// Connects with the committed identity, as the thing, and makes a
     /// publish/subscribe round trip: proof that the identity works.
-    #[allow(clippy::await_holding_lock)]
     pub async fn round_trip(&self, cloud: &TestCloud) -> Result<(), String> {
         let identity = self.identity().ok_or("no identity")?;
-        let locked = self.store();
-        let store: Arc<dyn KeyStore> = locked.value.clone();
-        let label = identity.key_label.parse().map_err(|e| format!("{e}"))?;
-        let key = store.info(&label).map_err(|e| e.to_string())?;
-        let cert = Certificate::from_pem(&identity.certificate_pem, "identity").unwrap();
-        let roots = Certificate::from_pem(&cloud.handle.root_ca_pem(), "root").unwrap();
-        let tls = client_config(roots.chain(), cert.chain().to_vec(), store, &key, None)
-            .map_err(|e| e.to_string())?;
-        let opts = ConnectOptions {
-            host: "localhost".into(),
-            port: cloud.handle.addr().port(),
-            client_id: identity.thing_name.clone(),
-            tls: Arc::new(tls),
-            connect_timeout: Duration::from_secs(5),
-            keep_alive: Duration::from_secs(30),
-        };
-        let mut session = Session::connect(&opts).await.map_err(|e| e.to_string())?;
+        let (mut session, _store) = self.session(cloud).await?;
         let topic = format!("things/{}/telemetry", identity.thing_name);
         let t = Duration::from_secs(5);
         session
@@ -181,6 +171,35 @@ impl Device {
         } else {
             Err("round trip returned another payload".into())
         }
+    }
+
+    /// A connection with the committed identity, as the thing, and the
+    /// in-process key store it signed with (hold it while the session is
+    /// used: see [`Device::store`]).
+    #[allow(clippy::await_holding_lock)]
+    pub async fn session(
+        &self,
+        cloud: &TestCloud,
+    ) -> Result<(Session, super::Exclusive<Arc<dyn KeyStore>>), String> {
+        let identity = self.identity().ok_or("no identity")?;
+        let locked = self.store();
+        let store: Arc<dyn KeyStore> = locked.value.clone();
+        let label = identity.key_label.parse().map_err(|e| format!("{e}"))?;
+        let key = store.info(&label).map_err(|e| e.to_string())?;
+        let cert = Certificate::from_pem(&identity.certificate_pem, "identity").unwrap();
+        let roots = Certificate::from_pem(&cloud.handle.root_ca_pem(), "root").unwrap();
+        let tls = client_config(roots.chain(), cert.chain().to_vec(), store, &key, None)
+            .map_err(|e| e.to_string())?;
+        let opts = ConnectOptions {
+            host: "localhost".into(),
+            port: cloud.handle.addr().port(),
+            client_id: identity.thing_name.clone(),
+            tls: Arc::new(tls),
+            connect_timeout: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(30),
+        };
+        let session = Session::connect(&opts).await.map_err(|e| e.to_string())?;
+        Ok((session, locked))
     }
 
     /// Every file under the state directory, with its contents.

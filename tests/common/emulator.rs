@@ -1,5 +1,7 @@
 //! An iotcore-emulator in this test process, on port 0, with the
-//! repository's policies and templates, and a claim credential.
+//! repository's policies, templates and pre-provisioning hooks (the shipped
+//! files, as `iotcore-emulator init` registers them), and a claim
+//! credential.
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +33,41 @@ fn json_files(dir: &Path) -> Vec<(String, String)> {
     out
 }
 
+/// The hook `templates/hooks/<template>.hook` names, as an absolute path
+/// (the convention `iotcore-emulator init` follows).
+pub fn shipped_hook(template: &str) -> Option<String> {
+    let hooks = repo("templates/hooks");
+    let link = std::fs::read_to_string(hooks.join(format!("{template}.hook"))).ok()?;
+    let exe = hooks.join(link.lines().next()?.trim());
+    Some(exe.canonicalize().unwrap().to_string_lossy().into_owned())
+}
+
+/// `PATH` with the virtualenv that has boto3 first.
+pub fn python_path() -> String {
+    format!(
+        "{}:{}",
+        python_bin(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// The `bin` directory of the virtualenv that has boto3 (made once by
+/// `ci/python-venv.sh`, which is safe to run from several tests at once).
+pub fn python_bin() -> &'static str {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = std::process::Command::new(repo("ci/python-venv.sh"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ci/python-venv.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    })
+}
+
 impl TestCloud {
     pub async fn start() -> Self {
         Self::start_with(|_| {}).await
@@ -39,15 +76,22 @@ impl TestCloud {
     pub async fn start_with(tweak: impl FnOnce(&mut EmulatorConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = EmulatorConfig::new(dir.path().join("emulator"));
+        // The hooks are Python with boto3 (`#!/usr/bin/env python3`).
+        config.hook_environment.push(("PATH".into(), python_path()));
+        // AWS gives a hook 5 s; Python and boto3 start in about 0.35 s, but
+        // on a CI machine running four tests at once a start can take
+        // seconds. The 5 s limit itself is tested in the emulator's tests.
+        config.hook_timeout = std::time::Duration::from_secs(20);
         tweak(&mut config);
         let handle = Emulator::start(config).await.unwrap();
         for (name, body) in json_files(&repo("policies")) {
             handle.registry().create_policy(&name, &body).unwrap();
         }
         for (name, body) in json_files(&repo("templates")) {
+            let hook = shipped_hook(&name);
             handle
                 .registry()
-                .create_template(&name, &body, true, None)
+                .create_template(&name, &body, true, hook.as_deref())
                 .unwrap();
         }
         let claim = handle.create_claim_credential("claim").unwrap();
@@ -59,9 +103,6 @@ impl TestCloud {
     /// A connection of the device's backend: a certificate whose policy
     /// allows everything, as a cloud-side service would hold.
     pub async fn backend_session(&self) -> prov_agent::mqtt::Session {
-        use prov_agent::keystore::{
-            file::FileKeyStore, FileSettings, KeyLabel, KeyStore, PrivateKeyMaterial,
-        };
         let policy = r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:*", "Resource": "*"}]}"#;
         let registry = self.handle.registry();
         if registry.policy("backend").unwrap().is_none() {
@@ -71,13 +112,27 @@ impl TestCloud {
             .handle
             .create_credential("backend-service", &["backend"])
             .unwrap();
+        let client_id = format!("backend-{}", rand::random::<u32>());
+        self.session_as(&cred, &client_id).await.unwrap()
+    }
+
+    /// A connection with `cred` (certificate and key as PEM, the key in a
+    /// file store) as `client_id`.
+    pub async fn session_as(
+        &self,
+        cred: &Credential,
+        client_id: &str,
+    ) -> Result<prov_agent::mqtt::Session, prov_agent::mqtt::MqttError> {
+        use prov_agent::keystore::{
+            file::FileKeyStore, FileSettings, KeyLabel, KeyStore, PrivateKeyMaterial,
+        };
         let dir = self
             .dir
             .path()
-            .join(format!("backend-{}", rand::random::<u32>()));
+            .join(format!("session-{}", rand::random::<u32>()));
         let store =
             std::sync::Arc::new(FileKeyStore::open(&FileSettings { key_dir: dir }).unwrap());
-        let label = KeyLabel::new("backend").unwrap();
+        let label = KeyLabel::new("session").unwrap();
         let key = store
             .import(
                 &label,
@@ -85,7 +140,7 @@ impl TestCloud {
             )
             .unwrap();
         let cert =
-            prov_agent::crypto::Certificate::from_pem(&cred.certificate_pem, "backend").unwrap();
+            prov_agent::crypto::Certificate::from_pem(&cred.certificate_pem, "session").unwrap();
         let roots =
             prov_agent::crypto::Certificate::from_pem(&self.handle.root_ca_pem(), "root").unwrap();
         let tls = prov_agent::crypto::client_config(
@@ -99,12 +154,12 @@ impl TestCloud {
         let opts = prov_agent::mqtt::ConnectOptions {
             host: "localhost".into(),
             port: self.handle.addr().port(),
-            client_id: format!("backend-{}", rand::random::<u32>()),
+            client_id: client_id.into(),
             tls: std::sync::Arc::new(tls),
             connect_timeout: std::time::Duration::from_secs(5),
             keep_alive: std::time::Duration::from_secs(30),
         };
-        prov_agent::mqtt::Session::connect(&opts).await.unwrap()
+        prov_agent::mqtt::Session::connect(&opts).await
     }
 }
 

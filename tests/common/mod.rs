@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod conformance;
+pub mod daemon;
 pub mod device;
 pub mod emulator;
 pub mod pki;

@@ -19,6 +19,41 @@ use tokio::sync::mpsc;
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The virtualenv's bin directory, made by `ci/python-venv.sh` (boto3 pinned
+/// in `ci/requirements-python.txt`).
+pub fn venv_bin() -> PathBuf {
+    static BIN_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN_DIR
+        .get_or_init(|| {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../ci/python-venv.sh");
+            let out = std::process::Command::new("bash")
+                .arg(script)
+                .output()
+                .expect("running ci/python-venv.sh");
+            assert!(
+                out.status.success(),
+                "ci/python-venv.sh failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let bin = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+            assert!(
+                bin.join("python").exists(),
+                "{} has no python",
+                bin.display()
+            );
+            bin
+        })
+        .clone()
+}
+
+/// The repository's pre-provisioning hook (`templates/hooks/provisioning_hook.py`).
+pub fn shipped_hook() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../templates/hooks/provisioning_hook.py")
+        .canonicalize()
+        .unwrap()
+}
+
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }

@@ -1,0 +1,223 @@
+//! The route table: method and path template of each operation, as in the
+//! `http` member of botocore's `iot/2015-05-28/service-2.json`. A new
+//! operation is one line here and a function in the file of its resource.
+
+use std::collections::BTreeMap;
+
+use super::certificates;
+use super::error::{ApiError, ErrorKind};
+use super::principals;
+use super::request::{percent_decode, ApiRequest};
+use super::things;
+use super::{ControlPlane, Reply};
+
+type Handler = fn(&ControlPlane, &ApiRequest) -> Result<Reply, ApiError>;
+
+#[derive(Debug)]
+pub(crate) struct Route {
+    pub method: &'static str,
+    /// Segments in braces are labels (`{thingName}`).
+    pub path: &'static str,
+    pub operation: &'static str,
+    handler: Handler,
+}
+
+pub(crate) const ROUTES: &[Route] = &[
+    Route {
+        method: "GET",
+        path: "/things",
+        operation: "ListThings",
+        handler: things::list_things,
+    },
+    Route {
+        method: "GET",
+        path: "/things/{thingName}",
+        operation: "DescribeThing",
+        handler: things::describe_thing,
+    },
+    Route {
+        method: "PATCH",
+        path: "/things/{thingName}",
+        operation: "UpdateThing",
+        handler: things::update_thing,
+    },
+    Route {
+        method: "GET",
+        path: "/things/{thingName}/principals",
+        operation: "ListThingPrincipals",
+        handler: principals::list_thing_principals,
+    },
+    Route {
+        method: "DELETE",
+        path: "/things/{thingName}/principals",
+        operation: "DetachThingPrincipal",
+        handler: principals::detach_thing_principal,
+    },
+    Route {
+        method: "GET",
+        path: "/principals/things",
+        operation: "ListPrincipalThings",
+        handler: principals::list_principal_things,
+    },
+    Route {
+        method: "GET",
+        path: "/certificates",
+        operation: "ListCertificates",
+        handler: certificates::list_certificates,
+    },
+    Route {
+        method: "GET",
+        path: "/certificates/{certificateId}",
+        operation: "DescribeCertificate",
+        handler: certificates::describe_certificate,
+    },
+    Route {
+        method: "PUT",
+        path: "/certificates/{certificateId}",
+        operation: "UpdateCertificate",
+        handler: certificates::update_certificate,
+    },
+];
+
+/// The labels of `path` if it fits `template`; `Err` when a segment is not
+/// valid percent-encoded UTF-8.
+fn matches(template: &str, path: &str) -> Result<Option<BTreeMap<String, String>>, ApiError> {
+    let mut labels = BTreeMap::new();
+    let t: Vec<&str> = template.trim_start_matches('/').split('/').collect();
+    let p: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if t.len() != p.len() {
+        return Ok(None);
+    }
+    for (ts, ps) in t.iter().zip(&p) {
+        match ts.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            Some(label) => {
+                if ps.is_empty() {
+                    return Ok(None);
+                }
+                let v = percent_decode(ps).ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "{label} {ps:?} in the path is not valid percent-encoded UTF-8"
+                    ))
+                })?;
+                labels.insert(label.to_owned(), v);
+            }
+            None if ts == ps => {}
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(labels))
+}
+
+/// The route of a request and its labels, or the error for an unknown one:
+/// 404 naming the method and path, and the methods the path does take.
+pub(crate) fn route(
+    method: &str,
+    path: &str,
+) -> Result<(&'static Route, BTreeMap<String, String>), ApiError> {
+    let mut other_methods = Vec::new();
+    for r in ROUTES {
+        if let Some(labels) = matches(r.path, path)? {
+            if r.method == method {
+                return Ok((r, labels));
+            }
+            other_methods.push(format!("{} ({})", r.method, r.operation));
+        }
+    }
+    let message = if other_methods.is_empty() {
+        format!(
+            "the emulator has no operation for {method} {path}: it serves {}",
+            ROUTES
+                .iter()
+                .map(|r| r.operation)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    } else {
+        format!(
+            "the emulator has no operation for {method} {path}: that path takes {}",
+            other_methods.join(", ")
+        )
+    };
+    Err(ApiError::new(ErrorKind::UnknownOperation, message))
+}
+
+impl Route {
+    pub(crate) fn handle(&self, cp: &ControlPlane, req: &ApiRequest) -> Result<Reply, ApiError> {
+        (self.handler)(cp, req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(method: &str, path: &str) -> Result<&'static str, ApiError> {
+        route(method, path).map(|(r, _)| r.operation)
+    }
+
+    #[test]
+    fn every_operation_has_its_method_and_path() {
+        assert_eq!(op("GET", "/things").unwrap(), "ListThings");
+        assert_eq!(op("GET", "/things/gw_1").unwrap(), "DescribeThing");
+        assert_eq!(op("PATCH", "/things/gw_1").unwrap(), "UpdateThing");
+        assert_eq!(
+            op("GET", "/things/gw_1/principals").unwrap(),
+            "ListThingPrincipals"
+        );
+        assert_eq!(
+            op("DELETE", "/things/gw_1/principals").unwrap(),
+            "DetachThingPrincipal"
+        );
+        assert_eq!(
+            op("GET", "/principals/things").unwrap(),
+            "ListPrincipalThings"
+        );
+        assert_eq!(op("GET", "/certificates").unwrap(), "ListCertificates");
+        assert_eq!(
+            op("GET", "/certificates/ab").unwrap(),
+            "DescribeCertificate"
+        );
+        assert_eq!(op("PUT", "/certificates/ab").unwrap(), "UpdateCertificate");
+    }
+
+    #[test]
+    fn labels_are_decoded() {
+        let (_, labels) = route("GET", "/things/a%3Ab").unwrap();
+        assert_eq!(labels.get("thingName").map(String::as_str), Some("a:b"));
+        let e = route("GET", "/things/%ZZ").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidRequest);
+    }
+
+    #[test]
+    fn unknown_routes_name_the_method_and_path() {
+        let e = route("POST", "/thing-groups/g1").unwrap_err();
+        assert_eq!(e.kind.code_and_status(), ("UnknownOperationException", 404));
+        assert!(e.message.contains("POST /thing-groups/g1"), "{}", e.message);
+        assert!(e.message.contains("DescribeThing"), "{}", e.message);
+        let e = route("POST", "/things/gw_1").unwrap_err();
+        assert!(
+            e.message
+                .contains("that path takes GET (DescribeThing), PATCH (UpdateThing)"),
+            "{}",
+            e.message
+        );
+        assert!(route("GET", "/things/").is_err());
+        assert!(route("GET", "/things/gw_1/principals/x").is_err());
+    }
+
+    #[test]
+    fn route_table_has_no_duplicates() {
+        for (i, a) in ROUTES.iter().enumerate() {
+            for b in &ROUTES[i + 1..] {
+                assert!(
+                    !(a.method == b.method && a.path == b.path),
+                    "{} and {} share {} {}",
+                    a.operation,
+                    b.operation,
+                    a.method,
+                    a.path
+                );
+            }
+        }
+    }
+}

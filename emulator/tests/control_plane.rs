@@ -1,0 +1,803 @@
+//! The control-plane HTTP API, driven by the real boto3 from PyPI (the
+//! virtualenv of `ci/python-venv.sh`), configured by the environment only:
+//! what it reads and changes is the registry the MQTT side and the admin CLI
+//! use, and a pre-provisioning hook written with boto3 runs unchanged.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use common::*;
+use iotcore_emulator::{CertStatus, Emulator, EmulatorConfig, EmulatorError, ThingRecord};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+const BIN: &str = env!("CARGO_BIN_EXE_iotcore-emulator");
+const REGION: &str = "us-east-1";
+const ACCOUNT: &str = "123456789012";
+
+/// Every log line of the emulator in this test binary (all tests share one
+/// global subscriber, installed before any emulator starts).
+fn logs() -> &'static Mutex<Vec<u8>> {
+    static LOGS: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
+        struct Capture(&'static Mutex<Vec<u8>>);
+        impl Write for Capture {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        tracing_subscriber::fmt()
+            .with_env_filter("iotcore_emulator=info")
+            .with_ansi(false)
+            .with_writer(move || Capture(buf))
+            .init();
+        buf
+    })
+}
+
+fn log_text() -> String {
+    String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
+}
+
+/// Runs `tests/control_plane/boto3_client.py` against `api_url` with `calls`
+/// on stdin and returns its output: `{endpoint, region, results}`.
+async fn boto3(api_url: &str, calls: Value) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/control_plane/boto3_client.py");
+    let mut child = tokio::process::Command::new(venv_bin().join("python"))
+        .arg(&script)
+        // The environment a program written for AWS gets, and nothing from
+        // a developer's ~/.aws.
+        .env("AWS_ENDPOINT_URL_IOT", api_url)
+        .env("AWS_REGION", REGION)
+        .env("AWS_DEFAULT_REGION", REGION)
+        .env("AWS_ACCESS_KEY_ID", "emulator")
+        .env("AWS_SECRET_ACCESS_KEY", "emulator-not-checked")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_ENDPOINT_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(&serde_json::to_vec(&calls).unwrap())
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("boto3 script timed out")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "boto3 script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["endpoint"], api_url,
+        "boto3 did not take AWS_ENDPOINT_URL_IOT"
+    );
+    assert_eq!(v["region"], REGION);
+    v
+}
+
+/// The successful answer of a call, or a panic naming the error.
+fn ok(r: &Value) -> &Value {
+    assert!(r.get("error").is_none(), "call failed: {r}");
+    assert_eq!(r["status"], 200, "{r}");
+    &r["ok"]
+}
+
+/// The error a call raised: (code, HTTP status), after checking that boto3
+/// raised the modeled exception class `client.exceptions.<code>`.
+fn error(r: &Value) -> (String, u64) {
+    let e = r
+        .get("error")
+        .unwrap_or_else(|| panic!("call did not fail: {r}"));
+    assert_eq!(e["modeled"], true, "boto3 raised no modeled exception: {e}");
+    assert!(!e["message"].as_str().unwrap().is_empty());
+    (
+        e["code"].as_str().unwrap().to_owned(),
+        e["status"].as_u64().unwrap(),
+    )
+}
+
+/// Items of every page of a paginator result, and the page count.
+fn pages(r: &Value, key: &str) -> (Vec<Value>, usize) {
+    let pages = r["pages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no pages: {r}"));
+    let items = pages
+        .iter()
+        .flat_map(|p| p[key].as_array().unwrap().clone())
+        .collect();
+    (items, pages.len())
+}
+
+fn thing_arn(name: &str) -> String {
+    format!("arn:aws:iot:{REGION}:{ACCOUNT}:thing/{name}")
+}
+
+fn cert_arn(id: &str) -> String {
+    format!("arn:aws:iot:{REGION}:{ACCOUNT}:cert/{id}")
+}
+
+fn attrs(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn thing(name: &str, attributes: &[(&str, &str)], thing_type: Option<&str>) -> ThingRecord {
+    ThingRecord {
+        thing_name: name.into(),
+        attributes: attrs(attributes),
+        thing_type_name: thing_type.map(Into::into),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn boto3_reads_and_changes_the_registry_of_the_mqtt_side() {
+    logs();
+    let emu = start().await;
+    let reg = emu.registry();
+    reg.put_thing(&thing(
+        "cp-a",
+        &[("color", "red"), ("site", "plant-a")],
+        Some("gateway"),
+    ))
+    .unwrap();
+    reg.put_thing(&thing("cp-b", &[("color", "blue")], None))
+        .unwrap();
+    reg.put_thing(&thing("cp-c", &[], None)).unwrap();
+    // A thing and certificate made by the provisioning flow over MQTT.
+    let mut claim = claim_client(&emu, "claim-cp", "prod").await;
+    let (device, token) = create_from_csr(&mut claim).await;
+    let (accepted, body) = claim
+        .call(
+            &register_topic("prod"),
+            &json!({"certificateOwnershipToken": token, "parameters": {"SerialNumber": "CP1"}}),
+        )
+        .await;
+    assert!(accepted, "{body}");
+    // A second certificate on dev-CP1, and the device's certificate on cp-a too.
+    let second = emu.create_credential("second", &["device"]).unwrap();
+    reg.attach_thing("dev-CP1", &second.certificate_id).unwrap();
+    reg.attach_thing("cp-a", &device.certificate_id).unwrap();
+    let mut live = connect(&emu, &device, "dev-CP1").await.unwrap();
+
+    let missing_cert = "0".repeat(64);
+    let out = boto3(
+        &emu.api_url(),
+        json!([
+            {"op": "describe_thing", "args": {"thingName": "cp-a"}},
+            {"op": "describe_thing", "args": {"thingName": "cp-a"}},
+            {"op": "describe_thing", "args": {"thingName": "cp-b"}},
+            {"op": "describe_thing", "args": {"thingName": "cp-missing"}},
+            {"op": "describe_thing", "args": {"thingName": "bad name!"}},
+            {"paginate": "list_things", "pageSize": 1},
+            {"op": "list_things", "args": {"attributeName": "color", "attributeValue": "blue"}},
+            {"paginate": "list_thing_principals", "args": {"thingName": "dev-CP1"}, "pageSize": 1},
+            {"paginate": "list_principal_things",
+             "args": {"principal": cert_arn(&device.certificate_id)}, "pageSize": 1},
+            {"op": "describe_certificate", "args": {"certificateId": device.certificate_id}},
+            {"op": "describe_certificate", "args": {"certificateId": missing_cert}},
+            {"paginate": "list_certificates", "pageSize": 1},
+            {"op": "list_things", "args": {"maxResults": 1}},
+            {"op": "list_thing_principals", "args": {"thingName": "cp-missing"}},
+            {"op": "list_principal_things", "args": {"principal": cert_arn(&missing_cert)}},
+        ]),
+    )
+    .await;
+    let r = out["results"].as_array().unwrap();
+
+    // DescribeThing, against the registry.
+    let a = ok(&r[0]);
+    let rec = reg.thing("cp-a").unwrap().unwrap();
+    assert_eq!(a["thingName"], "cp-a");
+    assert_eq!(a["defaultClientId"], "cp-a");
+    assert_eq!(a["thingArn"], thing_arn("cp-a"));
+    assert_eq!(a["attributes"], json!(rec.attributes));
+    assert_eq!(a["thingTypeName"], "gateway");
+    assert_eq!(a["version"], rec.version);
+    assert_eq!(rec.version, 1);
+    assert!(a.get("billingGroupName").is_none());
+    let id = a["thingId"].as_str().unwrap();
+    assert_eq!(ok(&r[1])["thingId"], id, "thingId is not stable");
+    assert_ne!(ok(&r[2])["thingId"], id, "two things share a thingId");
+    assert!(ok(&r[2]).get("thingTypeName").is_none());
+    assert_eq!(error(&r[3]), ("ResourceNotFoundException".into(), 404));
+    assert_eq!(error(&r[4]), ("InvalidRequestException".into(), 400));
+
+    // ListThings: one thing per page, every thing once, in name order.
+    let (things, n) = pages(&r[5], "things");
+    let names: Vec<&str> = things
+        .iter()
+        .map(|t| t["thingName"].as_str().unwrap())
+        .collect();
+    let all: Vec<String> = reg
+        .things()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.thing_name)
+        .collect();
+    assert_eq!(names, all);
+    assert_eq!(names, ["cp-a", "cp-b", "cp-c", "dev-CP1"]);
+    assert_eq!(n, 4);
+    assert_eq!(things[0]["thingArn"], thing_arn("cp-a"));
+    assert_eq!(things[0]["version"], 1);
+    assert_eq!(things[0]["thingTypeName"], "gateway");
+    assert_eq!(things[3]["attributes"]["serial"], "CP1");
+    let blue = ok(&r[6])["things"].as_array().unwrap();
+    assert_eq!(blue.len(), 1);
+    assert_eq!(blue[0]["thingName"], "cp-b");
+    let first = ok(&r[12]);
+    assert_eq!(first["things"].as_array().unwrap().len(), 1);
+    assert!(first["nextToken"].is_string(), "{first}");
+
+    // Principals of a thing, things of a principal.
+    let (principals, n) = pages(&r[7], "principals");
+    let mut expected = vec![
+        cert_arn(&device.certificate_id),
+        cert_arn(&second.certificate_id),
+    ];
+    expected.sort();
+    assert_eq!(principals, expected);
+    assert_eq!(n, 2);
+    let (things, n) = pages(&r[8], "things");
+    assert_eq!(things, [json!("cp-a"), json!("dev-CP1")]);
+    assert_eq!(n, 2);
+    assert_eq!(error(&r[13]), ("ResourceNotFoundException".into(), 404));
+    assert_eq!(error(&r[14]), ("ResourceNotFoundException".into(), 404));
+
+    // DescribeCertificate, against the registry and the certificate itself.
+    let d = &ok(&r[9])["certificateDescription"];
+    let rec = reg.certificate(&device.certificate_id).unwrap().unwrap();
+    assert_eq!(d["certificateId"], device.certificate_id);
+    assert_eq!(d["certificateArn"], cert_arn(&device.certificate_id));
+    assert_eq!(d["status"], "ACTIVE");
+    assert_eq!(d["certificatePem"], rec.certificate_pem);
+    assert_eq!(d["ownedBy"], ACCOUNT);
+    assert_eq!(d["creationDate"].as_f64(), Some(rec.created_at as f64));
+    assert_eq!(d["lastModifiedDate"].as_f64(), Some(rec.updated_at as f64));
+    assert_eq!(d["customerVersion"], 2, "PENDING_ACTIVATION then ACTIVE");
+    assert!(d["generationId"].is_string());
+    assert_eq!(d["certificateMode"], "DEFAULT");
+    assert!(d.get("caCertificateId").is_none(), "{d}");
+    let der = pem::parse(&device.certificate_pem).unwrap().into_contents();
+    let (_, x509) = x509_parser::parse_x509_certificate(&der).unwrap();
+    assert_eq!(
+        d["validity"]["notBefore"].as_f64(),
+        Some(x509.validity().not_before.timestamp() as f64)
+    );
+    assert_eq!(
+        d["validity"]["notAfter"].as_f64(),
+        Some(x509.validity().not_after.timestamp() as f64)
+    );
+    assert_eq!(error(&r[10]), ("ResourceNotFoundException".into(), 404));
+
+    // ListCertificates: one per page, newest first, every certificate once.
+    let (certs, n) = pages(&r[11], "certificates");
+    let mut listed: Vec<&str> = certs
+        .iter()
+        .map(|c| c["certificateId"].as_str().unwrap())
+        .collect();
+    assert_eq!(n, listed.len());
+    let dates: Vec<f64> = certs
+        .iter()
+        .map(|c| c["creationDate"].as_f64().unwrap())
+        .collect();
+    assert!(
+        dates.windows(2).all(|w| w[0] >= w[1]),
+        "not newest first: {dates:?}"
+    );
+    listed.sort();
+    let mut registered: Vec<String> = reg
+        .certificates()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.certificate_id)
+        .collect();
+    registered.sort();
+    assert_eq!(listed, registered);
+
+    // Changes.
+    let version = reg.thing("cp-a").unwrap().unwrap().version;
+    let out = boto3(
+        &emu.api_url(),
+        json!([
+            {"op": "update_thing", "args": {"thingName": "cp-a", "expectedVersion": version,
+              "attributePayload": {"attributes": {"color": "green", "site": ""}, "merge": true}}},
+            {"op": "update_thing", "args": {"thingName": "cp-a", "expectedVersion": version,
+              "attributePayload": {"attributes": {"color": "black"}, "merge": true}}},
+            {"op": "update_thing", "args": {"thingName": "cp-b", "thingTypeName": "sensor",
+              "attributePayload": {"attributes": {"only": "x"}}}},
+            {"op": "update_thing", "args": {"thingName": "cp-a", "removeThingType": true}},
+            {"op": "update_thing", "args": {"thingName": "cp-missing",
+              "attributePayload": {"attributes": {"a": "b"}}}},
+            {"op": "update_thing", "args": {"thingName": "cp-c",
+              "attributePayload": {"attributes": {"bad key": "b"}}}},
+            {"op": "detach_thing_principal",
+             "args": {"thingName": "dev-CP1", "principal": cert_arn(&second.certificate_id)}},
+            {"op": "update_certificate",
+             "args": {"certificateId": device.certificate_id, "newStatus": "INACTIVE"}},
+            {"op": "update_certificate",
+             "args": {"certificateId": missing_cert, "newStatus": "INACTIVE"}},
+            {"op": "update_certificate",
+             "args": {"certificateId": second.certificate_id, "newStatus": "PENDING_TRANSFER"}},
+            {"op": "describe_thing", "args": {"thingName": "cp-a"}},
+        ]),
+    )
+    .await;
+    let r = out["results"].as_array().unwrap();
+    assert_eq!(ok(&r[0]), &json!({}));
+    assert_eq!(error(&r[1]), ("VersionConflictException".into(), 409));
+    ok(&r[2]);
+    ok(&r[3]);
+    assert_eq!(error(&r[4]), ("ResourceNotFoundException".into(), 404));
+    assert_eq!(error(&r[5]), ("InvalidRequestException".into(), 400));
+    assert_eq!(ok(&r[6]), &json!({}));
+    assert_eq!(ok(&r[7]), &json!({}));
+    assert_eq!(error(&r[8]), ("ResourceNotFoundException".into(), 404));
+    assert_eq!(error(&r[9]), ("InvalidRequestException".into(), 400));
+
+    let a = reg.thing("cp-a").unwrap().unwrap();
+    assert_eq!(a.attributes, attrs(&[("color", "green")]));
+    assert_eq!(a.thing_type_name, None);
+    assert_eq!(a.version, version + 2, "two changes");
+    assert_eq!(ok(&r[10])["version"], a.version);
+    let b = reg.thing("cp-b").unwrap().unwrap();
+    assert_eq!(
+        b.attributes,
+        attrs(&[("only", "x")]),
+        "merge false replaces"
+    );
+    assert_eq!(b.thing_type_name.as_deref(), Some("sensor"));
+    assert_eq!(reg.thing("cp-c").unwrap().unwrap().version, 1);
+    assert_eq!(
+        reg.thing("dev-CP1").unwrap().unwrap().certificates,
+        vec![device.certificate_id.clone()]
+    );
+    assert_eq!(
+        reg.certificate_status(&second.certificate_id).unwrap(),
+        Some(CertStatus::Active)
+    );
+
+    // UpdateCertificate INACTIVE did what Registry::set_certificate_status does.
+    assert_eq!(
+        reg.certificate_status(&device.certificate_id).unwrap(),
+        Some(CertStatus::Inactive)
+    );
+    assert!(
+        live.closed_within(Duration::from_secs(3)).await,
+        "the live MQTT connection of a certificate set INACTIVE through boto3 survived"
+    );
+    assert!(connect(&emu, &device, "dev-CP1").await.is_err());
+}
+
+/// Sends one raw HTTP/1.1 request and returns (status, headers in lowercase, body).
+async fn raw_http(addr: std::net::SocketAddr, request: &str) -> (u16, String, Value) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (
+        status,
+        head.to_ascii_lowercase(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn unknown_routes_and_malformed_bodies_get_aws_shaped_errors() {
+    logs();
+    let emu = start().await;
+    emu.registry()
+        .put_thing(&thing("raw-1", &[], None))
+        .unwrap();
+    let addr = emu.api_addr();
+    assert!(addr.ip().is_loopback());
+    assert_eq!(emu.api_url(), format!("http://{addr}"));
+
+    let (status, head, body) = raw_http(
+        addr,
+        "POST /thing-groups/g1 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(
+        head.contains("x-amzn-errortype: unknownoperationexception"),
+        "{head}"
+    );
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("POST /thing-groups/g1"), "{message}");
+
+    for (payload, names) in [
+        (
+            "{\"attributePayload\": 5}",
+            "attributePayload must be an object",
+        ),
+        (
+            "{\"attributePayload\": {\"attributes\": {\"k\": 1}}}",
+            "attributePayload.attributes.k must be a string",
+        ),
+        (
+            "{\"expectedVersion\": \"one\"}",
+            "expectedVersion must be a whole number",
+        ),
+        ("{not json", "not valid JSON"),
+        (
+            "{\"thingTypeName\": \"t\", \"removeThingType\": true}",
+            "not both",
+        ),
+    ] {
+        let (status, head, body) = raw_http(
+            addr,
+            &format!(
+                "PATCH /things/raw-1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+                payload.len()
+            ),
+        )
+        .await;
+        assert_eq!(status, 400, "{payload}");
+        assert!(
+            head.contains("x-amzn-errortype: invalidrequestexception"),
+            "{head}"
+        );
+        let message = body["message"].as_str().unwrap();
+        assert!(message.starts_with("UpdateThing: "), "{message}");
+        assert!(message.contains(names), "{payload}: {message}");
+    }
+    assert_eq!(emu.registry().thing("raw-1").unwrap().unwrap().version, 1);
+
+    let (status, head, _) = raw_http(
+        addr,
+        "GET /principals/things HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        head.contains("x-amzn-errortype: invalidrequestexception"),
+        "{head}"
+    );
+    let (status, _, body) = raw_http(
+        addr,
+        "GET /principals/things HTTP/1.1\r\nHost: x\r\nx-amzn-principal: us-east-1:cognito-id\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("must be a certificate ARN"),
+        "{body}"
+    );
+    let (status, _, _) = raw_http(
+        addr,
+        "GET /things?maxResults=251 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn the_api_binds_loopback_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = EmulatorConfig::new(dir.path());
+    config.api_bind = "0.0.0.0".parse().unwrap();
+    match Emulator::start(config).await {
+        Err(e @ EmulatorError::ApiNotLoopback(_)) => {
+            assert!(e.to_string().contains("does not check SigV4"), "{e}")
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("started with the API on 0.0.0.0"),
+    }
+    let mut config = EmulatorConfig::new(dir.path());
+    config.api_bind = "::1".parse().unwrap();
+    if let Ok(emu) = Emulator::start(config).await {
+        // (Only where the machine has IPv6 loopback.)
+        assert_eq!(
+            emu.api_url(),
+            format!("http://[::1]:{}", emu.api_addr().port())
+        );
+        emu.shutdown().await;
+    }
+}
+
+fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(BIN).args(args).output().unwrap()
+}
+
+fn cli_json(args: &[&str]) -> Value {
+    let out = cli(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_cli_changes_are_seen_by_boto3_through_serve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let d = dir.to_str().unwrap();
+    let fx = fixtures();
+    let out = std::process::Command::new(BIN)
+        .args(["init", d, "--policies"])
+        .arg(fx.join("policies"))
+        .arg("--templates")
+        .arg(fx.join("templates"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let claim_id = iotcore_emulator::pki::certificate_id_from_pem(
+        &std::fs::read_to_string(dir.join("claim/claim.pem.crt")).unwrap(),
+    )
+    .unwrap();
+    iotcore_emulator::Registry::open(&dir)
+        .unwrap()
+        .put_thing(&thing("gw_cli", &[("a", "1")], None))
+        .unwrap();
+
+    let mut serve = tokio::process::Command::new(BIN)
+        .args([
+            "serve",
+            d,
+            "--port",
+            "0",
+            "--alpn-port",
+            "0",
+            "--api-port",
+            "0",
+        ])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(serve.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let word = |prefix: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {line:?}"))
+            .to_owned()
+    };
+    // The words other tests parse are still there, the API's is appended.
+    word("mqtt=").parse::<std::net::SocketAddr>().unwrap();
+    word("alpn=").parse::<std::net::SocketAddr>().unwrap();
+    let api = word("api=");
+    assert!(api.starts_with("http://127.0.0.1:"), "{line}");
+    assert!(line.ends_with(&format!("api={api}")), "{line}");
+
+    let t = cli_json(&[
+        "things",
+        "update",
+        "gw_cli",
+        "--attribute",
+        "b=2",
+        "--attribute",
+        "c=3",
+        "--remove-attribute",
+        "a",
+        "--json",
+        "-d",
+        d,
+    ]);
+    assert_eq!(t["attributes"], json!({"b": "2", "c": "3"}));
+    assert_eq!(t["version"], 2);
+    cli_json(&[
+        "certs",
+        "set-status",
+        &claim_id,
+        "INACTIVE",
+        "--json",
+        "-d",
+        d,
+    ]);
+
+    let out = boto3(
+        &api,
+        json!([
+            {"op": "describe_thing", "args": {"thingName": "gw_cli"}},
+            {"op": "describe_certificate", "args": {"certificateId": claim_id}},
+            {"op": "update_thing", "args": {"thingName": "gw_cli", "expectedVersion": 2,
+              "attributePayload": {"attributes": {"d": "4"}, "merge": true}}},
+        ]),
+    )
+    .await;
+    let r = out["results"].as_array().unwrap();
+    let t = ok(&r[0]);
+    assert_eq!(t["attributes"], json!({"b": "2", "c": "3"}));
+    assert_eq!(t["version"], 2);
+    let c = &ok(&r[1])["certificateDescription"];
+    assert_eq!(c["status"], "INACTIVE");
+    assert_eq!(c["customerVersion"], 2);
+    ok(&r[2]);
+    // ...and the other way round.
+    let t = cli_json(&["things", "describe", "gw_cli", "--json", "-d", d]);
+    assert_eq!(t["attributes"], json!({"b": "2", "c": "3", "d": "4"}));
+    assert_eq!(t["version"], 3);
+
+    // The CLI refuses what it cannot do, saying why.
+    for (args, says) in [
+        (&["things", "update", "gw_cli"][..], "nothing to change"),
+        (
+            &["things", "update", "nope", "--attribute", "a=1"][..],
+            "thing nope not found",
+        ),
+        (
+            &["things", "update", "gw_cli", "--attribute", "a b=1"][..],
+            "attribute name",
+        ),
+        (
+            &[
+                "things",
+                "update",
+                "gw_cli",
+                "--attribute",
+                "a=1",
+                "--remove-attribute",
+                "a",
+            ][..],
+            "both set and removed",
+        ),
+    ] {
+        let out = cli(&[args, &["-d", d][..]].concat());
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    let out = cli(&[
+        "things",
+        "update",
+        "gw_cli",
+        "--attribute",
+        "novalue",
+        "-d",
+        d,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a malformed KEY=VALUE is a usage error"
+    );
+
+    let _ = serve.start_kill();
+    let _ = serve.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn boto3_hook_refuses_an_existing_thing_and_its_stderr_is_logged() {
+    logs();
+    let bin = venv_bin();
+    // The fixture, made executable in a temp dir whatever its mode in git.
+    let hook_dir = tempfile::tempdir().unwrap();
+    let hook = hook_dir.path().join("refuse_existing_thing.py");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/control_plane/refuse_existing_thing.py"),
+        &hook,
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let emu = start_with(|c| {
+        // `#!/usr/bin/env python3` finds the virtualenv's, which has boto3.
+        c.hook_environment = vec![("PATH".into(), path)];
+        // Importing boto3 on a loaded CI machine can take seconds; the
+        // default stays AWS's 5 s.
+        c.hook_timeout = Duration::from_secs(20);
+    })
+    .await;
+    let body = std::fs::read_to_string(fixtures().join("templates/prod.json")).unwrap();
+    emu.registry()
+        .create_template("hooked", &body, true, Some(hook.to_str().unwrap()))
+        .unwrap();
+    emu.registry()
+        .put_thing(&thing("dev-EXIST", &[], None))
+        .unwrap();
+    let topic = register_topic("hooked");
+    let mut c = claim_client(&emu, "claim-hook", "hooked").await;
+
+    let (refused, token) = create_from_csr(&mut c).await;
+    let (accepted, body) = c
+        .call(
+            &topic,
+            &json!({"certificateOwnershipToken": token, "parameters": {"SerialNumber": "EXIST"}}),
+        )
+        .await;
+    assert!(!accepted, "{body}");
+    assert_eq!(body["errorCode"], "AccessDenied");
+    assert_eq!(body["statusCode"], 403);
+    assert!(emu
+        .registry()
+        .thing("dev-EXIST")
+        .unwrap()
+        .unwrap()
+        .certificates
+        .is_empty());
+    assert_eq!(
+        emu.registry()
+            .certificate_status(&refused.certificate_id)
+            .unwrap(),
+        Some(CertStatus::PendingActivation)
+    );
+
+    let (allowed, token) = create_from_csr(&mut c).await;
+    let (accepted, body) = c
+        .call(
+            &topic,
+            &json!({"certificateOwnershipToken": token, "parameters": {"SerialNumber": "NEW1"}}),
+        )
+        .await;
+    assert!(accepted, "{body}");
+    assert_eq!(body["thingName"], "dev-NEW1");
+    assert_eq!(
+        emu.registry()
+            .thing("dev-NEW1")
+            .unwrap()
+            .unwrap()
+            .certificates,
+        vec![allowed.certificate_id.clone()]
+    );
+
+    // The hook's stderr, in the log: why it refused at warn, why it allowed
+    // at info, prefixed with the template; and boto3 asked this emulator.
+    let log = log_text();
+    let line_with = |text: &str| {
+        log.lines()
+            .find(|l| l.contains(text))
+            .unwrap_or_else(|| panic!("no log line with {text:?} in:\n{log}"))
+            .to_owned()
+    };
+    let refusal = line_with("refusing: thing dev-EXIST exists (version 1)");
+    assert!(refusal.contains("WARN"), "{refusal}");
+    assert!(
+        refusal.contains("pre-provisioning hook of template hooked: "),
+        "{refusal}"
+    );
+    let allowance = line_with("allowing: thing dev-NEW1 is new");
+    assert!(allowance.contains("INFO"), "{allowance}");
+    assert!(allowance.contains("template hooked"), "{allowance}");
+    line_with(&format!("asking {} in {REGION}", emu.api_url()));
+}

@@ -1,0 +1,134 @@
+//! A running `prov-agent run` daemon whose log lines are collected.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncBufReadExt;
+
+use super::device::Device;
+
+/// A running daemon whose log lines are collected.
+pub struct Daemon {
+    pub child: tokio::process::Child,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    pub fn start(device: &Device) -> Self {
+        let mut child = super::clean_tokio_command(env!("CARGO_BIN_EXE_prov-agent"))
+            .arg("--config")
+            .arg(&device.config)
+            .arg("run")
+            .env("PROV_AGENT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self { child, log }
+    }
+
+    pub fn count(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until `needle` has appeared `n` times in the log.
+    pub async fn wait_log(&self, needle: &str, n: usize, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.count(needle) < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {n}x {needle:?} within {within:?}; log:\n{}",
+                self.log.lock().unwrap().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Checks that the connected, idle daemon holds none of the hardware:
+    /// its key helper process has ended, it never loaded the PKCS#11 module
+    /// or a TPM transport itself, and another process can use the key store
+    /// (swtpm serves one connection at a time, so a TPM connection kept by
+    /// the daemon would make `keys list` wait for ever).
+    pub async fn holds_no_hardware(&self, device: &Device) {
+        let pid = self.child.id().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let children = children_of(pid);
+            if children.is_empty() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the idle daemon still has child processes {children:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        for library in ["softhsm", "libtss2-tcti-"] {
+            assert!(
+                !maps.contains(library),
+                "the daemon itself has loaded {library}"
+            );
+        }
+        let list = tokio::time::timeout(Duration::from_secs(30), device.run(&["keys", "list"]))
+            .await
+            .expect("`keys list` got the key store while the daemon was idle");
+        assert!(list.status.success(), "{}", super::device::text(&list));
+    }
+
+    pub async fn stop(mut self) {
+        let pid = self.child.id().unwrap().to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("the daemon stops on SIGTERM")
+            .unwrap();
+        assert!(
+            exit.success(),
+            "exit status {exit:?}; log:\n{}",
+            self.log.lock().unwrap().join("\n")
+        );
+    }
+}
+
+/// The processes whose parent is `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            children.push(child);
+        }
+    }
+    children
+}
