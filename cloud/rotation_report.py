@@ -23,11 +23,13 @@ emulator also has the same rule built in (emulator/README.md).
 Every gateway holds the fleet's claim credential, so a report is acted on
 only when it is genuine: published on the thing's own topic by an ACTIVE
 certificate of that thing which the report names as the new one. Each old
-certificate must be attached to that thing, must not be the reporting
-certificate, and must not be newer than it (whoever kept an older key of
-the thing cannot retire its newer certificate). It is then set INACTIVE
-(unless another thing still uses it) and detached from the thing. Anything
-else is ignored with a log line; the function never raises for a bad report.
+certificate must be attached to that thing and must not be the reporting
+certificate. It is then set INACTIVE (unless another thing still uses it)
+and detached from the thing. (The reporting certificate may be the older
+one: a device whose rotation failed after the new certificate was activated
+reports that one, with its current certificate. Whoever holds an ACTIVE key
+of a thing is that thing until the certificate is retired.) Anything else
+is ignored with a log line; the function never raises for a bad report.
 """
 
 import json
@@ -74,17 +76,13 @@ def handle(event, iot):
         done["ignored"]["*"] = f"{type(e).__name__}: {e}"
         return done
     attached = thing_certificates(iot, thing)
-    new_created = describe(iot, new)["creationDate"]
     for old in olds:
         try:
             if old == new:
                 raise Ignored("it is the reporting certificate")
             if old not in attached:
                 raise Ignored(f"it is not attached to {thing}")
-            description = describe(iot, old)
-            if description["creationDate"] > new_created:
-                raise Ignored("it is newer than the reporting certificate")
-            arn = description["certificateArn"]
+            arn = describe(iot, old)["certificateArn"]
             others = [t for t in principal_things(iot, arn) if t != thing]
             if not others:
                 iot.update_certificate(certificateId=old, newStatus="INACTIVE")

@@ -230,3 +230,54 @@ async fn force_replaces_the_identity_and_retires_the_old_certificate() {
     );
     device.round_trip(&cloud).await.unwrap();
 }
+
+/// A config written the reference client's way (its `[SETTINGS]` keys, the
+/// `PROVISIONING_TEMPLATE_NAME` spelling, no template parameters) enrolls
+/// with the shipped templates, hook and policies.
+#[tokio::test(flavor = "multi_thread")]
+async fn reference_client_config_enrolls_with_the_shipped_files() {
+    let cloud = TestCloud::start().await;
+    let device = Device::new(&cloud, Backend::File, "");
+    std::fs::write(
+        &device.config,
+        format!(
+            "[SETTINGS]\n\
+             # Set the path to the location containing your certificates (root, private, claim certificate)\n\
+             SECURE_CERT_PATH = {dir}\n\
+             ROOT_CERT = certs/root-ca.pem\n\
+             CLAIM_CERT = claim.pem.crt\n\
+             SECURE_KEY = claim.private.pem.key\n\
+             IOT_ENDPOINT = localhost\n\
+             PROVISIONING_TEMPLATE_NAME = ProdTemplate\n\
+             [AGENT]\nSTATE_DIR = state\n[KEYSTORE]\nBACKEND = file\n\
+             [PROVISIONING]\nPORT = {port}\nSERIAL_NUMBER = {serial}\n",
+            dir = device.dir.path().display(),
+            port = cloud.handle.addr().port(),
+            serial = device.serial,
+        ),
+    )
+    .unwrap();
+    // `claim import` takes the key from SECURE_KEY.
+    let out = device
+        .run(&[
+            "claim",
+            "import",
+            "--cert",
+            device.path("claim.pem.crt").to_str().unwrap(),
+        ])
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = device.run(&["enroll", "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let identity = device.identity().unwrap();
+    assert_eq!(identity.thing_name, format!("gw_{}", device.serial));
+    let thing = cloud
+        .handle
+        .registry()
+        .thing(&identity.thing_name)
+        .unwrap()
+        .unwrap();
+    assert_eq!(thing.attributes["site"], "default");
+    assert_eq!(thing.certificates, vec![identity.certificate_id.clone()]);
+    device.round_trip(&cloud).await.unwrap();
+}

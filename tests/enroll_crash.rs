@@ -139,9 +139,9 @@ async fn tpm_keys() {
 /// the thing with exactly one active certificate: with Reject, the agent
 /// starts over and reports the abandoned certificate, which the backend
 /// rule deactivates.
-async fn lost_register_answer(reuse: iotcore_emulator::TokenReuse) {
+async fn lost_register_answer(reuse: iotcore_emulator::TokenReuse, mode: &str) {
     let cloud = TestCloud::start_with(|c| c.token_reuse = reuse).await;
-    let device = Device::new(&cloud, Backend::File, "");
+    let device = Device::new(&cloud, Backend::File, &format!("MODE = {mode}\n"));
     device.import_claim().await;
     let crashed = device
         .run_env(&["enroll"], &[("PROV_AGENT_FAULT", "cert-issued")])
@@ -189,16 +189,41 @@ async fn lost_register_answer(reuse: iotcore_emulator::TokenReuse) {
     assert_eq!(all_active, 2, "{reuse:?}: claim + device only");
     if reuse == iotcore_emulator::TokenReuse::Reject {
         assert!(stderr.contains("starting over"), "{stderr}");
+        // The thing existed already (the lost registration went through):
+        // the new certificate is for the same key as the abandoned one,
+        // which is what the pre-provisioning hook accepted as proof.
+        let public_key = |pem: &str| {
+            prov_agent::crypto::Certificate::from_pem(pem, "certificate")
+                .unwrap()
+                .public_key()
+                .clone()
+        };
+        let abandoned: Vec<_> = registry
+            .certificates()
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.status == CertStatus::Inactive)
+            .collect();
+        assert_eq!(abandoned.len(), 1, "{mode}");
+        assert!(
+            public_key(&abandoned[0].certificate_pem) == public_key(&identity.certificate_pem),
+            "{mode}: the new certificate is for another key"
+        );
     }
     device.round_trip(&cloud).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lost_register_answer_with_token_reuse_rejected() {
-    lost_register_answer(iotcore_emulator::TokenReuse::Reject).await;
+    lost_register_answer(iotcore_emulator::TokenReuse::Reject, "csr").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_register_answer_in_keys_mode_with_token_reuse_rejected() {
+    lost_register_answer(iotcore_emulator::TokenReuse::Reject, "keys").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lost_register_answer_with_token_reuse_replayed() {
-    lost_register_answer(iotcore_emulator::TokenReuse::Replay).await;
+    lost_register_answer(iotcore_emulator::TokenReuse::Replay, "csr").await;
 }

@@ -84,6 +84,18 @@ async fn hook_refusal_is_access_denied_with_exit_3() {
 #[tokio::test(flavor = "multi_thread")]
 async fn template_error_is_refused_with_exit_3() {
     let cloud = TestCloud::start().await;
+    // The shipped hook refuses an unknown site before the template runs
+    // (tests/takeover.rs); here the template's own error is the subject.
+    let body = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/templates/ProdTemplate.json"
+    ))
+    .unwrap();
+    cloud
+        .handle
+        .registry()
+        .create_template("ProdTemplate", &body, true, None)
+        .unwrap();
     let device = Device::new(&cloud, Backend::File, "");
     device.import_claim().await;
     // The template maps Site through SiteGroups: an unknown site fails

@@ -89,22 +89,10 @@ pub(crate) fn apply_report(registry: &Registry, sender: &str, topic: &str, paylo
     {
         return ignore("newCertificateId is not attached to the thing");
     }
-    let Ok(Some(new)) = registry.certificate(&report.new_certificate_id) else {
-        return ignore("newCertificateId cannot be read from the registry");
-    };
     for old in &report.old_certificate_ids {
         if *old == report.new_certificate_id {
             tracing::info!(thing = %report.thing_name, "rotation report: old id is the new certificate: skipped");
             continue;
-        }
-        // A report retires only what came before the certificate that sent
-        // it: someone holding an older key of the thing cannot retire the
-        // thing's newer certificate.
-        if let Ok(Some(o)) = registry.certificate(old) {
-            if o.created_at > new.created_at {
-                tracing::info!(thing = %report.thing_name, certificate_id = %old, "rotation report: old certificate is newer than the reporting one: ignored");
-                continue;
-            }
         }
         match registry.retire_certificate(&report.thing_name, old) {
             Ok(Retired::Deactivated) => {

@@ -134,3 +134,75 @@ async fn awsiotsdk_provisions_over_mqtt3_and_mqtt5_with_keys_and_csr() {
             .contains(&id.to_owned()));
     }
 }
+
+/// The SDK as an AWS user would run it with the repository's claim policy,
+/// ProdTemplate and pre-provisioning hook: it enrolls as `prov-<serial>`,
+/// cannot connect with another client id, and cannot enroll again as a
+/// thing that exists.
+#[tokio::test(flavor = "multi_thread")]
+async fn awsiotsdk_provisions_with_the_shipped_files() {
+    if std::env::var("IOTCORE_SKIP_AWSIOTSDK").as_deref() == Ok("1") {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "IOTCORE_SKIP_AWSIOTSDK is not honoured in CI: the SDK test must run"
+        );
+        eprintln!("SKIPPED by IOTCORE_SKIP_AWSIOTSDK=1");
+        return;
+    }
+    let python = python();
+    let emu = start_with_shipped_files().await;
+    let dir = emu.dir.path().join("sdk");
+    std::fs::create_dir_all(&dir).unwrap();
+    let claim = emu.create_claim_credential("claim").unwrap();
+    let ca = write(&dir, "root-ca.pem", &emu.root_ca_pem());
+    let cert = write(&dir, "claim.pem.crt", &claim.certificate_pem);
+    let key = write(&dir, "claim.private.pem.key", &claim.private_key_pem);
+    let (_, csr) = p256_csr();
+    let csr = write(&dir, "device.csr", &csr);
+    // Another device's key (the same key would prove the same device).
+    let (_, other_csr) = p256_csr();
+    let other_csr = write(&dir, "other.csr", &other_csr);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/awsiotsdk/provision.py");
+    let port = emu.addr().port().to_string();
+    let sdk = |client_id: String, serial: &str, csr: &str| {
+        let mut cmd = tokio::process::Command::new(&python);
+        cmd.arg(&script)
+            .args(["--endpoint", "localhost", "--port", &port, "--ca", &ca])
+            .args(["--cert", &cert, "--key", &key, "--client-id", &client_id])
+            .args(["--template", "ProdTemplate", "--serial", serial])
+            .args(["--mqtt", "3", "--mode", "csr", "--csr", csr]);
+        cmd.output()
+    };
+
+    let out = sdk("prov-SDK1".into(), "SDK1", &csr).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["thingName"], "gw_SDK1");
+    let thing = emu.registry().thing("gw_SDK1").unwrap().unwrap();
+    assert_eq!(
+        thing.certificates,
+        vec![v["certificateId"].as_str().unwrap().to_owned()]
+    );
+
+    // The same serial from another key: the thing exists, the hook refuses.
+    let out = sdk("prov-SDK1".into(), "SDK1", &other_csr).await.unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("AccessDenied"), "{stderr}");
+    assert_eq!(
+        emu.registry()
+            .thing("gw_SDK1")
+            .unwrap()
+            .unwrap()
+            .certificates,
+        thing.certificates
+    );
+    // A client id outside the claim sessions' (the thing's name): refused.
+    let out = sdk("gw_SDK1".into(), "SDK2", &other_csr).await.unwrap();
+    assert!(!out.status.success());
+    assert!(emu.registry().thing("gw_SDK2").unwrap().is_none());
+}

@@ -15,36 +15,6 @@ use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_iotcore-emulator");
 
-/// An emulator with the repository's policies and templates (with the
-/// shipped hook) and the hook's Python first on its PATH.
-async fn start_shipped() -> TestEmulator {
-    let emu = start_with(|c| {
-        let path = format!(
-            "{}:{}",
-            venv_bin().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        c.hook_environment.push(("PATH".into(), path));
-        // Python's start-up on a loaded CI machine; the 5 s limit itself is
-        // tested in provisioning.rs.
-        c.hook_timeout = std::time::Duration::from_secs(20);
-    })
-    .await;
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for name in ["claim", "device"] {
-        let doc = std::fs::read_to_string(repo.join(format!("policies/{name}.json"))).unwrap();
-        emu.registry().create_policy(name, &doc).unwrap();
-    }
-    let hook = shipped_hook();
-    for name in ["ProdTemplate", "RotationTemplate"] {
-        let body = std::fs::read_to_string(repo.join(format!("templates/{name}.json"))).unwrap();
-        emu.registry()
-            .create_template(name, &body, true, hook.to_str())
-            .unwrap();
-    }
-    emu
-}
-
 /// Thing `name` with a certificate carrying `policy`.
 fn device(emu: &EmulatorHandle, name: &str, policy: &str) -> Credential {
     if emu.registry().thing(name).unwrap().is_none() {
@@ -91,7 +61,7 @@ async fn init_registers_both_templates_with_the_provisioning_hook() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rotation_is_allowed_only_for_the_callers_own_thing() {
-    let emu = start_shipped().await;
+    let emu = start_with_shipped_files().await;
     let me = device(&emu, "gw_1", "device");
     let victim = device(&emu, "gw_2", "device");
     let topic = register_topic("RotationTemplate");
@@ -197,7 +167,7 @@ fn allowed(answer: &(Value, String)) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn enrollment_decisions_for_new_and_existing_things() {
-    let emu = start_shipped().await;
+    let emu = start_with_shipped_files().await;
     let claim = emu.create_claim_credential("claim").unwrap();
     // A certificate issued for someone's new key, not attached anywhere.
     let fresh = emu.create_credential("fresh", &[]).unwrap();
@@ -314,7 +284,7 @@ async fn enrollment_decisions_for_new_and_existing_things() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_registry_unreachable_is_a_refusal() {
-    let emu = start_shipped().await;
+    let emu = start_with_shipped_files().await;
     let claim = emu.create_claim_credential("claim").unwrap();
     let fresh = emu.create_credential("fresh", &[]).unwrap();
     let closed = {

@@ -273,37 +273,3 @@ async fn old_certificate_shared_with_another_thing_is_detached_but_stays_active(
     assert_eq!(things_of(&emu, "U"), vec![shared.certificate_id.clone()]);
     assert_eq!(status(&emu, &shared.certificate_id), CertStatus::Active);
 }
-
-#[tokio::test]
-async fn report_from_an_older_certificate_cannot_retire_a_newer_one() {
-    let emu = start().await;
-    setup(&emu);
-    let old = cert_of(&emu, "T");
-    // Creation times are in seconds.
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let new = cert_of(&emu, "T");
-    // Someone who kept the old key reports the new certificate as retired.
-    let mut c = connect(&emu, &old, "T").await.unwrap();
-    publish_and_settle(
-        &mut c,
-        "things/T/rotation",
-        report("T", &old.certificate_id, &[&new.certificate_id]),
-    )
-    .await;
-    assert_eq!(status(&emu, &new.certificate_id), CertStatus::Active);
-    assert_eq!(status(&emu, &old.certificate_id), CertStatus::Active);
-    let mut attached = things_of(&emu, "T");
-    attached.sort();
-    let mut expected = vec![old.certificate_id.clone(), new.certificate_id.clone()];
-    expected.sort();
-    assert_eq!(attached, expected);
-    // The other way round is the rotation the rule exists for.
-    let mut d = connect(&emu, &new, "T").await.unwrap();
-    publish_and_settle(
-        &mut d,
-        "things/T/rotation",
-        report("T", &new.certificate_id, &[&old.certificate_id]),
-    )
-    .await;
-    assert_eq!(status(&emu, &old.certificate_id), CertStatus::Inactive);
-}

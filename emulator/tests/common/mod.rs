@@ -397,3 +397,33 @@ pub async fn create_from_csr(c: &mut Client) -> (Credential, String) {
             .to_owned(),
     )
 }
+
+/// An emulator with the repository's policies and templates (with the
+/// shipped hook) and the hook's Python first on its PATH.
+pub async fn start_with_shipped_files() -> TestEmulator {
+    let emu = start_with(|c| {
+        let path = format!(
+            "{}:{}",
+            venv_bin().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        c.hook_environment.push(("PATH".into(), path));
+        // Python's start-up on a loaded CI machine; the 5 s limit itself is
+        // tested in provisioning.rs.
+        c.hook_timeout = std::time::Duration::from_secs(20);
+    })
+    .await;
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for name in ["claim", "device"] {
+        let doc = std::fs::read_to_string(repo.join(format!("policies/{name}.json"))).unwrap();
+        emu.registry().create_policy(name, &doc).unwrap();
+    }
+    let hook = shipped_hook();
+    for name in ["ProdTemplate", "RotationTemplate"] {
+        let body = std::fs::read_to_string(repo.join(format!("templates/{name}.json"))).unwrap();
+        emu.registry()
+            .create_template(name, &body, true, hook.to_str())
+            .unwrap();
+    }
+    emu
+}
