@@ -277,9 +277,13 @@ async fn force_reenrollment_needs_a_certificate_that_still_works() {
     let out = device.run(&["enroll", "--force"]).await;
     let stderr = failed_with(&out, 3);
     assert!(
-        stderr.contains("claim credential instead") && stderr.contains("AccessDenied"),
+        stderr.contains("refused the client certificate")
+            && stderr.contains("claim credential instead")
+            && stderr.contains("AccessDenied"),
         "{stderr}"
     );
+    // A refused certificate is not retried as if the network had failed.
+    assert!(!stderr.contains("retrying"), "{stderr}");
     assert_eq!(
         device.identity().unwrap().certificate_id,
         new.certificate_id
