@@ -106,11 +106,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                 HelperKeyStore::new("/proc/self/exe", config.keystore.backend, &path, text);
             helper.start()?;
             let store: Arc<dyn keystore::KeyStore> = Arc::new(helper);
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| CommandError::Other(format!("cannot start the async runtime: {e}")))?
-                .block_on(prov_agent::daemon::run::run(&path, config, store))?;
+            commands::runtime()?.block_on(prov_agent::daemon::run::run(&path, config, store))?;
         }
         Command::Status { json } => {
             println!("{}", commands::status::run(&config, json)?);

@@ -303,3 +303,26 @@ async fn retries_are_bounded_and_exit_4() {
     assert!(stderr.contains("gave up after 3 attempts"), "{stderr}");
     assert_untouched(&device);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_or_garbled_root_cert_is_a_configuration_error() {
+    let cloud = TestCloud::start().await;
+    let device = Device::new(&cloud, Backend::File, "");
+    device.import_claim().await;
+    let root = device.path("certs/root-ca.pem");
+    std::fs::remove_file(&root).unwrap();
+    let out = device.run(&["enroll"]).await;
+    let stderr = failed_with(&out, 2);
+    assert!(
+        stderr.contains("cannot read ROOT_CERT") && stderr.contains("root-ca.pem"),
+        "{stderr}"
+    );
+    std::fs::write(&root, "not a certificate\n").unwrap();
+    let out = device.run(&["enroll"]).await;
+    let stderr = failed_with(&out, 2);
+    assert!(
+        stderr.contains("ROOT_CERT") && stderr.contains("not a PEM certificate"),
+        "{stderr}"
+    );
+    assert_untouched(&device);
+}

@@ -11,8 +11,9 @@ use std::time::{Duration, SystemTime};
 use super::outcome::date;
 use super::CommandError;
 use crate::config::Config;
-use crate::crypto::{client_config, Certificate, ALPN_AWS_IOT};
+use crate::crypto::Certificate;
 use crate::keystore::{KeyInfo, KeyLabel, KeyStore};
+use crate::mqtt::endpoint::Endpoint;
 use crate::provision::identity::Identity;
 use crate::provision::journal::Journal;
 use crate::provision::rotate::{due_at, unix};
@@ -170,11 +171,12 @@ pub fn run(config: &Config, json: bool) -> Result<(String, bool), CommandError> 
             );
         }
     }
+    let endpoint = Endpoint::new(config).map_err(|e| e.to_string());
     if let Some(cert) = &cert {
-        check_certificate(&mut r, config, cert, identity.is_some());
+        check_certificate(&mut r, config, &endpoint, cert, identity.is_some());
     }
     if let (Some(cert), Some(key), Some(store)) = (&cert, &key, &store) {
-        check_endpoint(&mut r, config, cert, store.clone(), key);
+        check_endpoint(&mut r, &endpoint, cert, store.clone(), key);
     }
 
     let failed = r.0.iter().any(|f| f.verdict == Verdict::Fail);
@@ -284,7 +286,13 @@ fn check_state_dir(r: &mut Report, dir: &Path) {
     }
 }
 
-fn check_certificate(r: &mut Report, config: &Config, cert: &Certificate, enrolled: bool) {
+fn check_certificate(
+    r: &mut Report,
+    config: &Config,
+    endpoint: &Result<Endpoint, String>,
+    cert: &Certificate,
+    enrolled: bool,
+) {
     let now = SystemTime::now();
     let now_s = unix(now);
     if now_s < CLOCK_FLOOR
@@ -346,19 +354,12 @@ fn check_certificate(r: &mut Report, config: &Config, cert: &Certificate, enroll
     // The chain: verifiable when ROOT_CERT holds the issuer (the emulator,
     // a private CA); AWS signs device certificates with a CA of the
     // account that is not the server's root.
-    let roots = std::fs::read_to_string(&config.settings.root_cert)
-        .ok()
-        .and_then(|pem| Certificate::from_pem(&pem, "ROOT_CERT").ok());
-    let Some(roots) = roots else {
-        r.add(
-            "certificate chain",
-            Verdict::Fail,
-            format!(
-                "cannot read ROOT_CERT {}",
-                config.settings.root_cert.display()
-            ),
-        );
-        return;
+    let roots = match endpoint {
+        Ok(endpoint) => endpoint.roots(),
+        Err(e) => {
+            r.add("certificate chain", Verdict::Fail, e.clone());
+            return;
+        }
     };
     let leaf = match x509_parser::parse_x509_certificate(cert.der()) {
         Ok((_, c)) => c,
@@ -367,7 +368,7 @@ fn check_certificate(r: &mut Report, config: &Config, cert: &Certificate, enroll
             return;
         }
     };
-    let issuer = roots.chain().iter().find_map(|der| {
+    let issuer = roots.iter().find_map(|der| {
         let (_, ca) = x509_parser::parse_x509_certificate(der).ok()?;
         (ca.subject() == leaf.issuer()).then(|| der.clone())
     });
@@ -389,57 +390,46 @@ fn check_certificate(r: &mut Report, config: &Config, cert: &Certificate, enroll
 
 fn check_endpoint(
     r: &mut Report,
-    config: &Config,
+    endpoint: &Result<Endpoint, String>,
     cert: &Certificate,
     store: Arc<dyn KeyStore>,
     key: &KeyInfo,
 ) {
-    let endpoint = format!(
-        "{}:{}",
-        config.settings.iot_endpoint, config.provisioning.port
-    );
-    let roots = match std::fs::read_to_string(&config.settings.root_cert)
-        .map_err(|e| e.to_string())
-        .and_then(|pem| Certificate::from_pem(&pem, "ROOT_CERT").map_err(|e| e.to_string()))
-    {
-        Ok(r) => r,
+    let endpoint = match endpoint {
+        Ok(e) => e,
         Err(e) => {
-            r.add("endpoint", Verdict::Fail, format!("ROOT_CERT: {e}"));
+            r.add("endpoint", Verdict::Fail, e.clone());
             return;
         }
     };
-    let alpn = config.provisioning.alpn.then_some(ALPN_AWS_IOT);
-    let tls = match client_config(roots.chain(), cert.chain().to_vec(), store, key, alpn) {
+    let tls = match endpoint.tls("the device's credential", cert, store, key) {
         Ok(t) => t,
         Err(e) => {
             r.add("endpoint", Verdict::Fail, e.to_string());
             return;
         }
     };
-    let timeout = config.provisioning.connect_timeout;
-    let host = config.settings.iot_endpoint.clone();
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
-        .and_then(|rt| {
-            rt.block_on(async {
-                let connect = async {
-                    let tcp = tokio::net::TcpStream::connect(&endpoint)
-                        .await
-                        .map_err(|e| format!("cannot connect: {e}"))?;
-                    let name = crate::crypto::tls::server_name(&host).map_err(|e| e.to_string())?;
-                    tokio_rustls::TlsConnector::from(Arc::new(tls))
-                        .connect(name, tcp)
-                        .await
-                        .map_err(|e| format!("TLS handshake failed: {e}"))?;
-                    Ok::<(), String>(())
-                };
-                tokio::time::timeout(timeout, connect)
+    let timeout = endpoint.connect_timeout();
+    let host = endpoint.host().to_string();
+    let endpoint = endpoint.address();
+    let result = super::runtime().map_err(|e| e.to_string()).and_then(|rt| {
+        rt.block_on(async {
+            let connect = async {
+                let tcp = tokio::net::TcpStream::connect(&endpoint)
                     .await
-                    .map_err(|_| format!("no answer within {timeout:?}"))?
-            })
-        });
+                    .map_err(|e| format!("cannot connect: {e}"))?;
+                let name = crate::crypto::tls::server_name(&host).map_err(|e| e.to_string())?;
+                tokio_rustls::TlsConnector::from(Arc::new(tls))
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake failed: {e}"))?;
+                Ok::<(), String>(())
+            };
+            tokio::time::timeout(timeout, connect)
+                .await
+                .map_err(|_| format!("no answer within {timeout:?}"))?
+        })
+    });
     match result {
         Ok(()) => r.add(
             "endpoint",

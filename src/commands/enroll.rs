@@ -3,20 +3,13 @@
 use std::sync::Arc;
 
 use super::outcome::{human, json};
-use super::CommandError;
+use super::{runtime, CommandError};
 use crate::cli::{Enroll, Rotate};
 use crate::config::Config;
 use crate::keystore::KeyStore;
 use crate::provision::enroll::{enroll, EnrollOptions};
 use crate::provision::rotate::{rotate, RotateOptions};
 use crate::provision::serial;
-
-fn runtime() -> Result<tokio::runtime::Runtime, CommandError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CommandError::Other(format!("cannot start the async runtime: {e}")))
-}
 
 pub fn run(
     config: &Config,

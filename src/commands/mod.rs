@@ -62,3 +62,12 @@ impl CommandError {
         move |source| CommandError::Io { what, path, source }
     }
 }
+
+/// The async runtime of every command that talks to the network: one
+/// thread (the agent does one thing at a time; the hardware calls block).
+pub fn runtime() -> Result<tokio::runtime::Runtime, CommandError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CommandError::Other(format!("cannot start the async runtime: {e}")))
+}

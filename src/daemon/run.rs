@@ -26,8 +26,9 @@ use tokio::time::Instant;
 
 use super::notify::{Notifier, NOTIFY_SOCKET, WATCHDOG_PID, WATCHDOG_USEC};
 use crate::config::{Config, PayloadFormat};
-use crate::crypto::{client_config, Certificate, ALPN_AWS_IOT};
-use crate::keystore::{KeyLabel, KeyStore};
+use crate::crypto::Certificate;
+use crate::keystore::KeyStore;
+use crate::mqtt::endpoint::Endpoint;
 use crate::mqtt::{ConnectOptions, MqttError, Session};
 use crate::provision::enroll::{enroll_locked, EnrollOptions};
 use crate::provision::identity::Identity;
@@ -236,34 +237,11 @@ impl Daemon {
         )
     }
 
+    /// ROOT_CERT is read again at every connection attempt, so that a fixed
+    /// file is picked up without a reload.
     fn connect_options(&self) -> Result<ConnectOptions, ProvisionError> {
-        let roots_pem = std::fs::read_to_string(&self.config.settings.root_cert).map_err(
-            ProvisionError::io("read ROOT_CERT", &self.config.settings.root_cert),
-        )?;
-        let roots = Certificate::from_pem(&roots_pem, "ROOT_CERT")
-            .map_err(|e| ProvisionError::Input(e.to_string()))?;
-        let cert = Certificate::from_pem(&self.identity.certificate_pem, "identity")
-            .map_err(|e| ProvisionError::Inconsistent(e.to_string()))?;
-        let key = self
-            .store
-            .info(&KeyLabel::new(self.identity.key_label.clone())?)?;
-        let alpn = self.config.provisioning.alpn.then_some(ALPN_AWS_IOT);
-        let tls = client_config(
-            roots.chain(),
-            cert.chain().to_vec(),
-            self.store.clone(),
-            &key,
-            alpn,
-        )
-        .map_err(|e| ProvisionError::Inconsistent(e.to_string()))?;
-        Ok(ConnectOptions {
-            host: self.config.settings.iot_endpoint.clone(),
-            port: self.config.provisioning.port,
-            client_id: self.identity.thing_name.clone(),
-            tls: Arc::new(tls),
-            connect_timeout: self.config.provisioning.connect_timeout,
-            keep_alive: Duration::from_secs(60),
-        })
+        let endpoint = Endpoint::new(&self.config)?;
+        self.identity.connect_options(&endpoint, self.store.clone())
     }
 
     /// Connects and then looks for a job queued while the device was

@@ -5,6 +5,7 @@
 //! provisioning is a sequence of requests, each of which subscribes to its
 //! `accepted` and `rejected` topics, publishes, and waits for one answer.
 
+pub mod endpoint;
 pub mod payload;
 
 use std::sync::Arc;

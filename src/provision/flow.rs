@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::CertificateDer;
 use zeroize::Zeroizing;
 
 use super::fault;
@@ -23,9 +22,10 @@ use super::journal::{self, Journal, Operation, Phase};
 use super::retry::Backoff;
 use super::{ProvisionError, StepTiming};
 use crate::config::{Config, ProvisioningMode};
-use crate::crypto::{client_config, make_csr, Certificate, ALPN_AWS_IOT};
+use crate::crypto::{make_csr, Certificate};
 use crate::durable;
 use crate::keystore::{KeyInfo, KeyLabel, KeyStore, PrivateKeyMaterial};
+use crate::mqtt::endpoint::{Endpoint, EndpointError};
 use crate::mqtt::{ConnectOptions, MqttError, Session};
 
 /// How long an ownership token is presented after it was issued. AWS gives
@@ -40,7 +40,7 @@ pub(super) struct Flow<'a> {
     /// The identity being replaced: rotation authenticates with it.
     current: Option<Identity>,
     serial: String,
-    roots: Vec<CertificateDer<'static>>,
+    endpoint: Endpoint,
     backoff: Backoff,
     session: Option<Session>,
     /// `enroll --force`: the current certificate could not connect, so
@@ -61,21 +61,14 @@ impl<'a> Flow<'a> {
         serial: &str,
     ) -> Result<Self, ProvisionError> {
         let current_label = current.as_ref().map(|c| c.key_label.clone());
-        let root_path = &config.settings.root_cert;
-        let roots_pem = std::fs::read_to_string(root_path)
-            .map_err(ProvisionError::io("read ROOT_CERT", root_path))?;
-        let roots =
-            Certificate::from_pem(&roots_pem, &format!("ROOT_CERT {}", root_path.display()))
-                .map_err(|e| ProvisionError::Input(e.to_string()))?
-                .chain()
-                .to_vec();
+        let endpoint = Endpoint::new(config)?;
         Ok(Self {
             config,
             store,
             operation,
             current,
             serial: serial.to_string(),
-            roots,
+            endpoint,
             backoff: Backoff::new(config.provisioning.max_retries),
             session: None,
             current_refused: false,
@@ -289,21 +282,6 @@ impl<'a> Flow<'a> {
 
     // ---- connections ---------------------------------------------------
 
-    fn endpoint_options(&self, client_id: String, tls: rustls::ClientConfig) -> ConnectOptions {
-        ConnectOptions {
-            host: self.config.settings.iot_endpoint.clone(),
-            port: self.config.provisioning.port,
-            client_id,
-            tls: Arc::new(tls),
-            connect_timeout: self.config.provisioning.connect_timeout,
-            keep_alive: Duration::from_secs(30),
-        }
-    }
-
-    fn alpn(&self) -> Option<&'static [u8]> {
-        self.config.provisioning.alpn.then_some(ALPN_AWS_IOT)
-    }
-
     /// The connection requests go over: the current identity as its thing
     /// (rotate, and `enroll --force` on an enrolled device), else the claim
     /// credential. For `enroll --force` the device's own certificate is the
@@ -350,19 +328,7 @@ impl<'a> Flow<'a> {
     }
 
     fn identity_options(&self, current: &Identity) -> Result<ConnectOptions, ProvisionError> {
-        let cert = Certificate::from_pem(&current.certificate_pem, "current identity")
-            .map_err(|e| ProvisionError::Inconsistent(e.to_string()))?;
-        let label = KeyLabel::new(current.key_label.clone())?;
-        let key = self.store.info(&label)?;
-        let tls = client_config(
-            &self.roots,
-            cert.chain().to_vec(),
-            self.store.clone(),
-            &key,
-            self.alpn(),
-        )
-        .map_err(|e| ProvisionError::Inconsistent(format!("current identity: {e}")))?;
-        Ok(self.endpoint_options(current.thing_name.clone(), tls))
+        current.connect_options(&self.endpoint, self.store.clone())
     }
 
     fn claim_options(&self) -> Result<ConnectOptions, ProvisionError> {
@@ -374,7 +340,7 @@ impl<'a> Flow<'a> {
             ))
         })?;
         let cert = Certificate::from_pem(&pem, &format!("CLAIM_CERT {}", cert_path.display()))
-            .map_err(|e| ProvisionError::Input(e.to_string()))?;
+            .map_err(EndpointError::from)?;
         let key = self
             .store
             .info(&self.config.keystore.claim_key)
@@ -384,20 +350,18 @@ impl<'a> Flow<'a> {
                 )),
                 other => other.into(),
             })?;
-        let tls = client_config(
-            &self.roots,
-            cert.chain().to_vec(),
-            self.store.clone(),
-            &key,
-            self.alpn(),
-        )
-        .map_err(|e| ProvisionError::Input(format!("claim credential: {e}")))?;
         let mut client_id = format!(
             "{}{}",
             self.config.provisioning.client_id_prefix, self.serial
         );
         client_id.truncate(128);
-        Ok(self.endpoint_options(client_id, tls))
+        Ok(self.endpoint.options(
+            "the claim credential",
+            client_id,
+            &cert,
+            self.store.clone(),
+            &key,
+        )?)
     }
 
     async fn session(&mut self) -> Result<&mut Session, ProvisionError> {
@@ -689,15 +653,13 @@ impl<'a> Flow<'a> {
         let thing = journal.thing_name.clone().unwrap_or_default();
         let cert = self.journal_certificate(journal)?;
         let key = self.store.info(&self.pending)?;
-        let tls = client_config(
-            &self.roots,
-            cert.chain().to_vec(),
+        let opts = self.endpoint.options(
+            "the new credential",
+            thing.clone(),
+            &cert,
             self.store.clone(),
             &key,
-            self.alpn(),
-        )
-        .map_err(|e| ProvisionError::Inconsistent(format!("new credential: {e}")))?;
-        let opts = self.endpoint_options(thing.clone(), tls);
+        )?;
         let topic = self
             .config
             .provisioning

@@ -8,11 +8,15 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::Certificate;
 use crate::durable;
+use crate::keystore::{KeyLabel, KeyStore};
+use crate::mqtt::endpoint::{Endpoint, EndpointError};
+use crate::mqtt::ConnectOptions;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -80,6 +84,19 @@ impl Identity {
             }
         })?;
         Ok(Some(id))
+    }
+
+    /// How to connect as this identity: its thing's name as client id, its
+    /// certificate, its key in `store`.
+    pub fn connect_options(
+        &self,
+        endpoint: &Endpoint,
+        store: Arc<dyn KeyStore>,
+    ) -> Result<ConnectOptions, super::ProvisionError> {
+        let cert = Certificate::from_pem(&self.certificate_pem, "the identity's certificate")
+            .map_err(EndpointError::from)?;
+        let key = store.info(&KeyLabel::new(self.key_label.clone())?)?;
+        Ok(endpoint.options("the identity", self.thing_name.clone(), &cert, store, &key)?)
     }
 
     /// Writes the identity, then the certificate copy for other services.

@@ -93,6 +93,9 @@ pub enum ProvisionError {
     KeyStore(#[from] KeyStoreError),
     #[error(transparent)]
     Mqtt(#[from] MqttError),
+    /// ROOT_CERT, or a credential's certificate, cannot be used to connect.
+    #[error(transparent)]
+    Endpoint(#[from] crate::mqtt::endpoint::EndpointError),
     #[error("{api}: the service's answer is refused: {detail}; nothing was changed")]
     BadResponse { api: String, detail: String },
     #[error("{step}: gave up after {attempts} attempts: {last}")]
@@ -138,7 +141,9 @@ impl ProvisionError {
     /// The documented exit code (README).
     pub fn exit_code(&self) -> u8 {
         match self {
-            ProvisionError::Input(_) | ProvisionError::Serial(_) => exit::CONFIG,
+            ProvisionError::Input(_) | ProvisionError::Serial(_) | ProvisionError::Endpoint(_) => {
+                exit::CONFIG
+            }
             ProvisionError::KeyStore(_) => exit::KEYSTORE,
             ProvisionError::Mqtt(e) => match e {
                 MqttError::Rejected { .. }
