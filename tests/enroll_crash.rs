@@ -42,7 +42,7 @@ async fn crash_everywhere(make_backend: fn() -> Backend, mode: &str) {
         let token = std::fs::read(device.state_dir().join("journal.json"))
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|j| j["ownershipToken"].as_str().map(str::to_string));
+            .and_then(|j| j["state"]["token"].as_str().map(str::to_string));
         if point == "cert-issued" {
             assert!(
                 token.is_some(),

@@ -76,7 +76,7 @@ pub fn run(config: &Config, json: bool) -> Result<(String, bool), CommandError> 
             format!(
                 "an interrupted {:?} stopped at phase {:?} ({}): run it again to finish it",
                 j.operation,
-                j.phase,
+                j.phase(),
                 date(j.updated_at)
             ),
         ),

@@ -17,7 +17,7 @@ pub fn run(config: &Config, json: bool) -> Result<String, CommandError> {
         Journal::load(&config.state_dir).map_err(|e| CommandError::Provision(e.into()))?;
     let now = unix(SystemTime::now());
     let in_progress = journal.as_ref().map(|j| {
-        serde_json::json!({ "operation": j.operation, "phase": j.phase, "since": date(j.updated_at) })
+        serde_json::json!({ "operation": j.operation, "phase": j.phase(), "since": date(j.updated_at) })
     });
     let Some(id) = identity else {
         if json {
@@ -32,7 +32,8 @@ pub fn run(config: &Config, json: bool) -> Result<String, CommandError> {
         if let Some(j) = &journal {
             out.push_str(&format!(
                 "\ninterrupted {:?} at phase {:?}: running it again finishes it",
-                j.operation, j.phase
+                j.operation,
+                j.phase()
             ));
         }
         return Ok(out);
@@ -83,7 +84,7 @@ pub fn run(config: &Config, json: bool) -> Result<String, CommandError> {
         out.push_str(&format!(
             "\nin progress  {:?} at phase {:?} since {}",
             j.operation,
-            j.phase,
+            j.phase(),
             date(j.updated_at)
         ));
     }

@@ -70,7 +70,7 @@ pub async fn run(
 
     // Finish whatever a crash interrupted before anything else.
     if let Some(journal) = Journal::load(&config.state_dir)? {
-        tracing::info!(operation = ?journal.operation, phase = ?journal.phase, "finishing an interrupted operation");
+        tracing::info!(operation = ?journal.operation, phase = ?journal.phase(), "finishing an interrupted operation");
         let result = match journal.operation {
             Operation::Rotate => {
                 rotate_locked(&config, store.clone(), RotateOptions::default()).await

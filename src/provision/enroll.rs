@@ -41,7 +41,7 @@ pub async fn enroll_locked(
         if j.operation != Operation::Enroll {
             return Err(ProvisionError::Busy(format!(
                 "a rotation is in progress (journal phase {:?}); finish it with `prov-agent rotate` first",
-                j.phase
+                j.phase()
             )));
         }
     }
@@ -49,12 +49,13 @@ pub async fn enroll_locked(
         return Ok(Outcome::unchanged(identity.clone()));
     }
 
-    let resumed_from = journal.as_ref().map(|j| j.phase);
+    let resumed_from = journal.as_ref().map(|j| j.phase());
     if let Some(phase) = resumed_from {
         tracing::info!(?phase, "resuming an interrupted enrollment");
     }
+    let mut flow = Flow::new(config, store, Operation::Enroll, existing.clone(), serial)?;
     let mut journal = journal.unwrap_or_else(|| {
-        let mut j = Journal::new(Operation::Enroll);
+        let mut j = Journal::new(Operation::Enroll, flow.key_slots());
         // `--force`: once the new identity is committed, the old
         // certificate is reported so that the backend can deactivate it.
         if let Some(old) = &existing {
@@ -63,7 +64,6 @@ pub async fn enroll_locked(
         }
         j
     });
-    let mut flow = Flow::new(config, store, Operation::Enroll, existing, serial)?;
     let identity = flow.run(&mut journal).await?;
     Ok(Outcome {
         identity,

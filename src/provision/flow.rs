@@ -18,7 +18,9 @@ use zeroize::Zeroizing;
 
 use super::fault;
 use super::identity::Identity;
-use super::journal::{self, Journal, Operation, Phase};
+use super::journal::{
+    self, IssuedCertificate, Journal, KeySlots, Operation, OwnershipToken, Registration, State,
+};
 use super::retry::Backoff;
 use super::{ProvisionError, StepTiming};
 use crate::config::{Config, ProvisioningMode};
@@ -78,41 +80,52 @@ impl<'a> Flow<'a> {
         })
     }
 
+    /// The key-store labels of a new operation's journal: the pending key
+    /// in the slot the current identity does not use, and the current key,
+    /// deleted after the commit.
+    pub(super) fn key_slots(&self) -> KeySlots {
+        KeySlots {
+            pending: self.pending.to_string(),
+            retired: self.current.as_ref().map(|c| c.key_label.clone()),
+        }
+    }
+
+    /// Runs the operation from the phase the journal is at to the end: one
+    /// step per phase, each written durably before the next begins.
     pub(super) async fn run(&mut self, journal: &mut Journal) -> Result<Identity, ProvisionError> {
         let state_dir = self.config.state_dir.clone();
-        // The key labels are fixed when the flow starts and kept in the
-        // journal: after the commit identity.json names the new key, so
-        // they could not be worked out again.
-        match &journal.pending_key_label {
-            Some(label) => self.pending = KeyLabel::new(label.clone())?,
-            None => {
-                journal.pending_key_label = Some(self.pending.to_string());
-                journal.retired_key_label = self.current.as_ref().map(|c| c.key_label.clone());
-            }
-        }
+        // Fixed when the journal was made (see `key_slots`).
+        self.pending = KeyLabel::new(journal.keys.pending.clone())?;
         loop {
-            match journal.phase {
-                Phase::Started => {
-                    self.obtain(journal).await?;
-                    journal.advance(&state_dir, Phase::CertIssued)?;
+            match journal.state.clone() {
+                State::Started {
+                    recertify_pending_key,
+                } => {
+                    let issued = self.obtain(recertify_pending_key).await?;
+                    journal.advance(&state_dir, issued)?;
                     fault::point("cert-issued");
                 }
-                Phase::CertIssued => {
-                    let key_matches = self.pending_matches(journal)?;
-                    if !journal.token_usable(journal::now()) || !key_matches {
+                State::CertIssued {
+                    certificate,
+                    token,
+                    token_expires_at,
+                    ..
+                } => {
+                    let key_matches = self.pending_matches(&certificate)?;
+                    if journal::now() >= token_expires_at || !key_matches {
                         tracing::warn!(
                             "the ownership token expired or the pending key is gone: starting over"
                         );
                         self.start_over(journal, key_matches)?;
                         continue;
                     }
-                    match self.register(journal).await {
-                        Ok(()) => {
-                            journal.advance(&state_dir, Phase::Registered)?;
+                    match self.register(journal, &certificate, &token).await {
+                        Ok(registration) => {
+                            journal.advance(&state_dir, State::Registered(registration))?;
                             fault::point("registered");
                         }
                         Err(ProvisionError::Mqtt(MqttError::Rejected { error_code, .. }))
-                            if journal.register_sent
+                            if journal.state.register_sent()
                                 && error_code == "InvalidCertificateOwnershipToken" =>
                         {
                             // The first RegisterThing may have gone through
@@ -124,24 +137,24 @@ impl<'a> Flow<'a> {
                                 "the service refused the ownership token a second time: \
                                  starting over with a new certificate for the same key"
                             );
-                            let key_matches = self.pending_matches(journal)?;
+                            let key_matches = self.pending_matches(&certificate)?;
                             self.start_over(journal, key_matches)?;
                         }
                         Err(e) => return Err(e),
                     }
                 }
-                Phase::Registered => {
+                State::Registered(registration) => {
                     self.close_session().await;
-                    self.verify(journal).await?;
-                    journal.advance(&state_dir, Phase::Verified)?;
+                    self.verify(&registration).await?;
+                    journal.advance(&state_dir, State::Verified(registration))?;
                     fault::point("verified");
                 }
-                Phase::Verified => {
-                    self.commit(journal)?;
-                    journal.advance(&state_dir, Phase::Committed)?;
+                State::Verified(registration) => {
+                    self.commit(journal, &registration)?;
+                    journal.advance(&state_dir, State::Committed)?;
                     fault::point("committed");
                 }
-                Phase::Committed => {
+                State::Committed => {
                     let identity = Identity::load(&state_dir)?.ok_or_else(|| {
                         ProvisionError::Inconsistent(
                             "the journal says committed but identity.json is missing".into(),
@@ -149,7 +162,8 @@ impl<'a> Flow<'a> {
                     })?;
                     self.delete_retired_key(journal, &identity)?;
                     fault::point("old-key-deleted");
-                    if let Err(e) = self.report_as(journal, &identity).await {
+                    let abandoned = journal.abandoned_certificate_ids.clone();
+                    if let Err(e) = self.report_as(&abandoned, &identity).await {
                         // The new identity is committed and works; the
                         // report waits in the journal for the next run.
                         tracing::warn!(
@@ -197,39 +211,40 @@ impl<'a> Flow<'a> {
 
     /// Drops the attempt in the journal and remembers its certificate as
     /// abandoned. If its RegisterThing was sent (it may have gone through,
-    /// the thing now existing with that certificate) and the pending key is
-    /// still the certificate's (`key_matches`), the key is kept and the next
-    /// certificate is issued for it: the pre-provisioning hook admits a
-    /// registration for an existing thing when the new certificate is for
-    /// the key of one of its certificates, which only this device holds.
-    /// Otherwise the pending key is deleted.
+    /// the thing now existing with that certificate), or its key was kept
+    /// from such an attempt, and the pending key is still the certificate's
+    /// (`key_matches`), the key is kept and the next certificate is issued
+    /// for it: the pre-provisioning hook admits a registration for an
+    /// existing thing when the new certificate is for the key of one of its
+    /// certificates, which only this device holds. Otherwise the pending key
+    /// is deleted.
     fn start_over(
         &mut self,
         journal: &mut Journal,
         key_matches: bool,
     ) -> Result<(), ProvisionError> {
-        let mut abandoned = std::mem::take(&mut journal.abandoned_certificate_ids);
-        if let Some(id) = journal.certificate_id.take() {
-            if !abandoned.contains(&id) {
-                abandoned.push(id);
+        if let Some(c) = journal.state.certificate() {
+            if !journal.abandoned_certificate_ids.contains(&c.id) {
+                journal.abandoned_certificate_ids.push(c.id.clone());
             }
         }
-        let recertify = key_matches && (journal.register_sent || journal.recertify_pending_key);
+        let kept_before = matches!(
+            journal.state,
+            State::CertIssued {
+                recertified: true,
+                ..
+            }
+        );
+        let recertify = key_matches && (journal.state.register_sent() || kept_before);
         if !recertify {
             self.delete_pending()?;
         }
-        let (pending, retired) = (
-            journal.pending_key_label.take(),
-            journal.retired_key_label.take(),
-        );
-        let previous = journal.previous_certificate_id.take();
-        *journal = Journal::new(self.operation);
-        journal.abandoned_certificate_ids = abandoned;
-        journal.recertify_pending_key = recertify;
-        journal.pending_key_label = pending;
-        journal.retired_key_label = retired;
-        journal.previous_certificate_id = previous;
-        journal.save(&self.config.state_dir)?;
+        journal.advance(
+            &self.config.state_dir,
+            State::Started {
+                recertify_pending_key: recertify,
+            },
+        )?;
         Ok(())
     }
 
@@ -239,7 +254,7 @@ impl<'a> Flow<'a> {
         journal: &Journal,
         committed: &Identity,
     ) -> Result<(), ProvisionError> {
-        let Some(old) = &journal.retired_key_label else {
+        let Some(old) = &journal.keys.retired else {
             return Ok(());
         };
         if *old == committed.key_label {
@@ -267,12 +282,8 @@ impl<'a> Flow<'a> {
         }
     }
 
-    fn pending_matches(&self, journal: &Journal) -> Result<bool, ProvisionError> {
-        let Some(pem) = &journal.certificate_pem else {
-            return Ok(false);
-        };
-        let cert = Certificate::from_pem(pem, "journal certificate")
-            .map_err(|e| ProvisionError::Inconsistent(e.to_string()))?;
+    fn pending_matches(&self, certificate: &IssuedCertificate) -> Result<bool, ProvisionError> {
+        let cert = parse_issued(certificate)?;
         match self.store.info(&self.pending) {
             Ok(info) => Ok(info.public_key == *cert.public_key()),
             Err(e) if e.is_not_found() => Ok(false),
@@ -434,8 +445,11 @@ impl<'a> Flow<'a> {
 
     // ---- step 2: key and certificate ------------------------------------
 
-    async fn obtain(&mut self, journal: &mut Journal) -> Result<(), ProvisionError> {
-        let keep = match journal.recertify_pending_key {
+    /// A certificate and ownership token for the pending key: a new key
+    /// (csr mode) or the service's (keys mode); with `recertify`, the
+    /// pending key already in the store, through a CSR whatever the mode.
+    async fn obtain(&mut self, recertify: bool) -> Result<State, ProvisionError> {
+        let keep = match recertify {
             false => None,
             true => match self.store.info(&self.pending) {
                 Ok(key) => Some(key),
@@ -444,6 +458,7 @@ impl<'a> Flow<'a> {
                 Err(e) => return Err(e.into()),
             },
         };
+        let recertified = keep.is_some();
         let issued = match keep {
             Some(key) => self.obtain_from_csr(Some(key)).await?,
             None => {
@@ -455,13 +470,16 @@ impl<'a> Flow<'a> {
                 }
             }
         };
-        journal.recertify_pending_key = false;
-        journal.certificate_id = Some(issued.certificate_id);
-        journal.certificate_pem = Some(issued.certificate_pem);
-        journal.ownership_token = Some(issued.token.to_string());
-        journal.token_expires_at = Some(journal::now() + TOKEN_LIFETIME.as_secs());
-        journal.register_sent = false;
-        Ok(())
+        Ok(State::CertIssued {
+            certificate: IssuedCertificate {
+                id: issued.certificate_id,
+                pem: issued.certificate_pem,
+            },
+            token: OwnershipToken::new(issued.token),
+            token_expires_at: journal::now() + TOKEN_LIFETIME.as_secs(),
+            register_sent: false,
+            recertified,
+        })
     }
 
     /// A certificate for a new pending key, or with `existing` for the
@@ -578,12 +596,18 @@ impl<'a> Flow<'a> {
         }
     }
 
-    async fn register(&mut self, journal: &mut Journal) -> Result<(), ProvisionError> {
+    /// RegisterThing for `certificate` with its `token`. The journal (at
+    /// CertIssued) records that the request was sent before it is.
+    async fn register(
+        &mut self,
+        journal: &mut Journal,
+        certificate: &IssuedCertificate,
+        token: &OwnershipToken,
+    ) -> Result<Registration, ProvisionError> {
         let (template, parameters) = self.template_and_parameters()?;
         let topic = self.api_topic(&format!("$aws/provisioning-templates/{template}/provision"));
-        let token = Zeroizing::new(journal.ownership_token.clone().unwrap_or_default());
         let body = serde_json::json!({
-            "certificateOwnershipToken": token.as_str(),
+            "certificateOwnershipToken": token.expose(),
             "parameters": parameters,
         });
         let started = Instant::now();
@@ -593,8 +617,12 @@ impl<'a> Flow<'a> {
                 let format = flow.config.provisioning.payload_format;
                 let timeout = flow.config.provisioning.response_timeout;
                 let session = flow.session().await?;
-                if !journal.register_sent {
-                    journal.register_sent = true;
+                if let State::CertIssued {
+                    register_sent: sent @ false,
+                    ..
+                } = &mut journal.state
+                {
+                    *sent = true;
                     journal.save(&state_dir)?;
                 }
                 fault::point("register-sent");
@@ -641,17 +669,18 @@ impl<'a> Flow<'a> {
                  (`prov-agent check` reports it)"
             );
         }
-        journal.thing_name = Some(thing.to_string());
-        journal.device_configuration = Some(config);
-        journal.ownership_token = None;
-        Ok(())
+        Ok(Registration {
+            certificate: certificate.clone(),
+            thing_name: thing.to_string(),
+            device_configuration: config,
+        })
     }
 
     // ---- step 5: prove the new credential --------------------------------
 
-    async fn verify(&mut self, journal: &Journal) -> Result<(), ProvisionError> {
-        let thing = journal.thing_name.clone().unwrap_or_default();
-        let cert = self.journal_certificate(journal)?;
+    async fn verify(&mut self, registration: &Registration) -> Result<(), ProvisionError> {
+        let thing = registration.thing_name.clone();
+        let cert = parse_issued(&registration.certificate)?;
         let key = self.store.info(&self.pending)?;
         let opts = self.endpoint.options(
             "the new credential",
@@ -699,10 +728,10 @@ impl<'a> Flow<'a> {
     /// be the device's only working one.
     pub(super) async fn report_as(
         &mut self,
-        journal: &Journal,
+        abandoned: &[String],
         identity: &Identity,
     ) -> Result<(), ProvisionError> {
-        if journal.abandoned_certificate_ids.is_empty() {
+        if abandoned.is_empty() {
             return Ok(());
         }
         let thing = identity.thing_name.clone();
@@ -711,7 +740,7 @@ impl<'a> Flow<'a> {
         let body = serde_json::json!({
             "thingName": thing,
             "newCertificateId": identity.certificate_id,
-            "oldCertificateIds": journal.abandoned_certificate_ids,
+            "oldCertificateIds": abandoned,
             "reason": match self.operation {
                 Operation::Enroll => "enrollment",
                 Operation::Rotate => "rotation",
@@ -735,21 +764,17 @@ impl<'a> Flow<'a> {
         Ok(())
     }
 
-    fn journal_certificate(&self, journal: &Journal) -> Result<Certificate, ProvisionError> {
-        let pem = journal.certificate_pem.as_deref().ok_or_else(|| {
-            ProvisionError::Inconsistent("the journal holds no certificate".into())
-        })?;
-        Certificate::from_pem(pem, "journal certificate")
-            .map_err(|e| ProvisionError::Inconsistent(e.to_string()))
-    }
-
     // ---- step 6: commit ---------------------------------------------------
 
     /// The commit: identity.json, rewritten atomically, now names the new
     /// certificate and the new key. Idempotent after a crash.
-    fn commit(&mut self, journal: &Journal) -> Result<Identity, ProvisionError> {
+    fn commit(
+        &mut self,
+        journal: &Journal,
+        registration: &Registration,
+    ) -> Result<Identity, ProvisionError> {
         let started = Instant::now();
-        let cert = self.journal_certificate(journal)?;
+        let cert = parse_issued(&registration.certificate)?;
         let key: KeyInfo = self.store.info(&self.pending)?;
         if key.public_key != *cert.public_key() {
             return Err(ProvisionError::Inconsistent(format!(
@@ -764,13 +789,13 @@ impl<'a> Flow<'a> {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let identity = Identity {
-            thing_name: journal.thing_name.clone().unwrap_or_default(),
+            thing_name: registration.thing_name.clone(),
             certificate_id: cert.id(),
             certificate_pem: cert.to_pem(),
             key_label: key.label.to_string(),
             key_reference: key.reference.clone(),
             not_after,
-            device_configuration: journal.device_configuration.clone().unwrap_or_default(),
+            device_configuration: registration.device_configuration.clone(),
             committed_at: journal::now(),
             previous_certificate_id: journal.previous_certificate_id.clone(),
         };
@@ -841,4 +866,11 @@ impl Issued {
             token,
         })
     }
+}
+
+/// The certificate a journal phase carries, parsed; the journal was written
+/// by this agent, so one that does not parse means the state is damaged.
+fn parse_issued(certificate: &IssuedCertificate) -> Result<Certificate, ProvisionError> {
+    Certificate::from_pem(&certificate.pem, "the journal's certificate")
+        .map_err(|e| ProvisionError::Inconsistent(e.to_string()))
 }

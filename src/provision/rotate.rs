@@ -64,7 +64,7 @@ pub async fn rotate_locked(
         if j.operation != Operation::Rotate {
             return Err(ProvisionError::Busy(format!(
                 "an enrollment is in progress (journal phase {:?}); finish it with `prov-agent enroll` first",
-                j.phase
+                j.phase()
             )));
         }
     }
@@ -77,17 +77,17 @@ pub async fn rotate_locked(
         return Ok(outcome);
     }
 
-    let resumed_from = journal.as_ref().map(|j| j.phase);
+    let resumed_from = journal.as_ref().map(|j| j.phase());
     if let Some(phase) = resumed_from {
         tracing::info!(?phase, "resuming an interrupted rotation");
     }
-    let mut journal = journal.unwrap_or_else(|| {
-        let mut j = Journal::new(Operation::Rotate);
+    let new_journal = |keys| {
+        let mut j = Journal::new(Operation::Rotate, keys);
         j.previous_certificate_id = Some(current.certificate_id.clone());
         j.abandoned_certificate_ids
             .push(current.certificate_id.clone());
         j
-    });
+    };
     let serial = current
         .device_configuration
         .get("serialNumber")
@@ -100,6 +100,7 @@ pub async fn rotate_locked(
         Some(current.clone()),
         &serial,
     )?;
+    let mut journal = journal.unwrap_or_else(|| new_journal(flow.key_slots()));
     match flow.run(&mut journal).await {
         Ok(identity) => Ok(Outcome {
             identity,
@@ -109,7 +110,7 @@ pub async fn rotate_locked(
             report_pending: flow.report_pending,
             due_at: None,
         }),
-        Err(e) if journal.phase <= Phase::Registered => {
+        Err(e) if journal.phase() <= Phase::Registered => {
             tracing::warn!(error = %e, "rotation failed before the commit: rolling back");
             flow.close_session().await;
             if let Err(rollback) = flow.roll_back(&journal, &current).await {
@@ -132,11 +133,10 @@ impl Flow<'_> {
         current: &Identity,
     ) -> Result<(), ProvisionError> {
         self.delete_pending()?;
-        if journal.register_sent {
-            if let Some(failed) = &journal.certificate_id {
-                let mut retired = Journal::new(Operation::Rotate);
-                retired.abandoned_certificate_ids.push(failed.clone());
-                self.report_as(&retired, current).await?;
+        if journal.state.register_sent() {
+            if let Some(failed) = journal.state.certificate() {
+                self.report_as(std::slice::from_ref(&failed.id), current)
+                    .await?;
             }
         }
         Journal::clear(self.state_dir())?;
