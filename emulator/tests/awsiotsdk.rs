@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::*;
 use iotcore_emulator::CertStatus;
@@ -56,28 +56,70 @@ fn write(dir: &Path, name: &str, contents: &str) -> String {
     p.to_str().unwrap().to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn awsiotsdk_provisions_over_mqtt3_and_mqtt5_with_keys_and_csr() {
-    // A developer without network access may skip it; CI never does.
+/// The interpreter with awsiotsdk ([`python`]), or `None`, after saying so,
+/// when a developer without network access skips the SDK tests with
+/// `IOTCORE_SKIP_AWSIOTSDK=1`; CI never does.
+fn python_unless_skipped() -> Option<String> {
     if std::env::var("IOTCORE_SKIP_AWSIOTSDK").as_deref() == Ok("1") {
         assert!(
             std::env::var_os("CI").is_none(),
             "IOTCORE_SKIP_AWSIOTSDK is not honoured in CI: the SDK test must run"
         );
         eprintln!("SKIPPED by IOTCORE_SKIP_AWSIOTSDK=1");
-        return;
+        return None;
     }
-    let python = python();
+    Some(python())
+}
+
+/// The SDK script and the files it is given, written under the emulator's
+/// data directory: the root CA, a new claim credential and a device CSR.
+struct Sdk {
+    python: String,
+    script: PathBuf,
+    dir: PathBuf,
+    ca: String,
+    cert: String,
+    key: String,
+    csr: String,
+}
+
+impl Sdk {
+    fn new(python: String, emu: &TestEmulator) -> Sdk {
+        let dir = emu.dir.path().join("sdk");
+        std::fs::create_dir_all(&dir).unwrap();
+        let claim = emu.create_claim_credential("claim").unwrap();
+        let (_, csr) = p256_csr();
+        Sdk {
+            python,
+            script: Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/awsiotsdk/provision.py"),
+            ca: write(&dir, "root-ca.pem", &emu.root_ca_pem()),
+            cert: write(&dir, "claim.pem.crt", &claim.certificate_pem),
+            key: write(&dir, "claim.private.pem.key", &claim.private_key_pem),
+            csr: write(&dir, "device.csr", &csr),
+            dir,
+        }
+    }
+
+    /// The script connecting to localhost:`port` with the CA and the claim
+    /// credential as `client_id`; the caller adds template, serial, MQTT
+    /// version, mode and CSR.
+    fn command(&self, port: u16, client_id: &str) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.python);
+        cmd.arg(&self.script)
+            .args(["--endpoint", "localhost", "--port", &port.to_string()])
+            .args(["--ca", &self.ca, "--cert", &self.cert, "--key", &self.key])
+            .args(["--client-id", client_id]);
+        cmd
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn awsiotsdk_provisions_over_mqtt3_and_mqtt5_with_keys_and_csr() {
+    let Some(python) = python_unless_skipped() else {
+        return;
+    };
     let emu = start().await;
-    let dir = emu.dir.path().join("sdk");
-    std::fs::create_dir_all(&dir).unwrap();
-    let claim = emu.create_claim_credential("claim").unwrap();
-    let ca = write(&dir, "root-ca.pem", &emu.root_ca_pem());
-    let cert = write(&dir, "claim.pem.crt", &claim.certificate_pem);
-    let key = write(&dir, "claim.private.pem.key", &claim.private_key_pem);
-    let (_, csr) = p256_csr();
-    let csr = write(&dir, "device.csr", &csr);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/awsiotsdk/provision.py");
+    let sdk = Sdk::new(python, &emu);
 
     for (mqtt, mode, port) in [
         ("3", "keys", emu.addr().port()),
@@ -86,29 +128,10 @@ async fn awsiotsdk_provisions_over_mqtt3_and_mqtt5_with_keys_and_csr() {
         ("5", "csr", emu.addr().port()),
     ] {
         let serial = format!("SDK{mqtt}{mode}");
-        let out = tokio::process::Command::new(&python)
-            .arg(&script)
-            .args([
-                "--endpoint",
-                "localhost",
-                "--port",
-                &port.to_string(),
-                "--ca",
-                &ca,
-                "--cert",
-                &cert,
-            ])
-            .args([
-                "--key",
-                &key,
-                "--client-id",
-                &format!("claim-sdk-{mqtt}-{mode}"),
-                "--template",
-                "prod",
-            ])
-            .args([
-                "--serial", &serial, "--mqtt", mqtt, "--mode", mode, "--csr", &csr,
-            ])
+        let out = sdk
+            .command(port, &format!("claim-sdk-{mqtt}-{mode}"))
+            .args(["--template", "prod", "--serial", &serial])
+            .args(["--mqtt", mqtt, "--mode", mode, "--csr", &sdk.csr])
             .output()
             .await
             .unwrap();
@@ -141,40 +164,24 @@ async fn awsiotsdk_provisions_over_mqtt3_and_mqtt5_with_keys_and_csr() {
 /// thing that exists.
 #[tokio::test(flavor = "multi_thread")]
 async fn awsiotsdk_provisions_with_the_shipped_files() {
-    if std::env::var("IOTCORE_SKIP_AWSIOTSDK").as_deref() == Ok("1") {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "IOTCORE_SKIP_AWSIOTSDK is not honoured in CI: the SDK test must run"
-        );
-        eprintln!("SKIPPED by IOTCORE_SKIP_AWSIOTSDK=1");
+    let Some(python) = python_unless_skipped() else {
         return;
-    }
-    let python = python();
+    };
     let emu = start_with_shipped_files().await;
-    let dir = emu.dir.path().join("sdk");
-    std::fs::create_dir_all(&dir).unwrap();
-    let claim = emu.create_claim_credential("claim").unwrap();
-    let ca = write(&dir, "root-ca.pem", &emu.root_ca_pem());
-    let cert = write(&dir, "claim.pem.crt", &claim.certificate_pem);
-    let key = write(&dir, "claim.private.pem.key", &claim.private_key_pem);
-    let (_, csr) = p256_csr();
-    let csr = write(&dir, "device.csr", &csr);
+    let sdk = Sdk::new(python, &emu);
+    let csr = &sdk.csr;
     // Another device's key (the same key would prove the same device).
     let (_, other_csr) = p256_csr();
-    let other_csr = write(&dir, "other.csr", &other_csr);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/awsiotsdk/provision.py");
-    let port = emu.addr().port().to_string();
-    let sdk = |client_id: String, serial: &str, csr: &str| {
-        let mut cmd = tokio::process::Command::new(&python);
-        cmd.arg(&script)
-            .args(["--endpoint", "localhost", "--port", &port, "--ca", &ca])
-            .args(["--cert", &cert, "--key", &key, "--client-id", &client_id])
-            .args(["--template", "ProdTemplate", "--serial", serial])
+    let other_csr = write(&sdk.dir, "other.csr", &other_csr);
+    let port = emu.addr().port();
+    let provision = |client_id: &str, serial: &str, csr: &str| {
+        let mut cmd = sdk.command(port, client_id);
+        cmd.args(["--template", "ProdTemplate", "--serial", serial])
             .args(["--mqtt", "3", "--mode", "csr", "--csr", csr]);
         cmd.output()
     };
 
-    let out = sdk("prov-SDK1".into(), "SDK1", &csr).await.unwrap();
+    let out = provision("prov-SDK1", "SDK1", csr).await.unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -189,7 +196,7 @@ async fn awsiotsdk_provisions_with_the_shipped_files() {
     );
 
     // The same serial from another key: the thing exists, the hook refuses.
-    let out = sdk("prov-SDK1".into(), "SDK1", &other_csr).await.unwrap();
+    let out = provision("prov-SDK1", "SDK1", &other_csr).await.unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("AccessDenied"), "{stderr}");
@@ -202,7 +209,7 @@ async fn awsiotsdk_provisions_with_the_shipped_files() {
         thing.certificates
     );
     // A client id outside the claim sessions' (the thing's name): refused.
-    let out = sdk("gw_SDK1".into(), "SDK2", &other_csr).await.unwrap();
+    let out = provision("gw_SDK1", "SDK2", &other_csr).await.unwrap();
     assert!(!out.status.success());
     assert!(emu.registry().thing("gw_SDK2").unwrap().is_none());
 }

@@ -4,15 +4,11 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
 use iotcore_emulator::Credential;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-
-const BIN: &str = env!("CARGO_BIN_EXE_iotcore-emulator");
 
 fn run(args: &[&str]) -> Value {
     let out = std::process::Command::new(BIN).args(args).output().unwrap();
@@ -33,19 +29,7 @@ async fn init_serve_provision_and_set_status_from_the_cli() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let d = dir.to_str().unwrap();
-    let fx = fixtures();
-    let out = std::process::Command::new(BIN)
-        .args(["init", d, "--policies"])
-        .arg(fx.join("policies"))
-        .arg("--templates")
-        .arg(fx.join("templates"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    init_with_fixtures(&dir);
     assert_eq!(
         std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
         0o700
@@ -76,34 +60,8 @@ async fn init_serve_provision_and_set_status_from_the_cli() {
     assert_eq!(cert["status"], "ACTIVE");
     assert_eq!(cert["policies"], json!(["claim"]));
 
-    let mut serve = tokio::process::Command::new(BIN)
-        .args([
-            "serve",
-            d,
-            "--port",
-            "0",
-            "--alpn-port",
-            "0",
-            "--api-port",
-            "0",
-        ])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(serve.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(WAIT, lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let addr: std::net::SocketAddr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("mqtt="))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .parse()
-        .unwrap();
-    assert!(line.contains("alpn="));
+    let mut serve = ServeProcess::spawn(&dir).await;
+    let addr = serve.mqtt;
 
     let mut c = connect_tls(addr, client_tls(&root_ca, Some(&claim), false), "claim-cli")
         .await
@@ -142,17 +100,21 @@ async fn init_serve_provision_and_set_status_from_the_cli() {
             .is_err()
     );
 
-    let pid = serve.id().unwrap().to_string();
+    let pid = serve.child.id().unwrap().to_string();
     let status = std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap();
     assert!(status.success());
-    let exit = tokio::time::timeout(WAIT, serve.wait())
+    let exit = tokio::time::timeout(WAIT, serve.child.wait())
         .await
         .unwrap()
         .unwrap();
-    assert!(exit.success(), "serve exited with {exit}");
+    assert!(
+        exit.success(),
+        "serve exited with {exit}: {}",
+        serve.stderr()
+    );
 }
 
 #[test]
@@ -160,14 +122,7 @@ fn templates_create_validates_and_describes() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().to_str().unwrap();
     let fx = fixtures();
-    let out = std::process::Command::new(BIN)
-        .args(["init", d, "--policies"])
-        .arg(fx.join("policies"))
-        .arg("--templates")
-        .arg(fx.join("templates"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    init_with_fixtures(tmp.path());
     let file = fx.join("templates/prod.json");
     run(&[
         "templates",
@@ -222,15 +177,7 @@ async fn serve_flags_cert_validity_response_fault_and_no_report_rule() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let d = dir.to_str().unwrap();
-    let fx = fixtures();
-    let out = std::process::Command::new(BIN)
-        .args(["init", d, "--policies"])
-        .arg(fx.join("policies"))
-        .arg("--templates")
-        .arg(fx.join("templates"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    init_with_fixtures(&dir);
 
     // Bad values are usage errors.
     for bad in [
@@ -239,16 +186,8 @@ async fn serve_flags_cert_validity_response_fault_and_no_report_rule() {
         &["--cert-validity", "0"][..],
     ] {
         let out = std::process::Command::new(BIN)
-            .args([
-                "serve",
-                d,
-                "--port",
-                "0",
-                "--alpn-port",
-                "0",
-                "--api-port",
-                "0",
-            ])
+            .args(["serve", d])
+            .args(SERVE_PORTS_0)
             .args(bad)
             .output()
             .unwrap();
@@ -256,36 +195,18 @@ async fn serve_flags_cert_validity_response_fault_and_no_report_rule() {
         assert!(!out.stderr.is_empty());
     }
 
-    let mut serve = tokio::process::Command::new(BIN)
-        .args([
-            "serve",
-            d,
-            "--port",
-            "0",
-            "--alpn-port",
-            "0",
-            "--api-port",
-            "0",
-        ])
-        .args(["--cert-validity", "30", "--no-report-rule"])
-        .args(["--response-fault", "throttle-first:1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(serve.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(WAIT, lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let addr: std::net::SocketAddr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("mqtt="))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .parse()
-        .unwrap();
+    let mut serve = ServeProcess::spawn_with(
+        &dir,
+        &[
+            "--cert-validity",
+            "30",
+            "--no-report-rule",
+            "--response-fault",
+            "throttle-first:1",
+        ],
+    )
+    .await;
+    let addr = serve.mqtt;
     let claim = Credential {
         certificate_id: String::new(),
         certificate_pem: read(&dir.join("claim/claim.pem.crt")),
@@ -313,6 +234,6 @@ async fn serve_flags_cert_validity_response_fault_and_no_report_rule() {
     let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
     let v = cert.validity();
     assert_eq!(v.not_after.timestamp() - v.not_before.timestamp(), 33);
-    let _ = serve.start_kill();
-    let _ = serve.wait().await;
+    let _ = serve.child.start_kill();
+    let _ = serve.child.wait().await;
 }

@@ -15,9 +15,8 @@ use std::time::Duration;
 use common::*;
 use iotcore_emulator::{CertStatus, Emulator, EmulatorConfig, EmulatorError, ThingRecord};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const BIN: &str = env!("CARGO_BIN_EXE_iotcore-emulator");
 const REGION: &str = "us-east-1";
 const ACCOUNT: &str = "123456789012";
 
@@ -550,19 +549,7 @@ async fn admin_cli_changes_are_seen_by_boto3_through_serve() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let d = dir.to_str().unwrap();
-    let fx = fixtures();
-    let out = std::process::Command::new(BIN)
-        .args(["init", d, "--policies"])
-        .arg(fx.join("policies"))
-        .arg("--templates")
-        .arg(fx.join("templates"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    init_with_fixtures(&dir);
     let claim_id = iotcore_emulator::pki::certificate_id_from_pem(
         &std::fs::read_to_string(dir.join("claim/claim.pem.crt")).unwrap(),
     )
@@ -572,37 +559,10 @@ async fn admin_cli_changes_are_seen_by_boto3_through_serve() {
         .put_thing(&thing("gw_cli", &[("a", "1")], None))
         .unwrap();
 
-    let mut serve = tokio::process::Command::new(BIN)
-        .args([
-            "serve",
-            d,
-            "--port",
-            "0",
-            "--alpn-port",
-            "0",
-            "--api-port",
-            "0",
-        ])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(serve.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(WAIT, lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let word = |prefix: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(prefix))
-            .unwrap_or_else(|| panic!("no {prefix} in {line:?}"))
-            .to_owned()
-    };
-    // The words other tests parse are still there, the API's is appended.
-    word("mqtt=").parse::<std::net::SocketAddr>().unwrap();
-    word("alpn=").parse::<std::net::SocketAddr>().unwrap();
-    let api = word("api=");
+    // The words other tests parse (mqtt=, alpn=: spawn parses them) are
+    // still there, the API's is appended.
+    let mut serve = ServeProcess::spawn(&dir).await;
+    let (line, api) = (&serve.line, serve.api_url.clone());
     assert!(api.starts_with("http://127.0.0.1:"), "{line}");
     assert!(line.ends_with(&format!("api={api}")), "{line}");
 
@@ -699,8 +659,8 @@ async fn admin_cli_changes_are_seen_by_boto3_through_serve() {
         "a malformed KEY=VALUE is a usage error"
     );
 
-    let _ = serve.start_kill();
-    let _ = serve.wait().await;
+    let _ = serve.child.start_kill();
+    let _ = serve.child.wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

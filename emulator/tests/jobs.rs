@@ -6,15 +6,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
 use iotcore_emulator::{Credential, EmulatorHandle, JobExecutionStatus, ThingRecord};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-
-const BIN: &str = env!("CARGO_BIN_EXE_iotcore-emulator");
 
 fn repo_device_policy() -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/device.json"))
@@ -414,34 +410,8 @@ async fn jobs_cli_create_list_describe_reaches_a_live_server() {
     reg.attach_thing("gw_1", &cred.certificate_id).unwrap();
     drop(data);
 
-    let mut serve = tokio::process::Command::new(BIN)
-        .args([
-            "serve",
-            d,
-            "--port",
-            "0",
-            "--alpn-port",
-            "0",
-            "--api-port",
-            "0",
-        ])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(serve.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(WAIT, lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let addr: std::net::SocketAddr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("mqtt="))
-        .unwrap()
-        .parse()
-        .unwrap();
-    let mut c = connect_tls(addr, client_tls(&root_ca, Some(&cred), false), "gw_1")
+    let mut serve = ServeProcess::spawn(&dir).await;
+    let mut c = connect_tls(serve.mqtt, client_tls(&root_ca, Some(&cred), false), "gw_1")
         .await
         .unwrap();
     c.subscribe(&[&jobs_topic("gw_1", "notify-next")]).await;
@@ -497,5 +467,5 @@ async fn jobs_cli_create_list_describe_reaches_a_live_server() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let _ = serve.start_kill();
+    let _ = serve.child.start_kill();
 }

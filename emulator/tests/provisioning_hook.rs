@@ -6,14 +6,13 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::io::Write;
 use std::process::Stdio;
 
 use common::*;
 use iotcore_emulator::{CertStatus, Credential, EmulatorHandle, ThingRecord};
 use serde_json::{json, Value};
-
-const BIN: &str = env!("CARGO_BIN_EXE_iotcore-emulator");
 
 /// Thing `name` with a certificate carrying `policy`.
 fn device(emu: &EmulatorHandle, name: &str, policy: &str) -> Credential {
@@ -36,16 +35,7 @@ fn device(emu: &EmulatorHandle, name: &str, policy: &str) -> Credential {
 async fn init_registers_both_templates_with_the_provisioning_hook() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
-    let out = std::process::Command::new(BIN)
-        .arg("init")
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = bin_ok([OsStr::new("init"), dir.as_os_str()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let hook = shipped_hook();
     for name in ["ProdTemplate", "RotationTemplate"] {

@@ -1,9 +1,13 @@
 //! Shared helpers for the black-box tests: an emulator on port 0 with the
-//! fixture policies and templates, and rumqttc clients over rustls (ring).
+//! fixture policies and templates, the binary's `init` and `serve`, and
+//! rumqttc clients over rustls (ring).
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::process::{Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use iotcore_emulator::{Credential, Emulator, EmulatorConfig, EmulatorHandle};
@@ -15,9 +19,141 @@ use rustls::pki_types::{
 };
 use rustls::{ClientConfig, RootCertStore};
 use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::sync::mpsc;
 
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The `iotcore-emulator` binary cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_iotcore-emulator");
+
+/// Runs the binary with `args`; it must succeed (else the panic shows its
+/// stderr).
+pub fn bin_ok<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let out = std::process::Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `iotcore-emulator init DIR` with the fixture policies and templates.
+pub fn init_with_fixtures(dir: &Path) -> Output {
+    let fx = fixtures();
+    bin_ok([
+        OsStr::new("init"),
+        dir.as_os_str(),
+        OsStr::new("--policies"),
+        fx.join("policies").as_os_str(),
+        OsStr::new("--templates"),
+        fx.join("templates").as_os_str(),
+    ])
+}
+
+/// The `serve` flags that put MQTT, ALPN and the API on port 0.
+pub const SERVE_PORTS_0: [&str; 6] = ["--port", "0", "--alpn-port", "0", "--api-port", "0"];
+
+/// `iotcore-emulator serve DIR` with MQTT, ALPN and the API on port 0, and
+/// the addresses its first stdout line names. The process is killed when
+/// this is dropped.
+pub struct ServeProcess {
+    pub child: tokio::process::Child,
+    pub mqtt: SocketAddr,
+    pub alpn: SocketAddr,
+    /// `http://ADDR`, as printed.
+    pub api_url: String,
+    /// The first stdout line:
+    /// `iotcore-emulator listening mqtt=ADDR alpn=ADDR api=http://ADDR`.
+    pub line: String,
+    stderr: Arc<Mutex<Vec<u8>>>,
+}
+
+impl ServeProcess {
+    pub async fn spawn(data_dir: &Path) -> Self {
+        Self::spawn_with(data_dir, &[]).await
+    }
+
+    /// As [`ServeProcess::spawn`], with `extra` after the port flags.
+    pub async fn spawn_with(data_dir: &Path, extra: &[&str]) -> Self {
+        let mut child = tokio::process::Command::new(BIN)
+            .arg("serve")
+            .arg(data_dir)
+            .args(SERVE_PORTS_0)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        // Both pipes are read to the end in the background, so that the
+        // process never blocks on a full one.
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut err_pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        let drained = tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = err_pipe.read(&mut buf).await {
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = match tokio::time::timeout(WAIT, lines.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            Ok(Ok(None)) => {
+                let status = match tokio::time::timeout(WAIT, child.wait()).await {
+                    Ok(Ok(status)) => status.to_string(),
+                    other => format!("{other:?}"),
+                };
+                let _ = tokio::time::timeout(WAIT, drained).await;
+                panic!(
+                    "serve ended before its listening line ({status}); stderr:\n{}",
+                    lossy(&stderr)
+                )
+            }
+            Ok(Err(e)) => panic!("reading serve's stdout: {e}; stderr:\n{}", lossy(&stderr)),
+            Err(_) => panic!(
+                "no listening line from serve within {WAIT:?}; stderr:\n{}",
+                lossy(&stderr)
+            ),
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let word = |prefix: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(prefix))
+                .unwrap_or_else(|| panic!("no {prefix} in {line:?}"))
+                .to_owned()
+        };
+        let addr = |prefix: &str| {
+            word(prefix)
+                .parse::<SocketAddr>()
+                .unwrap_or_else(|e| panic!("{prefix} in {line:?}: {e}"))
+        };
+        let (mqtt, alpn, api_url) = (addr("mqtt="), addr("alpn="), word("api="));
+        ServeProcess {
+            child,
+            mqtt,
+            alpn,
+            api_url,
+            line,
+            stderr,
+        }
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        lossy(&self.stderr)
+    }
+}
+
+fn lossy(buf: &Mutex<Vec<u8>>) -> String {
+    String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
+}
 
 /// The virtualenv's bin directory, made by `ci/python-venv.sh` (boto3 pinned
 /// in `ci/requirements-python.txt`).
