@@ -138,6 +138,37 @@ async fn if_due_rotates_a_short_lived_certificate() {
     );
 }
 
+/// `--if-due` honours RANDOM_DELAY like the daemon: past THRESHOLD but
+/// before the certificate's own delay it waits; the delay never takes more
+/// than half the time left, so the certificate is still rotated in time.
+#[tokio::test(flavor = "multi_thread")]
+async fn if_due_waits_for_the_random_delay() {
+    let cloud = TestCloud::start_with(|c| c.certificate_validity = Duration::from_secs(10)).await;
+    let device = Device::enrolled(&cloud, Backend::File, "").await;
+    let mut config = std::fs::read_to_string(&device.config).unwrap();
+    config.push_str("[ROTATION]\nTHRESHOLD = 10%\nRANDOM_DELAY = 1d\n");
+    std::fs::write(&device.config, config).unwrap();
+    let before = device.identity().unwrap();
+    // 10% of the 11 s lifetime (1 s of it before issuance) is past after
+    // 1 s; the delay (at most half of the 9.9 s left) is not.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = device.run(&["rotate", "--if-due"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("not due until"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(device.identity().unwrap(), before);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let out = device.run(&["rotate", "--if-due"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_ne!(
+        device.identity().unwrap().certificate_id,
+        before.certificate_id
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn rotate_before_enroll_says_so() {
     let cloud = TestCloud::start().await;

@@ -16,7 +16,7 @@ use crate::keystore::{KeyInfo, KeyLabel, KeyStore};
 use crate::mqtt::endpoint::Endpoint;
 use crate::provision::identity::Identity;
 use crate::provision::journal::Journal;
-use crate::provision::rotate::{due_at, unix};
+use crate::provision::rotate::{scheduled_at, unix};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -334,7 +334,7 @@ fn check_certificate(
                 }
             ),
         );
-    } else if enrolled && now >= due_at(cert, config.rotation.threshold) {
+    } else if enrolled && now >= scheduled_at(cert, &config.rotation) {
         r.add(
             "certificate expiry",
             Verdict::Warn,

@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::crypto::Certificate;
 use crate::provision::identity::Identity;
 use crate::provision::journal::Journal;
-use crate::provision::rotate::{due_at, unix};
+use crate::provision::rotate::{scheduled_at, unix};
 
 pub fn run(config: &Config, json: bool) -> Result<String, CommandError> {
     let identity =
@@ -40,7 +40,7 @@ pub fn run(config: &Config, json: bool) -> Result<String, CommandError> {
     };
     let cert = Certificate::from_pem(&id.certificate_pem, "identity")
         .map_err(|e| CommandError::Other(e.to_string()))?;
-    let due = unix(due_at(&cert, config.rotation.threshold));
+    let due = unix(scheduled_at(&cert, &config.rotation));
     let left = id.not_after.saturating_sub(now);
     if json {
         return Ok(serde_json::to_string_pretty(&serde_json::json!({

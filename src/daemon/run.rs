@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use sha2::Digest;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Instant;
 
@@ -34,7 +33,7 @@ use crate::provision::enroll::{enroll_locked, EnrollOptions};
 use crate::provision::identity::Identity;
 use crate::provision::journal::{Journal, Operation};
 use crate::provision::retry::Backoff;
-use crate::provision::rotate::{due_at, rotate_locked, RotateOptions};
+use crate::provision::rotate::{rotate_locked, scheduled_at, RotateOptions};
 use crate::provision::{lock_state_dir, ProvisionError};
 
 /// The job document operation that asks for a rotation.
@@ -133,21 +132,13 @@ impl Daemon {
             .unwrap_or(Duration::from_secs(3600))
     }
 
-    /// When the current certificate is due, with this certificate's own
-    /// random delay: a digest of its id picks a point in [0, RANDOM_DELAY),
-    /// stable across restarts, different for each device.
+    /// When the current certificate is due ([`scheduled_at`]: THRESHOLD
+    /// plus its own random delay); at once if it cannot be read.
     fn due(&self) -> SystemTime {
-        let Ok(cert) = Certificate::from_pem(&self.identity.certificate_pem, "identity") else {
-            return SystemTime::now();
-        };
-        let base = due_at(&cert, self.config.rotation.threshold);
-        let window = self.config.rotation.random_delay.as_secs();
-        if window == 0 {
-            return base;
+        match Certificate::from_pem(&self.identity.certificate_pem, "identity") {
+            Ok(cert) => scheduled_at(&cert, &self.config.rotation),
+            Err(_) => SystemTime::now(),
         }
-        let digest = sha2::Sha256::digest(self.identity.certificate_id.as_bytes());
-        let n = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
-        base + Duration::from_secs(n % window)
     }
 
     async fn main_loop(&mut self) -> Result<(), ProvisionError> {

@@ -13,13 +13,16 @@ use super::flow::Flow;
 use super::identity::Identity;
 use super::journal::{Journal, Operation, Phase};
 use super::{lock_state_dir, Outcome, ProvisionError};
-use crate::config::{Config, RotationThreshold};
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, RotationConfig, RotationThreshold};
 use crate::crypto::Certificate;
 use crate::keystore::KeyStore;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RotateOptions {
-    /// Rotate only when the certificate has reached the threshold.
+    /// Rotate only once the certificate's scheduled time ([`scheduled_at`]:
+    /// THRESHOLD plus its random delay) has come.
     pub if_due: bool,
 }
 
@@ -31,6 +34,29 @@ pub fn due_at(cert: &Certificate, threshold: RotationThreshold) -> SystemTime {
         RotationThreshold::Lifetime(share) => nb + lifetime.mul_f64(share),
         RotationThreshold::BeforeExpiry(before) => na.checked_sub(before).unwrap_or(nb).max(nb),
     }
+}
+
+/// When the daemon and `rotate --if-due` rotate `cert`: at THRESHOLD plus
+/// the certificate's own random delay, so that a fleet does not rotate at
+/// once. A digest of the certificate id picks a point in [0, RANDOM_DELAY),
+/// stable across restarts and runs, different for each device; it never
+/// takes more than half the time left between the threshold and notAfter,
+/// so a short-lived certificate is still rotated well before it expires.
+pub fn scheduled_at(cert: &Certificate, rotation: &RotationConfig) -> SystemTime {
+    let base = due_at(cert, rotation.threshold);
+    let window = rotation.random_delay.as_secs();
+    if window == 0 {
+        return base;
+    }
+    let digest = Sha256::digest(cert.id().as_bytes());
+    let n = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+    let delay = Duration::from_secs(n % window);
+    let room = cert
+        .not_after()
+        .duration_since(base)
+        .unwrap_or(Duration::ZERO)
+        / 2;
+    base + delay.min(room)
 }
 
 pub fn unix(t: SystemTime) -> u64 {
@@ -70,7 +96,7 @@ pub async fn rotate_locked(
     }
     let cert = Certificate::from_pem(&current.certificate_pem, "current identity")
         .map_err(|e| ProvisionError::Inconsistent(e.to_string()))?;
-    let due = due_at(&cert, config.rotation.threshold);
+    let due = scheduled_at(&cert, &config.rotation);
     if journal.is_none() && opts.if_due && SystemTime::now() < due {
         let mut outcome = Outcome::unchanged(current);
         outcome.due_at = Some(unix(due));
