@@ -13,6 +13,7 @@ pub mod config;
 pub mod crypto;
 pub mod daemon;
 pub mod durable;
+pub mod error;
 pub mod keystore;
 pub mod mqtt;
 pub mod provision;

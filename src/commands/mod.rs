@@ -11,16 +11,31 @@ pub mod status;
 use std::path::PathBuf;
 
 use crate::config::ConfigError;
+use crate::error::ErrorKind;
 use crate::keystore::KeyStoreError;
 
 /// Exit codes, documented in the README.
 pub mod exit {
+    use crate::error::ErrorKind;
+
     pub const OK: u8 = 0;
     pub const OTHER: u8 = 1;
     pub const CONFIG: u8 = 2;
     pub const REFUSED: u8 = 3;
     pub const UNREACHABLE: u8 = 4;
     pub const KEYSTORE: u8 = 5;
+
+    /// The exit code of a kind of failure: the only place kinds become
+    /// exit codes.
+    pub fn code(kind: ErrorKind) -> u8 {
+        match kind {
+            ErrorKind::Config => CONFIG,
+            ErrorKind::Refused => REFUSED,
+            ErrorKind::Unreachable => UNREACHABLE,
+            ErrorKind::KeyStore => KEYSTORE,
+            ErrorKind::Other => OTHER,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,13 +63,19 @@ pub enum CommandError {
 }
 
 impl CommandError {
-    pub fn exit_code(&self) -> u8 {
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            CommandError::Config(_) | CommandError::Input(_) => exit::CONFIG,
-            CommandError::KeyStore(_) => exit::KEYSTORE,
-            CommandError::Provision(e) => e.exit_code(),
-            CommandError::Io { .. } | CommandError::Other(_) | CommandError::Failed => exit::OTHER,
+            CommandError::Config(_) | CommandError::Input(_) => ErrorKind::Config,
+            CommandError::KeyStore(_) => ErrorKind::KeyStore,
+            CommandError::Provision(e) => e.kind(),
+            CommandError::Io { .. } | CommandError::Other(_) | CommandError::Failed => {
+                ErrorKind::Other
+            }
         }
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        exit::code(self.kind())
     }
 
     pub fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {

@@ -18,6 +18,7 @@ use rumqttc::{
 use tokio::sync::mpsc;
 
 use crate::config::PayloadFormat;
+use crate::error::ErrorKind;
 
 /// AWS IoT's payload limit.
 pub const MAX_PAYLOAD: usize = 128 * 1024;
@@ -66,6 +67,19 @@ pub enum MqttError {
 }
 
 impl MqttError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            MqttError::Rejected { .. }
+            | MqttError::ConnectRefused { .. }
+            | MqttError::CertificateRefused { .. }
+            | MqttError::SubscribeRefused { .. } => ErrorKind::Refused,
+            MqttError::Timeout { .. }
+            | MqttError::Disconnected { .. }
+            | MqttError::Connect { .. } => ErrorKind::Unreachable,
+            MqttError::Oversized { .. } | MqttError::BadResponse { .. } => ErrorKind::Other,
+        }
+    }
+
     /// Whether the same request may succeed if tried again: timeouts,
     /// lost connections, network errors and throttling. Other rejections
     /// are final.

@@ -12,7 +12,7 @@ pub mod serial;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::commands::exit;
+use crate::error::ErrorKind;
 use crate::keystore::KeyStoreError;
 use crate::mqtt::MqttError;
 
@@ -138,25 +138,23 @@ impl ProvisionError {
         }
     }
 
-    /// The documented exit code (README).
-    pub fn exit_code(&self) -> u8 {
+    /// What kind of failure this is (the command layer makes the exit
+    /// code of it).
+    pub fn kind(&self) -> ErrorKind {
         match self {
             ProvisionError::Input(_) | ProvisionError::Serial(_) | ProvisionError::Endpoint(_) => {
-                exit::CONFIG
+                ErrorKind::Config
             }
-            ProvisionError::KeyStore(_) => exit::KEYSTORE,
-            ProvisionError::Mqtt(e) => match e {
-                MqttError::Rejected { .. }
-                | MqttError::ConnectRefused { .. }
-                | MqttError::CertificateRefused { .. }
-                | MqttError::SubscribeRefused { .. } => exit::REFUSED,
-                MqttError::Timeout { .. }
-                | MqttError::Disconnected { .. }
-                | MqttError::Connect { .. } => exit::UNREACHABLE,
-                MqttError::Oversized { .. } | MqttError::BadResponse { .. } => exit::OTHER,
-            },
-            ProvisionError::GaveUp { .. } => exit::UNREACHABLE,
-            _ => exit::OTHER,
+            ProvisionError::KeyStore(_) => ErrorKind::KeyStore,
+            ProvisionError::Mqtt(e) => e.kind(),
+            ProvisionError::GaveUp { .. } => ErrorKind::Unreachable,
+            ProvisionError::BadResponse { .. }
+            | ProvisionError::Inconsistent(_)
+            | ProvisionError::Busy(_)
+            | ProvisionError::Journal(_)
+            | ProvisionError::Identity(_)
+            | ProvisionError::Io { .. }
+            | ProvisionError::Other(_) => ErrorKind::Other,
         }
     }
 }
