@@ -1,4 +1,5 @@
 use super::*;
+use crate::keystore::SecretSource;
 
 const MINIMAL: &str = "[SETTINGS]\nIOT_ENDPOINT = abc-ats.iot.eu-west-1.amazonaws.com\n\
                        PRODUCTION_TEMPLATE = Prod\n[KEYSTORE]\nBACKEND = file\n";
