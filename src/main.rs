@@ -92,10 +92,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             println!("{}", commands::enroll::run(&config, store()?, &args)?);
         }
         Command::Rotate(args) => {
-            println!(
-                "{}",
-                commands::enroll::run_rotate(&config, store()?, &args)?
-            );
+            println!("{}", commands::rotate::run(&config, store()?, &args)?);
         }
         Command::Run => {
             // The daemon keeps its hardware in a helper process that lives

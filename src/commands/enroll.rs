@@ -1,14 +1,13 @@
-//! `prov-agent enroll` and `prov-agent rotate`.
+//! `prov-agent enroll`.
 
 use std::sync::Arc;
 
 use super::outcome::{human, json};
 use super::{runtime, CommandError};
-use crate::cli::{Enroll, Rotate};
+use crate::cli::Enroll;
 use crate::config::Config;
 use crate::keystore::KeyStore;
 use crate::provision::enroll::{enroll, EnrollOptions};
-use crate::provision::rotate::{rotate, RotateOptions};
 use crate::provision::serial;
 
 pub fn run(
@@ -29,26 +28,5 @@ pub fn run(
         json(&done)
     } else {
         human(&done, "enrolled")
-    })
-}
-
-pub fn run_rotate(
-    config: &Config,
-    store: Arc<dyn KeyStore>,
-    args: &Rotate,
-) -> Result<String, CommandError> {
-    let done = runtime()?
-        .block_on(rotate(
-            config,
-            store,
-            RotateOptions {
-                if_due: args.if_due,
-            },
-        ))
-        .map_err(CommandError::Provision)?;
-    Ok(if args.json {
-        json(&done)
-    } else {
-        human(&done, "rotated")
     })
 }

@@ -6,6 +6,7 @@ pub mod claim;
 pub mod enroll;
 pub mod keys;
 pub mod outcome;
+pub mod rotate;
 pub mod status;
 
 use std::path::PathBuf;
