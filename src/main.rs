@@ -139,9 +139,7 @@ fn key_helper() -> Result<(), CommandError> {
     keystore::helper::serve(&mut input, &mut output, |path, text| {
         let config = Config::from_str_with_env(path, text, std::env::vars()).map_err(|e| {
             keystore::KeyStoreError::Helper {
-                kind: keystore::HelperErrorKind::Other,
                 message: e.to_string(),
-                retryable: false,
             }
         })?;
         keystore::open(&config.keystore.settings)

@@ -3,7 +3,6 @@
 
 pub mod cert;
 pub mod csr;
-pub mod ecdsa;
 pub mod tls;
 
 pub use cert::{CertError, Certificate};

@@ -1,9 +1,18 @@
-use super::{KeyAlgorithm, SignatureScheme};
+use std::borrow::Cow;
+use std::path::PathBuf;
+
+use super::{Backend, KeyAlgorithm, SignatureScheme};
 
 pub type Result<T, E = KeyStoreError> = std::result::Result<T, E>;
 
 /// Errors of the key store layer. Each variant keeps what the hardware said
 /// (return code, failing call) and says whether trying again can help.
+///
+/// The daemon's store ([`super::helper::HelperKeyStore`]) gets these from
+/// its helper process as the very same variants, fields and messages, so a
+/// caller matches them the same way in and out of the helper. Text fields
+/// that are literals in this process (`op`, `hint`, `what`, `feature`) are
+/// [`Cow`]s because those that came over the pipe are owned.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyStoreError {
     #[error("invalid key label {label:?}: use 1 to 64 characters of A-Z a-z 0-9 . _ - (not starting with a dot)")]
@@ -12,15 +21,15 @@ pub enum KeyStoreError {
     #[error("key {label} not found in {backend} key store ({reference}): {hint}")]
     NotFound {
         label: String,
-        backend: &'static str,
+        backend: Backend,
         reference: String,
-        hint: &'static str,
+        hint: Cow<'static, str>,
     },
 
     #[error("key {label} already exists in {backend} key store ({reference}): delete it first or choose another label")]
     AlreadyExists {
         label: String,
-        backend: &'static str,
+        backend: Backend,
         reference: String,
     },
 
@@ -38,104 +47,126 @@ pub enum KeyStoreError {
     #[error("not a private key: {detail}. Give a PEM file holding a PKCS#8 (BEGIN PRIVATE KEY), SEC1 (BEGIN EC PRIVATE KEY) or PKCS#1 (BEGIN RSA PRIVATE KEY) key")]
     BadPrivateKey { detail: String },
 
+    /// A public key (as the hardware returned it, or from a key file) that
+    /// does not make a SubjectPublicKeyInfo.
+    #[error("public key: {op} failed: {detail}")]
+    BadPublicKey {
+        op: Cow<'static, str>,
+        detail: String,
+    },
+
     #[error("signature does not verify with the key's public key")]
     BadSignature,
 
     #[error("{backend} key store refused the PIN: {detail}. Check the PIN source in the [PKCS11] section")]
-    BadPin {
-        backend: &'static str,
-        detail: String,
-    },
+    BadPin { backend: Backend, detail: String },
 
     #[error("{backend} key store is unavailable: {detail}")]
     Unavailable {
-        backend: &'static str,
+        backend: Backend,
         detail: String,
         /// A device that is busy or still starting may answer later.
         retryable: bool,
+        /// What the hardware returned, when the hardware said it.
+        code: Option<HardwareCode>,
     },
 
     #[error("{backend}: {op} failed: {detail}")]
     Backend {
-        backend: &'static str,
-        op: &'static str,
+        backend: Backend,
+        op: Cow<'static, str>,
         detail: String,
+        /// What the hardware returned, when the hardware said it.
+        code: Option<HardwareCode>,
     },
 
     #[error(
         "key store was built without the {backend} backend: rebuild with `--features {feature}`"
     )]
     NotCompiled {
-        backend: &'static str,
-        feature: &'static str,
+        backend: Backend,
+        feature: Cow<'static, str>,
     },
 
-    /// An error the key helper process reported (`prov-agent run` keeps
-    /// the hardware in a short-lived child process): its message as the
-    /// helper wrote it, and the facts callers branch on.
-    #[error("{message}")]
-    Helper {
-        kind: HelperErrorKind,
-        message: String,
-        retryable: bool,
+    /// The key helper process (`prov-agent run` keeps the hardware in a
+    /// short-lived child) refused to serve for a reason of its own, not of
+    /// the key store: the configuration the daemon handed it does not load
+    /// in the helper. Errors of the store it serves come back as their own
+    /// variants.
+    #[error("key helper: {message}")]
+    Helper { message: String },
+
+    /// The daemon and its key helper speak different versions of their
+    /// protocol: they are different builds (see `keystore::helper`).
+    #[error(
+        "the key helper {} speaks protocol version {helper} and the daemon version {daemon}: \
+         they are different builds of prov-agent; restart the daemon so that both are the \
+         installed one",
+        program.display()
+    )]
+    HelperVersion {
+        /// The executable that ran as the helper.
+        program: PathBuf,
+        daemon: u32,
+        helper: u32,
     },
 
     #[error("{what} {path}: {source}")]
     Io {
-        what: &'static str,
-        path: std::path::PathBuf,
+        what: Cow<'static, str>,
+        path: PathBuf,
         #[source]
         source: std::io::Error,
     },
 }
 
-/// What kind of error the key helper process reported.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// The return code the hardware stack gave for a failed call, as the
+/// number it returned: callers match on it, it crosses the key helper's
+/// pipe unchanged, and the error's message names it (`TPM_RC_INTEGRITY: ...
+/// (rc 0x0000099f)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum HelperErrorKind {
-    NotFound,
-    AlreadyExists,
-    BadPin,
-    Other,
+pub enum HardwareCode {
+    /// A TSS2_RC from tpm2-tss: the TPM's own TPM_RC, or the TSS layer
+    /// (bits 16..24) that failed, 0x0A being the TCTI, i.e. the connection.
+    Tpm(u32),
+}
+
+impl HardwareCode {
+    /// The TPM response code as tss-esapi names it; `None` for a code of
+    /// another layer or one tss-esapi does not know.
+    #[cfg(feature = "tpm")]
+    pub fn tpm_kind(self) -> Option<tss_esapi::constants::Tss2ResponseCodeKind> {
+        match self {
+            HardwareCode::Tpm(rc) => tss_esapi::constants::Tss2ResponseCode::from(rc).kind(),
+        }
+    }
 }
 
 impl KeyStoreError {
     /// Whether the same call may succeed later without anyone changing
-    /// anything (a busy device, a resource manager that is restarting).
+    /// anything (a busy device, a resource manager that is restarting, a
+    /// key helper that died).
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
             KeyStoreError::Unavailable {
                 retryable: true,
                 ..
-            } | KeyStoreError::Helper {
-                retryable: true,
-                ..
             }
         )
     }
 
-    /// Whether the key asked for does not exist, in this process's store or
-    /// in the key helper's.
+    /// Whether the key asked for does not exist.
     pub fn is_not_found(&self) -> bool {
-        matches!(
-            self,
-            KeyStoreError::NotFound { .. }
-                | KeyStoreError::Helper {
-                    kind: HelperErrorKind::NotFound,
-                    ..
-                }
-        )
+        matches!(self, KeyStoreError::NotFound { .. })
     }
 
-    /// The kind the key helper reports this error as.
-    pub fn helper_kind(&self) -> HelperErrorKind {
+    /// What the hardware returned, for an error the hardware reported.
+    pub fn hardware_code(&self) -> Option<HardwareCode> {
         match self {
-            KeyStoreError::NotFound { .. } => HelperErrorKind::NotFound,
-            KeyStoreError::AlreadyExists { .. } => HelperErrorKind::AlreadyExists,
-            KeyStoreError::BadPin { .. } => HelperErrorKind::BadPin,
-            KeyStoreError::Helper { kind, .. } => *kind,
-            _ => HelperErrorKind::Other,
+            KeyStoreError::Unavailable { code, .. } | KeyStoreError::Backend { code, .. } => *code,
+            _ => None,
         }
     }
 }

@@ -19,12 +19,12 @@ pub struct FileKeyStore {
     dir: PathBuf,
 }
 
-const BACKEND: &str = "file";
+const BACKEND: Backend = Backend::File;
 
 impl FileKeyStore {
     pub fn open(settings: &FileSettings) -> Result<Self> {
         durable::create_dir_all(&settings.key_dir).map_err(|source| KeyStoreError::Io {
-            what: "cannot create key directory",
+            what: "cannot create key directory".into(),
             path: settings.key_dir.clone(),
             source,
         })?;
@@ -51,12 +51,12 @@ impl FileKeyStore {
                     label: label.to_string(),
                     backend: BACKEND,
                     reference: Self::reference(&path),
-                    hint: "generate or import it first",
+                    hint: "generate or import it first".into(),
                 })
             }
             Err(source) => {
                 return Err(KeyStoreError::Io {
-                    what: "cannot read key file",
+                    what: "cannot read key file".into(),
                     path,
                     source,
                 })
@@ -79,7 +79,7 @@ impl FileKeyStore {
             key.pkcs8_der().to_vec(),
         )));
         durable::write_file(&path, pem.as_bytes()).map_err(|source| KeyStoreError::Io {
-            what: "cannot write key file",
+            what: "cannot write key file".into(),
             path: path.clone(),
             source,
         })?;
@@ -109,16 +109,18 @@ fn generate_material(algorithm: KeyAlgorithm) -> Result<PrivateKeyMaterial> {
             rsa::RsaPrivateKey::new(&mut OsRng, bits)
                 .map_err(|e| KeyStoreError::Backend {
                     backend: BACKEND,
-                    op: "generate RSA key",
+                    op: "generate RSA key".into(),
                     detail: e.to_string(),
+                    code: None,
                 })?
                 .to_pkcs8_der()
         }
     }
     .map_err(|e| KeyStoreError::Backend {
         backend: BACKEND,
-        op: "encode generated key",
+        op: "encode generated key".into(),
         detail: e.to_string(),
+        code: None,
     })?;
     PrivateKeyMaterial::from_pkcs8_der(der.as_bytes())
 }
@@ -133,8 +135,9 @@ fn sign_material(key: &PrivateKeyMaterial, scheme: SignatureScheme, msg: &[u8]) 
     }
     let fail = |e: &dyn std::fmt::Display| KeyStoreError::Backend {
         backend: BACKEND,
-        op: "sign",
+        op: "sign".into(),
         detail: e.to_string(),
+        code: None,
     };
     let der = key.pkcs8_der();
     match scheme {
@@ -210,7 +213,7 @@ impl KeyStore for FileKeyStore {
         self.load(pending)?;
         let to = self.path(current);
         durable::rename(&from, &to).map_err(|source| KeyStoreError::Io {
-            what: "cannot promote key file",
+            what: "cannot promote key file".into(),
             path: from,
             source,
         })?;
@@ -224,11 +227,11 @@ impl KeyStore for FileKeyStore {
                 label: label.to_string(),
                 backend: BACKEND,
                 reference: Self::reference(&path),
-                hint: "nothing to delete",
+                hint: "nothing to delete".into(),
             });
         }
         durable::shred(&path).map_err(|source| KeyStoreError::Io {
-            what: "cannot delete key file",
+            what: "cannot delete key file".into(),
             path,
             source,
         })
@@ -236,7 +239,7 @@ impl KeyStore for FileKeyStore {
 
     fn list(&self) -> Result<Vec<KeyInfo>> {
         let entries = std::fs::read_dir(&self.dir).map_err(|source| KeyStoreError::Io {
-            what: "cannot list key directory",
+            what: "cannot list key directory".into(),
             path: self.dir.clone(),
             source,
         })?;

@@ -11,6 +11,7 @@
 //! cargo feature `pkcs11`) and `file` (PEM files, always built, development
 //! only).
 
+pub mod ecdsa;
 mod error;
 pub mod file;
 pub mod helper;
@@ -22,7 +23,7 @@ mod settings;
 pub mod tpm;
 mod types;
 
-pub use error::{HelperErrorKind, KeyStoreError, Result};
+pub use error::{HardwareCode, KeyStoreError, Result};
 pub use material::PrivateKeyMaterial;
 pub use settings::{
     FileSettings, KeyStoreSettings, Pkcs11Settings, SecretSource, TpmKeyStorage, TpmSettings,
@@ -123,15 +124,15 @@ pub fn open(settings: &KeyStoreSettings) -> Result<std::sync::Arc<dyn KeyStore>>
         KeyStoreSettings::Tpm(s) => Ok(std::sync::Arc::new(tpm::TpmKeyStore::open(s)?)),
         #[cfg(not(feature = "tpm"))]
         KeyStoreSettings::Tpm(_) => Err(KeyStoreError::NotCompiled {
-            backend: "tpm",
-            feature: "tpm",
+            backend: Backend::Tpm,
+            feature: "tpm".into(),
         }),
         #[cfg(feature = "pkcs11")]
         KeyStoreSettings::Pkcs11(s) => Ok(std::sync::Arc::new(pkcs11::Pkcs11KeyStore::open(s)?)),
         #[cfg(not(feature = "pkcs11"))]
         KeyStoreSettings::Pkcs11(_) => Err(KeyStoreError::NotCompiled {
-            backend: "pkcs11",
-            feature: "pkcs11",
+            backend: Backend::Pkcs11,
+            feature: "pkcs11".into(),
         }),
     }
 }

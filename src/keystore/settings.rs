@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use secrecy::SecretString;
 
-use super::{KeyStoreError, Result};
+use super::{Backend, KeyStoreError, Result};
 
 /// Where a PIN (or another secret) comes from. Never the command line.
 #[derive(Clone, PartialEq, Eq)]
@@ -51,31 +51,33 @@ impl SecretSource {
         }
     }
 
-    /// Reads the secret. Only the first line counts; a trailing newline is
-    /// not part of the secret.
-    pub fn read(&self, what: &'static str) -> Result<SecretString> {
+    /// Reads the secret of `backend`'s store. Only the first line counts; a
+    /// trailing newline is not part of the secret.
+    pub fn read(&self, backend: Backend) -> Result<SecretString> {
         use zeroize::Zeroizing;
         let raw: Zeroizing<String> = match self {
             SecretSource::Env(name) => {
                 Zeroizing::new(std::env::var(name).map_err(|_| KeyStoreError::Unavailable {
-                    backend: what,
+                    backend,
                     detail: format!("environment variable {name} holding the PIN is not set"),
                     retryable: false,
+                    code: None,
                 })?)
             }
-            SecretSource::File(path) => read_secret_file(path, what)?,
+            SecretSource::File(path) => read_secret_file(path, backend)?,
             SecretSource::Credential(name) => {
                 let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
                     KeyStoreError::Unavailable {
-                        backend: what,
+                        backend,
                         detail: format!(
                             "PIN credential {name} asked for, but CREDENTIALS_DIRECTORY is not set: \
                              run under systemd with LoadCredential={name}:..."
                         ),
                         retryable: false,
+                        code: None,
                     }
                 })?;
-                read_secret_file(&PathBuf::from(dir).join(name), what)?
+                read_secret_file(&PathBuf::from(dir).join(name), backend)?
             }
         };
         let line = raw.lines().next().unwrap_or("");
@@ -85,15 +87,15 @@ impl SecretSource {
 
 fn read_secret_file(
     path: &std::path::Path,
-    what: &'static str,
+    backend: Backend,
 ) -> Result<zeroize::Zeroizing<String>> {
     std::fs::read_to_string(path)
         .map(zeroize::Zeroizing::new)
         .map_err(|source| KeyStoreError::Io {
-            what: if what == "pkcs11" {
-                "cannot read PIN file"
+            what: if backend == Backend::Pkcs11 {
+                "cannot read PIN file".into()
             } else {
-                "cannot read secret file"
+                "cannot read secret file".into()
             },
             path: path.to_path_buf(),
             source,
@@ -170,15 +172,15 @@ mod tests {
         let file = dir.path().join("pin");
         std::fs::write(&file, "1234\nignored\n").unwrap();
         let src = SecretSource::parse(&format!("file:{}", file.display())).unwrap();
-        assert_eq!(src.read("pkcs11").unwrap().expose_secret(), "1234");
+        assert_eq!(src.read(Backend::Pkcs11).unwrap().expose_secret(), "1234");
 
         // A systemd credential: $CREDENTIALS_DIRECTORY/NAME. No other test
         // touches this variable.
         std::env::set_var("CREDENTIALS_DIRECTORY", dir.path());
         let src = SecretSource::parse("credential:pin").unwrap();
-        assert_eq!(src.read("pkcs11").unwrap().expose_secret(), "1234");
+        assert_eq!(src.read(Backend::Pkcs11).unwrap().expose_secret(), "1234");
         std::env::remove_var("CREDENTIALS_DIRECTORY");
-        let e = src.read("pkcs11").unwrap_err().to_string();
+        let e = src.read(Backend::Pkcs11).unwrap_err().to_string();
         assert!(e.contains("LoadCredential=pin"), "{e}");
 
         assert!(SecretSource::parse("credential:../etc/shadow").is_err());

@@ -320,9 +320,8 @@ impl PublicKey {
     /// Builds the key from an uncompressed SEC1 point (`04 || X || Y`).
     pub fn from_ec_point(algorithm: KeyAlgorithm, point: &[u8]) -> Result<Self> {
         use pkcs8::EncodePublicKey;
-        let bad = |e: &dyn fmt::Display| KeyStoreError::Backend {
-            backend: "public key",
-            op: "decode EC point",
+        let bad = |e: &dyn fmt::Display| KeyStoreError::BadPublicKey {
+            op: "decode EC point".into(),
             detail: e.to_string(),
         };
         let der = match algorithm {
@@ -353,16 +352,14 @@ impl PublicKey {
             rsa::BigUint::from_bytes_be(modulus),
             rsa::BigUint::from_bytes_be(exponent),
         )
-        .map_err(|e| KeyStoreError::Backend {
-            backend: "public key",
-            op: "decode RSA public key",
+        .map_err(|e| KeyStoreError::BadPublicKey {
+            op: "decode RSA public key".into(),
             detail: e.to_string(),
         })?;
         let der = key
             .to_public_key_der()
-            .map_err(|e| KeyStoreError::Backend {
-                backend: "public key",
-                op: "encode RSA public key",
+            .map_err(|e| KeyStoreError::BadPublicKey {
+                op: "encode RSA public key".into(),
                 detail: e.to_string(),
             })?;
         Self::from_spki_der(der.as_bytes())

@@ -77,18 +77,21 @@ pub(super) fn map(op: &'static str, err: Error) -> KeyStoreError {
                 backend: BACKEND,
                 detail,
                 retryable: true,
+                code: None,
             },
             RvError::TokenNotRecognized | RvError::CryptokiNotInitialized => {
                 KeyStoreError::Unavailable {
                     backend: BACKEND,
                     detail,
                     retryable: false,
+                    code: None,
                 }
             }
             _ => KeyStoreError::Backend {
                 backend: BACKEND,
-                op,
+                op: op.into(),
                 detail: describe(&err),
+                code: None,
             },
         },
         Error::LibraryLoading(_) | Error::MissingSymbol(_) | Error::NullFunctionPointer => {
@@ -96,12 +99,14 @@ pub(super) fn map(op: &'static str, err: Error) -> KeyStoreError {
                 backend: BACKEND,
                 detail: format!("{detail}: is the module path right and the module installed?"),
                 retryable: false,
+                code: None,
             }
         }
         _ => KeyStoreError::Backend {
             backend: BACKEND,
-            op,
+            op: op.into(),
             detail: describe(&err),
+            code: None,
         },
     }
 }

@@ -81,8 +81,9 @@ pub(super) fn unwrap_ec_point(value: &[u8], algorithm: KeyAlgorithm) -> Option<&
 fn attr_err(op: &'static str, label: &str, what: &str) -> KeyStoreError {
     KeyStoreError::Backend {
         backend: BACKEND,
-        op,
+        op: op.into(),
         detail: format!("object {label:?}: {what}"),
+        code: None,
     }
 }
 
@@ -107,12 +108,13 @@ pub fn find(session: &Session, label: &str) -> Result<Option<KeyObject>> {
         many => {
             return Err(KeyStoreError::Backend {
                 backend: BACKEND,
-                op: "find private key",
+                op: "find private key".into(),
                 detail: format!(
                     "{} private keys are labelled {label:?} on the token; delete the extra ones \
                      (pkcs11-tool --delete-object) so that the label names one key",
                     many.len()
                 ),
+                code: None,
             })
         }
     };

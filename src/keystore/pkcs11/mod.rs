@@ -36,7 +36,7 @@ use super::{
     PrivateKeyMaterial, Result, SignatureScheme,
 };
 
-const BACKEND: &str = "pkcs11";
+const BACKEND: Backend = Backend::Pkcs11;
 /// Suffix the old key carries while a promotion is under way.
 const OLD_SUFFIX: &str = ".old";
 
@@ -156,6 +156,7 @@ impl Pkcs11KeyStore {
                         backend,
                         detail,
                         retryable: true,
+                        code: None,
                     },
                     other => other,
                 })?;
@@ -207,7 +208,7 @@ impl Pkcs11KeyStore {
             label: label.to_string(),
             backend: BACKEND,
             reference: self.reference(label.as_str()),
-            hint,
+            hint: hint.into(),
         }
     }
 
@@ -309,8 +310,9 @@ impl KeyStore for Pkcs11KeyStore {
                 .and_then(|signed| {
                     signed.map_err(|_| KeyStoreError::Backend {
                         backend: BACKEND,
-                        op: "import key",
+                        op: "import key".into(),
                         detail: "the imported object vanished".into(),
+                        code: None,
                     })
                 })
                 .and_then(|sig| expected.verify(scheme, probe, &sig))
@@ -323,10 +325,11 @@ impl KeyStore for Pkcs11KeyStore {
                         Err(e) => e,
                         Ok(_) => KeyStoreError::Backend {
                             backend: BACKEND,
-                            op: "import key",
+                            op: "import key".into(),
                             detail: "the token's public key differs from the imported key's; \
                                      the import was undone"
                                 .into(),
+                            code: None,
                         },
                     });
                 }
@@ -366,11 +369,12 @@ impl KeyStore for Pkcs11KeyStore {
                 }
                 Err(sign::StaleHandle) => Err(KeyStoreError::Backend {
                     backend: BACKEND,
-                    op: "sign",
+                    op: "sign".into(),
                     detail: format!(
                         "the object of key {label} vanished while signing; is another program \
                          changing the token?"
                     ),
+                    code: None,
                 }),
             }
         })

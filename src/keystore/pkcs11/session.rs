@@ -37,6 +37,7 @@ pub fn module_context(path: &Path) -> Result<Pkcs11> {
             path.display()
         ),
         retryable: false,
+        code: None,
     })?;
     match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
         Ok(()) | Err(Error::Pkcs11(RvError::CryptokiAlreadyInitialized, Function::Initialize)) => {}
@@ -94,6 +95,7 @@ pub fn find_token(ctx: &Pkcs11, module: &Path, label: &str) -> Result<Slot> {
                 // hide it. (A token plugged in later is found by the next
                 // open.)
                 retryable: false,
+                code: None,
             })
         }
         _ => Err(KeyStoreError::Unavailable {
@@ -104,6 +106,7 @@ pub fn find_token(ctx: &Pkcs11, module: &Path, label: &str) -> Result<Slot> {
                 module.display()
             ),
             retryable: false,
+            code: None,
         }),
     }
 }

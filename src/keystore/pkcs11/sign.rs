@@ -94,15 +94,16 @@ fn sign_raw(
         if raw.len() != 2 * field {
             return Err(Raw::Failed(KeyStoreError::Backend {
                 backend: BACKEND,
-                op: "sign (CKM_ECDSA)",
+                op: "sign (CKM_ECDSA)".into(),
                 detail: format!(
                     "token returned a {}-byte signature, expected r||s of {} bytes",
                     raw.len(),
                     2 * field
                 ),
+                code: None,
             }));
         }
-        return Ok(crate::crypto::ecdsa::raw_to_der(&raw).expect("length checked above"));
+        return Ok(crate::keystore::ecdsa::raw_to_der(&raw).expect("length checked above"));
     }
     if scheme.is_pss() {
         session

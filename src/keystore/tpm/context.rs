@@ -18,9 +18,9 @@ use tss_esapi::structures::{
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::Context;
 
-use crate::keystore::{KeyStoreError, Result};
+use crate::keystore::{Backend, HardwareCode, KeyStoreError, Result};
 
-pub(super) const BACKEND: &str = "tpm";
+pub(super) const BACKEND: Backend = Backend::Tpm;
 
 /// First handle of the transient range (TPM_HT_TRANSIENT << 24).
 const TRANSIENT_FIRST: u32 = 0x8000_0000;
@@ -29,12 +29,14 @@ pub(super) const PERSISTENT_OWNER_FIRST: u32 = 0x8100_0000;
 pub(super) const PERSISTENT_OWNER_LAST: u32 = 0x817F_FFFF;
 
 /// Turns a tss-esapi error into the store's error, keeping the TPM's return
-/// code: its TCG name, tss-esapi's text and the raw value.
+/// code: as a number in `code`, and in the message its TCG name, tss-esapi's
+/// text and the raw value.
 pub(super) fn tpm_err(op: &'static str, e: tss_esapi::Error) -> KeyStoreError {
     KeyStoreError::Backend {
         backend: BACKEND,
-        op,
+        op: op.into(),
         detail: describe(e),
+        code: code(e),
     }
 }
 
@@ -47,6 +49,12 @@ pub(super) fn describe(e: tss_esapi::Error) -> String {
         Some(kind) => format!("{}: {e}{raw}", rc_name(kind)),
         None => format!("{e}{raw}"),
     }
+}
+
+/// The code an error keeps: the TSS2_RC, for an error of the TPM or the
+/// TSS (not for one tss-esapi found before sending anything).
+pub(super) fn code(e: tss_esapi::Error) -> Option<HardwareCode> {
+    raw_rc(e).map(HardwareCode::Tpm)
 }
 
 pub(super) fn rc_kind(e: tss_esapi::Error) -> Option<Tss2ResponseCodeKind> {
@@ -118,6 +126,7 @@ pub(super) fn parse_tcti(tcti: &str) -> Result<TctiNameConf> {
              swtpm:host=127.0.0.1,port=2321, mssim:host=...,port=... or tabrmd"
         ),
         retryable: false,
+        code: None,
     })
 }
 
@@ -154,6 +163,7 @@ impl Tpm {
                 describe(e)
             ),
             retryable: true,
+            code: code(e),
         })?;
         ensure_started(&mut ctx)?;
         flush_leaked(&mut ctx, direct)?;
@@ -175,8 +185,9 @@ impl Tpm {
             .map_err(|e| tpm_err("start HMAC session", e))?
             .ok_or_else(|| KeyStoreError::Backend {
                 backend: BACKEND,
-                op: "start HMAC session",
+                op: "start HMAC session".into(),
                 detail: "the TPM returned no session".into(),
+                code: None,
             })?;
         // continueSession keeps the session alive after each command, which
         // is what makes reuse possible.
@@ -280,6 +291,7 @@ impl Tpm {
                     describe(e)
                 ),
                 retryable: true,
+                code: code(e),
             };
         }
         classify(op, e)
@@ -389,6 +401,7 @@ pub(super) fn classify(op: &'static str, e: tss_esapi::Error) -> KeyStoreError {
             backend: BACKEND,
             detail: format!("{op}: lost the connection to the TPM: {}", describe(e)),
             retryable: true,
+            code: code(e),
         }
     } else if rc_kind(e).is_some_and(|k| {
         matches!(
@@ -404,6 +417,7 @@ pub(super) fn classify(op: &'static str, e: tss_esapi::Error) -> KeyStoreError {
             backend: BACKEND,
             detail: format!("{op}: the TPM is busy: {}", describe(e)),
             retryable: true,
+            code: code(e),
         }
     } else {
         tpm_err(op, e)
@@ -425,6 +439,7 @@ fn ensure_started(ctx: &mut Context) -> Result<()> {
             backend: BACKEND,
             detail: format!("the TPM does not answer: {}", describe(e)),
             retryable: true,
+            code: code(e),
         }),
         Err(e) => Err(tpm_err("read TPM capabilities", e)),
     }
@@ -540,6 +555,7 @@ fn create_primary(ctx: &mut Context) -> Result<KeyHandle> {
                     describe(e)
                 ),
                 retryable: false,
+                code: code(e),
             }
         }
         _ => tpm_err("create the storage primary key (SRK)", e),
@@ -557,6 +573,44 @@ mod tests {
             "TPM_RC_OBJECT_MEMORY"
         );
         assert_eq!(rc_name(Tss2ResponseCodeKind::Integrity), "TPM_RC_INTEGRITY");
+    }
+
+    /// The code is kept as the number tpm2-tss returned, names the same
+    /// kind as the error it came from, and the message still prints it.
+    #[test]
+    fn errors_keep_the_response_code_as_a_number() {
+        use tss_esapi::constants::Tss2ResponseCode;
+        let tss = |rc: u32| tss_esapi::Error::Tss2Error(Tss2ResponseCode::from(rc));
+        // TPM_RC_INTEGRITY (format one, session 1), TPM_RC_COMMAND_CODE
+        // (format zero), TPM_RC_RETRY (a warning), an I/O error of the TCTI.
+        for rc in [0x99f, 0x143, 0x922, 0xa_000a] {
+            assert_eq!(code(tss(rc)), Some(HardwareCode::Tpm(rc)), "0x{rc:x}");
+            assert_eq!(
+                HardwareCode::Tpm(rc).tpm_kind(),
+                rc_kind(tss(rc)),
+                "0x{rc:x}"
+            );
+        }
+        assert_eq!(
+            HardwareCode::Tpm(0x99f).tpm_kind(),
+            Some(Tss2ResponseCodeKind::Integrity)
+        );
+        assert!(is_transport(tss(0xa_000a)));
+
+        let e = tpm_err("load key blob", tss(0x99f));
+        assert_eq!(e.hardware_code(), Some(HardwareCode::Tpm(0x99f)));
+        let msg = e.to_string();
+        assert!(
+            msg.contains("TPM_RC_INTEGRITY") && msg.contains("(rc 0x0000099f)"),
+            "{msg}"
+        );
+        let busy = classify("sign (TPM2_Sign)", tss(0x922));
+        assert!(busy.is_retryable(), "{busy}");
+        assert_eq!(busy.hardware_code(), Some(HardwareCode::Tpm(0x922)));
+        assert!(busy.to_string().contains("TPM_RC_RETRY"), "{busy}");
+        // tss-esapi's own errors never reached the TPM: no code.
+        let wrapper = tss_esapi::Error::WrapperError(tss_esapi::WrapperErrorKind::WrongParamSize);
+        assert_eq!(tpm_err("build key template", wrapper).hardware_code(), None);
     }
 
     #[test]

@@ -149,8 +149,9 @@ pub(super) fn left_pad(v: &[u8], len: usize) -> Result<Vec<u8>> {
     if v.len() > len {
         return Err(KeyStoreError::Backend {
             backend: super::context::BACKEND,
-            op: "decode public key",
+            op: "decode public key".into(),
             detail: format!("coordinate of {} bytes for a {len}-byte field", v.len()),
+            code: None,
         });
     }
     let mut out = vec![0u8; len - v.len()];

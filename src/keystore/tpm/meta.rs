@@ -126,12 +126,13 @@ pub(super) fn write(
     };
     let mut text = serde_json::to_vec_pretty(&meta).map_err(|e| KeyStoreError::Backend {
         backend: BACKEND,
-        op: "encode key metadata",
+        op: "encode key metadata".into(),
         detail: e.to_string(),
+        code: None,
     })?;
     text.push(b'\n');
     durable::write_file(path, &text).map_err(|source| KeyStoreError::Io {
-        what: "cannot write TPM key file",
+        what: "cannot write TPM key file".into(),
         path: path.to_path_buf(),
         source,
     })
@@ -144,7 +145,7 @@ pub(super) fn read(path: &Path) -> Result<Option<KeyFile>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
             return Err(KeyStoreError::Io {
-                what: "cannot read TPM key file",
+                what: "cannot read TPM key file".into(),
                 path: path.to_path_buf(),
                 source,
             })
@@ -156,12 +157,13 @@ pub(super) fn read(path: &Path) -> Result<Option<KeyFile>> {
 fn corrupt(path: &Path, why: impl std::fmt::Display) -> KeyStoreError {
     KeyStoreError::Backend {
         backend: BACKEND,
-        op: "read key file",
+        op: "read key file".into(),
         detail: format!(
             "TPM key file {} is corrupted ({why}): restore it from a backup, or delete it and \
              generate or import the key again",
             path.display()
         ),
+        code: None,
     }
 }
 
@@ -238,7 +240,7 @@ fn untpm2b(data: &[u8]) -> Option<&[u8]> {
 /// Labels of every metadata file in `dir`.
 pub(super) fn labels(dir: &Path) -> Result<Vec<KeyLabel>> {
     let entries = std::fs::read_dir(dir).map_err(|source| KeyStoreError::Io {
-        what: "cannot list TPM key directory",
+        what: "cannot list TPM key directory".into(),
         path: dir.to_path_buf(),
         source,
     })?;

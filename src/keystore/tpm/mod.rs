@@ -43,11 +43,11 @@ use tss_esapi::structures::{
 use zeroize::Zeroizing;
 
 use super::{
-    Backend, KeyAlgorithm, KeyInfo, KeyLabel, KeyStore, KeyStoreError, PrivateKeyMaterial, Result,
-    SignatureScheme, TpmKeyStorage, TpmSettings,
+    Backend, HardwareCode, KeyAlgorithm, KeyInfo, KeyLabel, KeyStore, KeyStoreError,
+    PrivateKeyMaterial, Result, SignatureScheme, TpmKeyStorage, TpmSettings,
 };
 use crate::durable;
-use context::{describe, rc_kind, tpm_err, Tpm, BACKEND};
+use context::{code, describe, rc_kind, tpm_err, Tpm, BACKEND};
 use meta::{KeyFile, Location, Origin};
 
 /// A key the TPM just made or imported, before it is stored.
@@ -105,10 +105,11 @@ impl TpmKeyStore {
                     settings.persistent_base
                 ),
                 retryable: false,
+                code: None,
             });
         }
         durable::create_dir_all(&settings.key_dir).map_err(|source| KeyStoreError::Io {
-            what: "cannot create TPM key directory",
+            what: "cannot create TPM key directory".into(),
             path: settings.key_dir.clone(),
             source,
         })?;
@@ -144,8 +145,9 @@ impl TpmKeyStore {
             }
             _ => Err(KeyStoreError::Backend {
                 backend: BACKEND,
-                op: "create EK",
+                op: "create EK".into(),
                 detail: "the TPM returned a non-RSA endorsement key".into(),
+                code: None,
             }),
         }
     }
@@ -189,7 +191,7 @@ impl TpmKeyStore {
             label: label.to_string(),
             backend: BACKEND,
             reference,
-            hint,
+            hint: hint.into(),
         }
     }
 
@@ -267,6 +269,7 @@ impl TpmKeyStore {
                     self.persistent_base
                 ),
                 retryable: false,
+                code: None,
             })?;
         let loaded = tpm
             .load_blob(public, private)
@@ -283,13 +286,14 @@ impl TpmKeyStore {
         // The transient copy is not needed any more either way.
         tpm.unload_blob();
         let obj = result.map_err(|e| match e {
-            KeyStoreError::Backend { detail, .. } => KeyStoreError::Backend {
+            KeyStoreError::Backend { detail, code, .. } => KeyStoreError::Backend {
                 backend: BACKEND,
-                op: "make the key persistent (TPM2_EvictControl)",
+                op: "make the key persistent (TPM2_EvictControl)".into(),
                 detail: format!(
                     "{detail}; if the TPM's NV is full, delete unused keys or evict stale \
                      handles with tpm2_evictcontrol"
                 ),
+                code,
             },
             other => other,
         })?;
@@ -315,7 +319,7 @@ impl TpmKeyStore {
                         | Tss2ResponseCodeKind::Hmac,
                     ) => KeyStoreError::Backend {
                         backend: BACKEND,
-                        op: "load key blob",
+                        op: "load key blob".into(),
                         detail: format!(
                             "key blob {} does not load under this TPM's storage primary ({}): it \
                              was made by another TPM, the TPM was cleared since, or the file was \
@@ -323,6 +327,7 @@ impl TpmKeyStore {
                             file.path.display(),
                             describe(e)
                         ),
+                        code: code(e),
                     },
                     _ => tpm.classify("load key blob", e),
                 }
@@ -366,12 +371,13 @@ impl TpmKeyStore {
             tpm.forget_persistent(handle);
             return Err(KeyStoreError::Backend {
                 backend: BACKEND,
-                op: "open persistent key",
+                op: "open persistent key".into(),
                 detail: format!(
                     "persistent handle 0x{handle:08x} named by {} now holds another key: delete \
                      the key file and generate or import the key again",
                     file.path.display()
                 ),
+                code: None,
             });
         }
         Ok(())
@@ -428,6 +434,19 @@ struct WrapError {
     unsupported: bool,
 }
 
+/// Whether the TPM refused the inner wrapper for want of the command
+/// (TPM2_EncryptDecrypt2) or of AES-CFB in it.
+fn lacks_inner_wrap(error: &KeyStoreError) -> bool {
+    matches!(
+        error.hardware_code().and_then(HardwareCode::tpm_kind),
+        Some(
+            Tss2ResponseCodeKind::CommandCode
+                | Tss2ResponseCodeKind::Symmetric
+                | Tss2ResponseCodeKind::Mode
+        )
+    )
+}
+
 impl TpmKeyStore {
     /// Encrypts the import blob with a one-time AES key inside the TPM.
     /// Returns the key (for TPM2_Import's encryptionKey) and the blob.
@@ -437,12 +456,9 @@ impl TpmKeyStore {
         public: &Public,
         sensitive: &[u8],
     ) -> std::result::Result<InnerWrapped, WrapError> {
-        let fail = |error: KeyStoreError| {
-            let unsupported = matches!(&error, KeyStoreError::Backend { detail, .. }
-                if detail.contains("TPM_RC_COMMAND_CODE")
-                    || detail.contains("TPM_RC_SYMMETRIC")
-                    || detail.contains("TPM_RC_MODE"));
-            WrapError { error, unsupported }
+        let fail = |error: KeyStoreError| WrapError {
+            unsupported: lacks_inner_wrap(&error),
+            error,
         };
         let plain = import::inner_plaintext(public, sensitive).map_err(fail)?;
         let (key, key_public, key_sensitive) = import::inner_key().map_err(fail)?;
@@ -523,7 +539,8 @@ fn missing_handle(file: &KeyFile, handle: u32) -> KeyStoreError {
         backend: BACKEND,
         reference: format!("tpm:handle=0x{handle:08x}"),
         hint: "the persistent handle is gone from the TPM (evicted, or the TPM was cleared): \
-               delete the key and generate or import it again",
+               delete the key and generate or import it again"
+            .into(),
     }
 }
 
@@ -667,7 +684,7 @@ impl KeyStore for TpmKeyStore {
         // The rename is the commit point: before it `current` is the old
         // key, after it the new one.
         durable::rename(&new.path, &to).map_err(|source| KeyStoreError::Io {
-            what: "cannot promote TPM key file",
+            what: "cannot promote TPM key file".into(),
             path: new.path.clone(),
             source,
         })?;
@@ -744,7 +761,7 @@ impl TpmKeyStore {
             tpm.unload_blob();
         }
         durable::remove_file(&path).map_err(|source| KeyStoreError::Io {
-            what: "cannot delete TPM key file",
+            what: "cannot delete TPM key file".into(),
             path,
             source,
         })
@@ -788,3 +805,32 @@ const _: () = {
     const fn is_send_sync<T: Send + Sync>() {}
     is_send_sync::<TpmKeyStore>();
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(code: Option<u32>, detail: &str) -> KeyStoreError {
+        KeyStoreError::Backend {
+            backend: BACKEND,
+            op: "encrypt the key (TPM2_EncryptDecrypt2)".into(),
+            detail: detail.into(),
+            code: code.map(HardwareCode::Tpm),
+        }
+    }
+
+    /// The plain-import fallback is chosen by the TPM's code, not by words
+    /// in the message.
+    #[test]
+    fn the_inner_wrapper_is_skipped_only_for_a_missing_command_or_mode() {
+        // TPM_RC_COMMAND_CODE; TPM_RC_SYMMETRIC and TPM_RC_MODE on parameter 1.
+        for rc in [0x143, 0x1d6, 0x1c9] {
+            assert!(lacks_inner_wrap(&refused(Some(rc), "")), "0x{rc:x}");
+        }
+        // TPM_RC_INTEGRITY, TPM_RC_RETRY.
+        for rc in [0x99f, 0x922] {
+            assert!(!lacks_inner_wrap(&refused(Some(rc), "")), "0x{rc:x}");
+        }
+        assert!(!lacks_inner_wrap(&refused(None, "TPM_RC_COMMAND_CODE")));
+    }
+}

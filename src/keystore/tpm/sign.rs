@@ -64,11 +64,12 @@ pub(super) fn null_ticket() -> Result<HashcheckTicket> {
 pub(super) fn encode(signature: Signature, public: &PublicKey) -> Result<Vec<u8>> {
     let unexpected = |what: &str| KeyStoreError::Backend {
         backend: BACKEND,
-        op: "sign",
+        op: "sign".into(),
         detail: format!("the TPM returned a {what} signature"),
+        code: None,
     };
     match signature {
-        Signature::EcDsa(sig) => Ok(crate::crypto::ecdsa::rs_to_der(
+        Signature::EcDsa(sig) => Ok(crate::keystore::ecdsa::rs_to_der(
             sig.signature_r().value(),
             sig.signature_s().value(),
         )),
