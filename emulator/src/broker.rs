@@ -13,7 +13,10 @@ use tokio::time::Instant;
 
 use crate::config::{EmulatorConfig, ROTATION_REPORT_FILTER};
 use crate::jobs::{self, JobNotifier};
-use crate::mqtt::{self, ConnAckCode, DisconnectReason, Inbound, Message, Outbound, Protocol, Qos};
+use crate::mqtt::{
+    self, ConnAckCode, DisconnectReason, Inbound, Message, Outbound, Protocol, Qos, MAX_PACKET,
+    MAX_PAYLOAD,
+};
 use crate::pki;
 use crate::policy::{self, Action, PolicyDocument, RequestContext};
 use crate::provisioning::{self, Provisioner, Requester};
@@ -21,14 +24,10 @@ use crate::registry::{CertStatus, Registry};
 use crate::rotation;
 use crate::topic;
 
-/// Largest PUBLISH payload AWS IoT accepts.
-pub const MAX_PAYLOAD: usize = 128 * 1024;
 /// Longest client id AWS IoT accepts, in bytes.
 pub const MAX_CLIENT_ID: usize = 128;
 /// Most filters in one SUBSCRIBE.
 pub const MAX_SUBSCRIBE_FILTERS: usize = 8;
-/// Room for the fixed and variable headers around the payload.
-pub(crate) const MAX_PACKET: usize = MAX_PAYLOAD + 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// State shared by all connections.

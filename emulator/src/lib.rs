@@ -22,13 +22,14 @@ pub mod throttle;
 pub mod tls;
 pub mod topic;
 
-pub use broker::{MAX_CLIENT_ID, MAX_PAYLOAD, MAX_SUBSCRIBE_FILTERS};
+pub use broker::{MAX_CLIENT_ID, MAX_SUBSCRIBE_FILTERS};
 pub use config::{
     EmulatorConfig, ResponseFault, ThrottleConfig, TokenReuse, AWS_NOT_AFTER_UNIX,
     DEFAULT_CERTIFICATE_VALIDITY, ROTATION_REPORT_FILTER,
 };
 pub use emulator::{Credential, DataDir, Emulator, EmulatorError, EmulatorHandle};
 pub use jobs::{JobExecutionRecord, JobExecutionStatus, JobRecord};
+pub use mqtt::MAX_PAYLOAD;
 pub use registry::{
     AttributeUpdate, CertStatus, CertificateRecord, PolicyRecord, Registry, RegistryError,
     TemplateRecord, ThingRecord, ThingUpdate,

@@ -1,10 +1,15 @@
 //! MQTT framing through rumqttc's codecs (`mqttbytes::v4` for 3.1.1,
-//! `v5::mqttbytes` for 5), mapped to the few packet shapes the broker needs.
-//! Nothing here parses bytes by hand.
+//! `v5::mqttbytes` for 5), mapped to the few packet shapes the broker needs,
+//! and the packet size it accepts. Nothing here parses bytes by hand.
 
 use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::{self as m4, v4};
 use rumqttc::v5::mqttbytes::{self as m5, v5};
+
+/// Largest PUBLISH payload AWS IoT accepts.
+pub const MAX_PAYLOAD: usize = 128 * 1024;
+/// Room for the fixed and variable headers around the payload.
+pub(crate) const MAX_PACKET: usize = MAX_PAYLOAD + 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Protocol {
@@ -267,7 +272,7 @@ fn server_capabilities(keep_alive: u16) -> v5::ConnAckProperties {
         receive_max: Some(100),
         max_qos: Some(1),
         retain_available: None,
-        max_packet_size: Some(crate::broker::MAX_PACKET as u32),
+        max_packet_size: Some(MAX_PACKET as u32),
         assigned_client_identifier: None,
         topic_alias_max: Some(0),
         reason_string: None,

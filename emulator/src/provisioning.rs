@@ -14,9 +14,12 @@ use crate::hook::{HookError, HookRequest, HookRunner};
 use crate::pki::{CertificateAuthority, Issued, PkiError, Validity};
 use crate::policy::PolicyDocument;
 use crate::registry::{
-    now_unix, valid_thing_name, CertStatus, ProvisioningWrite, Registry, RegistryError, ThingRecord,
+    now_unix, valid_thing_name, CertStatus, CertificateRecord, ProvisioningWrite, Registry,
+    RegistryError, TemplateRecord, ThingRecord,
 };
-use crate::template::{self, CertStatusSpec, ExistingThing, PolicySpec, Template};
+use crate::template::{
+    self, CertStatusSpec, CertificateSpec, ExistingThing, PolicySpec, Template, ThingSpec,
+};
 use crate::throttle::TokenBucket;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -434,19 +437,40 @@ impl Provisioner {
             .get("certificateOwnershipToken")
             .and_then(Value::as_str)
             .ok_or_else(|| invalid("certificateOwnershipToken is required"))?;
-        let mut parameters = BTreeMap::new();
-        match body.get("parameters") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(m)) => {
-                for (k, v) in m {
-                    let v = v
-                        .as_str()
-                        .ok_or_else(|| invalid(format!("parameter {k} must be a string")))?;
-                    parameters.insert(k.clone(), v.to_owned());
-                }
-            }
-            Some(_) => return Err(invalid("parameters must be a map of strings")),
+        let mut parameters = request_parameters(&body)?;
+        let record = self.enabled_template(template_name)?;
+        let (cert_id, cert) = self.token_certificate(token)?;
+
+        if let Some(exe) = &record.pre_provisioning_hook {
+            let overrides = self
+                .run_hook(template_name, exe, from, &cert_id, &cert, &parameters)
+                .await?;
+            parameters.extend(overrides);
         }
+
+        let plan = Template::parse(&record.body)
+            .and_then(|t| t.evaluate(&parameters, &cert_id))
+            .map_err(template_error)?;
+        let thing = match &plan.thing {
+            None => None,
+            Some(spec) => Some(self.planned_thing(spec)?),
+        };
+        let status = planned_status(plan.certificate.as_ref(), &cert_id)?;
+        let (attach_policies, new_policies) =
+            self.planned_policies(&plan.policies, template_name, &cert_id)?;
+        self.registry.apply_provisioning(&ProvisioningWrite {
+            certificate_id: cert_id.clone(),
+            status,
+            thing: thing.clone(),
+            new_policies,
+            attach_policies,
+        })?;
+        let thing_name = thing.map(|t| t.thing_name).unwrap_or_default();
+        Ok(json!({"thingName": thing_name, "deviceConfiguration": plan.device_configuration}))
+    }
+
+    /// The template RegisterThing names, if it exists and is enabled.
+    fn enabled_template(&self, template_name: &str) -> Result<TemplateRecord, ApiError> {
         let not_found = || ApiError {
             status: 404,
             code: "ResourceNotFoundException",
@@ -455,12 +479,15 @@ impl Provisioner {
         if template::validate_name(template_name).is_err() {
             return Err(not_found());
         }
-        let record = self
-            .registry
+        self.registry
             .template(template_name)?
             .filter(|t| t.enabled)
-            .ok_or_else(not_found)?;
+            .ok_or_else(not_found)
+    }
 
+    /// The id and record of the certificate an ownership token names, if
+    /// the token is valid and may still be used.
+    fn token_certificate(&self, token: &str) -> Result<(String, CertificateRecord), ApiError> {
         let cert_id = self.verify_token(token)?;
         let cert = self
             .registry
@@ -469,106 +496,99 @@ impl Provisioner {
         if cert.registered && self.config.token_reuse == TokenReuse::Reject {
             return Err(bad_token("certificate ownership token was already used"));
         }
+        Ok((cert_id, cert))
+    }
 
-        if let Some(exe) = &record.pre_provisioning_hook {
-            let request = HookRequest {
-                claim_certificate_id: &from.certificate_id,
-                certificate_id: &cert_id,
-                certificate_pem: &cert.certificate_pem,
-                template_arn: format!(
-                    "arn:aws:iot:{}:{}:provisioningtemplate/{}",
-                    self.config.region, self.config.account, template_name
-                ),
-                client_id: &from.client_id,
-                parameters: &parameters,
-            };
-            match self.hooks.run(template_name, exe, &request).await {
-                Ok(overrides) => parameters.extend(overrides),
-                Err(e) => {
-                    let message = match e {
-                        HookError::Refused => {
-                            "pre-provisioning hook refused provisioning".to_owned()
-                        }
-                        other => format!("pre-provisioning hook failed: {other}"),
-                    };
-                    return Err(ApiError {
-                        status: 403,
-                        code: "AccessDenied",
-                        message,
-                    });
-                }
-            }
-        }
-
-        let template_err = |e: template::TemplateError| {
-            let code = e.error_code();
-            let status = if code == "ResourceConflictsException" {
-                409
-            } else {
-                400
-            };
-            ApiError {
-                status,
-                code,
-                message: e.to_string(),
-            }
+    /// Runs the template's pre-provisioning hook: the parameter overrides it
+    /// answers, or `AccessDenied`.
+    async fn run_hook(
+        &self,
+        template_name: &str,
+        exe: &str,
+        from: &Requester,
+        cert_id: &str,
+        cert: &CertificateRecord,
+        parameters: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, ApiError> {
+        let request = HookRequest {
+            claim_certificate_id: &from.certificate_id,
+            certificate_id: cert_id,
+            certificate_pem: &cert.certificate_pem,
+            template_arn: format!(
+                "arn:aws:iot:{}:{}:provisioningtemplate/{}",
+                self.config.region, self.config.account, template_name
+            ),
+            client_id: &from.client_id,
+            parameters,
         };
-        let plan = Template::parse(&record.body)
-            .and_then(|t| t.evaluate(&parameters, &cert_id))
-            .map_err(template_err)?;
-
-        let thing = match &plan.thing {
-            None => None,
-            Some(spec) => {
-                if !valid_thing_name(&spec.thing_name) {
-                    return Err(invalid(format!(
-                        "thing name {:?} must be 1 to 128 characters of [a-zA-Z0-9:_-]",
-                        spec.thing_name
-                    )));
-                }
-                let existing = self.registry.thing(&spec.thing_name)?;
-                let merged = match &existing {
-                    Some(t) => template::apply_overrides(
-                        &ExistingThing {
-                            attributes: t.attributes.clone(),
-                            thing_type_name: t.thing_type_name.clone(),
-                            thing_groups: t.thing_groups.clone(),
-                        },
-                        spec,
-                    )
-                    .map_err(template_err)?,
-                    None => ExistingThing {
-                        attributes: spec.attributes.clone(),
-                        thing_type_name: spec.thing_type_name.clone(),
-                        thing_groups: spec.thing_groups.clone(),
-                    },
+        self.hooks
+            .run(template_name, exe, &request)
+            .await
+            .map_err(|e| {
+                let message = match e {
+                    HookError::Refused => "pre-provisioning hook refused provisioning".to_owned(),
+                    other => format!("pre-provisioning hook failed: {other}"),
                 };
-                Some(ThingRecord {
-                    thing_name: spec.thing_name.clone(),
-                    attributes: merged.attributes,
-                    thing_type_name: merged.thing_type_name,
-                    thing_groups: merged.thing_groups,
-                    billing_group: spec
-                        .billing_group
-                        .clone()
-                        .or_else(|| existing.and_then(|t| t.billing_group)),
-                    certificates: Vec::new(),
-                    version: 0,
-                })
-            }
+                ApiError {
+                    status: 403,
+                    code: "AccessDenied",
+                    message,
+                }
+            })
+    }
+
+    /// The thing the plan creates, or the existing one after its
+    /// `OverrideSettings`.
+    fn planned_thing(&self, spec: &ThingSpec) -> Result<ThingRecord, ApiError> {
+        if !valid_thing_name(&spec.thing_name) {
+            return Err(invalid(format!(
+                "thing name {:?} must be 1 to 128 characters of [a-zA-Z0-9:_-]",
+                spec.thing_name
+            )));
+        }
+        let existing = self.registry.thing(&spec.thing_name)?;
+        let merged = match &existing {
+            Some(t) => template::apply_overrides(
+                &ExistingThing {
+                    attributes: t.attributes.clone(),
+                    thing_type_name: t.thing_type_name.clone(),
+                    thing_groups: t.thing_groups.clone(),
+                },
+                spec,
+            )
+            .map_err(template_error)?,
+            None => ExistingThing {
+                attributes: spec.attributes.clone(),
+                thing_type_name: spec.thing_type_name.clone(),
+                thing_groups: spec.thing_groups.clone(),
+            },
         };
-        let status = match &plan.certificate {
-            Some(c) if c.certificate_id != cert_id => {
-                return Err(invalid(
-                    "the template's certificate is not the one of the ownership token",
-                ))
-            }
-            Some(c) if matches!(c.status, CertStatusSpec::Inactive) => CertStatus::Inactive,
-            _ => CertStatus::Active,
-        };
+        Ok(ThingRecord {
+            thing_name: spec.thing_name.clone(),
+            attributes: merged.attributes,
+            thing_type_name: merged.thing_type_name,
+            thing_groups: merged.thing_groups,
+            billing_group: spec
+                .billing_group
+                .clone()
+                .or_else(|| existing.and_then(|t| t.billing_group)),
+            certificates: Vec::new(),
+            version: 0,
+        })
+    }
+
+    /// The policies the plan attaches: (existing ones by name, new ones as
+    /// (name, document)). A new policy without a name is named after the
+    /// template and the certificate.
+    fn planned_policies(
+        &self,
+        policies: &[PolicySpec],
+        template_name: &str,
+        cert_id: &str,
+    ) -> Result<PlannedPolicies, ApiError> {
         let mut attach_policies = Vec::new();
         let mut new_policies = Vec::new();
-        for p in &plan.policies {
+        for p in policies {
             match p {
                 PolicySpec::Named(name) => {
                     if self.registry.policy(name)?.is_none() {
@@ -589,15 +609,59 @@ impl Provisioner {
                 }
             }
         }
-        self.registry.apply_provisioning(&ProvisioningWrite {
-            certificate_id: cert_id.clone(),
-            status,
-            thing: thing.clone(),
-            new_policies,
-            attach_policies,
-        })?;
-        let thing_name = thing.map(|t| t.thing_name).unwrap_or_default();
-        Ok(json!({"thingName": thing_name, "deviceConfiguration": plan.device_configuration}))
+        Ok((attach_policies, new_policies))
+    }
+}
+
+/// Policies to attach by name, and new policies as (name, document).
+type PlannedPolicies = (Vec<String>, Vec<(String, String)>);
+
+/// RegisterThing's `parameters`: a map of strings, absent or null when none.
+fn request_parameters(body: &Value) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut parameters = BTreeMap::new();
+    match body.get("parameters") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            for (k, v) in m {
+                let v = v
+                    .as_str()
+                    .ok_or_else(|| invalid(format!("parameter {k} must be a string")))?;
+                parameters.insert(k.clone(), v.to_owned());
+            }
+        }
+        Some(_) => return Err(invalid("parameters must be a map of strings")),
+    }
+    Ok(parameters)
+}
+
+/// The status the plan gives the certificate: ACTIVE unless the template
+/// says INACTIVE.
+fn planned_status(
+    certificate: Option<&CertificateSpec>,
+    cert_id: &str,
+) -> Result<CertStatus, ApiError> {
+    Ok(match certificate {
+        Some(c) if c.certificate_id != cert_id => {
+            return Err(invalid(
+                "the template's certificate is not the one of the ownership token",
+            ))
+        }
+        Some(c) if matches!(c.status, CertStatusSpec::Inactive) => CertStatus::Inactive,
+        _ => CertStatus::Active,
+    })
+}
+
+fn template_error(e: template::TemplateError) -> ApiError {
+    let code = e.error_code();
+    let status = if code == "ResourceConflictsException" {
+        409
+    } else {
+        400
+    };
+    ApiError {
+        status,
+        code,
+        message: e.to_string(),
     }
 }
 

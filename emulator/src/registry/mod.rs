@@ -1,4 +1,5 @@
-//! The registry: certificates, things, policies and templates in SQLite.
+//! The registry: certificates, things, policies and templates in SQLite;
+//! jobs and their executions in `jobs.rs`.
 //!
 //! One connection behind a mutex: the emulator's writes are small and the
 //! handshake path only reads one row, so contention stays low. Every write
@@ -15,6 +16,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use tokio::sync::Notify;
+
+pub(crate) mod jobs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
