@@ -2,13 +2,12 @@
 //! the command, map errors to exit codes.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser;
 use prov_agent::cli::{ClaimCommand, Cli, Command, KeysCommand};
 use prov_agent::commands::{self, exit, CommandError};
 use prov_agent::config::{Config, DEFAULT_PATH, ENV_CONFIG};
-use prov_agent::keystore::{self, helper::HelperKeyStore};
+use prov_agent::keystore;
 
 fn main() -> ExitCode {
     // tpm2-tss prints its own ERROR lines on stderr for conditions the
@@ -62,12 +61,13 @@ fn init_logging() {
 
 fn run(cli: Cli) -> Result<(), CommandError> {
     if let Command::KeyHelper = cli.command {
-        return key_helper();
+        return commands::key_helper::run();
     }
     let path = cli
         .config
         .or_else(|| std::env::var_os(ENV_CONFIG).map(Into::into))
         .unwrap_or_else(|| DEFAULT_PATH.into());
+    // The daemon hands exactly the text it parsed to its key helper.
     let (config, text) = Config::load_with_text(&path)?;
     let store = || keystore::open(&config.keystore.settings);
     match cli.command {
@@ -94,17 +94,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
         Command::Rotate(args) => {
             println!("{}", commands::rotate::run(&config, store()?, &args)?);
         }
-        Command::Run => {
-            // The daemon keeps its hardware in a helper process that lives
-            // only as long as a handshake or a rotation (keystore::helper).
-            // Start one now so that a key store that cannot be opened is
-            // reported at once, with its exit code.
-            let helper =
-                HelperKeyStore::new("/proc/self/exe", config.keystore.backend, &path, text);
-            helper.start()?;
-            let store: Arc<dyn keystore::KeyStore> = Arc::new(helper);
-            commands::runtime()?.block_on(prov_agent::daemon::run::run(&path, config, store))?;
-        }
+        Command::Run => commands::run::run(&path, config, text)?,
         Command::Status { json } => {
             println!("{}", commands::status::run(&config, json)?);
         }
@@ -121,28 +111,4 @@ fn run(cli: Cli) -> Result<(), CommandError> {
         Command::KeyHelper => unreachable!("handled above"),
     }
     Ok(())
-}
-
-/// `prov-agent key-helper`: serves the daemon's key operations on stdin and
-/// stdout until the daemon closes stdin. Both are used through descriptors
-/// of their own, unbuffered, so that no library buffer keeps a copy of a
-/// key on its way to the store.
-fn key_helper() -> Result<(), CommandError> {
-    use std::os::fd::AsFd;
-    let own = |fd: std::os::fd::BorrowedFd<'_>| {
-        fd.try_clone_to_owned()
-            .map(std::fs::File::from)
-            .map_err(|e| CommandError::Other(format!("key helper: {e}")))
-    };
-    let mut input = own(std::io::stdin().as_fd())?;
-    let mut output = own(std::io::stdout().as_fd())?;
-    keystore::helper::serve(&mut input, &mut output, |path, text| {
-        let config = Config::from_str_with_env(path, text, std::env::vars()).map_err(|e| {
-            keystore::KeyStoreError::Helper {
-                message: e.to_string(),
-            }
-        })?;
-        keystore::open(&config.keystore.settings)
-    })
-    .map_err(CommandError::Other)
 }

@@ -4,9 +4,11 @@
 pub mod check;
 pub mod claim;
 pub mod enroll;
+pub mod key_helper;
 pub mod keys;
 pub mod outcome;
 pub mod rotate;
+pub mod run;
 pub mod status;
 
 use std::path::PathBuf;

@@ -1,0 +1,30 @@
+//! `prov-agent key-helper`: the helper side of the daemon's key store.
+
+use std::os::fd::AsFd;
+
+use super::CommandError;
+use crate::config::Config;
+use crate::keystore::{self, KeyStoreError};
+
+/// Serves the daemon's key operations on stdin and stdout until the daemon
+/// closes stdin. Both are used through descriptors of their own,
+/// unbuffered, so that no library buffer keeps a copy of a key on its way
+/// to the store.
+pub fn run() -> Result<(), CommandError> {
+    let own = |fd: std::os::fd::BorrowedFd<'_>| {
+        fd.try_clone_to_owned()
+            .map(std::fs::File::from)
+            .map_err(|e| CommandError::Other(format!("key helper: {e}")))
+    };
+    let mut input = own(std::io::stdin().as_fd())?;
+    let mut output = own(std::io::stdout().as_fd())?;
+    keystore::helper::serve(&mut input, &mut output, |path, text| {
+        let config = Config::from_str_with_env(path, text, std::env::vars()).map_err(|e| {
+            KeyStoreError::Helper {
+                message: e.to_string(),
+            }
+        })?;
+        keystore::open(&config.keystore.settings)
+    })
+    .map_err(CommandError::Other)
+}
