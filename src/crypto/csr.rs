@@ -73,8 +73,8 @@ pub fn make_csr(
     info: &KeyInfo,
     common_name: &str,
 ) -> Result<String, CsrError> {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
-        .map_err(|e| CsrError::Params(e.to_string()))?;
+    let mut params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(CsrError::Params)?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
         .distinguished_name
@@ -84,15 +84,15 @@ pub fn make_csr(
         .serialize_request(&key)
         .map_err(|e| match key.take_error() {
             Some(ks) => CsrError::KeyStore(ks),
-            None => CsrError::Params(e.to_string()),
+            None => CsrError::Params(e),
         })?;
-    csr.pem().map_err(|e| CsrError::Params(e.to_string()))
+    csr.pem().map_err(CsrError::Params)
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum CsrError {
     #[error("cannot build the CSR: {0}")]
-    Params(String),
+    Params(#[source] rcgen::Error),
     #[error("the key store could not sign the CSR: {0}")]
     KeyStore(#[from] crate::keystore::KeyStoreError),
 }

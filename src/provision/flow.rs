@@ -498,8 +498,7 @@ impl<'a> Flow<'a> {
                 .generate(&self.pending, self.config.keystore.algorithm)?,
         };
         fault::point("key-generated");
-        let csr = make_csr(self.store.clone(), &key, &self.serial)
-            .map_err(|e| ProvisionError::Other(e.to_string()))?;
+        let csr = make_csr(self.store.clone(), &key, &self.serial)?;
         self.timed("make key and CSR in the key store", started);
         let topic = self.api_topic("$aws/certificates/create-from-csr");
         let body = serde_json::json!({ "certificateSigningRequest": csr });
@@ -872,5 +871,5 @@ impl Issued {
 /// by this agent, so one that does not parse means the state is damaged.
 fn parse_issued(certificate: &IssuedCertificate) -> Result<Certificate, ProvisionError> {
     Certificate::from_pem(&certificate.pem, "the journal's certificate")
-        .map_err(|e| ProvisionError::Inconsistent(e.to_string()))
+        .map_err(ProvisionError::DamagedCertificate)
 }

@@ -106,6 +106,14 @@ pub enum ProvisionError {
     },
     #[error("inconsistent state: {0}")]
     Inconsistent(String),
+    /// A certificate the agent stored itself (identity.json, the journal)
+    /// does not parse: the state is damaged.
+    #[error("inconsistent state: {0}")]
+    DamagedCertificate(#[source] crate::crypto::CertError),
+    /// The CSR could not be built (a failure of the key store signing it is
+    /// [`ProvisionError::KeyStore`]).
+    #[error(transparent)]
+    Csr(crate::crypto::CsrError),
     #[error("{0}")]
     Busy(String),
     #[error(transparent)]
@@ -121,6 +129,17 @@ pub enum ProvisionError {
     },
     #[error("{0}")]
     Other(String),
+}
+
+impl From<crate::crypto::CsrError> for ProvisionError {
+    /// A key store that failed to sign keeps its own kind (and
+    /// retryability).
+    fn from(e: crate::crypto::CsrError) -> Self {
+        match e {
+            crate::crypto::CsrError::KeyStore(k) => ProvisionError::KeyStore(k),
+            other => ProvisionError::Csr(other),
+        }
+    }
 }
 
 impl ProvisionError {
@@ -150,11 +169,34 @@ impl ProvisionError {
             ProvisionError::GaveUp { .. } => ErrorKind::Unreachable,
             ProvisionError::BadResponse { .. }
             | ProvisionError::Inconsistent(_)
+            | ProvisionError::DamagedCertificate(_)
+            | ProvisionError::Csr(_)
             | ProvisionError::Busy(_)
             | ProvisionError::Journal(_)
             | ProvisionError::Identity(_)
             | ProvisionError::Io { .. }
             | ProvisionError::Other(_) => ErrorKind::Other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::CsrError;
+    use crate::keystore::Backend;
+
+    #[test]
+    fn a_key_store_failing_to_sign_a_csr_keeps_its_kind_and_retryability() {
+        let busy = KeyStoreError::Unavailable {
+            backend: Backend::Tpm,
+            detail: "the resource manager is restarting".into(),
+            retryable: true,
+            code: None,
+        };
+        let e = ProvisionError::from(CsrError::KeyStore(busy));
+        assert!(matches!(e, ProvisionError::KeyStore(_)), "{e}");
+        assert_eq!(e.kind(), ErrorKind::KeyStore);
+        assert!(e.is_retryable());
     }
 }

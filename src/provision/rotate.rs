@@ -95,7 +95,7 @@ pub async fn rotate_locked(
         }
     }
     let cert = Certificate::from_pem(&current.certificate_pem, "current identity")
-        .map_err(|e| ProvisionError::Inconsistent(e.to_string()))?;
+        .map_err(ProvisionError::DamagedCertificate)?;
     let due = scheduled_at(&cert, &config.rotation);
     if journal.is_none() && opts.if_due && SystemTime::now() < due {
         let mut outcome = Outcome::unchanged(current);
