@@ -1,14 +1,16 @@
-//! The file backend (development only) passes the same conformance checks
-//! as the hardware backends, and keeps its files private.
+//! The file backend (development only): the conformance suite, and what
+//! is its own: its files are private and every use warns. PEM parsing is
+//! checked here too.
 
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
-use common::conformance;
+use common::conformance::{self, Caps, Subject};
 use prov_agent::keystore::{
-    file::FileKeyStore, FileSettings, KeyAlgorithm, KeyStore, KeyStoreError, PrivateKeyMaterial,
+    file::FileKeyStore, Backend, FileSettings, KeyAlgorithm, KeyStore, KeyStoreError,
+    KeyStoreSettings, PrivateKeyMaterial,
 };
 
 fn store() -> (tempfile::TempDir, Arc<dyn KeyStore>) {
@@ -20,31 +22,20 @@ fn store() -> (tempfile::TempDir, Arc<dyn KeyStore>) {
     (dir, Arc::new(store))
 }
 
-#[test]
-fn generate_sign_verify_every_algorithm() {
-    let (_d, s) = store();
-    conformance::generate_sign_verify(&s, &KeyAlgorithm::ALL);
+/// A file store in a temp dir of its own, opened as the agent opens it.
+fn subject() -> Subject {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = KeyStoreSettings::File(FileSettings {
+        key_dir: dir.path().join("keys"),
+    });
+    Subject::new(dir, move || prov_agent::keystore::open(&settings).unwrap())
 }
 
-#[test]
-fn import_every_pem_form() {
-    let (_d, s) = store();
-    conformance::import_sign_verify(
-        &s,
-        &[
-            (KeyAlgorithm::EcP256, "pkcs8"),
-            (KeyAlgorithm::EcP256, "sec1"),
-            (KeyAlgorithm::EcP384, "sec1"),
-            (KeyAlgorithm::Rsa2048, "pkcs1"),
-            (KeyAlgorithm::Rsa3072, "pkcs8"),
-        ],
-    );
-}
+const CAPS: Caps = Caps::all(Backend::File);
 
-#[test]
-fn lifecycle() {
-    let (_d, s) = store();
-    conformance::lifecycle(&s);
+mod suite {
+    use super::*;
+    crate::keystore_suite!(subject(), CAPS);
 }
 
 #[test]
@@ -61,6 +52,60 @@ fn key_files_are_private() {
     assert_eq!(
         std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
         0o600
+    );
+}
+
+/// A `tracing` writer into a buffer the test reads.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Opening the store, and every key it makes or takes in, warns that
+/// nothing but file permissions protects the keys.
+#[test]
+fn every_use_warns_that_the_keys_are_plain_files() {
+    // A global subscriber, not a scoped one: a callsite that another test
+    // thread reached first with no subscriber may stay disabled for a
+    // scoped one. The lines of this test are those in its span.
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish(),
+    )
+    .expect("no other test of this binary sets a subscriber");
+    let span = tracing::warn_span!("file_store_warnings").entered();
+    let (_dir, s) = store();
+    s.generate(&"gen".parse().unwrap(), KeyAlgorithm::EcP256)
+        .unwrap();
+    let (pem, _) = conformance::software_key_pem(KeyAlgorithm::EcP256, "pkcs8");
+    s.import(
+        &"imp".parse().unwrap(),
+        &PrivateKeyMaterial::from_pem(&pem).unwrap(),
+    )
+    .unwrap();
+    drop(span);
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<_> = log
+        .lines()
+        .filter(|l| l.contains("file_store_warnings"))
+        .filter(|l| l.contains("WARN") && l.contains("file key store in use"))
+        .collect();
+    assert_eq!(warnings.len(), 3, "open, generate, import: {log}");
+    assert!(
+        warnings[0].contains("use the tpm or pkcs11 backend in production"),
+        "{log}"
     );
 }
 

@@ -4,7 +4,6 @@
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
 use prov_agent::crypto::{client_config, HardwareCsrKey};
@@ -173,7 +172,9 @@ fn pump(from: &mut rustls::Connection, to: &mut rustls::Connection) -> Result<()
 pub fn openssl_verify_csr(dir: &Path, csr_pem: &str) -> String {
     let path = dir.join("req.csr");
     std::fs::write(&path, csr_pem).unwrap();
-    let out = Command::new("openssl")
+    // Without inherited descriptors: a TPM connection of another test
+    // thread must not stay open in the child (see `CLOSE_FDS_AND_EXEC`).
+    let out = super::clean_command("openssl")
         .args(["req", "-verify", "-noout", "-in"])
         .arg(&path)
         .output()
@@ -184,7 +185,7 @@ pub fn openssl_verify_csr(dir: &Path, csr_pem: &str) -> String {
         out.status.success() && (stderr.contains("verify OK") || stdout.contains("verify OK")),
         "openssl req -verify failed: {stdout} {stderr}"
     );
-    let out = Command::new("openssl")
+    let out = super::clean_command("openssl")
         .args(["req", "-noout", "-pubkey", "-in"])
         .arg(&path)
         .output()
