@@ -9,11 +9,14 @@ enrollment that gave up on a certificate), on ``things/<thing>/rotation``:
 On AWS an IoT rule hands each report to this Lambda (handler
 ``rotation_report.lambda_handler``), adding who sent it::
 
-    SELECT *, topic(2) AS topicThing, principal() AS principal
+    SELECT thingName, newCertificateId, oldCertificateIds, oldCertificateId,
+           topic(2) AS topicThing, principal() AS principal
     FROM 'things/+/rotation'
 
 (``principal()`` is the certificate id of a certificate-authenticated
-connection.) The function's role needs iot:DescribeCertificate,
+connection. The fields are named one by one, not ``SELECT *``: a payload
+carrying its own ``topicThing`` or ``principal`` must not be able to stand
+in for what the service says.) The function's role needs iot:DescribeCertificate,
 iot:ListThingPrincipals, iot:ListPrincipalThings, iot:UpdateCertificate and
 iot:DetachThingPrincipal. Run as a program it reads one such event on stdin
 and prints what it did, against the endpoint boto3 is given
@@ -47,7 +50,7 @@ class Ignored(Exception):
 def lambda_handler(event, context=None):
     try:
         iot = iot_client()
-    except Ignored as e:
+    except Exception as e:  # boto3 missing, no region: nothing is changed
         log(f"ignored: {e}")
         return {"retired": [], "ignored": {"*": str(e)}}
     return handle(event, iot)
@@ -75,7 +78,12 @@ def handle(event, iot):
         log(f"report ignored: the check failed: {type(e).__name__}: {e}")
         done["ignored"]["*"] = f"{type(e).__name__}: {e}"
         return done
-    attached = thing_certificates(iot, thing)
+    try:
+        attached = thing_certificates(iot, thing)
+    except Exception as e:
+        log(f"report ignored: the check failed: {type(e).__name__}: {e}")
+        done["ignored"]["*"] = f"{type(e).__name__}: {e}"
+        return done
     for old in olds:
         try:
             if old == new:
@@ -115,10 +123,14 @@ def genuine(event, iot):
         raise Ignored("newCertificateId is missing or not a certificate id")
     if event.get("principal") != new:
         raise Ignored("the report was not published by the certificate it names as new")
-    olds = event.get("oldCertificateIds") or []
+    olds = event.get("oldCertificateIds")
+    if olds is None:
+        olds = []
+    if not isinstance(olds, list):
+        raise Ignored("oldCertificateIds must be a list of certificate ids")
     if isinstance(event.get("oldCertificateId"), str):
-        olds = list(olds) + [event["oldCertificateId"]]
-    if not isinstance(olds, list) or not all(
+        olds = olds + [event["oldCertificateId"]]
+    if not all(
         isinstance(o, str) and CERTIFICATE_ID.fullmatch(o) for o in olds
     ):
         raise Ignored("oldCertificateIds must be a list of certificate ids")

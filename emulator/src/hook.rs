@@ -23,6 +23,26 @@ pub(crate) const HOOK_ACCESS_KEY_ID: &str = "emulator";
 /// The secret access key a hook gets (see [`HOOK_ACCESS_KEY_ID`]).
 pub(crate) const HOOK_SECRET_ACCESS_KEY: &str = "emulator-not-checked";
 
+/// AWS settings of the emulator's own environment a hook must not inherit:
+/// a developer's profile, session token or shared files would give boto3
+/// real credentials, and these would send it to AWS instead of the
+/// emulator's API. The config and credentials files are pointed at
+/// `/dev/null` (in [`HookRunner::new`]).
+const INHERITED_AWS_SETTINGS_REMOVED: &[&str] = &[
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+    "AWS_USE_FIPS_ENDPOINT",
+    "AWS_USE_DUALSTACK_ENDPOINT",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+];
+
 /// At most this much of a hook's stderr is kept and logged; the rest is read
 /// and dropped, so that a chatty hook never blocks on a full pipe.
 const STDERR_LIMIT: usize = 16 * 1024;
@@ -82,6 +102,8 @@ impl HookRunner {
             ("AWS_ACCESS_KEY_ID", HOOK_ACCESS_KEY_ID),
             ("AWS_SECRET_ACCESS_KEY", HOOK_SECRET_ACCESS_KEY),
             ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_CONFIG_FILE", "/dev/null"),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -115,7 +137,11 @@ impl HookRunner {
         stderr_out: &mut Stderr,
     ) -> Result<BTreeMap<String, String>, HookError> {
         let input = serde_json::to_vec(request).unwrap_or_default();
-        let mut child = Command::new(executable)
+        let mut command = Command::new(executable);
+        for var in INHERITED_AWS_SETTINGS_REMOVED {
+            command.env_remove(var);
+        }
+        let mut child = command
             .envs(self.environment.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

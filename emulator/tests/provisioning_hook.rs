@@ -168,8 +168,35 @@ async fn enrollment_decisions_for_new_and_existing_things() {
     assert!(allowed(&answer), "{}", answer.1);
     assert_eq!(
         answer.0["parameterOverrides"],
-        json!({"ThingNamePrefix": "gw", "Site": "plant-a", "HardwareRevision": "unknown"})
+        json!({"SerialNumber": "N1", "ThingNamePrefix": "gw", "Site": "plant-a", "HardwareRevision": "unknown"})
     );
+    // It created the thing for the new certificate's key, so that a second
+    // request for it must prove something.
+    let created = emu.registry().thing("gw_N1").unwrap().expect("created");
+    assert_eq!(created.attributes["enrollmentKey"].len(), 64);
+    assert!(created.certificates.is_empty());
+    let other = emu.create_credential("other", &[]).unwrap();
+    let answer = run_hook(&emu, &event(&claim, "prov-N1", &other, serial("N1")), &[]);
+    assert!(!allowed(&answer), "another key: {}", answer.1);
+    // The same key again (an attempt of the same device whose registration
+    // failed after the hook): allowed while the thing has no certificate.
+    let same_key = Credential {
+        certificate_id: "1".repeat(64),
+        ..fresh.clone()
+    };
+    let answer = run_hook(
+        &emu,
+        &event(&claim, "prov-N1", &same_key, serial("N1")),
+        &[],
+    );
+    assert!(allowed(&answer), "same key: {}", answer.1);
+    // A template the hook does not know is refused.
+    let mut unknown = event(&claim, "prov-N9", &fresh, serial("N9"));
+    unknown["templateArn"] =
+        "arn:aws:iot:us-east-1:123456789012:provisioningtemplate/OtherTemplate".into();
+    let answer = run_hook(&emu, &unknown, &[]);
+    assert!(!allowed(&answer), "{}", answer.1);
+    assert!(emu.registry().thing("gw_N9").unwrap().is_none());
 
     // Parameters outside the allowlists or character sets: refused.
     for params in [
@@ -261,8 +288,17 @@ async fn enrollment_decisions_for_new_and_existing_things() {
     assert!(allowed(&answer), "{}", answer.1);
     let attributes = emu.registry().thing("gw_N2").unwrap().unwrap().attributes;
     assert!(!attributes.contains_key("reenrollUntil"), "{attributes:?}");
-    let answer = run_hook(&emu, &event(&claim, "prov-N2", &fresh, serial("N2")), &[]);
+    // Used up: someone else (another key) is refused; the device that used
+    // the opening may finish its enrollment (its key was recorded).
+    let another = emu.create_credential("another", &[]).unwrap();
+    let answer = run_hook(&emu, &event(&claim, "prov-N2", &another, serial("N2")), &[]);
     assert!(!allowed(&answer), "used up: {}", answer.1);
+    assert_eq!(
+        emu.registry().thing("gw_N2").unwrap().unwrap().attributes["enrollmentKey"].len(),
+        64
+    );
+    let answer = run_hook(&emu, &event(&claim, "prov-N2", &fresh, serial("N2")), &[]);
+    assert!(allowed(&answer), "the same device again: {}", answer.1);
 
     // Garbage is refused, never an error.
     for bad in [json!("text"), json!({"templateArn": "x"}), json!([])] {
@@ -289,5 +325,38 @@ async fn the_registry_unreachable_is_a_refusal() {
     );
     assert!(!allowed(&answer), "{}", answer.1);
     assert!(answer.1.contains("the check failed"), "{}", answer.1);
+    emu.handle.shutdown().await;
+}
+
+/// Two holders of the claim credential register the same new serial at the
+/// same moment: the hook creates the thing for one of them, and the other
+/// is refused; the thing ends with exactly one certificate.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_requests_racing_for_a_new_thing_cannot_both_get_it() {
+    let emu = start_with_shipped_files().await;
+    let topic = register_topic("ProdTemplate");
+    for round in 0..3 {
+        let serial = format!("RACE{round}");
+        let mut a = claim_client(&emu, &format!("prov-a{round}"), "ProdTemplate").await;
+        let mut b = claim_client(&emu, &format!("prov-b{round}"), "ProdTemplate").await;
+        let (ca, ta) = create_from_csr(&mut a).await;
+        let (cb, tb) = create_from_csr(&mut b).await;
+        let body = |token: &str| json!({"certificateOwnershipToken": token, "parameters": {"SerialNumber": serial}});
+        let (body_a, body_b) = (body(&ta), body(&tb));
+        let ((oka, ra), (okb, rb)) = tokio::join!(a.call(&topic, &body_a), b.call(&topic, &body_b));
+        assert!(oka ^ okb, "round {round}: exactly one wins: {ra} {rb}");
+        let loser = if oka { &rb } else { &ra };
+        assert_eq!(loser["errorCode"], "AccessDenied", "{loser}");
+        let winner = if oka { &ca } else { &cb };
+        assert_eq!(
+            emu.registry()
+                .thing(&format!("gw_{serial}"))
+                .unwrap()
+                .unwrap()
+                .certificates,
+            vec![winner.certificate_id.clone()],
+            "round {round}"
+        );
+    }
     emu.handle.shutdown().await;
 }

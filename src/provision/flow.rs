@@ -361,11 +361,16 @@ impl<'a> Flow<'a> {
                 )),
                 other => other.into(),
             })?;
-        let mut client_id = format!(
+        // A new random client id per claim connection, not one derived from
+        // the serial: every claim holder may connect as `<prefix>*`, and a
+        // predictable id would let one sit on it (the service drops the
+        // older connection of a client id) to learn when this gateway
+        // enrolls and to keep it from finishing.
+        let client_id = format!(
             "{}{}",
-            self.config.provisioning.client_id_prefix, self.serial
+            self.config.provisioning.client_id_prefix,
+            hex::encode(rand::random::<[u8; 16]>())
         );
-        client_id.truncate(128);
         Ok(self.endpoint.options(
             "the claim credential",
             client_id,

@@ -5,8 +5,8 @@ One program, two ways to run it, one code path:
 
 * AWS Lambda: handler ``provisioning_hook.lambda_handler``, runtime python3.9
   or later (boto3 is part of the runtime); the function's role needs
-  iot:DescribeThing, iot:ListThingPrincipals, iot:DescribeCertificate and
-  iot:UpdateThing. Attach it to the templates as their pre-provisioning hook.
+  iot:CreateThing, iot:DescribeThing, iot:ListThingPrincipals,
+  iot:DescribeCertificate and iot:UpdateThing. Attach it to the templates as their pre-provisioning hook.
 * iotcore-emulator: the executable named by ``templates/hooks/*.hook``; it
   reads the hook request on stdin and writes the answer on stdout. The
   emulator sets AWS_ENDPOINT_URL_IOT (its own control-plane API), a region and
@@ -15,8 +15,12 @@ One program, two ways to run it, one code path:
 Every gateway of a fleet holds the same claim credential, so the hook assumes
 that whoever sends a request may be an attacker holding it. It allows:
 
-* ProdTemplate (enrollment): a thing that does not exist yet. A thing that
-  exists only when the request proves that it comes from that thing's device:
+* ProdTemplate (the templates named in ENROLLMENT_TEMPLATES): a thing that
+  does not exist yet, which the hook creates at once (CreateThing, with the
+  attribute ``enrollmentKey``: the SHA-256 of the new certificate's public
+  key), so that of two requests racing for the same new thing exactly one
+  wins. A thing that exists only when the request proves that it comes from
+  that thing's device:
   1. it is sent over a connection of an ACTIVE certificate attached to the
      thing, with the thing's name as client id (``prov-agent enroll --force``
      on an enrolled gateway), or
@@ -24,7 +28,10 @@ that whoever sends a request may be an attacker holding it. It allows:
      the thing, or is itself attached to it (a device repeating a
      registration whose answer it lost: only the holder of that key could
      have had a certificate issued for it), or
-  3. an operator opened the thing for re-enrollment after a factory reset:
+  3. the thing has no ACTIVE certificate and its ``enrollmentKey`` is the new
+     certificate's key: the device finishing a first enrollment that an
+     earlier attempt began (it keeps its key for exactly this), or
+  4. an operator opened the thing for re-enrollment after a factory reset:
      the thing's attribute ``reenrollUntil`` holds a Unix time in the future
      (at most REENROLL_MAX_WINDOW seconds ahead) and none of its certificates
      is ACTIVE. The attribute is removed before the answer, so it admits one
@@ -38,6 +45,8 @@ that whoever sends a request may be an attacker holding it. It allows:
 * RotationTemplate (the templates named in ROTATION_TEMPLATES): only a
   request sent over a connection of an ACTIVE certificate attached to the
   thing named by ThingName, with that name as client id.
+* Any other template: refused (a template this hook does not know might name
+  its thing differently from what the checks above assume).
 
 Anything else, and any error (the registry unreachable, a malformed request),
 is refused: the hook fails closed. The reason is written to stderr (the
@@ -48,11 +57,13 @@ Settings (environment variables of the Lambda or of the emulator):
   THING_NAME_PREFIXES     comma-separated allowlist, first = default ("gw")
   SITES                   comma-separated allowlist ("default,plant-a,plant-b")
   CLAIM_CLIENT_ID_PREFIX  the claim policy's client-id prefix ("prov-")
+  ENROLLMENT_TEMPLATES    templates checked as enrollment ("ProdTemplate")
   ROTATION_TEMPLATES      templates checked as rotation ("RotationTemplate")
   REENROLL_MAX_WINDOW     seconds; a later reenrollUntil is refused (604800)
 """
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -66,6 +77,7 @@ HARDWARE_REVISION = re.compile(r"[A-Za-z0-9_.,@/:#-]{1,64}")
 CERTIFICATE_ID = re.compile(r"[0-9a-f]{64}")
 TEMPLATE_ARN = re.compile(r"arn:aws[a-z-]*:iot:[^:]*:[^:]*:provisioningtemplate/([0-9A-Za-z_-]{1,36})")
 REENROLL_ATTRIBUTE = "reenrollUntil"
+ENROLLMENT_KEY_ATTRIBUTE = "enrollmentKey"
 
 
 class Refused(Exception):
@@ -85,6 +97,7 @@ class Settings:
         self.claim_client_id_prefix = env.get("CLAIM_CLIENT_ID_PREFIX", "prov-")
         if not self.claim_client_id_prefix:
             raise Refused("setting CLAIM_CLIENT_ID_PREFIX is empty")
+        self.enrollment_templates = names("ENROLLMENT_TEMPLATES", "ProdTemplate")
         self.rotation_templates = names("ROTATION_TEMPLATES", "RotationTemplate")
         self.reenroll_max_window = int(env.get("REENROLL_MAX_WINDOW", "604800"))
 
@@ -94,8 +107,8 @@ def lambda_handler(event, context=None):
     try:
         settings = Settings(os.environ)
         iot = iot_client()
-    except (Refused, ValueError) as e:
-        log(f"refused: the hook is not set up: {e}")
+    except Exception as e:  # a setting, boto3 missing, no region: fail closed
+        log(f"refused: the hook is not set up: {type(e).__name__}: {e}")
         return {"allowProvisioning": False}
     return decide(event, iot, settings, time.time())
 
@@ -126,8 +139,12 @@ def decide(event, iot, settings, now):
             raise Refused("parameters must be a map of strings")
         if template in settings.rotation_templates:
             overrides, why = rotation(event, params, iot, settings)
-        else:
+        elif template in settings.enrollment_templates:
             overrides, why = enrollment(event, params, iot, settings, now)
+        else:
+            raise Refused(
+                "the template is neither in ENROLLMENT_TEMPLATES nor in ROTATION_TEMPLATES"
+            )
         log(f"{template}: allowed: {why}")
         return {"allowProvisioning": True, "parameterOverrides": overrides}
     except Refused as e:
@@ -178,11 +195,20 @@ def enrollment(event, params, iot, settings, now):
     if not HARDWARE_REVISION.fullmatch(revision):
         raise Refused(f"HardwareRevision {revision!r} is not 1 to 64 of A-Z a-z 0-9 _ . , @ / : # -")
     thing = checked_thing_name(f"{prefix}_{serial}", settings)
-    overrides = {"ThingNamePrefix": prefix, "Site": site, "HardwareRevision": revision}
+    # The template gets exactly the values checked here.
+    overrides = {
+        "SerialNumber": serial,
+        "ThingNamePrefix": prefix,
+        "Site": site,
+        "HardwareRevision": revision,
+    }
+    new_key = public_key_of(str(event.get("certificatePem", "")))
+    key_id = hashlib.sha256(new_key).hexdigest()
 
     existing = describe_thing(iot, thing)
     if existing is None:
-        return overrides, f"new thing {thing}"
+        claim_new_thing(iot, thing, key_id)
+        return overrides, f"new thing {thing}, created for the key {key_id}"
 
     cert, client_id = requester(event)
     attached = thing_certificates(iot, thing)
@@ -192,12 +218,19 @@ def enrollment(event, params, iot, settings, now):
     new_cert = str(event.get("certificateId", ""))
     if new_cert in active:
         return overrides, f"{thing} exists; {new_cert} is already its certificate (a repeated registration)"
-    new_key = public_key_of(str(event.get("certificatePem", "")))
     for c in sorted(active):
-        if public_key_of(attached[c]["certificatePem"]) == new_key:
+        try:
+            same = public_key_of(attached[c]["certificatePem"]) == new_key
+        except Refused as e:
+            log(f"{thing}: certificate {c} not compared: {e}")
+            continue
+        if same:
             return overrides, f"{thing} exists; the new certificate is for the key of its ACTIVE certificate {c}"
+    attributes = existing.get("attributes") or {}
+    if not active and attributes.get(ENROLLMENT_KEY_ATTRIBUTE) == key_id:
+        return overrides, f"{thing} was created for this key ({key_id}) by an earlier attempt"
 
-    marker = (existing.get("attributes") or {}).get(REENROLL_ATTRIBUTE)
+    marker = attributes.get(REENROLL_ATTRIBUTE)
     if marker is None:
         raise Refused(
             f"thing {thing} exists and the request does not come from its device (client "
@@ -222,10 +255,14 @@ def enrollment(event, params, iot, settings, now):
             f"{sorted(active)}: deactivate them first"
         )
     # One enrollment per opening: the version check makes two concurrent
-    # requests race for a single success.
+    # requests race for a single success. The key that used it is recorded,
+    # so that the same device can finish an attempt that fails later.
     iot.update_thing(
         thingName=thing,
-        attributePayload={"attributes": {REENROLL_ATTRIBUTE: ""}, "merge": True},
+        attributePayload={
+            "attributes": {REENROLL_ATTRIBUTE: "", ENROLLMENT_KEY_ATTRIBUTE: key_id},
+            "merge": True,
+        },
         expectedVersion=existing["version"],
     )
     return overrides, f"{thing} was opened for re-enrollment until {until}; the opening is used up"
@@ -242,6 +279,19 @@ def rotation(event, params, iot, settings):
     if attached.get(cert, {}).get("status") != "ACTIVE":
         raise Refused(f"the requesting certificate {cert} is not an ACTIVE certificate of {thing}")
     return {}, f"{thing} rotates from its certificate {cert}"
+
+
+def claim_new_thing(iot, thing, key_id):
+    """Creates the thing for this key, or refuses when another request just
+    created it: CreateThing is idempotent only for the same attributes, so of
+    two racing requests (with two keys) exactly one gets the thing."""
+    try:
+        iot.create_thing(
+            thingName=thing,
+            attributePayload={"attributes": {ENROLLMENT_KEY_ATTRIBUTE: key_id}},
+        )
+    except iot.exceptions.ResourceAlreadyExistsException:
+        raise Refused(f"thing {thing} was just created by another request")
 
 
 def describe_thing(iot, name):
@@ -272,7 +322,9 @@ def public_key_of(pem):
     try:
         start = lines.index("-----BEGIN CERTIFICATE-----")
         end = lines.index("-----END CERTIFICATE-----", start)
-        der = base64.b64decode("".join(lines[start + 1 : end]), validate=True)
+        der = base64.b64decode("".join(l.strip() for l in lines[start + 1 : end]), validate=True)
+        if der[0] != 0x30:
+            raise ValueError("not a DER SEQUENCE")
         tbs = children(der, *content(der, 0))[0]
         fields = children(der, *content(der, tbs))
         if der[fields[0]] == 0xA0:  # [0] version

@@ -15,6 +15,8 @@ pub(crate) enum ErrorKind {
     ResourceNotFound,
     /// `expectedVersion` is not the thing's version.
     VersionConflict,
+    /// CreateThing of a thing that exists with another configuration.
+    ResourceAlreadyExists,
     /// The certificate's status does not allow the operation.
     CertificateState,
     /// The registry failed.
@@ -32,6 +34,7 @@ impl ErrorKind {
             ErrorKind::InvalidRequest => ("InvalidRequestException", 400),
             ErrorKind::ResourceNotFound => ("ResourceNotFoundException", 404),
             ErrorKind::VersionConflict => ("VersionConflictException", 409),
+            ErrorKind::ResourceAlreadyExists => ("ResourceAlreadyExistsException", 409),
             ErrorKind::CertificateState => ("CertificateStateException", 406),
             ErrorKind::InternalFailure => ("InternalFailureException", 500),
             ErrorKind::UnknownOperation => ("UnknownOperationException", 404),
@@ -73,6 +76,9 @@ impl From<RegistryError> for ApiError {
         match e {
             RegistryError::NotFound { kind, name } => {
                 ApiError::not_found(format!("{kind} {name} cannot be found"))
+            }
+            RegistryError::AlreadyExists { .. } => {
+                ApiError::new(ErrorKind::ResourceAlreadyExists, e.to_string())
             }
             RegistryError::VersionConflict { .. } => {
                 ApiError::new(ErrorKind::VersionConflict, e.to_string())

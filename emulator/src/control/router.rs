@@ -36,6 +36,12 @@ pub(crate) const ROUTES: &[Route] = &[
         handler: things::describe_thing,
     },
     Route {
+        method: "POST",
+        path: "/things/{thingName}",
+        operation: "CreateThing",
+        handler: things::create_thing,
+    },
+    Route {
         method: "PATCH",
         path: "/things/{thingName}",
         operation: "UpdateThing",
@@ -160,6 +166,7 @@ mod tests {
         assert_eq!(op("GET", "/things").unwrap(), "ListThings");
         assert_eq!(op("GET", "/things/gw_1").unwrap(), "DescribeThing");
         assert_eq!(op("PATCH", "/things/gw_1").unwrap(), "UpdateThing");
+        assert_eq!(op("POST", "/things/gw_1").unwrap(), "CreateThing");
         assert_eq!(
             op("GET", "/things/gw_1/principals").unwrap(),
             "ListThingPrincipals"
@@ -194,10 +201,11 @@ mod tests {
         assert_eq!(e.kind.code_and_status(), ("UnknownOperationException", 404));
         assert!(e.message.contains("POST /thing-groups/g1"), "{}", e.message);
         assert!(e.message.contains("DescribeThing"), "{}", e.message);
-        let e = route("POST", "/things/gw_1").unwrap_err();
+        let e = route("PUT", "/things/gw_1").unwrap_err();
         assert!(
-            e.message
-                .contains("that path takes GET (DescribeThing), PATCH (UpdateThing)"),
+            e.message.contains(
+                "that path takes GET (DescribeThing), POST (CreateThing), PATCH (UpdateThing)"
+            ),
             "{}",
             e.message
         );

@@ -1,4 +1,4 @@
-//! Things: DescribeThing, UpdateThing, ListThings.
+//! Things: CreateThing, DescribeThing, UpdateThing, ListThings.
 
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -74,6 +74,35 @@ pub(super) fn describe_thing(cp: &ControlPlane, req: &ApiRequest) -> Result<Repl
         out.insert("billingGroupName".into(), json!(bg));
     }
     Ok(Reply::Json(Value::Object(out)))
+}
+
+/// `POST /things/{thingName}`: `attributePayload {attributes}`,
+/// `thingTypeName`, `billingGroupName`. Idempotent for the same
+/// configuration; `ResourceAlreadyExistsException` for another.
+pub(super) fn create_thing(cp: &ControlPlane, req: &ApiRequest) -> Result<Reply, ApiError> {
+    let op = req.operation;
+    let name = thing_name(req, req.label("thingName"))?;
+    let body = req.json_body()?;
+    let attributes = match body.object("attributePayload")? {
+        Some(payload) => payload.string_map("attributes")?.unwrap_or_default(),
+        None => Default::default(),
+    };
+    let thing = ThingRecord {
+        thing_name: name.to_owned(),
+        attributes,
+        thing_type_name: body.string("thingTypeName")?.map(str::to_owned),
+        billing_group: body.string("billingGroupName")?.map(str::to_owned),
+        ..Default::default()
+    };
+    let t = cp.registry.create_thing(&thing).map_err(|e| match e {
+        RegistryError::Invalid(m) => ApiError::invalid(format!("{op}: {m}")),
+        other => other.into(),
+    })?;
+    Ok(Reply::Json(json!({
+        "thingName": t.thing_name,
+        "thingArn": cp.thing_arn(&t.thing_name),
+        "thingId": thing_id(&t.thing_name),
+    })))
 }
 
 /// `PATCH /things/{thingName}`: `attributePayload {attributes, merge}`,

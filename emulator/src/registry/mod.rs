@@ -27,6 +27,9 @@ pub enum RegistryError {
     NotFound { kind: &'static str, name: String },
     #[error("{0}")]
     Invalid(String),
+    /// CreateThing for a thing that exists with another configuration.
+    #[error("{kind} {name} already exists with another configuration")]
+    AlreadyExists { kind: &'static str, name: String },
     /// An update named a version that is not the thing's current one.
     #[error("thing {name} is at version {actual}, not the expected version {expected}")]
     VersionConflict {
@@ -800,6 +803,51 @@ impl Registry {
         put_thing_in(&self.db(), thing)?;
         self.auth_changed();
         Ok(())
+    }
+
+    /// Creates a thing (AWS's CreateThing), in one transaction: a thing of
+    /// that name with the same attributes, type and billing group is left
+    /// as it is (the call is idempotent, as AWS's), one with another
+    /// configuration is [`RegistryError::AlreadyExists`]. Of two callers
+    /// racing to create the same name with different attributes exactly one
+    /// succeeds, which is what a pre-provisioning hook relies on to claim a
+    /// new thing for one certificate.
+    pub fn create_thing(&self, thing: &ThingRecord) -> Result<ThingRecord, RegistryError> {
+        for (k, v) in &thing.attributes {
+            if !valid_attribute_name(k) || !valid_attribute_value(v) || v.is_empty() {
+                return Err(RegistryError::Invalid(format!(
+                    "attribute {k:?}={v:?}: names are 1 to 128 of [a-zA-Z0-9_.,@/:#-], values 1 \
+                     to 800 of [a-zA-Z0-9_.,@/:#=[]-]"
+                )));
+            }
+        }
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let created = match thing_in(&tx, &thing.thing_name)? {
+            Some(existing) => {
+                let same = existing.attributes == thing.attributes
+                    && existing.thing_type_name == thing.thing_type_name
+                    && existing.billing_group == thing.billing_group;
+                if !same {
+                    return Err(RegistryError::AlreadyExists {
+                        kind: "thing",
+                        name: thing.thing_name.clone(),
+                    });
+                }
+                existing
+            }
+            None => {
+                put_thing_in(&tx, thing)?;
+                thing_in(&tx, &thing.thing_name)?.ok_or_else(|| RegistryError::NotFound {
+                    kind: "thing",
+                    name: thing.thing_name.clone(),
+                })?
+            }
+        };
+        tx.commit()?;
+        drop(db);
+        self.auth_changed();
+        Ok(created)
     }
 
     /// Changes a thing's attributes and type in one transaction (AWS's
