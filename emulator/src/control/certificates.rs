@@ -41,15 +41,7 @@ fn existing_certificate(
 /// emulator derives it from the id and the customer version.
 fn generation_id(c: &CertificateRecord) -> String {
     let seed = format!("generation:{}:{}", c.certificate_id, c.customer_version);
-    let h = hex::encode(&Sha256::digest(seed.as_bytes())[..16]);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    super::uuid_text(&Sha256::digest(seed.as_bytes())[..16])
 }
 
 /// What the emulator reads from the certificate itself: validity and, when

@@ -62,3 +62,17 @@ pub(crate) enum Reply {
     Json(serde_json::Value),
     Empty,
 }
+
+/// 16 bytes written as a UUID (`8-4-4-4-12` hex digits), the shape of
+/// AWS's thing ids, generation ids and request ids.
+pub(crate) fn uuid_text(bytes: &[u8]) -> String {
+    let h = hex::encode(bytes);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}

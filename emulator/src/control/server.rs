@@ -141,15 +141,7 @@ fn response(
 /// A random id in UUID form, as AWS's `x-amzn-RequestId` (botocore puts it
 /// in `ResponseMetadata.RequestId`).
 fn request_id() -> String {
-    let h = hex::encode(rand::random::<[u8; 16]>());
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    super::uuid_text(&rand::random::<[u8; 16]>())
 }
 
 #[cfg(test)]

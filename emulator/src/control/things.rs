@@ -37,15 +37,7 @@ pub(super) fn thing_not_found(name: &str) -> ApiError {
 /// name, so it is stable across restarts and processes with no column of
 /// its own (a thing deleted and made again would get the same id).
 pub(super) fn thing_id(name: &str) -> String {
-    let h = hex::encode(&Sha256::digest(format!("thing-id:{name}").as_bytes())[..16]);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    super::uuid_text(&Sha256::digest(format!("thing-id:{name}").as_bytes())[..16])
 }
 
 fn attributes(t: &ThingRecord) -> Value {
