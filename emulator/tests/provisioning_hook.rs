@@ -190,6 +190,20 @@ async fn enrollment_decisions_for_new_and_existing_things() {
         &[],
     );
     assert!(allowed(&answer), "same key: {}", answer.1);
+    // Once a certificate was attached (here the one for that key, since
+    // retired: INACTIVE), the recorded key proves nothing any more.
+    emu.registry()
+        .attach_thing("gw_N1", &fresh.certificate_id)
+        .unwrap();
+    emu.registry()
+        .set_certificate_status(&fresh.certificate_id, CertStatus::Inactive)
+        .unwrap();
+    let answer = run_hook(
+        &emu,
+        &event(&claim, "prov-N1", &same_key, serial("N1")),
+        &[],
+    );
+    assert!(!allowed(&answer), "a retired key: {}", answer.1);
     // A template the hook does not know is refused.
     let mut unknown = event(&claim, "prov-N9", &fresh, serial("N9"));
     unknown["templateArn"] =
@@ -288,8 +302,10 @@ async fn enrollment_decisions_for_new_and_existing_things() {
     assert!(allowed(&answer), "{}", answer.1);
     let attributes = emu.registry().thing("gw_N2").unwrap().unwrap().attributes;
     assert!(!attributes.contains_key("reenrollUntil"), "{attributes:?}");
-    // Used up: someone else (another key) is refused; the device that used
-    // the opening may finish its enrollment (its key was recorded).
+    // Used up: someone else (another key) is refused, and so is the same
+    // key again: the thing has certificates attached (INACTIVE), so a key
+    // recorded on it proves nothing (it could be a retired one); an attempt
+    // that fails after the opening needs a new opening.
     let another = emu.create_credential("another", &[]).unwrap();
     let answer = run_hook(&emu, &event(&claim, "prov-N2", &another, serial("N2")), &[]);
     assert!(!allowed(&answer), "used up: {}", answer.1);
@@ -298,7 +314,11 @@ async fn enrollment_decisions_for_new_and_existing_things() {
         64
     );
     let answer = run_hook(&emu, &event(&claim, "prov-N2", &fresh, serial("N2")), &[]);
-    assert!(allowed(&answer), "the same device again: {}", answer.1);
+    assert!(
+        !allowed(&answer),
+        "the same key after the opening: {}",
+        answer.1
+    );
 
     // Garbage is refused, never an error.
     for bad in [json!("text"), json!({"templateArn": "x"}), json!([])] {

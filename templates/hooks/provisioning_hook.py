@@ -28,9 +28,10 @@ that whoever sends a request may be an attacker holding it. It allows:
      the thing, or is itself attached to it (a device repeating a
      registration whose answer it lost: only the holder of that key could
      have had a certificate issued for it), or
-  3. the thing has no ACTIVE certificate and its ``enrollmentKey`` is the new
-     certificate's key: the device finishing a first enrollment that an
-     earlier attempt began (it keeps its key for exactly this), or
+  3. no certificate at all is attached to the thing and its ``enrollmentKey``
+     is the new certificate's key: the device finishing a first enrollment
+     that an earlier attempt of its own began (it keeps its key for exactly
+     this), or
   4. an operator opened the thing for re-enrollment after a factory reset:
      the thing's attribute ``reenrollUntil`` holds a Unix time in the future
      (at most REENROLL_MAX_WINDOW seconds ahead) and none of its certificates
@@ -227,7 +228,10 @@ def enrollment(event, params, iot, settings, now):
         if same:
             return overrides, f"{thing} exists; the new certificate is for the key of its ACTIVE certificate {c}"
     attributes = existing.get("attributes") or {}
-    if not active and attributes.get(ENROLLMENT_KEY_ATTRIBUTE) == key_id:
+    # Only while no certificate at all is attached: once one was (even if it
+    # is INACTIVE or detached again later by a rotation), the recorded key may
+    # be an old, retired or compromised one.
+    if not attached and attributes.get(ENROLLMENT_KEY_ATTRIBUTE) == key_id:
         return overrides, f"{thing} was created for this key ({key_id}) by an earlier attempt"
 
     marker = attributes.get(REENROLL_ATTRIBUTE)
@@ -255,8 +259,8 @@ def enrollment(event, params, iot, settings, now):
             f"{sorted(active)}: deactivate them first"
         )
     # One enrollment per opening: the version check makes two concurrent
-    # requests race for a single success. The key that used it is recorded,
-    # so that the same device can finish an attempt that fails later.
+    # requests race for a single success. The key that used it is recorded
+    # (for the operator: who used the opening).
     iot.update_thing(
         thingName=thing,
         attributePayload={

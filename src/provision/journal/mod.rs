@@ -249,8 +249,9 @@ impl Journal {
     /// journal is converted.
     pub fn load(state_dir: &Path) -> Result<Option<Self>, JournalError> {
         let path = Self::path(state_dir);
+        // It may hold an ownership token: wiped once parsed.
         let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
+            Ok(b) => Zeroizing::new(b),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => {
                 return Err(JournalError::Io {
