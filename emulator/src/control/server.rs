@@ -3,7 +3,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -31,18 +30,9 @@ pub(crate) async fn serve(
     cp: Arc<ControlPlane>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.changed() => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!("control-plane API: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((tcp, peer)) =
+        crate::emulator::next_connection(&listener, &mut shutdown, "control-plane API").await
+    {
         let cp = cp.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
