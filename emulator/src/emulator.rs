@@ -339,28 +339,6 @@ fn api_url(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
 
-/// The next connection on `listener`, or `None` once `shutdown` changes. A
-/// failed accept (out of descriptors, say) is logged and tried again
-/// shortly, never the end of the listener.
-pub(crate) async fn next_connection(
-    listener: &TcpListener,
-    shutdown: &mut watch::Receiver<bool>,
-    what: &str,
-) -> Option<(TcpStream, SocketAddr)> {
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return None,
-            r = listener.accept() => match r {
-                Ok(c) => return Some(c),
-                Err(e) => {
-                    tracing::warn!("{what}: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-        }
-    }
-}
-
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -368,7 +346,9 @@ async fn accept_loop(
     broker: Arc<Broker>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    while let Some((tcp, peer)) = next_connection(&listener, &mut shutdown, "MQTT").await {
+    while let Some((tcp, peer)) =
+        crate::listener::next_connection(&listener, &mut shutdown, "MQTT").await
+    {
         let acceptor = acceptor.clone();
         let broker = broker.clone();
         let shutdown = shutdown.clone();

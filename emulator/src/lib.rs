@@ -11,6 +11,7 @@ mod control;
 mod emulator;
 mod hook;
 pub mod jobs;
+mod listener;
 mod mqtt;
 pub mod pki;
 pub mod policy;

@@ -31,7 +31,7 @@ pub(crate) async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     while let Some((tcp, peer)) =
-        crate::emulator::next_connection(&listener, &mut shutdown, "control-plane API").await
+        crate::listener::next_connection(&listener, &mut shutdown, "control-plane API").await
     {
         let cp = cp.clone();
         let mut shutdown = shutdown.clone();
