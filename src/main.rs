@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
-            eprintln!("prov-agent: {e}");
+            eprintln!("prov-agent: {}", prov_agent::error::report(&e));
             ExitCode::from(e.exit_code())
         }
     }

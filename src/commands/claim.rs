@@ -49,15 +49,17 @@ pub fn import(
         "cannot read claim certificate",
         &args.cert,
     ))?;
-    let cert = Certificate::from_pem(&cert_text, &args.cert.display().to_string())
-        .map_err(|e| CommandError::Input(e.to_string()))?;
+    let cert = Certificate::from_pem(&cert_text, &args.cert.display().to_string())?;
 
     let key_text = Zeroizing::new(
         std::fs::read_to_string(&key_path)
             .map_err(CommandError::io("cannot read claim key", &key_path))?,
     );
-    let material = PrivateKeyMaterial::from_pem(&key_text)
-        .map_err(|e| CommandError::Input(format!("{}: {e}", key_path.display())))?;
+    let material =
+        PrivateKeyMaterial::from_pem(&key_text).map_err(|source| CommandError::KeyFile {
+            path: key_path.clone(),
+            source,
+        })?;
     drop(key_text);
     if material.public_key()? != *cert.public_key() {
         return Err(CommandError::Input(format!(
@@ -136,12 +138,8 @@ fn prove_key(
     let signature = store.sign(&info.label, scheme, &challenge)?;
     cert.public_key()
         .verify(scheme, &challenge, &signature)
-        .map_err(|_| {
-            CommandError::Other(format!(
-                "the imported key {} made a signature that does not verify with the claim \
-                 certificate; the import was undone",
-                info.reference
-            ))
+        .map_err(|_| CommandError::ImportUnproven {
+            key: info.reference.to_string(),
         })
 }
 
@@ -172,7 +170,7 @@ pub fn generate(
     let label = &config.keystore.claim_key;
     let info = store.generate(label, config.keystore.algorithm)?;
     let result = make_csr(store.clone(), &info, &args.subject)
-        .map_err(|e| CommandError::Other(e.to_string()))
+        .map_err(|e| CommandError::from(crate::provision::ProvisionError::from(e)))
         .and_then(|csr| {
             durable::write_file(&args.csr, csr.as_bytes())
                 .map_err(CommandError::io("cannot write CSR", &args.csr))

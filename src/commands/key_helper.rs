@@ -14,7 +14,10 @@ pub fn run() -> Result<(), CommandError> {
     let own = |fd: std::os::fd::BorrowedFd<'_>| {
         fd.try_clone_to_owned()
             .map(std::fs::File::from)
-            .map_err(|e| CommandError::Other(format!("key helper: {e}")))
+            .map_err(CommandError::io(
+                "duplicate the descriptor of",
+                "stdin/stdout",
+            ))
     };
     let mut input = own(std::io::stdin().as_fd())?;
     let mut output = own(std::io::stdout().as_fd())?;
@@ -26,5 +29,5 @@ pub fn run() -> Result<(), CommandError> {
         })?;
         keystore::open(&config.keystore.settings)
     })
-    .map_err(CommandError::Other)
+    .map_err(CommandError::from)
 }

@@ -56,10 +56,34 @@ pub enum CommandError {
     },
     #[error(transparent)]
     Provision(#[from] crate::provision::ProvisionError),
+    /// The command's arguments (or the config settings it reads) do not
+    /// make sense together; found by the command itself, there is no
+    /// underlying error to keep.
     #[error("{0}")]
     Input(String),
-    #[error("{0}")]
-    Other(String),
+    /// An input certificate file cannot be used.
+    #[error(transparent)]
+    Certificate(#[from] crate::crypto::CertError),
+    /// An input private-key file cannot be used.
+    #[error("{}: {source}", path.display())]
+    KeyFile {
+        path: PathBuf,
+        #[source]
+        source: KeyStoreError,
+    },
+    /// `claim import`: the key in the store does not sign for the claim
+    /// certificate (the import was undone).
+    #[error(
+        "the imported key {key} made a signature that does not verify with the claim \
+         certificate; the import was undone"
+    )]
+    ImportUnproven { key: String },
+    /// The async runtime could not be started.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// The key helper's conversation with the daemon broke.
+    #[error(transparent)]
+    KeyHelper(#[from] crate::keystore::helper::ServeError),
     /// Already reported on stdout (`check`): exit 1 without more words.
     #[error("one or more checks failed")]
     Failed,
@@ -68,12 +92,16 @@ pub enum CommandError {
 impl CommandError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            CommandError::Config(_) | CommandError::Input(_) => ErrorKind::Config,
-            CommandError::KeyStore(_) => ErrorKind::KeyStore,
+            CommandError::Config(_)
+            | CommandError::Input(_)
+            | CommandError::Certificate(_)
+            | CommandError::KeyFile { .. } => ErrorKind::Config,
+            CommandError::KeyStore(_) | CommandError::ImportUnproven { .. } => ErrorKind::KeyStore,
             CommandError::Provision(e) => e.kind(),
-            CommandError::Io { .. } | CommandError::Other(_) | CommandError::Failed => {
-                ErrorKind::Other
-            }
+            CommandError::Io { .. }
+            | CommandError::Runtime(_)
+            | CommandError::KeyHelper(_)
+            | CommandError::Failed => ErrorKind::Other,
         }
     }
 
@@ -93,5 +121,5 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, CommandError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| CommandError::Other(format!("cannot start the async runtime: {e}")))
+        .map_err(CommandError::Runtime)
 }

@@ -39,7 +39,7 @@ pub fn run(config: &Config, json: bool) -> Result<String, CommandError> {
         return Ok(out);
     };
     let cert = Certificate::from_pem(&id.certificate_pem, "identity")
-        .map_err(|e| CommandError::Other(e.to_string()))?;
+        .map_err(crate::provision::ProvisionError::DamagedCertificate)?;
     let due = unix(scheduled_at(&cert, &config.rotation));
     let left = id.not_after.saturating_sub(now);
     if json {

@@ -81,12 +81,10 @@ pub async fn run(
             }
         };
         if let Err(e) = result {
-            tracing::error!(error = %e, "the interrupted operation could not be finished; carrying on with the current identity");
+            tracing::error!(error = %crate::error::report(&e), "the interrupted operation could not be finished; carrying on with the current identity");
         }
     }
-    let identity = Identity::load(&config.state_dir)?.ok_or_else(|| {
-        ProvisionError::Input("the device is not enrolled: run `prov-agent enroll` first".into())
-    })?;
+    let identity = Identity::load(&config.state_dir)?.ok_or(ProvisionError::NotEnrolled)?;
 
     let mut daemon = Daemon {
         config_path: config_path.to_path_buf(),
@@ -172,7 +170,7 @@ impl Daemon {
                 message = next_message(&mut self.session) => match message {
                     Ok((topic, payload)) => self.handle(&topic, &payload).await,
                     Err(e) => {
-                        tracing::warn!(error = %e, "connection lost");
+                        tracing::warn!(error = %crate::error::report(&e), "connection lost");
                         self.session = None;
                         self.schedule_reconnect();
                         self.status("offline, reconnecting");
@@ -204,7 +202,7 @@ impl Daemon {
                 tracing::info!("configuration reloaded");
             }
             Err(e) => {
-                tracing::error!(error = %e, "configuration not reloaded; keeping the running one")
+                tracing::error!(error = %crate::error::report(&e), "configuration not reloaded; keeping the running one")
             }
         }
         self.notify(|n| n.ready());
@@ -265,7 +263,7 @@ impl Daemon {
                 true
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot connect");
+                tracing::warn!(error = %crate::error::report(&e), "cannot connect");
                 self.schedule_reconnect();
                 self.status("offline, reconnecting");
                 false
@@ -294,7 +292,7 @@ impl Daemon {
                     self.rotate(Trigger::Job { job_id }).await;
                 }
             }
-            Err(e) => tracing::debug!(error = %e, "no pending job"),
+            Err(e) => tracing::debug!(error = %crate::error::report(&e), "no pending job"),
         }
     }
 
@@ -339,7 +337,7 @@ impl Daemon {
             )
             .await
         {
-            tracing::warn!(job_id, status, error = %e, "job update failed");
+            tracing::warn!(job_id, status, error = %crate::error::report(&e), "job update failed");
         }
     }
 
@@ -377,7 +375,7 @@ impl Daemon {
                 Ok(())
             }
             Err(e) => {
-                tracing::error!(?trigger, error = %e, "rotation failed; the device keeps its identity");
+                tracing::error!(?trigger, error = %crate::error::report(&e), "rotation failed; the device keeps its identity");
                 Err(e.to_string())
             }
         };
@@ -434,7 +432,9 @@ impl Daemon {
         match tokio::time::timeout(Duration::from_secs(120), cmd.status()).await {
             Ok(Ok(status)) if status.success() => tracing::info!("post-rotation command done"),
             Ok(Ok(status)) => tracing::warn!(%status, "post-rotation command failed"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "post-rotation command could not start"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %crate::error::report(&e), "post-rotation command could not start")
+            }
             Err(_) => tracing::warn!("post-rotation command still running after 120 s; killed"),
         }
     }

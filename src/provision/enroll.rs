@@ -39,10 +39,10 @@ pub async fn enroll_locked(
     let journal = Journal::load(state_dir)?;
     if let Some(j) = &journal {
         if j.operation != Operation::Enroll {
-            return Err(ProvisionError::Busy(format!(
-                "a rotation is in progress (journal phase {:?}); finish it with `prov-agent rotate` first",
-                j.phase()
-            )));
+            return Err(ProvisionError::OtherOperation {
+                running: j.operation,
+                phase: j.phase(),
+            });
         }
     }
     if let (Some(identity), None, false) = (&existing, &journal, opts.force) {

@@ -155,11 +155,8 @@ impl<'a> Flow<'a> {
                     fault::point("committed");
                 }
                 State::Committed => {
-                    let identity = Identity::load(&state_dir)?.ok_or_else(|| {
-                        ProvisionError::Inconsistent(
-                            "the journal says committed but identity.json is missing".into(),
-                        )
-                    })?;
+                    let identity = Identity::load(&state_dir)?
+                        .ok_or(ProvisionError::CommittedWithoutIdentity)?;
                     self.delete_retired_key(journal, &identity)?;
                     fault::point("old-key-deleted");
                     let abandoned = journal.abandoned_certificate_ids.clone();
@@ -344,11 +341,11 @@ impl<'a> Flow<'a> {
 
     fn claim_options(&self) -> Result<ConnectOptions, ProvisionError> {
         let cert_path = &self.config.settings.claim_cert;
-        let pem = std::fs::read_to_string(cert_path).map_err(|e| {
-            ProvisionError::Input(format!(
-                "cannot read the claim certificate {}: {e}; run `prov-agent claim import` first",
-                cert_path.display()
-            ))
+        let pem = std::fs::read_to_string(cert_path).map_err(|source| {
+            ProvisionError::ClaimCertificate {
+                path: cert_path.clone(),
+                source,
+            }
         })?;
         let cert = Certificate::from_pem(&pem, &format!("CLAIM_CERT {}", cert_path.display()))
             .map_err(EndpointError::from)?;
@@ -356,9 +353,7 @@ impl<'a> Flow<'a> {
             .store
             .info(&self.config.keystore.claim_key)
             .map_err(|e| match e {
-                e if e.is_not_found() => ProvisionError::Input(format!(
-                    "{e}; run `prov-agent claim import` (or `claim generate`) first"
-                )),
+                e if e.is_not_found() => ProvisionError::ClaimKeyMissing(e),
                 other => other.into(),
             })?;
         // A new random client id per claim connection, not one derived from
@@ -583,13 +578,7 @@ impl<'a> Flow<'a> {
                     .settings
                     .cert_rotation_template
                     .clone()
-                    .ok_or_else(|| {
-                        ProvisionError::Input(
-                            "rotation needs [SETTINGS] CERT_ROTATION_TEMPLATE: the template that \
-                         re-registers the thing with a new certificate"
-                                .into(),
-                        )
-                    })?;
+                    .ok_or(ProvisionError::NoRotationTemplate)?;
                 parameters.insert("ThingName".into(), current.thing_name.clone());
                 Ok((template, parameters))
             }
@@ -711,9 +700,7 @@ impl<'a> Flow<'a> {
             session.publish(&topic, payload.clone(), timeout).await?;
             let echoed = session.receive(&topic, timeout).await?;
             if echoed != payload {
-                return Err(ProvisionError::Inconsistent(
-                    "the verification round trip returned another message".into(),
-                ));
+                return Err(ProvisionError::EchoMismatch);
             }
             session.close().await;
             Ok(())
@@ -781,11 +768,10 @@ impl<'a> Flow<'a> {
         let cert = parse_issued(&registration.certificate)?;
         let key: KeyInfo = self.store.info(&self.pending)?;
         if key.public_key != *cert.public_key() {
-            return Err(ProvisionError::Inconsistent(format!(
-                "key {} does not match the new certificate {}",
-                key.reference,
-                cert.id()
-            )));
+            return Err(ProvisionError::KeyMismatch {
+                key: key.reference.to_string(),
+                certificate: cert.id().to_string(),
+            });
         }
         let not_after = cert
             .not_after()

@@ -63,11 +63,7 @@ pub fn lock_state_dir(state_dir: &std::path::Path) -> Result<std::fs::File, Prov
         .map_err(ProvisionError::io("open lock file", &path))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(ProvisionError::Busy(format!(
-            "another prov-agent (enroll, rotate or the daemon) is working on this device \
-             (lock {}): wait for it or stop it",
-            path.display()
-        ))),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ProvisionError::Locked { lock: path }),
         Err(std::fs::TryLockError::Error(e)) => Err(ProvisionError::Io {
             what: "lock",
             path,
@@ -85,8 +81,28 @@ pub struct StepTiming {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
-    #[error("{0}")]
-    Input(String),
+    /// `rotate` or `run` on a device that has no identity yet.
+    #[error("the device is not enrolled: run `prov-agent enroll` first")]
+    NotEnrolled,
+    /// The claim certificate file cannot be read.
+    #[error(
+        "cannot read the claim certificate {}: {source}; run `prov-agent claim import` first",
+        path.display()
+    )]
+    ClaimCertificate {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The claim key is not in the key store.
+    #[error("{0}; run `prov-agent claim import` (or `claim generate`) first")]
+    ClaimKeyMissing(#[source] KeyStoreError),
+    /// A rotation without `[SETTINGS] CERT_ROTATION_TEMPLATE`.
+    #[error(
+        "rotation needs [SETTINGS] CERT_ROTATION_TEMPLATE: the template that re-registers the \
+         thing with a new certificate"
+    )]
+    NoRotationTemplate,
     #[error(transparent)]
     Serial(#[from] serial::SerialError),
     #[error(transparent)]
@@ -104,8 +120,15 @@ pub enum ProvisionError {
         attempts: u32,
         last: Box<ProvisionError>,
     },
-    #[error("inconsistent state: {0}")]
-    Inconsistent(String),
+    /// The journal says the new identity was committed, and there is none.
+    #[error("inconsistent state: the journal says committed but identity.json is missing")]
+    CommittedWithoutIdentity,
+    /// The verifying connection's echo came back different.
+    #[error("inconsistent state: the verification round trip returned another message")]
+    EchoMismatch,
+    /// The key the flow made is not the key of the certificate it got.
+    #[error("inconsistent state: key {key} does not match the new certificate {certificate}")]
+    KeyMismatch { key: String, certificate: String },
     /// A certificate the agent stored itself (identity.json, the journal)
     /// does not parse: the state is damaged.
     #[error("inconsistent state: {0}")]
@@ -114,8 +137,24 @@ pub enum ProvisionError {
     /// [`ProvisionError::KeyStore`]).
     #[error(transparent)]
     Csr(crate::crypto::CsrError),
-    #[error("{0}")]
-    Busy(String),
+    /// Another prov-agent holds the state directory's lock.
+    #[error(
+        "another prov-agent (enroll, rotate or the daemon) is working on this device (lock {}): \
+         wait for it or stop it",
+        lock.display()
+    )]
+    Locked { lock: PathBuf },
+    /// The journal belongs to the other operation (a rotation left while
+    /// enrolling, or the reverse).
+    #[error(
+        "{} is in progress (journal phase {phase:?}); finish it with `prov-agent {}` first",
+        if *running == journal::Operation::Enroll { "an enrollment" } else { "a rotation" },
+        if *running == journal::Operation::Enroll { "enroll" } else { "rotate" }
+    )]
+    OtherOperation {
+        running: journal::Operation,
+        phase: journal::Phase,
+    },
     #[error(transparent)]
     Journal(#[from] journal::JournalError),
     #[error(transparent)]
@@ -127,8 +166,6 @@ pub enum ProvisionError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Other(String),
 }
 
 impl From<crate::crypto::CsrError> for ProvisionError {
@@ -161,21 +198,26 @@ impl ProvisionError {
     /// code of it).
     pub fn kind(&self) -> ErrorKind {
         match self {
-            ProvisionError::Input(_) | ProvisionError::Serial(_) | ProvisionError::Endpoint(_) => {
-                ErrorKind::Config
-            }
+            ProvisionError::NotEnrolled
+            | ProvisionError::ClaimCertificate { .. }
+            | ProvisionError::ClaimKeyMissing(_)
+            | ProvisionError::NoRotationTemplate
+            | ProvisionError::Serial(_)
+            | ProvisionError::Endpoint(_) => ErrorKind::Config,
             ProvisionError::KeyStore(_) => ErrorKind::KeyStore,
             ProvisionError::Mqtt(e) => e.kind(),
             ProvisionError::GaveUp { .. } => ErrorKind::Unreachable,
             ProvisionError::BadResponse { .. }
-            | ProvisionError::Inconsistent(_)
+            | ProvisionError::CommittedWithoutIdentity
+            | ProvisionError::EchoMismatch
+            | ProvisionError::KeyMismatch { .. }
             | ProvisionError::DamagedCertificate(_)
             | ProvisionError::Csr(_)
-            | ProvisionError::Busy(_)
+            | ProvisionError::Locked { .. }
+            | ProvisionError::OtherOperation { .. }
             | ProvisionError::Journal(_)
             | ProvisionError::Identity(_)
-            | ProvisionError::Io { .. }
-            | ProvisionError::Other(_) => ErrorKind::Other,
+            | ProvisionError::Io { .. } => ErrorKind::Other,
         }
     }
 }

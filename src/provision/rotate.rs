@@ -82,16 +82,14 @@ pub async fn rotate_locked(
     opts: RotateOptions,
 ) -> Result<Outcome, ProvisionError> {
     let state_dir = &config.state_dir;
-    let current = Identity::load(state_dir)?.ok_or_else(|| {
-        ProvisionError::Input("the device is not enrolled: run `prov-agent enroll` first".into())
-    })?;
+    let current = Identity::load(state_dir)?.ok_or(ProvisionError::NotEnrolled)?;
     let journal = Journal::load(state_dir)?;
     if let Some(j) = &journal {
         if j.operation != Operation::Rotate {
-            return Err(ProvisionError::Busy(format!(
-                "an enrollment is in progress (journal phase {:?}); finish it with `prov-agent enroll` first",
-                j.phase()
-            )));
+            return Err(ProvisionError::OtherOperation {
+                running: j.operation,
+                phase: j.phase(),
+            });
         }
     }
     let cert = Certificate::from_pem(&current.certificate_pem, "current identity")

@@ -43,7 +43,7 @@ mod server;
 pub mod wire;
 
 pub use client::HelperKeyStore;
-pub use server::serve;
+pub use server::{serve, ServeError};
 
 /// The hidden subcommand that runs the helper side.
 pub const SUBCOMMAND: &str = "key-helper";

@@ -11,6 +11,23 @@ use super::wire::{
 };
 use crate::keystore::{KeyInfo, KeyLabel, KeyStore, KeyStoreError, PrivateKeyMaterial, Result};
 
+/// Why the helper's conversation with the daemon ended badly (an error of
+/// the store goes back to the daemon as a reply instead).
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("key helper: {0}")]
+    Read(#[from] ReadError),
+    #[error("key helper: cannot answer the daemon: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("key helper: the first message is not a hello but {0}")]
+    NoHello(String),
+    #[error("key helper: a second hello")]
+    SecondHello,
+    /// The daemon is another build; it was told so in a reply.
+    #[error(transparent)]
+    Version(KeyStoreError),
+}
+
 /// Answers the requests on `input` until it closes. `open` turns the
 /// hello's configuration into a key store. Returns an error for a broken
 /// conversation (it goes to the helper's stderr, which is the daemon's); an
@@ -19,8 +36,8 @@ pub fn serve(
     input: &mut impl Read,
     output: &mut impl Write,
     open: impl FnOnce(&Path, &str) -> Result<Arc<dyn KeyStore>>,
-) -> std::result::Result<(), String> {
-    let io = |e: std::io::Error| format!("key helper: {e}");
+) -> std::result::Result<(), ServeError> {
+    let io = ServeError::Write;
     let (config_path, config_text) = match read_message::<RequestFrame>(input) {
         Ok(None) => return Ok(()),
         Ok(Some((
@@ -31,13 +48,9 @@ pub fn serve(
             _,
         ))) => (config_path, config_text),
         Ok(Some((RequestFrame::V1(other), _))) => {
-            return Err(format!(
-                "key helper: the first message is not a hello but {other:?}"
-            ))
+            return Err(ServeError::NoHello(format!("{other:?}")))
         }
-        Err(ReadError::Unknown(e)) => {
-            return Err(format!("key helper: the first message is not a hello: {e}"))
-        }
+        Err(ReadError::Unknown(e)) => return Err(ServeError::NoHello(e.to_string())),
         Err(ReadError::Version(daemon)) => {
             // Answered in our own version: the daemon, whatever it speaks,
             // reads the version from the envelope.
@@ -47,9 +60,9 @@ pub fn serve(
                 helper: VERSION,
             };
             write_message(output, &ReplyFrame::V1(Reply::error(&e)), &[]).map_err(io)?;
-            return Err(e.to_string());
+            return Err(ServeError::Version(e));
         }
-        Err(e) => return Err(format!("key helper: {e}")),
+        Err(e) => return Err(e.into()),
     };
     let store = match open(&config_path, &config_text) {
         Ok(store) => store,
@@ -67,10 +80,10 @@ pub fn serve(
         let (RequestFrame::V1(request), body) = match read_message::<RequestFrame>(input) {
             Ok(Some(message)) => message,
             Ok(None) => return Ok(()),
-            Err(e) => return Err(format!("key helper: {e}")),
+            Err(e) => return Err(e.into()),
         };
         if let Request::Hello { .. } = request {
-            return Err("key helper: a second hello".into());
+            return Err(ServeError::SecondHello);
         }
         let (reply, out) = match handle(store.as_ref(), request, &body) {
             Ok(answer) => answer,
@@ -201,6 +214,8 @@ mod tests {
             panic!("no store is opened for a daemon of another version")
         })
         .unwrap_err();
+        assert!(matches!(err, ServeError::Version(_)), "{err}");
+        let err = err.to_string();
         assert!(
             err.contains("version 1") && err.contains("version 2"),
             "{err}"
@@ -251,6 +266,7 @@ mod tests {
             ))
         })
         .unwrap_err();
-        assert!(err.contains("second hello"), "{err}");
+        assert!(matches!(err, ServeError::SecondHello), "{err}");
+        assert!(err.to_string().contains("second hello"), "{err}");
     }
 }
