@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """ci/bench.sh enroll: release builds of prov-agent and iotcore-emulator,
-the emulator on loopback, N enrollments each in csr and keys mode on SoftHSM
-and swtpm. Prints median wall time, peak RSS and hardware signatures per
-enrollment (counted from the agent's debug log). Numbers only."""
+the emulator on loopback and again behind its simulated link (`serve
+--latency 50`: 100 ms round-trip time), N enrollments and N rotations each
+in csr and keys mode on SoftHSM and swtpm. Prints median wall time, peak
+RSS, hardware signatures and TCP connections per operation (counted from
+the agent's debug log), and the round trips: the extra time the simulated
+link costs divided by its RTT, plus one per TCP connection (a real link's
+TCP handshake, which the emulator cannot delay). Numbers only."""
 
 import json
 import os
@@ -13,6 +17,8 @@ import tempfile
 import time
 
 from benchlib import AGENT, Bench
+
+RTT_MS = 100
 
 
 def measured(cmd, env):
@@ -32,32 +38,54 @@ def measured(cmd, env):
     return elapsed, rss, proc.stdout.decode(), proc.stderr.decode()
 
 
+def run_series(bench, runs, first_device):
+    """{(backend, mode, op): (times ms, peak RSS MiB, signatures, connections)}"""
+    results = {}
+    n = first_device
+    for backend in ("softhsm", "swtpm"):
+        for mode in ("csr", "keys"):
+            for _ in range(runs):
+                n += 1
+                cfg = bench.device(n, backend, f"MODE = {mode}\n")
+                for op, cmd in (("enroll", ["enroll", "--json"]), ("rotate", ["rotate", "--json"])):
+                    elapsed, peak, out, err = measured([AGENT, "--config", cfg] + cmd, bench.env)
+                    json.loads(out)
+                    row = results.setdefault((backend, mode, op), ([], [], [], []))
+                    row[0].append(elapsed * 1000)
+                    row[1].append(peak / 1024)
+                    row[2].append(err.count("hardware signature"))
+                    row[3].append(err.count("TCP connect to"))
+    return results, n
+
+
 def main():
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 10
-    bench = Bench("prov-agent-bench.", log="prov_agent=debug")
-    try:
-        bench.start_swtpm()
-        print(f"{'backend':<8} {'mode':<5} {'runs':>4} {'median ms':>10} {'p90 ms':>8} "
-              f"{'peak RSS MiB':>13} {'HW signatures':>14}")
-        n = 0
-        for backend in ("softhsm", "swtpm"):
-            for mode in ("csr", "keys"):
-                times, rss, sigs = [], [], []
-                for _ in range(runs):
-                    n += 1
-                    cfg = bench.device(n, backend, f"MODE = {mode}\n")
-                    elapsed, peak, out, err = measured([AGENT, "--config", cfg, "enroll", "--json"],
-                                                       bench.env)
-                    json.loads(out)
-                    times.append(elapsed * 1000)
-                    rss.append(peak / 1024)
-                    sigs.append(err.count("hardware signature"))
-                times.sort()
-                p90 = times[min(len(times) - 1, int(len(times) * 0.9))]
-                print(f"{backend:<8} {mode:<5} {runs:>4} {statistics.median(times):>10.1f} {p90:>8.1f} "
-                      f"{max(rss):>13.1f} {statistics.median(sigs):>14.0f}")
-    finally:
-        bench.close()
+    series = {}
+    n = 0
+    for rtt in (0, RTT_MS):
+        args = ["--latency", str(rtt // 2)] if rtt else []
+        bench = Bench("prov-agent-bench.", log="prov_agent=debug", serve_args=args)
+        try:
+            bench.start_swtpm()
+            series[rtt], n = run_series(bench, runs, n)
+        finally:
+            bench.close()
+    print(f"{'backend':<8} {'mode':<5} {'op':<7} {'RTT ms':>6} {'runs':>4} {'median ms':>10} "
+          f"{'p90 ms':>8} {'peak RSS MiB':>13} {'HW sigs':>8} {'TCP conns':>9} {'round trips':>11}")
+    for key in series[0]:
+        base = statistics.median(series[0][key][0])
+        for rtt in (0, RTT_MS):
+            times, rss, sigs, conns = series[rtt][key]
+            times = sorted(times)
+            median = statistics.median(times)
+            p90 = times[min(len(times) - 1, int(len(times) * 0.9))]
+            trips = ""
+            if rtt:
+                trips = f"{(median - base) / rtt + statistics.median(conns):.1f}"
+            backend, mode, op = key
+            print(f"{backend:<8} {mode:<5} {op:<7} {rtt:>6} {runs:>4} {median:>10.1f} {p90:>8.1f} "
+                  f"{max(rss):>13.1f} {statistics.median(sigs):>8.0f} "
+                  f"{statistics.median(conns):>9.0f} {trips:>11}")
 
 
 if __name__ == "__main__":

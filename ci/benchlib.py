@@ -34,7 +34,7 @@ def free_port():
 
 
 class Bench:
-    def __init__(self, prefix, log="info"):
+    def __init__(self, prefix, log="info", serve_args=()):
         self.work = tempfile.mkdtemp(prefix=prefix)
         self.procs = []
         self.cloud = os.path.join(self.work, "cloud")
@@ -47,7 +47,8 @@ class Bench:
                  os.path.join(ROOT, "templates", f"{name}.json")])
         serve_out = open(os.path.join(self.work, "serve.out"), "w+")
         self.procs.append(subprocess.Popen(
-            [EMULATOR, "serve", self.cloud, "--port", "0", "--alpn-port", "0", "--api-port", "0"],
+            [EMULATOR, "serve", self.cloud, "--port", "0", "--alpn-port", "0", "--api-port", "0",
+             *serve_args],
             stdout=serve_out, stderr=subprocess.DEVNULL))
         for _ in range(100):
             serve_out.seek(0)

@@ -348,6 +348,11 @@ pub(crate) async fn serve<S>(
 
     let result: Result<Close, Close> = async {
         conn.send(&Outbound::ConnAck { code: ConnAckCode::Accepted, keep_alive }).await?;
+        // Packets the client sent right behind CONNECT, before the CONNACK
+        // (MQTT allows it; AWS serves them), are in the buffer already.
+        if let Some(close) = handle_buffered(&broker, &session, &mut conn).await {
+            return Ok(close);
+        }
         let mut deadline = Instant::now() + idle_limit;
         loop {
             tokio::select! {
@@ -374,22 +379,8 @@ pub(crate) async fn serve<S>(
                         Ok(_) => deadline = Instant::now() + idle_limit,
                         Err(e) => return Ok(Close::Io(e.to_string())),
                     }
-                    loop {
-                        let packet = match mqtt::decode(conn.proto, &mut conn.buf, MAX_PACKET) {
-                            Ok(Some(p)) => p,
-                            Ok(None) => break,
-                            Err(mqtt::CodecError::TooLarge(_)) => {
-                                let _ = conn.send(&Outbound::Disconnect(DisconnectReason::PacketTooLarge)).await;
-                                return Ok(Close::Reason(DisconnectReason::PacketTooLarge, "packet too large".into()));
-                            }
-                            Err(e) => return Ok(Close::Reason(DisconnectReason::ProtocolError, e.to_string())),
-                        };
-                        if let Some(close) = handle_packet(&broker, &session, &mut conn, packet).await {
-                            if let Close::Reason(r, _) = &close {
-                                let _ = conn.send(&Outbound::Disconnect(*r)).await;
-                            }
-                            return Ok(close);
-                        }
+                    if let Some(close) = handle_buffered(&broker, &session, &mut conn).await {
+                        return Ok(close);
                     }
                 }
             }
@@ -405,6 +396,42 @@ pub(crate) async fn serve<S>(
         .is_some_and(|s| s.connection == session.connection)
     {
         sessions.remove(&session.client_id);
+    }
+}
+
+/// Handles every whole packet in the connection's buffer; `Some` when the
+/// connection must end (the DISCONNECT, if any, is sent).
+async fn handle_buffered<S: AsyncRead + AsyncWrite + Unpin>(
+    broker: &Arc<Broker>,
+    session: &Arc<Session>,
+    conn: &mut Connection<S>,
+) -> Option<Close> {
+    loop {
+        let packet = match mqtt::decode(conn.proto, &mut conn.buf, MAX_PACKET) {
+            Ok(Some(p)) => p,
+            Ok(None) => return None,
+            Err(mqtt::CodecError::TooLarge(_)) => {
+                let _ = conn
+                    .send(&Outbound::Disconnect(DisconnectReason::PacketTooLarge))
+                    .await;
+                return Some(Close::Reason(
+                    DisconnectReason::PacketTooLarge,
+                    "packet too large".into(),
+                ));
+            }
+            Err(e) => {
+                return Some(Close::Reason(
+                    DisconnectReason::ProtocolError,
+                    e.to_string(),
+                ))
+            }
+        };
+        if let Some(close) = handle_packet(broker, session, conn, packet).await {
+            if let Close::Reason(r, _) = &close {
+                let _ = conn.send(&Outbound::Disconnect(*r)).await;
+            }
+            return Some(close);
+        }
     }
 }
 

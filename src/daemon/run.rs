@@ -28,7 +28,7 @@ use crate::config::{Config, PayloadFormat};
 use crate::crypto::Certificate;
 use crate::keystore::KeyStore;
 use crate::mqtt::endpoint::Endpoint;
-use crate::mqtt::{ConnectOptions, MqttError, Session};
+use crate::mqtt::{response_topics, ConnectOptions, MqttError, Session};
 use crate::provision::enroll::{enroll_locked, EnrollOptions};
 use crate::provision::identity::Identity;
 use crate::provision::journal::{Journal, Operation};
@@ -244,11 +244,12 @@ impl Daemon {
     async fn connect_only(&mut self) -> bool {
         let result = async {
             let opts = self.connect_options()?;
-            let mut session = Session::connect(&opts).await?;
+            // The command and Jobs topics, and the answers to the pending
+            // job query that follows, subscribed right behind CONNECT.
             let (cmd, jobs) = self.thing_topics();
-            session
-                .subscribe(&[cmd, jobs], self.config.provisioning.response_timeout)
-                .await?;
+            let [accepted, rejected] = response_topics(&self.next_job_topic());
+            let session =
+                Session::connect_subscribed(&opts, &[cmd, jobs, accepted, rejected]).await?;
             Ok::<_, ProvisionError>(session)
         }
         .await;
@@ -271,8 +272,13 @@ impl Daemon {
         }
     }
 
+    /// The topic of the query for the next pending job.
+    fn next_job_topic(&self) -> String {
+        format!("$aws/things/{}/jobs/$next/get", self.identity.thing_name)
+    }
+
     async fn pending_job(&mut self) {
-        let topic = format!("$aws/things/{}/jobs/$next/get", self.identity.thing_name);
+        let topic = self.next_job_topic();
         let timeout = self.config.provisioning.response_timeout;
         let Some(session) = self.session.as_mut() else {
             return;

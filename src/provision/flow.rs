@@ -28,7 +28,7 @@ use crate::crypto::{make_csr, Certificate};
 use crate::durable;
 use crate::keystore::{KeyInfo, KeyLabel, KeyStore, PrivateKeyMaterial};
 use crate::mqtt::endpoint::{Endpoint, EndpointError};
-use crate::mqtt::{ConnectOptions, MqttError, Session};
+use crate::mqtt::{response_topics, ConnectOptions, MqttError, Prepared, Session};
 
 /// How long an ownership token is presented after it was issued. AWS gives
 /// an hour; a margin keeps a slow RegisterThing from racing the expiry.
@@ -45,6 +45,9 @@ pub(super) struct Flow<'a> {
     endpoint: Endpoint,
     backoff: Backoff,
     session: Option<Session>,
+    /// The verifying connection, its TLS handshake made while RegisterThing
+    /// was in flight, for the certificate of this id.
+    prepared: Option<(String, Prepared)>,
     /// `enroll --force`: the current certificate could not connect, so
     /// requests go over the claim credential.
     current_refused: bool,
@@ -73,6 +76,7 @@ impl<'a> Flow<'a> {
             endpoint,
             backoff: Backoff::new(config.provisioning.max_retries),
             session: None,
+            prepared: None,
             current_refused: false,
             report_pending: false,
             pending: Self::next_slot(config, current_label.as_deref())?,
@@ -119,7 +123,19 @@ impl<'a> Flow<'a> {
                         self.start_over(journal, key_matches)?;
                         continue;
                     }
-                    match self.register(journal, &certificate, &token).await {
+                    // The verifying connection's TCP and first TLS flight
+                    // go while RegisterThing is in flight; the client's
+                    // answer (the new certificate) waits for its outcome.
+                    let registered = match self.prepare_verification(&certificate) {
+                        Some(early) => {
+                            let (registered, prepared) =
+                                tokio::join!(self.register(journal, &certificate, &token), early);
+                            self.prepared = prepared.map(|p| (certificate.id.clone(), p));
+                            registered
+                        }
+                        None => self.register(journal, &certificate, &token).await,
+                    };
+                    match registered {
                         Ok(registration) => {
                             journal.advance(&state_dir, State::Registered(registration))?;
                             fault::point("registered");
@@ -298,17 +314,22 @@ impl<'a> Flow<'a> {
     /// no longer connect (deactivated, revoked, its key gone) falls back to
     /// the claim credential, which the hook admits for an existing thing only
     /// after an operator opened it for re-enrollment (templates/README.md).
-    async fn connect(&mut self) -> Result<(Session, &'static str), ProvisionError> {
+    async fn connect(
+        &mut self,
+        filters: &[String],
+    ) -> Result<(Session, &'static str), ProvisionError> {
         const CURRENT: &str = "connect with the current certificate";
         if let Some(current) = self.current.clone() {
             match self.operation {
                 Operation::Rotate => {
                     let opts = self.identity_options(&current)?;
-                    return Ok((Session::connect(&opts).await?, CURRENT));
+                    return Ok((Session::connect_subscribed(&opts, filters).await?, CURRENT));
                 }
                 Operation::Enroll if !self.current_refused => {
                     let attempt = match self.identity_options(&current) {
-                        Ok(opts) => Session::connect(&opts).await.map_err(ProvisionError::from),
+                        Ok(opts) => Session::connect_subscribed(&opts, filters)
+                            .await
+                            .map_err(ProvisionError::from),
                         Err(e) => Err(e),
                     };
                     match attempt {
@@ -330,7 +351,7 @@ impl<'a> Flow<'a> {
         }
         let opts = self.claim_options()?;
         Ok((
-            Session::connect(&opts).await?,
+            Session::connect_subscribed(&opts, filters).await?,
             "connect with the claim certificate",
         ))
     }
@@ -375,10 +396,20 @@ impl<'a> Flow<'a> {
         )?)
     }
 
-    async fn session(&mut self) -> Result<&mut Session, ProvisionError> {
+    /// The session requests go over, connected if need be with the
+    /// SUBSCRIBE for the answers to `topic` and to RegisterThing sent right
+    /// behind CONNECT: one round trip for the connection and every
+    /// subscription of the flow.
+    async fn session(&mut self, topic: &str) -> Result<&mut Session, ProvisionError> {
         if self.session.is_none() {
             let started = Instant::now();
-            let (session, step) = self.connect().await?;
+            let mut filters = response_topics(topic).to_vec();
+            if let Ok(register) = self.register_topic() {
+                if register != topic {
+                    filters.extend(response_topics(&register));
+                }
+            }
+            let (session, step) = self.connect(&filters).await?;
             self.timed(step, started);
             self.session = Some(session);
         }
@@ -430,7 +461,7 @@ impl<'a> Flow<'a> {
         self.retrying(api, async |flow: &mut Self| {
             let format = flow.config.provisioning.payload_format;
             let timeout = flow.config.provisioning.response_timeout;
-            let session = flow.session().await?;
+            let session = flow.session(topic).await?;
             Ok(session.request(api, topic, format, body, timeout).await?)
         })
         .await
@@ -589,6 +620,12 @@ impl<'a> Flow<'a> {
         }
     }
 
+    /// RegisterThing's request topic for this flow's template.
+    fn register_topic(&self) -> Result<String, ProvisionError> {
+        let (template, _) = self.template_and_parameters()?;
+        Ok(self.api_topic(&format!("$aws/provisioning-templates/{template}/provision")))
+    }
+
     /// RegisterThing for `certificate` with its `token`. The journal (at
     /// CertIssued) records that the request was sent before it is.
     async fn register(
@@ -597,8 +634,8 @@ impl<'a> Flow<'a> {
         certificate: &IssuedCertificate,
         token: &OwnershipToken,
     ) -> Result<Registration, ProvisionError> {
-        let (template, parameters) = self.template_and_parameters()?;
-        let topic = self.api_topic(&format!("$aws/provisioning-templates/{template}/provision"));
+        let (_, parameters) = self.template_and_parameters()?;
+        let topic = self.register_topic()?;
         let body = serde_json::json!({
             "certificateOwnershipToken": token.expose(),
             "parameters": parameters,
@@ -609,7 +646,7 @@ impl<'a> Flow<'a> {
             .retrying("RegisterThing", async |flow: &mut Self| {
                 let format = flow.config.provisioning.payload_format;
                 let timeout = flow.config.provisioning.response_timeout;
-                let session = flow.session().await?;
+                let session = flow.session(&topic).await?;
                 if let State::CertIssued {
                     register_sent: sent @ false,
                     ..
@@ -671,17 +708,55 @@ impl<'a> Flow<'a> {
 
     // ---- step 5: prove the new credential --------------------------------
 
-    async fn verify(&mut self, registration: &Registration) -> Result<(), ProvisionError> {
-        let thing = registration.thing_name.clone();
-        let cert = parse_issued(&registration.certificate)?;
+    /// How the new credential connects, as client `client_id`.
+    fn new_credential_options(
+        &self,
+        certificate: &IssuedCertificate,
+        client_id: String,
+    ) -> Result<ConnectOptions, ProvisionError> {
+        let cert = parse_issued(certificate)?;
         let key = self.store.info(&self.pending)?;
-        let opts = self.endpoint.options(
+        Ok(self.endpoint.options(
             "the new credential",
-            thing.clone(),
+            client_id,
             &cert,
             self.store.clone(),
             &key,
-        )?;
+        )?)
+    }
+
+    /// The first half of the verifying connection for `certificate`: TCP
+    /// connect and the TLS handshake up to the client's answer, which holds
+    /// the certificate and so waits until RegisterThing activated it. `None`
+    /// when it cannot be prepared (the verification then connects the
+    /// ordinary way and reports what is wrong).
+    fn prepare_verification(
+        &self,
+        certificate: &IssuedCertificate,
+    ) -> Option<impl std::future::Future<Output = Option<Prepared>> + use<>> {
+        // The client id goes in CONNECT, after the outcome is known.
+        let opts = self
+            .new_credential_options(certificate, String::new())
+            .ok()?;
+        Some(async move {
+            match Session::prepare(&opts).await {
+                Ok(prepared) => Some(prepared),
+                Err(e) => {
+                    tracing::debug!(error = %crate::error::report(&e), "the verifying connection could not be prepared");
+                    None
+                }
+            }
+        })
+    }
+
+    async fn verify(&mut self, registration: &Registration) -> Result<(), ProvisionError> {
+        let thing = registration.thing_name.clone();
+        let opts = self.new_credential_options(&registration.certificate, thing.clone())?;
+        let mut prepared = self
+            .prepared
+            .take()
+            .filter(|(id, _)| *id == registration.certificate.id)
+            .map(|(_, p)| p);
         let topic = self
             .config
             .provisioning
@@ -690,15 +765,26 @@ impl<'a> Flow<'a> {
         let timeout = self.config.provisioning.response_timeout;
         let started = Instant::now();
         self.retrying("verify the new credential", async |_flow: &mut Self| {
-            let mut session = Session::connect(&opts).await?;
-            session
-                .subscribe(std::slice::from_ref(&topic), timeout)
-                .await?;
+            let filters = std::slice::from_ref(&topic);
+            let mut session = match prepared.take() {
+                Some(early) => match early.finish(&thing, filters, opts.connect_timeout).await {
+                    Ok(session) => session,
+                    Err(e) => {
+                        tracing::debug!(
+                            error = %crate::error::report(&e),
+                            "the prepared verifying connection failed; connecting anew"
+                        );
+                        Session::connect_subscribed(&opts, filters).await?
+                    }
+                },
+                None => Session::connect_subscribed(&opts, filters).await?,
+            };
             let nonce = hex::encode(rand::random::<[u8; 16]>());
             let payload =
                 serde_json::to_vec(&serde_json::json!({ "verify": nonce })).expect("json");
-            session.publish(&topic, payload.clone(), timeout).await?;
-            let echoed = session.receive(&topic, timeout).await?;
+            let echoed = session
+                .publish_then_receive(&topic, payload.clone(), timeout)
+                .await?;
             if echoed != payload {
                 return Err(ProvisionError::EchoMismatch);
             }
@@ -739,13 +825,12 @@ impl<'a> Flow<'a> {
             "time": journal::now(),
         });
         let payload = serde_json::to_vec(&body).expect("json");
-        let timeout = self.config.provisioning.response_timeout;
         let started = Instant::now();
         self.retrying(
             "report the retired certificates",
             async |_flow: &mut Self| {
-                let mut session = Session::connect(&opts).await?;
-                session.publish(&topic, payload.clone(), timeout).await?;
+                // CONNECT and PUBLISH in one flight; done at the PUBACK.
+                let session = Session::connect_and_publish(&opts, &topic, payload.clone()).await?;
                 session.close().await;
                 Ok(())
             },
