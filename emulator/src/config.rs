@@ -187,7 +187,15 @@ pub struct EmulatorConfig {
     /// to rotation reports on `things/<thing>/rotation` (on by default; see
     /// README). Not an AWS service.
     pub rotation_report_rule: bool,
+    /// How many RSA-2048 keys CreateKeysAndCertificate keeps made ahead of
+    /// time, refilled by a background thread (default
+    /// [`DEFAULT_RSA_KEY_POOL`]); a request finding the pool empty makes its
+    /// key itself. 0: no pool, every request makes its key (0.3 to 1 s).
+    pub rsa_key_pool: usize,
 }
+
+/// The default [`EmulatorConfig::rsa_key_pool`].
+pub const DEFAULT_RSA_KEY_POOL: usize = 8;
 
 impl EmulatorConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -210,6 +218,7 @@ impl EmulatorConfig {
             response_fault: None,
             certificate_validity: DEFAULT_CERTIFICATE_VALIDITY,
             rotation_report_rule: true,
+            rsa_key_pool: DEFAULT_RSA_KEY_POOL,
         }
     }
 }

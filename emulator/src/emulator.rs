@@ -15,6 +15,7 @@ use crate::config::{EmulatorConfig, ResponseFault};
 use crate::control::{self, ControlPlane};
 use crate::hook::HookRunner;
 use crate::jobs::{JobExecutionRecord, JobRecord};
+use crate::keypool::KeyPool;
 use crate::pki::{CertificateAuthority, PkiError};
 use crate::provisioning::Provisioner;
 use crate::registry::{now_unix, CertStatus, Registry, RegistryError};
@@ -188,12 +189,17 @@ impl Emulator {
         let (addr, alpn_addr, api_addr) = (local(&l1)?, local(&l2)?, local(&l3)?);
         // Hooks get the API's address, so it is bound first.
         let hooks = HookRunner::new(&config, &api_url(api_addr));
+        let keys = KeyPool::start(config.rsa_key_pool).map_err(|source| EmulatorError::Io {
+            what: "starting the RSA key pool's thread".into(),
+            source,
+        })?;
         let provisioner = Arc::new(Provisioner::new(
             registry.clone(),
             data.ca.clone(),
             &token_key,
             config.clone(),
             hooks,
+            keys,
         ));
         let broker = Arc::new(Broker::new(config.clone(), registry.clone(), provisioner));
         let control_plane = Arc::new(ControlPlane::new(registry.clone(), &config));
@@ -317,11 +323,24 @@ impl EmulatorHandle {
         self.data.registry.job_execution(job_id, thing)
     }
 
-    /// Stops listening, closes every connection and waits for the tasks.
+    /// RSA keys CreateKeysAndCertificate has ready (at most
+    /// [`EmulatorConfig::rsa_key_pool`]); a test can wait for the pool to
+    /// fill before timing requests.
+    pub fn rsa_keys_pooled(&self) -> usize {
+        self.broker.provisioner.keys.pooled()
+    }
+
+    /// Stops listening, closes every connection and waits for the tasks
+    /// and the RSA key pool's thread.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
+        let refill = self.broker.provisioner.keys.stop();
         for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
+        }
+        if let Some(thread) = refill {
+            // It ends after the key it may be making (under a second).
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         // Let connection tasks see the signal and close their sockets.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -332,6 +351,8 @@ impl Drop for EmulatorHandle {
     /// A handle dropped without `shutdown` still stops the server.
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
+        // Not joined here (drop cannot wait): the thread ends on its own.
+        let _ = self.broker.provisioner.keys.stop();
     }
 }
 

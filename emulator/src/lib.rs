@@ -11,6 +11,7 @@ mod control;
 mod emulator;
 mod hook;
 pub mod jobs;
+mod keypool;
 mod listener;
 mod mqtt;
 pub mod pki;
@@ -26,7 +27,7 @@ pub mod topic;
 pub use broker::{MAX_CLIENT_ID, MAX_SUBSCRIBE_FILTERS};
 pub use config::{
     EmulatorConfig, ResponseFault, ThrottleConfig, TokenReuse, AWS_NOT_AFTER_UNIX,
-    DEFAULT_CERTIFICATE_VALIDITY, ROTATION_REPORT_FILTER,
+    DEFAULT_CERTIFICATE_VALIDITY, DEFAULT_RSA_KEY_POOL, ROTATION_REPORT_FILTER,
 };
 pub use emulator::{Credential, DataDir, Emulator, EmulatorError, EmulatorHandle};
 pub use jobs::{JobExecutionRecord, JobExecutionStatus, JobRecord};

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use iotcore_emulator::{
     AttributeUpdate, CertStatus, DataDir, Emulator, EmulatorConfig, Rate, Registry, ResponseFault,
-    ThingUpdate, TokenReuse,
+    ThingUpdate, TokenReuse, DEFAULT_RSA_KEY_POOL,
 };
 use serde::Serialize;
 
@@ -145,6 +145,10 @@ struct ServeArgs {
     /// drop-responses:N, throttle-first:N.
     #[arg(long, value_name = "FAULT")]
     response_fault: Option<ResponseFault>,
+    /// RSA-2048 keys CreateKeysAndCertificate keeps made ahead of time (a
+    /// background thread refills them); 0 makes each in its request.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_RSA_KEY_POOL)]
+    rsa_key_pool: usize,
 }
 
 #[derive(Subcommand)]
@@ -381,6 +385,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     config.rotation_report_rule = !args.no_report_rule;
     config.response_fault = args.response_fault;
+    config.rsa_key_pool = args.rsa_key_pool;
     if let Some(f) = args.response_fault {
         eprintln!("iotcore-emulator: test-only response fault {f} is on");
     }
