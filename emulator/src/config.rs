@@ -4,6 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::link::LinkSimulation;
 use crate::throttle::Rate;
 
 /// What RegisterThing does with an ownership token whose certificate was
@@ -192,6 +193,11 @@ pub struct EmulatorConfig {
     /// [`DEFAULT_RSA_KEY_POOL`]); a request finding the pool empty makes its
     /// key itself. 0: no pool, every request makes its key (0.3 to 1 s).
     pub rsa_key_pool: usize,
+    /// Test-only: latency, jitter and cuts on every MQTT connection (see
+    /// [`LinkSimulation`]); the default is off (no relay at all).
+    /// [`Emulator::start`](crate::Emulator::start) refuses a disconnect
+    /// rate outside 0 to 1.
+    pub link: LinkSimulation,
 }
 
 /// The default [`EmulatorConfig::rsa_key_pool`].
@@ -219,6 +225,7 @@ impl EmulatorConfig {
             certificate_validity: DEFAULT_CERTIFICATE_VALIDITY,
             rotation_report_rule: true,
             rsa_key_pool: DEFAULT_RSA_KEY_POOL,
+            link: LinkSimulation::default(),
         }
     }
 }

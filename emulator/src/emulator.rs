@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
@@ -16,6 +16,7 @@ use crate::control::{self, ControlPlane};
 use crate::hook::HookRunner;
 use crate::jobs::{JobExecutionRecord, JobRecord};
 use crate::keypool::KeyPool;
+use crate::link::{self, LinkError, LinkSimulation};
 use crate::pki::{CertificateAuthority, PkiError};
 use crate::provisioning::Provisioner;
 use crate::registry::{now_unix, CertStatus, Registry, RegistryError};
@@ -31,6 +32,8 @@ pub enum EmulatorError {
     Tls(#[from] rustls::Error),
     #[error("control-plane API bind address {0} is not a loopback address: the API does not check SigV4 signatures, so it binds only loopback (127.0.0.1, ::1)")]
     ApiNotLoopback(IpAddr),
+    #[error(transparent)]
+    Link(#[from] LinkError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -152,6 +155,7 @@ impl Emulator {
         if !config.api_bind.is_loopback() {
             return Err(EmulatorError::ApiNotLoopback(config.api_bind));
         }
+        config.link.validate()?;
         let data = DataDir::open(&config.data_dir)?;
         let registry = data.registry.clone();
         let meta = |k: &str| -> Result<String, EmulatorError> {
@@ -211,6 +215,7 @@ impl Emulator {
                 l1,
                 TlsAcceptor::from(plain),
                 false,
+                config.link,
                 broker.clone(),
                 shutdown_rx.clone(),
             )),
@@ -218,13 +223,18 @@ impl Emulator {
                 l2,
                 TlsAcceptor::from(alpn),
                 true,
+                config.link,
                 broker.clone(),
                 shutdown_rx.clone(),
             )),
             tokio::spawn(control::serve(l3, control_plane, shutdown_rx.clone())),
             tokio::spawn(supervise(broker.clone(), shutdown_rx)),
         ];
-        tracing::info!(%addr, %alpn_addr, %api_addr, "iotcore-emulator listening");
+        if config.link.is_off() {
+            tracing::info!(%addr, %alpn_addr, %api_addr, "iotcore-emulator listening");
+        } else {
+            tracing::info!(%addr, %alpn_addr, %api_addr, link = %config.link, "iotcore-emulator listening, simulating a slow link");
+        }
         Ok(EmulatorHandle {
             data,
             broker,
@@ -364,31 +374,42 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     require_alpn: bool,
+    link: LinkSimulation,
     broker: Arc<Broker>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     while let Some((tcp, peer)) =
         crate::listener::next_connection(&listener, &mut shutdown, "MQTT").await
     {
+        // No Nagle delay on anything the emulator (or its link relay) writes.
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let broker = broker.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(tcp, acceptor, require_alpn, broker, shutdown).await {
+            let served = if link.is_off() {
+                connection(tcp, acceptor, require_alpn, broker, shutdown).await
+            } else {
+                let relayed = link::relay(tcp, link);
+                connection(relayed, acceptor, require_alpn, broker, shutdown).await
+            };
+            if let Err(e) = served {
                 tracing::info!(%peer, "connection refused: {e}");
             }
         });
     }
 }
 
-async fn connection(
-    tcp: TcpStream,
+async fn connection<S>(
+    tcp: S,
     acceptor: TlsAcceptor,
     require_alpn: bool,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
-) -> Result<(), String> {
-    let _ = tcp.set_nodelay(true);
+) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let tls = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
         .await
         .map_err(|_| "TLS handshake timed out".to_owned())?

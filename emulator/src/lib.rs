@@ -12,6 +12,7 @@ mod emulator;
 mod hook;
 pub mod jobs;
 mod keypool;
+pub mod link;
 mod listener;
 mod mqtt;
 pub mod pki;
@@ -31,6 +32,7 @@ pub use config::{
 };
 pub use emulator::{Credential, DataDir, Emulator, EmulatorError, EmulatorHandle};
 pub use jobs::{JobExecutionRecord, JobExecutionStatus, JobRecord};
+pub use link::{LinkError, LinkSimulation};
 pub use mqtt::MAX_PAYLOAD;
 pub use registry::{
     AttributeUpdate, CertStatus, CertificateRecord, PolicyRecord, Registry, RegistryError,
