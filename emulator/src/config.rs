@@ -198,6 +198,11 @@ pub struct EmulatorConfig {
     /// [`Emulator::start`](crate::Emulator::start) refuses a disconnect
     /// rate outside 0 to 1.
     pub link: LinkSimulation,
+    /// Test-only: keep a record of the MQTT packets each connection sends
+    /// (types, topics and filters, never payloads; bounded), read with
+    /// [`EmulatorHandle::packet_log`](crate::EmulatorHandle::packet_log).
+    /// Off by default.
+    pub record_packets: bool,
 }
 
 /// The default [`EmulatorConfig::rsa_key_pool`].
@@ -226,6 +231,7 @@ impl EmulatorConfig {
             rotation_report_rule: true,
             rsa_key_pool: DEFAULT_RSA_KEY_POOL,
             link: LinkSimulation::default(),
+            record_packets: false,
         }
     }
 }

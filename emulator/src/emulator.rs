@@ -17,6 +17,7 @@ use crate::hook::HookRunner;
 use crate::jobs::{JobExecutionRecord, JobRecord};
 use crate::keypool::KeyPool;
 use crate::link::{self, LinkError, LinkSimulation};
+use crate::packet_log::ConnectionLog;
 use crate::pki::{CertificateAuthority, PkiError};
 use crate::provisioning::Provisioner;
 use crate::registry::{now_unix, CertStatus, Registry, RegistryError};
@@ -276,6 +277,17 @@ impl EmulatorHandle {
 
     pub fn registry(&self) -> &Registry {
         &self.data.registry
+    }
+
+    /// Test-only: the MQTT packets each connection sent, in order, one
+    /// [`ConnectionLog`] per CONNECT in the order they came (empty unless
+    /// [`EmulatorConfig::record_packets`]; payloads are never recorded).
+    pub fn packet_log(&self) -> Vec<ConnectionLog> {
+        self.broker
+            .packet_log
+            .as_ref()
+            .map(|log| log.snapshot())
+            .unwrap_or_default()
     }
 
     /// Number of MQTT sessions currently connected.

@@ -15,6 +15,7 @@ mod keypool;
 pub mod link;
 mod listener;
 mod mqtt;
+pub mod packet_log;
 pub mod pki;
 pub mod policy;
 mod provisioning;
@@ -34,6 +35,7 @@ pub use emulator::{Credential, DataDir, Emulator, EmulatorError, EmulatorHandle}
 pub use jobs::{JobExecutionRecord, JobExecutionStatus, JobRecord};
 pub use link::{LinkError, LinkSimulation};
 pub use mqtt::MAX_PAYLOAD;
+pub use packet_log::{ConnectionLog, LoggedPacket, PacketRecord};
 pub use registry::{
     AttributeUpdate, CertStatus, CertificateRecord, PolicyRecord, Registry, RegistryError,
     TemplateRecord, ThingRecord, ThingUpdate,
