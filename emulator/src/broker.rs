@@ -17,6 +17,7 @@ use crate::mqtt::{
     self, ConnAckCode, DisconnectReason, Inbound, Message, Outbound, Protocol, Qos, MAX_PACKET,
     MAX_PAYLOAD,
 };
+use crate::packet_log::{ConnectionRecorder, PacketLog};
 use crate::pki;
 use crate::policy::{self, Action, PolicyDocument, RequestContext};
 use crate::provisioning::{self, Provisioner, Requester};
@@ -38,6 +39,8 @@ pub(crate) struct Broker {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     next_connection: AtomicU64,
     jobs: JobNotifier,
+    /// With [`EmulatorConfig::record_packets`] only.
+    pub packet_log: Option<PacketLog>,
 }
 
 struct AuthState {
@@ -69,12 +72,13 @@ impl Broker {
         provisioner: Arc<Provisioner>,
     ) -> Self {
         Broker {
-            config,
             registry,
             provisioner,
             sessions: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(1),
             jobs: JobNotifier::default(),
+            packet_log: config.record_packets.then(PacketLog::default),
+            config,
         }
     }
 
@@ -251,6 +255,10 @@ pub(crate) async fn serve<S>(
         out: BytesMut::new(),
         next_pkid: 0,
     };
+    let started = std::time::Instant::now();
+    // Reads from the stream so far (the packet log tells which read
+    // completed a packet).
+    let mut reads: u64 = 0;
     // CONNECT first, within a deadline.
     let connect = tokio::time::timeout(CONNECT_TIMEOUT, async {
         loop {
@@ -261,7 +269,7 @@ pub(crate) async fn serve<S>(
             }
             match conn.stream.read_buf(&mut conn.buf).await {
                 Ok(0) => return Err("closed before CONNECT".to_owned()),
-                Ok(_) => {}
+                Ok(_) => reads += 1,
                 Err(e) => return Err(e.to_string()),
             }
         }
@@ -279,6 +287,10 @@ pub(crate) async fn serve<S>(
         }
     };
     conn.proto = proto;
+    let recorder = broker
+        .packet_log
+        .as_ref()
+        .map(|log| log.connection(&info.client_id, started, reads));
     let certificate_id = pki::certificate_id(&cert_der);
 
     let refusal = if info.client_id.is_empty() || info.client_id.len() > MAX_CLIENT_ID {
@@ -348,9 +360,8 @@ pub(crate) async fn serve<S>(
 
     let result: Result<Close, Close> = async {
         conn.send(&Outbound::ConnAck { code: ConnAckCode::Accepted, keep_alive }).await?;
-        // Packets the client sent right behind CONNECT, before the CONNACK
-        // (MQTT allows it; AWS serves them), are in the buffer already.
-        if let Some(close) = handle_buffered(&broker, &session, &mut conn).await {
+        // Packets that came in the same read as the CONNECT.
+        if let Some(close) = handle_buffered(&broker, &session, &mut conn, recorder.as_ref(), reads).await {
             return Ok(close);
         }
         let mut deadline = Instant::now() + idle_limit;
@@ -376,10 +387,13 @@ pub(crate) async fn serve<S>(
                 read = conn.stream.read_buf(&mut conn.buf) => {
                     match read {
                         Ok(0) => return Ok(Close::Io("peer closed the connection".into())),
-                        Ok(_) => deadline = Instant::now() + idle_limit,
+                        Ok(_) => {
+                            reads += 1;
+                            deadline = Instant::now() + idle_limit;
+                        }
                         Err(e) => return Ok(Close::Io(e.to_string())),
                     }
-                    if let Some(close) = handle_buffered(&broker, &session, &mut conn).await {
+                    if let Some(close) = handle_buffered(&broker, &session, &mut conn, recorder.as_ref(), reads).await {
                         return Ok(close);
                     }
                 }
@@ -399,12 +413,14 @@ pub(crate) async fn serve<S>(
     }
 }
 
-/// Handles every whole packet in the connection's buffer; `Some` when the
-/// connection must end (the DISCONNECT, if any, is sent).
+/// Handles every whole packet in the connection's buffer (completed by
+/// read number `read`); `Some` when the connection is to end.
 async fn handle_buffered<S: AsyncRead + AsyncWrite + Unpin>(
     broker: &Arc<Broker>,
     session: &Arc<Session>,
     conn: &mut Connection<S>,
+    recorder: Option<&ConnectionRecorder>,
+    read: u64,
 ) -> Option<Close> {
     loop {
         let packet = match mqtt::decode(conn.proto, &mut conn.buf, MAX_PACKET) {
@@ -426,6 +442,9 @@ async fn handle_buffered<S: AsyncRead + AsyncWrite + Unpin>(
                 ))
             }
         };
+        if let Some(r) = recorder {
+            r.record(&packet, read);
+        }
         if let Some(close) = handle_packet(broker, session, conn, packet).await {
             if let Close::Reason(r, _) = &close {
                 let _ = conn.send(&Outbound::Disconnect(*r)).await;

@@ -4,6 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::link::LinkSimulation;
 use crate::throttle::Rate;
 
 /// What RegisterThing does with an ownership token whose certificate was
@@ -187,7 +188,25 @@ pub struct EmulatorConfig {
     /// to rotation reports on `things/<thing>/rotation` (on by default; see
     /// README). Not an AWS service.
     pub rotation_report_rule: bool,
+    /// How many RSA-2048 keys CreateKeysAndCertificate keeps made ahead of
+    /// time, refilled by a background thread (default
+    /// [`DEFAULT_RSA_KEY_POOL`]); a request finding the pool empty makes its
+    /// key itself. 0: no pool, every request makes its key (0.3 to 1 s).
+    pub rsa_key_pool: usize,
+    /// Test-only: latency, jitter and cuts on every MQTT connection (see
+    /// [`LinkSimulation`]); the default is off (no relay at all).
+    /// [`Emulator::start`](crate::Emulator::start) refuses a disconnect
+    /// rate outside 0 to 1.
+    pub link: LinkSimulation,
+    /// Test-only: keep a record of the MQTT packets each connection sends
+    /// (types, topics and filters, never payloads; bounded), read with
+    /// [`EmulatorHandle::packet_log`](crate::EmulatorHandle::packet_log).
+    /// Off by default.
+    pub record_packets: bool,
 }
+
+/// The default [`EmulatorConfig::rsa_key_pool`].
+pub const DEFAULT_RSA_KEY_POOL: usize = 8;
 
 impl EmulatorConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -210,6 +229,9 @@ impl EmulatorConfig {
             response_fault: None,
             certificate_validity: DEFAULT_CERTIFICATE_VALIDITY,
             rotation_report_rule: true,
+            rsa_key_pool: DEFAULT_RSA_KEY_POOL,
+            link: LinkSimulation::default(),
+            record_packets: false,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
@@ -15,6 +15,9 @@ use crate::config::{EmulatorConfig, ResponseFault};
 use crate::control::{self, ControlPlane};
 use crate::hook::HookRunner;
 use crate::jobs::{JobExecutionRecord, JobRecord};
+use crate::keypool::KeyPool;
+use crate::link::{self, LinkError, LinkSimulation};
+use crate::packet_log::ConnectionLog;
 use crate::pki::{CertificateAuthority, PkiError};
 use crate::provisioning::Provisioner;
 use crate::registry::{now_unix, CertStatus, Registry, RegistryError};
@@ -30,6 +33,8 @@ pub enum EmulatorError {
     Tls(#[from] rustls::Error),
     #[error("control-plane API bind address {0} is not a loopback address: the API does not check SigV4 signatures, so it binds only loopback (127.0.0.1, ::1)")]
     ApiNotLoopback(IpAddr),
+    #[error(transparent)]
+    Link(#[from] LinkError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -151,6 +156,7 @@ impl Emulator {
         if !config.api_bind.is_loopback() {
             return Err(EmulatorError::ApiNotLoopback(config.api_bind));
         }
+        config.link.validate()?;
         let data = DataDir::open(&config.data_dir)?;
         let registry = data.registry.clone();
         let meta = |k: &str| -> Result<String, EmulatorError> {
@@ -188,12 +194,17 @@ impl Emulator {
         let (addr, alpn_addr, api_addr) = (local(&l1)?, local(&l2)?, local(&l3)?);
         // Hooks get the API's address, so it is bound first.
         let hooks = HookRunner::new(&config, &api_url(api_addr));
+        let keys = KeyPool::start(config.rsa_key_pool).map_err(|source| EmulatorError::Io {
+            what: "starting the RSA key pool's thread".into(),
+            source,
+        })?;
         let provisioner = Arc::new(Provisioner::new(
             registry.clone(),
             data.ca.clone(),
             &token_key,
             config.clone(),
             hooks,
+            keys,
         ));
         let broker = Arc::new(Broker::new(config.clone(), registry.clone(), provisioner));
         let control_plane = Arc::new(ControlPlane::new(registry.clone(), &config));
@@ -205,6 +216,7 @@ impl Emulator {
                 l1,
                 TlsAcceptor::from(plain),
                 false,
+                config.link,
                 broker.clone(),
                 shutdown_rx.clone(),
             )),
@@ -212,13 +224,18 @@ impl Emulator {
                 l2,
                 TlsAcceptor::from(alpn),
                 true,
+                config.link,
                 broker.clone(),
                 shutdown_rx.clone(),
             )),
             tokio::spawn(control::serve(l3, control_plane, shutdown_rx.clone())),
             tokio::spawn(supervise(broker.clone(), shutdown_rx)),
         ];
-        tracing::info!(%addr, %alpn_addr, %api_addr, "iotcore-emulator listening");
+        if config.link.is_off() {
+            tracing::info!(%addr, %alpn_addr, %api_addr, "iotcore-emulator listening");
+        } else {
+            tracing::info!(%addr, %alpn_addr, %api_addr, link = %config.link, "iotcore-emulator listening, simulating a slow link");
+        }
         Ok(EmulatorHandle {
             data,
             broker,
@@ -260,6 +277,17 @@ impl EmulatorHandle {
 
     pub fn registry(&self) -> &Registry {
         &self.data.registry
+    }
+
+    /// Test-only: the MQTT packets each connection sent, in order, one
+    /// [`ConnectionLog`] per CONNECT in the order they came (empty unless
+    /// [`EmulatorConfig::record_packets`]; payloads are never recorded).
+    pub fn packet_log(&self) -> Vec<ConnectionLog> {
+        self.broker
+            .packet_log
+            .as_ref()
+            .map(|log| log.snapshot())
+            .unwrap_or_default()
     }
 
     /// Number of MQTT sessions currently connected.
@@ -317,11 +345,24 @@ impl EmulatorHandle {
         self.data.registry.job_execution(job_id, thing)
     }
 
-    /// Stops listening, closes every connection and waits for the tasks.
+    /// RSA keys CreateKeysAndCertificate has ready (at most
+    /// [`EmulatorConfig::rsa_key_pool`]); a test can wait for the pool to
+    /// fill before timing requests.
+    pub fn rsa_keys_pooled(&self) -> usize {
+        self.broker.provisioner.keys.pooled()
+    }
+
+    /// Stops listening, closes every connection and waits for the tasks
+    /// and the RSA key pool's thread.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
+        let refill = self.broker.provisioner.keys.stop();
         for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
+        }
+        if let Some(thread) = refill {
+            // It ends after the key it may be making (under a second).
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         // Let connection tasks see the signal and close their sockets.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -332,6 +373,8 @@ impl Drop for EmulatorHandle {
     /// A handle dropped without `shutdown` still stops the server.
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
+        // Not joined here (drop cannot wait): the thread ends on its own.
+        let _ = self.broker.provisioner.keys.stop();
     }
 }
 
@@ -343,31 +386,42 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     require_alpn: bool,
+    link: LinkSimulation,
     broker: Arc<Broker>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     while let Some((tcp, peer)) =
         crate::listener::next_connection(&listener, &mut shutdown, "MQTT").await
     {
+        // No Nagle delay on anything the emulator (or its link relay) writes.
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let broker = broker.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(tcp, acceptor, require_alpn, broker, shutdown).await {
+            let served = if link.is_off() {
+                connection(tcp, acceptor, require_alpn, broker, shutdown).await
+            } else {
+                let relayed = link::relay(tcp, link);
+                connection(relayed, acceptor, require_alpn, broker, shutdown).await
+            };
+            if let Err(e) = served {
                 tracing::info!(%peer, "connection refused: {e}");
             }
         });
     }
 }
 
-async fn connection(
-    tcp: TcpStream,
+async fn connection<S>(
+    tcp: S,
     acceptor: TlsAcceptor,
     require_alpn: bool,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
-) -> Result<(), String> {
-    let _ = tcp.set_nodelay(true);
+) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let tls = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
         .await
         .map_err(|_| "TLS handshake timed out".to_owned())?

@@ -11,8 +11,11 @@ mod control;
 mod emulator;
 mod hook;
 pub mod jobs;
+mod keypool;
+pub mod link;
 mod listener;
 mod mqtt;
+pub mod packet_log;
 pub mod pki;
 pub mod policy;
 mod provisioning;
@@ -26,11 +29,13 @@ pub mod topic;
 pub use broker::{MAX_CLIENT_ID, MAX_SUBSCRIBE_FILTERS};
 pub use config::{
     EmulatorConfig, ResponseFault, ThrottleConfig, TokenReuse, AWS_NOT_AFTER_UNIX,
-    DEFAULT_CERTIFICATE_VALIDITY, ROTATION_REPORT_FILTER,
+    DEFAULT_CERTIFICATE_VALIDITY, DEFAULT_RSA_KEY_POOL, ROTATION_REPORT_FILTER,
 };
 pub use emulator::{Credential, DataDir, Emulator, EmulatorError, EmulatorHandle};
 pub use jobs::{JobExecutionRecord, JobExecutionStatus, JobRecord};
+pub use link::{LinkError, LinkSimulation};
 pub use mqtt::MAX_PAYLOAD;
+pub use packet_log::{ConnectionLog, LoggedPacket, PacketRecord};
 pub use registry::{
     AttributeUpdate, CertStatus, CertificateRecord, PolicyRecord, Registry, RegistryError,
     TemplateRecord, ThingRecord, ThingUpdate,

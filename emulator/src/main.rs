@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use iotcore_emulator::{
-    AttributeUpdate, CertStatus, DataDir, Emulator, EmulatorConfig, Rate, Registry, ResponseFault,
-    ThingUpdate, TokenReuse,
+    AttributeUpdate, CertStatus, DataDir, Emulator, EmulatorConfig, LinkSimulation, Rate, Registry,
+    ResponseFault, ThingUpdate, TokenReuse, DEFAULT_RSA_KEY_POOL,
 };
 use serde::Serialize;
 
@@ -145,6 +145,47 @@ struct ServeArgs {
     /// drop-responses:N, throttle-first:N.
     #[arg(long, value_name = "FAULT")]
     response_fault: Option<ResponseFault>,
+    /// RSA-2048 keys CreateKeysAndCertificate keeps made ahead of time (a
+    /// background thread refills them); 0 makes each in its request.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_RSA_KEY_POOL)]
+    rsa_key_pool: usize,
+    /// Test-only: one-way delay in milliseconds added to every chunk of
+    /// bytes in each direction of every MQTT connection (see README,
+    /// "Simulating a slow link").
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 0,
+        allow_hyphen_values = true
+    )]
+    latency: u64,
+    /// Test-only: an extra random delay of 0 to MS milliseconds per chunk
+    /// (bytes stay in order).
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 0,
+        allow_hyphen_values = true
+    )]
+    jitter: u64,
+    /// Test-only: probability (0 to 1) that a chunk from the client cuts
+    /// the connection instead.
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_rate, allow_hyphen_values = true)]
+    disconnect_rate: f64,
+}
+
+/// A probability from 0 to 1 (clap names the flag in its error).
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let p: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number: give a probability from 0 to 1"))?;
+    if (0.0..=1.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{s} is not a probability: give a number from 0 to 1"
+        ))
+    }
 }
 
 #[derive(Subcommand)]
@@ -381,16 +422,33 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     config.rotation_report_rule = !args.no_report_rule;
     config.response_fault = args.response_fault;
+    config.rsa_key_pool = args.rsa_key_pool;
+    config.link = LinkSimulation {
+        latency: Duration::from_millis(args.latency),
+        jitter: Duration::from_millis(args.jitter),
+        disconnect_rate: args.disconnect_rate,
+    };
+    if !config.link.is_off() {
+        eprintln!(
+            "iotcore-emulator: test-only link simulation {} is on",
+            config.link
+        );
+    }
+    let link = config.link;
     if let Some(f) = args.response_fault {
         eprintln!("iotcore-emulator: test-only response fault {f} is on");
     }
     let handle = Emulator::start(config).await?;
-    println!(
+    let mut line = format!(
         "iotcore-emulator listening mqtt={} alpn={} api={}",
         handle.addr(),
         handle.alpn_addr(),
         handle.api_url()
     );
+    if !link.is_off() {
+        line.push_str(&format!(" link: {link}"));
+    }
+    println!("{line}");
     std::io::stdout().flush()?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -277,23 +277,31 @@ impl CertificateAuthority {
         validity: Option<Validity>,
         another_key: bool,
     ) -> Result<(Issued, String), PkiError> {
+        let key = crate::keypool::generate()?;
+        let other = another_key.then(crate::keypool::generate).transpose()?;
+        self.issue_with_rsa_key(&key, other.as_ref(), validity)
+    }
+
+    /// CreateKeysAndCertificate with a key made beforehand: the certificate
+    /// of `key`, or with `certified` the certificate of that other key (the
+    /// `CertificateForAnotherKey` fault), and `key` as a PKCS#1 PEM.
+    pub(crate) fn issue_with_rsa_key(
+        &self,
+        key: &rsa::RsaPrivateKey,
+        certified: Option<&rsa::RsaPrivateKey>,
+        validity: Option<Validity>,
+    ) -> Result<(Issued, String), PkiError> {
         use rsa::pkcs1::EncodeRsaPrivateKey;
         use rsa::pkcs8::EncodePublicKey;
-        let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048)
+        let spki = certified
+            .unwrap_or(key)
+            .to_public_key()
+            .to_public_key_der()
             .map_err(|e| PkiError::Rsa(e.to_string()))?;
-        let spki = if another_key {
-            fresh_spki(KeyKind::Rsa(2048))?
-        } else {
-            key.to_public_key()
-                .to_public_key_der()
-                .map_err(|e| PkiError::Rsa(e.to_string()))?
-                .as_bytes()
-                .to_vec()
-        };
         let key_pem = key
             .to_pkcs1_pem(rsa::pkcs8::LineEnding::LF)
             .map_err(|e| PkiError::Rsa(e.to_string()))?;
-        let cert = self.issue_for_spki_with(&spki, "AWS IoT Certificate", validity)?;
+        let cert = self.issue_for_spki_with(spki.as_bytes(), "AWS IoT Certificate", validity)?;
         Ok((cert, key_pem.to_string()))
     }
 

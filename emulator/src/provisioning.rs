@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::config::{EmulatorConfig, ResponseFault, TokenReuse};
 use crate::hook::{HookError, HookRequest, HookRunner};
+use crate::keypool::KeyPool;
 use crate::pki::{CertificateAuthority, Issued, PkiError, Validity};
 use crate::policy::PolicyDocument;
 use crate::registry::{
@@ -102,6 +103,8 @@ pub(crate) struct Provisioner {
     token_key: hmac::Key,
     config: Arc<EmulatorConfig>,
     hooks: HookRunner,
+    /// RSA keys for CreateKeysAndCertificate, made ahead of time.
+    pub(crate) keys: Arc<KeyPool>,
     create_keys: TokenBucket,
     create_from_csr: TokenBucket,
     register: TokenBucket,
@@ -164,11 +167,13 @@ impl Provisioner {
         token_key: &[u8],
         config: Arc<EmulatorConfig>,
         hooks: HookRunner,
+        keys: KeyPool,
     ) -> Self {
         let t = config.throttle;
         Provisioner {
             registry,
             ca,
+            keys: Arc::new(keys),
             token_key: hmac::Key::new(hmac::HMAC_SHA256, token_key),
             hooks,
             create_keys: TokenBucket::new(t.create_keys_and_certificate),
@@ -373,10 +378,15 @@ impl Provisioner {
         if another_key {
             tracing::warn!("response fault CertificateForAnotherKey: certificate for a fresh key");
         }
-        let (issued, key_pem) =
-            Self::blocking(move || ca.issue_with_new_rsa_key_with(Some(validity), another_key))
-                .await?
-                .map_err(internal)?;
+        let keys = self.keys.clone();
+        let (issued, key_pem) = Self::blocking(move || {
+            let key = keys.take()?;
+            // The fault's second key comes from the pool too.
+            let other = another_key.then(|| keys.take()).transpose()?;
+            ca.issue_with_rsa_key(&key, other.as_ref(), Some(validity))
+        })
+        .await?
+        .map_err(internal)?;
         let token = self.register_new(&issued)?;
         Ok(json!({
             "certificateId": Self::answered_id(&issued, fault),

@@ -1,0 +1,221 @@
+//! RSA-2048 keys made ahead of time for CreateKeysAndCertificate, which
+//! would otherwise spend 0.3 to 1 s of CPU on each request making one.
+//!
+//! Invariants:
+//! - a key leaves the pool by being moved out of it ([`KeyPool::take`]):
+//!   it is handed out once, never twice, and never kept by the pool;
+//! - an empty (or disabled, or stopped) pool never fails a request: the
+//!   caller's thread makes the key itself;
+//! - one dedicated OS thread refills the pool; it sleeps while the pool is
+//!   full, and ends at the latest one key generation after
+//!   [`KeyPool::stop`] (or the pool's drop);
+//! - keys are wiped when dropped (`rsa::RsaPrivateKey` is `ZeroizeOnDrop`),
+//!   pooled ones included.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use rsa::RsaPrivateKey;
+
+use crate::pki::PkiError;
+
+/// The size of the keys CreateKeysAndCertificate answers with (AWS's).
+pub(crate) const RSA_BITS: usize = 2048;
+
+/// The keys in stock, and whether the refill thread is asked to end.
+struct Stock {
+    keys: Vec<RsaPrivateKey>,
+    stopping: bool,
+}
+
+struct Shared {
+    stock: Mutex<Stock>,
+    /// Signalled when a key is taken or the pool is stopped.
+    changed: Condvar,
+    capacity: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Stock> {
+        self.stock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub(crate) struct KeyPool {
+    shared: Arc<Shared>,
+    refill: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for KeyPool {
+    /// Prints the counts, never a key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyPool")
+            .field("capacity", &self.shared.capacity)
+            .field("pooled", &self.pooled())
+            .finish()
+    }
+}
+
+/// A fresh RSA key of [`RSA_BITS`] bits.
+pub(crate) fn generate() -> Result<RsaPrivateKey, PkiError> {
+    RsaPrivateKey::new(&mut rand::thread_rng(), RSA_BITS).map_err(|e| PkiError::Rsa(e.to_string()))
+}
+
+impl KeyPool {
+    /// A pool of up to `capacity` keys and its refill thread, which starts
+    /// filling it at once; `capacity` 0 starts no thread (every
+    /// [`KeyPool::take`] makes its key).
+    pub fn start(capacity: usize) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            stock: Mutex::new(Stock {
+                keys: Vec::with_capacity(capacity),
+                stopping: false,
+            }),
+            changed: Condvar::new(),
+            capacity,
+        });
+        let refill = if capacity == 0 {
+            None
+        } else {
+            let shared = shared.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("rsa-key-pool".into())
+                    .spawn(move || refill(&shared))?,
+            )
+        };
+        Ok(KeyPool {
+            shared,
+            refill: Mutex::new(refill),
+        })
+    }
+
+    /// A key no one else was or will be given: from the pool when it has
+    /// one, else made now on the calling thread (blocking: call it from a
+    /// blocking context).
+    pub fn take(&self) -> Result<RsaPrivateKey, PkiError> {
+        let pooled = self.shared.lock().keys.pop();
+        match pooled {
+            Some(key) => {
+                self.shared.changed.notify_all();
+                Ok(key)
+            }
+            None => {
+                tracing::debug!("RSA key pool empty: making the key in the request");
+                generate()
+            }
+        }
+    }
+
+    /// Keys ready now.
+    pub fn pooled(&self) -> usize {
+        self.shared.lock().keys.len()
+    }
+
+    /// Asks the refill thread to end, wipes the pooled keys, and returns the
+    /// thread's handle (once; `None` afterwards or without a thread) for
+    /// the caller to join. Later takes make their own keys.
+    pub fn stop(&self) -> Option<JoinHandle<()>> {
+        {
+            let mut stock = self.shared.lock();
+            stock.stopping = true;
+            stock.keys.clear();
+        }
+        self.shared.changed.notify_all();
+        self.refill.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl Drop for KeyPool {
+    /// Stops the thread without waiting for it (it ends after the key it
+    /// may be making).
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// The refill thread: makes keys while the pool has room, sleeps while it
+/// is full, and returns once stopped.
+fn refill(shared: &Shared) {
+    loop {
+        {
+            let mut stock = shared.lock();
+            while !stock.stopping && stock.keys.len() >= shared.capacity {
+                stock = shared
+                    .changed
+                    .wait(stock)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            if stock.stopping {
+                return;
+            }
+        }
+        // Made without the lock held, so that takes are never kept waiting.
+        let key = match generate() {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!("RSA key pool: key generation failed, pool stops refilling: {e}");
+                return;
+            }
+        };
+        let mut stock = shared.lock();
+        if stock.stopping {
+            return; // `key` is wiped as it drops
+        }
+        stock.keys.push(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rsa::traits::PublicKeyParts;
+    use std::collections::HashSet;
+    use std::time::{Duration, Instant};
+
+    fn wait_for(pool: &KeyPool, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while pool.pooled() < n {
+            assert!(Instant::now() < deadline, "pool never reached {n} keys");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn fills_to_capacity_and_hands_each_key_out_once() {
+        let pool = KeyPool::start(3).unwrap();
+        wait_for(&pool, 3);
+        // Full: the thread sleeps instead of making more.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(pool.pooled(), 3);
+        // Three pooled keys and two made by the caller (the pool being
+        // empty), all distinct.
+        let moduli: Vec<_> = (0..5).map(|_| pool.take().unwrap().n().clone()).collect();
+        let distinct: HashSet<_> = moduli.iter().collect();
+        assert_eq!(distinct.len(), 5);
+        // It refills after the takes, with new keys.
+        wait_for(&pool, 1);
+        let again = pool.take().unwrap().n().clone();
+        assert!(!distinct.contains(&again));
+    }
+
+    #[test]
+    fn stop_ends_the_thread_and_takes_still_work() {
+        let pool = KeyPool::start(2).unwrap();
+        let thread = pool.stop().expect("a refill thread");
+        // At most the one key it was making.
+        let started = Instant::now();
+        thread.join().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(30));
+        assert_eq!(pool.pooled(), 0);
+        assert!(pool.stop().is_none());
+        assert_eq!(pool.take().unwrap().size() * 8, RSA_BITS);
+    }
+
+    #[test]
+    fn capacity_zero_has_no_thread() {
+        let pool = KeyPool::start(0).unwrap();
+        assert!(pool.stop().is_none());
+        assert_eq!(pool.take().unwrap().size() * 8, RSA_BITS);
+    }
+}
