@@ -17,8 +17,6 @@ use std::thread::JoinHandle;
 
 use rsa::RsaPrivateKey;
 
-use crate::pki::PkiError;
-
 /// The size of the keys CreateKeysAndCertificate answers with (AWS's).
 pub(crate) const RSA_BITS: usize = 2048;
 
@@ -57,8 +55,8 @@ impl std::fmt::Debug for KeyPool {
 }
 
 /// A fresh RSA key of [`RSA_BITS`] bits.
-pub(crate) fn generate() -> Result<RsaPrivateKey, PkiError> {
-    RsaPrivateKey::new(&mut rand::thread_rng(), RSA_BITS).map_err(|e| PkiError::Rsa(e.to_string()))
+pub(crate) fn generate() -> Result<RsaPrivateKey, rsa::Error> {
+    RsaPrivateKey::new(&mut rand::thread_rng(), RSA_BITS)
 }
 
 impl KeyPool {
@@ -93,7 +91,7 @@ impl KeyPool {
     /// A key no one else was or will be given: from the pool when it has
     /// one, else made now on the calling thread (blocking: call it from a
     /// blocking context).
-    pub fn take(&self) -> Result<RsaPrivateKey, PkiError> {
+    pub fn take(&self) -> Result<RsaPrivateKey, rsa::Error> {
         let pooled = self.shared.lock().keys.pop();
         match pooled {
             Some(key) => {

@@ -18,6 +18,8 @@ pub enum PkiError {
     BadCsr(String),
     #[error("RSA key generation failed: {0}")]
     Rsa(String),
+    #[error("RSA key generation failed: {0}")]
+    RsaKey(#[from] rsa::Error),
     #[error("stored CA is unreadable: {0}")]
     BadCa(String),
     #[error("certificate validity cannot be encoded: {0}")]

@@ -1,0 +1,127 @@
+//! The agent at the protocol's floor (docs/architecture.md, "Round trips"),
+//! observed from the emulator's side of the wire: which packets each
+//! connection sent, in which order, and which arrived together in one read.
+
+mod common;
+
+use common::backend::Backend;
+use common::device::{text, Device};
+use common::emulator::TestCloud;
+use iotcore_emulator::{ConnectionLog, LoggedPacket};
+
+fn subscribes(log: &ConnectionLog) -> Vec<&Vec<String>> {
+    log.packets
+        .iter()
+        .filter_map(|p| match &p.packet {
+            LoggedPacket::Subscribe { filters } => Some(filters),
+            _ => None,
+        })
+        .collect()
+}
+
+fn publishes(log: &ConnectionLog) -> Vec<&str> {
+    log.packets
+        .iter()
+        .filter_map(|p| match &p.packet {
+            LoggedPacket::Publish { topic, .. } => Some(topic.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The connection's first packets are CONNECT and one SUBSCRIBE for
+/// exactly `filters`, received in the same read (one flight), before any
+/// request; it subscribes nowhere else.
+fn assert_subscribed_behind_connect(log: &ConnectionLog, filters: &[String]) {
+    let what = format!("connection {}: {:?}", log.client_id, log.packets);
+    assert!(
+        matches!(log.packets[0].packet, LoggedPacket::Connect),
+        "{what}"
+    );
+    let LoggedPacket::Subscribe { filters: sent } = &log.packets[1].packet else {
+        panic!("the packet after CONNECT is not SUBSCRIBE: {what}");
+    };
+    let mut sent = sent.clone();
+    sent.sort();
+    let mut want = filters.to_vec();
+    want.sort();
+    assert_eq!(sent, want, "{what}");
+    assert_eq!(
+        log.packets[0].read, log.packets[1].read,
+        "CONNECT and SUBSCRIBE did not arrive together: {what}"
+    );
+    assert_eq!(subscribes(log).len(), 1, "{what}");
+}
+
+fn answers(topic: &str) -> [String; 2] {
+    [format!("{topic}/accepted"), format!("{topic}/rejected")]
+}
+
+#[tokio::test]
+async fn the_agents_sockets_have_tcp_nodelay() {
+    let cloud = TestCloud::start().await;
+    let session = cloud.backend_session().await;
+    // Read back from the kernel (getsockopt) when the connection was made.
+    assert!(session.tcp_nodelay());
+    session.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enroll_and_rotate_subscribe_once_right_behind_connect() {
+    let cloud = TestCloud::start_with(|c| c.record_packets = true).await;
+    let device = Device::new(&cloud, Backend::File, "MODE = csr\n");
+    device.import_claim().await;
+    let out = device.run(&["enroll", "--json"]).await;
+    assert!(out.status.success(), "enroll: {}", text(&out));
+    let thing = device.identity().unwrap().thing_name;
+
+    let csr = "$aws/certificates/create-from-csr/json";
+    let prod = "$aws/provisioning-templates/ProdTemplate/provision/json";
+    let verify = format!("things/{thing}/provisioned");
+    let log = cloud.handle.packet_log();
+    assert_eq!(
+        log.len(),
+        2,
+        "one claim and one verifying connection: {log:?}"
+    );
+
+    // The claim connection: CONNECT + SUBSCRIBE for both APIs' answers in
+    // one flight, then the two requests, nothing else.
+    let claim = &log[0];
+    assert!(claim.client_id.starts_with("prov-"), "{claim:?}");
+    let mut filters = answers(csr).to_vec();
+    filters.extend(answers(prod));
+    assert_subscribed_behind_connect(claim, &filters);
+    assert_eq!(publishes(claim), [csr, prod], "{claim:?}");
+
+    // The verifying connection, as the thing.
+    let verifying = &log[1];
+    assert_eq!(verifying.client_id, thing);
+    assert_subscribed_behind_connect(verifying, std::slice::from_ref(&verify));
+    assert_eq!(publishes(verifying), [verify.as_str()], "{verifying:?}");
+
+    // A rotation: the same shape over the current identity, then the
+    // report of the replaced certificate with CONNECT and PUBLISH in one
+    // flight.
+    let out = device.run(&["rotate", "--json"]).await;
+    assert!(out.status.success(), "rotate: {}", text(&out));
+    let log = cloud.handle.packet_log();
+    let rotation: Vec<_> = log[2..].iter().collect();
+    assert_eq!(rotation.len(), 3, "{rotation:?}");
+    assert!(
+        rotation.iter().all(|c| c.client_id == thing),
+        "{rotation:?}"
+    );
+    let rotate = "$aws/provisioning-templates/RotationTemplate/provision/json";
+    let mut filters = answers(csr).to_vec();
+    filters.extend(answers(rotate));
+    assert_subscribed_behind_connect(rotation[0], &filters);
+    assert_eq!(publishes(rotation[0]), [csr, rotate]);
+    assert_subscribed_behind_connect(rotation[1], std::slice::from_ref(&verify));
+    let report = rotation[2];
+    let report_topic = format!("things/{thing}/rotation");
+    assert!(matches!(report.packets[0].packet, LoggedPacket::Connect));
+    assert_eq!(publishes(report), [report_topic.as_str()], "{report:?}");
+    assert_eq!(report.packets[0].read, report.packets[1].read, "{report:?}");
+    assert!(subscribes(report).is_empty(), "{report:?}");
+}
