@@ -45,8 +45,20 @@ pub enum IdentityError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} is damaged ({detail}): restore it from a backup or enroll again with --force")]
-    Corrupt { path: PathBuf, detail: String },
+    /// Not the JSON of an identity.
+    #[error("{path} is damaged ({source}): restore it from a backup or enroll again with --force")]
+    Unparsable {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Its certificate does not parse.
+    #[error("{path} is damaged ({source}): restore it from a backup or enroll again with --force")]
+    Certificate {
+        path: PathBuf,
+        #[source]
+        source: crate::crypto::CertError,
+    },
 }
 
 pub const FILE_NAME: &str = "identity.json";
@@ -73,16 +85,13 @@ impl Identity {
                 })
             }
         };
-        let id: Identity = serde_json::from_slice(&bytes).map_err(|e| IdentityError::Corrupt {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?;
-        Certificate::from_pem(&id.certificate_pem, "identity certificate").map_err(|e| {
-            IdentityError::Corrupt {
-                path,
-                detail: e.to_string(),
-            }
-        })?;
+        let id: Identity =
+            serde_json::from_slice(&bytes).map_err(|source| IdentityError::Unparsable {
+                path: path.clone(),
+                source,
+            })?;
+        Certificate::from_pem(&id.certificate_pem, "identity certificate")
+            .map_err(|source| IdentityError::Certificate { path, source })?;
         Ok(Some(id))
     }
 

@@ -210,6 +210,13 @@ pub enum JournalError {
     },
     #[error("journal {path} is damaged ({detail}); move it aside to start over")]
     Corrupt { path: PathBuf, detail: String },
+    /// Not the JSON of a journal.
+    #[error("journal {path} is damaged ({source}); move it aside to start over")]
+    Unparsable {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 pub const FILE_NAME: &str = "journal.json";
@@ -269,15 +276,15 @@ impl Journal {
         struct Version {
             version: u32,
         }
-        let version: Version =
-            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let unparsable = |source| JournalError::Unparsable {
+            path: path.clone(),
+            source,
+        };
+        let version: Version = serde_json::from_slice(&bytes).map_err(unparsable)?;
         match version.version {
-            VERSION => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| corrupt(e.to_string())),
+            VERSION => serde_json::from_slice(&bytes).map(Some).map_err(unparsable),
             1 => {
-                let old: v1::JournalV1 =
-                    serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+                let old: v1::JournalV1 = serde_json::from_slice(&bytes).map_err(unparsable)?;
                 let journal = Journal::try_from(old).map_err(corrupt)?;
                 tracing::info!(phase = ?journal.phase(), "read a version-1 journal");
                 Ok(Some(journal))
