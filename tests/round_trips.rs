@@ -100,14 +100,14 @@ async fn enroll_and_rotate_subscribe_once_right_behind_connect() {
     assert_subscribed_behind_connect(verifying, std::slice::from_ref(&verify));
     assert_eq!(publishes(verifying), [verify.as_str()], "{verifying:?}");
 
-    // A rotation: the same shape over the current identity, then the
-    // report of the replaced certificate with CONNECT and PUBLISH in one
-    // flight.
+    // A rotation: the same shape over the current identity, and the
+    // report of the replaced certificate, after the commit, over the
+    // verifying connection.
     let out = device.run(&["rotate", "--json"]).await;
     assert!(out.status.success(), "rotate: {}", text(&out));
     let log = cloud.handle.packet_log();
     let rotation: Vec<_> = log[2..].iter().collect();
-    assert_eq!(rotation.len(), 3, "{rotation:?}");
+    assert_eq!(rotation.len(), 2, "{rotation:?}");
     assert!(
         rotation.iter().all(|c| c.client_id == thing),
         "{rotation:?}"
@@ -118,10 +118,39 @@ async fn enroll_and_rotate_subscribe_once_right_behind_connect() {
     assert_subscribed_behind_connect(rotation[0], &filters);
     assert_eq!(publishes(rotation[0]), [csr, rotate]);
     assert_subscribed_behind_connect(rotation[1], std::slice::from_ref(&verify));
-    let report = rotation[2];
-    let report_topic = format!("things/{thing}/rotation");
+    let report = format!("things/{thing}/rotation");
+    assert_eq!(
+        publishes(rotation[1]),
+        [verify.as_str(), report.as_str()],
+        "{:?}",
+        rotation[1]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_report_without_a_verifying_connection_sends_connect_and_publish_together() {
+    let cloud = TestCloud::start_with(|c| c.record_packets = true).await;
+    let device = Device::enrolled(&cloud, Backend::File, "MODE = csr\n").await;
+    let thing = device.identity().unwrap().thing_name;
+    // The rotation stops after the commit, before its report; the next
+    // run sends the report on a connection of its own.
+    let out = device
+        .run_env(&["rotate"], &[("PROV_AGENT_FAULT", "old-key-deleted")])
+        .await;
+    assert!(
+        !out.status.success(),
+        "rotate should have stopped: {}",
+        text(&out)
+    );
+    let before = cloud.handle.packet_log().len();
+    let out = device.run(&["rotate", "--json"]).await;
+    assert!(out.status.success(), "rotate: {}", text(&out));
+    let log = cloud.handle.packet_log();
+    let report = &log[before];
+    assert_eq!(report.client_id, thing);
     assert!(matches!(report.packets[0].packet, LoggedPacket::Connect));
-    assert_eq!(publishes(report), [report_topic.as_str()], "{report:?}");
+    let topic = format!("things/{thing}/rotation");
+    assert_eq!(publishes(report), [topic.as_str()], "{report:?}");
     assert_eq!(report.packets[0].read, report.packets[1].read, "{report:?}");
     assert!(subscribes(report).is_empty(), "{report:?}");
 }

@@ -65,6 +65,7 @@ pub async fn enroll_locked(
         j
     });
     let identity = flow.run(&mut journal).await?;
+    flow.close_session().await;
     Ok(Outcome {
         identity,
         changed: true,

@@ -48,6 +48,9 @@ pub(super) struct Flow<'a> {
     /// The verifying connection, its TLS handshake made while RegisterThing
     /// was in flight, for the certificate of this id.
     prepared: Option<(String, Prepared)>,
+    /// The verifying connection, kept open for the report of retired
+    /// certificates after the commit, for the certificate of this id.
+    verified: Option<(String, Session)>,
     /// `enroll --force`: the current certificate could not connect, so
     /// requests go over the claim credential.
     current_refused: bool,
@@ -77,6 +80,7 @@ impl<'a> Flow<'a> {
             backoff: Backoff::new(config.provisioning.max_retries),
             session: None,
             prepared: None,
+            verified: None,
             current_refused: false,
             report_pending: false,
             pending: Self::next_slot(config, current_label.as_deref())?,
@@ -416,8 +420,12 @@ impl<'a> Flow<'a> {
         Ok(self.session.as_mut().expect("connected above"))
     }
 
+    /// Closes the request session and a verifying connection kept open.
     pub(super) async fn close_session(&mut self) {
         if let Some(s) = self.session.take() {
+            s.close().await;
+        }
+        if let Some((_, s)) = self.verified.take() {
             s.close().await;
         }
     }
@@ -764,7 +772,8 @@ impl<'a> Flow<'a> {
             .replace("{thing}", &thing);
         let timeout = self.config.provisioning.response_timeout;
         let started = Instant::now();
-        self.retrying("verify the new credential", async |_flow: &mut Self| {
+        let certificate_id = registration.certificate.id.clone();
+        self.retrying("verify the new credential", async |flow: &mut Self| {
             let filters = std::slice::from_ref(&topic);
             let mut session = match prepared.take() {
                 Some(early) => match early.finish(&thing, filters, opts.connect_timeout).await {
@@ -788,7 +797,8 @@ impl<'a> Flow<'a> {
             if echoed != payload {
                 return Err(ProvisionError::EchoMismatch);
             }
-            session.close().await;
+            // Kept for the report after the commit (a connection saved).
+            flow.verified = Some((certificate_id.clone(), session));
             Ok(())
         })
         .await?;
@@ -808,7 +818,11 @@ impl<'a> Flow<'a> {
         abandoned: &[String],
         identity: &Identity,
     ) -> Result<(), ProvisionError> {
+        let kept = self.verified.take();
         if abandoned.is_empty() {
+            if let Some((_, session)) = kept {
+                session.close().await;
+            }
             return Ok(());
         }
         let thing = identity.thing_name.clone();
@@ -826,6 +840,24 @@ impl<'a> Flow<'a> {
         });
         let payload = serde_json::to_vec(&body).expect("json");
         let started = Instant::now();
+        if let Some((id, mut session)) = kept {
+            if id == identity.certificate_id {
+                let timeout = self.config.provisioning.response_timeout;
+                match session.publish(&topic, payload.clone(), timeout).await {
+                    Ok(()) => {
+                        session.close().await;
+                        self.timed("report the retired certificates", started);
+                        return Ok(());
+                    }
+                    Err(e) => tracing::debug!(
+                        error = %crate::error::report(&e),
+                        "the verifying connection is gone: reporting over a new one"
+                    ),
+                }
+            } else {
+                session.close().await;
+            }
+        }
         self.retrying(
             "report the retired certificates",
             async |_flow: &mut Self| {
