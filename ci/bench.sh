@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks (release build). Prints numbers; the targets are in the README.
 #   ci/bench.sh keystore [softhsm|swtpm|file]   signatures/s and key generations/s
-#   ci/bench.sh emulator [DEVICES]              enrollments/s against iotcore-emulator
-#   ci/bench.sh enroll [RUNS]                   prov-agent enroll: wall time, peak RSS, HW signatures
+#   ci/bench.sh emulator [DEVICES] [MODE]       enrollments/s against iotcore-emulator (csr|keys|both)
+#   ci/bench.sh enroll [RUNS]                   prov-agent enroll and rotate at 0 and 100 ms RTT: wall
+#                                               time, peak RSS, HW signatures, round trips
 #   ci/bench.sh daemon [IDLE_SECONDS]           prov-agent run: RSS and CPU idle, one rotation
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,7 @@ case $what in
   keystore)
     cargo bench --quiet --bench keystore -- "$@" ;;
   emulator)
-    cargo run --quiet --release -p iotcore-emulator --example enroll_bench -- "${1:-1000}" ;;
+    cargo run --quiet --release -p iotcore-emulator --example enroll_bench -- "${1:-1000}" "${2:-both}" ;;
   enroll)
     cargo build --quiet --release --workspace --bins
     python3 ci/bench_enroll.py "${1:-10}" ;;

@@ -141,17 +141,35 @@ async fn if_due_rotates_a_short_lived_certificate() {
 /// `--if-due` honours RANDOM_DELAY like the daemon: past THRESHOLD but
 /// before the certificate's own delay it waits; the delay never takes more
 /// than half the time left, so the certificate is still rotated in time.
+/// The times are taken from the certificate, not from the test's clock, so
+/// that a slow enrollment on a loaded machine cannot make it due early.
 #[tokio::test(flavor = "multi_thread")]
 async fn if_due_waits_for_the_random_delay() {
-    let cloud = TestCloud::start_with(|c| c.certificate_validity = Duration::from_secs(10)).await;
+    use prov_agent::provision::rotate::{due_at, scheduled_at};
+    use std::time::SystemTime;
+    let cloud = TestCloud::start_with(|c| c.certificate_validity = Duration::from_secs(24)).await;
     let device = Device::enrolled(&cloud, Backend::File, "").await;
     let mut config = std::fs::read_to_string(&device.config).unwrap();
     config.push_str("[ROTATION]\nTHRESHOLD = 10%\nRANDOM_DELAY = 1d\n");
     std::fs::write(&device.config, config).unwrap();
     let before = device.identity().unwrap();
-    // 10% of the 11 s lifetime (1 s of it before issuance) is past after
-    // 1 s; the delay (at most half of the 9.9 s left) is not.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cert =
+        prov_agent::crypto::Certificate::from_pem(&before.certificate_pem, "identity").unwrap();
+    let rotation = device.load_config().rotation;
+    let threshold = due_at(&cert, rotation.threshold);
+    let scheduled = scheduled_at(&cert, &rotation);
+    // A day's delay is capped at half the time left after THRESHOLD.
+    let half_left = cert.not_after().duration_since(threshold).unwrap() / 2;
+    assert!(scheduled > threshold + half_left - Duration::from_secs(2));
+    assert!(scheduled <= threshold + half_left);
+    let until = |t: SystemTime| {
+        t.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    };
+
+    // Past THRESHOLD, before the delay: not due.
+    tokio::time::sleep(until(threshold) + Duration::from_millis(500)).await;
+    assert!(SystemTime::now() + Duration::from_secs(2) < scheduled);
     let out = device.run(&["rotate", "--if-due"]).await;
     assert!(out.status.success(), "{}", text(&out));
     assert!(
@@ -160,7 +178,9 @@ async fn if_due_waits_for_the_random_delay() {
         text(&out)
     );
     assert_eq!(device.identity().unwrap(), before);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // Past the delay: rotated.
+    tokio::time::sleep(until(scheduled) + Duration::from_millis(1500)).await;
     let out = device.run(&["rotate", "--if-due"]).await;
     assert!(out.status.success(), "{}", text(&out));
     assert_ne!(

@@ -353,14 +353,14 @@ impl EmulatorHandle {
     }
 
     /// Stops listening, closes every connection and waits for the tasks
-    /// and the RSA key pool's thread.
+    /// and the RSA key pool's threads.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         let refill = self.broker.provisioner.keys.stop();
         for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
         }
-        if let Some(thread) = refill {
+        for thread in refill {
             // It ends after the key it may be making (under a second).
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }

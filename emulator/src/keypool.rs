@@ -6,8 +6,9 @@
 //!   it is handed out once, never twice, and never kept by the pool;
 //! - an empty (or disabled, or stopped) pool never fails a request: the
 //!   caller's thread makes the key itself;
-//! - one dedicated OS thread refills the pool; it sleeps while the pool is
-//!   full, and ends at the latest one key generation after
+//! - dedicated OS threads, one per CPU (at most one per key of capacity),
+//!   refill the pool and never fill it past its capacity; they sleep while
+//!   it is full, and end at the latest one key generation after
 //!   [`KeyPool::stop`] (or the pool's drop);
 //! - keys are wiped when dropped (`rsa::RsaPrivateKey` is `ZeroizeOnDrop`),
 //!   pooled ones included.
@@ -41,7 +42,7 @@ impl Shared {
 
 pub(crate) struct KeyPool {
     shared: Arc<Shared>,
-    refill: Mutex<Option<JoinHandle<()>>>,
+    refill: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for KeyPool {
@@ -60,7 +61,7 @@ pub(crate) fn generate() -> Result<RsaPrivateKey, rsa::Error> {
 }
 
 impl KeyPool {
-    /// A pool of up to `capacity` keys and its refill thread, which starts
+    /// A pool of up to `capacity` keys and its refill threads, which start
     /// filling it at once; `capacity` 0 starts no thread (every
     /// [`KeyPool::take`] makes its key).
     pub fn start(capacity: usize) -> std::io::Result<Self> {
@@ -72,16 +73,20 @@ impl KeyPool {
             changed: Condvar::new(),
             capacity,
         });
-        let refill = if capacity == 0 {
-            None
-        } else {
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(capacity);
+        let mut refill_threads = Vec::with_capacity(threads);
+        for _ in 0..threads {
             let shared = shared.clone();
-            Some(
+            refill_threads.push(
                 std::thread::Builder::new()
                     .name("rsa-key-pool".into())
                     .spawn(move || refill(&shared))?,
-            )
-        };
+            );
+        }
+        let refill = refill_threads;
         Ok(KeyPool {
             shared,
             refill: Mutex::new(refill),
@@ -110,17 +115,17 @@ impl KeyPool {
         self.shared.lock().keys.len()
     }
 
-    /// Asks the refill thread to end, wipes the pooled keys, and returns the
-    /// thread's handle (once; `None` afterwards or without a thread) for
+    /// Asks the refill threads to end, wipes the pooled keys, and returns
+    /// the threads' handles (once; none afterwards or without threads) for
     /// the caller to join. Later takes make their own keys.
-    pub fn stop(&self) -> Option<JoinHandle<()>> {
+    pub fn stop(&self) -> Vec<JoinHandle<()>> {
         {
             let mut stock = self.shared.lock();
             stock.stopping = true;
             stock.keys.clear();
         }
         self.shared.changed.notify_all();
-        self.refill.lock().unwrap_or_else(|e| e.into_inner()).take()
+        std::mem::take(&mut *self.refill.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -160,7 +165,10 @@ fn refill(shared: &Shared) {
         if stock.stopping {
             return; // `key` is wiped as it drops
         }
-        stock.keys.push(key);
+        // Another thread may have filled the last place meanwhile.
+        if stock.keys.len() < shared.capacity {
+            stock.keys.push(key);
+        }
     }
 }
 
@@ -200,20 +208,23 @@ mod tests {
     #[test]
     fn stop_ends_the_thread_and_takes_still_work() {
         let pool = KeyPool::start(2).unwrap();
-        let thread = pool.stop().expect("a refill thread");
-        // At most the one key it was making.
+        let threads = pool.stop();
+        assert!(!threads.is_empty());
+        // At most the one key each was making.
         let started = Instant::now();
-        thread.join().unwrap();
+        for thread in threads {
+            thread.join().unwrap();
+        }
         assert!(started.elapsed() < Duration::from_secs(30));
         assert_eq!(pool.pooled(), 0);
-        assert!(pool.stop().is_none());
+        assert!(pool.stop().is_empty());
         assert_eq!(pool.take().unwrap().size() * 8, RSA_BITS);
     }
 
     #[test]
     fn capacity_zero_has_no_thread() {
         let pool = KeyPool::start(0).unwrap();
-        assert!(pool.stop().is_none());
+        assert!(pool.stop().is_empty());
         assert_eq!(pool.take().unwrap().size() * 8, RSA_BITS);
     }
 }

@@ -82,6 +82,10 @@ impl TestCloud {
         // on a CI machine running four tests at once a start can take
         // seconds. The 5 s limit itself is tested in the emulator's tests.
         config.hook_timeout = std::time::Duration::from_secs(20);
+        // A test makes a keys-mode request or two at most: a small pool,
+        // so that the dozens of emulators the tests start do not spend the
+        // machine's CPU making keys no one takes.
+        config.rsa_key_pool = 2;
         tweak(&mut config);
         let handle = Emulator::start(config).await.unwrap();
         for (name, body) in json_files(&repo("policies")) {
