@@ -6,10 +6,12 @@
 //!   it is handed out once, never twice, and never kept by the pool;
 //! - an empty (or disabled, or stopped) pool never fails a request: the
 //!   caller's thread makes the key itself;
-//! - dedicated OS threads, one per CPU (at most one per key of capacity),
-//!   refill the pool and never fill it past its capacity; they sleep while
-//!   it is full, and end at the latest one key generation after
-//!   [`KeyPool::stop`] (or the pool's drop);
+//! - dedicated OS threads refill the pool: one, and one more per 64 keys
+//!   of capacity up to one per CPU (a small pool, as most emulators have,
+//!   never takes more than a core from the tests beside it); they never
+//!   fill it past its capacity, sleep while it is full, and end at the
+//!   latest one key generation after [`KeyPool::stop`] (or the pool's
+//!   drop);
 //! - keys are wiped when dropped (`rsa::RsaPrivateKey` is `ZeroizeOnDrop`),
 //!   pooled ones included.
 
@@ -73,10 +75,12 @@ impl KeyPool {
             changed: Condvar::new(),
             capacity,
         });
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .min(capacity);
+        let threads = if capacity == 0 {
+            0
+        } else {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (capacity / 64 + 1).min(cpus)
+        };
         let mut refill_threads = Vec::with_capacity(threads);
         for _ in 0..threads {
             let shared = shared.clone();
