@@ -235,6 +235,10 @@ pub async fn start_with(tweak: impl FnOnce(&mut EmulatorConfig)) -> TestEmulator
         .try_init();
     let dir = tempfile::tempdir().unwrap();
     let mut config = EmulatorConfig::new(dir.path());
+    // A test makes a keys-mode request or two at most: a small pool, so
+    // that the emulators the tests start at once do not spend the
+    // machine's CPU making RSA keys no one takes.
+    config.rsa_key_pool = 2;
     tweak(&mut config);
     let handle = Emulator::start(config).await.unwrap();
     register_fixtures(&handle);
@@ -247,9 +251,9 @@ impl TestEmulator {
     pub async fn restart(self) -> TestEmulator {
         let TestEmulator { handle, dir } = self;
         handle.shutdown().await;
-        let handle = Emulator::start(EmulatorConfig::new(dir.path()))
-            .await
-            .unwrap();
+        let mut config = EmulatorConfig::new(dir.path());
+        config.rsa_key_pool = 2;
+        let handle = Emulator::start(config).await.unwrap();
         TestEmulator { handle, dir }
     }
 }
