@@ -14,6 +14,7 @@ pub mod crypto;
 pub mod daemon;
 pub mod durable;
 pub mod error;
+pub mod hardening;
 pub mod keystore;
 pub mod mqtt;
 pub mod provision;

@@ -10,6 +10,11 @@ use prov_agent::config::{Config, DEFAULT_PATH, ENV_CONFIG};
 use prov_agent::keystore;
 
 fn main() -> ExitCode {
+    // Before anything holds a secret (src/hardening.rs).
+    if let Err(e) = prov_agent::hardening::forbid_core_dumps() {
+        eprintln!("prov-agent: {}", prov_agent::error::report(&e));
+        return ExitCode::from(exit::OTHER);
+    }
     // tpm2-tss prints its own ERROR lines on stderr for conditions the
     // agent handles and reports with the TPM's return code; keep them out
     // unless someone asks (TSS2_LOG=all+debug). Single-threaded here.
