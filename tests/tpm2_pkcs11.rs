@@ -1,0 +1,117 @@
+//! The pkcs11 backend on Debian's tpm2-pkcs11 module (tpm2-abrmd on a
+//! swtpm, a private session bus), end to end against the emulator. The
+//! module cannot import private keys, so the claim key goes in with its
+//! own tool, tpm2_ptool, and `claim import` must say so and change nothing.
+#![cfg(feature = "pkcs11")]
+
+mod common;
+
+use common::backend::Backend;
+use common::device::{text, Device};
+use common::emulator::TestCloud;
+use common::tpm2pkcs11::Tpm2Pkcs11;
+use iotcore_emulator::CertStatus;
+use prov_agent::keystore::PrivateKeyMaterial;
+
+/// A device on a fresh tpm2-pkcs11 token whose claim key was imported with
+/// tpm2_ptool, its claim certificate where CLAIM_CERT says.
+fn device(cloud: &TestCloud, extra: &str) -> Device {
+    let device = Device::new(cloud, Backend::Tpm2Pkcs11(Tpm2Pkcs11::new("gw")), extra);
+    let Backend::Tpm2Pkcs11(token) = &device.backend else {
+        unreachable!()
+    };
+    let key = device.path("claim.private.pem.key");
+    let pem = std::fs::read_to_string(&key).unwrap();
+    let algorithm = if PrivateKeyMaterial::from_pem(&pem)
+        .unwrap()
+        .algorithm()
+        .is_ec()
+    {
+        "ecc"
+    } else {
+        "rsa"
+    };
+    let config = device.load_config();
+    token.import_key(config.keystore.claim_key.as_str(), &key, algorithm);
+    let cert = &config.settings.claim_cert;
+    std::fs::create_dir_all(cert.parent().unwrap()).unwrap();
+    std::fs::copy(device.path("claim.pem.crt"), cert).unwrap();
+    device
+}
+
+fn token(device: &Device) -> &Tpm2Pkcs11 {
+    match &device.backend {
+        Backend::Tpm2Pkcs11(t) => t,
+        _ => unreachable!(),
+    }
+}
+
+fn active(cloud: &TestCloud, cert_id: &str) -> bool {
+    cloud.handle.registry().certificate_status(cert_id).unwrap() == Some(CertStatus::Active)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_enroll_and_rotate() {
+    let cloud = TestCloud::start().await;
+    let device = device(&cloud, "MODE = csr\n");
+
+    let out = device.run(&["check"]).await;
+    assert!(out.status.success(), "check before enroll: {}", text(&out));
+
+    // enroll makes the device key in the TPM (C_GenerateKeyPair) and signs
+    // the CSR and the TLS handshakes with it.
+    let out = device.run(&["enroll", "--json"]).await;
+    assert!(out.status.success(), "enroll: {}", text(&out));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let thing_name = format!("gw_{}", device.serial);
+    assert_eq!(result["thingName"], thing_name.as_str());
+    let cert_id = result["certificateId"].as_str().unwrap().to_string();
+    let registry = cloud.handle.registry();
+    let thing = registry.thing(&thing_name).unwrap().expect("thing exists");
+    assert_eq!(thing.attributes["serialNumber"], device.serial);
+    let cert = registry
+        .certificate(&cert_id)
+        .unwrap()
+        .expect("certificate exists");
+    assert_eq!(cert.status, CertStatus::Active);
+    assert!(cert.things.contains(&thing_name));
+    let identity = device.identity().unwrap();
+    assert_eq!(identity.certificate_id, cert_id);
+    assert!(
+        identity.key_reference.starts_with("pkcs11:token=gw;"),
+        "{}",
+        identity.key_reference
+    );
+
+    // check now also makes a TLS handshake with the device key.
+    let out = device.run(&["check"]).await;
+    assert!(out.status.success(), "check after enroll: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("TLS handshake"),
+        "{}",
+        text(&out)
+    );
+
+    // rotate: a new key in the other slot (generate), the labels moved
+    // (promote), the old key destroyed.
+    let out = device.run(&["rotate", "--json"]).await;
+    assert!(out.status.success(), "rotate: {}", text(&out));
+    let new = device.identity().unwrap();
+    assert_ne!(new.certificate_id, cert_id);
+    assert_ne!(new.key_label, identity.key_label);
+    assert_eq!(new.thing_name, thing_name);
+    let now_active = cloud.active_certificates(&thing_name, 1).await;
+    assert_eq!(now_active, vec![new.certificate_id.clone()]);
+    assert!(active(&cloud, &new.certificate_id));
+    assert!(
+        !active(&cloud, &cert_id),
+        "the old certificate is still ACTIVE"
+    );
+    let objects = token(&device).objects();
+    assert!(
+        !objects.contains(&format!("label:      {}\n", identity.key_label)),
+        "the old key is still on the token:\n{objects}"
+    );
+    let out = device.run(&["check"]).await;
+    assert!(out.status.success(), "check after rotate: {}", text(&out));
+}
