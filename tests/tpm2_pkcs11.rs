@@ -7,7 +7,7 @@
 mod common;
 
 use common::backend::Backend;
-use common::device::{text, Device};
+use common::device::{failed_with, text, Device};
 use common::emulator::TestCloud;
 use common::tpm2pkcs11::Tpm2Pkcs11;
 use iotcore_emulator::CertStatus;
@@ -114,4 +114,48 @@ async fn check_enroll_and_rotate() {
     );
     let out = device.run(&["check"]).await;
     assert!(out.status.success(), "check after rotate: {}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claim_import_is_refused_and_changes_nothing() {
+    let cloud = TestCloud::start().await;
+    let device = device(&cloud, "");
+    let objects = token(&device).objects();
+    let claim_cert = std::fs::read(device.load_config().settings.claim_cert).unwrap();
+    let key_file = std::fs::read(device.path("claim.private.pem.key")).unwrap();
+
+    let out = device
+        .run(&[
+            "claim",
+            "import",
+            "--cert",
+            device.path("claim.pem.crt").to_str().unwrap(),
+            "--replace",
+            "--shred",
+        ])
+        .await;
+    let stderr = failed_with(&out, 5);
+    for needle in [
+        "cannot import private keys",
+        "CKR_ATTRIBUTE_VALUE_INVALID",
+        "prov-agent claim generate",
+        "tpm2_ptool import",
+        "--key-label claim",
+    ] {
+        assert!(stderr.contains(needle), "no {needle:?} in: {stderr}");
+    }
+
+    // Nothing changed: the token's objects, the certificate, the key file
+    // (not shredded), and the claim key still works.
+    assert_eq!(token(&device).objects(), objects);
+    assert_eq!(
+        std::fs::read(device.load_config().settings.claim_cert).unwrap(),
+        claim_cert
+    );
+    assert_eq!(
+        std::fs::read(device.path("claim.private.pem.key")).unwrap(),
+        key_file
+    );
+    let out = device.run(&["check"]).await;
+    assert!(out.status.success(), "check: {}", text(&out));
 }

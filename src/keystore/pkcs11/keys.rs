@@ -6,6 +6,8 @@
 //! object is the one that counts: lookups by label go to private keys, and
 //! the public object is found through the `CKA_ID`.
 
+use cryptoki::context::Function;
+use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
@@ -454,9 +456,24 @@ pub fn import(session: &Session, label: &str, key: &PrivateKeyMaterial) -> Resul
             ]);
         }
     }
-    let handle = session
-        .create_object(&private.0)
-        .map_err(|e| error::map("create private key object", e))?;
+    let handle = session.create_object(&private.0).map_err(|e| match e {
+        // What modules that make keys only inside themselves answer (the
+        // template itself is the one SoftHSM takes).
+        cryptoki::error::Error::Pkcs11(
+            rv @ (RvError::AttributeValueInvalid
+            | RvError::AttributeTypeInvalid
+            | RvError::TemplateInconsistent
+            | RvError::FunctionNotSupported),
+            Function::CreateObject,
+        ) => KeyStoreError::ImportRefused {
+            backend: BACKEND,
+            detail: format!(
+                "C_CreateObject of a private key refused with {}",
+                error::ckr_name(rv)
+            ),
+        },
+        e => error::map("create private key object", e),
+    })?;
     drop(private);
     if let Err(e) = session.create_object(&public) {
         let err = error::map("create public key object", e);
