@@ -159,3 +159,103 @@ async fn claim_import_is_refused_and_changes_nothing() {
     let out = device.run(&["check"]).await;
     assert!(out.status.success(), "check: {}", text(&out));
 }
+
+/// The way out the refusal names: the claim key made in the TPM, with a
+/// CSR that OpenSSL verifies and whose key is the one in the token.
+#[tokio::test(flavor = "multi_thread")]
+async fn claim_generate_makes_the_claim_key_in_the_token() {
+    let cloud = TestCloud::start().await;
+    let device = Device::new(&cloud, Backend::Tpm2Pkcs11(Tpm2Pkcs11::new("gw")), "");
+    let csr = device.path("claim.csr");
+    let out = device
+        .run(&[
+            "claim",
+            "generate",
+            "--csr",
+            csr.to_str().unwrap(),
+            "--subject",
+            "factory-7",
+        ])
+        .await;
+    assert!(out.status.success(), "claim generate: {}", text(&out));
+    let verified = std::process::Command::new("openssl")
+        .args(["req", "-noout", "-verify", "-pubkey", "-in"])
+        .arg(&csr)
+        .output()
+        .unwrap();
+    assert!(
+        verified.status.success(),
+        "openssl req -verify: {}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    let spki = String::from_utf8_lossy(&verified.stdout);
+    let from_csr =
+        prov_agent::keystore::PublicKey::from_spki_der(pem::parse(spki.trim()).unwrap().contents())
+            .unwrap();
+
+    let out = device.run(&["keys", "list", "--json"]).await;
+    assert!(out.status.success(), "keys list: {}", text(&out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["label"], "claim");
+    assert_eq!(rows[0]["algorithm"], "ec-p256");
+    assert_eq!(rows[0]["publicKeySha256"], from_csr.fingerprint());
+}
+
+/// Device keys of every algorithm the agent offers, made by the module.
+#[tokio::test(flavor = "multi_thread")]
+async fn enroll_with_rsa_and_p384_device_keys() {
+    for algorithm in ["rsa-2048", "ec-p384"] {
+        let cloud = TestCloud::start().await;
+        let device = device(&cloud, "MODE = csr\n");
+        let out = device
+            .run_env(
+                &["enroll", "--json"],
+                &[("PROV_AGENT_KEYSTORE_KEY_ALGORITHM", algorithm)],
+            )
+            .await;
+        assert!(out.status.success(), "enroll {algorithm}: {}", text(&out));
+        let identity = device.identity().unwrap();
+        assert!(active(&cloud, &identity.certificate_id), "{algorithm}");
+        let out = device.run(&["keys", "list", "--json"]).await;
+        assert!(out.status.success(), "keys list: {}", text(&out));
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let row = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["label"] == identity.key_label.as_str())
+            .unwrap_or_else(|| panic!("no {} in {rows}", identity.key_label));
+        assert_eq!(row["algorithm"], algorithm);
+        // The TLS handshake of check signs with the new key.
+        let out = device.run(&["check"]).await;
+        assert!(out.status.success(), "check {algorithm}: {}", text(&out));
+    }
+}
+
+/// Keys mode needs a key store that imports the key AWS IoT made: the
+/// refusal names MODE = csr, and an enroll in csr mode then succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_mode_is_refused_naming_csr_mode() {
+    let cloud = TestCloud::start().await;
+    let device = device(&cloud, "MODE = keys\n");
+    let out = device.run(&["enroll"]).await;
+    let stderr = failed_with(&out, 2);
+    for needle in [
+        "cannot import private keys",
+        "CKR_ATTRIBUTE_VALUE_INVALID",
+        "MODE = csr",
+    ] {
+        assert!(stderr.contains(needle), "no {needle:?} in: {stderr}");
+    }
+    assert!(device.identity().is_none());
+
+    let out = device
+        .run_env(
+            &["enroll", "--json"],
+            &[("PROV_AGENT_PROVISIONING_MODE", "csr")],
+        )
+        .await;
+    assert!(out.status.success(), "enroll in csr mode: {}", text(&out));
+    let identity = device.identity().unwrap();
+    assert!(active(&cloud, &identity.certificate_id));
+}
