@@ -321,10 +321,11 @@ fn public_for_generation(label: &str, id: &[u8]) -> Vec<Attribute> {
 /// the module lets us. tpm2-pkcs11 makes every TPM key able to sign and
 /// decrypt and fails C_GenerateKeyPair with CKR_GENERAL_ERROR ("User
 /// specified and TPM specified attr mismatch") when the template asks for
-/// `CKA_DECRYPT` or `CKA_ENCRYPT` false, but it takes the same change
-/// through C_SetAttributeValue afterwards; SoftHSM takes it either way. A
-/// module that refuses keeps a key that also decrypts: worth a warning, not
-/// a failed enrolment.
+/// `CKA_DECRYPT` or `CKA_ENCRYPT` false. It takes the same change through
+/// C_SetAttributeValue afterwards, but does not enforce it (C_Decrypt still
+/// works with 1.9.0); SoftHSM takes and enforces it either way. A module
+/// that refuses keeps a key that also decrypts: worth a warning, not a
+/// failed enrolment.
 fn restrict_to_signing(
     session: &Session,
     label: &str,
