@@ -6,7 +6,10 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::backend::Backend;
+use common::daemon::Daemon;
 use common::device::{failed_with, text, Device};
 use common::emulator::TestCloud;
 use common::tpm2pkcs11::Tpm2Pkcs11;
@@ -258,4 +261,53 @@ async fn keys_mode_is_refused_naming_csr_mode() {
     assert!(out.status.success(), "enroll in csr mode: {}", text(&out));
     let identity = device.identity().unwrap();
     assert!(active(&cloud, &identity.certificate_id));
+}
+
+/// The daemon on tpm2-pkcs11: its key helper child loads the module for
+/// the handshake and for a rotation on command, and the idle daemon holds
+/// none of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn daemon_rotates_on_command() {
+    let cloud = TestCloud::start().await;
+    let device = device(&cloud, "MODE = csr\n");
+    let out = device.run(&["enroll"]).await;
+    assert!(out.status.success(), "enroll: {}", text(&out));
+    let before = device.identity().unwrap();
+
+    let daemon = Daemon::start(&device);
+    daemon
+        .wait_log("connected", 1, Duration::from_secs(15))
+        .await;
+    let mut backend_session = cloud.backend_session().await;
+    backend_session
+        .publish(
+            &format!("cmd/{}", before.thing_name),
+            br#"{"msg": "rotate_cert"}"#.to_vec(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let new = loop {
+        match device.identity() {
+            Some(id) if id.certificate_id != before.certificate_id => break id,
+            _ => {}
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no rotation within 30 s: {:?}",
+            daemon.log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        cloud.active_certificates(&before.thing_name, 1).await,
+        vec![new.certificate_id.clone()]
+    );
+    assert!(!active(&cloud, &before.certificate_id));
+    daemon
+        .wait_log("connected", 2, Duration::from_secs(15))
+        .await;
+    daemon.holds_no_hardware(&device).await;
+    daemon.stop().await;
 }
