@@ -8,6 +8,9 @@ packages=(
   softhsm2                 # software PKCS#11 token for the pkcs11 backend's tests
   libtss2-dev tpm2-tools   # tpm2-tss headers (tss-esapi) and tools (debugging, tests)
   opensc                   # pkcs11-tool, for inspecting tokens
+  libtpm2-pkcs11-1 libtpm2-pkcs11-tools  # tpm2-pkcs11 module and tpm2_ptool (tests/tpm2_pkcs11.rs)
+  tpm2-abrmd libtss2-tcti-tabrmd0        # resource manager the module needs on a swtpm
+  dbus-x11                 # dbus-launch: the private session bus tpm2-abrmd --session uses
   openssl                  # independent verifier of CSRs and certificates in tests
   pkg-config clang libclang-dev
   python3-venv             # the awsiotsdk test's virtualenv

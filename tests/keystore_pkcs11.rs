@@ -80,15 +80,19 @@ fn assert_key_stays_inside(session: &Session, l: &str, secret: AttributeType) {
                 AttributeType::Sensitive,
                 AttributeType::Extractable,
                 AttributeType::Sign,
+                AttributeType::Decrypt,
             ],
         )
         .unwrap();
+    // Signing only: a generated key loses CKA_DECRYPT after
+    // C_GenerateKeyPair (tpm2-pkcs11 refuses it in the template).
     for expected in [
         Attribute::Token(true),
         Attribute::Private(true),
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
         Attribute::Sign(true),
+        Attribute::Decrypt(false),
     ] {
         assert!(
             attrs.contains(&expected),

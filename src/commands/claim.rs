@@ -10,7 +10,7 @@ use crate::cli::{ClaimGenerate, ClaimImport};
 use crate::config::Config;
 use crate::crypto::{make_csr, Certificate};
 use crate::durable;
-use crate::keystore::{KeyInfo, KeyStore, PrivateKeyMaterial};
+use crate::keystore::{KeyInfo, KeyStore, KeyStoreError, KeyStoreSettings, PrivateKeyMaterial};
 
 /// What `claim import` did, for the caller to print.
 #[derive(Debug)]
@@ -90,7 +90,21 @@ pub fn import(
         Err(e) if e.is_not_found() => {}
         Err(e) => return Err(e.into()),
     }
-    let staged = store.import(&staging, &material)?;
+    let staged = store.import(&staging, &material).map_err(|e| match e {
+        KeyStoreError::ImportRefused { .. } => CommandError::ClaimImportRefused {
+            source: e,
+            instead: Box::new(ClaimKeyInstead {
+                token: match &config.keystore.settings {
+                    KeyStoreSettings::Pkcs11(p) => p.token_label.clone(),
+                    _ => "<TOKEN_LABEL>".into(),
+                },
+                claim_key: label.to_string(),
+                key_file: key_path.clone(),
+                claim_cert: config.settings.claim_cert.clone(),
+            }),
+        },
+        e => e.into(),
+    })?;
     drop(material);
     if let Err(e) = prove_key(store, &staged, &cert) {
         if let Err(cleanup) = store.delete(&staging) {
@@ -125,6 +139,32 @@ pub fn import(
         certificate_path: cert_path,
         shredded,
     })
+}
+
+/// What to do instead of `claim import` on a store that cannot import
+/// private keys.
+#[derive(Debug)]
+pub struct ClaimKeyInstead {
+    token: String,
+    claim_key: String,
+    key_file: std::path::PathBuf,
+    claim_cert: std::path::PathBuf,
+}
+
+impl std::fmt::Display for ClaimKeyInstead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Make the claim key in the token with `prov-agent claim generate`, or import it \
+             with the module's own tool (tpm2-pkcs11: `tpm2_ptool import --label {} \
+             --key-label {} --privkey {} --algorithm ecc|rsa --userpin ...`) and copy the \
+             claim certificate to {}",
+            self.token,
+            self.claim_key,
+            self.key_file.display(),
+            self.claim_cert.display()
+        )
+    }
 }
 
 /// A signature made in the store verifies with the certificate's key.

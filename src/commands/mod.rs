@@ -78,6 +78,14 @@ pub enum CommandError {
          certificate; the import was undone"
     )]
     ImportUnproven { key: String },
+    /// `claim import` into a store that cannot import private keys
+    /// (tpm2-pkcs11); nothing was changed.
+    #[error("{source}; nothing was changed. {instead}")]
+    ClaimImportRefused {
+        #[source]
+        source: KeyStoreError,
+        instead: Box<claim::ClaimKeyInstead>,
+    },
     /// The async runtime could not be started.
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
@@ -96,7 +104,9 @@ impl CommandError {
             | CommandError::Input(_)
             | CommandError::Certificate(_)
             | CommandError::KeyFile { .. } => ErrorKind::Config,
-            CommandError::KeyStore(_) | CommandError::ImportUnproven { .. } => ErrorKind::KeyStore,
+            CommandError::KeyStore(_)
+            | CommandError::ImportUnproven { .. }
+            | CommandError::ClaimImportRefused { .. } => ErrorKind::KeyStore,
             CommandError::Provision(e) => e.kind(),
             CommandError::Io { .. }
             | CommandError::Runtime(_)

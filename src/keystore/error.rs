@@ -80,6 +80,12 @@ pub enum KeyStoreError {
         code: Option<HardwareCode>,
     },
 
+    /// The store makes keys only inside itself and refuses to create a
+    /// private key object from outside (tpm2-pkcs11's C_CreateObject takes
+    /// public keys and data objects only). Nothing was created.
+    #[error("{backend} key store cannot import private keys ({detail})")]
+    ImportRefused { backend: Backend, detail: String },
+
     #[error(
         "key store was built without the {backend} backend: rebuild with `--features {feature}`"
     )]

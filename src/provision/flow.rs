@@ -26,7 +26,7 @@ use super::{ProvisionError, StepTiming};
 use crate::config::{Config, ProvisioningMode};
 use crate::crypto::{make_csr, Certificate};
 use crate::durable;
-use crate::keystore::{KeyInfo, KeyLabel, KeyStore, PrivateKeyMaterial};
+use crate::keystore::{KeyInfo, KeyLabel, KeyStore, KeyStoreError, PrivateKeyMaterial};
 use crate::mqtt::endpoint::{Endpoint, EndpointError};
 use crate::mqtt::{response_topics, ConnectOptions, MqttError, Prepared, Session};
 
@@ -596,7 +596,12 @@ impl<'a> Flow<'a> {
         // Check the certificate against the key before the key goes in.
         let check = Issued::parse("CreateKeysAndCertificate", response, &public)?;
         let started = Instant::now();
-        self.store.import(&self.pending, &material)?;
+        self.store
+            .import(&self.pending, &material)
+            .map_err(|e| match e {
+                KeyStoreError::ImportRefused { .. } => ProvisionError::KeysModeImportRefused(e),
+                e => e.into(),
+            })?;
         drop(material);
         fault::point("key-imported");
         self.timed("import the key into the key store", started);

@@ -107,6 +107,13 @@ pub enum ProvisionError {
     Serial(#[from] serial::SerialError),
     #[error(transparent)]
     KeyStore(#[from] KeyStoreError),
+    /// `MODE = keys` with a key store that cannot import the key AWS IoT
+    /// made (tpm2-pkcs11).
+    #[error(
+        "{0}: in keys mode AWS IoT makes the device key and the agent imports it, and this key \
+         store makes keys only inside itself; set [PROVISIONING] MODE = csr"
+    )]
+    KeysModeImportRefused(#[source] KeyStoreError),
     #[error(transparent)]
     Mqtt(#[from] MqttError),
     /// ROOT_CERT, or a credential's certificate, cannot be used to connect.
@@ -203,6 +210,7 @@ impl ProvisionError {
             | ProvisionError::ClaimKeyMissing(_)
             | ProvisionError::NoRotationTemplate
             | ProvisionError::Serial(_)
+            | ProvisionError::KeysModeImportRefused(_)
             | ProvisionError::Endpoint(_) => ErrorKind::Config,
             ProvisionError::KeyStore(_) => ErrorKind::KeyStore,
             ProvisionError::Mqtt(e) => e.kind(),

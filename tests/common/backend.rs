@@ -7,6 +7,9 @@ pub enum Backend {
     File,
     #[cfg(feature = "pkcs11")]
     Pkcs11(super::softhsm::SoftHsm),
+    /// tpm2-pkcs11 behind tpm2-abrmd on a swtpm.
+    #[cfg(feature = "pkcs11")]
+    Tpm2Pkcs11(super::tpm2pkcs11::Tpm2Pkcs11),
     #[cfg(feature = "tpm")]
     Tpm(super::swtpm::Swtpm),
 }
@@ -27,6 +30,8 @@ impl Backend {
             Backend::File => "file",
             #[cfg(feature = "pkcs11")]
             Backend::Pkcs11(_) => "pkcs11",
+            #[cfg(feature = "pkcs11")]
+            Backend::Tpm2Pkcs11(_) => "pkcs11",
             #[cfg(feature = "tpm")]
             Backend::Tpm(_) => "tpm",
         }
@@ -48,11 +53,27 @@ impl Backend {
                 hsm.token_label,
                 hsm.pin_file.display()
             ),
+            #[cfg(feature = "pkcs11")]
+            Backend::Tpm2Pkcs11(t) => format!(
+                "[KEYSTORE]\nBACKEND = pkcs11\n[PKCS11]\nMODULE = {}\nTOKEN_LABEL = {}\nPIN_SOURCE = file:{}\n",
+                t.module.display(),
+                t.token_label,
+                t.pin_file.display()
+            ),
             #[cfg(feature = "tpm")]
             Backend::Tpm(tpm) => format!(
                 "[KEYSTORE]\nBACKEND = tpm\n[TPM]\nTCTI = {}\nKEY_STORAGE = blob\n",
                 tpm.tcti()
             ),
+        }
+    }
+
+    /// Environment the backend's hardware needs in every `prov-agent` child.
+    pub fn env(&self) -> Vec<(String, String)> {
+        match self {
+            #[cfg(feature = "pkcs11")]
+            Backend::Tpm2Pkcs11(t) => t.env(),
+            _ => Vec::new(),
         }
     }
 }

@@ -21,6 +21,7 @@ impl Daemon {
             .arg(&device.config)
             .arg("run")
             .env("PROV_AGENT_LOG", "info")
+            .envs(device.backend.env())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -80,7 +81,7 @@ impl Daemon {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-        for library in ["softhsm", "libtss2-tcti-"] {
+        for library in ["softhsm", "libtpm2_pkcs11", "libtss2-tcti-"] {
             assert!(
                 !maps.contains(library),
                 "the daemon itself has loaded {library}"

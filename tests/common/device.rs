@@ -99,6 +99,7 @@ impl Device {
         let mut cmd = super::clean_tokio_command(env!("CARGO_BIN_EXE_prov-agent"));
         cmd.arg("--config").arg(&self.config).args(args);
         cmd.env("PROV_AGENT_LOG", "info");
+        cmd.envs(self.backend.env());
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -10,6 +10,8 @@ pub mod emulator;
 pub mod pki;
 pub mod softhsm;
 pub mod swtpm;
+#[cfg(feature = "pkcs11")]
+pub mod tpm2pkcs11;
 
 /// Held while a `prov-agent` child process runs, so that no SoftHSM token
 /// is being written meanwhile (see [`softhsm::TOKEN_STORE`]).

@@ -202,6 +202,11 @@ pub enum WireError {
         op: String,
         detail: String,
         code: Option<HardwareCode>,
+        /// [`KeyStoreError::ImportRefused`], added within version 1 as an
+        /// optional field: a peer that predates it reads a `Backend` error
+        /// with the same detail.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        import_refused: bool,
     },
     NotCompiled {
         backend: Backend,
@@ -292,6 +297,14 @@ impl From<&KeyStoreError> for WireError {
                 op: op.to_string(),
                 detail: detail.clone(),
                 code: *code,
+                import_refused: false,
+            },
+            E::ImportRefused { backend, detail } => Self::Backend {
+                backend: *backend,
+                op: "import key".into(),
+                detail: detail.clone(),
+                code: None,
+                import_refused: true,
             },
             E::NotCompiled { backend, feature } => Self::NotCompiled {
                 backend: *backend,
@@ -366,9 +379,16 @@ impl From<WireError> for KeyStoreError {
             },
             W::Backend {
                 backend,
+                detail,
+                import_refused: true,
+                ..
+            } => Self::ImportRefused { backend, detail },
+            W::Backend {
+                backend,
                 op,
                 detail,
                 code,
+                import_refused: false,
             } => Self::Backend {
                 backend,
                 op: op.into(),
@@ -643,9 +663,23 @@ mod tests {
                         op: "sign (TPM2_Sign)".into(),
                         detail: "TPM_RC_INTEGRITY".into(),
                         code: Some(HardwareCode::Tpm(0x99f)),
+                        import_refused: false,
                     },
                 },
                 r#"{"v1":{"reply":"error","error":{"kind":"backend","backend":"tpm","op":"sign (TPM2_Sign)","detail":"TPM_RC_INTEGRITY","code":{"tpm":2463}}}}"#.into(),
+            ),
+            // Optional field added within version 1 (KeyStoreError::ImportRefused).
+            (
+                Reply::Error {
+                    error: WireError::Backend {
+                        backend: Backend::Pkcs11,
+                        op: "import key".into(),
+                        detail: "C_CreateObject of a private key refused with CKR_ATTRIBUTE_VALUE_INVALID".into(),
+                        code: None,
+                        import_refused: true,
+                    },
+                },
+                r#"{"v1":{"reply":"error","error":{"kind":"backend","backend":"pkcs11","op":"import key","detail":"C_CreateObject of a private key refused with CKR_ATTRIBUTE_VALUE_INVALID","code":null,"import_refused":true}}}"#.into(),
             ),
             (
                 Reply::Error {
@@ -796,6 +830,11 @@ mod tests {
                 detail: "TPM_RC_INTEGRITY: integrity check failed (rc 0x0000099f)".into(),
                 code: Some(HardwareCode::Tpm(0x99f)),
             },
+            KeyStoreError::ImportRefused {
+                backend: Backend::Pkcs11,
+                detail: "C_CreateObject of a private key refused with CKR_ATTRIBUTE_VALUE_INVALID"
+                    .into(),
+            },
             KeyStoreError::NotCompiled {
                 backend: Backend::Pkcs11,
                 feature: "pkcs11".into(),
@@ -827,6 +866,7 @@ mod tests {
                 | KeyStoreError::BadPin { .. }
                 | KeyStoreError::Unavailable { .. }
                 | KeyStoreError::Backend { .. }
+                | KeyStoreError::ImportRefused { .. }
                 | KeyStoreError::NotCompiled { .. }
                 | KeyStoreError::Helper { .. }
                 | KeyStoreError::HelperVersion { .. }

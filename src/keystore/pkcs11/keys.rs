@@ -6,6 +6,8 @@
 //! object is the one that counts: lookups by label go to private keys, and
 //! the public object is found through the `CKA_ID`.
 
+use cryptoki::context::Function;
+use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
@@ -258,9 +260,9 @@ fn new_id() -> Vec<u8> {
     id
 }
 
-/// Attributes every private key of the agent carries: on the token, behind
-/// the PIN, never readable, for signing only.
-fn private_common(label: &str, id: &[u8]) -> Vec<Attribute> {
+/// Attributes every imported private key carries: on the token, behind the
+/// PIN, never readable, for signing only.
+fn private_for_import(label: &str, id: &[u8]) -> Vec<Attribute> {
     vec![
         Attribute::Class(ObjectClass::PRIVATE_KEY),
         Attribute::Token(true),
@@ -275,7 +277,7 @@ fn private_common(label: &str, id: &[u8]) -> Vec<Attribute> {
     ]
 }
 
-fn public_common(label: &str, id: &[u8]) -> Vec<Attribute> {
+fn public_for_import(label: &str, id: &[u8]) -> Vec<Attribute> {
     vec![
         Attribute::Class(ObjectClass::PUBLIC_KEY),
         Attribute::Token(true),
@@ -287,11 +289,69 @@ fn public_common(label: &str, id: &[u8]) -> Vec<Attribute> {
     ]
 }
 
+/// What a generated private key needs: on the token, behind the PIN, never
+/// readable, able to sign. No `CKA_DECRYPT = false` here (see
+/// [`restrict_to_signing`]).
+fn private_for_generation(label: &str, id: &[u8]) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(true),
+        Attribute::Derive(false),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.to_vec()),
+    ]
+}
+
+fn public_for_generation(label: &str, id: &[u8]) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Verify(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.to_vec()),
+    ]
+}
+
+/// Takes encryption and decryption away from a generated key pair, where
+/// the module lets us. tpm2-pkcs11 makes every TPM key able to sign and
+/// decrypt and fails C_GenerateKeyPair with CKR_GENERAL_ERROR ("User
+/// specified and TPM specified attr mismatch") when the template asks for
+/// `CKA_DECRYPT` or `CKA_ENCRYPT` false. It takes the same change through
+/// C_SetAttributeValue afterwards, but does not enforce it (C_Decrypt still
+/// works with 1.9.0); SoftHSM takes and enforces it either way. A module
+/// that refuses keeps a key that also decrypts: worth a warning, not a
+/// failed enrolment.
+fn restrict_to_signing(
+    session: &Session,
+    label: &str,
+    public: ObjectHandle,
+    private: ObjectHandle,
+) {
+    for (handle, attr, what) in [
+        (private, Attribute::Decrypt(false), "CKA_DECRYPT"),
+        (public, Attribute::Encrypt(false), "CKA_ENCRYPT"),
+    ] {
+        if let Err(e) = session.update_attributes(handle, &[attr]) {
+            tracing::warn!(
+                label,
+                "the PKCS#11 module did not let {what} be cleared on the new key ({}); \
+                 the key can also be used for that operation",
+                error::describe(&e)
+            );
+        }
+    }
+}
+
 /// Creates a key pair inside the token.
 pub fn generate(session: &Session, label: &str, algorithm: KeyAlgorithm) -> Result<KeyObject> {
     let id = new_id();
-    let mut public = public_common(label, &id);
-    let mut private = private_common(label, &id);
+    let mut public = public_for_generation(label, &id);
+    let mut private = private_for_generation(label, &id);
     let mechanism = if algorithm.is_ec() {
         let params = ec_params(algorithm)?.to_vec();
         public.push(Attribute::KeyType(KeyType::EC));
@@ -306,9 +366,10 @@ pub fn generate(session: &Session, label: &str, algorithm: KeyAlgorithm) -> Resu
         private.push(Attribute::KeyType(KeyType::RSA));
         Mechanism::RsaPkcsKeyPairGen
     };
-    let (_public, private) = session
+    let (public, private) = session
         .generate_key_pair(&mechanism, &public, &private)
         .map_err(|e| error::map("generate key pair", e))?;
+    restrict_to_signing(session, label, public, private);
     Ok(KeyObject {
         object_label: label.to_string(),
         private,
@@ -344,8 +405,8 @@ impl Drop for SecretTemplate {
 pub fn import(session: &Session, label: &str, key: &PrivateKeyMaterial) -> Result<KeyObject> {
     let id = new_id();
     let algorithm = key.algorithm();
-    let mut private = SecretTemplate(private_common(label, &id));
-    let mut public = public_common(label, &id);
+    let mut private = SecretTemplate(private_for_import(label, &id));
+    let mut public = public_for_import(label, &id);
     // Each secret is copied exactly once, into a buffer that the
     // SecretTemplate wipes.
     let secret = |v: &[u8]| v.to_vec();
@@ -396,9 +457,24 @@ pub fn import(session: &Session, label: &str, key: &PrivateKeyMaterial) -> Resul
             ]);
         }
     }
-    let handle = session
-        .create_object(&private.0)
-        .map_err(|e| error::map("create private key object", e))?;
+    let handle = session.create_object(&private.0).map_err(|e| match e {
+        // What modules that make keys only inside themselves answer (the
+        // template itself is the one SoftHSM takes).
+        cryptoki::error::Error::Pkcs11(
+            rv @ (RvError::AttributeValueInvalid
+            | RvError::AttributeTypeInvalid
+            | RvError::TemplateInconsistent
+            | RvError::FunctionNotSupported),
+            Function::CreateObject,
+        ) => KeyStoreError::ImportRefused {
+            backend: BACKEND,
+            detail: format!(
+                "C_CreateObject of a private key refused with {}",
+                error::ckr_name(rv)
+            ),
+        },
+        e => error::map("create private key object", e),
+    })?;
     drop(private);
     if let Err(e) = session.create_object(&public) {
         let err = error::map("create public key object", e);
