@@ -58,10 +58,16 @@ impl Env {
     }
 
     /// The store the agent uses, opened in this process from the same
-    /// config.
-    fn store(&self) -> Arc<dyn KeyStore> {
+    /// config, under the token store's exclusive lock (SoftHSM's in-process
+    /// state must not meet another test's token creation or child; drop it
+    /// before [`Env::run`]).
+    fn store(&self) -> common::Exclusive<Arc<dyn KeyStore>> {
+        let guard = common::token_store_exclusive();
         let config = prov_agent::config::Config::load(&self.config).unwrap();
-        prov_agent::keystore::open(&config.keystore.settings).unwrap()
+        common::Exclusive {
+            value: prov_agent::keystore::open(&config.keystore.settings).unwrap(),
+            _guard: guard,
+        }
     }
 
     /// A claim key and certificate as a CA would hand them out.
@@ -122,6 +128,8 @@ fn import_with_shred_leaves_no_key_file_and_a_working_key(env: Env) {
         !stdout.contains("PRIVATE KEY")
             && !String::from_utf8_lossy(&out.stderr).contains("PRIVATE KEY")
     );
+
+    drop(store);
 
     // A second import is refused and says how to replace.
     let (key2, cert2, _) = env.claim_files(&ca);
