@@ -639,21 +639,35 @@ async fn dispatch(
     ping_sent: &mut Option<Instant>,
 ) -> Result<bool, Incoming> {
     loop {
-        let packet = match Packet::read(plain, MAX_PACKET) {
-            Ok(packet) => packet,
+        let frame = match mqttbytes::check(plain.iter(), MAX_PACKET) {
+            Ok(header) => header.frame_length(),
             Err(mqttbytes::Error::InsufficientBytes(_)) => return Ok(true),
             Err(mqttbytes::Error::PayloadSizeLimitExceeded(size)) => {
                 return Err(Incoming::Oversized(size))
             }
             Err(e) => return Err(Incoming::Closed(LinkError::Protocol(e))),
         };
+        // A PUBLISH (which may carry CreateKeysAndCertificate's private
+        // key) is read in place and its bytes wiped; the codec would split
+        // the frame off into a buffer nobody wipes.
+        let packet = if plain[0] >> 4 == PUBLISH_TYPE {
+            let parsed = read_publish(&plain[..frame]);
+            zeroize::Zeroize::zeroize(&mut plain[..frame]);
+            bytes::Buf::advance(plain, frame);
+            Inbound::Publish(parsed.map_err(|e| Incoming::Closed(LinkError::Protocol(e)))?)
+        } else {
+            match Packet::read(plain, MAX_PACKET) {
+                Ok(packet) => Inbound::Other(packet),
+                Err(e) => return Err(Incoming::Closed(LinkError::Protocol(e))),
+            }
+        };
         // Anything from the server shows the connection is alive.
         *ping_sent = None;
         let incoming = match packet {
-            Packet::ConnAck(ack) => Incoming::ConnAck(ack.code),
-            Packet::SubAck(ack) => Incoming::SubAck(ack.pkid, ack.return_codes),
-            Packet::PubAck(ack) => Incoming::PubAck(ack.pkid),
-            Packet::Publish(p) => {
+            Inbound::Other(Packet::ConnAck(ack)) => Incoming::ConnAck(ack.code),
+            Inbound::Other(Packet::SubAck(ack)) => Incoming::SubAck(ack.pkid, ack.return_codes),
+            Inbound::Other(Packet::PubAck(ack)) => Incoming::PubAck(ack.pkid),
+            Inbound::Publish(p) => {
                 if p.qos == QoS::AtLeastOnce {
                     let mut bytes = BytesMut::new();
                     encode(&Packet::PubAck(PubAck::new(p.pkid)), &mut bytes);
@@ -665,14 +679,148 @@ async fn dispatch(
                 }
                 Incoming::Publish {
                     topic: p.topic,
-                    payload: Zeroizing::new(p.payload.to_vec()),
+                    payload: p.payload,
                 }
             }
-            Packet::Disconnect => return Err(Incoming::Closed(LinkError::ServerDisconnect)),
-            _ => continue,
+            Inbound::Other(Packet::Disconnect) => {
+                return Err(Incoming::Closed(LinkError::ServerDisconnect))
+            }
+            Inbound::Other(_) => continue,
         };
         if tx.send(incoming).await.is_err() {
             return Ok(false);
         }
+    }
+}
+
+/// MQTT's control packet type of PUBLISH (the high nibble of byte 1).
+const PUBLISH_TYPE: u8 = 3;
+
+/// A packet from the server, a PUBLISH read by [`read_publish`].
+enum Inbound {
+    Publish(InboundPublish),
+    Other(Packet),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct InboundPublish {
+    topic: String,
+    qos: QoS,
+    pkid: u16,
+    payload: Zeroizing<Vec<u8>>,
+}
+
+/// An MQTT 3.1.1 PUBLISH, `frame` being the whole packet (its fixed header
+/// already checked by `mqttbytes::check`), with the payload copied into
+/// memory that is wiped when dropped.
+fn read_publish(frame: &[u8]) -> Result<InboundPublish, mqttbytes::Error> {
+    use mqttbytes::Error as E;
+    let first = *frame.first().ok_or(E::MalformedPacket)?;
+    let qos = match (first >> 1) & 0b11 {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        2 => QoS::ExactlyOnce,
+        other => return Err(E::InvalidQoS(other)),
+    };
+    // Past byte 1 and the remaining length (1 to 4 bytes, each but the
+    // last with its high bit set).
+    let length_bytes = frame
+        .get(1..)
+        .unwrap_or_default()
+        .iter()
+        .take(4)
+        .position(|b| b & 0x80 == 0)
+        .ok_or(E::MalformedRemainingLength)?;
+    let body = frame.get(2 + length_bytes..).ok_or(E::MalformedPacket)?;
+    let (topic_len, body) = body.split_first_chunk::<2>().ok_or(E::MalformedPacket)?;
+    let topic_len = usize::from(u16::from_be_bytes(*topic_len));
+    if body.len() < topic_len {
+        return Err(E::BoundaryCrossed(topic_len));
+    }
+    let (topic, mut rest) = body.split_at(topic_len);
+    let topic = std::str::from_utf8(topic)
+        .map_err(|_| E::TopicNotUtf8)?
+        .to_string();
+    let pkid = match qos {
+        QoS::AtMostOnce => 0,
+        _ => {
+            let (id, after) = rest.split_first_chunk::<2>().ok_or(E::MalformedPacket)?;
+            rest = after;
+            match u16::from_be_bytes(*id) {
+                0 => return Err(E::PacketIdZero),
+                id => id,
+            }
+        }
+    };
+    Ok(InboundPublish {
+        topic,
+        qos,
+        pkid,
+        payload: Zeroizing::new(rest.to_vec()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(publish: &Publish) -> BytesMut {
+        let mut bytes = BytesMut::new();
+        Packet::Publish(publish.clone())
+            .write(&mut bytes, usize::MAX)
+            .unwrap();
+        bytes
+    }
+
+    #[test]
+    fn a_publish_reads_as_the_codec_reads_it() {
+        for (qos, pkid, payload) in [
+            (QoS::AtMostOnce, 0, Vec::new()),
+            (QoS::AtLeastOnce, 7, b"{\"privateKey\":\"...\"}".to_vec()),
+            // A remaining length of three bytes.
+            (QoS::AtLeastOnce, 65535, vec![0x5a; 20_000]),
+        ] {
+            let mut publish = Publish::new("$aws/certificates/create/json/accepted", qos, payload);
+            publish.pkid = pkid;
+            let frame = encoded(&publish);
+            let ours = read_publish(&frame).unwrap();
+            let theirs = match Packet::read(&mut frame.clone(), usize::MAX).unwrap() {
+                Packet::Publish(p) => p,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(ours.topic, theirs.topic);
+            assert_eq!(ours.qos, theirs.qos);
+            assert_eq!(ours.pkid, theirs.pkid);
+            assert_eq!(&ours.payload[..], &theirs.payload[..]);
+        }
+    }
+
+    #[test]
+    fn a_malformed_publish_is_refused() {
+        let mut publish = Publish::new("a/b", QoS::AtLeastOnce, b"x".to_vec());
+        publish.pkid = 1;
+        let frame = encoded(&publish);
+        // A topic length past the end of the packet.
+        let mut long_topic = frame.to_vec();
+        long_topic[3] = 0xff;
+        assert!(read_publish(&long_topic).is_err());
+        // Packet id 0 with QoS 1.
+        let mut zero_id = frame.to_vec();
+        let at = 2 + 2 + 3;
+        zero_id[at] = 0;
+        zero_id[at + 1] = 0;
+        assert!(matches!(
+            read_publish(&zero_id),
+            Err(mqttbytes::Error::PacketIdZero)
+        ));
+        // QoS 3.
+        let mut qos3 = frame.to_vec();
+        qos3[0] |= 0b110;
+        assert!(matches!(
+            read_publish(&qos3),
+            Err(mqttbytes::Error::InvalidQoS(3))
+        ));
+        // Truncated before the packet id.
+        assert!(read_publish(&frame[..2 + 2 + 3]).is_err());
     }
 }
