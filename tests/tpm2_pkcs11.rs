@@ -241,8 +241,25 @@ async fn enroll_with_rsa_and_p384_device_keys() {
 async fn keys_mode_is_refused_naming_csr_mode() {
     let cloud = TestCloud::start().await;
     let device = device(&cloud, "MODE = keys\n");
+    // `check` says so first.
+    let out = device.run(&["check"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "check passed: {}", text(&out));
+    assert!(
+        stdout.contains("key import") && stdout.contains("MODE = csr"),
+        "{}",
+        text(&out)
+    );
+    let certificates = || cloud.handle.registry().certificates().unwrap().len();
+    let before = certificates();
     let out = device.run(&["enroll"]).await;
     let stderr = failed_with(&out, 2);
+    // Refused before any request: the service made no certificate.
+    assert_eq!(
+        certificates(),
+        before,
+        "a certificate was issued for nothing"
+    );
     for needle in [
         "cannot import private keys",
         "CKR_ATTRIBUTE_VALUE_INVALID",

@@ -171,6 +171,24 @@ pub fn run(config: &Config, json: bool) -> Result<(String, bool), CommandError> 
             );
         }
     }
+    // Keys mode imports the key the service makes: a store that cannot is
+    // found out here, not after the service made a certificate for nothing.
+    if let (Some(store), crate::config::ProvisioningMode::Keys) = (&store, config.provisioning.mode)
+    {
+        match store.probe_import() {
+            Ok(()) => r.add(
+                "key import",
+                Verdict::Pass,
+                "the key store takes the private key CreateKeysAndCertificate sends (MODE = keys)",
+            ),
+            Err(e @ crate::keystore::KeyStoreError::ImportRefused { .. }) => r.add(
+                "key import",
+                Verdict::Fail,
+                format!("{e}: MODE = keys cannot work with it; set [PROVISIONING] MODE = csr"),
+            ),
+            Err(e) => r.add("key import", Verdict::Fail, e.to_string()),
+        }
+    }
     let endpoint = Endpoint::new(config).map_err(|e| e.to_string());
     if let Some(cert) = &cert {
         check_certificate(&mut r, config, &endpoint, cert, identity.is_some());

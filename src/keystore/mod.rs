@@ -80,6 +80,16 @@ pub trait KeyStore: Send + Sync {
     /// hardware in a helper process ([`helper::HelperKeyStore`]) ends the
     /// process. Stores that keep one context for their lifetime ignore it.
     fn release(&self) {}
+
+    /// Whether the store takes a private key made elsewhere
+    /// ([`KeyStore::import`]), found out without changing anything:
+    /// `Err(KeyStoreError::ImportRefused)` when it is known not to (a
+    /// PKCS#11 module that makes keys only inside itself, such as
+    /// tpm2-pkcs11), `Ok` when it does or cannot tell beforehand (the
+    /// import then says so).
+    fn probe_import(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl<T: KeyStore + ?Sized> KeyStore for std::sync::Arc<T> {
@@ -112,6 +122,9 @@ impl<T: KeyStore + ?Sized> KeyStore for std::sync::Arc<T> {
     }
     fn release(&self) {
         (**self).release()
+    }
+    fn probe_import(&self) -> Result<()> {
+        (**self).probe_import()
     }
 }
 

@@ -567,6 +567,11 @@ impl<'a> Flow<'a> {
     }
 
     async fn obtain_keys(&mut self) -> Result<Issued, ProvisionError> {
+        // Before the service makes a key and certificate for nothing.
+        self.store.probe_import().map_err(|e| match e {
+            KeyStoreError::ImportRefused { .. } => ProvisionError::KeysModeImportRefused(e),
+            e => e.into(),
+        })?;
         let topic = self.api_topic("$aws/certificates/create");
         let body = serde_json::json!({});
         let started = Instant::now();

@@ -403,10 +403,49 @@ impl Drop for SecretTemplate {
 /// public object cannot be made, the private one is destroyed again so
 /// that nothing half-made stays on the token.
 pub fn import(session: &Session, label: &str, key: &PrivateKeyMaterial) -> Result<KeyObject> {
+    import_objects(session, label, key, true)
+}
+
+/// Whether the token takes a private key from outside, without leaving
+/// anything on it: a throwaway P-256 key made in software is created as a
+/// session object (gone with the session, whatever happens) and destroyed
+/// at once. `Err(ImportRefused)` for the refusals of modules that make keys
+/// only inside themselves.
+pub fn probe_import(session: &Session) -> Result<()> {
+    let probe_failed = |detail: String| KeyStoreError::Backend {
+        backend: BACKEND,
+        op: "probe key import".into(),
+        detail,
+        code: None,
+    };
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| probe_failed(format!("cannot make the throwaway key: {e}")))?;
+    let pem = zeroize::Zeroizing::new(key.serialize_pem());
+    let material = PrivateKeyMaterial::from_pem(&pem)?;
+    let object = import_objects(session, "prov-agent-import-probe", &material, false)?;
+    if let Err(e) = destroy(session, &object) {
+        // A session object: it goes with the session anyway.
+        tracing::debug!("the import probe's session object stays until the session ends: {e}");
+    }
+    Ok(())
+}
+
+/// [`import`], as token objects or (`token` false) session objects.
+fn import_objects(
+    session: &Session,
+    label: &str,
+    key: &PrivateKeyMaterial,
+    token: bool,
+) -> Result<KeyObject> {
     let id = new_id();
     let algorithm = key.algorithm();
     let mut private = SecretTemplate(private_for_import(label, &id));
     let mut public = public_for_import(label, &id);
+    for attribute in private.0.iter_mut().chain(public.iter_mut()) {
+        if let Attribute::Token(on_token) = attribute {
+            *on_token = token;
+        }
+    }
     // Each secret is copied exactly once, into a buffer that the
     // SecretTemplate wipes.
     let secret = |v: &[u8]| v.to_vec();

@@ -289,6 +289,10 @@ impl KeyStore for Pkcs11KeyStore {
         Backend::Pkcs11
     }
 
+    fn probe_import(&self) -> Result<()> {
+        self.with_session(true, keys::probe_import)
+    }
+
     fn generate(&self, label: &KeyLabel, algorithm: KeyAlgorithm) -> Result<KeyInfo> {
         self.change(|s| {
             self.check_free(s, label)?;
