@@ -37,7 +37,9 @@ enum Incoming {
 }
 
 enum Outgoing {
-    Packet(Vec<u8>),
+    /// An encoded packet (a RegisterThing request holds the ownership
+    /// token: wiped once sent).
+    Packet(Zeroizing<Vec<u8>>),
     /// DISCONNECT, close_notify, and the task ends.
     Close,
 }
@@ -250,8 +252,10 @@ impl Session {
     async fn send(&mut self, step: &str, packet: Packet) -> Result<(), MqttError> {
         let mut bytes = BytesMut::new();
         encode(&packet, &mut bytes);
+        let encoded = Zeroizing::new(bytes.to_vec());
+        zeroize::Zeroize::zeroize(&mut bytes[..]);
         self.outgoing
-            .send(Outgoing::Packet(bytes.to_vec()))
+            .send(Outgoing::Packet(encoded))
             .await
             .map_err(|_| MqttError::Disconnected {
                 step: step.to_string(),

@@ -260,40 +260,12 @@ fn new_id() -> Vec<u8> {
     id
 }
 
-/// Attributes every imported private key carries: on the token, behind the
-/// PIN, never readable, for signing only.
-fn private_for_import(label: &str, id: &[u8]) -> Vec<Attribute> {
-    vec![
-        Attribute::Class(ObjectClass::PRIVATE_KEY),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Sign(true),
-        Attribute::Decrypt(false),
-        Attribute::Derive(false),
-        Attribute::Label(label.as_bytes().to_vec()),
-        Attribute::Id(id.to_vec()),
-    ]
-}
-
-fn public_for_import(label: &str, id: &[u8]) -> Vec<Attribute> {
-    vec![
-        Attribute::Class(ObjectClass::PUBLIC_KEY),
-        Attribute::Token(true),
-        Attribute::Private(false),
-        Attribute::Verify(true),
-        Attribute::Encrypt(false),
-        Attribute::Label(label.as_bytes().to_vec()),
-        Attribute::Id(id.to_vec()),
-    ]
-}
-
-/// What a generated private key needs: on the token, behind the PIN, never
-/// readable, able to sign. No `CKA_DECRYPT = false` here (see
-/// [`restrict_to_signing`]).
-fn private_for_generation(label: &str, id: &[u8]) -> Vec<Attribute> {
-    vec![
+/// Attributes every private key of the agent carries: on the token, behind
+/// the PIN, never readable, able to sign. An imported key also says
+/// `CKA_DECRYPT = false` in its template; a generated one cannot (see
+/// [`restrict_to_signing`]) and gets it afterwards.
+fn private_template(label: &str, id: &[u8], imported: bool) -> Vec<Attribute> {
+    let mut template = vec![
         Attribute::Class(ObjectClass::PRIVATE_KEY),
         Attribute::Token(true),
         Attribute::Private(true),
@@ -303,18 +275,28 @@ fn private_for_generation(label: &str, id: &[u8]) -> Vec<Attribute> {
         Attribute::Derive(false),
         Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Id(id.to_vec()),
-    ]
+    ];
+    if imported {
+        template.push(Attribute::Decrypt(false));
+    }
+    template
 }
 
-fn public_for_generation(label: &str, id: &[u8]) -> Vec<Attribute> {
-    vec![
+/// The public half: for verifying; `CKA_ENCRYPT = false` as for
+/// [`private_template`].
+fn public_template(label: &str, id: &[u8], imported: bool) -> Vec<Attribute> {
+    let mut template = vec![
         Attribute::Class(ObjectClass::PUBLIC_KEY),
         Attribute::Token(true),
         Attribute::Private(false),
         Attribute::Verify(true),
         Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Id(id.to_vec()),
-    ]
+    ];
+    if imported {
+        template.push(Attribute::Encrypt(false));
+    }
+    template
 }
 
 /// Takes encryption and decryption away from a generated key pair, where
@@ -350,8 +332,8 @@ fn restrict_to_signing(
 /// Creates a key pair inside the token.
 pub fn generate(session: &Session, label: &str, algorithm: KeyAlgorithm) -> Result<KeyObject> {
     let id = new_id();
-    let mut public = public_for_generation(label, &id);
-    let mut private = private_for_generation(label, &id);
+    let mut public = public_template(label, &id, false);
+    let mut private = private_template(label, &id, false);
     let mechanism = if algorithm.is_ec() {
         let params = ec_params(algorithm)?.to_vec();
         public.push(Attribute::KeyType(KeyType::EC));
@@ -439,8 +421,8 @@ fn import_objects(
 ) -> Result<KeyObject> {
     let id = new_id();
     let algorithm = key.algorithm();
-    let mut private = SecretTemplate(private_for_import(label, &id));
-    let mut public = public_for_import(label, &id);
+    let mut private = SecretTemplate(private_template(label, &id, true));
+    let mut public = public_template(label, &id, true);
     for attribute in private.0.iter_mut().chain(public.iter_mut()) {
         if let Attribute::Token(on_token) = attribute {
             *on_token = token;
