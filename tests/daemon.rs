@@ -9,29 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::backend::Backend;
-use common::daemon::Daemon;
+use common::daemon::{send_rotation_command, wait_rotated, Daemon};
 use common::device::Device;
 use common::emulator::TestCloud;
 use iotcore_emulator::JobExecutionStatus;
 use tokio::io::AsyncBufReadExt;
 
 /// Waits until identity.json names a certificate other than `old`.
-async fn wait_rotated(device: &Device, old: &str, within: Duration) -> String {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(id) = device.identity() {
-            if id.certificate_id != old {
-                return id.certificate_id;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no rotation within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn only_active(cloud: &TestCloud, thing: &str, cert: &str) {
     assert_eq!(
         cloud.active_certificates(thing, 1).await,
@@ -60,15 +44,7 @@ async fn command_rotation(backend: Backend) {
     daemon
         .wait_log("connected", 1, Duration::from_secs(15))
         .await;
-    let mut backend_session = cloud.backend_session().await;
-    backend_session
-        .publish(
-            &format!("cmd/{}", before.thing_name),
-            br#"{"msg": "rotate_cert"}"#.to_vec(),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+    send_rotation_command(&cloud, &before.thing_name).await;
     let new = wait_rotated(&device, &before.certificate_id, Duration::from_secs(30)).await;
     only_active(&cloud, &before.thing_name, &new).await;
     // The daemon is back online with the new identity.
@@ -256,15 +232,7 @@ async fn offline_start_and_service_restart() {
         .await;
 
     let cloud = TestCloud { handle, claim, dir };
-    let mut backend = cloud.backend_session().await;
-    backend
-        .publish(
-            &format!("cmd/{}", before.thing_name),
-            br#"{"msg": "rotate_cert"}"#.to_vec(),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+    send_rotation_command(&cloud, &before.thing_name).await;
     let new = wait_rotated(&device, &before.certificate_id, Duration::from_secs(30)).await;
     only_active(&cloud, &before.thing_name, &new).await;
     daemon.stop().await;

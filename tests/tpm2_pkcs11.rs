@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::backend::Backend;
-use common::daemon::Daemon;
+use common::daemon::{send_rotation_command, wait_rotated, Daemon};
 use common::device::{failed_with, text, Device};
 use common::emulator::TestCloud;
 use common::tpm2pkcs11::Tpm2Pkcs11;
@@ -295,31 +295,11 @@ async fn daemon_rotates_on_command() {
     daemon
         .wait_log("connected", 1, Duration::from_secs(15))
         .await;
-    let mut backend_session = cloud.backend_session().await;
-    backend_session
-        .publish(
-            &format!("cmd/{}", before.thing_name),
-            br#"{"msg": "rotate_cert"}"#.to_vec(),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let new = loop {
-        match device.identity() {
-            Some(id) if id.certificate_id != before.certificate_id => break id,
-            _ => {}
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no rotation within 30 s: {:?}",
-            daemon.log.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    send_rotation_command(&cloud, &before.thing_name).await;
+    let new = wait_rotated(&device, &before.certificate_id, Duration::from_secs(30)).await;
     assert_eq!(
         cloud.active_certificates(&before.thing_name, 1).await,
-        vec![new.certificate_id.clone()]
+        vec![new]
     );
     assert!(!active(&cloud, &before.certificate_id));
     daemon

@@ -133,3 +133,35 @@ pub fn children_of(pid: u32) -> Vec<u32> {
     }
     children
 }
+
+/// Sends the rotation command on `cmd/<thing>` as the backend would.
+pub async fn send_rotation_command(cloud: &super::emulator::TestCloud, thing: &str) {
+    let mut backend = cloud.backend_session().await;
+    backend
+        .publish(
+            &format!("cmd/{thing}"),
+            br#"{"msg": "rotate_cert"}"#.to_vec(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    backend.close().await;
+}
+
+/// Waits until the device's identity names a certificate other than
+/// `old`; returns the new certificate's id.
+pub async fn wait_rotated(device: &Device, old: &str, within: Duration) -> String {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(id) = device.identity() {
+            if id.certificate_id != old {
+                return id.certificate_id;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no rotation within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
