@@ -117,7 +117,7 @@ impl Link {
         // Until the client has its answer ready (TLS 1.3: handshake done on
         // our side; TLS 1.2: its key exchange and certificate to send).
         while link.tls.is_handshaking() && !link.tls.wants_write() {
-            link.read().await?;
+            link.read_or_alert().await?;
         }
         Ok(Handshake { link })
     }
@@ -173,8 +173,15 @@ impl Link {
         };
         // The ciphertext of a record may carry a key (CreateKeysAndCertificate).
         zeroize::Zeroize::zeroize(&mut self.chunk[..n]);
+        result
+    }
+
+    /// [`Link::read`], and on a failure the alert rustls may have for the
+    /// server sent (best effort). Not cancel-safe: for the handshake, not
+    /// for a `select!`.
+    async fn read_or_alert(&mut self) -> Result<(), LinkError> {
+        let result = self.read().await;
         if result.is_err() {
-            // rustls may have an alert to tell the server; best effort.
             let _ = self.flush().await;
         }
         result
@@ -217,7 +224,7 @@ impl Handshake {
         while link.tls.is_handshaking() {
             link.flush().await?;
             if link.tls.is_handshaking() {
-                link.read().await?;
+                link.read_or_alert().await?;
             }
         }
         link.queue(first)?;

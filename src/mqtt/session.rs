@@ -579,7 +579,11 @@ async fn pump(
             read = link.read() => {
                 let closed = match read.and_then(|()| link.take_plaintext(&mut plain)) {
                     Ok(closed) => closed,
-                    Err(e) => break Some(Incoming::Closed(e)),
+                    Err(e) => {
+                        // Out of the select: rustls's alert, best effort.
+                        let _ = link.flush().await;
+                        break Some(Incoming::Closed(e));
+                    }
                 };
                 // What came before a close is handed on first.
                 match dispatch(&mut link, &mut plain, &tx, &mut ping_sent).await {
