@@ -2,9 +2,8 @@
 //! provisions against the emulator unchanged but for endpoint, port and CA:
 //! MQTT 3.1.1 and 5, keys and CSR flows.
 //!
-//! The interpreter is `$AWSIOTSDK_PYTHON` when set; otherwise the test makes
-//! a virtualenv under cargo's target tmp dir and installs `awsiotsdk` from
-//! PyPI into it once. `IOTCORE_SKIP_AWSIOTSDK=1` skips the test (it says so).
+//! The interpreter is `$AWSIOTSDK_PYTHON` when set; otherwise the project's
+//! virtualenv (`ci/python-venv.sh`, which pins `awsiotsdk`). `IOTCORE_SKIP_AWSIOTSDK=1` skips the test (it says so).
 
 mod common;
 
@@ -21,31 +20,19 @@ fn has_sdk(python: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// The Python interpreter with awsiotsdk, installing it if needed.
+/// The Python interpreter with awsiotsdk: `$AWSIOTSDK_PYTHON`, or the
+/// project's virtualenv (`ci/python-venv.sh`, awsiotsdk pinned in
+/// `ci/requirements-python.txt`), made once under a lock, so tests running
+/// at the same time never race to create it.
 fn python() -> String {
     if let Ok(p) = std::env::var("AWSIOTSDK_PYTHON") {
         assert!(has_sdk(&p), "AWSIOTSDK_PYTHON={p} cannot import awsiot");
         return p;
     }
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("awsiotsdk-venv");
-    let python = venv.join("bin/python").to_str().unwrap().to_owned();
-    if has_sdk(&python) {
-        return python;
-    }
-    let ok = std::process::Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "python3 -m venv failed: install python3-venv");
-    let out = std::process::Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", "awsiotsdk"])
-        .output()
-        .unwrap();
+    let python = venv_bin().join("python").to_str().unwrap().to_owned();
     assert!(
-        out.status.success() && has_sdk(&python),
-        "pip install awsiotsdk failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        has_sdk(&python),
+        "{python} cannot import awsiot: is awsiotsdk in ci/requirements-python.txt?"
     );
     python
 }
