@@ -7,7 +7,7 @@ mod common;
 use common::backend::Backend;
 use common::device::{text, Device};
 use common::emulator::TestCloud;
-use iotcore_emulator::{ConnectionLog, LoggedPacket};
+use iotcore_emulator::{ConnectionLog, LinkSimulation, LoggedPacket};
 
 fn subscribes(log: &ConnectionLog) -> Vec<&Vec<String>> {
     log.packets
@@ -153,4 +153,57 @@ async fn a_report_without_a_verifying_connection_sends_connect_and_publish_toget
     assert_eq!(publishes(report), [topic.as_str()], "{report:?}");
     assert_eq!(report.packets[0].read, report.packets[1].read, "{report:?}");
     assert!(subscribes(report).is_empty(), "{report:?}");
+}
+
+/// When `log`'s request on `topic` reached the emulator (the packet log's
+/// clock).
+fn request_seq(log: &ConnectionLog, topic: &str) -> u64 {
+    log.packets
+        .iter()
+        .find(|p| matches!(&p.packet, LoggedPacket::Publish { topic: t, .. } if t == topic))
+        .unwrap_or_else(|| panic!("no request on {topic}: {log:?}"))
+        .seq
+}
+
+/// The verifying connection costs no round trip of its own for TCP and
+/// the TLS hello: it is dialed while the certificate request is in flight,
+/// before the certificate it presents exists. Seen from the emulator
+/// behind a simulated 60 ms round trip: the verifying connection's TCP
+/// accept comes before the certificate request (sent at the same moment)
+/// has crossed the link, in csr and keys mode, for enroll and rotate.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_verifying_connection_is_dialed_while_the_certificate_is_requested() {
+    let cloud = TestCloud::start_with(|c| {
+        c.record_packets = true;
+        c.link = LinkSimulation {
+            latency: std::time::Duration::from_millis(30),
+            ..Default::default()
+        };
+    })
+    .await;
+    for (mode, api) in [
+        ("csr", "$aws/certificates/create-from-csr/json"),
+        ("keys", "$aws/certificates/create/json"),
+    ] {
+        let device = Device::new(&cloud, Backend::File, &format!("MODE = {mode}\n"));
+        device.import_claim().await;
+        for op in ["enroll", "rotate"] {
+            let before = cloud.handle.packet_log().len();
+            let out = device.run(&[op, "--json"]).await;
+            assert!(out.status.success(), "{mode} {op}: {}", text(&out));
+            let thing = device.identity().unwrap().thing_name;
+            let log = cloud.handle.packet_log();
+            let [requests, verifying] = &log[before..] else {
+                panic!("{mode} {op}: not two connections: {:?}", &log[before..]);
+            };
+            assert_eq!(verifying.client_id, thing, "{mode} {op}");
+            let requested = request_seq(requests, api);
+            assert!(
+                verifying.accepted_seq < requested,
+                "{mode} {op}: the verifying connection was accepted at {} but the \
+                 certificate request came at {requested}: {requests:?} {verifying:?}",
+                verifying.accepted_seq
+            );
+        }
+    }
 }

@@ -239,11 +239,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 }
 
-/// Serves one TLS connection whose client certificate is `cert_der`.
+/// Serves one TLS connection whose client certificate is `cert_der`,
+/// accepted at tick `accepted` of the packet log's clock.
 pub(crate) async fn serve<S>(
     broker: Arc<Broker>,
     stream: S,
     cert_der: Vec<u8>,
+    accepted: u64,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -290,7 +292,7 @@ pub(crate) async fn serve<S>(
     let recorder = broker
         .packet_log
         .as_ref()
-        .map(|log| log.connection(&info.client_id, started, reads));
+        .map(|log| log.connection(&info.client_id, accepted, started, reads));
     let certificate_id = pki::certificate_id(&cert_der);
 
     let refusal = if info.client_id.is_empty() || info.client_id.len() > MAX_CLIENT_ID {

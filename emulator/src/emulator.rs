@@ -395,15 +395,17 @@ async fn accept_loop(
     {
         // No Nagle delay on anything the emulator (or its link relay) writes.
         let _ = tcp.set_nodelay(true);
+        // When it was accepted, for the packet log (0 when not recording).
+        let accepted = broker.packet_log.as_ref().map_or(0, |log| log.tick());
         let acceptor = acceptor.clone();
         let broker = broker.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let served = if link.is_off() {
-                connection(tcp, acceptor, require_alpn, broker, shutdown).await
+                connection(tcp, acceptor, require_alpn, broker, accepted, shutdown).await
             } else {
                 let relayed = link::relay(tcp, link);
-                connection(relayed, acceptor, require_alpn, broker, shutdown).await
+                connection(relayed, acceptor, require_alpn, broker, accepted, shutdown).await
             };
             if let Err(e) = served {
                 tracing::info!(%peer, "connection refused: {e}");
@@ -417,6 +419,7 @@ async fn connection<S>(
     acceptor: TlsAcceptor,
     require_alpn: bool,
     broker: Arc<Broker>,
+    accepted: u64,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), String>
 where
@@ -435,7 +438,7 @@ where
         .and_then(|c| c.first())
         .map(|c| c.to_vec())
         .ok_or_else(|| "no client certificate".to_owned())?;
-    broker::serve(broker, tls, cert, shutdown).await;
+    broker::serve(broker, tls, cert, accepted, shutdown).await;
     Ok(())
 }
 

@@ -12,8 +12,13 @@
 //!   delivered; a failed write or a cut ends both at once; once the
 //!   emulator has closed its side the other direction lasts at most
 //!   [`AFTER_CLOSE`], as a real socket in FIN-WAIT-2 would;
-//! - what the kernel does is not simulated: the TCP handshake (and its
-//!   SYN-ACK) is answered at once, before the relay exists.
+//! - the TCP handshake costs its round trip: the kernel answers it at once
+//!   (no `netem` here), so the relay holds the client's first bytes as a
+//!   real link would have: they reach the emulator no earlier than one
+//!   round trip (SYN, SYN-ACK) plus their own one-way delay after the
+//!   accept. A client that dials and sends at once sees its first answer
+//!   as late as on a real link; one that dials while other work is in
+//!   flight has that round trip hidden, as it would have.
 
 use std::time::Duration;
 
@@ -105,7 +110,9 @@ const PIPE: usize = 64 * 1024;
 /// in its own task until the connection ends.
 pub(crate) fn relay(tcp: TcpStream, sim: LinkSimulation) -> tokio::io::DuplexStream {
     let (emulator_side, relay_side) = tokio::io::duplex(PIPE);
-    tokio::spawn(run(tcp, relay_side, sim));
+    // On a real link the client could send only once the SYN-ACK was in.
+    let handshake_done = Instant::now() + 2 * sim.latency;
+    tokio::spawn(run(tcp, relay_side, sim, handshake_done));
     emulator_side
 }
 
@@ -120,7 +127,12 @@ enum End {
     Cut,
 }
 
-async fn run(tcp: TcpStream, inner: tokio::io::DuplexStream, sim: LinkSimulation) {
+async fn run(
+    tcp: TcpStream,
+    inner: tokio::io::DuplexStream,
+    sim: LinkSimulation,
+    handshake_done: Instant,
+) {
     let (client_read, client_write) = tcp.into_split();
     let (emu_read, emu_write) = tokio::io::split(inner);
     // Set once the emulator-to-client direction is over.
@@ -128,7 +140,7 @@ async fn run(tcp: TcpStream, inner: tokio::io::DuplexStream, sim: LinkSimulation
     let (cut, mut cut_seen) = watch::channel(false);
     let up = async {
         let end = tokio::select! {
-            end = direction(client_read, emu_write, sim, true) => end,
+            end = direction(client_read, emu_write, sim, true, handshake_done) => end,
             _ = async {
                 let _ = down_over.wait_for(|d| *d).await;
                 tokio::time::sleep(AFTER_CLOSE).await;
@@ -141,7 +153,7 @@ async fn run(tcp: TcpStream, inner: tokio::io::DuplexStream, sim: LinkSimulation
     };
     let down = async {
         let end = tokio::select! {
-            end = direction(emu_read, client_write, sim, false) => end,
+            end = direction(emu_read, client_write, sim, false, Instant::now()) => end,
             _ = cut_seen.wait_for(|c| *c) => End::Broken,
         };
         let _ = down_done.send(true);
@@ -151,10 +163,17 @@ async fn run(tcp: TcpStream, inner: tokio::io::DuplexStream, sim: LinkSimulation
     tracing::debug!(?up, ?down, "link relay ended");
 }
 
-/// Copies `from` to `to`, each chunk written at (time read + a delay of
-/// `sim`) but never before the chunk read before it; with `may_cut`, a
-/// chunk may instead end the connection ([`LinkSimulation::disconnect_rate`]).
-async fn direction<R, W>(mut from: R, mut to: W, sim: LinkSimulation, may_cut: bool) -> End
+/// Copies `from` to `to`, each chunk written at (time read, or
+/// `sendable_from` if later, + a delay of `sim`) but never before the chunk
+/// read before it; with `may_cut`, a chunk may instead end the connection
+/// ([`LinkSimulation::disconnect_rate`]).
+async fn direction<R, W>(
+    mut from: R,
+    mut to: W,
+    sim: LinkSimulation,
+    may_cut: bool,
+    sendable_from: Instant,
+) -> End
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -173,7 +192,7 @@ where
                 tracing::info!("link simulation: connection cut");
                 return End::Cut;
             }
-            let due = (Instant::now() + sim.delay()).max(last_due);
+            let due = (Instant::now().max(sendable_from) + sim.delay()).max(last_due);
             last_due = due;
             if tx
                 .send((due, Bytes::copy_from_slice(&buf[..n])))
@@ -270,7 +289,7 @@ mod tests {
         };
         let (mut writer, relay_in) = tokio::io::duplex(1024);
         let (relay_out, mut reader) = tokio::io::duplex(1024);
-        let relay = tokio::spawn(direction(relay_in, relay_out, sim, false));
+        let relay = tokio::spawn(direction(relay_in, relay_out, sim, false, Instant::now()));
         let mut sent = Vec::new();
         for i in 0u32..200 {
             let chunk = i.to_be_bytes();
@@ -299,13 +318,47 @@ mod tests {
         };
         let (mut writer, relay_in) = tokio::io::duplex(1024);
         let (relay_out, mut reader) = tokio::io::duplex(1024);
-        tokio::spawn(direction(relay_in, relay_out, sim, false));
+        tokio::spawn(direction(relay_in, relay_out, sim, false, Instant::now()));
         let started = std::time::Instant::now();
         writer.write_all(b"ping").await.unwrap();
         let mut buf = [0u8; 4];
         reader.read_exact(&mut buf).await.unwrap();
         assert!(started.elapsed() >= Duration::from_millis(80));
         assert_eq!(&buf, b"ping");
+    }
+
+    /// The first bytes wait for the simulated TCP handshake's round trip;
+    /// bytes sent once it would be over only for their one-way delay.
+    #[tokio::test]
+    async fn first_bytes_wait_for_the_handshake_round_trip() {
+        let sim = LinkSimulation {
+            latency: Duration::from_millis(60),
+            ..Default::default()
+        };
+        let accepted = Instant::now();
+        let (mut writer, relay_in) = tokio::io::duplex(1024);
+        let (relay_out, mut reader) = tokio::io::duplex(1024);
+        tokio::spawn(direction(
+            relay_in,
+            relay_out,
+            sim,
+            false,
+            accepted + 2 * sim.latency,
+        ));
+        writer.write_all(b"hello").await.unwrap();
+        let mut buf = [0u8; 5];
+        reader.read_exact(&mut buf).await.unwrap();
+        assert!(
+            accepted.elapsed() >= 3 * sim.latency,
+            "{:?}",
+            accepted.elapsed()
+        );
+        tokio::time::sleep_until(accepted + 3 * sim.latency).await;
+        let sent = Instant::now();
+        writer.write_all(b"again").await.unwrap();
+        reader.read_exact(&mut buf).await.unwrap();
+        let took = sent.elapsed();
+        assert!(took >= sim.latency && took < 3 * sim.latency, "{took:?}");
     }
 
     #[tokio::test]
@@ -316,7 +369,7 @@ mod tests {
         };
         let (mut writer, relay_in) = tokio::io::duplex(1024);
         let (relay_out, mut reader) = tokio::io::duplex(1024);
-        let relay = tokio::spawn(direction(relay_in, relay_out, sim, true));
+        let relay = tokio::spawn(direction(relay_in, relay_out, sim, true, Instant::now()));
         writer.write_all(b"hello").await.unwrap();
         assert_eq!(relay.await.unwrap(), End::Cut);
         let mut got = Vec::new();

@@ -9,9 +9,15 @@
 //!   forgotten first) of at most [`MAX_LOGGED_PACKETS`] packets each (later
 //!   ones only counted);
 //! - a connection's packets are in the order the emulator decoded them,
-//!   which is the order the client sent them.
+//!   which is the order the client sent them;
+//! - one clock orders events across connections: each packet's
+//!   [`PacketRecord::seq`] and each connection's
+//!   [`ConnectionLog::accepted_seq`] (its TCP accept) are ticks of the same
+//!   counter, so a test can tell that a connection was dialed before
+//!   another connection's request came.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -55,6 +61,9 @@ pub struct PacketRecord {
     /// the first). Packets with the same number arrived together, e.g. a
     /// CONNECT and a SUBSCRIBE written at once.
     pub read: u64,
+    /// Where the packet falls among the emulator's recorded events (see the
+    /// module docs): larger is later.
+    pub seq: u64,
 }
 
 /// The packets of one connection, from its CONNECT on.
@@ -62,6 +71,9 @@ pub struct PacketRecord {
 pub struct ConnectionLog {
     /// The CONNECT's client id.
     pub client_id: String,
+    /// When the connection's TCP connection was accepted, on the clock of
+    /// [`PacketRecord::seq`].
+    pub accepted_seq: u64,
     pub packets: Vec<PacketRecord>,
     /// Packets after the first [`MAX_LOGGED_PACKETS`], counted only.
     pub dropped: usize,
@@ -75,15 +87,29 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Default)]
 pub(crate) struct PacketLog {
     connections: Mutex<VecDeque<Arc<Mutex<ConnectionLog>>>>,
+    clock: Arc<AtomicU64>,
 }
 
 impl PacketLog {
-    /// Starts the record of a connection whose CONNECT (from `client_id`)
-    /// was completed by read number `read`; `started` is when its TLS
-    /// handshake completed.
-    pub fn connection(&self, client_id: &str, started: Instant, read: u64) -> ConnectionRecorder {
+    /// The next tick of the log's clock: taken at a TCP accept, and given
+    /// to [`PacketLog::connection`] once the connection's CONNECT is in.
+    pub fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Starts the record of a connection accepted at tick `accepted_seq`
+    /// whose CONNECT (from `client_id`) was completed by read number
+    /// `read`; `started` is when its TLS handshake completed.
+    pub fn connection(
+        &self,
+        client_id: &str,
+        accepted_seq: u64,
+        started: Instant,
+        read: u64,
+    ) -> ConnectionRecorder {
         let log = Arc::new(Mutex::new(ConnectionLog {
             client_id: client_id.to_owned(),
+            accepted_seq,
             packets: Vec::new(),
             dropped: 0,
         }));
@@ -94,7 +120,11 @@ impl PacketLog {
             }
             all.push_back(log.clone());
         }
-        let recorder = ConnectionRecorder { log, started };
+        let recorder = ConnectionRecorder {
+            log,
+            started,
+            clock: self.clock.clone(),
+        };
         recorder.push(LoggedPacket::Connect, read);
         recorder
     }
@@ -112,6 +142,7 @@ impl PacketLog {
 pub(crate) struct ConnectionRecorder {
     log: Arc<Mutex<ConnectionLog>>,
     started: Instant,
+    clock: Arc<AtomicU64>,
 }
 
 impl ConnectionRecorder {
@@ -150,6 +181,7 @@ impl ConnectionRecorder {
             packet,
             at: self.started.elapsed(),
             read,
+            seq: self.clock.fetch_add(1, Ordering::SeqCst),
         });
     }
 }
@@ -161,7 +193,7 @@ mod tests {
     #[test]
     fn bounded_per_connection_and_in_connections() {
         let log = PacketLog::default();
-        let rec = log.connection("a", Instant::now(), 1);
+        let rec = log.connection("a", log.tick(), Instant::now(), 1);
         for _ in 0..MAX_LOGGED_PACKETS + 5 {
             rec.record(&Inbound::PingReq, 2);
         }
@@ -170,7 +202,7 @@ mod tests {
         assert_eq!(snap[0].packets[0].packet, LoggedPacket::Connect);
         assert_eq!(snap[0].dropped, 6);
         for i in 0..MAX_LOGGED_CONNECTIONS {
-            log.connection(&format!("c{i}"), Instant::now(), 1);
+            log.connection(&format!("c{i}"), log.tick(), Instant::now(), 1);
         }
         let snap = log.snapshot();
         assert_eq!(snap.len(), MAX_LOGGED_CONNECTIONS);

@@ -47,6 +47,26 @@ async fn latency_delays_each_direction_on_both_listeners() {
     }
 }
 
+/// A new connection costs what it would on a real link: the TCP
+/// handshake's round trip (held by the relay, the kernel having answered
+/// it), the TLS 1.3 handshake's and CONNECT's: three round trips to the
+/// CONNACK.
+#[tokio::test]
+async fn a_new_connection_costs_three_round_trips_to_the_connack() {
+    let emu = start_with(|c| c.link = latency(50)).await;
+    let cred = emu.create_credential("dialer", &["pubsub"]).unwrap();
+    let started = Instant::now();
+    connect_tls(
+        emu.addr(),
+        client_tls(&emu.root_ca_pem(), Some(&cred), false),
+        "dialer",
+    )
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(300), "CONNACK after {took:?}");
+}
+
 #[tokio::test]
 async fn without_latency_the_round_trip_works() {
     let emu = start_with(|c| c.link = LinkSimulation::default()).await;

@@ -3,8 +3,10 @@
 
 pub mod cert;
 pub mod csr;
+pub mod deferred_cert;
 pub mod tls;
 
 pub use cert::{CertError, Certificate};
 pub use csr::{make_csr, CsrError, HardwareCsrKey};
-pub use tls::{client_config, HardwareSigningKey, TlsError, ALPN_AWS_IOT};
+pub use deferred_cert::{deferred_client_config, DeferredClientCert};
+pub use tls::{certified_key, client_config, HardwareSigningKey, TlsError, ALPN_AWS_IOT};

@@ -139,10 +139,17 @@ pub fn client_config(
     key: &KeyInfo,
     alpn: Option<&[u8]>,
 ) -> Result<rustls::ClientConfig, TlsError> {
-    let mut root_store = rustls::RootCertStore::empty();
-    for root in roots {
-        root_store.add(root.clone())?;
-    }
+    let certified = certified_key(chain, store, key)?;
+    config_with(roots, Arc::new(SingleCertAndKey::from(certified)), alpn)
+}
+
+/// `chain` with the hardware key, checked to belong together: refuses a
+/// certificate whose public key is not the key's.
+pub fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    store: Arc<dyn KeyStore>,
+    key: &KeyInfo,
+) -> Result<Arc<CertifiedKey>, TlsError> {
     let signing_key: Arc<dyn SigningKey> = Arc::new(HardwareSigningKey::new(store, key));
     let certified = CertifiedKey::new(chain, signing_key);
     certified.keys_match().map_err(|e| match e {
@@ -151,11 +158,25 @@ pub fn client_config(
         },
         other => TlsError::Rustls(other),
     })?;
+    Ok(Arc::new(certified))
+}
+
+/// The client configuration of every connection: `roots`, the client
+/// certificate `resolver` gives, and ALPN when asked for.
+pub(super) fn config_with(
+    roots: &[CertificateDer<'static>],
+    resolver: Arc<dyn rustls::client::ResolvesClientCert>,
+    alpn: Option<&[u8]>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let mut root_store = rustls::RootCertStore::empty();
+    for root in roots {
+        root_store.add(root.clone())?;
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(root_store)
-        .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
+        .with_client_cert_resolver(resolver);
     if let Some(alpn) = alpn {
         config.alpn_protocols = vec![alpn.to_vec()];
     }

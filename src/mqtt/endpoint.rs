@@ -12,7 +12,10 @@ use rustls::pki_types::CertificateDer;
 
 use super::ConnectOptions;
 use crate::config::Config;
-use crate::crypto::{client_config, CertError, Certificate, TlsError, ALPN_AWS_IOT};
+use crate::crypto::{
+    certified_key, client_config, deferred_client_config, CertError, Certificate,
+    DeferredClientCert, TlsError, ALPN_AWS_IOT,
+};
 use crate::keystore::{KeyInfo, KeyStore};
 
 /// The MQTT keep-alive of every connection: AWS IoT counts anything below
@@ -117,6 +120,33 @@ impl Endpoint {
             .map_err(|source| EndpointError::Tls { credential, source })
     }
 
+    /// `certificate` with its key in `store`, for a connection dialed with
+    /// [`Endpoint::deferred_options`]; refused if they do not belong
+    /// together.
+    pub fn certified_key(
+        &self,
+        credential: &'static str,
+        certificate: &Certificate,
+        store: Arc<dyn KeyStore>,
+        key: &KeyInfo,
+    ) -> Result<Arc<rustls::sign::CertifiedKey>, EndpointError> {
+        certified_key(certificate.chain().to_vec(), store, key)
+            .map_err(|source| EndpointError::Tls { credential, source })
+    }
+
+    /// How to connect with a client certificate set later, through the
+    /// returned slot (see [`crate::crypto::deferred_cert`]); the client id
+    /// is set when the connection is finished.
+    pub fn deferred_options(
+        &self,
+        credential: &'static str,
+    ) -> Result<(ConnectOptions, Arc<DeferredClientCert>), EndpointError> {
+        let alpn = self.alpn.then_some(ALPN_AWS_IOT);
+        let (tls, slot) = deferred_client_config(&self.roots, alpn)
+            .map_err(|source| EndpointError::Tls { credential, source })?;
+        Ok((self.connect_options(String::new(), tls), slot))
+    }
+
     /// How to connect as `client_id` with `certificate` and its key.
     pub fn options(
         &self,
@@ -127,13 +157,17 @@ impl Endpoint {
         key: &KeyInfo,
     ) -> Result<ConnectOptions, EndpointError> {
         let tls = self.tls(credential, certificate, store, key)?;
-        Ok(ConnectOptions {
+        Ok(self.connect_options(client_id, tls))
+    }
+
+    fn connect_options(&self, client_id: String, tls: rustls::ClientConfig) -> ConnectOptions {
+        ConnectOptions {
             host: self.host.clone(),
             port: self.port,
             client_id,
             tls: Arc::new(tls),
             connect_timeout: self.connect_timeout,
             keep_alive: KEEP_ALIVE,
-        })
+        }
     }
 }

@@ -3,7 +3,10 @@
 //!
 //! - [`Link::start`] connects (TCP_NODELAY: every flight is a few small
 //!   records that must not wait for an ACK behind Nagle's algorithm), sends
-//!   the ClientHello and reads the server's first flight. The client's
+//!   the ClientHello and reads the server's first flight; or in two steps,
+//!   [`Link::dial`] (TCP and ClientHello) and [`Dialed::server_flight`],
+//!   for a connection dialed before its client certificate exists. The
+//!   client's
 //!   answer (its certificate and the hardware's signature, and in TLS 1.3
 //!   its Finished) then waits in the connection: a handshake can be
 //!   prepared while something else is in flight, for example RegisterThing
@@ -93,11 +96,22 @@ pub struct Handshake {
     link: Link,
 }
 
+/// A connection whose ClientHello went and whose server flight is not read
+/// yet: it stays in the socket until [`Dialed::server_flight`].
+pub(crate) struct Dialed {
+    link: Link,
+}
+
 impl Link {
     /// TCP connect, ClientHello, the server's first flight read and
     /// processed (which signs with the key store in TLS 1.3). Not bounded
     /// in time: the caller puts a timeout around it.
     pub async fn start(opts: &ConnectOptions) -> Result<Handshake, LinkError> {
+        Self::dial(opts).await?.server_flight().await
+    }
+
+    /// TCP connect and ClientHello; nothing is read. Not bounded in time.
+    pub async fn dial(opts: &ConnectOptions) -> Result<Dialed, LinkError> {
         let name = ServerName::try_from(opts.host.clone()).map_err(|_| LinkError::ServerName {
             host: opts.host.clone(),
         })?;
@@ -114,12 +128,7 @@ impl Link {
             chunk: Box::new([0; READ_CHUNK]),
         };
         link.flush().await?;
-        // Until the client has its answer ready (TLS 1.3: handshake done on
-        // our side; TLS 1.2: its key exchange and certificate to send).
-        while link.tls.is_handshaking() && !link.tls.wants_write() {
-            link.read_or_alert().await?;
-        }
-        Ok(Handshake { link })
+        Ok(Dialed { link })
     }
 
     /// Sends everything rustls has queued, in one write.
@@ -212,6 +221,20 @@ impl Link {
     /// Whether the socket has TCP_NODELAY set (read back from the kernel).
     pub fn nodelay(&self) -> std::io::Result<bool> {
         self.tcp.nodelay()
+    }
+}
+
+impl Dialed {
+    /// Reads and processes the server's first flight, until the client's
+    /// answer is ready (TLS 1.3: the handshake done on our side, the
+    /// CertificateVerify signed by the key store; TLS 1.2: its key exchange
+    /// and certificate to send). Not bounded in time.
+    pub async fn server_flight(mut self) -> Result<Handshake, LinkError> {
+        let link = &mut self.link;
+        while link.tls.is_handshaking() && !link.tls.wants_write() {
+            link.read_or_alert().await?;
+        }
+        Ok(Handshake { link: self.link })
     }
 }
 

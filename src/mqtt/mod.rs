@@ -18,7 +18,7 @@ use std::time::Duration;
 use rumqttc::ConnectReturnCode;
 
 pub use link::LinkError;
-pub use session::{response_topics, Prepared, Session};
+pub use session::{response_topics, Dialed, Prepared, Session};
 
 use crate::error::ErrorKind;
 

@@ -7,6 +7,7 @@
 //! channels.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -17,9 +18,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
-use super::link::{Handshake, Link, LinkError};
+use super::link::{self, Handshake, Link, LinkError};
 use super::{payload, ConnectOptions, MqttError, MAX_PAYLOAD};
 use crate::config::PayloadFormat;
+use crate::crypto::DeferredClientCert;
 
 /// The largest packet accepted from the server.
 const MAX_PACKET: usize = MAX_PAYLOAD + 1024;
@@ -69,6 +71,39 @@ const BACKLOG: usize = 64;
 pub struct Prepared {
     handshake: Handshake,
     opts: ConnectOptions,
+}
+
+/// A connection dialed (TCP connect and ClientHello) before the certificate
+/// it will present exists: made with [`Session::dial`] while the request
+/// for that certificate is in flight, the server's answer left unread;
+/// [`Dialed::prepare`] gives it the certificate and reads on.
+pub struct Dialed {
+    dialed: link::Dialed,
+    opts: ConnectOptions,
+    cert: Arc<DeferredClientCert>,
+}
+
+impl Dialed {
+    /// Fills the connection's client certificate with `certified`, then
+    /// reads the server's first flight within the connect timeout (the
+    /// TLS 1.3 CertificateVerify is signed here): a [`Prepared`] connection.
+    pub async fn prepare(
+        self,
+        certified: Arc<rustls::sign::CertifiedKey>,
+    ) -> Result<Prepared, MqttError> {
+        // `self` is consumed: this is the only fill, made before the read.
+        let filled = self.cert.fill(certified);
+        debug_assert!(filled, "a dialed connection is prepared once");
+        let opts = self.opts;
+        let handshake = Session::within_connect_timeout(&opts, async {
+            self.dialed
+                .server_flight()
+                .await
+                .map_err(|e| connect_error(e, &opts))
+        })
+        .await?;
+        Ok(Prepared { handshake, opts })
+    }
 }
 
 impl Prepared {
@@ -144,6 +179,20 @@ impl Session {
             handshake,
             opts: opts.clone(),
         })
+    }
+
+    /// TCP connect and ClientHello within the connect timeout, for a
+    /// certificate to come: `opts.tls` must resolve its client certificate
+    /// through `cert` (see [`crate::crypto::deferred_client_config`]).
+    pub async fn dial(
+        opts: ConnectOptions,
+        cert: Arc<DeferredClientCert>,
+    ) -> Result<Dialed, MqttError> {
+        let dialed = Self::within_connect_timeout(&opts, async {
+            Link::dial(&opts).await.map_err(|e| connect_error(e, &opts))
+        })
+        .await?;
+        Ok(Dialed { dialed, opts, cert })
     }
 
     async fn within_connect_timeout<T>(

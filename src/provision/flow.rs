@@ -28,7 +28,7 @@ use crate::crypto::{make_csr, Certificate};
 use crate::durable;
 use crate::keystore::{KeyInfo, KeyLabel, KeyStore, KeyStoreError, PrivateKeyMaterial};
 use crate::mqtt::endpoint::{Endpoint, EndpointError};
-use crate::mqtt::{response_topics, ConnectOptions, MqttError, Prepared, Session};
+use crate::mqtt::{response_topics, ConnectOptions, Dialed, MqttError, Prepared, Session};
 
 /// How long an ownership token is presented after it was issued. AWS gives
 /// an hour; a margin keeps a slow RegisterThing from racing the expiry.
@@ -45,6 +45,9 @@ pub(super) struct Flow<'a> {
     endpoint: Endpoint,
     backoff: Backoff,
     session: Option<Session>,
+    /// The verifying connection, dialed (TCP and ClientHello) while the
+    /// certificate request was in flight, for whichever certificate comes.
+    dialed: Option<tokio::task::JoinHandle<Option<Dialed>>>,
     /// The verifying connection, its TLS handshake made while RegisterThing
     /// was in flight, for the certificate of this id.
     prepared: Option<(String, Prepared)>,
@@ -79,6 +82,7 @@ impl<'a> Flow<'a> {
             endpoint,
             backoff: Backoff::new(config.provisioning.max_retries),
             session: None,
+            dialed: None,
             prepared: None,
             verified: None,
             current_refused: false,
@@ -422,6 +426,9 @@ impl<'a> Flow<'a> {
 
     /// Closes the request session and a verifying connection kept open.
     pub(super) async fn close_session(&mut self) {
+        if let Some(dialed) = self.dialed.take() {
+            dialed.abort();
+        }
         if let Some(s) = self.session.take() {
             s.close().await;
         }
@@ -473,6 +480,49 @@ impl<'a> Flow<'a> {
             Ok(session.request(api, topic, format, body, timeout).await?)
         })
         .await
+    }
+
+    /// [`Flow::call_api`] for a certificate request, the verifying
+    /// connection dialed as the request goes (once the request session is
+    /// up), so that its TCP and TLS round trips overlap this request and
+    /// RegisterThing instead of following them.
+    async fn request_certificate(
+        &mut self,
+        api: &str,
+        topic: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, ProvisionError> {
+        self.retrying(api, async |flow: &mut Self| {
+            flow.session(topic).await?;
+            Ok(())
+        })
+        .await?;
+        self.dial_verification();
+        self.call_api(api, topic, body).await
+    }
+
+    /// Dials the verifying connection in a task of its own (best effort:
+    /// without it the verification connects the ordinary way).
+    fn dial_verification(&mut self) {
+        if let Some(earlier) = self.dialed.take() {
+            earlier.abort();
+        }
+        let (opts, slot) = match self.endpoint.deferred_options("the new credential") {
+            Ok(dial) => dial,
+            Err(e) => {
+                tracing::debug!(error = %crate::error::report(&e), "the verifying connection cannot be dialed early");
+                return;
+            }
+        };
+        self.dialed = Some(tokio::spawn(async move {
+            match Session::dial(opts, slot).await {
+                Ok(dialed) => Some(dialed),
+                Err(e) => {
+                    tracing::debug!(error = %crate::error::report(&e), "the verifying connection could not be dialed early");
+                    None
+                }
+            }
+        }));
     }
 
     fn api_topic(&self, base: &str) -> String {
@@ -543,7 +593,7 @@ impl<'a> Flow<'a> {
         let body = serde_json::json!({ "certificateSigningRequest": csr });
         let started = Instant::now();
         let response = self
-            .call_api("CreateCertificateFromCsr", &topic, &body)
+            .request_certificate("CreateCertificateFromCsr", &topic, &body)
             .await;
         let response = match response {
             Ok(r) => r,
@@ -576,7 +626,7 @@ impl<'a> Flow<'a> {
         let body = serde_json::json!({});
         let started = Instant::now();
         let mut response = self
-            .call_api("CreateKeysAndCertificate", &topic, &body)
+            .request_certificate("CreateKeysAndCertificate", &topic, &body)
             .await?;
         self.timed("CreateKeysAndCertificate", started);
 
@@ -743,20 +793,48 @@ impl<'a> Flow<'a> {
         )?)
     }
 
-    /// The first half of the verifying connection for `certificate`: TCP
-    /// connect and the TLS handshake up to the client's answer, which holds
-    /// the certificate and so waits until RegisterThing activated it. `None`
-    /// when it cannot be prepared (the verification then connects the
-    /// ordinary way and reports what is wrong).
+    /// The first half of the verifying connection for `certificate`, up to
+    /// the client's answer, which holds the certificate and so waits until
+    /// RegisterThing activated it: the connection dialed during the
+    /// certificate request given its certificate, else a new TCP connect
+    /// and TLS handshake. `None` when it cannot be prepared (the
+    /// verification then connects the ordinary way and reports what is
+    /// wrong).
     fn prepare_verification(
-        &self,
+        &mut self,
         certificate: &IssuedCertificate,
     ) -> Option<impl std::future::Future<Output = Option<Prepared>> + use<>> {
+        let dialed = self.dialed.take();
+        let cert = parse_issued(certificate).ok()?;
+        let key = self.store.info(&self.pending).ok()?;
+        let certified = self
+            .endpoint
+            .certified_key("the new credential", &cert, self.store.clone(), &key)
+            .ok()?;
         // The client id goes in CONNECT, after the outcome is known.
         let opts = self
-            .new_credential_options(certificate, String::new())
+            .endpoint
+            .options(
+                "the new credential",
+                String::new(),
+                &cert,
+                self.store.clone(),
+                &key,
+            )
             .ok()?;
         Some(async move {
+            if let Some(Ok(Some(dialed))) = match dialed {
+                Some(task) => Some(task.await),
+                None => None,
+            } {
+                match dialed.prepare(certified).await {
+                    Ok(prepared) => return Some(prepared),
+                    Err(e) => tracing::debug!(
+                        error = %crate::error::report(&e),
+                        "the connection dialed early failed: dialing again"
+                    ),
+                }
+            }
             match Session::prepare(&opts).await {
                 Ok(prepared) => Some(prepared),
                 Err(e) => {
