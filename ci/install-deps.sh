@@ -12,6 +12,9 @@ packages=(
   tpm2-abrmd libtss2-tcti-tabrmd0        # resource manager the module needs on a swtpm
   dbus-x11                 # dbus-launch: the private session bus tpm2-abrmd --session uses
   openssl                  # independent verifier of CSRs and certificates in tests
+  tpm2-openssl             # OpenSSL's tpm2 provider: a consumer of the TPM key file (tests/consumers.rs)
+  libengine-pkcs11-openssl # OpenSSL's pkcs11 engine: a consumer of the PKCS#11 URI (tests/consumers.rs)
+  gnutls-bin               # gnutls-cli: a consumer of tpm2-pkcs11 keys (tests/consumers.rs)
   pkg-config clang libclang-dev
   python3-venv             # the awsiotsdk test's virtualenv
   time                     # GNU time: peak RSS in ci/bench.sh enroll

@@ -27,6 +27,12 @@ pub fn create_dir_all(dir: &Path) -> io::Result<()> {
 
 /// Atomically replaces `path` with `contents`, mode 0600.
 pub fn write_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+    write_file_mode(path, contents, FILE_MODE)
+}
+
+/// [`write_file`] with another `mode`, for the few files a consumer group
+/// must read (`[EXPORT] GROUP`).
+pub fn write_file_mode(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let dir = parent_dir(path);
     let name = path
         .file_name()
@@ -41,10 +47,10 @@ pub fn write_file(path: &Path, contents: &[u8]) -> io::Result<()> {
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(FILE_MODE)
+            .mode(mode)
             .open(&tmp)?;
         // A stale temp file from a crashed run may carry another mode.
-        f.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(contents)?;
         f.sync_all()?;
         drop(f);
@@ -103,7 +109,8 @@ fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
+/// Makes the entries of `dir` (a rename, a new symlink) durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

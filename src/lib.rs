@@ -18,3 +18,4 @@ pub mod hardening;
 pub mod keystore;
 pub mod mqtt;
 pub mod provision;
+pub mod timefmt;

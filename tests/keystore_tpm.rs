@@ -760,3 +760,156 @@ fn endorsement_id_is_stable_per_tpm_and_differs_between_tpms() {
         "two TPMs, one id"
     );
 }
+
+/// The storage primary keys were made under before the TSS2 key file
+/// export: the TCG SRK template with a unique field of 32 zero bytes per
+/// coordinate (the store now makes new keys under the key file tools'
+/// primary, whose unique field is empty).
+fn zero_unique_srk_template() -> tss_esapi::structures::Public {
+    use tss_esapi::attributes::ObjectAttributesBuilder;
+    use tss_esapi::interface_types::{
+        algorithm::{HashingAlgorithm, PublicAlgorithm},
+        ecc::EccCurve,
+    };
+    use tss_esapi::structures::{
+        EccParameter, EccPoint, EccScheme, KeyDerivationFunctionScheme, PublicBuilder,
+        PublicEccParameters, SymmetricDefinitionObject,
+    };
+    let attrs = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_no_da(true)
+        .with_restricted(true)
+        .with_decrypt(true)
+        .build()
+        .unwrap();
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attrs)
+        .with_ecc_parameters(PublicEccParameters::new(
+            SymmetricDefinitionObject::AES_128_CFB,
+            EccScheme::Null,
+            EccCurve::NistP256,
+            KeyDerivationFunctionScheme::Null,
+        ))
+        .with_ecc_unique_identifier(EccPoint::new(
+            EccParameter::try_from(vec![0u8; 32]).unwrap(),
+            EccParameter::try_from(vec![0u8; 32]).unwrap(),
+        ))
+        .build()
+        .unwrap()
+}
+
+/// A key file as the store wrote it before: a P-256 signing key under the
+/// zero-unique SRK, format 1, no `parent` field. It still signs (the store
+/// makes the older primary for the moment it loads it), other programs are
+/// told it has no standard key file yet, and a key made now has one.
+#[test]
+fn keys_under_the_older_storage_primary_keep_working() {
+    use prov_agent::keystore::ConsumerKey;
+    use tss_esapi::attributes::ObjectAttributesBuilder;
+    use tss_esapi::interface_types::{
+        algorithm::{HashingAlgorithm, PublicAlgorithm},
+        ecc::EccCurve,
+        resource_handles::Hierarchy,
+        session_handles::AuthSession,
+    };
+    use tss_esapi::structures::{
+        EccPoint, EccScheme, KeyDerivationFunctionScheme, PublicBuilder, PublicEccParameters,
+        SymmetricDefinitionObject,
+    };
+    use tss_esapi::traits::Marshall;
+
+    let fixture = Fixture::new(TpmKeyStorage::Blob);
+    let key_dir = fixture.key_dir();
+    let (fixture, (public, private)) = fixture.with_raw_context(|ctx| {
+        let srk = ctx
+            .execute_with_session(Some(AuthSession::Password), |c| {
+                c.create_primary(
+                    Hierarchy::Owner,
+                    zero_unique_srk_template(),
+                    None,
+                    None,
+                    None,
+                    None,
+                )
+            })
+            .unwrap()
+            .key_handle;
+        let attrs = ObjectAttributesBuilder::new()
+            .with_fixed_tpm(true)
+            .with_fixed_parent(true)
+            .with_sensitive_data_origin(true)
+            .with_user_with_auth(true)
+            .with_sign_encrypt(true)
+            .build()
+            .unwrap();
+        let template = PublicBuilder::new()
+            .with_public_algorithm(PublicAlgorithm::Ecc)
+            .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+            .with_object_attributes(attrs)
+            .with_ecc_parameters(PublicEccParameters::new(
+                SymmetricDefinitionObject::Null,
+                EccScheme::Null,
+                EccCurve::NistP256,
+                KeyDerivationFunctionScheme::Null,
+            ))
+            .with_ecc_unique_identifier(EccPoint::default())
+            .build()
+            .unwrap();
+        let created = ctx
+            .execute_with_session(Some(AuthSession::Password), |c| {
+                c.create(srk, template, None, None, None, None)
+            })
+            .unwrap();
+        ctx.flush_context(srk.into()).unwrap();
+        let tpm2b = |body: Vec<u8>| {
+            let mut out = (body.len() as u16).to_be_bytes().to_vec();
+            out.extend_from_slice(&body);
+            hex::encode(out)
+        };
+        (
+            tpm2b(created.out_public.marshall().unwrap()),
+            tpm2b(created.out_private.value().to_vec()),
+        )
+    });
+    std::fs::create_dir_all(&key_dir).unwrap();
+    std::fs::write(
+        key_dir.join("device.tpmkey"),
+        format!(
+            "{{\"format\":1,\"algorithm\":\"ec-p256\",\"origin\":\"generated\",\
+             \"fixed_tpm\":true,\"fixed_parent\":true,\"storage\":\"blob\",\
+             \"public\":\"{public}\",\"private\":\"{private}\"}}\n"
+        ),
+    )
+    .unwrap();
+
+    let old = fixture.store.info(&label("device")).unwrap();
+    common::conformance::sign_and_verify_all(
+        &fixture.store,
+        &label("device"),
+        &old.public_key,
+        "a key under the older primary",
+    );
+    assert!(matches!(
+        ConsumerKey::of_reference(&old.reference).unwrap(),
+        ConsumerKey::TpmOlderBlob { .. }
+    ));
+
+    // A key made now, beside it: under the key file tools' primary. Both
+    // keep signing, one after the other (the store switches primaries).
+    let new = fixture
+        .store
+        .generate(&label("device.alt"), KeyAlgorithm::EcP256)
+        .unwrap();
+    let ConsumerKey::TpmKeyFile { pem } = ConsumerKey::of_reference(&new.reference).unwrap() else {
+        panic!("a new key has no TSS2 key file")
+    };
+    assert!(pem.starts_with("-----BEGIN TSS2 PRIVATE KEY-----"));
+    for (l, info) in [("device", &old), ("device.alt", &new), ("device", &old)] {
+        common::conformance::sign_and_verify_all(&fixture.store, &label(l), &info.public_key, l);
+    }
+}

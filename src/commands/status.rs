@@ -42,6 +42,11 @@ pub fn run(config: &Config, json: bool) -> Result<String, CommandError> {
         .map_err(crate::provision::ProvisionError::DamagedCertificate)?;
     let due = unix(scheduled_at(&cert, &config.rotation));
     let left = id.not_after.saturating_sub(now);
+    // What other programs use: the published directory and OpenSSL's -key.
+    let export = crate::provision::export::current(&config.export);
+    let openssl_key = crate::keystore::ConsumerKey::of_reference(&id.key_reference)
+        .ok()
+        .and_then(|k| k.openssl_key(Some(&export.join(crate::provision::export::TPM_KEY_FILE))));
     if json {
         return Ok(serde_json::to_string_pretty(&serde_json::json!({
             "enrolled": true,
@@ -52,6 +57,8 @@ pub fn run(config: &Config, json: bool) -> Result<String, CommandError> {
             "expired": now >= id.not_after,
             "rotationDue": date(due),
             "keyReference": id.key_reference,
+            "opensslKey": openssl_key,
+            "exportDir": export,
             "backend": config.keystore.backend.as_str(),
             "lastCommit": date(id.committed_at),
             "previousCertificateId": id.previous_certificate_id,
@@ -75,6 +82,13 @@ pub fn run(config: &Config, json: bool) -> Result<String, CommandError> {
     out.push_str(&format!(
         "key          {} ({} backend)\n",
         id.key_reference, config.keystore.backend
+    ));
+    out.push_str(&format!(
+        "for others  {} (OpenSSL -key {})\n",
+        export.display(),
+        openssl_key
+            .as_deref()
+            .unwrap_or("none: rotate once to get a key file")
     ));
     out.push_str(&format!("last commit  {}", date(id.committed_at)));
     if let Some(prev) = &id.previous_certificate_id {

@@ -186,6 +186,18 @@ pub struct RotationConfig {
     pub post_rotation_command: Option<String>,
 }
 
+/// `[EXPORT]`: where the current identity is published for the gateway's
+/// other programs (`provision::export`).
+#[derive(Clone, Debug)]
+pub struct ExportConfig {
+    /// `<DIR>/current` names the current identity; default
+    /// `STATE_DIR/export`.
+    pub dir: PathBuf,
+    /// The group that may read it (its name and id), if any; else only the
+    /// agent's user can.
+    pub group: Option<(String, u32)>,
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     /// The file this was read from.
@@ -197,6 +209,7 @@ pub struct Config {
     /// Sent to RegisterThing with SerialNumber.
     pub template_parameters: BTreeMap<String, String>,
     pub rotation: RotationConfig,
+    pub export: ExportConfig,
 }
 
 /// Every section and key the agent knows, with its default (`None`: no
@@ -273,6 +286,7 @@ pub const SCHEMA: &[(&str, &[KeySpec])] = &[
             ("POST_ROTATION_COMMAND", None),
         ],
     ),
+    ("EXPORT", &[("DIR", None), ("GROUP", None)]),
 ];
 
 const FREE_FORM_SECTION: &str = "TEMPLATE_PARAMETERS";
@@ -314,6 +328,7 @@ impl Config {
         let provisioning = sections::provisioning(&r)?;
         let template_parameters = sections::template_parameters(&r, path, &provisioning)?;
         let rotation = sections::rotation(&r)?;
+        let export = sections::export(&r, path, &files, &state_dir)?;
         Ok(Config {
             source: path.to_path_buf(),
             settings,
@@ -322,6 +337,7 @@ impl Config {
             provisioning,
             template_parameters,
             rotation,
+            export,
         })
     }
 }

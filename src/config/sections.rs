@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::reader::Reader;
 use super::{
-    values, ConfigError, KeyStoreConfig, PayloadFormat, ProvisioningConfig, ProvisioningMode,
-    RotationConfig, RotationThreshold, SerialSource, Settings, FREE_FORM_SECTION,
+    values, ConfigError, ExportConfig, KeyStoreConfig, PayloadFormat, ProvisioningConfig,
+    ProvisioningMode, RotationConfig, RotationThreshold, SerialSource, Settings, FREE_FORM_SECTION,
 };
 use crate::keystore::{
     Backend, FileSettings, KeyAlgorithm, KeyLabel, KeyStoreSettings, Pkcs11Settings, SecretSource,
@@ -331,6 +331,64 @@ pub(super) fn rotation(r: &Reader) -> Result<RotationConfig, ConfigError> {
         report_topic: r.with_default("ROTATION", "REPORT_TOPIC", values::topic)?,
         post_rotation_command: r.parse("ROTATION", "POST_ROTATION_COMMAND", values::non_empty)?,
     })
+}
+
+/// `[EXPORT]`. A group that may read the export needs a directory outside
+/// STATE_DIR (0700: its members could not reach inside).
+pub(super) fn export(
+    r: &Reader,
+    path: &Path,
+    paths: &Paths,
+    state_dir: &Path,
+) -> Result<ExportConfig, ConfigError> {
+    let dir = match r.parse("EXPORT", "DIR", path_value)? {
+        Some(dir) => paths.resolve(dir),
+        None => state_dir.join("export"),
+    };
+    let group = r.parse("EXPORT", "GROUP", |s| {
+        let name = values::non_empty(s)?;
+        group_id(&name, Path::new("/etc/group")).map(|gid| (name, gid))
+    })?;
+    if group.is_some() && dir.starts_with(state_dir) {
+        return Err(ConfigError::Value {
+            origin: path.display().to_string(),
+            section: "EXPORT".into(),
+            key: "GROUP".into(),
+            message: format!(
+                "the export directory {} is inside STATE_DIR {}, which only the agent's user                  may enter, so the group could not read it: set [EXPORT] DIR outside STATE_DIR                  (for example /var/lib/prov-agent-identity)",
+                dir.display(),
+                state_dir.display()
+            ),
+        });
+    }
+    Ok(ExportConfig { dir, group })
+}
+
+/// The id of group `name` (or a number) in the group file `file`.
+pub(super) fn group_id(name: &str, file: &Path) -> Result<u32, String> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        format!(
+            "cannot read {} to look up group {name:?}: {e}",
+            file.display()
+        )
+    })?;
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split(':');
+            let group = fields.next()?;
+            let gid = fields.nth(1)?.parse::<u32>().ok()?;
+            (group == name).then_some(gid)
+        })
+        .next()
+        .ok_or_else(|| {
+            format!(
+                "no group {name:?} in {}: create it (groupadd {name}) or give its number",
+                file.display()
+            )
+        })
 }
 
 pub(super) fn path_value(s: &str) -> Result<PathBuf, String> {

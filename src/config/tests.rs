@@ -326,3 +326,50 @@ fn thing_names_overlapping_the_claim_client_ids_are_refused() {
     let text = format!("{MINIMAL}[TEMPLATE_PARAMETERS]\nThingNamePrefix = gw\n");
     assert!(load(&text).is_ok());
 }
+
+#[test]
+fn export_defaults_and_group() {
+    let c = load(MINIMAL).unwrap();
+    assert_eq!(c.export.dir, Path::new("/var/lib/prov-agent/export"));
+    assert_eq!(c.export.group, None);
+    let c = load(&format!(
+        "{MINIMAL}[EXPORT]\nDIR = /var/lib/prov-agent-identity\nGROUP = 4242\n"
+    ))
+    .unwrap();
+    assert_eq!(c.export.dir, Path::new("/var/lib/prov-agent-identity"));
+    assert_eq!(c.export.group, Some(("4242".into(), 4242)));
+    // Relative to the config file, like every path.
+    let c = load(&format!("{MINIMAL}[EXPORT]\nDIR = identity\n")).unwrap();
+    assert_eq!(c.export.dir, Path::new("/etc/pa/identity"));
+}
+
+#[test]
+fn an_export_group_cannot_reach_inside_the_state_dir() {
+    let e = load(&format!("{MINIMAL}[EXPORT]\nGROUP = 4242\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[EXPORT] GROUP"), "{e}");
+    assert!(e.contains("outside STATE_DIR"), "{e}");
+    let e = load(&format!(
+        "{MINIMAL}[EXPORT]\nDIR = /var/lib/prov-agent-identity\nGROUP = no-such-group-here\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("no group \"no-such-group-here\""), "{e}");
+}
+
+#[test]
+fn groups_are_looked_up_in_the_group_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("group");
+    std::fs::write(
+        &file,
+        "root:x:0:\nmqtt-bridge:x:998:mosquitto\n# odd\nbad-line\n",
+    )
+    .unwrap();
+    assert_eq!(sections::group_id("mqtt-bridge", &file), Ok(998));
+    assert_eq!(sections::group_id("root", &file), Ok(0));
+    assert_eq!(sections::group_id("12", &file), Ok(12));
+    assert!(sections::group_id("bad-line", &file).is_err());
+    assert!(sections::group_id("mosquitto", &file).is_err());
+}

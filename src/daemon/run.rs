@@ -85,6 +85,7 @@ pub async fn run(
         }
     }
     let identity = Identity::load(&config.state_dir)?.ok_or(ProvisionError::NotEnrolled)?;
+    crate::provision::export::ensure(&config, &identity);
 
     let mut daemon = Daemon {
         config_path: config_path.to_path_buf(),
@@ -417,6 +418,11 @@ impl Daemon {
             return;
         };
         let cert_path = Identity::cert_path(&self.config.state_dir);
+        let export = crate::provision::export::current(&self.config.export);
+        let openssl_key = crate::keystore::ConsumerKey::of_reference(&self.identity.key_reference)
+            .ok()
+            .and_then(|k| k.openssl_key(Some(&export.join(crate::provision::export::TPM_KEY_FILE))))
+            .unwrap_or_default();
         let mut cmd = tokio::process::Command::new("/bin/sh");
         cmd.arg("-c")
             .arg(&command)
@@ -424,6 +430,8 @@ impl Daemon {
             .env("PROV_AGENT_CERTIFICATE_ID", &self.identity.certificate_id)
             .env("PROV_AGENT_CERT_PATH", &cert_path)
             .env("PROV_AGENT_KEY_REFERENCE", &self.identity.key_reference)
+            .env("PROV_AGENT_EXPORT_DIR", &export)
+            .env("PROV_AGENT_OPENSSL_KEY", &openssl_key)
             .env(
                 "PROV_AGENT_PREVIOUS_CERTIFICATE_ID",
                 self.identity

@@ -11,6 +11,7 @@
 //! cargo feature `pkcs11`) and `file` (PEM files, always built, development
 //! only).
 
+mod consumer;
 pub mod ecdsa;
 mod error;
 pub mod file;
@@ -23,6 +24,7 @@ mod settings;
 pub mod tpm;
 mod types;
 
+pub use consumer::ConsumerKey;
 pub use error::{HardwareCode, KeyStoreError, Result};
 pub use material::PrivateKeyMaterial;
 pub use settings::{

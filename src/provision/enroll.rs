@@ -46,6 +46,7 @@ pub async fn enroll_locked(
         }
     }
     if let (Some(identity), None, false) = (&existing, &journal, opts.force) {
+        super::export::ensure(config, identity);
         return Ok(Outcome::unchanged(identity.clone()));
     }
 

@@ -16,6 +16,7 @@ pub const POINTS: &[&str] = &[
     "verified",
     "identity-written",
     "committed",
+    "published",
     "old-key-deleted",
 ];
 

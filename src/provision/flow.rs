@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
+use super::export;
 use super::fault;
 use super::identity::Identity;
 use super::journal::{
@@ -181,8 +182,13 @@ impl<'a> Flow<'a> {
                 State::Committed => {
                     let identity = Identity::load(&state_dir)?
                         .ok_or(ProvisionError::CommittedWithoutIdentity)?;
+                    // Other programs move to the new key before the old
+                    // one goes (idempotent after a crash).
+                    export::publish(self.config, &identity)?;
+                    fault::point("published");
                     self.delete_retired_key(journal, &identity)?;
                     fault::point("old-key-deleted");
+                    export::prune(self.config, &identity)?;
                     let abandoned = journal.abandoned_certificate_ids.clone();
                     if let Err(e) = self.report_as(&abandoned, &identity).await {
                         // The new identity is committed and works; the

@@ -1,6 +1,7 @@
 //! Enrollment and rotation: the journal, the flows, the credential commit.
 
 pub mod enroll;
+pub mod export;
 pub mod fault;
 mod flow;
 pub mod identity;
@@ -166,6 +167,10 @@ pub enum ProvisionError {
     Journal(#[from] journal::JournalError),
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),
+    /// The identity could not be published for other programs; the
+    /// committed identity works, the step is retried by the next run.
+    #[error("{0}; the new identity is committed and the next run publishes it again")]
+    Export(#[from] export::ExportError),
     #[error("cannot {what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -225,6 +230,7 @@ impl ProvisionError {
             | ProvisionError::OtherOperation { .. }
             | ProvisionError::Journal(_)
             | ProvisionError::Identity(_)
+            | ProvisionError::Export(_)
             | ProvisionError::Io { .. } => ErrorKind::Other,
         }
     }

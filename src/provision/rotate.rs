@@ -96,6 +96,7 @@ pub async fn rotate_locked(
         .map_err(ProvisionError::DamagedCertificate)?;
     let due = scheduled_at(&cert, &config.rotation);
     if journal.is_none() && opts.if_due && SystemTime::now() < due {
+        super::export::ensure(config, &current);
         let mut outcome = Outcome::unchanged(current);
         outcome.due_at = Some(unix(due));
         return Ok(outcome);

@@ -12,6 +12,9 @@ pub enum Backend {
     Tpm2Pkcs11(super::tpm2pkcs11::Tpm2Pkcs11),
     #[cfg(feature = "tpm")]
     Tpm(super::swtpm::Swtpm),
+    /// A swtpm behind tpm2-abrmd, shared with other programs.
+    #[cfg(feature = "tpm")]
+    TpmShared(super::abrmd::Abrmd),
 }
 
 impl Backend {
@@ -25,6 +28,11 @@ impl Backend {
         Backend::Tpm(super::swtpm::Swtpm::start())
     }
 
+    #[cfg(feature = "tpm")]
+    pub fn tpm_shared() -> Self {
+        Backend::TpmShared(super::abrmd::Abrmd::start())
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Backend::File => "file",
@@ -33,7 +41,7 @@ impl Backend {
             #[cfg(feature = "pkcs11")]
             Backend::Tpm2Pkcs11(_) => "pkcs11",
             #[cfg(feature = "tpm")]
-            Backend::Tpm(_) => "tpm",
+            Backend::Tpm(_) | Backend::TpmShared(_) => "tpm",
         }
     }
 
@@ -65,6 +73,11 @@ impl Backend {
                 "[KEYSTORE]\nBACKEND = tpm\n[TPM]\nTCTI = {}\nKEY_STORAGE = blob\n",
                 tpm.tcti()
             ),
+            #[cfg(feature = "tpm")]
+            Backend::TpmShared(_) => format!(
+                "[KEYSTORE]\nBACKEND = tpm\n[TPM]\nTCTI = {}\nKEY_STORAGE = blob\n",
+                super::abrmd::TCTI
+            ),
         }
     }
 
@@ -73,6 +86,8 @@ impl Backend {
         match self {
             #[cfg(feature = "pkcs11")]
             Backend::Tpm2Pkcs11(t) => t.env(),
+            #[cfg(feature = "tpm")]
+            Backend::TpmShared(t) => t.env(),
             _ => Vec::new(),
         }
     }

@@ -2,6 +2,7 @@
 //! software TPM (swtpm) and its own SoftHSM token, and stops them on drop.
 #![allow(dead_code)]
 
+pub mod abrmd;
 pub mod backend;
 pub mod conformance;
 pub mod daemon;

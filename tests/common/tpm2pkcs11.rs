@@ -3,15 +3,12 @@
 //! object contexts), here a private session bus per test, and keeps its
 //! objects in a store directory that tpm2_ptool initialises.
 //!
-//! Drop order: tpm2-abrmd goes first (it holds the TPM connection), then
-//! the bus, then the swtpm, then the directory.
+//! Drop order: the TPM behind tpm2-abrmd, then the directory.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-use super::swtpm::Swtpm;
+use super::abrmd::Abrmd;
 
 pub const USER_PIN: &str = "USER-pin-1234";
 const SO_PIN: &str = "SO-pin-5678";
@@ -30,47 +27,28 @@ pub fn module_path() -> PathBuf {
 }
 
 pub struct Tpm2Pkcs11 {
-    abrmd: Child,
-    dbus: Child,
-    _swtpm: Swtpm,
+    pub tpm: Abrmd,
     pub dir: tempfile::TempDir,
     pub module: PathBuf,
     pub token_label: String,
     pub pin_file: PathBuf,
-    bus_address: String,
 }
 
 impl Tpm2Pkcs11 {
     /// A swtpm, a session bus, tpm2-abrmd on both, and a store holding one
     /// token labelled `token_label` with [`USER_PIN`].
     pub fn new(token_label: &str) -> Self {
-        let swtpm = Swtpm::start();
+        let tpm = Abrmd::start();
         let dir = tempfile::tempdir().unwrap();
-        let (dbus, bus_address) = start_bus();
-        let abrmd = super::clean_command("tpm2-abrmd")
-            .arg("--session")
-            .arg(format!("--tcti={}", swtpm.tcti()))
-            .arg("--allow-root")
-            .arg("--flush-all")
-            .env("DBUS_SESSION_BUS_ADDRESS", &bus_address)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cannot run tpm2-abrmd (run ci/install-deps.sh)");
         let pin_file = dir.path().join("pin");
         std::fs::write(&pin_file, USER_PIN).unwrap();
-        let mut this = Tpm2Pkcs11 {
-            abrmd,
-            dbus,
-            _swtpm: swtpm,
+        let this = Tpm2Pkcs11 {
+            tpm,
             module: module_path(),
             token_label: token_label.to_string(),
             pin_file,
-            bus_address,
             dir,
         };
-        this.wait_for_abrmd();
         std::fs::create_dir(this.store()).unwrap();
         let store = this.store().display().to_string();
         this.ptool(&["init", "--path", &store]);
@@ -93,15 +71,12 @@ impl Tpm2Pkcs11 {
 
     /// What every process that loads the module (or runs tpm2-tools) needs.
     pub fn env(&self) -> Vec<(String, String)> {
-        vec![
-            ("DBUS_SESSION_BUS_ADDRESS".into(), self.bus_address.clone()),
-            ("TPM2_PKCS11_TCTI".into(), "tabrmd:bus_type=session".into()),
-            ("TPM2TOOLS_TCTI".into(), "tabrmd:bus_type=session".into()),
-            (
-                "TPM2_PKCS11_STORE".into(),
-                self.store().display().to_string(),
-            ),
-        ]
+        let mut env = self.tpm.env();
+        env.push((
+            "TPM2_PKCS11_STORE".into(),
+            self.store().display().to_string(),
+        ));
+        env
     }
 
     /// A command for `program` with [`Self::env`].
@@ -164,60 +139,5 @@ impl Tpm2Pkcs11 {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Waits until tpm2-abrmd has taken its name on the bus and talks to
-    /// the TPM.
-    fn wait_for_abrmd(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(status)) = self.abrmd.try_wait() {
-                panic!("tpm2-abrmd exited early ({status})");
-            }
-            let ok = self
-                .command("tpm2_getrandom")
-                .args(["--hex", "4"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            if ok {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tpm2-abrmd did not answer within 15 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-/// A private session bus: dbus-daemon in the foreground (so that it is our
-/// child to kill), its address read from its first line of output.
-fn start_bus() -> (Child, String) {
-    let mut dbus = super::clean_command("dbus-daemon")
-        .args(["--session", "--nofork", "--nopidfile", "--print-address=1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("cannot run dbus-daemon (run ci/install-deps.sh)");
-    let mut line = String::new();
-    BufReader::new(dbus.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let address = line.trim().to_string();
-    assert!(!address.is_empty(), "dbus-daemon printed no address");
-    (dbus, address)
-}
-
-impl Drop for Tpm2Pkcs11 {
-    fn drop(&mut self) {
-        for child in [&mut self.abrmd, &mut self.dbus] {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }

@@ -4,20 +4,17 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 
-use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
+use tss_esapi::attributes::SessionAttributesBuilder;
 use tss_esapi::constants::{CapabilityType, SessionType, StartupType, Tss2ResponseCodeKind};
 use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle, TpmHandle};
-use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
-use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::AuthSession;
-use tss_esapi::structures::{
-    CapabilityData, EccParameter, EccPoint, EccScheme, KeyDerivationFunctionScheme, Public,
-    PublicBuilder, PublicEccParameters, SymmetricDefinition, SymmetricDefinitionObject,
-};
+use tss_esapi::structures::{CapabilityData, Public, SymmetricDefinition};
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::Context;
 
+use super::parent::Parent;
 use crate::keystore::{Backend, HardwareCode, KeyStoreError, Result};
 
 pub(super) const BACKEND: Backend = Backend::Tpm;
@@ -136,7 +133,8 @@ pub(super) struct Tpm {
     /// HMAC session started once and reused for every authorised command:
     /// starting a session costs a round trip and an RNG draw per call.
     session: AuthSession,
-    /// The storage primary (ECC P-256 SRK), loaded for the store's lifetime.
+    /// The storage primary of new keys ([`Parent::NEW_KEYS`]), loaded for
+    /// the store's lifetime.
     pub(super) primary: KeyHandle,
     /// The last wrapped blob loaded under the primary, by its TPM2B_PRIVATE
     /// bytes (a promote or re-import changes them). One slot only: a TPM
@@ -167,7 +165,7 @@ impl Tpm {
         })?;
         ensure_started(&mut ctx)?;
         flush_leaked(&mut ctx, direct)?;
-        let primary = create_primary(&mut ctx)?;
+        let primary = create_primary(&mut ctx, Parent::NEW_KEYS)?;
         // Salted with the SRK: without a salt (and with the empty auth
         // values used here) the session key would be empty and anyone on
         // the bus could compute the HMACs; with it the HMACs are secret and
@@ -297,12 +295,17 @@ impl Tpm {
         classify(op, e)
     }
 
-    /// Loads a wrapped blob under the primary, reusing the loaded copy when
-    /// it is the same blob.
+    /// Loads a wrapped blob under its `parent`, reusing the loaded copy
+    /// when it is the same blob. A key under another primary than the
+    /// store's has that primary made for the load and flushed right after
+    /// (a loaded key does not need its parent loaded), so at most three
+    /// object slots are ever in use: TPMs without a resource manager have
+    /// as few.
     pub(super) fn load_blob(
         &mut self,
         public: &Public,
         private: &[u8],
+        parent: Parent,
     ) -> std::result::Result<KeyHandle, tss_esapi::Error> {
         if let Some((bytes, handle)) = &self.loaded_blob {
             if bytes == private {
@@ -310,13 +313,32 @@ impl Tpm {
             }
         }
         self.unload_blob();
-        let primary = self.primary;
         let session = self.session;
         let private_buf = tss_esapi::structures::Private::try_from(private)?;
         let public = public.clone();
-        let handle = self
-            .ctx
-            .execute_with_session(Some(session), |ctx| ctx.load(primary, private_buf, public))?;
+        let handle = if parent == Parent::NEW_KEYS {
+            let primary = self.primary;
+            self.ctx
+                .execute_with_session(Some(session), |ctx| ctx.load(primary, private_buf, public))?
+        } else {
+            let template = parent.template()?;
+            let other = self
+                .ctx
+                .execute_with_session(Some(AuthSession::Password), |ctx| {
+                    ctx.create_primary(Hierarchy::Owner, template, None, None, None, None)
+                })?
+                .key_handle;
+            let loaded = self
+                .ctx
+                .execute_with_session(Some(session), |ctx| ctx.load(other, private_buf, public));
+            if let Err(e) = self.ctx.flush_context(other.into()) {
+                tracing::warn!(
+                    "tpm: could not flush the older storage primary: {}",
+                    describe(e)
+                );
+            }
+            loaded?
+        };
         self.loaded_blob = Some((private.to_vec(), handle));
         Ok(handle)
     }
@@ -503,42 +525,11 @@ fn flush_leaked(ctx: &mut Context, direct: bool) -> Result<()> {
     Ok(())
 }
 
-/// The TCG storage root key template (TCG TPM v2.0 Provisioning Guidance,
-/// ECC NIST P-256 SRK): restricted decrypt, AES-128-CFB, fixedTPM,
-/// fixedParent, sensitiveDataOrigin, userWithAuth, noDA, empty auth and
-/// policy, unique x and y 32 zero bytes each. Being a primary, the same
-/// template gives the same key on every start, so nothing needs to be
-/// persisted; a persistent SRK made with this template (0x81000001 by
-/// convention) is the very same key.
-pub(super) fn srk_template() -> tss_esapi::Result<Public> {
-    let attributes = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
-        .with_no_da(true)
-        .with_restricted(true)
-        .with_decrypt(true)
-        .build()?;
-    PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::Ecc)
-        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attributes)
-        .with_ecc_parameters(PublicEccParameters::new(
-            SymmetricDefinitionObject::AES_128_CFB,
-            EccScheme::Null,
-            EccCurve::NistP256,
-            KeyDerivationFunctionScheme::Null,
-        ))
-        .with_ecc_unique_identifier(EccPoint::new(
-            EccParameter::try_from(vec![0u8; 32])?,
-            EccParameter::try_from(vec![0u8; 32])?,
-        ))
-        .build()
-}
-
-fn create_primary(ctx: &mut Context) -> Result<KeyHandle> {
-    let template = srk_template().map_err(|e| tpm_err("build SRK template", e))?;
+/// Creates (loads) the storage primary of `parent`.
+fn create_primary(ctx: &mut Context, parent: Parent) -> Result<KeyHandle> {
+    let template = parent
+        .template()
+        .map_err(|e| tpm_err("build the storage primary's template", e))?;
     // Owner hierarchy with an empty auth value: the password session is
     // enough and needs no round trip.
     ctx.execute_with_session(Some(AuthSession::Password), |ctx| {

@@ -13,6 +13,7 @@ use tss_esapi::structures::Public;
 use tss_esapi::traits::{Marshall, UnMarshall};
 
 use super::context::BACKEND;
+use super::parent::Parent;
 use crate::durable;
 use crate::keystore::{KeyAlgorithm, KeyLabel, KeyStoreError, Result};
 
@@ -58,6 +59,10 @@ pub(super) struct KeyMeta {
     /// TPM encrypted it under a one-time key before TPM2_Import) or `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub import_wrapper: Option<String>,
+    /// The storage primary the key was made under; absent in the files of
+    /// keys made before there was a choice ([`Parent::ZeroUnique`]).
+    #[serde(default)]
+    pub parent: Parent,
     #[serde(flatten)]
     pub stored: Stored,
 }
@@ -67,6 +72,7 @@ pub(super) struct KeyFile {
     pub path: PathBuf,
     pub algorithm: KeyAlgorithm,
     pub origin: Origin,
+    pub parent: Parent,
     pub public: Public,
     pub location: Location,
 }
@@ -100,6 +106,7 @@ pub(super) fn write(
     algorithm: KeyAlgorithm,
     origin: Origin,
     import_wrapper: Option<&str>,
+    parent: Parent,
     public: &Public,
     location: &Location,
 ) -> Result<()> {
@@ -122,6 +129,7 @@ pub(super) fn write(
         fixed_tpm: attrs.fixed_tpm(),
         fixed_parent: attrs.fixed_parent(),
         import_wrapper: import_wrapper.map(str::to_string),
+        parent,
         stored,
     };
     let mut text = serde_json::to_vec_pretty(&meta).map_err(|e| KeyStoreError::Backend {
@@ -212,6 +220,7 @@ fn decode(path: &Path, text: &[u8]) -> Result<KeyFile> {
         path: path.to_path_buf(),
         algorithm,
         origin: meta.origin,
+        parent: meta.parent,
         public,
         location,
     })
@@ -224,7 +233,7 @@ pub(super) fn marshall_public(public: &Public) -> Result<Vec<u8>> {
 }
 
 /// Prefixes the big-endian 16-bit size, making a TPM2B.
-fn tpm2b(body: &[u8]) -> Vec<u8> {
+pub(super) fn tpm2b(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 2);
     out.extend_from_slice(&(body.len() as u16).to_be_bytes());
     out.extend_from_slice(body);

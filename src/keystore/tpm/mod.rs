@@ -1,8 +1,9 @@
 //! TPM 2.0 backend (tss-esapi).
 //!
-//! Keys live under a storage primary key (the TCG ECC P-256 SRK template,
-//! re-created at each start: a primary is derived from the owner seed, so
-//! it is the same key every time). Each key is either a wrapped blob in
+//! Keys live under a storage primary key (ECC P-256, re-created at each
+//! start: a primary is derived from the owner seed and its template, so it
+//! is the same key every time; `parent.rs` says which template, and why
+//! there are two). Each key is either a wrapped blob in
 //! `<key_dir>/<label>.tpmkey` that only this TPM can load
 //! (`tpm:blob=<path>`) or a persistent object whose handle that file names
 //! (`tpm:handle=0x81000100`).
@@ -18,14 +19,17 @@
 //! and their empty authPolicy rules out TPM2_Duplicate, so they cannot
 //! leave either.
 //!
-//! Files: `context.rs` (connection, session, primary, errors), `keys.rs`
+//! Files: `context.rs` (connection, session, errors), `parent.rs` (the
+//! storage primaries), `keys.rs`
 //! (templates, public keys), `import.rs` (TPM2_Import), `sign.rs`
 //! (TPM2_Sign and signature encoding), `meta.rs` (the key files).
 
 mod context;
 mod import;
+mod key_file;
 mod keys;
 mod meta;
+mod parent;
 mod sign;
 
 use std::path::PathBuf;
@@ -49,6 +53,7 @@ use super::{
 use crate::durable;
 use context::{code, describe, rc_kind, tpm_err, Tpm, BACKEND};
 use meta::{KeyFile, Location, Origin};
+use parent::Parent;
 
 /// A key the TPM just made or imported, before it is stored.
 struct NewKey {
@@ -235,7 +240,17 @@ impl TpmKeyStore {
                 Location::Persistent { handle }
             }
         };
-        if let Err(e) = meta::write(&path, algorithm, origin, import_wrapper, &public, &location) {
+        // Made (TPM2_Create) or imported (TPM2_Import) under `tpm.primary`.
+        let parent = Parent::NEW_KEYS;
+        if let Err(e) = meta::write(
+            &path,
+            algorithm,
+            origin,
+            import_wrapper,
+            parent,
+            &public,
+            &location,
+        ) {
             // Do not leave an NV object nobody knows about.
             if let Location::Persistent { handle } = location {
                 if let Err(ev) = evict(tpm, handle) {
@@ -250,6 +265,7 @@ impl TpmKeyStore {
             path,
             algorithm,
             origin,
+            parent,
             public,
             location,
         };
@@ -272,7 +288,7 @@ impl TpmKeyStore {
                 code: None,
             })?;
         let loaded = tpm
-            .load_blob(public, private)
+            .load_blob(public, private, Parent::NEW_KEYS)
             .map_err(|e| tpm.classify("load the new key", e))?;
         let target =
             PersistentTpmHandle::new(handle).map_err(|e| tpm_err("persistent handle", e))?;
@@ -305,33 +321,35 @@ impl TpmKeyStore {
     /// A loaded handle for the key, ready for TPM2_Sign / ReadPublic.
     fn loaded(&self, tpm: &mut Tpm, file: &KeyFile) -> Result<KeyHandle> {
         match &file.location {
-            Location::Blob { private } => tpm.load_blob(&file.public, private).map_err(|e| {
-                match rc_kind(e) {
-                    // Integrity/HMAC failures: the blob was wrapped under
-                    // another primary (another TPM, or this TPM's owner
-                    // hierarchy was cleared) or its bytes were altered.
-                    Some(
-                        Tss2ResponseCodeKind::Integrity
-                        | Tss2ResponseCodeKind::Value
-                        | Tss2ResponseCodeKind::Size
-                        | Tss2ResponseCodeKind::Key
-                        | Tss2ResponseCodeKind::Binding
-                        | Tss2ResponseCodeKind::Hmac,
-                    ) => KeyStoreError::Backend {
-                        backend: BACKEND,
-                        op: "load key blob".into(),
-                        detail: format!(
+            Location::Blob { private } => tpm
+                .load_blob(&file.public, private, file.parent)
+                .map_err(|e| {
+                    match rc_kind(e) {
+                        // Integrity/HMAC failures: the blob was wrapped under
+                        // another primary (another TPM, or this TPM's owner
+                        // hierarchy was cleared) or its bytes were altered.
+                        Some(
+                            Tss2ResponseCodeKind::Integrity
+                            | Tss2ResponseCodeKind::Value
+                            | Tss2ResponseCodeKind::Size
+                            | Tss2ResponseCodeKind::Key
+                            | Tss2ResponseCodeKind::Binding
+                            | Tss2ResponseCodeKind::Hmac,
+                        ) => KeyStoreError::Backend {
+                            backend: BACKEND,
+                            op: "load key blob".into(),
+                            detail: format!(
                             "key blob {} does not load under this TPM's storage primary ({}): it \
                              was made by another TPM, the TPM was cleared since, or the file was \
                              altered. Generate or import the key again",
                             file.path.display(),
                             describe(e)
                         ),
-                        code: code(e),
-                    },
-                    _ => tpm.classify("load key blob", e),
-                }
-            }),
+                            code: code(e),
+                        },
+                        _ => tpm.classify("load key blob", e),
+                    }
+                }),
             Location::Persistent { handle } => {
                 let handle = *handle;
                 let obj = tpm.persistent_object(handle).map_err(|e| {
@@ -766,6 +784,43 @@ impl TpmKeyStore {
             source,
         })
     }
+}
+
+/// How another program on the gateway can use the key whose key file is
+/// `path` (the `tpm:blob=` or `tpm:handle=` key of this store), read from
+/// the file alone: no TPM command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TpmConsumerKey {
+    /// The standard TPM 2.0 key file (PEM), for tpm2-openssl's `-key FILE`
+    /// and the other tools that read it.
+    KeyFile(String),
+    /// A persistent object, for tpm2-openssl's `-key handle:0x81000101`.
+    Handle(u32),
+    /// A blob under the older storage primary, which no other tool
+    /// recreates: the next rotation makes a key they can use.
+    OlderParent,
+}
+
+pub fn consumer_key(path: &std::path::Path) -> Result<TpmConsumerKey> {
+    let file = meta::read(path)?.ok_or_else(|| KeyStoreError::NotFound {
+        label: path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        backend: BACKEND,
+        reference: format!("tpm:blob={}", path.display()),
+        hint: "the key file is gone".into(),
+    })?;
+    Ok(match &file.location {
+        Location::Persistent { handle } => TpmConsumerKey::Handle(*handle),
+        Location::Blob { private } => {
+            let public = meta::tpm2b(&meta::marshall_public(&file.public)?);
+            match key_file::pem(file.parent, &public, &meta::tpm2b(private)) {
+                Some(pem) => TpmConsumerKey::KeyFile(pem),
+                None => TpmConsumerKey::OlderParent,
+            }
+        }
+    })
 }
 
 /// What the TPM says about a key's protection, read from its public area
