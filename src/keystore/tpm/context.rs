@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::time::Duration;
 
 use tss_esapi::attributes::SessionAttributesBuilder;
 use tss_esapi::constants::{CapabilityType, SessionType, StartupType, Tss2ResponseCodeKind};
@@ -204,14 +205,15 @@ impl Tpm {
         })
     }
 
-    /// Runs `f` with the reused HMAC session as the authorisation session.
+    /// Runs `f` with the reused HMAC session as the authorisation session,
+    /// again after a pause while the TPM answers busy ([`while_busy`]).
     pub(super) fn authorized<T>(
         &mut self,
         op: &'static str,
-        f: impl FnOnce(&mut Context) -> tss_esapi::Result<T>,
+        mut f: impl FnMut(&mut Context) -> tss_esapi::Result<T>,
     ) -> Result<T> {
         let session = self.session;
-        let result = self.ctx.execute_with_session(Some(session), f);
+        let result = while_busy(op, || self.ctx.execute_with_session(Some(session), &mut f));
         result.map_err(|e| self.classify(op, e))
     }
 
@@ -225,12 +227,12 @@ impl Tpm {
     pub(super) fn password<T>(
         &mut self,
         op: &'static str,
-        f: impl FnOnce(&mut Context) -> tss_esapi::Result<T>,
+        mut f: impl FnMut(&mut Context) -> tss_esapi::Result<T>,
     ) -> Result<T> {
-        let result = self.ctx.execute_with_session(
-            Some(tss_esapi::interface_types::session_handles::AuthSession::Password),
-            f,
-        );
+        let result = while_busy(op, || {
+            self.ctx
+                .execute_with_session(Some(AuthSession::Password), &mut f)
+        });
         result.map_err(|e| self.classify(op, e))
     }
 
@@ -239,6 +241,10 @@ impl Tpm {
     /// AES-128-CFB encrypted under the salted session's key. Only for
     /// commands whose first parameter is a TPM2B (the TPM refuses the
     /// attribute otherwise).
+    ///
+    /// Not tried again when the TPM is busy: these commands carry secrets
+    /// (a key on its way in), which are not copied for a second attempt;
+    /// the busy error is retryable for the caller.
     pub(super) fn encrypted<T>(
         &mut self,
         op: &'static str,
@@ -252,7 +258,10 @@ impl Tpm {
         self.ctx
             .tr_sess_set_attributes(session, on, mask)
             .map_err(|e| tpm_err("turn on parameter encryption", e))?;
-        let result = self.authorized(op, f);
+        let result = self
+            .ctx
+            .execute_with_session(Some(session), f)
+            .map_err(|e| self.classify(op, e));
         let (off, mask) = SessionAttributesBuilder::new()
             .with_decrypt(false)
             .with_encrypt(false)
@@ -268,9 +277,9 @@ impl Tpm {
     pub(super) fn plain<T>(
         &mut self,
         op: &'static str,
-        f: impl FnOnce(&mut Context) -> tss_esapi::Result<T>,
+        mut f: impl FnMut(&mut Context) -> tss_esapi::Result<T>,
     ) -> Result<T> {
-        let result = self.ctx.execute_without_session(f);
+        let result = while_busy(op, || self.ctx.execute_without_session(&mut f));
         result.map_err(|e| self.classify(op, e))
     }
 
@@ -415,6 +424,52 @@ impl Tpm {
     }
 }
 
+/// Pauses between the attempts of a command the TPM answered "busy"
+/// (TPM_RC_RETRY, TPM_RC_YIELDED, TPM_RC_TESTING): tpm2-tss has already
+/// resubmitted it at once up to five times; a TPM shared with other
+/// programs, or running its self-test, may need a little longer. About
+/// 0.75 s in all, then the busy error goes to the caller (retryable).
+const BUSY_BACKOFF: [Duration; 4] = [
+    Duration::from_millis(10),
+    Duration::from_millis(40),
+    Duration::from_millis(150),
+    Duration::from_millis(550),
+];
+
+/// Runs `command` again after each pause of [`BUSY_BACKOFF`] while the
+/// TPM answers busy; any other outcome returns at once.
+fn while_busy<T>(
+    op: &'static str,
+    mut command: impl FnMut() -> tss_esapi::Result<T>,
+) -> tss_esapi::Result<T> {
+    let mut pauses = BUSY_BACKOFF.iter();
+    loop {
+        match command() {
+            Err(e) if is_busy(e) => match pauses.next() {
+                Some(pause) => {
+                    tracing::debug!(op, "tpm: busy ({}); trying again in {pause:?}", describe(e));
+                    std::thread::sleep(*pause);
+                }
+                None => return Err(e),
+            },
+            other => return other,
+        }
+    }
+}
+
+/// TPM_RC_RETRY, TPM_RC_YIELDED or TPM_RC_TESTING: the same command may
+/// succeed in a moment.
+fn is_busy(e: tss_esapi::Error) -> bool {
+    matches!(
+        rc_kind(e),
+        Some(
+            Tss2ResponseCodeKind::Retry
+                | Tss2ResponseCodeKind::Yielded
+                | Tss2ResponseCodeKind::Testing
+        )
+    )
+}
+
 /// The store's error for a failed TPM command: a lost connection or a busy
 /// TPM is retryable `Unavailable`, anything else `Backend` with the code.
 pub(super) fn classify(op: &'static str, e: tss_esapi::Error) -> KeyStoreError {
@@ -439,6 +494,21 @@ pub(super) fn classify(op: &'static str, e: tss_esapi::Error) -> KeyStoreError {
             backend: BACKEND,
             detail: format!("{op}: the TPM is busy: {}", describe(e)),
             retryable: true,
+            code: code(e),
+        }
+    } else if rc_kind(e) == Some(Tss2ResponseCodeKind::Lockout) {
+        KeyStoreError::Unavailable {
+            backend: BACKEND,
+            detail: format!(
+                "{op}: the TPM is in dictionary-attack lockout ({}): after too many wrong \
+                 authorization values (from some program using this TPM) it refuses keys \
+                 without noDA until the lockout ends. Wait for it to recover (tpm2_getcap \
+                 properties-variable shows TPM2_PT_LOCKOUT_COUNTER and the recovery time), or \
+                 clear it with `tpm2_dictionarylockout --clear-lockout` and the lockout \
+                 authorization, and find the program that causes it",
+                describe(e)
+            ),
+            retryable: false,
             code: code(e),
         }
     } else {
@@ -602,6 +672,60 @@ mod tests {
         // tss-esapi's own errors never reached the TPM: no code.
         let wrapper = tss_esapi::Error::WrapperError(tss_esapi::WrapperErrorKind::WrongParamSize);
         assert_eq!(tpm_err("build key template", wrapper).hardware_code(), None);
+    }
+
+    /// A busy TPM gets the command again after each pause, a bounded
+    /// number of times; any other answer ends it at once.
+    #[test]
+    fn busy_commands_are_tried_again_a_bounded_number_of_times() {
+        use tss_esapi::constants::Tss2ResponseCode;
+        let tss = |rc: u32| tss_esapi::Error::Tss2Error(Tss2ResponseCode::from(rc));
+        // TPM_RC_RETRY twice, then an answer.
+        let mut calls = 0;
+        let r = while_busy("sign", || {
+            calls += 1;
+            if calls <= 2 {
+                Err(tss(0x922))
+            } else {
+                Ok(calls)
+            }
+        });
+        assert_eq!(r.unwrap(), 3);
+        // TPM_RC_YIELDED and TPM_RC_TESTING count as busy too; always busy:
+        // one attempt per pause and one more, then the error.
+        for rc in [0x908, 0x90a, 0x922] {
+            let mut calls = 0;
+            let r: tss_esapi::Result<()> = while_busy("sign", || {
+                calls += 1;
+                Err(tss(rc))
+            });
+            assert!(is_busy(r.unwrap_err()), "0x{rc:x}");
+            assert_eq!(calls, BUSY_BACKOFF.len() + 1, "0x{rc:x}");
+        }
+        // Anything else (TPM_RC_INTEGRITY): no second attempt.
+        let mut calls = 0;
+        let r: tss_esapi::Result<()> = while_busy("load", || {
+            calls += 1;
+            Err(tss(0x99f))
+        });
+        assert!(r.is_err());
+        assert_eq!(calls, 1);
+    }
+
+    /// Dictionary-attack lockout says what it is and what to do, and is not
+    /// retried (waiting is the operator's call, not a loop's).
+    #[test]
+    fn lockout_is_named_with_what_to_do() {
+        use tss_esapi::constants::Tss2ResponseCode;
+        let e = classify(
+            "sign (TPM2_Sign)",
+            tss_esapi::Error::Tss2Error(Tss2ResponseCode::from(0x921)),
+        );
+        let msg = e.to_string();
+        assert!(msg.contains("dictionary-attack lockout"), "{msg}");
+        assert!(msg.contains("tpm2_dictionarylockout"), "{msg}");
+        assert!(!e.is_retryable());
+        assert_eq!(e.hardware_code(), Some(HardwareCode::Tpm(0x921)));
     }
 
     #[test]

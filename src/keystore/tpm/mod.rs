@@ -35,7 +35,7 @@ mod sign;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
-use tss_esapi::constants::Tss2ResponseCodeKind;
+use tss_esapi::constants::{PropertyTag, Tss2ResponseCodeKind};
 use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle};
 use tss_esapi::interface_types::algorithm::SymmetricMode;
 use tss_esapi::interface_types::dynamic_handles::Persistent;
@@ -139,7 +139,14 @@ impl TpmKeyStore {
             .map_err(|e| tpm_err("build EK template", e))?;
         let mut tpm = self.lock()?;
         let created = tpm.password("create EK (TPM2_CreatePrimary, endorsement)", |ctx| {
-            ctx.create_primary(Hierarchy::Endorsement, template, None, None, None, None)
+            ctx.create_primary(
+                Hierarchy::Endorsement,
+                template.clone(),
+                None,
+                None,
+                None,
+                None,
+            )
         })?;
         let handle: ObjectHandle = created.key_handle.into();
         let _ = tpm.plain("flush EK", |ctx| ctx.flush_context(handle));
@@ -272,6 +279,62 @@ impl TpmKeyStore {
         info_of(label, &file)
     }
 
+    /// With persistent storage: a free handle from `persistent_base` up and
+    /// room in the TPM for one more persistent object, checked before a key
+    /// is made or imported, so that a full TPM changes nothing. The TPM's
+    /// own count (TPM_PT_HR_PERSISTENT_AVAIL) is an estimate: with `trial`
+    /// the storage primary is made persistent at the free handle and
+    /// evicted again, which is what storing the key will do (keys mode,
+    /// before the service makes a key that could then not be kept).
+    fn persistent_room(&self, tpm: &mut Tpm, trial: bool) -> Result<()> {
+        if self.storage != TpmKeyStorage::Persistent {
+            return Ok(());
+        }
+        let avail = tpm.plain("read TPM_PT_HR_PERSISTENT_AVAIL", |ctx| {
+            ctx.get_tpm_property(PropertyTag::HrPersistentAvail)
+        })?;
+        if avail == Some(0) {
+            return Err(no_persistent_room(
+                "TPM_PT_HR_PERSISTENT_AVAIL is 0".into(),
+                None,
+            ));
+        }
+        let used = tpm.persistent_handles(self.persistent_base)?;
+        let Some(free) =
+            (self.persistent_base..=context::PERSISTENT_OWNER_LAST).find(|h| !used.contains(h))
+        else {
+            return Err(no_persistent_room(
+                format!("no free handle from 0x{:08x} upward", self.persistent_base),
+                None,
+            ));
+        };
+        if trial {
+            let primary: ObjectHandle = tpm.primary.into();
+            let target =
+                PersistentTpmHandle::new(free).map_err(|e| tpm_err("persistent handle", e))?;
+            let persisted = tpm.authorized("try a persistent object (TPM2_EvictControl)", |ctx| {
+                ctx.evict_control(Provision::Owner, primary, Persistent::Persistent(target))
+            });
+            match persisted {
+                Ok(obj) => {
+                    tpm.remember_persistent(free, obj);
+                    evict(tpm, free)?;
+                }
+                Err(e)
+                    if e.hardware_code().and_then(|c| c.tpm_kind())
+                        == Some(Tss2ResponseCodeKind::NvSpace) =>
+                {
+                    return Err(no_persistent_room(
+                        "TPM_RC_NV_SPACE on a trial".into(),
+                        e.hardware_code(),
+                    ))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Loads the object and makes it persistent at the first free handle
     /// from `persistent_base` upward.
     fn persist(&self, tpm: &mut Tpm, public: &Public, private: &[u8]) -> Result<u32> {
@@ -302,6 +365,11 @@ impl TpmKeyStore {
         // The transient copy is not needed any more either way.
         tpm.unload_blob();
         let obj = result.map_err(|e| match e {
+            e if e.hardware_code().and_then(|c| c.tpm_kind())
+                == Some(Tss2ResponseCodeKind::NvSpace) =>
+            {
+                no_persistent_room("TPM_RC_NV_SPACE".into(), e.hardware_code())
+            }
             KeyStoreError::Backend { detail, code, .. } => KeyStoreError::Backend {
                 backend: BACKEND,
                 op: "make the key persistent (TPM2_EvictControl)".into(),
@@ -571,6 +639,22 @@ fn info_of(label: &KeyLabel, file: &KeyFile) -> Result<KeyInfo> {
     })
 }
 
+/// The TPM cannot hold one more persistent object (`why`): reported before
+/// anything is changed.
+fn no_persistent_room(why: String, code: Option<HardwareCode>) -> KeyStoreError {
+    KeyStoreError::Unavailable {
+        backend: BACKEND,
+        detail: format!(
+            "the TPM has no room for another persistent object ({why}): nothing was changed. \
+             Evict persistent objects that are no longer used (tpm2_getcap \
+             handles-persistent, tpm2_evictcontrol -C o -c HANDLE), or keep keys as blobs \
+             ([TPM] KEY_STORAGE = blob)"
+        ),
+        retryable: false,
+        code,
+    }
+}
+
 /// Removes a persistent object from the TPM's NV.
 fn evict(tpm: &mut Tpm, handle: u32) -> Result<()> {
     let obj = tpm
@@ -598,17 +682,25 @@ impl KeyStore for TpmKeyStore {
         Backend::Tpm
     }
 
+    /// Keys mode: with persistent storage, room for the key the service
+    /// is about to make, before it makes it.
+    fn probe_import(&self) -> Result<()> {
+        let mut tpm = self.lock()?;
+        self.persistent_room(&mut tpm, true)
+    }
+
     fn generate(&self, label: &KeyLabel, algorithm: KeyAlgorithm) -> Result<KeyInfo> {
         let path = self.ensure_free(label)?;
         let attributes =
             keys::generated_attributes().map_err(|e| tpm_err("build key attributes", e))?;
         let template = keys::public_area(algorithm, attributes, None, None)?;
         let mut tpm = self.lock()?;
+        self.persistent_room(&mut tpm, false)?;
         // Create needs a free object slot on TPMs without a resource manager.
         tpm.unload_blob();
         let primary = tpm.primary;
         let created = tpm.authorized("create key (TPM2_Create)", |ctx| {
-            ctx.create(primary, template, None, None, None, None)
+            ctx.create(primary, template.clone(), None, None, None, None)
         })?;
         self.store(
             &mut tpm,
@@ -630,6 +722,7 @@ impl KeyStore for TpmKeyStore {
         let expected = key.public_key()?;
         let (public, sensitive) = import::import_parts(key)?;
         let mut tpm = self.lock()?;
+        self.persistent_room(&mut tpm, false)?;
         tpm.unload_blob();
         let (private, import_wrapper) = match self.wrap_inner(&mut tpm, &public, &sensitive) {
             Ok(wrapped) => (
