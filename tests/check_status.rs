@@ -152,3 +152,36 @@ async fn thing_name_inside_the_claim_client_ids_is_named() {
         "{detail}"
     );
 }
+
+/// `check` on a PKCS#11 token says what the module is and can do, learnt
+/// from it: SoftHSM offers every mechanism the agent uses and lets it
+/// import, copy and relabel.
+#[cfg(feature = "pkcs11")]
+#[tokio::test(flavor = "multi_thread")]
+async fn check_lists_what_the_pkcs11_module_can_do() {
+    let cloud = TestCloud::start().await;
+    let device = Device::enrolled(&cloud, Backend::pkcs11("abilities"), "").await;
+    let out = device.run(&["check", "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let (_, module) = verdict(&out, "PKCS#11 module");
+    assert!(module.contains("SoftHSM"), "{module}");
+    let (_, mechanisms) = verdict(&out, "mechanisms");
+    for m in [
+        "CKM_EC_KEY_PAIR_GEN (",
+        "CKM_ECDSA (",
+        "CKM_RSA_PKCS_KEY_PAIR_GEN (",
+        "CKM_RSA_PKCS (",
+        "CKM_RSA_PKCS_PSS (",
+    ] {
+        assert!(mechanisms.contains(m), "{m}: {mechanisms}");
+    }
+    for ability in ["private-key import", "C_CopyObject", "changing CKA_LABEL"] {
+        assert_eq!(
+            verdict(&out, ability),
+            ("pass".into(), "works".into()),
+            "{ability}"
+        );
+    }
+    let (_, flags) = verdict(&out, "token flags");
+    assert!(flags.contains("login required"), "{flags}");
+}

@@ -60,6 +60,29 @@ async fn check_enroll_and_rotate() {
 
     let out = device.run(&["check"]).await;
     assert!(out.status.success(), "check before enroll: {}", text(&out));
+    // What the module can do, learnt from it: its mechanisms, and that it
+    // refuses private-key import (which it does: C_CreateObject).
+    let out = device.run(&["check", "--json"]).await;
+    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let detail = |name: &str| -> String {
+        checks["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["check"] == name)
+            .unwrap_or_else(|| panic!("no {name} in check: {checks}"))["detail"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(detail("PKCS#11 module").contains("tpm2"), "{checks}");
+    let mechanisms = detail("mechanisms");
+    assert!(mechanisms.contains("CKM_EC_KEY_PAIR_GEN ("), "{mechanisms}");
+    assert!(mechanisms.contains("CKM_ECDSA ("), "{mechanisms}");
+    assert!(
+        detail("private-key import").starts_with("refused"),
+        "{checks}"
+    );
 
     // enroll makes the device key in the TPM (C_GenerateKeyPair) and signs
     // the CSR and the TLS handshakes with it.

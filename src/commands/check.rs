@@ -131,6 +131,23 @@ pub fn run(config: &Config, json: bool) -> Result<(String, bool), CommandError> 
             None
         }
     };
+    // What the hardware is and can do (a PKCS#11 module's mechanisms and
+    // the import, copy and relabel it allows, tried on session objects).
+    if let Some(store) = &store {
+        match store.hardware_facts() {
+            Ok(facts) => {
+                for fact in facts {
+                    let verdict = if fact.problem {
+                        Verdict::Warn
+                    } else {
+                        Verdict::Pass
+                    };
+                    r.add(fact.name, verdict, fact.value);
+                }
+            }
+            Err(e) => r.add("hardware", Verdict::Warn, e.to_string()),
+        }
+    }
     let key = match (&store, &label) {
         (Some(store), Ok(label)) => match store.info(label) {
             Ok(k) => {

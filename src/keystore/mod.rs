@@ -30,7 +30,9 @@ pub use material::PrivateKeyMaterial;
 pub use settings::{
     FileSettings, KeyStoreSettings, Pkcs11Settings, SecretSource, TpmKeyStorage, TpmSettings,
 };
-pub use types::{Backend, HashAlg, KeyAlgorithm, KeyInfo, KeyLabel, PublicKey, SignatureScheme};
+pub use types::{
+    Backend, HardwareFact, HashAlg, KeyAlgorithm, KeyInfo, KeyLabel, PublicKey, SignatureScheme,
+};
 
 /// Storage for private keys that never hands them out.
 ///
@@ -92,6 +94,14 @@ pub trait KeyStore: Send + Sync {
     fn probe_import(&self) -> Result<()> {
         Ok(())
     }
+
+    /// What the store knows of its hardware and what it can do (a PKCS#11
+    /// module's mechanisms, flags, import, copy and relabel), for `check`.
+    /// May try things on throwaway objects; nothing for a store with
+    /// nothing to say.
+    fn hardware_facts(&self) -> Result<Vec<HardwareFact>> {
+        Ok(Vec::new())
+    }
 }
 
 impl<T: KeyStore + ?Sized> KeyStore for std::sync::Arc<T> {
@@ -127,6 +137,9 @@ impl<T: KeyStore + ?Sized> KeyStore for std::sync::Arc<T> {
     }
     fn probe_import(&self) -> Result<()> {
         (**self).probe_import()
+    }
+    fn hardware_facts(&self) -> Result<Vec<HardwareFact>> {
+        (**self).hardware_facts()
     }
 }
 

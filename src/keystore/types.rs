@@ -446,6 +446,33 @@ impl fmt::Debug for PublicKey {
     }
 }
 
+/// One thing a store learnt about its hardware, for `prov-agent check`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HardwareFact {
+    pub name: &'static str,
+    pub value: String,
+    /// Something the operator should act on (a PIN about to lock, say).
+    pub problem: bool,
+}
+
+impl HardwareFact {
+    pub fn info(name: &'static str, value: impl Into<String>) -> Self {
+        Self {
+            name,
+            value: value.into(),
+            problem: false,
+        }
+    }
+
+    pub fn problem(name: &'static str, value: impl Into<String>) -> Self {
+        Self {
+            name,
+            value: value.into(),
+            problem: true,
+        }
+    }
+}
+
 /// What a store says about one of its keys.
 #[derive(Clone, Debug)]
 pub struct KeyInfo {

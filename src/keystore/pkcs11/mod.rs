@@ -14,6 +14,7 @@
 //! `<current>.old`, and opening the store finishes or rolls back what a
 //! crash interrupted. The `.old` suffix is therefore reserved.
 
+mod abilities;
 mod error;
 mod keys;
 mod session;
@@ -32,8 +33,8 @@ pub use uri::{ObjectType, Pkcs11Uri, UriError};
 
 use self::keys::KeyObject;
 use super::{
-    Backend, KeyAlgorithm, KeyInfo, KeyLabel, KeyStore, KeyStoreError, Pkcs11Settings,
-    PrivateKeyMaterial, Result, SignatureScheme,
+    Backend, HardwareFact, KeyAlgorithm, KeyInfo, KeyLabel, KeyStore, KeyStoreError,
+    Pkcs11Settings, PrivateKeyMaterial, Result, SignatureScheme,
 };
 
 const BACKEND: Backend = Backend::Pkcs11;
@@ -65,6 +66,8 @@ pub struct Pkcs11KeyStore {
     settings: Pkcs11Settings,
     ctx: Pkcs11,
     conn: Mutex<Connection>,
+    /// Read at open: what the module offers of the mechanisms used.
+    mechanisms: abilities::Mechanisms,
 }
 
 impl std::fmt::Debug for Pkcs11KeyStore {
@@ -84,10 +87,12 @@ impl Pkcs11KeyStore {
         let ctx = session::module_context(&settings.module)?;
         let slot = session::find_token(&ctx, &settings.module, &settings.token_label)?;
         let session = session::open_session(&ctx, slot, settings)?;
+        let mechanisms = abilities::Mechanisms::read(&ctx, slot);
         let store = Self {
             settings: settings.clone(),
             ctx,
             conn: Mutex::new(Connection::new(slot, session)),
+            mechanisms,
         };
         // Lookups cope with a leftover `.old` key on their own, so a token
         // that refuses the clean-up (write-protected, say) is still usable.
@@ -293,7 +298,18 @@ impl KeyStore for Pkcs11KeyStore {
         self.with_session(true, keys::probe_import)
     }
 
+    fn hardware_facts(&self) -> Result<Vec<HardwareFact>> {
+        let conn = self.lock();
+        Ok(abilities::facts(
+            &self.ctx,
+            conn.slot,
+            &conn.session,
+            &self.mechanisms,
+        ))
+    }
+
     fn generate(&self, label: &KeyLabel, algorithm: KeyAlgorithm) -> Result<KeyInfo> {
+        self.mechanisms.check_generate(algorithm)?;
         self.change(|s| {
             self.check_free(s, label)?;
             let key = keys::generate(s, label.as_str(), algorithm)?;
@@ -350,6 +366,7 @@ impl KeyStore for Pkcs11KeyStore {
     }
 
     fn sign(&self, label: &KeyLabel, scheme: SignatureScheme, message: &[u8]) -> Result<Vec<u8>> {
+        self.mechanisms.check_sign(scheme)?;
         self.with_conn(true, |c| {
             let key = match c.signing_keys.get(label) {
                 Some(key) => key.clone(),
