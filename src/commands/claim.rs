@@ -35,6 +35,7 @@ pub fn import(
     args: &ClaimImport,
 ) -> Result<Imported, CommandError> {
     let label = &config.keystore.claim_key;
+    refuse_foreign_claim_key(config)?;
     let key_path = args
         .key
         .clone()
@@ -183,6 +184,22 @@ fn prove_key(
         })
 }
 
+/// `[PKCS11] CLAIM_KEY_ID`: the claim key is one other tools made, which
+/// the agent neither makes nor replaces.
+fn refuse_foreign_claim_key(config: &Config) -> Result<(), CommandError> {
+    if let crate::keystore::KeyStoreSettings::Pkcs11(p) = &config.keystore.settings {
+        if let Some(id) = p.key_ids.get(config.keystore.claim_key.as_str()) {
+            return Err(CommandError::Input(format!(
+                "[PKCS11] CLAIM_KEY_ID names the claim key (CKA_ID {}), made in the token by \
+                 other tools: prov-agent uses it as it is and does not make or import one; put \
+                 its certificate where [SETTINGS] CLAIM_CERT says, or remove CLAIM_KEY_ID",
+                hex::encode(id)
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn same_file(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
@@ -208,6 +225,7 @@ pub fn generate(
         )));
     }
     let label = &config.keystore.claim_key;
+    refuse_foreign_claim_key(config)?;
     let info = store.generate(label, config.keystore.algorithm)?;
     let result = make_csr(store.clone(), &info, &args.subject)
         .map_err(|e| CommandError::from(crate::provision::ProvisionError::from(e)))

@@ -255,6 +255,7 @@ pub const SCHEMA: &[(&str, &[KeySpec])] = &[
             ("MODULE", None),
             ("TOKEN_LABEL", None),
             ("PIN_SOURCE", None),
+            ("CLAIM_KEY_ID", None),
         ],
     ),
     (
@@ -326,6 +327,19 @@ impl Config {
             files.resolve(r.with_default("AGENT", "STATE_DIR", sections::path_value)?);
         let keystore = sections::keystore(&r, path, &state_dir)?;
         let provisioning = sections::provisioning(&r)?;
+        if let KeyStoreSettings::Pkcs11(p) = &keystore.settings {
+            if !p.key_ids.is_empty() && provisioning.decommission_claim {
+                return Err(ConfigError::Value {
+                    origin: path.display().to_string(),
+                    section: "PROVISIONING".into(),
+                    key: "DECOMMISSION_CLAIM".into(),
+                    message: "the claim key is one other tools made ([PKCS11] CLAIM_KEY_ID), \
+                              which the agent does not delete: set DECOMMISSION_CLAIM = false, or \
+                              delete it with the token's own tools after enrolling"
+                        .into(),
+                });
+            }
+        }
         let template_parameters = sections::template_parameters(&r, path, &provisioning)?;
         let rotation = sections::rotation(&r)?;
         let export = sections::export(&r, path, &files, &state_dir)?;

@@ -152,6 +152,19 @@ pub(super) fn keystore(
     let module = r.parse("PKCS11", "MODULE", path_value)?;
     let token_label = r.parse("PKCS11", "TOKEN_LABEL", values::non_empty)?;
     let pin = r.parse("PKCS11", "PIN_SOURCE", SecretSource::parse)?;
+    let claim_key_id = r.parse("PKCS11", "CLAIM_KEY_ID", key_id)?;
+    if claim_key_id.is_some() && backend != Backend::Pkcs11 {
+        return Err(ConfigError::Value {
+            origin: path.display().to_string(),
+            section: "PKCS11".into(),
+            key: "CLAIM_KEY_ID".into(),
+            message: format!(
+                "names a key of a PKCS#11 token, and [KEYSTORE] BACKEND is {backend}: set \
+                 BACKEND = pkcs11 or remove CLAIM_KEY_ID"
+            ),
+        });
+    }
+    let claim_key = r.with_default("KEYSTORE", "CLAIM_KEY", label)?;
     let backend_settings = match backend {
         Backend::Tpm => KeyStoreSettings::Tpm(tpm),
         Backend::Pkcs11 => {
@@ -177,13 +190,16 @@ pub(super) fn keystore(
                         "file:/path, env:NAME or credential:NAME (the PIN is never written in the config)",
                     )
                 })?,
+                key_ids: claim_key_id
+                    .map(|id| (claim_key.to_string(), id))
+                    .into_iter()
+                    .collect(),
             })
         }
         Backend::File => KeyStoreSettings::File(FileSettings {
             key_dir: state_dir.join("keys"),
         }),
     };
-    let claim_key = r.with_default("KEYSTORE", "CLAIM_KEY", label)?;
     let device_key = r.with_default("KEYSTORE", "DEVICE_KEY", label)?;
     if claim_key == device_key {
         return Err(ConfigError::Value {
@@ -389,6 +405,24 @@ pub(super) fn group_id(name: &str, file: &Path) -> Result<u32, String> {
                 file.display()
             )
         })
+}
+
+/// A CKA_ID: hex (`0a1b`, colons allowed: `0a:1b`) or RFC 7512's
+/// percent-encoding (`%0a%1b`).
+fn key_id(s: &str) -> Result<Vec<u8>, String> {
+    let t = s.trim();
+    let hex_digits: String = if t.starts_with('%') {
+        t.split('%').skip(1).collect()
+    } else {
+        t.replace(':', "")
+    };
+    match hex::decode(&hex_digits) {
+        Ok(id) if !id.is_empty() && id.len() <= 64 => Ok(id),
+        _ => Err(format!(
+            "{t:?} is not a CKA_ID: give it in hex (0a1b, or 0a:1b) or percent-encoded as in a \
+             PKCS#11 URI (%0a%1b), as pkcs11-tool --list-objects shows it"
+        )),
+    }
 }
 
 pub(super) fn path_value(s: &str) -> Result<PathBuf, String> {

@@ -373,3 +373,32 @@ fn groups_are_looked_up_in_the_group_file() {
     assert!(sections::group_id("bad-line", &file).is_err());
     assert!(sections::group_id("mosquitto", &file).is_err());
 }
+
+#[test]
+fn claim_key_id_forms_and_misuse() {
+    let pkcs11 = MINIMAL.replace(
+        "BACKEND = file",
+        "BACKEND = pkcs11\n[PKCS11]\nMODULE = /m.so\nTOKEN_LABEL = gw\nPIN_SOURCE = env:PIN",
+    );
+    for form in ["0a1b", "0a:1b", "%0a%1b", "0A1B"] {
+        let c = load(&format!("{pkcs11}\nCLAIM_KEY_ID = {form}\n")).unwrap();
+        let KeyStoreSettings::Pkcs11(p) = &c.keystore.settings else {
+            panic!("not pkcs11")
+        };
+        assert_eq!(p.key_ids.get("claim"), Some(&vec![0x0a, 0x1b]), "{form}");
+    }
+    for bad in ["xyz", "", "%zz", "0a1"] {
+        let e = load(&format!("{pkcs11}\nCLAIM_KEY_ID = {bad}\n"));
+        assert!(e.is_err(), "{bad:?} accepted");
+    }
+    let e = load(&format!("{MINIMAL}[PKCS11]\nCLAIM_KEY_ID = 0a\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("BACKEND = pkcs11"), "{e}");
+    let e = load(&format!(
+        "{pkcs11}\nCLAIM_KEY_ID = 0a\n[PROVISIONING]\nDECOMMISSION_CLAIM = true\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("DECOMMISSION_CLAIM"), "{e}");
+}

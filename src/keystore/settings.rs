@@ -145,6 +145,11 @@ pub struct Pkcs11Settings {
     pub token_label: String,
     /// Where the user PIN comes from.
     pub pin: SecretSource,
+    /// Keys made by other tools, found by CKA_ID instead of by label: the
+    /// store's label (`[KEYSTORE] CLAIM_KEY`) to the object's CKA_ID
+    /// (`[PKCS11] CLAIM_KEY_ID`). The agent uses such a key and never makes,
+    /// replaces or deletes one under its label.
+    pub key_ids: std::collections::BTreeMap<String, Vec<u8>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -165,6 +165,7 @@ impl SoftHsm {
             module: self.module.clone(),
             token_label: self.token_label.clone(),
             pin: SecretSource::File(self.pin_file.clone()),
+            key_ids: Default::default(),
         }
     }
 

@@ -1,6 +1,6 @@
 //! What the module and its token can do, learnt from them rather than
-//! assumed: the mechanisms the agent uses (C_GetMechanismList and
-//! C_GetMechanismInfo, read when the store opens and kept for its life) and
+//! assumed: the mechanisms the agent uses (C_GetMechanismInfo, read when
+//! the store opens and kept for its life) and
 //! the token's flags; on demand (`prov-agent check`), whether private-key
 //! import, C_CopyObject and changing CKA_LABEL work, tried on session
 //! objects that vanish with the session.
@@ -10,6 +10,7 @@
 //! module for anything.
 
 use cryptoki::context::Pkcs11;
+use cryptoki::error::RvError;
 use cryptoki::mechanism::{MechanismInfo, MechanismType};
 use cryptoki::object::{Attribute, ObjectClass};
 use cryptoki::session::Session;
@@ -34,33 +35,30 @@ const USED: [(MechanismType, &str); 5] = [
 #[derive(Clone, Debug, Default)]
 pub struct Mechanisms {
     offered: Vec<(MechanismType, &'static str, MechanismInfo)>,
-    /// The module did not answer C_GetMechanismList: nothing is refused
+    /// The module did not answer C_GetMechanismInfo: nothing is refused
     /// beforehand (the operation then says what went wrong).
     unknown: bool,
 }
 
 impl Mechanisms {
-    /// Reads the mechanism list and the info of the ones the agent uses.
+    /// Asks for the info of each mechanism the agent uses (C_GetMechanismInfo:
+    /// CKR_MECHANISM_INVALID means not offered). Not C_GetMechanismList:
+    /// cryptoki logs an error for every vendor mechanism in the list.
     pub fn read(ctx: &Pkcs11, slot: Slot) -> Self {
-        let list = match ctx.get_mechanism_list(slot) {
-            Ok(list) => list,
-            Err(e) => {
-                tracing::warn!("pkcs11: the module does not list its mechanisms: {e}");
-                return Self {
-                    offered: Vec::new(),
-                    unknown: true,
-                };
+        let mut offered = Vec::new();
+        for (m, name) in USED {
+            match ctx.get_mechanism_info(slot, m) {
+                Ok(info) => offered.push((m, name, info)),
+                Err(cryptoki::error::Error::Pkcs11(RvError::MechanismInvalid, _)) => {}
+                Err(e) => {
+                    tracing::warn!("pkcs11: the module does not describe {name}: {e}");
+                    return Self {
+                        offered: Vec::new(),
+                        unknown: true,
+                    };
+                }
             }
-        };
-        let offered = USED
-            .iter()
-            .filter(|(m, _)| list.contains(m))
-            .filter_map(|(m, name)| {
-                ctx.get_mechanism_info(slot, *m)
-                    .ok()
-                    .map(|info| (*m, *name, info))
-            })
-            .collect();
+        }
         Self {
             offered,
             unknown: false,

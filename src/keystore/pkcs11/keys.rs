@@ -123,6 +123,45 @@ pub fn find(session: &Session, label: &str) -> Result<Option<KeyObject>> {
     describe(session, handle, label).map(Some)
 }
 
+/// The private key whose CKA_ID is `id` (a key made by other tools; the
+/// store knows it as `label`), if there is one; two is an error.
+pub fn find_by_id(session: &Session, id: &[u8], label: &str) -> Result<Option<KeyObject>> {
+    let handles = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Token(true),
+            Attribute::Id(id.to_vec()),
+        ])
+        .map_err(|e| error::map("find private key by CKA_ID", e))?;
+    let handle = match handles.as_slice() {
+        [] => return Ok(None),
+        [h] => *h,
+        many => {
+            return Err(KeyStoreError::Backend {
+                backend: BACKEND,
+                op: "find private key by CKA_ID".into(),
+                detail: format!(
+                    "{} private keys have CKA_ID {} on the token; give the key {label:?} a \
+                     CKA_ID of its own",
+                    many.len(),
+                    hex::encode(id)
+                ),
+                code: None,
+            })
+        }
+    };
+    let mut key = describe(session, handle, label)?;
+    // Its own label, whatever it is, for messages and `keys list`.
+    if let Ok(attrs) = session.get_attributes(handle, &[AttributeType::Label]) {
+        for a in attrs {
+            if let Attribute::Label(l) = a {
+                key.object_label = String::from_utf8_lossy(&l).into_owned();
+            }
+        }
+    }
+    Ok(Some(key))
+}
+
 /// Reads what the store needs to know about a private key object.
 fn describe(session: &Session, handle: ObjectHandle, label: &str) -> Result<KeyObject> {
     let attrs = session

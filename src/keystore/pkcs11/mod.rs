@@ -193,6 +193,9 @@ impl Pkcs11KeyStore {
     /// The key that `label` means now: the object labelled `label`, or, in
     /// the middle of an interrupted promotion, the old key at `<label>.old`.
     fn resolve(&self, s: &Session, label: &KeyLabel) -> Result<Option<KeyObject>> {
+        if let Some(id) = self.settings.key_ids.get(label.as_str()) {
+            return keys::find_by_id(s, id, label.as_str());
+        }
         if let Some(key) = keys::find(s, label.as_str())? {
             return Ok(Some(key));
         }
@@ -209,21 +212,68 @@ impl Pkcs11KeyStore {
     }
 
     fn not_found(&self, label: &KeyLabel, hint: &'static str) -> KeyStoreError {
-        KeyStoreError::NotFound {
-            label: label.to_string(),
-            backend: BACKEND,
-            reference: self.reference(label.as_str()),
-            hint: hint.into(),
+        match self.settings.key_ids.get(label.as_str()) {
+            Some(id) => KeyStoreError::NotFound {
+                label: label.to_string(),
+                backend: BACKEND,
+                reference: self.id_reference(id),
+                hint: format!(
+                    "no private key on the token has that CKA_ID ([PKCS11] CLAIM_KEY_ID): check \
+                     the id with `pkcs11-tool --list-objects` (hex {})",
+                    hex::encode(id)
+                )
+                .into(),
+            },
+            None => KeyStoreError::NotFound {
+                label: label.to_string(),
+                backend: BACKEND,
+                reference: self.reference(label.as_str()),
+                hint: hint.into(),
+            },
         }
     }
 
+    /// The URI of the private key whose CKA_ID is `id`.
+    fn id_reference(&self, id: &[u8]) -> String {
+        Pkcs11Uri {
+            token: Some(self.settings.token_label.clone()),
+            id: Some(id.to_vec()),
+            object_type: Some(ObjectType::Private),
+            ..Pkcs11Uri::default()
+        }
+        .to_string()
+    }
+
     fn key_info(&self, s: &Session, label: &KeyLabel, key: &KeyObject) -> Result<KeyInfo> {
+        let reference = match self.settings.key_ids.get(label.as_str()) {
+            Some(id) => self.id_reference(id),
+            None => self.reference(&key.object_label),
+        };
         Ok(KeyInfo {
             label: label.clone(),
             backend: Backend::Pkcs11,
-            reference: self.reference(&key.object_label),
+            reference,
             public_key: keys::public_key(s, key)?,
         })
+    }
+
+    /// Refuses to make, replace or delete a key that `[PKCS11] CLAIM_KEY_ID`
+    /// says another tool made.
+    fn not_ours(&self, label: &KeyLabel) -> Result<()> {
+        match self.settings.key_ids.get(label.as_str()) {
+            Some(id) => Err(KeyStoreError::Backend {
+                backend: BACKEND,
+                op: format!("change key {label}").into(),
+                detail: format!(
+                    "{label} is the token's key {} ([PKCS11] CLAIM_KEY_ID), made by other \
+                     tools: the agent uses it as it is and never makes, replaces or deletes it; \
+                     remove CLAIM_KEY_ID to manage the claim key with prov-agent",
+                    self.id_reference(id)
+                ),
+                code: None,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Finishes or undoes promotions that a crash interrupted: a leftover
@@ -273,6 +323,7 @@ impl Pkcs11KeyStore {
     }
 
     fn check_free(&self, s: &Session, label: &KeyLabel) -> Result<()> {
+        self.not_ours(label)?;
         if keys::find(s, label.as_str())?.is_some() {
             return Err(KeyStoreError::AlreadyExists {
                 label: label.to_string(),
@@ -405,6 +456,7 @@ impl KeyStore for Pkcs11KeyStore {
         if pending == current {
             return self.info(current);
         }
+        self.not_ours(current)?;
         self.change(|s| {
             let new = keys::find(s, pending.as_str())?.ok_or_else(|| {
                 self.not_found(
@@ -443,6 +495,7 @@ impl KeyStore for Pkcs11KeyStore {
     }
 
     fn delete(&self, label: &KeyLabel) -> Result<()> {
+        self.not_ours(label)?;
         self.change(|s| {
             let key = keys::find(s, label.as_str())?;
             let old = keys::find(s, &Self::old_label(label.as_str()))?;
