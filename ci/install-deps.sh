@@ -15,6 +15,7 @@ packages=(
   tpm2-openssl             # OpenSSL's tpm2 provider: a consumer of the TPM key file (tests/consumers.rs)
   libengine-pkcs11-openssl # OpenSSL's pkcs11 engine: a consumer of the PKCS#11 URI (tests/consumers.rs)
   gnutls-bin               # gnutls-cli: a consumer of tpm2-pkcs11 keys (tests/consumers.rs)
+  mosquitto mosquitto-clients  # an MQTT bridge using the TPM key file (tests/consumers.rs)
   pkg-config clang libclang-dev
   python3-venv             # the awsiotsdk test's virtualenv
   time                     # GNU time: peak RSS in ci/bench.sh enroll
