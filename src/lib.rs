@@ -16,6 +16,8 @@ pub mod durable;
 pub mod error;
 pub mod hardening;
 pub mod keystore;
+#[cfg(feature = "fault-injection")]
+pub mod memdump;
 pub mod mqtt;
 pub mod provision;
 pub mod timefmt;

@@ -9,6 +9,17 @@ use prov_agent::commands::{self, exit, CommandError};
 use prov_agent::config::{Config, DEFAULT_PATH, ENV_CONFIG};
 use prov_agent::keystore;
 
+/// Every heap block is wiped when freed: library buffers the agent cannot
+/// wipe itself (rustls' record buffers, serde_json's scratch space, the
+/// JSON tree the service's answer was parsed into) once held the private
+/// key CreateKeysAndCertificate sends, the PIN and the ownership token.
+/// What is still allocated is the agent's to wipe (`Zeroizing`,
+/// `SecretString`); memory the C libraries of the key stores allocate is
+/// not covered. The cost is in `ci/bench.sh enroll` (README).
+#[global_allocator]
+static ALLOCATOR: zeroizing_alloc::ZeroAlloc<std::alloc::System> =
+    zeroizing_alloc::ZeroAlloc(std::alloc::System);
+
 fn main() -> ExitCode {
     // Before anything holds a secret (src/hardening.rs).
     if let Err(e) = prov_agent::hardening::forbid_core_dumps() {
@@ -33,7 +44,11 @@ fn main() -> ExitCode {
         }
     };
     init_logging();
-    match run(cli) {
+    let result = run(cli);
+    // Tests look through the process's memory as it is now (src/memdump.rs).
+    #[cfg(feature = "fault-injection")]
+    prov_agent::memdump::at_exit();
+    match result {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
             eprintln!("prov-agent: {}", prov_agent::error::report(&e));

@@ -30,6 +30,8 @@ pub const RESERVED_ENV: &[&str] = &[
     "PROV_AGENT_LOG",
     "PROV_AGENT_PIN",
     "PROV_AGENT_FAULT",
+    "PROV_AGENT_MEMDUMP",
+    "PROV_AGENT_MEMDUMP_MARK",
 ];
 /// Prefix of the per-key environment overrides.
 pub const ENV_PREFIX: &str = "PROV_AGENT_";

@@ -1,0 +1,93 @@
+//! No copy of a secret left in the agent's memory (issue #13), looked for
+//! the way an attacker with a core image would: after a keys-mode
+//! enrollment (the service sends the device's private key, which goes into
+//! the hardware) the agent writes all its writable memory to a file at exit
+//! (`PROV_AGENT_MEMDUMP`, test builds only, src/memdump.rs), and the test
+//! searches it for the key in every form it travelled in (PEM, JSON-escaped
+//! PEM, DER) and for the PKCS#11 PIN.
+//!
+//! The dump's own check: a string the agent keeps is in it (so the dump
+//! sees the heap) and one it freed is not (freed memory is wiped).
+
+mod common;
+
+use common::backend::Backend;
+use common::device::{text, Device};
+use common::emulator::TestCloud;
+
+/// Where `needle` occurs in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// DER openings of an RSA-2048 private key (what CreateKeysAndCertificate
+/// sends): PKCS#1 RSAPrivateKey (version 0, a 257-byte modulus) and PKCS#8
+/// (version 0, rsaEncryption).
+const RSA_PKCS1_DER: &[u8] = &[0x02, 0x01, 0x00, 0x02, 0x82, 0x01, 0x01, 0x00];
+const PKCS8_RSA_DER: &[u8] = &[
+    0x02, 0x01, 0x00, 0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+    0x05, 0x00, 0x04, 0x82,
+];
+
+async fn keys_mode_enroll_leaves_no_key_in_memory(backend: Backend, pin: Option<&str>) {
+    let cloud = TestCloud::start().await;
+    let device = Device::new(&cloud, backend, "MODE = keys\n");
+    device.import_claim().await;
+    let dump = device.dir.path().join("memory.dump");
+    let mark = hex::encode(rand::random::<[u8; 8]>());
+    let out = device
+        .run_env(
+            &["enroll"],
+            &[
+                ("PROV_AGENT_MEMDUMP", dump.to_str().unwrap()),
+                ("PROV_AGENT_MEMDUMP_MARK", &mark),
+            ],
+        )
+        .await;
+    assert!(out.status.success(), "enroll: {}", text(&out));
+    let memory = std::fs::read(&dump).unwrap();
+    assert!(memory.len() > 100_000, "the dump is {} bytes", memory.len());
+    assert!(
+        find(&memory, format!("KEPT-{mark}").as_bytes()).is_some(),
+        "the dump does not see the heap"
+    );
+    assert!(
+        find(&memory, format!("FREED-{mark}").as_bytes()).is_none(),
+        "freed memory is not wiped"
+    );
+    for (what, needle) in [
+        ("a PEM private key", b"PRIVATE KEY".as_slice()),
+        ("an RSA private key (PKCS#1 DER)", RSA_PKCS1_DER),
+        ("an RSA private key (PKCS#8 DER)", PKCS8_RSA_DER),
+    ] {
+        if let Some(at) = find(&memory, needle) {
+            let context = &memory[at.saturating_sub(64)..(at + 96).min(memory.len())];
+            panic!(
+                "{what} is in the agent's memory at offset {at}: {:?}",
+                String::from_utf8_lossy(context)
+            );
+        }
+    }
+    if let Some(pin) = pin {
+        assert!(
+            find(&memory, pin.as_bytes()).is_none(),
+            "the PIN is in the agent's memory"
+        );
+    }
+}
+
+#[cfg(feature = "pkcs11")]
+#[tokio::test(flavor = "multi_thread")]
+async fn softhsm_keys_mode_enroll_leaves_no_key_or_pin_in_memory() {
+    keys_mode_enroll_leaves_no_key_in_memory(
+        Backend::pkcs11("memory"),
+        Some(common::softhsm::USER_PIN),
+    )
+    .await;
+}
+
+#[cfg(feature = "tpm")]
+#[tokio::test(flavor = "multi_thread")]
+async fn tpm_keys_mode_enroll_leaves_no_key_in_memory() {
+    keys_mode_enroll_leaves_no_key_in_memory(Backend::tpm(), None).await;
+}
