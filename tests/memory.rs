@@ -4,7 +4,7 @@
 //! the hardware) the agent writes all its writable memory to a file at exit
 //! (`PROV_AGENT_MEMDUMP`, test builds only, src/memdump.rs), and the test
 //! searches it for the key in every form it travelled in (PEM, JSON-escaped
-//! PEM, DER) and for the PKCS#11 PIN.
+//! PEM, DER), for the ownership token and for the PKCS#11 PIN.
 //!
 //! The dump's own check: a string the agent keeps is in it (so the dump
 //! sees the heap) and one it freed is not (freed memory is wiped).
@@ -18,6 +18,20 @@ use common::emulator::TestCloud;
 /// Where `needle` occurs in `hay`.
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Base64url without padding of `bytes` (a multiple of 3 long).
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    assert_eq!(bytes.len() % 3, 0);
+    let mut out = String::new();
+    for group in bytes.chunks(3) {
+        let n = (u32::from(group[0]) << 16) | (u32::from(group[1]) << 8) | u32::from(group[2]);
+        for shift in [18, 12, 6, 0] {
+            out.push(ALPHABET[((n >> shift) & 63) as usize] as char);
+        }
+    }
+    out
 }
 
 /// DER openings of an RSA-2048 private key (what CreateKeysAndCertificate
@@ -68,6 +82,15 @@ async fn keys_mode_enroll_leaves_no_key_in_memory(backend: Backend, pin: Option<
             );
         }
     }
+    // The ownership token (the emulator's: base64url of "<certificate
+    // id>.<expiry>", then its MAC): its first 84 characters encode the
+    // certificate id's first 63 bytes, whatever follows.
+    let certificate_id = device.identity().unwrap().certificate_id;
+    let token_start = base64url(&certificate_id.as_bytes()[..63]);
+    assert!(
+        find(&memory, token_start.as_bytes()).is_none(),
+        "the ownership token is in the agent's memory after the commit"
+    );
     if let Some(pin) = pin {
         assert!(
             find(&memory, pin.as_bytes()).is_none(),
