@@ -12,12 +12,22 @@
 //!   its own again.
 //!
 //! The units set `LimitCORE=0` too (systemd/).
+//!
+//! - `mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)`, when it is safe:
+//!   the pages the process touches stay in RAM and never reach swap, with
+//!   whatever secret they hold at the time. Only with CAP_IPC_LOCK (root)
+//!   or no locked-memory limit (the units set `LimitMEMLOCK=infinity`):
+//!   under a finite limit the kernel counts every later mapping in full
+//!   (a thread's 64 MiB malloc arena, say) against it, and an allocation
+//!   past it would fail and abort the agent. Otherwise the agent says so (a
+//!   warning if the machine has swap, where it matters) and goes on.
 
+use rustix::mm::{self, MlockAllFlags};
 use rustix::process::{self, DumpableBehavior, Resource, Rlimit};
 
 /// Why a protection could not be set.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot forbid core dumps ({what}): {source}")]
+#[error("cannot protect the process's memory ({what}): {source}")]
 pub struct HardeningError {
     what: &'static str,
     #[source]
@@ -42,6 +52,51 @@ pub fn forbid_core_dumps() -> Result<(), HardeningError> {
         what: "setrlimit(RLIMIT_CORE)",
         source: e.into(),
     })
+}
+
+/// Locks the process's memory in RAM (see the module docs). `Err` when
+/// the kernel refused, which the caller reports and survives.
+pub fn lock_memory() -> Result<(), HardeningError> {
+    let unlimited = process::getrlimit(Resource::Memlock).current.is_none();
+    let privileged = rustix::thread::capabilities(None).is_ok_and(|c| {
+        c.effective
+            .contains(rustix::thread::CapabilitySet::IPC_LOCK)
+    });
+    if !unlimited && !privileged {
+        return Err(HardeningError {
+            what: "mlockall",
+            source: std::io::Error::other(
+                "the locked-memory limit is finite and the process lacks CAP_IPC_LOCK, so \
+                 locking would make later allocations fail",
+            ),
+        });
+    }
+    mm::mlockall(MlockAllFlags::CURRENT | MlockAllFlags::FUTURE | MlockAllFlags::ONFAULT).map_err(
+        |e| HardeningError {
+            what: "mlockall",
+            source: e.into(),
+        },
+    )
+}
+
+/// [`lock_memory`], and a word when it fails: a warning when the machine
+/// has swap (secrets could be written to it), else a debug line.
+pub fn lock_memory_or_say() {
+    if let Err(e) = lock_memory() {
+        let swap = std::fs::read_to_string("/proc/swaps")
+            .map(|s| s.lines().count() > 1)
+            .unwrap_or(true);
+        if swap {
+            tracing::warn!(
+                error = %crate::error::report(&e),
+                "memory not locked: secrets in it may be written to swap; lift the \
+                 locked-memory limit (LimitMEMLOCK=infinity, as the shipped units do) or \
+                 disable swap"
+            );
+        } else {
+            tracing::debug!(error = %crate::error::report(&e), "memory not locked (no swap)");
+        }
+    }
 }
 
 /// Whether the process may be dumped (`PR_GET_DUMPABLE`).

@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging();
+    prov_agent::hardening::lock_memory_or_say();
     let result = run(cli);
     // Tests look through the process's memory as it is now (src/memdump.rs).
     #[cfg(feature = "fault-injection")]

@@ -81,3 +81,60 @@ fn the_agent_cannot_be_dumped_or_read_by_its_own_user() {
     let _ = control.wait();
     assert_eq!(owner, NOBODY, "the check cannot tell a dumpable process");
 }
+
+/// `VmLck` of a process, in kB.
+fn locked_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmLck:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// With CAP_IPC_LOCK (the tests run as root) the agent's memory is locked,
+/// so nothing it holds reaches swap; as an unprivileged user under a finite
+/// locked-memory limit it does not lock (that would make allocations fail
+/// later) and still works.
+#[test]
+fn the_agents_memory_is_locked_when_that_is_safe() {
+    let mut cmd = common::clean_command(env!("CARGO_BIN_EXE_prov-agent"));
+    cmd.arg("key-helper")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut agent = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut locked = 0;
+    while Instant::now() < deadline {
+        locked = locked_kb(agent.id());
+        if locked > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(agent.stdin.take());
+    let _ = agent.wait();
+    assert!(locked > 0, "the agent running as root locked no memory");
+
+    // As nobody, whose locked-memory limit is finite: not locked, alive.
+    let mut cmd = common::clean_command(env!("CARGO_BIN_EXE_prov-agent"));
+    cmd.arg("key-helper");
+    let mut agent = as_nobody(cmd);
+    observe(&agent, Duration::from_millis(300));
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", agent.id())).unwrap();
+    let memlock = limits
+        .lines()
+        .find(|l| l.starts_with("Max locked memory"))
+        .unwrap()
+        .to_string();
+    let still_running = agent.try_wait().unwrap().is_none();
+    let locked = locked_kb(agent.id());
+    drop(agent.stdin.take());
+    let _ = agent.wait();
+    assert!(still_running, "the agent as nobody died");
+    if !memlock.contains("unlimited") {
+        assert_eq!(locked, 0, "locked under a finite limit: {memlock}");
+    }
+}
