@@ -40,7 +40,16 @@ async fn command_rotation(backend: Backend) {
     std::fs::write(&device.config, cfg).unwrap();
     let before = device.identity().unwrap();
 
-    let daemon = Daemon::start(&device);
+    // What the daemon's environment may hold (a PIN given as
+    // `PIN_SOURCE = env:`, systemd's credentials directory) must not reach
+    // the command.
+    let daemon = Daemon::start_env(
+        &device,
+        &[
+            ("PKCS11_PIN", "daemon-env-secret-1234"),
+            ("CREDENTIALS_DIRECTORY", "/run/credentials/prov-agent.service"),
+        ],
+    );
     daemon
         .wait_log("connected", 1, Duration::from_secs(15))
         .await;
@@ -74,6 +83,16 @@ async fn command_rotation(backend: Backend) {
     assert!(env.contains("PROV_AGENT_CERT_PATH="), "{env}");
     assert!(env.contains("PROV_AGENT_KEY_REFERENCE="), "{env}");
     assert!(!env.contains("NOTIFY_SOCKET"), "{env}");
+    // Nothing of the daemon's environment but the allowlist.
+    for secret in [
+        "daemon-env-secret-1234",
+        "CREDENTIALS_DIRECTORY",
+        "PROV_AGENT_LOG",
+    ] {
+        assert!(!env.contains(secret), "{secret} reached the command: {env}");
+    }
+    assert!(env.contains("PATH="), "{env}");
+    assert!(env.contains("PROV_AGENT_EXPORT_DIR="), "{env}");
     // ... and inherited no descriptor beyond stdin, stdout and stderr: no
     // TPM connection, no token session, nothing of the daemon's.
     let listing = std::fs::read_to_string(&fds_file).unwrap();

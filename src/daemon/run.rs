@@ -39,6 +39,10 @@ use crate::provision::{lock_state_dir, ProvisionError};
 /// The job document operation that asks for a rotation.
 pub const JOB_OPERATION: &str = "rotate-certificate";
 
+/// The only variables of the daemon's environment the post-rotation
+/// command gets (besides the `PROV_AGENT_*` that describe the rotation).
+pub const POST_ROTATION_ENV: &[&str] = &["PATH", "LANG", "LC_ALL", "TZ"];
+
 /// Why a rotation runs.
 #[derive(Debug, Clone)]
 enum Trigger {
@@ -412,7 +416,8 @@ impl Daemon {
     }
 
     /// Runs [ROTATION] POST_ROTATION_COMMAND with `/bin/sh -c`, telling it
-    /// the new identity through the environment.
+    /// the new identity through the environment, which otherwise holds only
+    /// [`POST_ROTATION_ENV`] of the daemon's.
     async fn post_rotation(&self) {
         let Some(command) = self.config.rotation.post_rotation_command.clone() else {
             return;
@@ -424,6 +429,18 @@ impl Daemon {
             .and_then(|k| k.openssl_key(Some(&export.join(crate::provision::export::TPM_KEY_FILE))))
             .unwrap_or_default();
         let mut cmd = tokio::process::Command::new("/bin/sh");
+        // Nothing of the daemon's environment but an allowlist: it may hold
+        // the PIN (`PIN_SOURCE = env:`), `CREDENTIALS_DIRECTORY` and the
+        // rest of what the daemon was started with.
+        cmd.env_clear();
+        for name in POST_ROTATION_ENV {
+            if let Some(value) = std::env::var_os(name) {
+                cmd.env(name, value);
+            }
+        }
+        if std::env::var_os("PATH").is_none() {
+            cmd.env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        }
         cmd.arg("-c")
             .arg(&command)
             .env("PROV_AGENT_THING_NAME", &self.identity.thing_name)

@@ -16,12 +16,18 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(device: &Device) -> Self {
+        Self::start_env(device, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables.
+    pub fn start_env(device: &Device, env: &[(&str, &str)]) -> Self {
         let mut child = super::clean_tokio_command(env!("CARGO_BIN_EXE_prov-agent"))
             .arg("--config")
             .arg(&device.config)
             .arg("run")
             .env("PROV_AGENT_LOG", "info")
             .envs(device.backend.env())
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
