@@ -47,7 +47,10 @@ async fn command_rotation(backend: Backend) {
         &device,
         &[
             ("PKCS11_PIN", "daemon-env-secret-1234"),
-            ("CREDENTIALS_DIRECTORY", "/run/credentials/prov-agent.service"),
+            (
+                "CREDENTIALS_DIRECTORY",
+                "/run/credentials/prov-agent.service",
+            ),
         ],
     );
     daemon

@@ -178,7 +178,17 @@ fn wrong_pin_is_bad_pin() {
     assert!(!text.contains("not-the-pin"), "the PIN leaked: {text}");
     assert!(!format!("{err:?}").contains("not-the-pin"));
     assert!(!err.is_retryable());
-    // The right PIN still works afterwards.
+    assert_eq!(err.kind(), prov_agent::error::ErrorKind::Config);
+    // The token now says a wrong PIN was given: the agent does not try
+    // again, even with the right PIN, so that a wrong PIN source cannot
+    // spend the token's tries one restart at a time.
+    let refused = Pkcs11KeyStore::open(&hsm.settings()).unwrap_err();
+    assert!(matches!(refused, KeyStoreError::BadPin { .. }), "{refused}");
+    let text = refused.to_string();
+    assert!(text.contains("did not try to log in"), "{text}");
+    assert!(text.contains("pkcs11-tool"), "{text}");
+    // A login by hand with the right PIN clears the count; then it opens.
+    drop(hsm.user_session());
     open(&hsm);
 }
 

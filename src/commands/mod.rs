@@ -104,9 +104,10 @@ impl CommandError {
             | CommandError::Input(_)
             | CommandError::Certificate(_)
             | CommandError::KeyFile { .. } => ErrorKind::Config,
-            CommandError::KeyStore(_)
-            | CommandError::ImportUnproven { .. }
-            | CommandError::ClaimImportRefused { .. } => ErrorKind::KeyStore,
+            CommandError::KeyStore(e) => e.kind(),
+            CommandError::ImportUnproven { .. } | CommandError::ClaimImportRefused { .. } => {
+                ErrorKind::KeyStore
+            }
             CommandError::Provision(e) => e.kind(),
             CommandError::Io { .. }
             | CommandError::Runtime(_)

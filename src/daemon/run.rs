@@ -439,7 +439,10 @@ impl Daemon {
             }
         }
         if std::env::var_os("PATH").is_none() {
-            cmd.env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+            cmd.env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            );
         }
         cmd.arg("-c")
             .arg(&command)

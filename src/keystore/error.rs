@@ -150,6 +150,17 @@ impl HardwareCode {
 }
 
 impl KeyStoreError {
+    /// What kind of failure this is: a wrong PIN is the configuration's
+    /// (its PIN source), which no retry or restart mends and each attempt
+    /// of which costs one of the token's few tries; everything else is the
+    /// key store's.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            KeyStoreError::BadPin { .. } => crate::error::ErrorKind::Config,
+            _ => crate::error::ErrorKind::KeyStore,
+        }
+    }
+
     /// Whether the same call may succeed later without anyone changing
     /// anything (a busy device, a resource manager that is restarting, a
     /// key helper that died).

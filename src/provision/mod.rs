@@ -217,7 +217,7 @@ impl ProvisionError {
             | ProvisionError::Serial(_)
             | ProvisionError::KeysModeImportRefused(_)
             | ProvisionError::Endpoint(_) => ErrorKind::Config,
-            ProvisionError::KeyStore(_) => ErrorKind::KeyStore,
+            ProvisionError::KeyStore(e) => e.kind(),
             ProvisionError::Mqtt(e) => e.kind(),
             ProvisionError::GaveUp { .. } => ErrorKind::Unreachable,
             ProvisionError::BadResponse { .. }

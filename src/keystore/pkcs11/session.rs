@@ -114,7 +114,44 @@ pub fn find_token(ctx: &Pkcs11, module: &Path, label: &str) -> Result<Slot> {
 /// Opens a read/write session on the token and logs the user in with the
 /// PIN from the settings' PIN source. The PIN lives only in a
 /// `SecretString` for the duration of this call.
+///
+/// It does not try when the token says a wrong PIN was given since the
+/// last successful login (CKF_USER_PIN_COUNT_LOW, CKF_USER_PIN_FINAL_TRY)
+/// or the PIN is locked: real tokens lock the PIN after 3 to 10 wrong
+/// tries, and a wrong PIN source would spend them one restart at a time.
 pub fn open_session(ctx: &Pkcs11, slot: Slot, settings: &Pkcs11Settings) -> Result<Session> {
+    if let Ok(token) = ctx.get_token_info(slot) {
+        let refuse = |why: &str| KeyStoreError::BadPin {
+            backend: BACKEND,
+            detail: format!(
+                "the agent did not try to log in to token {:?}: {why}. Check PIN_SOURCE ({:?}), \
+                 then log in once by hand with the right PIN, which clears the token's count \
+                 (pkcs11-tool --module {} --token-label {:?} --login --test)",
+                settings.token_label,
+                settings.pin,
+                settings.module.display(),
+                settings.token_label
+            ),
+        };
+        if token.user_pin_locked() {
+            return Err(KeyStoreError::BadPin {
+                backend: BACKEND,
+                detail: format!(
+                    "the user PIN of token {:?} is locked after too many wrong tries: the \
+                     security officer must unlock it (for SoftHSM: softhsm2-util --init-pin)",
+                    settings.token_label
+                ),
+            });
+        }
+        if token.user_pin_final_try() {
+            return Err(refuse("the token says one more wrong PIN locks it"));
+        }
+        if token.user_pin_count_low() {
+            return Err(refuse(
+                "the token says a wrong PIN was given since the last successful login",
+            ));
+        }
+    }
     let session = ctx
         .open_rw_session(slot)
         .map_err(|e| error::map("open session", e))?;
