@@ -201,14 +201,7 @@ pub(super) fn keystore(
         }),
     };
     let device_key = r.with_default("KEYSTORE", "DEVICE_KEY", label)?;
-    if claim_key == device_key {
-        return Err(ConfigError::Value {
-            origin: path.display().to_string(),
-            section: "KEYSTORE".into(),
-            key: "DEVICE_KEY".into(),
-            message: format!("must differ from CLAIM_KEY (both are {claim_key})"),
-        });
-    }
+    check_key_labels(path, &claim_key, &device_key)?;
     Ok(KeyStoreConfig {
         backend,
         claim_key,
@@ -249,8 +242,12 @@ pub(super) fn provisioning(r: &Reader) -> Result<ProvisioningConfig, ConfigError
             Some(on) => on,
             None => port == 443,
         },
-        response_timeout: r.with_default("PROVISIONING", "RESPONSE_TIMEOUT", positive_duration)?,
-        connect_timeout: r.with_default("PROVISIONING", "CONNECT_TIMEOUT", positive_duration)?,
+        response_timeout: r.with_default("PROVISIONING", "RESPONSE_TIMEOUT", |s| {
+            bounded_duration(s, HOUR, "1h")
+        })?,
+        connect_timeout: r.with_default("PROVISIONING", "CONNECT_TIMEOUT", |s| {
+            bounded_duration(s, HOUR, "1h")
+        })?,
         max_retries: r.with_default("PROVISIONING", "MAX_RETRIES", |s| {
             s.trim()
                 .parse::<u32>()
@@ -337,16 +334,81 @@ pub(super) fn rotation(r: &Reader) -> Result<RotationConfig, ConfigError> {
                 values::fraction(s).map(RotationThreshold::Lifetime)
             } else {
                 values::duration(s)
+                    .and_then(|d| at_most(d, s, CENTURY, "36500d"))
                     .map(RotationThreshold::BeforeExpiry)
                     .map_err(|e| format!("{e}; or a share of the lifetime such as 66%"))
             }
         })?,
-        random_delay: r.with_default("ROTATION", "RANDOM_DELAY", values::duration)?,
-        check_interval: r.with_default("ROTATION", "CHECK_INTERVAL", positive_duration)?,
+        random_delay: r.with_default("ROTATION", "RANDOM_DELAY", |s| {
+            values::duration(s).and_then(|d| at_most(d, s, MONTH, "30d"))
+        })?,
+        check_interval: r.with_default("ROTATION", "CHECK_INTERVAL", |s| {
+            bounded_duration(s, MONTH, "30d")
+        })?,
         command_topic: r.with_default("ROTATION", "COMMAND_TOPIC", values::topic)?,
         report_topic: r.with_default("ROTATION", "REPORT_TOPIC", values::topic)?,
         post_rotation_command: r.parse("ROTATION", "POST_ROTATION_COMMAND", values::non_empty)?,
     })
+}
+
+/// Longest configured label: the agent derives labels with up to 8 more
+/// characters (`.pending`, `.alt.old`) and every label is at most 64.
+const MAX_CONFIGURED_LABEL: usize = 56;
+
+/// The labels the agent makes of the claim key's (staging for `claim
+/// import`, and `.old` while the PKCS#11 store promotes) and of the device
+/// key's (the second slot, and `.old` of each).
+fn derived_labels(claim: &str, device: &str) -> (Vec<String>, Vec<String>) {
+    let claim_labels = vec![
+        claim.to_string(),
+        format!("{claim}.pending"),
+        format!("{claim}.old"),
+    ];
+    let device_labels = vec![
+        device.to_string(),
+        format!("{device}.alt"),
+        format!("{device}.old"),
+        format!("{device}.alt.old"),
+    ];
+    (claim_labels, device_labels)
+}
+
+/// CLAIM_KEY and DEVICE_KEY leave room for the labels derived from them,
+/// and no label of one is a label of the other (`CLAIM_KEY = device.alt`
+/// would have the first rotation delete the claim key).
+fn check_key_labels(path: &Path, claim: &KeyLabel, device: &KeyLabel) -> Result<(), ConfigError> {
+    let value = |key: &str, message: String| ConfigError::Value {
+        origin: path.display().to_string(),
+        section: "KEYSTORE".into(),
+        key: key.into(),
+        message,
+    };
+    for (key, label) in [("CLAIM_KEY", claim), ("DEVICE_KEY", device)] {
+        if label.as_str().len() > MAX_CONFIGURED_LABEL {
+            return Err(value(
+                key,
+                format!(
+                    "{label} is {} characters; at most {MAX_CONFIGURED_LABEL}, since the agent \
+                     adds up to 8 (.pending, .alt.old) to labels of at most 64",
+                    label.as_str().len()
+                ),
+            ));
+        }
+    }
+    let (claim_labels, device_labels) = derived_labels(claim.as_str(), device.as_str());
+    if let Some(shared) = claim_labels.iter().find(|l| device_labels.contains(l)) {
+        return Err(value(
+            "DEVICE_KEY",
+            format!(
+                "CLAIM_KEY {claim} and DEVICE_KEY {device} both lead to the label {shared} (the \
+                 agent uses {} for the claim key and {} for the device key): choose labels \
+                 that share none",
+                claim_labels.join(", "),
+                device_labels.join(", ")
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `[EXPORT]`. A group that may read the export needs a directory outside
@@ -427,6 +489,28 @@ fn key_id(s: &str) -> Result<Vec<u8>, String> {
 
 pub(super) fn path_value(s: &str) -> Result<PathBuf, String> {
     values::non_empty(s).map(PathBuf::from)
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+const MONTH: Duration = Duration::from_secs(30 * 86_400);
+const CENTURY: Duration = Duration::from_secs(36_500 * 86_400);
+
+/// `d` if it is at most `max` (written `max_text`): durations are added to
+/// clocks at run time, and one beyond any sensible setting would overflow.
+fn at_most(d: Duration, s: &str, max: Duration, max_text: &str) -> Result<Duration, String> {
+    if d <= max {
+        Ok(d)
+    } else {
+        Err(format!(
+            "{:?} is longer than the most this takes, {max_text}",
+            s.trim()
+        ))
+    }
+}
+
+/// A duration longer than zero and at most `max`.
+fn bounded_duration(s: &str, max: Duration, max_text: &str) -> Result<Duration, String> {
+    positive_duration(s).and_then(|d| at_most(d, s, max, max_text))
 }
 
 fn positive_duration(s: &str) -> Result<Duration, String> {

@@ -220,7 +220,7 @@ fn same_label_for_claim_and_device_is_refused() {
     let e = load(&MINIMAL.replace("BACKEND = file", "BACKEND = file\nDEVICE_KEY = claim"))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("must differ from CLAIM_KEY"), "{e}");
+    assert!(e.contains("both lead to the label claim"), "{e}");
 }
 
 #[test]
@@ -401,4 +401,62 @@ fn claim_key_id_forms_and_misuse() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("DECOMMISSION_CLAIM"), "{e}");
+}
+
+/// Labels the agent derives from CLAIM_KEY and DEVICE_KEY collide with
+/// none of the other's, and fit in 64 characters.
+#[test]
+fn key_labels_leave_room_and_never_collide() {
+    let with =
+        |keys: &str| load(&MINIMAL.replace("BACKEND = file", &format!("BACKEND = file\n{keys}")));
+    for (keys, shared) in [
+        ("CLAIM_KEY = device.alt", "device.alt"),
+        ("CLAIM_KEY = device.old", "device.old"),
+        ("DEVICE_KEY = claim.pending", "claim.pending"),
+        ("CLAIM_KEY = gw.alt\nDEVICE_KEY = gw", "gw.alt"),
+    ] {
+        let e = with(keys).unwrap_err().to_string();
+        assert!(e.contains(&format!("the label {shared}")), "{keys}: {e}");
+    }
+    let long = "k".repeat(57);
+    let e = with(&format!("DEVICE_KEY = {long}"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("at most 56"), "{e}");
+    let e = with(&format!("CLAIM_KEY = {long}"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[KEYSTORE] CLAIM_KEY"), "{e}");
+    with(&format!("DEVICE_KEY = {}", "k".repeat(56))).unwrap();
+    with("CLAIM_KEY = factory\nDEVICE_KEY = gateway").unwrap();
+}
+
+/// Durations are bounded where they are read, so that adding them to a
+/// clock at run time cannot overflow (RANDOM_DELAY, RESPONSE_TIMEOUT once
+/// panicked `run` and `rotate`).
+#[test]
+fn durations_are_bounded() {
+    for (extra, key) in [
+        ("[ROTATION]\nRANDOM_DELAY = 99999999999d\n", "RANDOM_DELAY"),
+        ("[ROTATION]\nRANDOM_DELAY = 31d\n", "RANDOM_DELAY"),
+        (
+            "[PROVISIONING]\nRESPONSE_TIMEOUT = 18446744073709551615s\n",
+            "RESPONSE_TIMEOUT",
+        ),
+        ("[PROVISIONING]\nCONNECT_TIMEOUT = 2h\n", "CONNECT_TIMEOUT"),
+        ("[ROTATION]\nCHECK_INTERVAL = 400d\n", "CHECK_INTERVAL"),
+        ("[ROTATION]\nTHRESHOLD = 99999999d\n", "THRESHOLD"),
+    ] {
+        let e = load(&format!("{MINIMAL}{extra}")).unwrap_err().to_string();
+        assert!(e.contains(key), "{extra}: {e}");
+        assert!(
+            e.contains("longer than") || e.contains("too long"),
+            "{extra}: {e}"
+        );
+    }
+    let c = load(&format!(
+        "{MINIMAL}[ROTATION]\nRANDOM_DELAY = 30d\nCHECK_INTERVAL = 30d\n[PROVISIONING]\nRESPONSE_TIMEOUT = 1h\n"
+    ))
+    .unwrap();
+    assert_eq!(c.rotation.random_delay, Duration::from_secs(30 * 86_400));
 }
