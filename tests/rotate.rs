@@ -325,3 +325,35 @@ async fn pkcs11_crash_everywhere() {
 async fn tpm_crash_everywhere() {
     crash_everywhere(Backend::tpm).await;
 }
+
+/// A rotation template that answers another thing than the gateway's (a
+/// mistake in the template, or a service that was told to): the rotation
+/// is refused before anything is committed, and the gateway keeps its
+/// identity.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotation_that_answers_another_thing_is_refused() {
+    let cloud = TestCloud::start().await;
+    let body = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/templates/RotationTemplate.json"
+    ))
+    .unwrap();
+    let mut template: serde_json::Value = serde_json::from_str(&body).unwrap();
+    template["Resources"]["thing"]["Properties"]["ThingName"] =
+        serde_json::Value::String("someone-elses-thing".into());
+    let device = Device::enrolled(&cloud, Backend::File, "").await;
+    let before = device.identity().unwrap();
+    // The rotation template, as the device's policy allows it, now names
+    // another thing (and has no hook).
+    cloud
+        .handle
+        .registry()
+        .create_template("RotationTemplate", &template.to_string(), true, None)
+        .unwrap();
+    let out = device.run(&["rotate"]).await;
+    let err = text(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("must re-register the current thing"), "{err}");
+    assert_eq!(device.identity().unwrap(), before);
+    device.round_trip(&cloud).await.unwrap();
+}

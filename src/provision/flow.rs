@@ -736,14 +736,33 @@ impl<'a> Flow<'a> {
             })
             .await?;
         self.timed("RegisterThing", started);
+        // The name goes into topics and client ids: only what AWS allows in
+        // a thing name ([a-zA-Z0-9:_-], 1 to 128), so that an answer cannot
+        // make the agent subscribe to a wildcard or publish elsewhere.
         let thing = response
             .get("thingName")
             .and_then(|v| v.as_str())
-            .filter(|s| !s.is_empty() && s.len() <= 128)
+            .filter(|s| is_thing_name(s))
             .ok_or_else(|| ProvisionError::BadResponse {
                 api: "RegisterThing".into(),
-                detail: "thingName is missing, empty or longer than 128 characters".into(),
+                detail: "thingName is missing or not a thing name (1 to 128 characters of \
+                         a-z A-Z 0-9 : _ -)"
+                    .into(),
             })?;
+        // A rotation re-registers this gateway's own thing, never another.
+        if let (Operation::Rotate, Some(current)) = (self.operation, &self.current) {
+            if thing != current.thing_name {
+                return Err(ProvisionError::BadResponse {
+                    api: "RegisterThing".into(),
+                    detail: format!(
+                        "the rotation template answered thing {thing:?}, and this gateway is \
+                         {:?}: the rotation template must re-register the current thing \
+                         (ThingName parameter)",
+                        current.thing_name
+                    ),
+                });
+            }
+        }
         let config = match response.get("deviceConfiguration") {
             None | Some(serde_json::Value::Null) => BTreeMap::new(),
             Some(serde_json::Value::Object(map)) => map
@@ -1074,4 +1093,25 @@ impl Issued {
 fn parse_issued(certificate: &IssuedCertificate) -> Result<Certificate, ProvisionError> {
     Certificate::from_pem(&certificate.pem, "the journal's certificate")
         .map_err(ProvisionError::DamagedCertificate)
+}
+
+/// What AWS IoT allows as a thing name: 1 to 128 of `a-z A-Z 0-9 : _ -`.
+fn is_thing_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn thing_names_as_aws_allows_them() {
+        for ok in ["gw_SN0042", "plant-a:gw-1", &"a".repeat(128)] {
+            assert!(super::is_thing_name(ok), "{ok}");
+        }
+        for bad in ["", "a/b", "+", "#", "gw 1", "gw\n", "ä", &"a".repeat(129)] {
+            assert!(!super::is_thing_name(bad), "{bad:?}");
+        }
+    }
 }
