@@ -37,19 +37,20 @@ pub fn write_file_mode(path: &Path, contents: &[u8], mode: u32) -> io::Result<()
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    // An unpredictable name, created exclusively: nothing planted in the
+    // directory (a symlink to a file elsewhere, say) is opened or followed.
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
         name.to_string_lossy(),
-        std::process::id()
+        hex::encode(rand::random::<[u8; 8]>())
     ));
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(mode)
             .open(&tmp)?;
-        // A stale temp file from a crashed run may carry another mode.
+        // The umask may have taken bits off.
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(contents)?;
         f.sync_all()?;
@@ -137,6 +138,24 @@ mod tests {
         );
         // No temp file is left behind.
         assert_eq!(fs::read_dir(&sub).unwrap().count(), 1);
+    }
+
+    /// A symlink planted where the file goes is replaced, not followed:
+    /// the file it points to is untouched.
+    #[test]
+    fn a_planted_symlink_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        fs::write(&outside, b"precious").unwrap();
+        let state = dir.path().join("state");
+        create_dir_all(&state).unwrap();
+        let target = state.join("journal.json");
+        std::os::unix::fs::symlink(&outside, &target).unwrap();
+        write_file(&target, b"token").unwrap();
+        assert_eq!(fs::read(&outside).unwrap(), b"precious");
+        let meta = fs::symlink_metadata(&target).unwrap();
+        assert!(meta.file_type().is_file());
+        assert_eq!(fs::read(&target).unwrap(), b"token");
     }
 
     #[test]

@@ -434,3 +434,32 @@ async fn a_tpm_without_room_for_a_persistent_key_changes_nothing() {
         );
     }
 }
+
+/// A state directory another user could write to (or that is another
+/// user's) is refused before anything is written into it: a planted
+/// symlink there once made `enroll` overwrite a file elsewhere with the
+/// journal.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_directory_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let cloud = TestCloud::start().await;
+    let device = Device::new(&cloud, Backend::File, "");
+    device.import_claim().await;
+    let state = device.state_dir();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = device.run(&["enroll"]).await;
+    let err = failed_with(&out, 2);
+    assert!(
+        err.contains("may be written by its group or others"),
+        "{err}"
+    );
+    assert!(!state.join("journal.json").exists());
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&state, Some(65534), None).unwrap();
+    let out = device.run(&["enroll"]).await;
+    let err = failed_with(&out, 2);
+    assert!(err.contains("belongs to uid 65534"), "{err}");
+    std::os::unix::fs::chown(&state, Some(0), None).unwrap();
+    let out = device.run(&["enroll"]).await;
+    assert!(out.status.success(), "enroll: {}", text(&out));
+}

@@ -53,6 +53,7 @@ pub fn lock_state_dir(state_dir: &std::path::Path) -> Result<std::fs::File, Prov
     use std::os::unix::fs::OpenOptionsExt;
     crate::durable::create_dir_all(state_dir)
         .map_err(ProvisionError::io("create state directory", state_dir))?;
+    check_state_dir(state_dir)?;
     let path = state_dir.join("lock");
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -69,6 +70,39 @@ pub fn lock_state_dir(state_dir: &std::path::Path) -> Result<std::fs::File, Prov
             what: "lock",
             path,
             source: e,
+        }),
+    }
+}
+
+/// The state directory holds the journal (with the ownership token), the
+/// identity and the key files: refused unless it is a directory of the
+/// agent's own user that no one else may write to (else another user could
+/// plant files or symlinks in it).
+fn check_state_dir(state_dir: &std::path::Path) -> Result<(), ProvisionError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(state_dir)
+        .map_err(ProvisionError::io("look at state directory", state_dir))?;
+    let me = rustix::process::geteuid().as_raw();
+    let problem = if !meta.is_dir() {
+        Some("is not a directory".to_string())
+    } else if meta.uid() != me {
+        Some(format!(
+            "belongs to uid {}, not to the agent's user (uid {me})",
+            meta.uid()
+        ))
+    } else if meta.mode() & 0o022 != 0 {
+        Some(format!(
+            "may be written by its group or others (mode {:04o})",
+            meta.mode() & 0o7777
+        ))
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(problem) => Err(ProvisionError::UnsafeStateDir {
+            path: state_dir.to_path_buf(),
+            problem,
         }),
     }
 }
@@ -145,6 +179,13 @@ pub enum ProvisionError {
     /// [`ProvisionError::KeyStore`]).
     #[error(transparent)]
     Csr(crate::crypto::CsrError),
+    /// The state directory could be tampered with by another user.
+    #[error(
+        "the state directory {} {problem}: another user could plant files in it; make it the \
+         agent's own and private (chown to the agent's user, chmod 0700)",
+        path.display()
+    )]
+    UnsafeStateDir { path: PathBuf, problem: String },
     /// Another prov-agent holds the state directory's lock.
     #[error(
         "another prov-agent (enroll, rotate or the daemon) is working on this device (lock {}): \
@@ -216,7 +257,8 @@ impl ProvisionError {
             | ProvisionError::NoRotationTemplate
             | ProvisionError::Serial(_)
             | ProvisionError::KeysModeImportRefused(_)
-            | ProvisionError::Endpoint(_) => ErrorKind::Config,
+            | ProvisionError::Endpoint(_)
+            | ProvisionError::UnsafeStateDir { .. } => ErrorKind::Config,
             ProvisionError::KeyStore(e) => e.kind(),
             ProvisionError::Mqtt(e) => e.kind(),
             ProvisionError::GaveUp { .. } => ErrorKind::Unreachable,
