@@ -173,18 +173,14 @@ impl Emulator {
 
         let bind = |ip: IpAddr, port: u16| {
             let addr = SocketAddr::new(ip, port);
-            async move {
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| EmulatorError::Io {
-                        what: format!("binding {addr}"),
-                        source,
-                    })
-            }
+            crate::listener::bind(addr).map_err(|source| EmulatorError::Io {
+                what: format!("binding {addr}"),
+                source,
+            })
         };
-        let l1 = bind(config.bind, config.port).await?;
-        let l2 = bind(config.bind, config.alpn_port).await?;
-        let l3 = bind(config.api_bind, config.api_port).await?;
+        let l1 = bind(config.bind, config.port)?;
+        let l2 = bind(config.bind, config.alpn_port)?;
+        let l3 = bind(config.api_bind, config.api_port)?;
         let local = |l: &TcpListener| {
             l.local_addr().map_err(|source| EmulatorError::Io {
                 what: "local address".into(),

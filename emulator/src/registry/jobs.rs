@@ -7,6 +7,7 @@ use rusqlite::{params, OptionalExtension, Row};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::cached::CachedStatements;
 use super::{now_unix, Registry, RegistryError};
 
 /// The statuses of a job execution.
@@ -182,7 +183,7 @@ impl Registry {
             let mut db = self.db();
             let tx = db.transaction()?;
             let exists: Option<i64> = tx
-                .query_row("SELECT 1 FROM jobs WHERE id = ?1", [job_id], |r| r.get(0))
+                .query_row_cached("SELECT 1 FROM jobs WHERE id = ?1", [job_id], |r| r.get(0))
                 .optional()?;
             if exists.is_some() {
                 return Err(RegistryError::Invalid(format!(
@@ -191,7 +192,7 @@ impl Registry {
             }
             for t in things {
                 let known: Option<i64> = tx
-                    .query_row("SELECT 1 FROM things WHERE name = ?1", [t], |r| r.get(0))
+                    .query_row_cached("SELECT 1 FROM things WHERE name = ?1", [t], |r| r.get(0))
                     .optional()?;
                 if known.is_none() {
                     return Err(RegistryError::NotFound {
@@ -200,12 +201,12 @@ impl Registry {
                     });
                 }
             }
-            tx.execute(
+            tx.execute_cached(
                 "INSERT INTO jobs (id, document, created_at) VALUES (?1, ?2, ?3)",
                 params![job_id, doc, now],
             )?;
             for t in things {
-                tx.execute(
+                tx.execute_cached(
                     "INSERT OR IGNORE INTO job_executions (job_id, thing, status, status_details, version, execution_number, queued_at, started_at, last_updated_at)
                      VALUES (?1, ?2, 'QUEUED', '{}', 1, 1, ?3, NULL, ?3)",
                     params![job_id, t, now],
@@ -223,7 +224,7 @@ impl Registry {
     pub fn job(&self, job_id: &str) -> Result<Option<JobRecord>, RegistryError> {
         let db = self.db();
         let row: Option<(String, i64)> = db
-            .query_row(
+            .query_row_cached(
                 "SELECT document, created_at FROM jobs WHERE id = ?1",
                 [job_id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
@@ -232,8 +233,9 @@ impl Registry {
         let Some((document, created_at)) = row else {
             return Ok(None);
         };
-        let mut st = db
-            .prepare("SELECT thing, status FROM job_executions WHERE job_id = ?1 ORDER BY thing")?;
+        let mut st = db.prepare_cached(
+            "SELECT thing, status FROM job_executions WHERE job_id = ?1 ORDER BY thing",
+        )?;
         let execs = st
             .query_map([job_id], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
@@ -257,7 +259,7 @@ impl Registry {
     pub fn jobs(&self) -> Result<Vec<JobRecord>, RegistryError> {
         let ids: Vec<String> = {
             let db = self.db();
-            let mut st = db.prepare("SELECT id FROM jobs ORDER BY created_at, rowid")?;
+            let mut st = db.prepare_cached("SELECT id FROM jobs ORDER BY created_at, rowid")?;
             let ids = st
                 .query_map([], |r| r.get(0))?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -276,7 +278,7 @@ impl Registry {
     ) -> Result<Option<JobExecutionRecord>, RegistryError> {
         let row = self
             .db()
-            .query_row(
+            .query_row_cached(
                 &format!("SELECT {EXECUTION_COLUMNS} FROM job_executions e JOIN jobs j ON j.id = e.job_id WHERE e.job_id = ?1 AND e.thing = ?2"),
                 params![job_id, thing],
                 execution_row,
@@ -290,7 +292,7 @@ impl Registry {
     pub fn job_executions_of(&self, thing: &str) -> Result<Vec<JobExecutionRecord>, RegistryError> {
         let rows = {
             let db = self.db();
-            let mut st = db.prepare(&format!(
+            let mut st = db.prepare_cached(&format!(
                 "SELECT {EXECUTION_COLUMNS} FROM job_executions e JOIN jobs j ON j.id = e.job_id WHERE e.thing = ?1
                  ORDER BY CASE e.status WHEN 'IN_PROGRESS' THEN 0 WHEN 'QUEUED' THEN 1 ELSE 2 END, e.queued_at, e.rowid"
             ))?;
@@ -317,7 +319,8 @@ impl Registry {
     /// Things with at least one execution.
     pub(crate) fn things_with_jobs(&self) -> Result<Vec<String>, RegistryError> {
         let db = self.db();
-        let mut st = db.prepare("SELECT DISTINCT thing FROM job_executions ORDER BY thing")?;
+        let mut st =
+            db.prepare_cached("SELECT DISTINCT thing FROM job_executions ORDER BY thing")?;
         let things = st
             .query_map([], |r| r.get(0))?
             .collect::<Result<Vec<_>, _>>()?;
@@ -340,7 +343,7 @@ impl Registry {
             let mut db = self.db();
             let tx = db.transaction()?;
             let row = tx
-                .query_row(
+                .query_row_cached(
                     &format!("SELECT {EXECUTION_COLUMNS} FROM job_executions e JOIN jobs j ON j.id = e.job_id WHERE e.job_id = ?1 AND e.thing = ?2"),
                     params![job_id, thing],
                     execution_row,
@@ -368,7 +371,7 @@ impl Registry {
                 (None, JobExecutionStatus::Queued) => None,
                 (None, _) => Some(now),
             };
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE job_executions SET status = ?3, status_details = ?4, version = version + 1, started_at = ?5, last_updated_at = ?6
                  WHERE job_id = ?1 AND thing = ?2",
                 params![

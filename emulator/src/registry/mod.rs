@@ -17,7 +17,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use tokio::sync::Notify;
 
+mod cached;
 pub(crate) mod jobs;
+
+use cached::{CachedStatements, STATEMENT_CACHE_CAPACITY};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -286,7 +289,7 @@ fn migrate(conn: &mut Connection) -> Result<(), RegistryError> {
         let mut out = Vec::new();
         for added in ADDED_COLUMNS {
             let (table, column, _) = added;
-            let present: bool = db.query_row(
+            let present: bool = db.query_row_cached(
                 "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
                 params![table, column],
                 |r| r.get(0),
@@ -315,6 +318,7 @@ impl Registry {
     pub fn open(data_dir: &Path) -> Result<Self, RegistryError> {
         let mut conn = Connection::open(data_dir.join("registry.sqlite3"))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
@@ -373,18 +377,18 @@ impl Registry {
     pub(crate) fn data_version(&self) -> Result<i64, RegistryError> {
         Ok(self
             .db()
-            .query_row("PRAGMA data_version", [], |r| r.get(0))?)
+            .query_row_cached("PRAGMA data_version", [], |r| r.get(0))?)
     }
 
     pub(crate) fn meta(&self, key: &str) -> Result<Option<String>, RegistryError> {
         Ok(self
             .db()
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .query_row_cached("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
             .optional()?)
     }
 
     pub(crate) fn set_meta(&self, key: &str, value: &str) -> Result<(), RegistryError> {
-        self.db().execute(
+        self.db().execute_cached(
             "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
             params![key, value],
         )?;
@@ -401,7 +405,7 @@ impl Registry {
         pending_until: Option<i64>,
     ) -> Result<(), RegistryError> {
         let now = now_unix();
-        self.db().execute(
+        self.db().execute_cached(
             "INSERT OR REPLACE INTO certificates (id, pem, status, created_at, updated_at, pending_until, registered)
              VALUES (?1, ?2, ?3, ?4, ?4, ?5, 0)",
             params![id, pem, status.as_str(), now, pending_until],
@@ -412,7 +416,7 @@ impl Registry {
     pub fn certificate_status(&self, id: &str) -> Result<Option<CertStatus>, RegistryError> {
         let s: Option<String> = self
             .db()
-            .query_row("SELECT status FROM certificates WHERE id = ?1", [id], |r| {
+            .query_row_cached("SELECT status FROM certificates WHERE id = ?1", [id], |r| {
                 r.get(0)
             })
             .optional()?;
@@ -422,7 +426,7 @@ impl Registry {
     pub fn certificate(&self, id: &str) -> Result<Option<CertificateRecord>, RegistryError> {
         let db = self.db();
         let row = db
-            .query_row(
+            .query_row_cached(
                 "SELECT id, pem, status, created_at, updated_at, pending_until, registered, customer_version FROM certificates WHERE id = ?1",
                 [id],
                 |r| {
@@ -494,7 +498,7 @@ impl Registry {
         id: &str,
         status: CertStatus,
     ) -> Result<(), RegistryError> {
-        let n = self.db().execute(
+        let n = self.db().execute_cached(
             &format!("UPDATE certificates SET status = ?2, updated_at = ?3, {BUMP_CUSTOMER_VERSION} WHERE id = ?1"),
             params![id, status.as_str(), now_unix()],
         )?;
@@ -511,9 +515,9 @@ impl Registry {
     pub fn delete_certificate(&self, id: &str) -> Result<(), RegistryError> {
         let mut db = self.db();
         let tx = db.transaction()?;
-        tx.execute("DELETE FROM cert_policies WHERE cert_id = ?1", [id])?;
-        tx.execute("DELETE FROM cert_things WHERE cert_id = ?1", [id])?;
-        tx.execute("DELETE FROM certificates WHERE id = ?1", [id])?;
+        tx.execute_cached("DELETE FROM cert_policies WHERE cert_id = ?1", [id])?;
+        tx.execute_cached("DELETE FROM cert_things WHERE cert_id = ?1", [id])?;
+        tx.execute_cached("DELETE FROM certificates WHERE id = ?1", [id])?;
         tx.commit()?;
         drop(db);
         self.status_changed();
@@ -524,7 +528,7 @@ impl Registry {
     pub(crate) fn delete_expired_pending(&self, now: i64) -> Result<Vec<String>, RegistryError> {
         let ids = {
             let db = self.db();
-            let mut st = db.prepare(
+            let mut st = db.prepare_cached(
                 "SELECT id FROM certificates WHERE registered = 0 AND pending_until IS NOT NULL AND pending_until <= ?1",
             )?;
             let ids = st
@@ -558,7 +562,7 @@ impl Registry {
             }
         }
         let policies = serde_json::to_string(policies).unwrap_or_else(|_| "[]".into());
-        self.db().execute(
+        self.db().execute_cached(
             "INSERT OR REPLACE INTO ca_certificates (id, pem, status, policies_json) VALUES (?1, ?2, 'ACTIVE', ?3)",
             params![id, pem_str, policies],
         )?;
@@ -571,7 +575,7 @@ impl Registry {
         id: &str,
         status: CertStatus,
     ) -> Result<(), RegistryError> {
-        let n = self.db().execute(
+        let n = self.db().execute_cached(
             "UPDATE ca_certificates SET status = ?2 WHERE id = ?1",
             params![id, status.as_str()],
         )?;
@@ -587,8 +591,9 @@ impl Registry {
 
     pub fn ca_certificates(&self) -> Result<Vec<CaCertificateRecord>, RegistryError> {
         let db = self.db();
-        let mut st =
-            db.prepare("SELECT id, pem, status, policies_json FROM ca_certificates ORDER BY id")?;
+        let mut st = db.prepare_cached(
+            "SELECT id, pem, status, policies_json FROM ca_certificates ORDER BY id",
+        )?;
         let rows = st
             .query_map([], |r| {
                 Ok((
@@ -624,13 +629,13 @@ impl Registry {
         let mut db = self.db();
         let tx = db.transaction()?;
         let now = now_unix();
-        tx.execute(
+        tx.execute_cached(
             "INSERT OR IGNORE INTO certificates (id, pem, status, created_at, updated_at, pending_until, registered)
              VALUES (?1, ?2, 'ACTIVE', ?3, ?3, NULL, 1)",
             params![id, pem_str, now],
         )?;
         for p in policies {
-            tx.execute(
+            tx.execute_cached(
                 "INSERT OR IGNORE INTO cert_policies (cert_id, policy) VALUES (?1, ?2)",
                 params![id, p],
             )?;
@@ -647,7 +652,7 @@ impl Registry {
     pub fn create_policy(&self, name: &str, document: &str) -> Result<(), RegistryError> {
         crate::policy::PolicyDocument::parse(document)
             .map_err(|e| RegistryError::Invalid(format!("policy {name}: {e}")))?;
-        self.db().execute(
+        self.db().execute_cached(
             "INSERT OR REPLACE INTO policies (name, document) VALUES (?1, ?2)",
             params![name, document],
         )?;
@@ -658,7 +663,7 @@ impl Registry {
     pub fn policy(&self, name: &str) -> Result<Option<PolicyRecord>, RegistryError> {
         Ok(self
             .db()
-            .query_row(
+            .query_row_cached(
                 "SELECT name, document FROM policies WHERE name = ?1",
                 [name],
                 |r| {
@@ -673,7 +678,7 @@ impl Registry {
 
     pub fn policies(&self) -> Result<Vec<PolicyRecord>, RegistryError> {
         let db = self.db();
-        let mut st = db.prepare("SELECT name, document FROM policies ORDER BY name")?;
+        let mut st = db.prepare_cached("SELECT name, document FROM policies ORDER BY name")?;
         let rows = st
             .query_map([], |r| {
                 Ok(PolicyRecord {
@@ -698,7 +703,7 @@ impl Registry {
                 name: cert_id.into(),
             });
         }
-        self.db().execute(
+        self.db().execute_cached(
             "INSERT OR IGNORE INTO cert_policies (cert_id, policy) VALUES (?1, ?2)",
             params![cert_id, policy],
         )?;
@@ -707,7 +712,7 @@ impl Registry {
     }
 
     pub fn detach_policy(&self, policy: &str, cert_id: &str) -> Result<(), RegistryError> {
-        self.db().execute(
+        self.db().execute_cached(
             "DELETE FROM cert_policies WHERE cert_id = ?1 AND policy = ?2",
             params![cert_id, policy],
         )?;
@@ -738,7 +743,7 @@ impl Registry {
         crate::template::validate_name(name).map_err(|e| RegistryError::Invalid(e.to_string()))?;
         crate::template::Template::parse(body)
             .map_err(|e| RegistryError::Invalid(format!("template {name}: {e}")))?;
-        self.db().execute(
+        self.db().execute_cached(
             "INSERT OR REPLACE INTO templates (name, body, enabled, hook) VALUES (?1, ?2, ?3, ?4)",
             params![name, body, enabled, hook],
         )?;
@@ -746,7 +751,7 @@ impl Registry {
     }
 
     pub fn set_template_enabled(&self, name: &str, enabled: bool) -> Result<(), RegistryError> {
-        let n = self.db().execute(
+        let n = self.db().execute_cached(
             "UPDATE templates SET enabled = ?2 WHERE name = ?1",
             params![name, enabled],
         )?;
@@ -762,7 +767,7 @@ impl Registry {
     pub fn template(&self, name: &str) -> Result<Option<TemplateRecord>, RegistryError> {
         Ok(self
             .db()
-            .query_row(
+            .query_row_cached(
                 "SELECT name, body, enabled, hook FROM templates WHERE name = ?1",
                 [name],
                 template_row,
@@ -772,7 +777,8 @@ impl Registry {
 
     pub fn templates(&self) -> Result<Vec<TemplateRecord>, RegistryError> {
         let db = self.db();
-        let mut st = db.prepare("SELECT name, body, enabled, hook FROM templates ORDER BY name")?;
+        let mut st =
+            db.prepare_cached("SELECT name, body, enabled, hook FROM templates ORDER BY name")?;
         let rows = st
             .query_map([], template_row)?
             .collect::<Result<Vec<_>, _>>()?;
@@ -931,7 +937,7 @@ impl Registry {
     }
 
     pub fn attach_thing(&self, thing: &str, cert_id: &str) -> Result<(), RegistryError> {
-        self.db().execute(
+        self.db().execute_cached(
             "INSERT OR IGNORE INTO cert_things (cert_id, thing) VALUES (?1, ?2)",
             params![cert_id, thing],
         )?;
@@ -942,7 +948,7 @@ impl Registry {
     /// Detaches a certificate from a thing (AWS's DetachThingPrincipal);
     /// false when it was not attached.
     pub fn detach_thing(&self, thing: &str, cert_id: &str) -> Result<bool, RegistryError> {
-        let n = self.db().execute(
+        let n = self.db().execute_cached(
             "DELETE FROM cert_things WHERE cert_id = ?1 AND thing = ?2",
             params![cert_id, thing],
         )?;
@@ -960,14 +966,14 @@ impl Registry {
     ) -> Result<Retired, RegistryError> {
         let mut db = self.db();
         let tx = db.transaction()?;
-        let n = tx.execute(
+        let n = tx.execute_cached(
             "DELETE FROM cert_things WHERE cert_id = ?1 AND thing = ?2",
             params![cert_id, thing],
         )?;
         if n == 0 {
             return Ok(Retired::NotAttached);
         }
-        let others: i64 = tx.query_row(
+        let others: i64 = tx.query_row_cached(
             "SELECT COUNT(*) FROM cert_things WHERE cert_id = ?1",
             [cert_id],
             |r| r.get(0),
@@ -975,7 +981,7 @@ impl Registry {
         let outcome = if others > 0 {
             Retired::DetachedOnly
         } else {
-            tx.execute(
+            tx.execute_cached(
                 &format!("UPDATE certificates SET status = ?2, updated_at = ?3, {BUMP_CUSTOMER_VERSION} WHERE id = ?1"),
                 params![cert_id, CertStatus::Inactive.as_str(), now_unix()],
             )?;
@@ -992,7 +998,7 @@ impl Registry {
     pub(crate) fn thing_attached(&self, thing: &str, cert_id: &str) -> Result<bool, RegistryError> {
         Ok(self
             .db()
-            .query_row(
+            .query_row_cached(
                 "SELECT 1 FROM cert_things c JOIN things t ON t.name = c.thing WHERE c.thing = ?1 AND c.cert_id = ?2",
                 params![thing, cert_id],
                 |_| Ok(()),
@@ -1007,13 +1013,13 @@ impl Registry {
         let tx = db.transaction()?;
         if let Some(thing) = &w.thing {
             put_thing_in(&tx, thing)?;
-            tx.execute(
+            tx.execute_cached(
                 "INSERT OR IGNORE INTO cert_things (cert_id, thing) VALUES (?1, ?2)",
                 params![w.certificate_id, thing.thing_name],
             )?;
         }
         for (name, doc) in &w.new_policies {
-            tx.execute(
+            tx.execute_cached(
                 "INSERT OR REPLACE INTO policies (name, document) VALUES (?1, ?2)",
                 params![name, doc],
             )?;
@@ -1023,12 +1029,12 @@ impl Registry {
             .iter()
             .chain(w.new_policies.iter().map(|(n, _)| n))
         {
-            tx.execute(
+            tx.execute_cached(
                 "INSERT OR IGNORE INTO cert_policies (cert_id, policy) VALUES (?1, ?2)",
                 params![w.certificate_id, name],
             )?;
         }
-        let n = tx.execute(
+        let n = tx.execute_cached(
             &format!("UPDATE certificates SET status = ?2, updated_at = ?3, registered = 1, pending_until = NULL, {BUMP_CUSTOMER_VERSION} WHERE id = ?1"),
             params![w.certificate_id, w.status.as_str(), now_unix()],
         )?;
@@ -1058,7 +1064,7 @@ fn template_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TemplateRecord> {
 }
 
 fn column_list(db: &Connection, sql: &str, arg: &str) -> Result<Vec<String>, RegistryError> {
-    let mut st = db.prepare(sql)?;
+    let mut st = db.prepare_cached(sql)?;
     let rows = st
         .query_map([arg], |r| r.get::<_, String>(0))?
         .collect::<Result<Vec<_>, _>>()?;
@@ -1067,7 +1073,7 @@ fn column_list(db: &Connection, sql: &str, arg: &str) -> Result<Vec<String>, Reg
 
 fn thing_in(db: &Connection, name: &str) -> Result<Option<ThingRecord>, RegistryError> {
     let row = db
-        .query_row(
+        .query_row_cached(
             "SELECT name, attributes, thing_type, groups_json, billing_group, version FROM things WHERE name = ?1",
             [name],
             |r| {
@@ -1109,7 +1115,7 @@ fn thing_in(db: &Connection, name: &str) -> Result<Option<ThingRecord>, Registry
 fn put_thing_in(db: &Connection, t: &ThingRecord) -> Result<(), RegistryError> {
     let attrs = serde_json::to_string(&t.attributes).unwrap_or_else(|_| "{}".into());
     let groups = serde_json::to_string(&t.thing_groups).unwrap_or_else(|_| "[]".into());
-    db.execute(
+    db.execute_cached(
         "INSERT INTO things (name, attributes, thing_type, groups_json, billing_group, version)
          VALUES (?1, ?2, ?3, ?4, ?5, 1)
          ON CONFLICT (name) DO UPDATE SET
