@@ -34,7 +34,7 @@ async fn healthy_device() {
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!stdout.contains("FAIL"), "{stdout}");
-    assert!(stdout.contains("TLS handshake"), "{stdout}");
+    assert!(stdout.contains("CONNACK 0"), "{stdout}");
 
     let out = device.run(&["status", "--json"]).await;
     assert!(out.status.success(), "{}", text(&out));
@@ -184,4 +184,29 @@ async fn check_lists_what_the_pkcs11_module_can_do() {
     }
     let (_, flags) = verdict(&out, "token flags");
     assert!(flags.contains("login required"), "{flags}");
+}
+
+/// `check` connects as the thing and needs CONNACK 0: a deactivated
+/// certificate, whose TLS handshake still completes on the client's side
+/// (TLS 1.3), fails the endpoint check.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_fails_for_a_deactivated_certificate() {
+    let cloud = TestCloud::start().await;
+    let device = Device::enrolled(&cloud, Backend::File, "").await;
+    let out = device.run(&["check", "--json"]).await;
+    assert_eq!(verdict(&out, "endpoint").0, "pass", "{}", text(&out));
+    let id = device.identity().unwrap().certificate_id;
+    cloud
+        .handle
+        .registry()
+        .set_certificate_status(&id, iotcore_emulator::CertStatus::Inactive)
+        .unwrap();
+    let out = device.run(&["check", "--json"]).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    let (v, detail) = verdict(&out, "endpoint");
+    assert_eq!(v, "fail", "{detail}");
+    assert!(
+        detail.contains("ACTIVE") || detail.contains("refused"),
+        "{detail}"
+    );
 }

@@ -109,11 +109,11 @@ async fn check_enroll_and_rotate() {
         identity.key_reference
     );
 
-    // check now also makes a TLS handshake with the device key.
+    // check now also connects as the thing with the device key.
     let out = device.run(&["check"]).await;
     assert!(out.status.success(), "check after enroll: {}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("TLS handshake"),
+        String::from_utf8_lossy(&out.stdout).contains("CONNACK 0"),
         "{}",
         text(&out)
     );
