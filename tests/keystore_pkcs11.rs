@@ -618,3 +618,43 @@ fn public_half_left_with_the_pending_label_is_fixed_at_open() {
         info.public_key
     );
 }
+
+/// A private key on the token whose value can be read in clear (not
+/// CKA_SENSITIVE, CKA_EXTRACTABLE: made by a careless tool) is refused by
+/// name when the agent looks it up, and signs nothing.
+#[test]
+fn a_key_whose_value_can_be_read_is_refused() {
+    let hsm = SoftHsm::new("unprotected");
+    let scalar = p256::SecretKey::random(&mut rand::thread_rng());
+    {
+        let _exclusive = common::token_store_exclusive();
+        let session = hsm.user_session();
+        session
+            .create_object(&[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::KeyType(cryptoki::object::KeyType::EC),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(false),
+                Attribute::Extractable(true),
+                Attribute::Sign(true),
+                Attribute::Label(b"claim".to_vec()),
+                Attribute::Id(vec![7]),
+                // DER OID of P-256.
+                Attribute::EcParams(vec![
+                    0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+                ]),
+                Attribute::Value(scalar.to_bytes().to_vec()),
+            ])
+            .unwrap();
+    }
+    let store = open(&hsm);
+    let label = KeyLabel::new("claim").unwrap();
+    let err = store.info(&label).unwrap_err().to_string();
+    assert!(err.contains("\"claim\""), "{err}");
+    assert!(err.contains("not CKA_SENSITIVE"), "{err}");
+    assert!(err.contains("CKA_EXTRACTABLE"), "{err}");
+    assert!(store
+        .sign(&label, SignatureScheme::EcdsaSha256, b"message")
+        .is_err());
+}

@@ -162,8 +162,89 @@ pub fn find_by_id(session: &Session, id: &[u8], label: &str) -> Result<Option<Ke
     Ok(Some(key))
 }
 
-/// Reads what the store needs to know about a private key object.
+/// What is wrong with a private key's protection, as the token reports it:
+/// not sensitive (the value could be read in clear), extractable (it could
+/// leave wrapped), not private (usable without a login); with `made_here`,
+/// also not always sensitive or not never extractable, as a key generated
+/// in the token must be. An attribute the module does not report is not
+/// held against it. The first value: whether the key's value is readable.
+fn protection_problems(
+    session: &Session,
+    handle: ObjectHandle,
+    made_here: bool,
+) -> Result<(bool, Vec<&'static str>)> {
+    let attrs = session
+        .get_attributes(
+            handle,
+            &[
+                AttributeType::Sensitive,
+                AttributeType::Extractable,
+                AttributeType::Private,
+                AttributeType::AlwaysSensitive,
+                AttributeType::NeverExtractable,
+            ],
+        )
+        .map_err(|e| error::map("read private key protection", e))?;
+    let mut readable = false;
+    let mut wrong = Vec::new();
+    for a in attrs {
+        match a {
+            Attribute::Sensitive(false) => {
+                readable = true;
+                wrong.push("not CKA_SENSITIVE (its value can be read in clear)");
+            }
+            Attribute::Extractable(true) => {
+                wrong.push("CKA_EXTRACTABLE (it can be exported wrapped)")
+            }
+            Attribute::Private(false) => wrong.push("not CKA_PRIVATE (usable without a login)"),
+            Attribute::AlwaysSensitive(false) if made_here => {
+                wrong.push("not CKA_ALWAYS_SENSITIVE")
+            }
+            Attribute::NeverExtractable(false) if made_here => {
+                wrong.push("not CKA_NEVER_EXTRACTABLE")
+            }
+            _ => {}
+        }
+    }
+    Ok((readable, wrong))
+}
+
+fn unprotected(label: &str, wrong: &[&str]) -> KeyStoreError {
+    KeyStoreError::Backend {
+        backend: BACKEND,
+        op: "check private key protection".into(),
+        detail: format!(
+            "private key {label:?} is {}: delete it and make it again (prov-agent claim \
+             generate or import, or enroll --force), with a tool that sets CKA_SENSITIVE and \
+             clears CKA_EXTRACTABLE",
+            wrong.join(", ")
+        ),
+        code: None,
+    }
+}
+
+/// A key found on the token: refused if its value can be read in clear;
+/// weaker protection (an extractable key, as tpm2-pkcs11 reports for a key
+/// its own tool imported) is said, once per lookup.
+fn check_found(session: &Session, handle: ObjectHandle, label: &str) -> Result<()> {
+    let (readable, wrong) = protection_problems(session, handle, false)?;
+    if readable {
+        return Err(unprotected(label, &wrong));
+    }
+    if !wrong.is_empty() {
+        tracing::warn!(
+            key = label,
+            "the private key is {}: the token may let it leave",
+            wrong.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Reads what the store needs to know about a private key object, and
+/// refuses one whose value can be read (see [`check_found`]).
 fn describe(session: &Session, handle: ObjectHandle, label: &str) -> Result<KeyObject> {
+    check_found(session, handle, label)?;
     let attrs = session
         .get_attributes(
             handle,
@@ -391,6 +472,13 @@ pub fn generate(session: &Session, label: &str, algorithm: KeyAlgorithm) -> Resu
         .generate_key_pair(&mechanism, &public, &private)
         .map_err(|e| error::map("generate key pair", e))?;
     restrict_to_signing(session, label, public, private);
+    // Made here: it must say it never was anything but sensitive.
+    let (_, wrong) = protection_problems(session, private, true)?;
+    if !wrong.is_empty() {
+        let _ = session.destroy_object(private);
+        let _ = session.destroy_object(public);
+        return Err(unprotected(label, &wrong));
+    }
     Ok(KeyObject {
         object_label: label.to_string(),
         private,
