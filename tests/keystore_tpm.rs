@@ -913,3 +913,64 @@ fn keys_under_the_older_storage_primary_keep_working() {
         common::conformance::sign_and_verify_all(&fixture.store, &label(l), &info.public_key, l);
     }
 }
+
+/// A persistent key's handle evicted behind the store's back and reused
+/// for another program's key: deleting the key removes the stale key file
+/// and leaves the other key in the TPM.
+#[test]
+fn delete_never_evicts_another_key_at_a_reused_handle() {
+    use tss_esapi::handles::{ObjectHandle, PersistentTpmHandle, TpmHandle};
+    use tss_esapi::interface_types::dynamic_handles::Persistent;
+    use tss_esapi::interface_types::resource_handles::{Hierarchy, Provision};
+    use tss_esapi::interface_types::session_handles::AuthSession;
+
+    let f = Fixture::new(TpmKeyStorage::Persistent);
+    let l = label("device");
+    let info = f.store.generate(&l, KeyAlgorithm::EcP256).unwrap();
+    let handle =
+        u32::from_str_radix(info.reference.strip_prefix("tpm:handle=0x").unwrap(), 16).unwrap();
+    // Another program evicts it and persists a key of its own there.
+    let (f, ()) = f.with_raw_context(|ctx| {
+        let tpm_handle = TpmHandle::Persistent(PersistentTpmHandle::new(handle).unwrap());
+        let ours = ctx
+            .execute_without_session(|c| c.tr_from_tpm_public(tpm_handle))
+            .unwrap();
+        ctx.execute_with_session(Some(AuthSession::Password), |c| {
+            c.evict_control(
+                Provision::Owner,
+                ours,
+                Persistent::Persistent(PersistentTpmHandle::new(handle).unwrap()),
+            )
+        })
+        .unwrap();
+        let theirs = ctx
+            .execute_with_session(Some(AuthSession::Password), |c| {
+                c.create_primary(
+                    Hierarchy::Owner,
+                    prov_agent_test_template(),
+                    None,
+                    None,
+                    None,
+                    None,
+                )
+            })
+            .unwrap()
+            .key_handle;
+        ctx.execute_with_session(Some(AuthSession::Password), |c| {
+            c.evict_control(
+                Provision::Owner,
+                ObjectHandle::from(theirs),
+                Persistent::Persistent(PersistentTpmHandle::new(handle).unwrap()),
+            )
+        })
+        .unwrap();
+        ctx.flush_context(theirs.into()).unwrap();
+    });
+    f.store.delete(&l).unwrap();
+    assert!(!f.key_dir().join("device.tpmkey").exists());
+    let (_f, present) = f.with_raw_context(|ctx| handles(ctx, handle).contains(&handle));
+    assert!(
+        present,
+        "the other program's key at 0x{handle:08x} was evicted"
+    );
+}

@@ -55,6 +55,10 @@ use context::{code, describe, rc_kind, tpm_err, Tpm, BACKEND};
 use meta::{KeyFile, Location, Origin};
 use parent::Parent;
 
+/// The op of the error saying a persistent handle holds another key than
+/// its key file describes.
+const ANOTHER_KEY_AT_HANDLE: &str = "open persistent key (another key at the handle)";
+
 /// A key the TPM just made or imported, before it is stored.
 struct NewKey {
     algorithm: KeyAlgorithm,
@@ -456,8 +460,9 @@ impl TpmKeyStore {
         if meta::marshall_public(&public)? != meta::marshall_public(&file.public)? {
             tpm.forget_persistent(handle);
             return Err(KeyStoreError::Backend {
+                // [`TpmKeyStore::delete_locked`] tells this one by its op.
                 backend: BACKEND,
-                op: "open persistent key".into(),
+                op: ANOTHER_KEY_AT_HANDLE.into(),
                 detail: format!(
                     "persistent handle 0x{handle:08x} named by {} now holds another key: delete \
                      the key file and generate or import the key again",
@@ -849,13 +854,27 @@ impl TpmKeyStore {
                 None
             }
         };
-        if let Some(KeyFile {
-            location: Location::Persistent { handle },
-            ..
-        }) = &file
+        if let Some(
+            f @ KeyFile {
+                location: Location::Persistent { handle },
+                ..
+            },
+        ) = &file
         {
             if tpm.persistent_handles(*handle)?.contains(handle) {
-                evict(tpm, *handle)?;
+                // Only the key the file describes: a handle evicted behind
+                // our back may have been reused for someone else's key.
+                match self.check_persistent(tpm, f) {
+                    Ok(()) => evict(tpm, *handle)?,
+                    Err(KeyStoreError::Backend { op, .. }) if op == ANOTHER_KEY_AT_HANDLE => {
+                        tracing::warn!(
+                            "tpm: persistent handle 0x{handle:08x} of {label} now holds another \
+                             key: left it alone, removing the stale key file"
+                        );
+                        tpm.forget_persistent(*handle);
+                    }
+                    Err(e) => return Err(e),
+                }
             } else {
                 tracing::warn!(
                     "tpm: persistent handle 0x{handle:08x} of {label} was already gone; \
