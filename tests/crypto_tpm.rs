@@ -17,6 +17,7 @@ fn subject() -> Subject {
         storage: TpmKeyStorage::Blob,
         persistent_base: 0x8100_0100,
         key_dir: dir.path().join("tpm"),
+        allow_unwrapped_import: false,
     });
     // The store goes first, then the directory, then the simulator.
     Subject::new((dir, tpm), move || {

@@ -80,6 +80,7 @@ fn settings(tpm: &Swtpm, key_dir: PathBuf, storage: TpmKeyStorage) -> TpmSetting
         storage,
         persistent_base: BASE,
         key_dir,
+        allow_unwrapped_import: false,
     }
 }
 
@@ -567,6 +568,7 @@ fn unreachable_tcti_is_retryable_unavailable() {
         storage: TpmKeyStorage::Blob,
         persistent_base: BASE,
         key_dir: dir.path().to_path_buf(),
+        allow_unwrapped_import: false,
     })
     .err()
     .unwrap();
@@ -582,6 +584,7 @@ fn malformed_tcti_is_refused() {
         storage: TpmKeyStorage::Blob,
         persistent_base: BASE,
         key_dir: dir.path().to_path_buf(),
+        allow_unwrapped_import: false,
     })
     .err()
     .unwrap();
@@ -666,6 +669,7 @@ fn imported_private_key_never_crosses_the_bus_in_the_clear() {
         storage: TpmKeyStorage::Blob,
         persistent_base: BASE,
         key_dir: dir.path().to_path_buf(),
+        allow_unwrapped_import: false,
     })
     .unwrap();
     for alg in [KeyAlgorithm::EcP256, KeyAlgorithm::Rsa2048] {

@@ -249,6 +249,7 @@ pub const SCHEMA: &[(&str, &[KeySpec])] = &[
             ("TCTI", Some("device:/dev/tpmrm0")),
             ("KEY_STORAGE", Some("blob")),
             ("PERSISTENT_BASE", Some("0x81000100")),
+            ("ALLOW_UNWRAPPED_IMPORT", Some("false")),
         ],
     ),
     (

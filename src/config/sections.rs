@@ -147,6 +147,7 @@ pub(super) fn keystore(
                 ))
             }
         })?,
+        allow_unwrapped_import: r.with_default("TPM", "ALLOW_UNWRAPPED_IMPORT", values::boolean)?,
         key_dir: state_dir.join("tpm"),
     };
     let module = r.parse("PKCS11", "MODULE", path_value)?;

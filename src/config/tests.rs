@@ -460,3 +460,18 @@ fn durations_are_bounded() {
     .unwrap();
     assert_eq!(c.rotation.random_delay, Duration::from_secs(30 * 86_400));
 }
+
+#[test]
+fn unwrapped_tpm_import_is_opt_in() {
+    let tpm = MINIMAL.replace("BACKEND = file", "BACKEND = tpm");
+    let c = load(&tpm).unwrap();
+    let KeyStoreSettings::Tpm(t) = &c.keystore.settings else {
+        panic!("not tpm")
+    };
+    assert!(!t.allow_unwrapped_import);
+    let c = load(&format!("{tpm}\n[TPM]\nALLOW_UNWRAPPED_IMPORT = yes\n")).unwrap();
+    let KeyStoreSettings::Tpm(t) = &c.keystore.settings else {
+        panic!("not tpm")
+    };
+    assert!(t.allow_unwrapped_import);
+}

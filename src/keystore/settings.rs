@@ -135,6 +135,10 @@ pub struct TpmSettings {
     pub persistent_base: u32,
     /// Directory for key metadata and wrapped blobs (0700).
     pub key_dir: PathBuf,
+    /// Whether a key may go into a TPM that cannot encrypt it for
+    /// TPM2_Import (no TPM2_EncryptDecrypt2 / AES-CFB), crossing the TPM
+    /// bus in clear once (`[TPM] ALLOW_UNWRAPPED_IMPORT`, default no).
+    pub allow_unwrapped_import: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -73,6 +73,8 @@ pub struct TpmKeyStore {
     key_dir: PathBuf,
     storage: TpmKeyStorage,
     persistent_base: u32,
+    /// `[TPM] ALLOW_UNWRAPPED_IMPORT`.
+    allow_unwrapped_import: bool,
     tcti: String,
     /// `None` only between a lost connection and the reconnect.
     tpm: Mutex<Option<Tpm>>,
@@ -127,6 +129,7 @@ impl TpmKeyStore {
             key_dir: settings.key_dir.clone(),
             storage: settings.storage,
             persistent_base: settings.persistent_base,
+            allow_unwrapped_import: settings.allow_unwrapped_import,
             tcti: settings.tcti.clone(),
             tpm: Mutex::new(Some(tpm)),
         })
@@ -734,10 +737,22 @@ impl KeyStore for TpmKeyStore {
                 import_with(&mut tpm, &public, &wrapped.blob, Some(wrapped.key))?,
                 "aes-128-cfb-inner",
             ),
+            Err(e) if e.unsupported && !self.allow_unwrapped_import => {
+                return Err(KeyStoreError::ImportRefused {
+                    backend: BACKEND,
+                    detail: format!(
+                        "this TPM cannot encrypt the key for TPM2_Import ({}), so it would cross \
+                         the TPM bus in clear; set [TPM] ALLOW_UNWRAPPED_IMPORT = true to \
+                         accept that, or make keys in the TPM (claim generate, MODE = csr)",
+                        e.error
+                    ),
+                })
+            }
             Err(e) if e.unsupported => {
                 tracing::warn!(
                     "tpm: this TPM cannot encrypt the key for TPM2_Import ({}); importing it \
-                     without the inner wrapper, so the key crosses the TPM bus unencrypted once",
+                     without the inner wrapper (ALLOW_UNWRAPPED_IMPORT), so the key crosses the \
+                     TPM bus unencrypted once",
                     e.error
                 );
                 (import_with(&mut tpm, &public, &sensitive, None)?, "none")
