@@ -85,6 +85,7 @@ fn main() {
                 storage,
                 persistent_base: 0x8100_0100,
                 key_dir: dir.path().join(format!("tpm-{name}")),
+                allow_unwrapped_import: false,
             }))
             .unwrap();
             bench_store(name, store, &KeyAlgorithm::ALL);
