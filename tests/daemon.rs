@@ -387,3 +387,30 @@ async fn systemd_notifications_and_reload() {
     wait_msg("STOPPING=1", 1).await;
     drop(collector);
 }
+
+/// A rotation command sooner than `[ROTATION] MIN_INTERVAL` after the last
+/// commit (a retained `rotate_cert` redelivered at each reconnect, say) is
+/// ignored: no rotation loop.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_within_the_minimum_interval_is_ignored() {
+    let cloud = TestCloud::start().await;
+    let device = Device::enrolled(&cloud, Backend::File, "").await;
+    let before = device.identity().unwrap();
+    let daemon = Daemon::start_env(&device, &[("PROV_AGENT_ROTATION_MIN_INTERVAL", "1h")]);
+    daemon
+        .wait_log("connected", 1, Duration::from_secs(15))
+        .await;
+    for _ in 0..2 {
+        send_rotation_command(&cloud, &before.thing_name).await;
+    }
+    daemon
+        .wait_log(
+            "sooner than [ROTATION] MIN_INTERVAL",
+            2,
+            Duration::from_secs(15),
+        )
+        .await;
+    assert_eq!(daemon.count("rotated"), 0);
+    assert_eq!(device.identity().unwrap(), before);
+    daemon.stop().await;
+}

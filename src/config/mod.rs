@@ -186,6 +186,9 @@ pub struct RotationConfig {
     pub command_topic: String,
     pub report_topic: String,
     pub post_rotation_command: Option<String>,
+    /// Commanded rotations closer than this to the last commit are
+    /// ignored (a retained or repeated command cannot loop rotations).
+    pub min_interval: Duration,
 }
 
 /// `[EXPORT]`: where the current identity is published for the gateway's
@@ -288,6 +291,7 @@ pub const SCHEMA: &[(&str, &[KeySpec])] = &[
             ("COMMAND_TOPIC", Some("cmd/{thing}")),
             ("REPORT_TOPIC", Some("things/{thing}/rotation")),
             ("POST_ROTATION_COMMAND", None),
+            ("MIN_INTERVAL", Some("10m")),
         ],
     ),
     ("EXPORT", &[("DIR", None), ("GROUP", None)]),

@@ -349,6 +349,9 @@ pub(super) fn rotation(r: &Reader) -> Result<RotationConfig, ConfigError> {
         command_topic: r.with_default("ROTATION", "COMMAND_TOPIC", values::topic)?,
         report_topic: r.with_default("ROTATION", "REPORT_TOPIC", values::topic)?,
         post_rotation_command: r.parse("ROTATION", "POST_ROTATION_COMMAND", values::non_empty)?,
+        min_interval: r.with_default("ROTATION", "MIN_INTERVAL", |s| {
+            values::duration(s).and_then(|d| at_most(d, s, MONTH, "30d"))
+        })?,
     })
 }
 

@@ -315,6 +315,19 @@ impl Daemon {
         };
         if topic == cmd {
             if body.get("msg").and_then(|m| m.as_str()) == Some("rotate_cert") {
+                let since =
+                    crate::provision::journal::now().saturating_sub(self.identity.committed_at);
+                let min = self.config.rotation.min_interval;
+                if since < min.as_secs() {
+                    tracing::warn!(
+                        topic,
+                        since_last_secs = since,
+                        ?min,
+                        "rotation requested sooner than [ROTATION] MIN_INTERVAL after the \
+                         last one: ignored"
+                    );
+                    return;
+                }
                 tracing::info!("rotation requested on {topic}");
                 self.rotate(Trigger::Command).await;
             } else {
@@ -353,6 +366,16 @@ impl Daemon {
     }
 
     async fn rotate(&mut self, trigger: Trigger) {
+        // A job this daemon already did (its SUCCEEDED update was lost):
+        // say so again instead of rotating again.
+        if let Trigger::Job { job_id } = &trigger {
+            if done_jobs::contains(&self.config.state_dir, job_id) {
+                tracing::info!(job_id, "job already done: answering SUCCEEDED again");
+                let details = serde_json::json!({ "certificateId": self.identity.certificate_id });
+                self.update_job(job_id, "SUCCEEDED", details).await;
+                return;
+            }
+        }
         if let Trigger::Job { job_id } = &trigger {
             self.update_job(job_id, "IN_PROGRESS", serde_json::json!({}))
                 .await;
@@ -396,6 +419,9 @@ impl Daemon {
         if let Trigger::Job { job_id } = &trigger {
             match &outcome {
                 Ok(()) => {
+                    if let Err(e) = done_jobs::record(&self.config.state_dir, job_id) {
+                        tracing::warn!(job_id, error = %e, "cannot remember the job as done");
+                    }
                     let details =
                         serde_json::json!({ "certificateId": self.identity.certificate_id });
                     self.update_job(job_id, "SUCCEEDED", details).await;
@@ -518,5 +544,56 @@ mod tests {
         assert_eq!(rotation_job(&job("SUCCEEDED", JOB_OPERATION)), None);
         assert_eq!(rotation_job(&job("QUEUED", "reboot")), None);
         assert_eq!(rotation_job(&serde_json::json!({"timestamp": 1})), None);
+    }
+}
+
+/// The rotation jobs this gateway completed (the last [`done_jobs::KEPT`]),
+/// in `STATE_DIR/jobs-done.json`: a job whose SUCCEEDED update was lost
+/// comes back on the next connection and is answered, not done again.
+mod done_jobs {
+    use std::path::Path;
+
+    pub const KEPT: usize = 64;
+    const FILE: &str = "jobs-done.json";
+
+    fn load(state_dir: &Path) -> Vec<String> {
+        std::fs::read(state_dir.join(FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn contains(state_dir: &Path, job_id: &str) -> bool {
+        load(state_dir).iter().any(|j| j == job_id)
+    }
+
+    pub fn record(state_dir: &Path, job_id: &str) -> std::io::Result<()> {
+        let mut done = load(state_dir);
+        done.retain(|j| j != job_id);
+        done.push(job_id.to_string());
+        if done.len() > KEPT {
+            let extra = done.len() - KEPT;
+            done.drain(..extra);
+        }
+        let text = serde_json::to_vec(&done).expect("json");
+        crate::durable::write_file(&state_dir.join(FILE), &text)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn remembers_the_last_jobs() {
+            let dir = tempfile::tempdir().unwrap();
+            assert!(!super::contains(dir.path(), "a"));
+            for i in 0..(super::KEPT + 3) {
+                super::record(dir.path(), &format!("job-{i}")).unwrap();
+            }
+            assert!(!super::contains(dir.path(), "job-0"));
+            assert!(super::contains(dir.path(), "job-3"));
+            assert!(super::contains(
+                dir.path(),
+                &format!("job-{}", super::KEPT + 2)
+            ));
+        }
     }
 }
