@@ -105,7 +105,7 @@ mod tests {
         assert_eq!(
             block.contents(),
             [
-                0x30, 27, // SEQUENCE
+                0x30, 30, // SEQUENCE
                 0x06, 6, 0x67, 0x81, 0x05, 0x0a, 0x01, 0x03, // id-loadablekey
                 0xa0, 3, 0x01, 0x01, 0xff, // emptyAuth TRUE
                 0x02, 4, 0x40, 0, 0, 1, // parent TPM_RH_OWNER
