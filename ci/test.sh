@@ -26,3 +26,10 @@ cargo test --workspace --all-features --locked -- --test-threads="${TEST_THREADS
 
 echo "== systemd units: systemd-analyze verify"
 ci/verify-units.sh
+
+# Every parser of untrusted bytes (the service's answers, certificates and
+# keys, config.ini, the helper's frames, the journal and identity files,
+# PKCS#11 URIs, MQTT packets, the emulator's policies and templates) is
+# fuzzed briefly: FUZZ_SECONDS per target (fuzz/README.md runs them longer).
+echo "== fuzz: ci/fuzz.sh"
+ci/fuzz.sh
