@@ -26,3 +26,11 @@ cargo test --workspace --all-features --locked -- --test-threads="${TEST_THREADS
 
 echo "== systemd units: systemd-analyze verify"
 ci/verify-units.sh
+
+# Every parser of untrusted bytes (the service's answers, certificates and
+# keys, config.ini, the helper's frames, the journal and identity files,
+# PKCS#11 URIs, MQTT packets, the emulator's policies and templates) is
+# fuzzed briefly: FUZZ_SECONDS per target, 10 here so that the build and
+# the runs take about 5 minutes on 2 CPUs (fuzz/README.md runs them longer).
+echo "== fuzz: ci/fuzz.sh"
+FUZZ_SECONDS="${FUZZ_SECONDS:-10}" ci/fuzz.sh

@@ -34,6 +34,8 @@ pub use config::{
 pub use emulator::{Credential, DataDir, Emulator, EmulatorError, EmulatorHandle};
 pub use jobs::{JobExecutionRecord, JobExecutionStatus, JobRecord};
 pub use link::{LinkError, LinkSimulation};
+#[cfg(fuzzing)]
+pub use mqtt::fuzz_decode;
 pub use mqtt::MAX_PAYLOAD;
 pub use packet_log::{ConnectionLog, LoggedPacket, PacketRecord};
 pub use registry::{

@@ -263,6 +263,48 @@ pub(crate) fn decode(
     }
 }
 
+/// Fuzzing entry point: [`decode_connect`] and [`decode`] over `bytes`, asserting that each PUBLISH re-encodes to one that decodes the same.
+#[cfg(fuzzing)]
+pub fn fuzz_decode(bytes: &[u8]) {
+    // The first byte picks the start: CONNECT first, or straight to 3.1.1 or 5 packets.
+    let Some((&mode, bytes)) = bytes.split_first() else {
+        return;
+    };
+    let mut buf = BytesMut::from(bytes);
+    let proto = match mode % 3 {
+        0 => match decode_connect(&mut buf, MAX_PACKET) {
+            Ok(Some((proto, _))) => proto,
+            _ => return,
+        },
+        1 => Protocol::V4,
+        _ => Protocol::V5,
+    };
+    while let Ok(Some(packet)) = decode(proto, &mut buf, MAX_PACKET) {
+        let Inbound::Publish(msg) = packet else {
+            continue;
+        };
+        let mut out = BytesMut::new();
+        encode(proto, &Outbound::Publish(msg.clone()), &mut out)
+            .expect("a decoded PUBLISH encodes");
+        match decode(proto, &mut out, MAX_PACKET) {
+            Ok(Some(Inbound::Publish(again))) => {
+                assert_eq!(
+                    (
+                        &again.topic,
+                        again.qos,
+                        again.retain,
+                        again.pkid,
+                        &again.payload
+                    ),
+                    (&msg.topic, msg.qos, false, msg.pkid, &msg.payload)
+                );
+            }
+            other => panic!("a re-encoded PUBLISH decodes as {other:?}"),
+        }
+        assert!(out.is_empty(), "bytes left after a re-encoded PUBLISH");
+    }
+}
+
 /// What an MQTT 5 client learns in CONNACK: QoS 1 at most, no topic
 /// aliases, subscription identifiers or shared subscriptions (not emulated),
 /// and the keep-alive actually enforced.

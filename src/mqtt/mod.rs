@@ -18,6 +18,8 @@ use std::time::Duration;
 use rumqttc::ConnectReturnCode;
 
 pub use link::LinkError;
+#[cfg(fuzzing)]
+pub use session::fuzz_read_publish;
 pub use session::{response_topics, Dialed, Prepared, Session};
 
 use crate::error::ErrorKind;

@@ -817,6 +817,12 @@ fn read_publish(frame: &[u8]) -> Result<InboundPublish, mqttbytes::Error> {
     })
 }
 
+/// Fuzzing entry point: [`read_publish`] as (topic, QoS, packet id, payload).
+#[cfg(fuzzing)]
+pub fn fuzz_read_publish(frame: &[u8]) -> Result<(String, QoS, u16, Vec<u8>), mqttbytes::Error> {
+    read_publish(frame).map(|p| (p.topic, p.qos, p.pkid, p.payload.to_vec()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1088,6 +1088,16 @@ impl Issued {
     }
 }
 
+/// Fuzzing entry point: [`Issued::parse`], giving the certificate id.
+#[cfg(fuzzing)]
+pub fn fuzz_issued_parse(
+    api: &str,
+    response: serde_json::Value,
+    public: &crate::keystore::PublicKey,
+) -> Result<String, ProvisionError> {
+    Issued::parse(api, response, public).map(|issued| issued.certificate_id)
+}
+
 /// The certificate a journal phase carries, parsed; the journal was written
 /// by this agent, so one that does not parse means the state is damaged.
 fn parse_issued(certificate: &IssuedCertificate) -> Result<Certificate, ProvisionError> {

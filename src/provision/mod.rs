@@ -10,6 +10,9 @@ pub mod retry;
 pub mod rotate;
 pub mod serial;
 
+#[cfg(fuzzing)]
+pub use flow::fuzz_issued_parse;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
