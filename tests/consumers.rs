@@ -100,6 +100,25 @@ fn connack(mut cmd: Command, thing: &str) -> Result<[u8; 4], String> {
 
 const CONNACK_ACCEPTED: [u8; 4] = [0x20, 0x02, 0x00, 0x00];
 
+/// OpenSSL's arguments for `key` through tpm2-openssl (preferred over the
+/// default provider, which cannot sign with a TPM key).
+#[cfg(feature = "tpm")]
+fn tpm2_provider_key(key: &str) -> Vec<String> {
+    [
+        "-provider",
+        "tpm2",
+        "-provider",
+        "default",
+        "-propquery",
+        "?provider=tpm2",
+        "-key",
+        key,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// Enrolls, connects with OpenSSL as the published identity says, rotates,
 /// and connects again with the same paths; `key_args` builds OpenSSL's key
 /// arguments from `identity.json`.
@@ -162,19 +181,7 @@ async fn openssl_with_the_tpm2_provider_uses_the_tpm_key_file() {
         assert_eq!(key["openssl"], file.to_str().unwrap(), "{published}");
         let pem = std::fs::read_to_string(&file).unwrap();
         assert!(pem.starts_with("-----BEGIN TSS2 PRIVATE KEY-----"), "{pem}");
-        [
-            "-provider",
-            "tpm2",
-            "-provider",
-            "default",
-            "-propquery",
-            "?provider=tpm2",
-            "-key",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([current.join("device.tss2.pem").display().to_string()])
-        .collect()
+        tpm2_provider_key(&current.join("device.tss2.pem").display().to_string())
     })
     .await;
 }
@@ -197,19 +204,7 @@ async fn openssl_with_the_tpm2_provider_uses_the_persistent_handle() {
         assert_eq!(key["form"], "tpm-handle", "{published}");
         let openssl = key["openssl"].as_str().unwrap().to_string();
         assert!(openssl.starts_with("handle:0x81"), "{published}");
-        [
-            "-provider",
-            "tpm2",
-            "-provider",
-            "default",
-            "-propquery",
-            "?provider=tpm2",
-            "-key",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([openssl])
-        .collect()
+        tpm2_provider_key(&openssl)
     })
     .await;
 }
