@@ -26,10 +26,31 @@ trap 'rm -rf "$work"' EXIT
 mkdir "$work/tmp"
 export TMPDIR=$work/tmp
 
+# Seeds that hold a private key are not in fuzz/corpus: the answers that
+# carry one are test fixtures (tests/fixtures/fuzz-seeds/README.md), and
+# the PEM keys are made fresh here, in every form the parser takes.
+keys=$work/seeds/private_key_pem
+mkdir -p "$keys"
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$keys/p256-pkcs8.pem" 2>/dev/null
+openssl ec -in "$keys/p256-pkcs8.pem" -out "$keys/p256-sec1.pem" 2>/dev/null
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-384 -out "$keys/p384-pkcs8.pem" 2>/dev/null
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$keys/rsa2048-pkcs8.pem" 2>/dev/null
+openssl rsa -in "$keys/rsa2048-pkcs8.pem" -traditional -out "$keys/rsa2048-pkcs1.pem" 2>/dev/null
+
+# The seed directories of `target` that exist.
+seeds_of() {
+  local dir
+  for dir in "fuzz/corpus/$1" "tests/fixtures/fuzz-seeds/$1" "$work/seeds/$1"; do
+    [[ -d $dir ]] && echo "$dir"
+  done
+}
+
 run_one() {
   local target=$1
   mkdir -p "$work/corpus/$target" "fuzz/artifacts/$target"
-  if cargo fuzz run "${flags[@]}" "$target" "$work/corpus/$target" "fuzz/corpus/$target" -- \
+  local seeds
+  mapfile -t seeds < <(seeds_of "$target")
+  if cargo fuzz run "${flags[@]}" "$target" "$work/corpus/$target" "${seeds[@]}" -- \
     -max_total_time="$seconds" -timeout=30 -print_final_stats=1 \
     -artifact_prefix="fuzz/artifacts/$target/" >"$work/$target.log" 2>&1; then
     echo "ok: $target ($(grep -m1 -oE 'stat::number_of_executed_units: *[0-9]+' "$work/$target.log" | grep -oE '[0-9]+$' || echo '?') runs in ${seconds}s)"
