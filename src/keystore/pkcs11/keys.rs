@@ -104,23 +104,35 @@ fn find_private_handles(session: &Session, label: &str) -> Result<Vec<ObjectHand
 /// label is an error: the store never makes that, so someone else did.
 pub fn find(session: &Session, label: &str) -> Result<Option<KeyObject>> {
     let handles = find_private_handles(session, label)?;
-    let handle = match handles.as_slice() {
-        [] => return Ok(None),
-        [h] => *h,
-        many => {
-            return Err(KeyStoreError::Backend {
-                backend: BACKEND,
-                op: "find private key".into(),
-                detail: format!(
-                    "{} private keys are labelled {label:?} on the token; delete the extra ones \
-                     (pkcs11-tool --delete-object) so that the label names one key",
-                    many.len()
-                ),
-                code: None,
-            })
-        }
+    let Some(handle) = at_most_one(&handles, "find private key", |n| {
+        format!(
+            "{n} private keys are labelled {label:?} on the token; delete the extra ones \
+             (pkcs11-tool --delete-object) so that the label names one key"
+        )
+    })?
+    else {
+        return Ok(None);
     };
     describe(session, handle, label).map(Some)
+}
+
+/// The one handle of `handles`, if any; more than one is an error whose
+/// detail `too_many` gives for their number.
+fn at_most_one(
+    handles: &[ObjectHandle],
+    op: &'static str,
+    too_many: impl FnOnce(usize) -> String,
+) -> Result<Option<ObjectHandle>> {
+    match handles {
+        [] => Ok(None),
+        [h] => Ok(Some(*h)),
+        many => Err(KeyStoreError::Backend {
+            backend: BACKEND,
+            op: op.into(),
+            detail: too_many(many.len()),
+            code: None,
+        }),
+    }
 }
 
 /// The private key whose CKA_ID is `id` (a key made by other tools; the
@@ -133,22 +145,15 @@ pub fn find_by_id(session: &Session, id: &[u8], label: &str) -> Result<Option<Ke
             Attribute::Id(id.to_vec()),
         ])
         .map_err(|e| error::map("find private key by CKA_ID", e))?;
-    let handle = match handles.as_slice() {
-        [] => return Ok(None),
-        [h] => *h,
-        many => {
-            return Err(KeyStoreError::Backend {
-                backend: BACKEND,
-                op: "find private key by CKA_ID".into(),
-                detail: format!(
-                    "{} private keys have CKA_ID {} on the token; give the key {label:?} a \
-                     CKA_ID of its own",
-                    many.len(),
-                    hex::encode(id)
-                ),
-                code: None,
-            })
-        }
+    let Some(handle) = at_most_one(&handles, "find private key by CKA_ID", |n| {
+        format!(
+            "{n} private keys have CKA_ID {} on the token; give the key {label:?} a CKA_ID of \
+             its own",
+            hex::encode(id)
+        )
+    })?
+    else {
+        return Ok(None);
     };
     let mut key = describe(session, handle, label)?;
     // Its own label, whatever it is, for messages and `keys list`.
