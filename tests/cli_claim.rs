@@ -48,6 +48,7 @@ impl Env {
             .arg("--config")
             .arg(&self.config)
             .args(args)
+            .envs(self._backend.env())
             .env_remove("PROV_AGENT_LOG")
             .output()
             .unwrap()

@@ -35,6 +35,7 @@ fn write_with_pkcs11_tool(device: &Device, pem: &std::path::Path, id: &str, labe
     let _shared = common::token_store_shared();
     for (file, kind) in [(&private, "privkey"), (&public, "pubkey")] {
         let out = Command::new("pkcs11-tool")
+            .envs(hsm.env())
             .arg("--module")
             .arg(&hsm.module)
             .args(["--token-label", &hsm.token_label, "--login", "--pin"])

@@ -38,7 +38,7 @@ fn config_with_section(section: &str) -> String {
 
 fn helper_store(backend: &Backend, dir: &Path) -> HelperKeyStore {
     HelperKeyStore::new(
-        AGENT,
+        backend.program(AGENT, dir),
         backend.keystore_backend(),
         dir.join("config.ini"),
         config_text(backend, dir),
@@ -71,15 +71,16 @@ fn assert_same(through_helper: &KeyStoreError, in_process: &KeyStoreError) {
 /// A helper in front of `backend`'s store, started at once, as the daemon
 /// runs it. The token-store lock is held while the helper runs, as for any
 /// child; it is taken after the token was made (which takes it
-/// exclusively). A helper over SoftHSM holds it alone: the suite starts
-/// many of them, and a SoftHSM process that starts while another one
-/// writes its token can read the store half-written (SoftHSM then aborts
-/// in `SlotManager::insertToken`: "Assertion `result.second' failed").
+/// exclusively). A helper over SoftHSM holds it alone, as in-process use
+/// of a token does: the conformance checks open the same token in this
+/// process too. (Each SoftHSM child sees only its own token; see
+/// `common::softhsm`.)
 fn subject(backend: Backend) -> Subject {
     let dir = tempfile::tempdir().unwrap();
     let kind = backend.keystore_backend();
     let config_path = dir.path().join("config.ini");
     let config = config_text(&backend, dir.path());
+    let program = backend.program(AGENT, dir.path());
     let lock: Box<dyn std::any::Any> = match kind {
         prov_agent::keystore::Backend::Pkcs11 => Box::new(common::token_store_exclusive()),
         _ => Box::new(common::token_store_shared()),
@@ -87,7 +88,8 @@ fn subject(backend: Backend) -> Subject {
     // The helper ends (the store is dropped) before the lock is released,
     // then the directory and the hardware go.
     Subject::new((lock, dir, backend), move || {
-        let helper = HelperKeyStore::new(AGENT, kind, config_path.clone(), config.clone());
+        let helper =
+            HelperKeyStore::new(program.clone(), kind, config_path.clone(), config.clone());
         helper.start().unwrap();
         Arc::new(helper)
     })

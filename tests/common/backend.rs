@@ -85,10 +85,34 @@ impl Backend {
     pub fn env(&self) -> Vec<(String, String)> {
         match self {
             #[cfg(feature = "pkcs11")]
+            Backend::Pkcs11(hsm) => hsm.env(),
+            #[cfg(feature = "pkcs11")]
             Backend::Tpm2Pkcs11(t) => t.env(),
             #[cfg(feature = "tpm")]
             Backend::TpmShared(t) => t.env(),
             _ => Vec::new(),
         }
+    }
+
+    /// `program` as a process this process starts itself (the key helper)
+    /// must be started to reach this backend: itself when the backend needs
+    /// no environment, else a script in `dir` that sets [`Backend::env`]
+    /// and execs it.
+    pub fn program(&self, program: &str, dir: &Path) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let env = self.env();
+        if env.is_empty() {
+            return program.into();
+        }
+        let mut script = String::from("#!/bin/sh\nexec env");
+        for (k, v) in env {
+            script.push_str(&format!(" '{k}={v}'"));
+        }
+        script.push_str(&format!(" '{program}' \"$@\"\n"));
+        let path = dir.join("with-backend-env");
+        std::fs::write(&path, script).expect("write the backend wrapper");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .expect("make the backend wrapper executable");
+        path
     }
 }

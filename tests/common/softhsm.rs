@@ -6,6 +6,18 @@
 //! token directory per test process (made once), and each test initialises
 //! a fresh token with a unique label in it, the way rust-cryptoki's tests
 //! do: init token with the SO PIN, SO login, init the user PIN.
+//!
+//! Child processes must not see the other tests' tokens: SoftHSM reads every
+//! token directory of its store at `C_Initialize`, and rewrites a token's
+//! `token.object` (truncate, then lock, then write) at every `C_Login`. A
+//! child starting while two other children log in can read two truncated
+//! token objects, give both slot 0 and abort on SoftHSM's
+//! `SlotManager::insertToken` assertion (seen in CI). So once a token is made,
+//! its directory moves to a store of the test's own, the process-wide store
+//! keeps a symlink to it (this process never lists its store again, and
+//! follows the link by path), and children get that store's configuration
+//! through [`SoftHsm::env`]. SoftHSM skips symlinks when it lists a store, so
+//! a child run without that environment finds no token and fails loudly.
 #![cfg(feature = "pkcs11")]
 
 use std::io::Write;
@@ -104,6 +116,8 @@ pub struct SoftHsm {
     pub module: PathBuf,
     pub token_label: String,
     pub pin_file: PathBuf,
+    /// `softhsm2.conf` of the store that holds only this token.
+    own_config: PathBuf,
     pins: tempfile::TempDir,
 }
 
@@ -149,14 +163,30 @@ impl SoftHsm {
                 .expect("init user PIN");
             session.logout().expect("SO logout");
         }
+        let serial = ctx
+            .get_token_info(slot)
+            .expect("token info")
+            .serial_number()
+            .trim_end()
+            .to_string();
+        let own_config = move_to_own_store(&label, &serial);
         let pins = tempfile::tempdir().expect("PIN directory");
         let pin_file = write_pin(pins.path(), "user.pin", USER_PIN);
         SoftHsm {
             module: module_path(),
             token_label: label,
             pin_file,
+            own_config,
             pins,
         }
+    }
+
+    /// The environment a child process that uses this token needs.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![(
+            "SOFTHSM2_CONF".into(),
+            self.own_config.display().to_string(),
+        )]
     }
 
     /// Settings for the key store: this token, the PIN from the PIN file.
@@ -191,6 +221,45 @@ impl SoftHsm {
             Err(e) => panic!("user login: {e}"),
         }
     }
+}
+
+/// Moves the token whose serial is `serial` out of the process-wide store
+/// into a store of its own (see the module docs), leaving a symlink behind;
+/// returns that store's configuration file.
+fn move_to_own_store(label: &str, serial: &str) -> PathBuf {
+    // SoftHSM names a token's directory by a UUID and takes the serial from
+    // its last two groups.
+    assert_eq!(serial.len(), 16, "SoftHSM token serial {serial:?}");
+    let suffix = format!("-{}-{}", &serial[..4], &serial[4..]);
+    let shared = config_dir().join("tokens");
+    let token_dir = std::fs::read_dir(&shared)
+        .expect("list SoftHSM token directory")
+        .flatten()
+        .find(|e| {
+            e.file_name().to_string_lossy().ends_with(&suffix)
+                && e.file_type().is_ok_and(|t| t.is_dir())
+        })
+        .unwrap_or_else(|| panic!("no token directory for serial {serial}"))
+        .file_name();
+    let own = config_dir().join(format!("own-{label}"));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(own.join("tokens"))
+        .expect("create the token's own store");
+    let moved = own.join("tokens").join(&token_dir);
+    std::fs::rename(shared.join(&token_dir), &moved).expect("move the token directory");
+    std::os::unix::fs::symlink(&moved, shared.join(&token_dir)).expect("link the token back");
+    let conf = own.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            own.join("tokens").display()
+        ),
+    )
+    .expect("write the token's softhsm2.conf");
+    conf
 }
 
 fn find_slot(ctx: &Pkcs11, label: &str) -> cryptoki::slot::Slot {
