@@ -96,23 +96,31 @@ impl Backend {
 
     /// `program` as a process this process starts itself (the key helper)
     /// must be started to reach this backend: itself when the backend needs
-    /// no environment, else a script in `dir` that sets [`Backend::env`]
-    /// and execs it.
+    /// no environment, else a symlink in `dir` to
+    /// `tests/fixtures/with-env.sh`, which sets [`Backend::env`] from the
+    /// file next to the link and execs `program`. (No executable is written:
+    /// a file being written while another thread forks is open for writing
+    /// in the child too, and executing it then fails with ETXTBSY.)
     pub fn program(&self, program: &str, dir: &Path) -> std::path::PathBuf {
-        use std::os::unix::fs::PermissionsExt;
         let env = self.env();
         if env.is_empty() {
             return program.into();
         }
-        let mut script = String::from("#!/bin/sh\nexec env");
+        let quote = |v: &str| format!("'{}'", v.replace('\'', "'\\''"));
+        let mut settings = String::new();
         for (k, v) in env {
-            script.push_str(&format!(" '{k}={v}'"));
+            settings.push_str(&format!("export {k}={}\n", quote(&v)));
         }
-        script.push_str(&format!(" '{program}' \"$@\"\n"));
-        let path = dir.join("with-backend-env");
-        std::fs::write(&path, script).expect("write the backend wrapper");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-            .expect("make the backend wrapper executable");
-        path
+        settings.push_str(&format!("PROGRAM={}\n", quote(program)));
+        let link = dir.join("with-backend-env");
+        std::fs::write(dir.join("with-backend-env.env"), settings)
+            .expect("write the backend's environment");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/with-env.sh"),
+            &link,
+        )
+        .expect("link the backend wrapper");
+        link
     }
 }
