@@ -414,3 +414,106 @@ async fn a_command_within_the_minimum_interval_is_ignored() {
     assert_eq!(device.identity().unwrap(), before);
     daemon.stop().await;
 }
+
+/// A key helper that hangs in the middle of a rotation (stopped, as a hung
+/// TPM or token holds the process that waits for it) does not hold the
+/// daemon: the watchdog pings go on, the rotation fails once
+/// `[KEYSTORE] HELPER_TIMEOUT` is up (four times that for a key generation)
+/// and the device keeps its identity and reconnects; and SIGTERM stops the
+/// daemon, and its hung helper, without waiting for the deadline.
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_key_helper_does_not_hold_the_daemon() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let cloud = TestCloud::start().await;
+    let device = Device::enrolled(&cloud, Backend::File, "").await;
+    let before = device.identity().unwrap();
+    let sock_dir = tempfile::tempdir().unwrap();
+    let sock_path = sock_dir.path().join("notify");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let pings = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let collector = {
+        let (pings, done) = (pings.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while !done.load(Ordering::SeqCst) {
+                if let Ok(n) = sock.recv(&mut buf) {
+                    if String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1") {
+                        pings.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        })
+    };
+    let daemon = Daemon::start_env(
+        &device,
+        &[
+            ("PROV_AGENT_FAULT", "helper-generate"),
+            ("PROV_AGENT_KEYSTORE_HELPER_TIMEOUT", "4s"),
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            // A ping every 0.5 s.
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    );
+    daemon
+        .wait_log("connected", 1, Duration::from_secs(15))
+        .await;
+
+    send_rotation_command(&cloud, &before.thing_name).await;
+    daemon
+        .wait_log("stopping at helper-generate", 1, Duration::from_secs(15))
+        .await;
+    let pings_at_hang = pings.load(Ordering::SeqCst);
+    daemon
+        .wait_log("rotation failed", 1, Duration::from_secs(40))
+        .await;
+    let pings_during_hang = pings.load(Ordering::SeqCst) - pings_at_hang;
+    // 16 s of hang at a ping every 0.5 s: 32 if on time; a daemon held by
+    // the helper sends none.
+    assert!(
+        pings_during_hang >= 10,
+        "{pings_during_hang} watchdog pings while the helper hung"
+    );
+    assert!(
+        daemon.count("did not finish a key generation within 16s") > 0,
+        "{}",
+        daemon.log.lock().unwrap().join("\n")
+    );
+    assert_eq!(device.identity().unwrap(), before);
+    daemon
+        .wait_log("connected", 2, Duration::from_secs(15))
+        .await;
+
+    // Again, and stop the daemon while the helper hangs: it stops without
+    // waiting the 16 s (Daemon::stop allows 10), and takes the helper along.
+    send_rotation_command(&cloud, &before.thing_name).await;
+    daemon
+        .wait_log("stopping at helper-generate", 2, Duration::from_secs(15))
+        .await;
+    let helpers = common::daemon::children_of(daemon.child.id().unwrap());
+    assert_eq!(helpers.len(), 1, "helper processes {helpers:?}");
+    let helper = helpers[0];
+    daemon.stop().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{helper}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim().to_string()));
+        match state {
+            None => break,
+            Some(s) if s.starts_with('Z') || s.starts_with('X') => break,
+            Some(s) => assert!(
+                std::time::Instant::now() < deadline,
+                "the hung helper {helper} outlived the daemon: {s}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(device.identity().unwrap(), before);
+    done.store(true, Ordering::SeqCst);
+    collector.join().unwrap();
+}

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{runtime, CommandError};
+use super::CommandError;
 use crate::config::Config;
 use crate::keystore::{helper::HelperKeyStore, KeyStore};
 
@@ -14,9 +14,30 @@ pub fn run(path: &Path, config: Config, text: String) -> Result<(), CommandError
     // long as a handshake or a rotation (keystore::helper). Start one now
     // so that a key store that cannot be opened is reported at once, with
     // its exit code.
-    let helper = HelperKeyStore::new("/proc/self/exe", config.keystore.backend, path, text);
+    let helper = HelperKeyStore::new("/proc/self/exe", config.keystore.backend, path, text)
+        .with_timeout(config.keystore.helper_timeout);
     helper.start()?;
     let store: Arc<dyn KeyStore> = Arc::new(helper);
-    runtime()?.block_on(crate::daemon::run::run(path, config, store))?;
+    let runtime = daemon_runtime()?;
+    let result = runtime.block_on(crate::daemon::run::run(path, config, store));
+    // A stop in the middle of a key operation leaves its task waiting for
+    // the helper (at most HELPER_TIMEOUT): do not wait for it; the journal
+    // finishes an interrupted rotation at the next start.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    result?;
     Ok(())
+}
+
+/// How long a stopping daemon waits for tasks still running.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The daemon's runtime: one worker, and multi-threaded so that a wait for
+/// the key helper leaves the worker (`block_in_place` in
+/// [`HelperKeyStore`]) and signals and the watchdog are served meanwhile.
+fn daemon_runtime() -> Result<tokio::runtime::Runtime, CommandError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(CommandError::Runtime)
 }

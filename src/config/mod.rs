@@ -157,6 +157,10 @@ pub struct KeyStoreConfig {
     pub device_key: KeyLabel,
     pub algorithm: KeyAlgorithm,
     pub settings: KeyStoreSettings,
+    /// `[KEYSTORE] HELPER_TIMEOUT`: how long the daemon waits for one
+    /// answer of its key helper (four times as long for a key generation)
+    /// before it kills the helper and fails the operation.
+    pub helper_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -244,6 +248,7 @@ pub const SCHEMA: &[(&str, &[KeySpec])] = &[
             ("CLAIM_KEY", Some("claim")),
             ("DEVICE_KEY", Some("device")),
             ("KEY_ALGORITHM", Some("ec-p256")),
+            ("HELPER_TIMEOUT", Some("30s")),
         ],
     ),
     (

@@ -209,6 +209,9 @@ pub(super) fn keystore(
         device_key,
         algorithm: r.with_default("KEYSTORE", "KEY_ALGORITHM", |s| s.parse::<KeyAlgorithm>())?,
         settings: backend_settings,
+        helper_timeout: r.with_default("KEYSTORE", "HELPER_TIMEOUT", |s| {
+            bounded_duration(s, HOUR, "1h")
+        })?,
     })
 }
 

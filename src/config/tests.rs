@@ -475,3 +475,27 @@ fn unwrapped_tpm_import_is_opt_in() {
     };
     assert!(t.allow_unwrapped_import);
 }
+
+/// `[KEYSTORE] HELPER_TIMEOUT`: 30 s unless set; zero and more than an hour
+/// are refused, naming the key.
+#[test]
+fn helper_timeout_is_bounded() {
+    assert_eq!(
+        load(MINIMAL).unwrap().keystore.helper_timeout,
+        Duration::from_secs(30)
+    );
+    let with = |v: &str| {
+        load(&MINIMAL.replace(
+            "BACKEND = file",
+            &format!("BACKEND = file\nHELPER_TIMEOUT = {v}"),
+        ))
+    };
+    assert_eq!(
+        with("2m").unwrap().keystore.helper_timeout,
+        Duration::from_secs(120)
+    );
+    for bad in ["0s", "2h", "soon"] {
+        let e = with(bad).unwrap_err().to_string();
+        assert!(e.contains("HELPER_TIMEOUT"), "{bad}: {e}");
+    }
+}

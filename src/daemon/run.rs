@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::time::Instant;
 
 use super::notify::{Notifier, NOTIFY_SOCKET, WATCHDOG_PID, WATCHDOG_USEC};
@@ -57,10 +57,51 @@ struct Daemon {
     store: Arc<dyn KeyStore>,
     identity: Identity,
     notifier: Option<Notifier>,
+    signals: Signals,
+    /// SIGTERM or SIGINT came while a connection or a rotation was under
+    /// way: the main loop stops at its next turn.
+    stopping: bool,
     session: Option<Session>,
     reconnect: Backoff,
     attempt: u32,
     next_connect: Instant,
+}
+
+/// The signals the daemon acts on.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, ProvisionError> {
+        let install = |kind: SignalKind, what: &'static str| {
+            signal(kind).map_err(ProvisionError::io(what, "signal"))
+        };
+        Ok(Self {
+            term: install(SignalKind::terminate(), "install SIGTERM handler")?,
+            int: install(SignalKind::interrupt(), "install SIGINT handler")?,
+            hup: install(SignalKind::hangup(), "install SIGHUP handler")?,
+        })
+    }
+
+    /// SIGTERM or SIGINT (a SIGHUP meanwhile waits for [`Signals::next`]).
+    async fn stop(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+
+    /// The next signal: `true` to stop, `false` to reload.
+    async fn next(&mut self) -> bool {
+        tokio::select! {
+            _ = self.term.recv() => true,
+            _ = self.int.recv() => true,
+            _ = self.hup.recv() => false,
+        }
+    }
 }
 
 pub async fn run(
@@ -97,6 +138,8 @@ pub async fn run(
         store,
         identity,
         notifier,
+        signals: Signals::install()?,
+        stopping: false,
         session: None,
         reconnect: Backoff {
             max_retries: u32::MAX,
@@ -145,25 +188,26 @@ impl Daemon {
     }
 
     async fn main_loop(&mut self) -> Result<(), ProvisionError> {
-        let mut term = signal(SignalKind::terminate())
-            .map_err(ProvisionError::io("install SIGTERM handler", "signal"))?;
-        let mut int = signal(SignalKind::interrupt())
-            .map_err(ProvisionError::io("install SIGINT handler", "signal"))?;
-        let mut hup = signal(SignalKind::hangup())
-            .map_err(ProvisionError::io("install SIGHUP handler", "signal"))?;
         let mut watchdog = tokio::time::interval(self.watchdog_period());
         let mut check = tokio::time::interval(self.config.rotation.check_interval);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if self.stopping {
+                return self.stop().await;
+            }
             if self.session.is_none() && Instant::now() >= self.next_connect {
                 self.connect().await;
+                continue;
             }
             let reconnect_at = self.next_connect;
             let offline = self.session.is_none();
             tokio::select! {
-                _ = term.recv() => return self.stop().await,
-                _ = int.recv() => return self.stop().await,
-                _ = hup.recv() => self.reload(),
+                stop = self.signals.next() => {
+                    if stop {
+                        return self.stop().await;
+                    }
+                    self.reload();
+                }
                 _ = watchdog.tick() => self.notify(|n| n.watchdog()),
                 _ = check.tick() => {
                     if SystemTime::now() >= self.due() {
@@ -185,8 +229,69 @@ impl Daemon {
         }
     }
 
+    /// Waits for `work`, which runs elsewhere (a task or a thread of its
+    /// own, so that its waits for the key helper never hold this task),
+    /// while serving the watchdog and SIGTERM/SIGINT. `None` when a stop
+    /// signal came first: then [`Daemon::stopping`] is set and the work is
+    /// abandoned, as a crash would leave it (an interrupted rotation is
+    /// finished from its journal at the next start).
+    async fn serve_while<T>(
+        &mut self,
+        what: &'static str,
+        work: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        tokio::pin!(work);
+        let mut watchdog = tokio::time::interval(self.watchdog_period());
+        loop {
+            tokio::select! {
+                value = &mut work => return Some(value),
+                _ = self.signals.stop() => {
+                    tracing::warn!("stop requested during {what}: not waiting for it to finish");
+                    self.stopping = true;
+                    return None;
+                }
+                _ = watchdog.tick() => self.notify(|n| n.watchdog()),
+            }
+        }
+    }
+
+    /// A rotation, run on a thread of its own with its own runtime, and its
+    /// outcome.
+    fn rotation(
+        &self,
+    ) -> impl std::future::Future<Output = Result<crate::provision::Outcome, ProvisionError>> {
+        let config = self.config.clone();
+        let store = self.store.clone();
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let started = std::thread::Builder::new()
+            .name("rotation".into())
+            .spawn(move || {
+                let result = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(ProvisionError::io("start the rotation's runtime", "tokio"))
+                    .and_then(|rt| {
+                        rt.block_on(rotate_locked(&config, store, RotateOptions::default()))
+                    });
+                let _ = done.send(result);
+            });
+        async move {
+            started.map_err(ProvisionError::io("start the rotation's thread", "thread"))?;
+            outcome.await.unwrap_or_else(|_| {
+                Err(ProvisionError::io("finish the rotation", "thread")(
+                    std::io::Error::other("the rotation's thread ended without an outcome"),
+                ))
+            })
+        }
+    }
+
     async fn stop(&mut self) -> Result<(), ProvisionError> {
         tracing::info!("stopping");
+        // A helper that an abandoned operation still waits for (it may hang
+        // in the hardware) ends with the daemon.
+        if self.stopping {
+            self.store.abandon();
+        }
         self.notify(|n| n.stopping());
         if let Some(s) = self.session.take() {
             s.close().await;
@@ -247,17 +352,30 @@ impl Daemon {
     }
 
     async fn connect_only(&mut self) -> bool {
-        let result = async {
-            let opts = self.connect_options()?;
-            // The command and Jobs topics, and the answers to the pending
-            // job query that follows, subscribed right behind CONNECT.
-            let (cmd, jobs) = self.thing_topics();
-            let [accepted, rejected] = response_topics(&self.next_job_topic());
-            let session =
-                Session::connect_subscribed(&opts, &[cmd, jobs, accepted, rejected]).await?;
-            Ok::<_, ProvisionError>(session)
-        }
-        .await;
+        let result = match self.connect_options() {
+            Ok(opts) => {
+                // The command and Jobs topics, and the answers to the
+                // pending job query that follows, subscribed right behind
+                // CONNECT.
+                let (cmd, jobs) = self.thing_topics();
+                let [accepted, rejected] = response_topics(&self.next_job_topic());
+                let topics = [cmd, jobs, accepted, rejected];
+                // A task of its own: the handshake's signature waits for the
+                // key helper off this task, which serves signals meanwhile.
+                let connecting =
+                    tokio::spawn(async move { Session::connect_subscribed(&opts, &topics).await });
+                let connected = async {
+                    connecting
+                        .await
+                        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+                };
+                match self.serve_while("connecting", connected).await {
+                    Some(result) => result.map_err(ProvisionError::from),
+                    None => return false,
+                }
+            }
+            Err(e) => Err(e),
+        };
         // The key was needed for the handshake only.
         self.store.release();
         match result {
@@ -386,17 +504,8 @@ impl Daemon {
         if let Some(s) = self.session.take() {
             s.close().await;
         }
-        let result = {
-            let mut watchdog = tokio::time::interval(self.watchdog_period());
-            let rotation =
-                rotate_locked(&self.config, self.store.clone(), RotateOptions::default());
-            tokio::pin!(rotation);
-            loop {
-                tokio::select! {
-                    r = &mut rotation => break r,
-                    _ = watchdog.tick() => self.notify(|n| n.watchdog()),
-                }
-            }
+        let Some(result) = self.serve_while("a rotation", self.rotation()).await else {
+            return;
         };
         // Nothing of the hardware stays open for the post-rotation command
         // to inherit, or to keep from the service it reloads.

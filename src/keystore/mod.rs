@@ -85,6 +85,13 @@ pub trait KeyStore: Send + Sync {
     /// process. Stores that keep one context for their lifetime ignore it.
     fn release(&self) {}
 
+    /// Stops at once, from any thread and without waiting for an operation
+    /// in progress, whatever this store runs outside this process (the key
+    /// helper, which is killed): for a daemon that stops while an
+    /// operation may hang in the hardware. The operation in progress then
+    /// fails. Stores without such a process ignore it.
+    fn abandon(&self) {}
+
     /// Whether the store takes a private key made elsewhere
     /// ([`KeyStore::import`]), found out without changing anything:
     /// `Err(KeyStoreError::ImportRefused)` when it is known not to (a
@@ -134,6 +141,9 @@ impl<T: KeyStore + ?Sized> KeyStore for std::sync::Arc<T> {
     }
     fn release(&self) {
         (**self).release()
+    }
+    fn abandon(&self) {
+        (**self).abandon()
     }
     fn probe_import(&self) -> Result<()> {
         (**self).probe_import()

@@ -1,14 +1,16 @@
 //! The daemon side: [`HelperKeyStore`] starts the helper process, says
 //! hello, forwards each operation and ends the process on release.
 
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
+use super::deadline::{nonblocking, Timed};
 use super::wire::{
     read_message, write_message, ReadError, Reply, ReplyFrame, Request, RequestFrame, VERSION,
 };
@@ -21,6 +23,37 @@ use crate::keystore::{
 /// How long a helper may take to finish after its input is closed.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 
+/// How long the helper may take to answer, unless the configuration says
+/// otherwise (`[KEYSTORE] HELPER_TIMEOUT`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Key generation may take this many times the timeout: an RSA key made
+/// inside a TPM or a smart card takes up to a minute or more.
+const GENERATE_FACTOR: u32 = 4;
+
+/// The deadline for the answer to `request`, given the store's timeout.
+fn answer_within(request: &Request, timeout: Duration) -> Duration {
+    match request {
+        Request::Generate { .. } => timeout.saturating_mul(GENERATE_FACTOR),
+        _ => timeout,
+    }
+}
+
+/// What a request is, for messages.
+fn operation(request: &Request) -> &'static str {
+    match request {
+        Request::Hello { .. } => "opening the key store",
+        Request::Generate { .. } => "a key generation",
+        Request::Import { .. } => "a key import",
+        Request::Info { .. } => "a key look-up",
+        Request::Sign { .. } => "a signature",
+        Request::Promote { .. } => "a key promotion",
+        Request::Delete { .. } => "a key deletion",
+        Request::List => "listing the keys",
+        Request::HardwareId => "reading the hardware id",
+    }
+}
+
 struct HelperProcess {
     child: Child,
     stdin: Option<ChildStdin>,
@@ -28,17 +61,31 @@ struct HelperProcess {
 }
 
 impl HelperProcess {
+    /// Sends `request` and reads the answer, both before `until`
+    /// ([`std::io::ErrorKind::TimedOut`] after it).
     fn exchange(
         &mut self,
         request: Request,
         body: &[u8],
+        until: Instant,
     ) -> std::result::Result<(Reply, Zeroizing<Vec<u8>>), ReadError> {
         let stdin = self
             .stdin
             .as_mut()
             .ok_or(std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
-        write_message(stdin, &RequestFrame::V1(request), body)?;
-        match read_message::<ReplyFrame>(&mut self.stdout)? {
+        write_message(
+            &mut Timed {
+                inner: stdin,
+                until,
+            },
+            &RequestFrame::V1(request),
+            body,
+        )?;
+        let mut stdout = Timed {
+            inner: &mut self.stdout,
+            until,
+        };
+        match read_message::<ReplyFrame>(&mut stdout)? {
             Some((ReplyFrame::V1(reply), body)) => Ok((reply, body)),
             None => Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
@@ -66,12 +113,18 @@ impl HelperProcess {
                 }
                 _ => {
                     tracing::warn!("the key helper did not end; killing it");
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
+                    self.kill();
                     return;
                 }
             }
         }
+    }
+
+    /// Kills the helper at once and reaps it: for a helper that did not
+    /// answer in time, which is not asked to finish anything.
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -83,7 +136,13 @@ pub struct HelperKeyStore {
     program: PathBuf,
     config_path: PathBuf,
     config_text: String,
+    timeout: Duration,
     process: Mutex<Option<HelperProcess>>,
+    /// A pidfd of the running helper, held apart from `process` (which an
+    /// operation holds while it waits) for [`KeyStore::abandon`]; a pidfd,
+    /// not a pid, so that a helper already reaped is never confused with
+    /// a process that reused its pid.
+    pidfd: Mutex<Option<Arc<OwnedFd>>>,
 }
 
 impl std::fmt::Debug for HelperKeyStore {
@@ -111,16 +170,28 @@ impl HelperKeyStore {
             program: program.into(),
             config_path: config_path.into(),
             config_text,
+            timeout: DEFAULT_TIMEOUT,
             process: Mutex::new(None),
+            pidfd: Mutex::new(None),
         }
+    }
+
+    /// How long the helper may take to answer (key generation: four times
+    /// as long) before it is killed and the operation fails as retryable
+    /// [`KeyStoreError::Unavailable`]; [`DEFAULT_TIMEOUT`] unless set.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// Starts the helper now, so that a key store that cannot be opened
     /// (no device, wrong PIN) is reported at once rather than at the first
     /// operation. The helper keeps running until [`KeyStore::release`].
     pub fn start(&self) -> Result<()> {
-        let mut guard = self.process.lock().unwrap_or_else(PoisonError::into_inner);
-        self.running(&mut guard).map(drop)
+        off_runtime(|| {
+            let mut guard = self.process.lock().unwrap_or_else(PoisonError::into_inner);
+            self.running(&mut guard).map(drop)
+        })
     }
 
     /// The running helper, started if there is none.
@@ -184,16 +255,28 @@ impl HelperKeyStore {
             .map_err(|e| self.broken(&format!("{} could not start", self.program.display()), e))?;
         let stdin = child.stdin.take().expect("piped stdin");
         let stdout = child.stdout.take().expect("piped stdout");
+        let pidfd = rustix::process::Pid::from_raw(child.id() as i32).and_then(|pid| {
+            rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+        });
+        *self.pidfd.lock().unwrap_or_else(PoisonError::into_inner) = pidfd.map(Arc::new);
         let mut process = HelperProcess {
             child,
             stdin: Some(stdin),
             stdout,
         };
+        if let Err(e) = nonblocking(process.stdin.as_ref().expect("just set"))
+            .and_then(|()| nonblocking(&process.stdout))
+        {
+            process.kill();
+            return Err(self.broken("pipes could not be set up", e));
+        }
         let hello = Request::Hello {
             config_path: self.config_path.clone(),
             config_text: self.config_text.clone(),
         };
-        let result = match process.exchange(hello, &[]) {
+        let within = answer_within(&hello, self.timeout);
+        let what = operation(&hello);
+        let result = match process.exchange(hello, &[], Instant::now() + within) {
             Ok((Reply::Hello { backend }, _)) if backend == self.backend => return Ok(process),
             Ok((Reply::Hello { backend }, _)) => Err(self.broken(
                 "does not match the daemon",
@@ -204,17 +287,44 @@ impl HelperKeyStore {
             )),
             Ok((Reply::Error { error }, _)) => Err(error.into()),
             Ok((other, _)) => Err(self.broken("answered the hello with", format!("{other:?}"))),
+            Err(e) if timed_out(&e) => {
+                process.kill();
+                return Err(self.too_slow(what, within));
+            }
             Err(e) => Err(self.failed("failed to start", e)),
         };
         process.end();
         result
     }
 
+    /// The error for a helper that did not answer `what` in time.
+    fn too_slow(&self, what: &str, within: Duration) -> KeyStoreError {
+        self.broken(
+            &format!("did not finish {what} within {within:?}"),
+            "it was stopped; the TPM or token may be hung or very slow (raise \
+             [KEYSTORE] HELPER_TIMEOUT if it is only slow)",
+        )
+    }
+
+    /// Forwards one operation ([`off_runtime`]).
     fn call(&self, request: Request, body: &[u8]) -> Result<(Reply, Zeroizing<Vec<u8>>)> {
+        off_runtime(|| self.call_blocking(request, body))
+    }
+
+    fn call_blocking(&self, request: Request, body: &[u8]) -> Result<(Reply, Zeroizing<Vec<u8>>)> {
         let mut guard = self.process.lock().unwrap_or_else(PoisonError::into_inner);
-        match self.running(&mut guard)?.exchange(request, body) {
+        let what = operation(&request);
+        let process = self.running(&mut guard)?;
+        let within = answer_within(&request, self.timeout);
+        match process.exchange(request, body, Instant::now() + within) {
             Ok((Reply::Error { error }, _)) => Err(error.into()),
             Ok(answer) => Ok(answer),
+            Err(e) if timed_out(&e) => {
+                if let Some(p) = guard.take() {
+                    p.kill();
+                }
+                Err(self.too_slow(what, within))
+            }
             Err(e) => {
                 // A dead or confused helper is ended; the next call starts
                 // a fresh one.
@@ -239,6 +349,24 @@ impl HelperKeyStore {
             other => Err(self.unexpected(other)),
         }
     }
+}
+
+/// Runs `f`, which waits for the helper. Inside a multi-threaded tokio
+/// runtime (the daemon's) the wait leaves the runtime's worker
+/// (`block_in_place`), so that the runtime's other tasks (signals, the
+/// watchdog) go on meanwhile; elsewhere it just blocks.
+fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
+fn timed_out(e: &ReadError) -> bool {
+    matches!(e, ReadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
 }
 
 impl KeyStore for HelperKeyStore {
@@ -324,9 +452,26 @@ impl KeyStore for HelperKeyStore {
         }
     }
 
+    fn abandon(&self) {
+        let pidfd = self
+            .pidfd
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(fd) = pidfd {
+            // ESRCH: it has ended already.
+            let _ = rustix::process::pidfd_send_signal(&*fd, rustix::process::Signal::KILL);
+            tracing::debug!("key helper killed");
+        }
+    }
+
     fn release(&self) {
         let process = self
             .process
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        self.pidfd
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();

@@ -35,10 +35,20 @@
 //!   naming both versions and saying to restart the daemon; it is not
 //!   retryable, and nothing is forwarded to a helper of another version.
 //!
+//! A helper that stops answering does not hold the daemon: each answer is
+//! awaited until a deadline (`[KEYSTORE] HELPER_TIMEOUT`, longer for key
+//! generation), then the helper is killed and the operation fails as
+//! retryable [`KeyStoreError::Unavailable`](super::KeyStoreError::Unavailable).
+//! Inside a multi-threaded tokio runtime (the daemon's) the wait happens
+//! off the runtime's worker (`block_in_place`), so signals and the systemd
+//! watchdog are served meanwhile.
+//!
 //! Files: `wire.rs` (frames, messages, the error mirror), `server.rs` (the
-//! helper side), `client.rs` (the daemon side).
+//! helper side), `client.rs` (the daemon side), `deadline.rs` (the daemon's
+//! pipe ends, read and written against a deadline).
 
 mod client;
+mod deadline;
 mod server;
 pub mod wire;
 

@@ -101,7 +101,10 @@ fn handle(store: &dyn KeyStore, request: Request, body: &[u8]) -> Result<(Reply,
     Ok(match request {
         Request::Hello { .. } => unreachable!("refused before"),
         Request::Generate { label, algorithm } => (
-            key(store.generate(&KeyLabel::new(label)?, algorithm)?),
+            key({
+                crate::provision::fault::stall("helper-generate");
+                store.generate(&KeyLabel::new(label)?, algorithm)?
+            }),
             vec![],
         ),
         Request::Import { label } => {
