@@ -517,3 +517,41 @@ async fn a_hung_key_helper_does_not_hold_the_daemon() {
     done.store(true, Ordering::SeqCst);
     collector.join().unwrap();
 }
+
+/// A device key that another tool replaced: the daemon says once, clearly,
+/// what is wrong and what to do (instead of a warning at every retry), and
+/// `check` says the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replaced_device_key_is_reported_once_with_what_to_do() {
+    use prov_agent::keystore::{KeyAlgorithm, KeyLabel};
+
+    let cloud = TestCloud::start().await;
+    let device = Device::enrolled(&cloud, Backend::File, "").await;
+    let before = device.identity().unwrap();
+    {
+        let store = device.store();
+        let label = KeyLabel::new(before.key_label.clone()).unwrap();
+        store.delete(&label).unwrap();
+        store.generate(&label, KeyAlgorithm::EcP256).unwrap();
+    }
+    let daemon = Daemon::start(&device);
+    daemon
+        .wait_log("does not belong to the key", 1, Duration::from_secs(15))
+        .await;
+    // Long enough for the backoff of an ordinary failure (from 1 s) to
+    // have retried several times.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let log = daemon.log.lock().unwrap().join("\n");
+    assert_eq!(daemon.count("does not belong to the key"), 1, "{log}");
+    assert_eq!(daemon.count("WARN cannot connect"), 0, "{log}");
+    assert!(log.contains("prov-agent enroll --force"), "{log}");
+    assert!(log.contains(&before.certificate_id), "{log}");
+    assert_eq!(device.identity().unwrap(), before);
+
+    let check = device.run(&["check"]).await;
+    assert!(!check.status.success());
+    let text = common::device::text(&check);
+    assert!(text.contains("does not belong to the key"), "{text}");
+    assert!(text.contains("prov-agent enroll --force"), "{text}");
+    daemon.stop().await;
+}

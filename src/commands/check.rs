@@ -177,14 +177,15 @@ pub fn run(config: &Config, json: bool) -> Result<(String, bool), CommandError> 
                 format!("certificate {} belongs to {}", cert.id(), key.reference),
             );
         } else {
+            // What the daemon says of it too.
+            let problem = crate::provision::ProvisionError::IdentityKeyMismatch {
+                certificate: cert.id(),
+                key: key.reference.clone(),
+            };
             r.add(
                 "key matches certificate",
                 Verdict::Fail,
-                format!(
-                    "certificate {} does not belong to key {}: the device cannot authenticate; enroll again (`prov-agent enroll --force`)",
-                    cert.id(),
-                    key.reference
-                ),
+                problem.to_string(),
             );
         }
     }

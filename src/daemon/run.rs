@@ -58,6 +58,8 @@ struct Daemon {
     identity: Identity,
     notifier: Option<Notifier>,
     signals: Signals,
+    /// The identity's key was found deleted or replaced, and said so.
+    identity_broken: bool,
     /// SIGTERM or SIGINT came while a connection or a rotation was under
     /// way: the main loop stops at its next turn.
     stopping: bool,
@@ -139,6 +141,7 @@ pub async fn run(
         identity,
         notifier,
         signals: Signals::install()?,
+        identity_broken: false,
         stopping: false,
         session: None,
         reconnect: Backoff {
@@ -380,11 +383,29 @@ impl Daemon {
         self.store.release();
         match result {
             Ok(session) => {
+                if std::mem::take(&mut self.identity_broken) {
+                    tracing::info!("the identity's key is back");
+                }
                 tracing::info!(thing = %self.identity.thing_name, "connected");
                 self.session = Some(session);
                 self.attempt = 0;
                 self.status("connected");
                 true
+            }
+            Err(
+                e @ (ProvisionError::IdentityKeyMismatch { .. }
+                | ProvisionError::IdentityKeyMissing { .. }),
+            ) => {
+                // Nothing the daemon can do: say it once, clearly, and look
+                // again now and then in case the key is put back.
+                if !std::mem::replace(&mut self.identity_broken, true) {
+                    tracing::error!(error = %crate::error::report(&e), retry = ?self.reconnect.cap, "the identity cannot connect until this is fixed");
+                } else {
+                    tracing::debug!(error = %e, "the identity's key is still missing or another");
+                }
+                self.next_connect = Instant::now() + self.reconnect.cap;
+                self.status(&format!("identity broken: {e}"));
+                false
             }
             Err(e) => {
                 tracing::warn!(error = %crate::error::report(&e), "cannot connect");

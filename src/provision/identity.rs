@@ -104,8 +104,37 @@ impl Identity {
     ) -> Result<ConnectOptions, super::ProvisionError> {
         let cert = Certificate::from_pem(&self.certificate_pem, "the identity's certificate")
             .map_err(EndpointError::from)?;
-        let key = store.info(&KeyLabel::new(self.key_label.clone())?)?;
+        let key = self.key(&cert, store.as_ref())?;
         Ok(endpoint.options("the identity", self.thing_name.clone(), &cert, store, &key)?)
+    }
+
+    /// The identity's key in `store`, checked to be `cert`'s: a key that
+    /// another tool deleted or replaced is
+    /// [`ProvisionError::IdentityKeyMissing`] or
+    /// [`ProvisionError::IdentityKeyMismatch`], which say what to do.
+    pub fn key(
+        &self,
+        cert: &Certificate,
+        store: &dyn KeyStore,
+    ) -> Result<crate::keystore::KeyInfo, super::ProvisionError> {
+        let label = KeyLabel::new(self.key_label.clone())?;
+        let key = store.info(&label).map_err(|e| {
+            if e.is_not_found() {
+                super::ProvisionError::IdentityKeyMissing {
+                    certificate: cert.id(),
+                    key: self.key_reference.clone(),
+                }
+            } else {
+                e.into()
+            }
+        })?;
+        if *cert.public_key() != key.public_key {
+            return Err(super::ProvisionError::IdentityKeyMismatch {
+                certificate: cert.id(),
+                key: key.reference,
+            });
+        }
+        Ok(key)
     }
 
     /// Writes the identity, then the certificate copy for other services.

@@ -174,6 +174,21 @@ pub enum ProvisionError {
     /// The key the flow made is not the key of the certificate it got.
     #[error("inconsistent state: key {key} does not match the new certificate {certificate}")]
     KeyMismatch { key: String, certificate: String },
+    /// The committed identity's key in the store is not its certificate's
+    /// key any more: another tool replaced it.
+    #[error(
+        "certificate {certificate} does not belong to the key {key} in the key store (did \
+         another tool replace it?): the device cannot authenticate; restore the key, or enroll \
+         again (`prov-agent enroll --force`)"
+    )]
+    IdentityKeyMismatch { certificate: String, key: String },
+    /// The committed identity's key is not in the store any more.
+    #[error(
+        "the key {key} of certificate {certificate} is not in the key store (did another tool \
+         delete it?): the device cannot authenticate; restore the key, or enroll again \
+         (`prov-agent enroll --force`)"
+    )]
+    IdentityKeyMissing { certificate: String, key: String },
     /// A certificate the agent stored itself (identity.json, the journal)
     /// does not parse: the state is damaged.
     #[error("inconsistent state: {0}")]
@@ -261,7 +276,9 @@ impl ProvisionError {
             | ProvisionError::Serial(_)
             | ProvisionError::KeysModeImportRefused(_)
             | ProvisionError::Endpoint(_)
-            | ProvisionError::UnsafeStateDir { .. } => ErrorKind::Config,
+            | ProvisionError::UnsafeStateDir { .. }
+            | ProvisionError::IdentityKeyMismatch { .. }
+            | ProvisionError::IdentityKeyMissing { .. } => ErrorKind::Config,
             ProvisionError::KeyStore(e) => e.kind(),
             ProvisionError::Mqtt(e) => e.kind(),
             ProvisionError::GaveUp { .. } => ErrorKind::Unreachable,
