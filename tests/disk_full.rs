@@ -1,0 +1,162 @@
+//! The state directory's disk fills up in the middle of a rotation: at
+//! every amount of space left (0, 1, 2, ... pages of a small tmpfs), the
+//! rotation either succeeds or fails with an error that says the disk is
+//! full, the device keeps a working identity, and once there is space again
+//! the next `rotate` completes.
+//!
+//! The tmpfs is mounted over the state directory in a mount namespace of
+//! the agent's own (`unshare --mount`, root), filled to leave the space
+//! wanted, and its content copied back out after the run, so that the test
+//! sees what the agent left.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::backend::Backend;
+use common::device::{text, Device};
+use common::emulator::TestCloud;
+
+/// Runs `prov-agent rotate` with the state directory on a 256 KiB tmpfs
+/// that has `free_pages` pages left, then puts what the agent left in the
+/// state directory.
+fn rotate_on_a_full_disk(device: &Device, free_pages: u32) -> Output {
+    let state = device.state_dir();
+    let work = tempfile::tempdir().unwrap();
+    let script = r#"
+        set -e
+        agent=$1 config=$2 state=$3 saved=$4 out=$5 free=$6
+        cp -a "$state/." "$saved/"
+        mount -t tmpfs -o size=256k,mode=0700 prov-agent-test "$state"
+        cp -a "$saved/." "$state/"
+        # Fill the disk, then give back the pages wanted.
+        dd if=/dev/zero of="$state/.fill" bs=4096 2>/dev/null || true
+        truncate -s "-$((free * 4096))" "$state/.fill"
+        set +e
+        PROV_AGENT_LOG=warn "$agent" --config "$config" rotate
+        rc=$?
+        rm -f "$state/.fill"
+        cp -a "$state/." "$out/"
+        exit $rc
+    "#;
+    let saved = work.path().join("saved");
+    let out = work.path().join("out");
+    std::fs::create_dir(&saved).unwrap();
+    std::fs::create_dir(&out).unwrap();
+    let _shared = common::token_store_shared();
+    let output = common::clean_command("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(env!("CARGO_BIN_EXE_prov-agent"))
+        .arg(&device.config)
+        .arg(&state)
+        .arg(&saved)
+        .arg(&out)
+        .arg(free_pages.to_string())
+        .envs(device.backend.env())
+        .output()
+        .unwrap();
+    // What the agent left becomes the state directory.
+    replace_dir(&state, &out);
+    output
+}
+
+fn replace_dir(dir: &Path, with: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", with.display()))
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+async fn rotation_on_a_filling_disk(backend: Backend) {
+    let cloud = TestCloud::start().await;
+    let device = Device::enrolled(&cloud, backend, "").await;
+    let (mut failed, mut succeeded) = (0, 0);
+    for free_pages in 0..12 {
+        let before = device.identity().expect("an identity");
+        let out = rotate_on_a_full_disk(&device, free_pages);
+        let after = device.identity().expect("the device kept an identity");
+        if out.status.success() {
+            succeeded += 1;
+            assert_ne!(
+                after.certificate_id,
+                before.certificate_id,
+                "{}",
+                text(&out)
+            );
+        } else {
+            failed += 1;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains("No space left on device"),
+                "{free_pages} pages free: the error does not say the disk is full: {}",
+                text(&out)
+            );
+            assert!(!stderr.contains("panicked"), "{}", text(&out));
+            // The identity before the rotation, or (if the failure came
+            // after the commit) the new one: either way a working one.
+        }
+        device
+            .round_trip(&cloud)
+            .await
+            .unwrap_or_else(|e| panic!("{free_pages} pages free: identity does not work: {e}"));
+        // With space again, the next rotation completes: it finishes an
+        // interrupted one from its journal (a failure after the commit,
+        // such as publishing the export directory, leaves the new identity
+        // and the last steps to do), or rotates.
+        let committed = after.certificate_id != before.certificate_id;
+        let again = device.run(&["rotate"]).await;
+        assert!(
+            again.status.success(),
+            "{free_pages} pages free, then: {}",
+            text(&again)
+        );
+        if !committed {
+            assert_ne!(
+                device.identity().unwrap().certificate_id,
+                before.certificate_id,
+                "{free_pages} pages free: {}\nthen: {}",
+                text(&out),
+                text(&again)
+            );
+        }
+        assert!(
+            !device.state_dir().join("journal.json").exists(),
+            "{free_pages} pages free: a journal is left after the next run: {}",
+            text(&again)
+        );
+        device.round_trip(&cloud).await.unwrap();
+    }
+    assert!(failed > 0, "no amount of space made the rotation fail");
+    assert!(succeeded > 0, "the rotation never had enough space");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_rotation_on_a_filling_disk() {
+    rotation_on_a_filling_disk(Backend::File).await;
+}
+
+#[cfg(feature = "tpm")]
+#[tokio::test(flavor = "multi_thread")]
+async fn tpm_rotation_on_a_filling_disk() {
+    rotation_on_a_filling_disk(Backend::tpm()).await;
+}
