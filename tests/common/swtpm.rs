@@ -52,6 +52,33 @@ impl Swtpm {
         assert_eq!(result, [0; 4], "swtpm CMD_INIT failed");
     }
 
+    /// The simulator's process id (to kill it, as a crash or a power loss
+    /// would, while something else borrows it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Starts the simulator again, on the same ports and with the same
+    /// state, once it has died (or kills it first): a TPM after a power
+    /// cycle, with its persistent objects and seeds.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut last = String::new();
+        // The ports may take a moment to be free again.
+        for _ in 0..50 {
+            match spawn_and_wait(self.port, self.state.path()) {
+                Ok(child) => {
+                    self.child = child;
+                    return;
+                }
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("could not restart swtpm on port {}: {last}", self.port);
+    }
+
     /// TCTI string for this simulator, as tpm2-tools take it.
     pub fn tcti(&self) -> String {
         format!("swtpm:host=127.0.0.1,port={}", self.port)
