@@ -15,8 +15,8 @@ use crate::keypool::KeyPool;
 use crate::pki::{CertificateAuthority, Issued, PkiError, Validity};
 use crate::policy::PolicyDocument;
 use crate::registry::{
-    now_unix, valid_thing_name, CertStatus, CertificateRecord, ProvisioningWrite, Registry,
-    RegistryError, TemplateRecord, ThingRecord,
+    now_unix, valid_thing_name, CertStatus, CertificateRecord, ProvisioningOutcome,
+    ProvisioningWrite, Registry, RegistryError, TemplateRecord, ThingRecord,
 };
 use crate::template::{
     self, CertStatusSpec, CertificateSpec, ExistingThing, PolicySpec, Template, ThingSpec,
@@ -449,7 +449,7 @@ impl Provisioner {
             .ok_or_else(|| invalid("certificateOwnershipToken is required"))?;
         let mut parameters = request_parameters(&body)?;
         let record = self.enabled_template(template_name)?;
-        let (cert_id, cert) = self.token_certificate(token)?;
+        let (cert_id, cert, token_use) = self.token_certificate(token)?;
 
         if let Some(exe) = &record.pre_provisioning_hook {
             let overrides = self
@@ -466,15 +466,35 @@ impl Provisioner {
             Some(spec) => Some(self.planned_thing(spec)?),
         };
         let status = planned_status(plan.certificate.as_ref(), &cert_id)?;
+        if let TokenUse::Replay(current) = token_use {
+            // A replay repeats the registration; it never changes the
+            // status the certificate has since (REVOKED, deactivated...).
+            if current != status {
+                return Err(bad_token(format!(
+                    "certificate ownership token was already used and its certificate is now {}",
+                    current.as_str()
+                )));
+            }
+        }
         let (attach_policies, new_policies) =
             self.planned_policies(&plan.policies, template_name, &cert_id)?;
-        self.registry.apply_provisioning(&ProvisioningWrite {
+        let outcome = self.registry.apply_provisioning(&ProvisioningWrite {
             certificate_id: cert_id.clone(),
+            expected_status: cert.status,
             status,
             thing: thing.clone(),
             new_policies,
             attach_policies,
         })?;
+        if let ProvisioningOutcome::CertificateChanged(now) = outcome {
+            return Err(match now {
+                None => bad_token("the certificate of this ownership token no longer exists"),
+                Some(now) => bad_token(format!(
+                    "the certificate of this ownership token became {} during the registration",
+                    now.as_str()
+                )),
+            });
+        }
         let thing_name = thing.map(|t| t.thing_name).unwrap_or_default();
         Ok(json!({"thingName": thing_name, "deviceConfiguration": plan.device_configuration}))
     }
@@ -495,18 +515,38 @@ impl Provisioner {
             .ok_or_else(not_found)
     }
 
-    /// The id and record of the certificate an ownership token names, if
-    /// the token is valid and may still be used.
-    fn token_certificate(&self, token: &str) -> Result<(String, CertificateRecord), ApiError> {
+    /// The id and record of the certificate an ownership token names, and
+    /// how the token is being used, if the token is valid and may be used.
+    ///
+    /// A token is for a certificate CreateKeysAndCertificate or
+    /// CreateCertificateFromCsr has just made: it activates only a
+    /// certificate still PENDING_ACTIVATION, never one revoked, deactivated
+    /// or activated by other means since (as AWS does). A certificate its
+    /// token registered already is refused too, unless
+    /// [`TokenReuse::Replay`] lets the registration be repeated.
+    fn token_certificate(
+        &self,
+        token: &str,
+    ) -> Result<(String, CertificateRecord, TokenUse), ApiError> {
         let cert_id = self.verify_token(token)?;
         let cert = self
             .registry
             .certificate(&cert_id)?
             .ok_or_else(|| bad_token("the certificate of this ownership token no longer exists"))?;
-        if cert.registered && self.config.token_reuse == TokenReuse::Reject {
-            return Err(bad_token("certificate ownership token was already used"));
-        }
-        Ok((cert_id, cert))
+        let token_use = match (cert.registered, self.config.token_reuse) {
+            (true, TokenReuse::Reject) => {
+                return Err(bad_token("certificate ownership token was already used"))
+            }
+            (true, TokenReuse::Replay) => TokenUse::Replay(cert.status),
+            (false, _) if cert.status == CertStatus::PendingActivation => TokenUse::First,
+            (false, _) => {
+                return Err(bad_token(format!(
+                    "the certificate of this ownership token is {}, not PENDING_ACTIVATION: a token activates only the certificate just created with it",
+                    cert.status.as_str()
+                )))
+            }
+        };
+        Ok((cert_id, cert, token_use))
     }
 
     /// Runs the template's pre-provisioning hook: the parameter overrides it
@@ -621,6 +661,16 @@ impl Provisioner {
         }
         Ok((attach_policies, new_policies))
     }
+}
+
+/// How RegisterThing uses an ownership token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TokenUse {
+    /// The certificate is PENDING_ACTIVATION: the registration activates it.
+    First,
+    /// Under [`TokenReuse::Replay`], again for a certificate the token
+    /// registered, whose status is now this one.
+    Replay(CertStatus),
 }
 
 /// Policies to attach by name, and new policies as (name, document).

@@ -175,10 +175,24 @@ pub(crate) enum Retired {
 /// What RegisterThing writes, as one transaction.
 pub(crate) struct ProvisioningWrite {
     pub certificate_id: String,
+    /// The status the ownership token was checked against: the write
+    /// happens only if the certificate still has it, so that a certificate
+    /// revoked (or registered by another request) meanwhile is not
+    /// overwritten.
+    pub expected_status: CertStatus,
     pub status: CertStatus,
     pub thing: Option<ThingRecord>,
     pub new_policies: Vec<(String, String)>,
     pub attach_policies: Vec<String>,
+}
+
+/// What [`Registry::apply_provisioning`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ProvisioningOutcome {
+    Applied,
+    /// The certificate's status was no longer the expected one (`None`:
+    /// the certificate is gone): nothing was written.
+    CertificateChanged(Option<CertStatus>),
 }
 
 /// Counters of in-process changes, so that live connections re-read only
@@ -1008,7 +1022,10 @@ impl Registry {
     }
 
     /// Everything a successful RegisterThing writes, in one transaction.
-    pub(crate) fn apply_provisioning(&self, w: &ProvisioningWrite) -> Result<(), RegistryError> {
+    pub(crate) fn apply_provisioning(
+        &self,
+        w: &ProvisioningWrite,
+    ) -> Result<ProvisioningOutcome, RegistryError> {
         let mut db = self.db();
         let tx = db.transaction()?;
         if let Some(thing) = &w.thing {
@@ -1035,14 +1052,21 @@ impl Registry {
             )?;
         }
         let n = tx.execute_cached(
-            &format!("UPDATE certificates SET status = ?2, updated_at = ?3, registered = 1, pending_until = NULL, {BUMP_CUSTOMER_VERSION} WHERE id = ?1"),
-            params![w.certificate_id, w.status.as_str(), now_unix()],
+            &format!("UPDATE certificates SET status = ?2, updated_at = ?3, registered = 1, pending_until = NULL, {BUMP_CUSTOMER_VERSION} WHERE id = ?1 AND status = ?4"),
+            params![w.certificate_id, w.status.as_str(), now_unix(), w.expected_status.as_str()],
         )?;
         if n == 0 {
-            return Err(RegistryError::NotFound {
-                kind: "certificate",
-                name: w.certificate_id.clone(),
-            });
+            let found: Option<String> = tx
+                .query_row_cached(
+                    "SELECT status FROM certificates WHERE id = ?1",
+                    [&w.certificate_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            // Dropping `tx` rolls back the thing and policy writes above.
+            return Ok(ProvisioningOutcome::CertificateChanged(
+                found.map(|s| s.parse()).transpose()?,
+            ));
         }
         tx.commit()?;
         drop(db);
@@ -1050,7 +1074,7 @@ impl Registry {
         if w.status != CertStatus::Active {
             self.status_changed();
         }
-        Ok(())
+        Ok(ProvisioningOutcome::Applied)
     }
 }
 
