@@ -14,8 +14,8 @@ use tokio::time::Instant;
 use crate::config::{EmulatorConfig, ROTATION_REPORT_FILTER};
 use crate::jobs::{self, JobNotifier};
 use crate::mqtt::{
-    self, ConnAckCode, DisconnectReason, Inbound, Message, Outbound, Protocol, Qos, MAX_PACKET,
-    MAX_PAYLOAD,
+    self, ConnAckCode, DisconnectReason, Inbound, Message, Outbound, Protocol, Qos, SubRefusal,
+    MAX_PACKET, MAX_PAYLOAD,
 };
 use crate::packet_log::{ConnectionRecorder, PacketLog};
 use crate::pki;
@@ -23,6 +23,7 @@ use crate::policy::{self, Action, PolicyDocument, RequestContext};
 use crate::provisioning::{self, Provisioner, Requester};
 use crate::registry::{CertStatus, Registry};
 use crate::rotation;
+use crate::subscriptions::Subscriptions;
 use crate::topic;
 
 /// Longest client id AWS IoT accepts, in bytes.
@@ -60,7 +61,7 @@ pub(crate) struct Session {
     issuer: Vec<(String, String)>,
     tx: mpsc::UnboundedSender<Outbound>,
     kill: watch::Sender<Option<DisconnectReason>>,
-    subscriptions: Mutex<Vec<(String, Qos)>>,
+    subscriptions: Mutex<Subscriptions>,
     auth: Mutex<AuthState>,
 }
 
@@ -198,11 +199,7 @@ impl Broker {
 
     /// Delivers to one session if it subscribed and may receive.
     fn deliver(&self, s: &Session, msg: &Message) {
-        let granted = lock(&s.subscriptions)
-            .iter()
-            .filter(|(f, _)| topic::matches(&msg.topic, f))
-            .map(|(_, q)| *q)
-            .max();
+        let granted = lock(&s.subscriptions).granted_for(&msg.topic);
         let Some(granted) = granted else {
             tracing::debug!(client_id = %s.client_id, topic = %msg.topic, "no matching subscription");
             return;
@@ -350,7 +347,7 @@ pub(crate) async fn serve<S>(
         issuer,
         tx,
         kill,
-        subscriptions: Mutex::new(Vec::new()),
+        subscriptions: Mutex::new(Subscriptions::default()),
     });
     if !broker.allowed(&session, Action::Connect, &session.client_id) {
         tracing::info!(client_id = %session.client_id, "iot:Connect denied");
@@ -494,7 +491,12 @@ async fn handle_packet<S: AsyncRead + AsyncWrite + Unpin>(
         Inbound::PubAck => None,
         Inbound::Disconnect => Some(Close::Graceful),
         Inbound::Unsubscribe { pkid, filters } => {
-            lock(&session.subscriptions).retain(|(f, _)| !filters.contains(f));
+            {
+                let mut subs = lock(&session.subscriptions);
+                for f in &filters {
+                    subs.remove(f);
+                }
+            }
             conn.send(&Outbound::UnsubAck {
                 pkid,
                 count: filters.len(),
@@ -509,17 +511,17 @@ async fn handle_packet<S: AsyncRead + AsyncWrite + Unpin>(
                 let ok = !too_many
                     && topic::valid_filter(&filter)
                     && broker.allowed(session, Action::Subscribe, &filter);
-                if ok {
+                let answer = if ok {
                     // AWS has no QoS 2: a QoS 2 request is granted QoS 1.
                     let qos = qos.min(Qos::AtLeastOnce);
-                    let mut subs = lock(&session.subscriptions);
-                    subs.retain(|(f, _)| *f != filter);
-                    subs.push((filter, qos));
-                    granted.push(Some(qos));
+                    lock(&session.subscriptions).add(filter.clone(), qos)
                 } else {
-                    tracing::info!(client_id = %session.client_id, %filter, "subscription refused");
-                    granted.push(None);
+                    Err(SubRefusal::NotAuthorized)
+                };
+                if let Err(why) = answer {
+                    tracing::info!(client_id = %session.client_id, %filter, ?why, "subscription refused");
                 }
+                granted.push(answer);
             }
             conn.send(&Outbound::SubAck { pkid, granted }).await.err()
         }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use iotcore_emulator::{CertStatus, Credential, Registry};
+use iotcore_emulator::{
+    CertStatus, Credential, Registry, MAX_SUBSCRIBE_FILTERS, MAX_SUBSCRIPTIONS_PER_CONNECTION,
+};
 use rumqttc::SubscribeReasonCode;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -198,6 +200,55 @@ async fn topic_limits_and_subscribe_filter_count() {
     // Eight slashes: over the limit of seven.
     publ.publish("data/1/2/3/4/5/6/7/8", "x").await;
     assert!(publ.closed_within(Duration::from_secs(3)).await);
+}
+
+/// AWS's quota of 50 subscriptions per connection: each filter of a
+/// SUBSCRIBE that would be one too many gets the failure code; the
+/// connection and its subscriptions stay, a filter held already may be
+/// subscribed again, and an UNSUBSCRIBE makes room.
+#[tokio::test]
+async fn subscriptions_per_connection_capped_at_fifty() {
+    let emu = start().await;
+    let (mut sub, publ) = pubsub_pair(&emu).await;
+    let filters: Vec<String> = (0..MAX_SUBSCRIPTIONS_PER_CONNECTION)
+        .map(|i| format!("data/s{i}"))
+        .collect();
+    for chunk in filters.chunks(MAX_SUBSCRIBE_FILTERS) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let codes = sub.subscribe(&refs).await;
+        assert!(
+            codes
+                .iter()
+                .all(|c| matches!(c, SubscribeReasonCode::Success(_))),
+            "{codes:?}"
+        );
+    }
+    let codes = sub
+        .subscribe(&["data/extra1", "data/s0", "data/extra2"])
+        .await;
+    assert_eq!(codes[0], SubscribeReasonCode::Failure, "{codes:?}");
+    assert!(
+        matches!(codes[1], SubscribeReasonCode::Success(_)),
+        "{codes:?}"
+    );
+    assert_eq!(codes[2], SubscribeReasonCode::Failure, "{codes:?}");
+    // The refused filter delivers nothing, the held ones still deliver.
+    publ.publish("data/extra1", "refused").await;
+    publ.publish("data/s49", "held").await;
+    let (t, _) = sub.next_message(WAIT).await.expect("no message");
+    assert_eq!(t, "data/s49");
+    sub.unsubscribe("data/s1").await;
+    let codes = sub.subscribe(&["data/extra1"]).await;
+    assert!(
+        matches!(codes[0], SubscribeReasonCode::Success(_)),
+        "{codes:?}"
+    );
+    publ.publish("data/extra1", "room").await;
+    let (t, p) = sub.next_message(WAIT).await.expect("no message");
+    assert_eq!(
+        (t.as_str(), p.as_slice()),
+        ("data/extra1", b"room".as_slice())
+    );
 }
 
 #[tokio::test]
