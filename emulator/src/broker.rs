@@ -63,6 +63,8 @@ pub(crate) struct Session {
     kill: watch::Sender<Option<DisconnectReason>>,
     subscriptions: Mutex<Subscriptions>,
     auth: Mutex<AuthState>,
+    /// See [`Requester::keys_in_flight`].
+    keys_in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -348,6 +350,7 @@ pub(crate) async fn serve<S>(
         tx,
         kill,
         subscriptions: Mutex::new(Subscriptions::default()),
+        keys_in_flight: Arc::new(tokio::sync::Semaphore::new(1)),
     });
     if !broker.allowed(&session, Action::Connect, &session.client_id) {
         tracing::info!(client_id = %session.client_id, "iot:Connect denied");
@@ -586,6 +589,7 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
             let from = Requester {
                 client_id: session.client_id.clone(),
                 certificate_id: session.certificate_id.clone(),
+                keys_in_flight: session.keys_in_flight.clone(),
             };
             let Some((accepted, body)) = broker
                 .provisioner

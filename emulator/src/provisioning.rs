@@ -8,6 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ring::hmac;
 use serde_json::{json, Value};
+use tokio::sync::Semaphore;
 
 use crate::config::{EmulatorConfig, ResponseFault, TokenReuse};
 use crate::hook::{HookError, HookRequest, HookRunner};
@@ -78,6 +79,13 @@ fn bad_token(message: impl Into<String>) -> ApiError {
         message: message.into(),
     }
 }
+fn throttling(message: impl Into<String>) -> ApiError {
+    ApiError {
+        status: 429,
+        code: "ThrottlingException",
+        message: message.into(),
+    }
+}
 fn internal(message: impl std::fmt::Display) -> ApiError {
     ApiError {
         status: 500,
@@ -95,6 +103,11 @@ impl From<RegistryError> for ApiError {
 pub(crate) struct Requester {
     pub client_id: String,
     pub certificate_id: String,
+    /// The connection's one CreateKeysAndCertificate slot (a semaphore of
+    /// one permit, shared by the connection's requests): a request finding
+    /// it taken is throttled rather than queued, so that one connection
+    /// cannot pile up key generations.
+    pub keys_in_flight: Arc<Semaphore>,
 }
 
 pub(crate) struct Provisioner {
@@ -108,6 +121,11 @@ pub(crate) struct Provisioner {
     create_keys: TokenBucket,
     create_from_csr: TokenBucket,
     register: TokenBucket,
+    /// Key generations and signatures running at once, at most one per
+    /// CPU: requests beyond wait for a permit (a task each, no thread), so
+    /// a flood neither fills the blocking thread pool nor leaves hundreds
+    /// of generations for shutdown to wait for.
+    pki_slots: Arc<Semaphore>,
     fault: Mutex<FaultState>,
 }
 
@@ -179,6 +197,9 @@ impl Provisioner {
             create_keys: TokenBucket::new(t.create_keys_and_certificate),
             create_from_csr: TokenBucket::new(t.create_certificate_from_csr),
             register: TokenBucket::new(t.register_thing),
+            pki_slots: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            )),
             fault: Mutex::new(FaultState {
                 fault: config.response_fault,
                 counted: 0,
@@ -231,15 +252,11 @@ impl Provisioner {
         let plan = self.fault_plan();
         let result = if plan.throttle {
             tracing::warn!(?api, "response fault ThrottleFirst: request throttled");
-            Err(ApiError {
-                status: 429,
-                code: "ThrottlingException",
-                message: "rate exceeded".into(),
-            })
+            Err(throttling("rate exceeded"))
         } else {
             match api {
                 Api::CreateKeysAndCertificate => {
-                    self.create_keys(format, payload, plan.answer).await
+                    self.create_keys(format, payload, plan.answer, from).await
                 }
                 Api::CreateCertificateFromCsr => {
                     self.create_from_csr(format, payload, plan.answer).await
@@ -294,18 +311,29 @@ impl Provisioner {
         if bucket.try_acquire() {
             Ok(())
         } else {
-            Err(ApiError {
-                status: 429,
-                code: "ThrottlingException",
-                message: format!("rate exceeded for {api}"),
-            })
+            Err(throttling(format!("rate exceeded for {api}")))
         }
     }
 
+    /// Runs `f` on the blocking pool once one of the [`Self::pki_slots`]
+    /// is free; the slot is held until `f` returns, even if the request is
+    /// dropped meanwhile.
     async fn blocking<T: Send + 'static>(
+        &self,
         f: impl FnOnce() -> Result<T, PkiError> + Send + 'static,
     ) -> Result<Result<T, PkiError>, ApiError> {
-        tokio::task::spawn_blocking(f).await.map_err(internal)
+        let slot = self
+            .pki_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(internal)?;
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            f()
+        })
+        .await
+        .map_err(internal)
     }
 
     /// Stores a new PENDING_ACTIVATION certificate and makes its token.
@@ -369,7 +397,12 @@ impl Provisioner {
         format: Format,
         payload: &[u8],
         fault: Option<ResponseFault>,
+        from: &Requester,
     ) -> Result<Value, ApiError> {
+        // Held until the answer is made.
+        let _in_flight = from.keys_in_flight.clone().try_acquire_owned().map_err(|_| {
+            throttling("rate exceeded: a CreateKeysAndCertificate request of this connection is still in progress; wait for its answer")
+        })?;
         Self::throttled(&self.create_keys, "CreateKeysAndCertificate")?;
         decode_body(format, payload)?;
         let ca = self.ca.clone();
@@ -379,14 +412,15 @@ impl Provisioner {
             tracing::warn!("response fault CertificateForAnotherKey: certificate for a fresh key");
         }
         let keys = self.keys.clone();
-        let (issued, key_pem) = Self::blocking(move || {
-            let key = keys.take()?;
-            // The fault's second key comes from the pool too.
-            let other = another_key.then(|| keys.take()).transpose()?;
-            ca.issue_with_rsa_key(&key, other.as_ref(), Some(validity))
-        })
-        .await?
-        .map_err(internal)?;
+        let (issued, key_pem) = self
+            .blocking(move || {
+                let key = keys.take()?;
+                // The fault's second key comes from the pool too.
+                let other = another_key.then(|| keys.take()).transpose()?;
+                ca.issue_with_rsa_key(&key, other.as_ref(), Some(validity))
+            })
+            .await?
+            .map_err(internal)?;
         let token = self.register_new(&issued)?;
         Ok(json!({
             "certificateId": Self::answered_id(&issued, fault),
@@ -417,15 +451,15 @@ impl Provisioner {
         if another_key {
             tracing::warn!("response fault CertificateForAnotherKey: certificate for a fresh key");
         }
-        let issued =
-            Self::blocking(move || ca.issue_from_csr_with(&csr, Some(validity), another_key))
-                .await?
-                .map_err(|e| match e {
-                    PkiError::BadCsr(m) => {
-                        invalid(format!("certificate signing request is invalid: {m}"))
-                    }
-                    other => internal(other),
-                })?;
+        let issued = self
+            .blocking(move || ca.issue_from_csr_with(&csr, Some(validity), another_key))
+            .await?
+            .map_err(|e| match e {
+                PkiError::BadCsr(m) => {
+                    invalid(format!("certificate signing request is invalid: {m}"))
+                }
+                other => internal(other),
+            })?;
         let token = self.register_new(&issued)?;
         Ok(json!({
             "certificateId": Self::answered_id(&issued, fault),
