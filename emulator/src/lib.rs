@@ -15,6 +15,7 @@ mod keypool;
 pub mod link;
 mod listener;
 mod mqtt;
+mod outbound;
 pub mod packet_log;
 pub mod pki;
 pub mod policy;

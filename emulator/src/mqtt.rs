@@ -76,6 +76,8 @@ pub(crate) enum DisconnectReason {
     ProtocolError,
     TopicNameInvalid,
     AdministrativeAction,
+    /// The client does not read what is sent to it.
+    QuotaExceeded,
 }
 
 impl DisconnectReason {
@@ -88,6 +90,9 @@ impl DisconnectReason {
             DisconnectReason::ProtocolError => "protocol error",
             DisconnectReason::TopicNameInvalid => "invalid topic",
             DisconnectReason::AdministrativeAction => "server shutting down",
+            DisconnectReason::QuotaExceeded => {
+                "the client does not read: its outbound queue is full"
+            }
         }
     }
 }
@@ -463,6 +468,7 @@ pub(crate) fn encode(
                         DisconnectReason::AdministrativeAction => {
                             v5::DisconnectReasonCode::AdministrativeAction
                         }
+                        DisconnectReason::QuotaExceeded => v5::DisconnectReasonCode::QuotaExceeded,
                     },
                     // Always with a reason string: rumqttc 0.25 cannot read a DISCONNECT
                     // without properties (remaining length 1), although MQTT 5 allows it,

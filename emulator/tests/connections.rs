@@ -251,6 +251,87 @@ async fn subscriptions_per_connection_capped_at_fifty() {
     );
 }
 
+/// A subscriber that never reads while messages are published to it: its
+/// outbound queue is bounded, so the emulator drops it instead of holding
+/// every message, and keeps serving the others meanwhile.
+#[tokio::test]
+async fn subscriber_that_never_reads_is_dropped_and_others_are_served() {
+    let emu = start().await;
+    let cred = emu.create_credential("stalled", &["pubsub"]).unwrap();
+    let tls = client_tls(&emu.root_ca_pem(), Some(&cred), false);
+    // A small receive buffer, so that the socket fills early.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(emu.addr()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stalled = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    use rumqttc::mqttbytes::v4::{Connect, Packet, Subscribe};
+    let mut buf = bytes::BytesMut::new();
+    let mut hello = Connect::new("stalled");
+    // Keep-alive 0 (1200 s): the keep-alive is not what drops it.
+    hello.keep_alive = 0;
+    Packet::Connect(hello).write(&mut buf, 1024).unwrap();
+    let mut subscribe = Subscribe::new("data/flood", rumqttc::mqttbytes::QoS::AtLeastOnce);
+    subscribe.pkid = 1;
+    Packet::Subscribe(subscribe).write(&mut buf, 1024).unwrap();
+    stalled.write_all(&buf).await.unwrap();
+    stalled.flush().await.unwrap();
+    let mut acks = [0u8; 4 + 5];
+    tokio::time::timeout(WAIT, stalled.read_exact(&mut acks))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(acks[..4], [0x20, 0x02, 0x00, 0x00], "CONNACK accepted");
+    assert_eq!(acks[4..], [0x90, 0x03, 0x00, 0x01, 0x01], "SUBACK QoS 1");
+    // From here on the stalled client reads nothing.
+
+    let publ_cred = emu.create_credential("publisher", &["pubsub"]).unwrap();
+    let mut publ = connect(&emu, &publ_cred, "flood-publisher").await.unwrap();
+    publ.subscribe(&["data/publisher"]).await;
+    assert_eq!(emu.session_count(), 2);
+    let payload = vec![b'x'; 100 * 1024];
+    let mut published = 0;
+    // Far more than any socket buffers and the queue hold (without a bound
+    // the emulator would keep all of it for the stalled client).
+    while emu.session_count() == 2 && published < 2000 {
+        publ.publish("data/flood", payload.clone()).await;
+        published += 1;
+        if published % 50 == 0 {
+            // The publisher is served all along.
+            publ.publish("data/publisher", "ping").await;
+            let (t, _) = publ.next_message(WAIT).await.expect("publisher not served");
+            assert_eq!(t, "data/publisher");
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while emu.session_count() != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled subscriber was never dropped ({published} messages of 100 KiB published)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    still_serving(&emu).await;
+    publ.publish("data/publisher", "after").await;
+    assert!(publ.next_message(WAIT).await.is_some());
+    // The stalled client finds its connection closed once it reads what
+    // was written before.
+    let closed = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut sink = vec![0u8; 64 * 1024];
+        loop {
+            match stalled.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the stalled connection is still open");
+}
+
 #[tokio::test]
 async fn garbage_bytes_on_the_socket_are_dropped() {
     let emu = start().await;
