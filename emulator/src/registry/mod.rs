@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 mod cached;
+mod file;
 pub(crate) mod jobs;
 
 use cached::{CachedStatements, STATEMENT_CACHE_CAPACITY};
@@ -30,6 +31,12 @@ pub enum RegistryError {
     NotFound { kind: &'static str, name: String },
     #[error("{0}")]
     Invalid(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// CreateThing for a thing that exists with another configuration.
     #[error("{kind} {name} already exists with another configuration")]
     AlreadyExists { kind: &'static str, name: String },
@@ -328,9 +335,11 @@ fn migrate(conn: &mut Connection) -> Result<(), RegistryError> {
 }
 
 impl Registry {
-    /// Opens (creating if needed) `DIR/registry.sqlite3`.
+    /// Opens (creating if needed, mode 0600) `DIR/registry.sqlite3`.
     pub fn open(data_dir: &Path) -> Result<Self, RegistryError> {
-        let mut conn = Connection::open(data_dir.join("registry.sqlite3"))?;
+        let path = data_dir.join("registry.sqlite3");
+        file::ensure_private_database(&path)?;
+        let mut conn = Connection::open(&path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
         conn.pragma_update(None, "journal_mode", "WAL")?;
