@@ -8,21 +8,23 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::{EmulatorConfig, ROTATION_REPORT_FILTER};
 use crate::jobs::{self, JobNotifier};
 use crate::mqtt::{
-    self, ConnAckCode, DisconnectReason, Inbound, Message, Outbound, Protocol, Qos, MAX_PACKET,
-    MAX_PAYLOAD,
+    self, ConnAckCode, DisconnectReason, Inbound, Message, Outbound, Protocol, Qos, SubRefusal,
+    MAX_PACKET, MAX_PAYLOAD,
 };
+use crate::outbound::{self, OutboundTx, Refused};
 use crate::packet_log::{ConnectionRecorder, PacketLog};
 use crate::pki;
 use crate::policy::{self, Action, PolicyDocument, RequestContext};
 use crate::provisioning::{self, Provisioner, Requester};
 use crate::registry::{CertStatus, Registry};
 use crate::rotation;
+use crate::subscriptions::Subscriptions;
 use crate::topic;
 
 /// Longest client id AWS IoT accepts, in bytes.
@@ -30,6 +32,10 @@ pub const MAX_CLIENT_ID: usize = 128;
 /// Most filters in one SUBSCRIBE.
 pub const MAX_SUBSCRIBE_FILTERS: usize = 8;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a write of one packet (or the closing of the TLS session) may
+/// take: a client whose socket accepts nothing for that long is dropped,
+/// so that a stalled peer cannot hold its connection's task forever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// State shared by all connections.
 pub(crate) struct Broker {
@@ -58,10 +64,12 @@ pub(crate) struct Session {
     certificate_id: String,
     subject: Vec<(String, String)>,
     issuer: Vec<(String, String)>,
-    tx: mpsc::UnboundedSender<Outbound>,
+    tx: OutboundTx,
     kill: watch::Sender<Option<DisconnectReason>>,
-    subscriptions: Mutex<Vec<(String, Qos)>>,
+    subscriptions: Mutex<Subscriptions>,
     auth: Mutex<AuthState>,
+    /// See [`Requester::keys_in_flight`].
+    keys_in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -198,11 +206,7 @@ impl Broker {
 
     /// Delivers to one session if it subscribed and may receive.
     fn deliver(&self, s: &Session, msg: &Message) {
-        let granted = lock(&s.subscriptions)
-            .iter()
-            .filter(|(f, _)| topic::matches(&msg.topic, f))
-            .map(|(_, q)| *q)
-            .max();
+        let granted = lock(&s.subscriptions).granted_for(&msg.topic);
         let Some(granted) = granted else {
             tracing::debug!(client_id = %s.client_id, topic = %msg.topic, "no matching subscription");
             return;
@@ -214,7 +218,22 @@ impl Broker {
         let mut out = msg.clone();
         out.qos = granted.min(msg.qos).min(Qos::AtLeastOnce);
         out.retain = false;
-        let _ = s.tx.send(Outbound::Publish(out));
+        match s.tx.try_send(Outbound::Publish(out)) {
+            Ok(()) | Err(Refused::Closed) => {}
+            Err(Refused::Full) => {
+                // Once per connection: later messages find it dropped already.
+                let first = s.kill.send_if_modified(|reason| {
+                    let first = reason.is_none();
+                    if first {
+                        *reason = Some(DisconnectReason::QuotaExceeded);
+                    }
+                    first
+                });
+                if first {
+                    tracing::warn!(client_id = %s.client_id, "outbound queue full (the client does not read): dropping connection");
+                }
+            }
+        }
     }
 }
 
@@ -251,14 +270,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         if self.out.is_empty() {
             return Ok(());
         }
-        self.stream
-            .write_all(&self.out)
-            .await
-            .map_err(|e| Close::Io(e.to_string()))?;
-        self.stream
-            .flush()
-            .await
-            .map_err(|e| Close::Io(e.to_string()))
+        let write = async {
+            self.stream.write_all(&self.out).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(written) => written.map_err(|e| Close::Io(e.to_string())),
+            Err(_) => Err(Close::Io(format!(
+                "write timed out after {WRITE_TIMEOUT:?}: the client does not read"
+            ))),
+        }
+    }
+
+    /// Ends the TLS session (close_notify), within [`WRITE_TIMEOUT`].
+    async fn close(&mut self) {
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, self.stream.shutdown()).await;
     }
 }
 
@@ -335,11 +361,11 @@ pub(crate) async fn serve<S>(
                 keep_alive: 0,
             })
             .await;
-        let _ = conn.stream.shutdown().await;
+        conn.close().await;
         return;
     }
     let (subject, issuer) = pki::name_attributes(&cert_der);
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = outbound::queue();
     let (kill, mut killed) = watch::channel(None);
     let session = Arc::new(Session {
         connection: broker.next_connection.fetch_add(1, Ordering::SeqCst),
@@ -350,7 +376,8 @@ pub(crate) async fn serve<S>(
         issuer,
         tx,
         kill,
-        subscriptions: Mutex::new(Vec::new()),
+        subscriptions: Mutex::new(Subscriptions::default()),
+        keys_in_flight: Arc::new(tokio::sync::Semaphore::new(1)),
     });
     if !broker.allowed(&session, Action::Connect, &session.client_id) {
         tracing::info!(client_id = %session.client_id, "iot:Connect denied");
@@ -360,7 +387,7 @@ pub(crate) async fn serve<S>(
                 keep_alive: 0,
             })
             .await;
-        let _ = conn.stream.shutdown().await;
+        conn.close().await;
         return;
     }
     if let Some(old) = lock(&broker.sessions).insert(session.client_id.clone(), session.clone()) {
@@ -402,7 +429,16 @@ pub(crate) async fn serve<S>(
                 }
                 out = rx.recv() => {
                     if let Some(out) = out {
-                        conn.send(&out).await?;
+                        // A connection dropped (its queue full, say) while
+                        // a write is stuck ends now, without a DISCONNECT
+                        // that could not be written either.
+                        tokio::select! {
+                            sent = conn.send(&out) => sent?,
+                            _ = killed.changed() => {
+                                let reason = (*killed.borrow()).unwrap_or(DisconnectReason::AdministrativeAction);
+                                return Ok(Close::Reason(reason, "dropped by the server while writing".into()));
+                            }
+                        }
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
@@ -428,14 +464,18 @@ pub(crate) async fn serve<S>(
     .await;
     let result = result.unwrap_or_else(|e| e);
     tracing::info!(client_id = %session.client_id, ?result, "client disconnected");
-    let _ = conn.stream.shutdown().await;
-    let mut sessions = lock(&broker.sessions);
-    if sessions
-        .get(&session.client_id)
-        .is_some_and(|s| s.connection == session.connection)
     {
-        sessions.remove(&session.client_id);
+        let mut sessions = lock(&broker.sessions);
+        if sessions
+            .get(&session.client_id)
+            .is_some_and(|s| s.connection == session.connection)
+        {
+            sessions.remove(&session.client_id);
+        }
     }
+    // After the session is gone: closing a stalled socket may take
+    // WRITE_TIMEOUT.
+    conn.close().await;
 }
 
 /// Handles every whole packet in the connection's buffer (completed by
@@ -494,7 +534,12 @@ async fn handle_packet<S: AsyncRead + AsyncWrite + Unpin>(
         Inbound::PubAck => None,
         Inbound::Disconnect => Some(Close::Graceful),
         Inbound::Unsubscribe { pkid, filters } => {
-            lock(&session.subscriptions).retain(|(f, _)| !filters.contains(f));
+            {
+                let mut subs = lock(&session.subscriptions);
+                for f in &filters {
+                    subs.remove(f);
+                }
+            }
             conn.send(&Outbound::UnsubAck {
                 pkid,
                 count: filters.len(),
@@ -509,17 +554,17 @@ async fn handle_packet<S: AsyncRead + AsyncWrite + Unpin>(
                 let ok = !too_many
                     && topic::valid_filter(&filter)
                     && broker.allowed(session, Action::Subscribe, &filter);
-                if ok {
+                let answer = if ok {
                     // AWS has no QoS 2: a QoS 2 request is granted QoS 1.
                     let qos = qos.min(Qos::AtLeastOnce);
-                    let mut subs = lock(&session.subscriptions);
-                    subs.retain(|(f, _)| *f != filter);
-                    subs.push((filter, qos));
-                    granted.push(Some(qos));
+                    lock(&session.subscriptions).add(filter.clone(), qos)
                 } else {
-                    tracing::info!(client_id = %session.client_id, %filter, "subscription refused");
-                    granted.push(None);
+                    Err(SubRefusal::NotAuthorized)
+                };
+                if let Err(why) = answer {
+                    tracing::info!(client_id = %session.client_id, %filter, ?why, "subscription refused");
                 }
+                granted.push(answer);
             }
             conn.send(&Outbound::SubAck { pkid, granted }).await.err()
         }
@@ -584,6 +629,7 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
             let from = Requester {
                 client_id: session.client_id.clone(),
                 certificate_id: session.certificate_id.clone(),
+                keys_in_flight: session.keys_in_flight.clone(),
             };
             let Some((accepted, body)) = broker
                 .provisioner

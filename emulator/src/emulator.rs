@@ -69,7 +69,8 @@ impl DataDir {
     /// Opens a data directory, creating it, its CA, server certificate and
     /// token key on first use.
     pub fn open(dir: &Path) -> Result<Self, EmulatorError> {
-        // The registry holds the CA's private key: the directory is private.
+        // The registry holds the CA's private key: the directory is private
+        // (and the database file too, see `Registry::open`).
         if !dir.exists() {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new()
@@ -80,6 +81,16 @@ impl DataDir {
                     what: format!("creating data directory {}", dir.display()),
                     source,
                 })?;
+        } else if let Ok(meta) = std::fs::metadata(dir) {
+            // Someone else's directory: told about, not changed.
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    "data directory {} is mode {mode:04o}, open to other users; it holds the CA key: chmod 700 it",
+                    dir.display()
+                );
+            }
         }
         let registry = Registry::open(dir)?;
         let ca = match (registry.meta("ca_cert_pem")?, registry.meta("ca_key_pem")?) {

@@ -15,12 +15,14 @@ mod keypool;
 pub mod link;
 mod listener;
 mod mqtt;
+mod outbound;
 pub mod packet_log;
 pub mod pki;
 pub mod policy;
 mod provisioning;
 pub mod registry;
 mod rotation;
+mod subscriptions;
 pub mod template;
 pub mod throttle;
 pub mod tls;
@@ -42,4 +44,5 @@ pub use registry::{
     AttributeUpdate, CertStatus, CertificateRecord, PolicyRecord, Registry, RegistryError,
     TemplateRecord, ThingRecord, ThingUpdate,
 };
+pub use subscriptions::MAX_SUBSCRIPTIONS_PER_CONNECTION;
 pub use throttle::Rate;

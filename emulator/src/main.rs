@@ -480,6 +480,9 @@ fn registry_of(dir: Option<PathBuf>) -> Result<Registry> {
     Ok(Registry::open(&dir)?)
 }
 
+/// How long `serve` waits, once stopped, for blocking work still running.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -496,7 +499,15 @@ fn main() -> Result<()> {
             templates,
             claim_policy,
         } => init(&dir, policies, templates, &claim_policy),
-        Command::Serve(args) => tokio::runtime::Runtime::new()?.block_on(serve(args)),
+        Command::Serve(args) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let served = runtime.block_on(serve(args));
+            // Dropping the runtime would wait for every blocking task still
+            // running (a key generation takes up to a second): bounded, so
+            // that SIGTERM ends the process promptly whatever is in flight.
+            runtime.shutdown_timeout(SHUTDOWN_GRACE);
+            served
+        }
         Command::Things { cmd } => {
             let reg = registry_of(cli.data_dir)?;
             match cmd {

@@ -76,6 +76,8 @@ pub(crate) enum DisconnectReason {
     ProtocolError,
     TopicNameInvalid,
     AdministrativeAction,
+    /// The client does not read what is sent to it.
+    QuotaExceeded,
 }
 
 impl DisconnectReason {
@@ -88,8 +90,23 @@ impl DisconnectReason {
             DisconnectReason::ProtocolError => "protocol error",
             DisconnectReason::TopicNameInvalid => "invalid topic",
             DisconnectReason::AdministrativeAction => "server shutting down",
+            DisconnectReason::QuotaExceeded => {
+                "the client does not read: its outbound queue is full"
+            }
         }
     }
+}
+
+/// Why a filter of a SUBSCRIBE is refused. MQTT 3.1.1 has one failure
+/// code (0x80) for all; MQTT 5 tells which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SubRefusal {
+    /// Not allowed by the policies, an invalid filter, or too many filters
+    /// in one SUBSCRIBE (MQTT 5: 0x87).
+    NotAuthorized,
+    /// The connection holds as many subscriptions as AWS allows (MQTT 5:
+    /// 0x97 Quota exceeded).
+    QuotaExceeded,
 }
 
 #[derive(Debug, Clone)]
@@ -104,10 +121,10 @@ pub(crate) enum Outbound {
         pkid: u16,
         not_authorized: bool,
     },
-    /// `None` for a refused filter.
+    /// One answer per filter, in the SUBSCRIBE's order.
     SubAck {
         pkid: u16,
-        granted: Vec<Option<Qos>>,
+        granted: Vec<Result<Qos, SubRefusal>>,
     },
     UnsubAck {
         pkid: u16,
@@ -365,8 +382,8 @@ pub(crate) fn encode(
                     granted
                         .iter()
                         .map(|g| match g {
-                            Some(q) => v4::SubscribeReasonCode::Success(to_q4(*q)),
-                            None => v4::SubscribeReasonCode::Failure,
+                            Ok(q) => v4::SubscribeReasonCode::Success(to_q4(*q)),
+                            Err(_) => v4::SubscribeReasonCode::Failure,
                         })
                         .collect(),
                 )),
@@ -415,8 +432,13 @@ pub(crate) fn encode(
                     return_codes: granted
                         .iter()
                         .map(|g| match g {
-                            Some(q) => v5::SubscribeReasonCode::Success(to_q5(*q)),
-                            None => v5::SubscribeReasonCode::NotAuthorized,
+                            Ok(q) => v5::SubscribeReasonCode::Success(to_q5(*q)),
+                            Err(SubRefusal::NotAuthorized) => {
+                                v5::SubscribeReasonCode::NotAuthorized
+                            }
+                            Err(SubRefusal::QuotaExceeded) => {
+                                v5::SubscribeReasonCode::QuotaExceeded
+                            }
                         })
                         .collect(),
                     properties: None,
@@ -446,6 +468,7 @@ pub(crate) fn encode(
                         DisconnectReason::AdministrativeAction => {
                             v5::DisconnectReasonCode::AdministrativeAction
                         }
+                        DisconnectReason::QuotaExceeded => v5::DisconnectReasonCode::QuotaExceeded,
                     },
                     // Always with a reason string: rumqttc 0.25 cannot read a DISCONNECT
                     // without properties (remaining length 1), although MQTT 5 allows it,

@@ -8,6 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ring::hmac;
 use serde_json::{json, Value};
+use tokio::sync::Semaphore;
 
 use crate::config::{EmulatorConfig, ResponseFault, TokenReuse};
 use crate::hook::{HookError, HookRequest, HookRunner};
@@ -15,8 +16,8 @@ use crate::keypool::KeyPool;
 use crate::pki::{CertificateAuthority, Issued, PkiError, Validity};
 use crate::policy::PolicyDocument;
 use crate::registry::{
-    now_unix, valid_thing_name, CertStatus, CertificateRecord, ProvisioningWrite, Registry,
-    RegistryError, TemplateRecord, ThingRecord,
+    now_unix, valid_thing_name, CertStatus, CertificateRecord, ProvisioningOutcome,
+    ProvisioningWrite, Registry, RegistryError, TemplateRecord, ThingRecord,
 };
 use crate::template::{
     self, CertStatusSpec, CertificateSpec, ExistingThing, PolicySpec, Template, ThingSpec,
@@ -78,6 +79,13 @@ fn bad_token(message: impl Into<String>) -> ApiError {
         message: message.into(),
     }
 }
+fn throttling(message: impl Into<String>) -> ApiError {
+    ApiError {
+        status: 429,
+        code: "ThrottlingException",
+        message: message.into(),
+    }
+}
 fn internal(message: impl std::fmt::Display) -> ApiError {
     ApiError {
         status: 500,
@@ -95,6 +103,11 @@ impl From<RegistryError> for ApiError {
 pub(crate) struct Requester {
     pub client_id: String,
     pub certificate_id: String,
+    /// The connection's one CreateKeysAndCertificate slot (a semaphore of
+    /// one permit, shared by the connection's requests): a request finding
+    /// it taken is throttled rather than queued, so that one connection
+    /// cannot pile up key generations.
+    pub keys_in_flight: Arc<Semaphore>,
 }
 
 pub(crate) struct Provisioner {
@@ -108,6 +121,11 @@ pub(crate) struct Provisioner {
     create_keys: TokenBucket,
     create_from_csr: TokenBucket,
     register: TokenBucket,
+    /// Key generations and signatures running at once, at most one per
+    /// CPU: requests beyond wait for a permit (a task each, no thread), so
+    /// a flood neither fills the blocking thread pool nor leaves hundreds
+    /// of generations for shutdown to wait for.
+    pki_slots: Arc<Semaphore>,
     fault: Mutex<FaultState>,
 }
 
@@ -179,6 +197,9 @@ impl Provisioner {
             create_keys: TokenBucket::new(t.create_keys_and_certificate),
             create_from_csr: TokenBucket::new(t.create_certificate_from_csr),
             register: TokenBucket::new(t.register_thing),
+            pki_slots: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            )),
             fault: Mutex::new(FaultState {
                 fault: config.response_fault,
                 counted: 0,
@@ -231,15 +252,11 @@ impl Provisioner {
         let plan = self.fault_plan();
         let result = if plan.throttle {
             tracing::warn!(?api, "response fault ThrottleFirst: request throttled");
-            Err(ApiError {
-                status: 429,
-                code: "ThrottlingException",
-                message: "rate exceeded".into(),
-            })
+            Err(throttling("rate exceeded"))
         } else {
             match api {
                 Api::CreateKeysAndCertificate => {
-                    self.create_keys(format, payload, plan.answer).await
+                    self.create_keys(format, payload, plan.answer, from).await
                 }
                 Api::CreateCertificateFromCsr => {
                     self.create_from_csr(format, payload, plan.answer).await
@@ -294,18 +311,29 @@ impl Provisioner {
         if bucket.try_acquire() {
             Ok(())
         } else {
-            Err(ApiError {
-                status: 429,
-                code: "ThrottlingException",
-                message: format!("rate exceeded for {api}"),
-            })
+            Err(throttling(format!("rate exceeded for {api}")))
         }
     }
 
+    /// Runs `f` on the blocking pool once one of the [`Self::pki_slots`]
+    /// is free; the slot is held until `f` returns, even if the request is
+    /// dropped meanwhile.
     async fn blocking<T: Send + 'static>(
+        &self,
         f: impl FnOnce() -> Result<T, PkiError> + Send + 'static,
     ) -> Result<Result<T, PkiError>, ApiError> {
-        tokio::task::spawn_blocking(f).await.map_err(internal)
+        let slot = self
+            .pki_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(internal)?;
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            f()
+        })
+        .await
+        .map_err(internal)
     }
 
     /// Stores a new PENDING_ACTIVATION certificate and makes its token.
@@ -369,7 +397,12 @@ impl Provisioner {
         format: Format,
         payload: &[u8],
         fault: Option<ResponseFault>,
+        from: &Requester,
     ) -> Result<Value, ApiError> {
+        // Held until the answer is made.
+        let _in_flight = from.keys_in_flight.clone().try_acquire_owned().map_err(|_| {
+            throttling("rate exceeded: a CreateKeysAndCertificate request of this connection is still in progress; wait for its answer")
+        })?;
         Self::throttled(&self.create_keys, "CreateKeysAndCertificate")?;
         decode_body(format, payload)?;
         let ca = self.ca.clone();
@@ -379,14 +412,15 @@ impl Provisioner {
             tracing::warn!("response fault CertificateForAnotherKey: certificate for a fresh key");
         }
         let keys = self.keys.clone();
-        let (issued, key_pem) = Self::blocking(move || {
-            let key = keys.take()?;
-            // The fault's second key comes from the pool too.
-            let other = another_key.then(|| keys.take()).transpose()?;
-            ca.issue_with_rsa_key(&key, other.as_ref(), Some(validity))
-        })
-        .await?
-        .map_err(internal)?;
+        let (issued, key_pem) = self
+            .blocking(move || {
+                let key = keys.take()?;
+                // The fault's second key comes from the pool too.
+                let other = another_key.then(|| keys.take()).transpose()?;
+                ca.issue_with_rsa_key(&key, other.as_ref(), Some(validity))
+            })
+            .await?
+            .map_err(internal)?;
         let token = self.register_new(&issued)?;
         Ok(json!({
             "certificateId": Self::answered_id(&issued, fault),
@@ -417,15 +451,15 @@ impl Provisioner {
         if another_key {
             tracing::warn!("response fault CertificateForAnotherKey: certificate for a fresh key");
         }
-        let issued =
-            Self::blocking(move || ca.issue_from_csr_with(&csr, Some(validity), another_key))
-                .await?
-                .map_err(|e| match e {
-                    PkiError::BadCsr(m) => {
-                        invalid(format!("certificate signing request is invalid: {m}"))
-                    }
-                    other => internal(other),
-                })?;
+        let issued = self
+            .blocking(move || ca.issue_from_csr_with(&csr, Some(validity), another_key))
+            .await?
+            .map_err(|e| match e {
+                PkiError::BadCsr(m) => {
+                    invalid(format!("certificate signing request is invalid: {m}"))
+                }
+                other => internal(other),
+            })?;
         let token = self.register_new(&issued)?;
         Ok(json!({
             "certificateId": Self::answered_id(&issued, fault),
@@ -449,7 +483,7 @@ impl Provisioner {
             .ok_or_else(|| invalid("certificateOwnershipToken is required"))?;
         let mut parameters = request_parameters(&body)?;
         let record = self.enabled_template(template_name)?;
-        let (cert_id, cert) = self.token_certificate(token)?;
+        let (cert_id, cert, token_use) = self.token_certificate(token)?;
 
         if let Some(exe) = &record.pre_provisioning_hook {
             let overrides = self
@@ -466,15 +500,35 @@ impl Provisioner {
             Some(spec) => Some(self.planned_thing(spec)?),
         };
         let status = planned_status(plan.certificate.as_ref(), &cert_id)?;
+        if let TokenUse::Replay(current) = token_use {
+            // A replay repeats the registration; it never changes the
+            // status the certificate has since (REVOKED, deactivated...).
+            if current != status {
+                return Err(bad_token(format!(
+                    "certificate ownership token was already used and its certificate is now {}",
+                    current.as_str()
+                )));
+            }
+        }
         let (attach_policies, new_policies) =
             self.planned_policies(&plan.policies, template_name, &cert_id)?;
-        self.registry.apply_provisioning(&ProvisioningWrite {
+        let outcome = self.registry.apply_provisioning(&ProvisioningWrite {
             certificate_id: cert_id.clone(),
+            expected_status: cert.status,
             status,
             thing: thing.clone(),
             new_policies,
             attach_policies,
         })?;
+        if let ProvisioningOutcome::CertificateChanged(now) = outcome {
+            return Err(match now {
+                None => bad_token("the certificate of this ownership token no longer exists"),
+                Some(now) => bad_token(format!(
+                    "the certificate of this ownership token became {} during the registration",
+                    now.as_str()
+                )),
+            });
+        }
         let thing_name = thing.map(|t| t.thing_name).unwrap_or_default();
         Ok(json!({"thingName": thing_name, "deviceConfiguration": plan.device_configuration}))
     }
@@ -495,18 +549,38 @@ impl Provisioner {
             .ok_or_else(not_found)
     }
 
-    /// The id and record of the certificate an ownership token names, if
-    /// the token is valid and may still be used.
-    fn token_certificate(&self, token: &str) -> Result<(String, CertificateRecord), ApiError> {
+    /// The id and record of the certificate an ownership token names, and
+    /// how the token is being used, if the token is valid and may be used.
+    ///
+    /// A token is for a certificate CreateKeysAndCertificate or
+    /// CreateCertificateFromCsr has just made: it activates only a
+    /// certificate still PENDING_ACTIVATION, never one revoked, deactivated
+    /// or activated by other means since (as AWS does). A certificate its
+    /// token registered already is refused too, unless
+    /// [`TokenReuse::Replay`] lets the registration be repeated.
+    fn token_certificate(
+        &self,
+        token: &str,
+    ) -> Result<(String, CertificateRecord, TokenUse), ApiError> {
         let cert_id = self.verify_token(token)?;
         let cert = self
             .registry
             .certificate(&cert_id)?
             .ok_or_else(|| bad_token("the certificate of this ownership token no longer exists"))?;
-        if cert.registered && self.config.token_reuse == TokenReuse::Reject {
-            return Err(bad_token("certificate ownership token was already used"));
-        }
-        Ok((cert_id, cert))
+        let token_use = match (cert.registered, self.config.token_reuse) {
+            (true, TokenReuse::Reject) => {
+                return Err(bad_token("certificate ownership token was already used"))
+            }
+            (true, TokenReuse::Replay) => TokenUse::Replay(cert.status),
+            (false, _) if cert.status == CertStatus::PendingActivation => TokenUse::First,
+            (false, _) => {
+                return Err(bad_token(format!(
+                    "the certificate of this ownership token is {}, not PENDING_ACTIVATION: a token activates only the certificate just created with it",
+                    cert.status.as_str()
+                )))
+            }
+        };
+        Ok((cert_id, cert, token_use))
     }
 
     /// Runs the template's pre-provisioning hook: the parameter overrides it
@@ -621,6 +695,16 @@ impl Provisioner {
         }
         Ok((attach_policies, new_policies))
     }
+}
+
+/// How RegisterThing uses an ownership token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TokenUse {
+    /// The certificate is PENDING_ACTIVATION: the registration activates it.
+    First,
+    /// Under [`TokenReuse::Replay`], again for a certificate the token
+    /// registered, whose status is now this one.
+    Replay(CertStatus),
 }
 
 /// Policies to attach by name, and new policies as (name, document).

@@ -24,6 +24,50 @@ fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap()
 }
 
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// The data directory holds the CA key and the token key: `init` creates
+/// it 0700 and the registry 0600, and the SQLite files `serve` adds beside
+/// the registry (WAL, shared memory) are 0600 too.
+#[tokio::test]
+async fn data_directory_and_registry_files_are_private() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("new/data");
+    init_with_fixtures(&dir);
+    assert_eq!(mode(&dir), 0o700);
+    let db = dir.join("registry.sqlite3");
+    assert_eq!(mode(&db), 0o600);
+    let serve = ServeProcess::spawn(&dir).await;
+    // A write through the running server's registry.
+    let claim_id =
+        iotcore_emulator::pki::certificate_id_from_pem(&read(&dir.join("claim/claim.pem.crt")))
+            .unwrap();
+    run(&[
+        "certs",
+        "set-status",
+        &claim_id,
+        "ACTIVE",
+        "-d",
+        dir.to_str().unwrap(),
+    ]);
+    let mut companions = 0;
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let p = dir.join(format!("registry.sqlite3{suffix}"));
+        if p.exists() {
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+            companions += 1;
+        }
+    }
+    assert!(
+        companions > 0,
+        "no WAL files beside the registry while serving"
+    );
+    assert_eq!(mode(&db), 0o600);
+    drop(serve);
+}
+
 #[tokio::test]
 async fn init_serve_provision_and_set_status_from_the_cli() {
     let tmp = tempfile::tempdir().unwrap();

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use iotcore_emulator::{CertStatus, Credential, Registry};
+use iotcore_emulator::{
+    CertStatus, Credential, Registry, MAX_SUBSCRIBE_FILTERS, MAX_SUBSCRIPTIONS_PER_CONNECTION,
+};
 use rumqttc::SubscribeReasonCode;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -198,6 +200,136 @@ async fn topic_limits_and_subscribe_filter_count() {
     // Eight slashes: over the limit of seven.
     publ.publish("data/1/2/3/4/5/6/7/8", "x").await;
     assert!(publ.closed_within(Duration::from_secs(3)).await);
+}
+
+/// AWS's quota of 50 subscriptions per connection: each filter of a
+/// SUBSCRIBE that would be one too many gets the failure code; the
+/// connection and its subscriptions stay, a filter held already may be
+/// subscribed again, and an UNSUBSCRIBE makes room.
+#[tokio::test]
+async fn subscriptions_per_connection_capped_at_fifty() {
+    let emu = start().await;
+    let (mut sub, publ) = pubsub_pair(&emu).await;
+    let filters: Vec<String> = (0..MAX_SUBSCRIPTIONS_PER_CONNECTION)
+        .map(|i| format!("data/s{i}"))
+        .collect();
+    for chunk in filters.chunks(MAX_SUBSCRIBE_FILTERS) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let codes = sub.subscribe(&refs).await;
+        assert!(
+            codes
+                .iter()
+                .all(|c| matches!(c, SubscribeReasonCode::Success(_))),
+            "{codes:?}"
+        );
+    }
+    let codes = sub
+        .subscribe(&["data/extra1", "data/s0", "data/extra2"])
+        .await;
+    assert_eq!(codes[0], SubscribeReasonCode::Failure, "{codes:?}");
+    assert!(
+        matches!(codes[1], SubscribeReasonCode::Success(_)),
+        "{codes:?}"
+    );
+    assert_eq!(codes[2], SubscribeReasonCode::Failure, "{codes:?}");
+    // The refused filter delivers nothing, the held ones still deliver.
+    publ.publish("data/extra1", "refused").await;
+    publ.publish("data/s49", "held").await;
+    let (t, _) = sub.next_message(WAIT).await.expect("no message");
+    assert_eq!(t, "data/s49");
+    sub.unsubscribe("data/s1").await;
+    let codes = sub.subscribe(&["data/extra1"]).await;
+    assert!(
+        matches!(codes[0], SubscribeReasonCode::Success(_)),
+        "{codes:?}"
+    );
+    publ.publish("data/extra1", "room").await;
+    let (t, p) = sub.next_message(WAIT).await.expect("no message");
+    assert_eq!(
+        (t.as_str(), p.as_slice()),
+        ("data/extra1", b"room".as_slice())
+    );
+}
+
+/// A subscriber that never reads while messages are published to it: its
+/// outbound queue is bounded, so the emulator drops it instead of holding
+/// every message, and keeps serving the others meanwhile.
+#[tokio::test]
+async fn subscriber_that_never_reads_is_dropped_and_others_are_served() {
+    let emu = start().await;
+    let cred = emu.create_credential("stalled", &["pubsub"]).unwrap();
+    let tls = client_tls(&emu.root_ca_pem(), Some(&cred), false);
+    // A small receive buffer, so that the socket fills early.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(emu.addr()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stalled = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    use rumqttc::mqttbytes::v4::{Connect, Packet, Subscribe};
+    let mut buf = bytes::BytesMut::new();
+    let mut hello = Connect::new("stalled");
+    // Keep-alive 0 (1200 s): the keep-alive is not what drops it.
+    hello.keep_alive = 0;
+    Packet::Connect(hello).write(&mut buf, 1024).unwrap();
+    let mut subscribe = Subscribe::new("data/flood", rumqttc::mqttbytes::QoS::AtLeastOnce);
+    subscribe.pkid = 1;
+    Packet::Subscribe(subscribe).write(&mut buf, 1024).unwrap();
+    stalled.write_all(&buf).await.unwrap();
+    stalled.flush().await.unwrap();
+    let mut acks = [0u8; 4 + 5];
+    tokio::time::timeout(WAIT, stalled.read_exact(&mut acks))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(acks[..4], [0x20, 0x02, 0x00, 0x00], "CONNACK accepted");
+    assert_eq!(acks[4..], [0x90, 0x03, 0x00, 0x01, 0x01], "SUBACK QoS 1");
+    // From here on the stalled client reads nothing.
+
+    let publ_cred = emu.create_credential("publisher", &["pubsub"]).unwrap();
+    let mut publ = connect(&emu, &publ_cred, "flood-publisher").await.unwrap();
+    publ.subscribe(&["data/publisher"]).await;
+    assert_eq!(emu.session_count(), 2);
+    let payload = vec![b'x'; 100 * 1024];
+    let mut published = 0;
+    // Far more than any socket buffers and the queue hold (without a bound
+    // the emulator would keep all of it for the stalled client).
+    while emu.session_count() == 2 && published < 2000 {
+        publ.publish("data/flood", payload.clone()).await;
+        published += 1;
+        if published % 50 == 0 {
+            // The publisher is served all along.
+            publ.publish("data/publisher", "ping").await;
+            let (t, _) = publ.next_message(WAIT).await.expect("publisher not served");
+            assert_eq!(t, "data/publisher");
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while emu.session_count() != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled subscriber was never dropped ({published} messages of 100 KiB published)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    still_serving(&emu).await;
+    publ.publish("data/publisher", "after").await;
+    assert!(publ.next_message(WAIT).await.is_some());
+    // The stalled client finds its connection closed once it reads what
+    // was written before.
+    let closed = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut sink = vec![0u8; 64 * 1024];
+        loop {
+            match stalled.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the stalled connection is still open");
 }
 
 #[tokio::test]

@@ -385,6 +385,77 @@ async fn token_reuse_replay_setting_answers_again() {
     assert_eq!(emu.registry().things().unwrap().len(), 1);
 }
 
+/// A token activates only the certificate it came with while that is still
+/// PENDING_ACTIVATION: not once revoked, deactivated or activated by other
+/// means. Nothing is written: the status stays, no thing appears.
+#[tokio::test]
+async fn token_of_a_certificate_no_longer_pending_is_rejected() {
+    let emu = start().await;
+    let mut c = claim_client(&emu, "claim-not-pending", "prod").await;
+    for status in [
+        CertStatus::Revoked,
+        CertStatus::Inactive,
+        CertStatus::Active,
+    ] {
+        let (cred, token) = create_from_csr(&mut c).await;
+        emu.registry()
+            .set_certificate_status(&cred.certificate_id, status)
+            .unwrap();
+        let serial = format!("NP-{}", status.as_str());
+        let (ok, body) = c
+            .call(
+                &register_topic("prod"),
+                &json!({"certificateOwnershipToken": token, "parameters": {"SerialNumber": serial}}),
+            )
+            .await;
+        assert!(!ok, "{status:?}: {body}");
+        assert_rejected(&body, 400, "InvalidCertificateOwnershipToken");
+        assert!(
+            body["errorMessage"]
+                .as_str()
+                .unwrap()
+                .contains(status.as_str()),
+            "{body}"
+        );
+        let rec = emu
+            .registry()
+            .certificate(&cred.certificate_id)
+            .unwrap()
+            .unwrap();
+        assert_eq!(rec.status, status);
+        assert!(!rec.registered);
+        assert!(rec.things.is_empty() && rec.policies.is_empty(), "{rec:?}");
+        assert!(emu
+            .registry()
+            .thing(&format!("dev-{serial}"))
+            .unwrap()
+            .is_none());
+    }
+}
+
+/// Replaying a used token repeats the registration, but never brings back
+/// a certificate revoked since.
+#[tokio::test]
+async fn token_replay_does_not_reactivate_a_revoked_certificate() {
+    let emu = start_with(|c| c.token_reuse = TokenReuse::Replay).await;
+    let mut c = claim_client(&emu, "claim-replay-revoked", "prod").await;
+    let (cred, token) = create_from_csr(&mut c).await;
+    let req = json!({"certificateOwnershipToken": token, "parameters": {"SerialNumber": "RV1"}});
+    assert!(c.call(&register_topic("prod"), &req).await.0);
+    emu.registry()
+        .set_certificate_status(&cred.certificate_id, CertStatus::Revoked)
+        .unwrap();
+    let (ok, body) = c.call(&register_topic("prod"), &req).await;
+    assert!(!ok, "{body}");
+    assert_rejected(&body, 400, "InvalidCertificateOwnershipToken");
+    let rec = emu
+        .registry()
+        .certificate(&cred.certificate_id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.status, CertStatus::Revoked);
+}
+
 #[tokio::test]
 async fn expired_token_rejected_and_unregistered_certificate_deleted() {
     let emu = start_with(|c| {

@@ -84,7 +84,9 @@ impl From<RegistryError> for ApiError {
                 ApiError::new(ErrorKind::VersionConflict, e.to_string())
             }
             RegistryError::Invalid(m) => ApiError::invalid(m),
-            RegistryError::Sqlite(_) => ApiError::new(ErrorKind::InternalFailure, e.to_string()),
+            RegistryError::Sqlite(_) | RegistryError::Io { .. } => {
+                ApiError::new(ErrorKind::InternalFailure, e.to_string())
+            }
         }
     }
 }

@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 mod cached;
+mod file;
 pub(crate) mod jobs;
 
 use cached::{CachedStatements, STATEMENT_CACHE_CAPACITY};
@@ -30,6 +31,12 @@ pub enum RegistryError {
     NotFound { kind: &'static str, name: String },
     #[error("{0}")]
     Invalid(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// CreateThing for a thing that exists with another configuration.
     #[error("{kind} {name} already exists with another configuration")]
     AlreadyExists { kind: &'static str, name: String },
@@ -175,10 +182,24 @@ pub(crate) enum Retired {
 /// What RegisterThing writes, as one transaction.
 pub(crate) struct ProvisioningWrite {
     pub certificate_id: String,
+    /// The status the ownership token was checked against: the write
+    /// happens only if the certificate still has it, so that a certificate
+    /// revoked (or registered by another request) meanwhile is not
+    /// overwritten.
+    pub expected_status: CertStatus,
     pub status: CertStatus,
     pub thing: Option<ThingRecord>,
     pub new_policies: Vec<(String, String)>,
     pub attach_policies: Vec<String>,
+}
+
+/// What [`Registry::apply_provisioning`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ProvisioningOutcome {
+    Applied,
+    /// The certificate's status was no longer the expected one (`None`:
+    /// the certificate is gone): nothing was written.
+    CertificateChanged(Option<CertStatus>),
 }
 
 /// Counters of in-process changes, so that live connections re-read only
@@ -314,9 +335,11 @@ fn migrate(conn: &mut Connection) -> Result<(), RegistryError> {
 }
 
 impl Registry {
-    /// Opens (creating if needed) `DIR/registry.sqlite3`.
+    /// Opens (creating if needed, mode 0600) `DIR/registry.sqlite3`.
     pub fn open(data_dir: &Path) -> Result<Self, RegistryError> {
-        let mut conn = Connection::open(data_dir.join("registry.sqlite3"))?;
+        let path = data_dir.join("registry.sqlite3");
+        file::ensure_private_database(&path)?;
+        let mut conn = Connection::open(&path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -1008,7 +1031,10 @@ impl Registry {
     }
 
     /// Everything a successful RegisterThing writes, in one transaction.
-    pub(crate) fn apply_provisioning(&self, w: &ProvisioningWrite) -> Result<(), RegistryError> {
+    pub(crate) fn apply_provisioning(
+        &self,
+        w: &ProvisioningWrite,
+    ) -> Result<ProvisioningOutcome, RegistryError> {
         let mut db = self.db();
         let tx = db.transaction()?;
         if let Some(thing) = &w.thing {
@@ -1035,14 +1061,21 @@ impl Registry {
             )?;
         }
         let n = tx.execute_cached(
-            &format!("UPDATE certificates SET status = ?2, updated_at = ?3, registered = 1, pending_until = NULL, {BUMP_CUSTOMER_VERSION} WHERE id = ?1"),
-            params![w.certificate_id, w.status.as_str(), now_unix()],
+            &format!("UPDATE certificates SET status = ?2, updated_at = ?3, registered = 1, pending_until = NULL, {BUMP_CUSTOMER_VERSION} WHERE id = ?1 AND status = ?4"),
+            params![w.certificate_id, w.status.as_str(), now_unix(), w.expected_status.as_str()],
         )?;
         if n == 0 {
-            return Err(RegistryError::NotFound {
-                kind: "certificate",
-                name: w.certificate_id.clone(),
-            });
+            let found: Option<String> = tx
+                .query_row_cached(
+                    "SELECT status FROM certificates WHERE id = ?1",
+                    [&w.certificate_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            // Dropping `tx` rolls back the thing and policy writes above.
+            return Ok(ProvisioningOutcome::CertificateChanged(
+                found.map(|s| s.parse()).transpose()?,
+            ));
         }
         tx.commit()?;
         drop(db);
@@ -1050,7 +1083,7 @@ impl Registry {
         if w.status != CertStatus::Active {
             self.status_changed();
         }
-        Ok(())
+        Ok(ProvisioningOutcome::Applied)
     }
 }
 

@@ -427,6 +427,18 @@ impl Client {
         }
     }
 
+    /// Unsubscribes and waits for the UNSUBACK.
+    pub async fn unsubscribe(&mut self, filter: &str) {
+        self.client.unsubscribe(filter).await.unwrap();
+        loop {
+            match self.next_incoming(WAIT).await {
+                Some(Ok(Incoming::UnsubAck(_))) => return,
+                Some(Ok(_)) => continue,
+                other => panic!("no UNSUBACK: {other:?}"),
+            }
+        }
+    }
+
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
         self.client
             .publish(topic, QoS::AtLeastOnce, false, payload)
