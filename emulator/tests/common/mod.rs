@@ -22,7 +22,12 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::sync::mpsc;
 
-pub const WAIT: Duration = Duration::from_secs(10);
+/// How long a test waits for an answer before it fails. Only an upper
+/// bound (no test waits it out when things work): long enough for an RSA
+/// key made in the request (CreateKeysAndCertificate with an empty pool)
+/// in a debug build on a loaded two-core CI machine, which once took more
+/// than 10 s.
+pub const WAIT: Duration = Duration::from_secs(30);
 
 /// The `iotcore-emulator` binary cargo built for these tests.
 pub const BIN: &str = env!("CARGO_BIN_EXE_iotcore-emulator");
