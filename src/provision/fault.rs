@@ -6,11 +6,6 @@
 #[cfg(all(feature = "fault-injection", not(debug_assertions)))]
 compile_error!("the fault-injection feature is for test builds only, never for release builds");
 
-/// Points where `PROV_AGENT_FAULT=<point>` stops the process (SIGSTOP)
-/// instead of killing it, as a hung TPM or token holds the process that
-/// waits for it.
-pub const STALLS: &[&str] = &["helper-generate"];
-
 /// The points a flow passes, in order.
 pub const POINTS: &[&str] = &[
     "key-generated",
@@ -32,18 +27,5 @@ pub fn point(name: &'static str) {
     if std::env::var("PROV_AGENT_FAULT").as_deref() == Ok(name) {
         eprintln!("prov-agent: fault injection: dying at {name}");
         std::process::abort();
-    }
-}
-
-/// Stops this process (SIGSTOP) at `name`, one of [`STALLS`], when
-/// `PROV_AGENT_FAULT` names it; it goes on only if someone sends SIGCONT.
-#[inline]
-pub fn stall(name: &'static str) {
-    debug_assert!(STALLS.contains(&name), "unknown stall point {name}");
-    #[cfg(feature = "fault-injection")]
-    if std::env::var("PROV_AGENT_FAULT").as_deref() == Ok(name) {
-        eprintln!("prov-agent: fault injection: stopping at {name}");
-        let _ =
-            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP);
     }
 }
