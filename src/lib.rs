@@ -14,6 +14,7 @@ pub mod crypto;
 pub mod daemon;
 pub mod durable;
 pub mod error;
+pub mod fault;
 pub mod hardening;
 pub mod keystore;
 #[cfg(feature = "fault-injection")]

@@ -231,3 +231,80 @@ async fn lost_register_answer_in_keys_mode_with_token_reuse_rejected() {
 async fn lost_register_answer_with_token_reuse_replayed() {
     lost_register_answer(iotcore_emulator::TokenReuse::Replay, "csr").await;
 }
+
+/// The persistent handles in the agent's range (from 0x81000100) that the
+/// TPM holds, read with tpm2-tools.
+#[cfg(feature = "tpm")]
+fn persistent_handles(device: &Device) -> Vec<String> {
+    let Backend::Tpm(tpm) = &device.backend else {
+        panic!("a TPM device")
+    };
+    let _shared = common::token_store_shared();
+    let out = common::clean_command("tpm2_getcap")
+        .arg("handles-persistent")
+        .env("TPM2TOOLS_TCTI", tpm.tcti())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tpm2_getcap: {}", text(&out));
+    let mut handles: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- "))
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| h.as_str() >= "0x81000100")
+        .collect();
+    handles.sort();
+    handles
+}
+
+/// The persistent handles the device's key files name.
+#[cfg(feature = "tpm")]
+fn named_handles(device: &Device) -> Vec<String> {
+    let mut handles: Vec<String> = device
+        .store()
+        .list()
+        .unwrap()
+        .into_iter()
+        .filter_map(|k| {
+            k.reference
+                .strip_prefix("tpm:handle=")
+                .map(|h| h.to_ascii_lowercase())
+        })
+        .collect();
+    handles.sort();
+    handles
+}
+
+/// With persistent TPM storage, a crash between a new key's file and its
+/// TPM2_EvictControl leaves no persistent object that no key file names
+/// (each such crash would take one of the TPM's few persistent slots for
+/// good), and the next enroll completes with exactly its keys persistent.
+#[cfg(feature = "tpm")]
+#[tokio::test(flavor = "multi_thread")]
+async fn tpm_persistent_key_half_stored() {
+    let cloud = TestCloud::start().await;
+    let device = Device::new(&cloud, Backend::tpm(), "");
+    let config = std::fs::read_to_string(&device.config)
+        .unwrap()
+        .replace("KEY_STORAGE = blob", "KEY_STORAGE = persistent");
+    std::fs::write(&device.config, config).unwrap();
+    device.import_claim().await;
+    let crashed = device
+        .run_env(&["enroll"], &[("PROV_AGENT_FAULT", "tpm-key-half-stored")])
+        .await;
+    assert!(
+        String::from_utf8_lossy(&crashed.stderr).contains("dying at tpm-key-half-stored"),
+        "{}",
+        text(&crashed)
+    );
+    let held = persistent_handles(&device);
+    let named = named_handles(&device);
+    assert!(
+        held.iter().all(|h| named.contains(h)),
+        "persistent objects no key file names: held {held:?}, named {named:?}"
+    );
+    let done = device.run(&["enroll"]).await;
+    assert!(done.status.success(), "{}", text(&done));
+    device.round_trip(&cloud).await.unwrap();
+    assert_eq!(persistent_handles(&device), named_handles(&device));
+    assert_eq!(named_handles(&device).len(), 2, "claim and device keys");
+}

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
 use super::export;
-use super::fault;
 use super::identity::Identity;
 use super::journal::{
     self, IssuedCertificate, Journal, KeySlots, Operation, OwnershipToken, Registration, State,
@@ -27,6 +26,7 @@ use super::{ProvisionError, StepTiming};
 use crate::config::{Config, ProvisioningMode};
 use crate::crypto::{make_csr, Certificate};
 use crate::durable;
+use crate::fault;
 use crate::keystore::{KeyInfo, KeyLabel, KeyStore, KeyStoreError, PrivateKeyMaterial};
 use crate::mqtt::endpoint::{Endpoint, EndpointError};
 use crate::mqtt::{response_topics, ConnectOptions, Dialed, MqttError, Prepared, Session};

@@ -2,7 +2,8 @@
 
 pub mod enroll;
 pub mod export;
-pub mod fault;
+/// The fault points of the flow (crate::fault), where the crash tests find them.
+pub use crate::fault;
 mod flow;
 pub mod identity;
 pub mod journal;

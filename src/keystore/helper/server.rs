@@ -102,7 +102,7 @@ fn handle(store: &dyn KeyStore, request: Request, body: &[u8]) -> Result<(Reply,
         Request::Hello { .. } => unreachable!("refused before"),
         Request::Generate { label, algorithm } => (
             key({
-                stall_for_tests();
+                crate::fault::stall("helper-generate");
                 store.generate(&KeyLabel::new(label)?, algorithm)?
             }),
             vec![],
@@ -140,21 +140,6 @@ fn handle(store: &dyn KeyStore, request: Request, body: &[u8]) -> Result<(Reply,
             vec![],
         ),
     })
-}
-
-/// With the cargo feature `fault-injection` (test builds only) and
-/// `PROV_AGENT_FAULT=helper-generate`, the helper stops itself (SIGSTOP)
-/// when asked to generate a key, as a hung TPM or token holds the process
-/// that waits for it; it goes on only on SIGCONT. Without the feature it is
-/// nothing.
-#[inline]
-fn stall_for_tests() {
-    #[cfg(feature = "fault-injection")]
-    if std::env::var("PROV_AGENT_FAULT").as_deref() == Ok("helper-generate") {
-        eprintln!("prov-agent: fault injection: stopping at helper-generate");
-        let _ =
-            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP);
-    }
 }
 
 #[cfg(test)]

@@ -249,14 +249,16 @@ impl TpmKeyStore {
             TpmKeyStorage::Blob => Location::Blob {
                 private: private.value().to_vec(),
             },
-            TpmKeyStorage::Persistent => {
-                let handle = self.persist(tpm, &public, private.value())?;
-                Location::Persistent { handle }
-            }
+            TpmKeyStorage::Persistent => Location::Persistent {
+                handle: self.free_handle(tpm)?,
+            },
         };
         // Made (TPM2_Create) or imported (TPM2_Import) under `tpm.primary`.
         let parent = Parent::NEW_KEYS;
-        if let Err(e) = meta::write(
+        // The file first, then the persistent object: a crash in between
+        // leaves a file naming an empty handle (which delete removes), never
+        // an NV object no file names, which would fill the TPM slot by slot.
+        meta::write(
             &path,
             algorithm,
             origin,
@@ -264,16 +266,18 @@ impl TpmKeyStore {
             parent,
             &public,
             &location,
-        ) {
-            // Do not leave an NV object nobody knows about.
-            if let Location::Persistent { handle } = location {
-                if let Err(ev) = evict(tpm, handle) {
+        )?;
+        if let Location::Persistent { handle } = location {
+            crate::fault::point("tpm-key-half-stored");
+            if let Err(e) = self.persist(tpm, handle, &public, private.value()) {
+                if let Err(rm) = durable::remove_file(&path) {
                     tracing::warn!(
-                        "tpm: could not evict 0x{handle:08x} after a failed write: {ev}"
+                        "tpm: could not remove {} after the key could not be made persistent: {rm}",
+                        path.display()
                     );
                 }
+                return Err(e);
             }
-            return Err(e);
         }
         let file = KeyFile {
             path,
@@ -342,11 +346,10 @@ impl TpmKeyStore {
         Ok(())
     }
 
-    /// Loads the object and makes it persistent at the first free handle
-    /// from `persistent_base` upward.
-    fn persist(&self, tpm: &mut Tpm, public: &Public, private: &[u8]) -> Result<u32> {
+    /// The first free persistent handle from `persistent_base` upward.
+    fn free_handle(&self, tpm: &mut Tpm) -> Result<u32> {
         let used = tpm.persistent_handles(self.persistent_base)?;
-        let handle = (self.persistent_base..=context::PERSISTENT_OWNER_LAST)
+        (self.persistent_base..=context::PERSISTENT_OWNER_LAST)
             .find(|h| !used.contains(h))
             .ok_or_else(|| KeyStoreError::Unavailable {
                 backend: BACKEND,
@@ -356,7 +359,12 @@ impl TpmKeyStore {
                 ),
                 retryable: false,
                 code: None,
-            })?;
+            })
+    }
+
+    /// Loads the object and makes it persistent at `handle` (from
+    /// [`Self::free_handle`]).
+    fn persist(&self, tpm: &mut Tpm, handle: u32, public: &Public, private: &[u8]) -> Result<()> {
         let loaded = tpm
             .load_blob(public, private, Parent::NEW_KEYS)
             .map_err(|e| tpm.classify("load the new key", e))?;
@@ -390,7 +398,7 @@ impl TpmKeyStore {
         })?;
         // EvictControl returned an ESYS resource for the new handle: keep it.
         tpm.remember_persistent(handle, obj);
-        Ok(handle)
+        Ok(())
     }
 
     /// A loaded handle for the key, ready for TPM2_Sign / ReadPublic.

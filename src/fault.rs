@@ -1,0 +1,64 @@
+//! Fault injection for crash tests: with the cargo feature
+//! `fault-injection`, `PROV_AGENT_FAULT=<point>` kills the process (abort,
+//! no destructors, no flushing) when the flow, or a key store, reaches that
+//! point, or stops it (SIGSTOP) at a stall point. Without the feature every
+//! point compiles to nothing. A module of its own, which imports nothing of
+//! the crate, so that every layer may have points.
+
+#[cfg(all(feature = "fault-injection", not(debug_assertions)))]
+compile_error!("the fault-injection feature is for test builds only, never for release builds");
+
+/// The points a flow passes, in order.
+pub const POINTS: &[&str] = &[
+    "key-generated",
+    "key-imported",
+    "cert-issued",
+    "register-sent",
+    "registered",
+    "verified",
+    "identity-written",
+    "committed",
+    "published",
+    "old-key-deleted",
+];
+
+/// Points inside the key stores.
+pub const STORE_POINTS: &[&str] = &[
+    // TPM, persistent storage: the key file is written, the key not yet
+    // made persistent (TPM2_EvictControl).
+    "tpm-key-half-stored",
+];
+
+/// Points where the process stops (SIGSTOP) instead of dying, as a hung TPM
+/// or token holds the process that waits for it; it goes on only on
+/// SIGCONT.
+pub const STALLS: &[&str] = &[
+    // The key helper, asked to generate a key.
+    "helper-generate",
+];
+
+#[inline]
+pub fn point(name: &'static str) {
+    debug_assert!(
+        POINTS.contains(&name) || STORE_POINTS.contains(&name),
+        "unknown fault point {name}"
+    );
+    #[cfg(feature = "fault-injection")]
+    if std::env::var("PROV_AGENT_FAULT").as_deref() == Ok(name) {
+        eprintln!("prov-agent: fault injection: dying at {name}");
+        std::process::abort();
+    }
+}
+
+/// Stops this process (SIGSTOP) at `name`, one of [`STALLS`], when
+/// `PROV_AGENT_FAULT` names it.
+#[inline]
+pub fn stall(name: &'static str) {
+    debug_assert!(STALLS.contains(&name), "unknown stall point {name}");
+    #[cfg(feature = "fault-injection")]
+    if std::env::var("PROV_AGENT_FAULT").as_deref() == Ok(name) {
+        eprintln!("prov-agent: fault injection: stopping at {name}");
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP);
+    }
+}
