@@ -104,6 +104,18 @@ fn handles(ctx: &mut tss_esapi::Context, first: u32) -> Vec<u32> {
         .collect()
 }
 
+/// The key files in `dir` (besides them it holds the pinned storage
+/// primary's name), sorted.
+fn key_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "tpmkey"))
+        .collect();
+    files.sort();
+    files
+}
+
 fn label(s: &str) -> KeyLabel {
     KeyLabel::new(s).unwrap()
 }
@@ -191,8 +203,8 @@ fn imported_keys_are_wrapped_by_the_tpm(storage: TpmKeyStorage) {
         assert!(!attrs.fixed_tpm && !attrs.fixed_parent && !attrs.sensitive_data_origin);
     }
     // Nothing on disk holds the plaintext: every key file is TPM-wrapped.
-    for entry in std::fs::read_dir(f.key_dir()).unwrap() {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+    for path in key_files(&f.key_dir()) {
+        let text = std::fs::read_to_string(path).unwrap();
         assert!(!text.contains("PRIVATE KEY"));
         assert!(text.contains("\"origin\": \"imported\""));
         // swtpm has TPM2_EncryptDecrypt2: the key went in inner-wrapped.
@@ -359,11 +371,10 @@ fn promote_and_delete_leave_only_the_live_key(storage: TpmKeyStorage) {
         .unwrap();
     f.store.promote(&pending, &current).unwrap();
     f.store.delete(&current).unwrap();
-    let mut files: Vec<_> = std::fs::read_dir(f.key_dir())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
+    let files: Vec<_> = key_files(&f.key_dir())
+        .into_iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    files.sort();
     assert_eq!(files, ["claim.tpmkey"]);
 
     if storage == TpmKeyStorage::Persistent {
@@ -977,4 +988,50 @@ fn delete_never_evicts_another_key_at_a_reused_handle() {
         present,
         "the other program's key at 0x{handle:08x} was evicted"
     );
+}
+
+/// The storage primary (which salts the sessions that protect what crosses
+/// the bus) is pinned at first use: the same key directory on another TPM
+/// (another seed: as a replaced TPM, or something answering in its place)
+/// is refused, naming the pin file and what to do, and changes nothing; a
+/// reset of the same TPM is not a change.
+#[test]
+fn the_storage_primary_is_pinned_at_first_use() {
+    let first = Swtpm::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key_dir = dir.path().join("keys");
+    let store = TpmKeyStore::open(&settings(&first, key_dir.clone(), TpmKeyStorage::Blob)).unwrap();
+    let info = store
+        .generate(&label("device"), KeyAlgorithm::EcP256)
+        .unwrap();
+    drop(store);
+    let pin = key_dir.join("storage-primary.name");
+    let pinned = std::fs::read_to_string(&pin).unwrap();
+    assert_eq!(pinned.trim().len(), 2 * 34, "a SHA-256 name: {pinned}");
+
+    // The same TPM after a reset: the same primary.
+    first.reset();
+    let store = TpmKeyStore::open(&settings(&first, key_dir.clone(), TpmKeyStorage::Blob)).unwrap();
+    let sig = store
+        .sign(&label("device"), SignatureScheme::EcdsaSha256, b"m")
+        .unwrap();
+    info.public_key
+        .verify(SignatureScheme::EcdsaSha256, b"m", &sig)
+        .unwrap();
+    drop(store);
+
+    // Another TPM: refused before any key is touched.
+    let other = Swtpm::start();
+    let err = TpmKeyStore::open(&settings(&other, key_dir.clone(), TpmKeyStorage::Blob))
+        .err()
+        .expect("another TPM's primary is refused");
+    let text = err.to_string();
+    assert!(!err.is_retryable(), "{text}");
+    assert!(text.contains("storage primary"), "{text}");
+    assert!(text.contains(&pin.display().to_string()), "{text}");
+    assert!(text.contains("enroll --force"), "{text}");
+    assert_eq!(std::fs::read_to_string(&pin).unwrap(), pinned);
+    assert!(key_dir.join("device.tpmkey").exists());
+    drop(other);
+    drop(first);
 }

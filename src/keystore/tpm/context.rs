@@ -2,6 +2,7 @@
 //! session, the storage primary, and the handles this store keeps loaded.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -45,8 +46,57 @@ pub(super) fn describe(e: tss_esapi::Error) -> String {
         .unwrap_or_default();
     match rc_kind(e) {
         Some(kind) => format!("{}: {e}{raw}", rc_name(kind)),
-        None => format!("{e}{raw}"),
+        None => match raw_rc(e).and_then(tss_layer_text) {
+            Some(text) => format!("{text}{raw}"),
+            None => format!("{e}{raw}"),
+        },
     }
+}
+
+/// What a code of the TSS's own layers (not the TPM's) means, where
+/// tss-esapi 7 has no text for it ("response code not recognized"): the
+/// layer in bits 16-23, the base code (tss2_common.h) below.
+fn tss_layer_text(rc: u32) -> Option<String> {
+    let layer = match rc >> 16 {
+        6 => "the TSS feature API",
+        7 => "the TSS (ESAPI)",
+        8 => "the TSS (SAPI)",
+        9 => "the TSS's marshalling",
+        10 => "the TPM connection (TCTI)",
+        11 => "the TPM resource manager",
+        12 => "the TPM resource manager, for the TPM",
+        _ => return None,
+    };
+    let what = match rc & 0xffff {
+        1 => "a general failure",
+        2 => "not implemented",
+        3 => "a bad context",
+        5 => "a bad reference",
+        6 => "a buffer too small",
+        7 => {
+            "a command out of sequence (an earlier one failed half-way, for example because \
+              the TPM connection broke)"
+        }
+        8 => "no connection to the TPM",
+        9 => "try again",
+        10 => {
+            "an I/O error: the connection to the TPM broke (the TPM, its simulator or the \
+               resource manager went away)"
+        }
+        11 => "a bad value",
+        12 => "not permitted",
+        16 => "a bad size",
+        17 => "a malformed answer from the TPM",
+        19 => "an answer from the TPM too short",
+        21 => "not supported",
+        23 => "out of memory",
+        27 => {
+            "an answer whose HMAC does not verify (altered on the way, or the session is out \
+               of step)"
+        }
+        _ => return None,
+    };
+    Some(format!("{layer} reported {what}"))
 }
 
 /// The code an error keeps: the TSS2_RC, for an error of the TPM or the
@@ -151,7 +201,9 @@ pub(super) struct Tpm {
 }
 
 impl Tpm {
-    pub(super) fn open(tcti: &str) -> Result<Self> {
+    /// Connects, and checks the storage primary against `pin` (see
+    /// [`check_pinned_primary`]).
+    pub(super) fn open(tcti: &str, pin: &Path) -> Result<Self> {
         let conf = parse_tcti(tcti)?;
         let direct = is_direct(&conf);
         let mut ctx = Context::new(conf).map_err(|e| KeyStoreError::Unavailable {
@@ -167,6 +219,7 @@ impl Tpm {
         ensure_started(&mut ctx)?;
         flush_leaked(&mut ctx, direct)?;
         let primary = create_primary(&mut ctx, Parent::NEW_KEYS)?;
+        check_pinned_primary(&mut ctx, primary, pin)?;
         // Salted with the SRK: without a salt (and with the empty auth
         // values used here) the session key would be empty and anyone on
         // the bus could compute the HMACs; with it the HMACs are secret and
@@ -596,6 +649,58 @@ fn flush_leaked(ctx: &mut Context, direct: bool) -> Result<()> {
 }
 
 /// Creates (loads) the storage primary of `parent`.
+/// The file, in the key directory, that pins the storage primary's name.
+pub(super) const PINNED_PRIMARY: &str = "storage-primary.name";
+
+/// The storage primary salts the HMAC session that protects (and, for an
+/// imported key, encrypts) what crosses the bus, so it must be the TPM's
+/// own: whoever could answer CreatePrimary with a key of theirs (something
+/// between the agent and the TPM) could read the salt. Its name (the hash
+/// of its public area; the primary is made again from the owner seed at
+/// every open) is written to `pin` at first use and must be the same ever
+/// after. It changes only when the TPM was cleared or replaced, after which
+/// no key of this directory loads anyway.
+fn check_pinned_primary(ctx: &mut Context, primary: KeyHandle, pin: &Path) -> Result<()> {
+    let name = ctx
+        .tr_get_name(primary.into())
+        .map_err(|e| tpm_err("read the storage primary's name", e))?;
+    let name = hex::encode(name.value());
+    match std::fs::read_to_string(pin) {
+        Ok(pinned) if pinned.trim() == name => Ok(()),
+        Ok(pinned) => Err(KeyStoreError::Unavailable {
+            backend: BACKEND,
+            detail: format!(
+                "the TPM's storage primary key is not the one this device pinned in {} \
+                 (name {} there, {name} now): the TPM was cleared or replaced, or something \
+                 between the agent and the TPM answers for it. Keys made before do not load \
+                 in another TPM: if the TPM was cleared or replaced on purpose, remove {} and \
+                 enroll again (`prov-agent enroll --force`)",
+                pin.display(),
+                pinned.trim(),
+                pin.display()
+            ),
+            retryable: false,
+            code: None,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            crate::durable::write_file(pin, format!("{name}\n").as_bytes()).map_err(|source| {
+                KeyStoreError::Io {
+                    what: "cannot pin the TPM's storage primary key in".into(),
+                    path: pin.to_path_buf(),
+                    source,
+                }
+            })?;
+            tracing::info!(file = %pin.display(), "tpm: storage primary key pinned");
+            Ok(())
+        }
+        Err(source) => Err(KeyStoreError::Io {
+            what: "cannot read the pinned TPM storage primary key".into(),
+            path: pin.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 fn create_primary(ctx: &mut Context, parent: Parent) -> Result<KeyHandle> {
     let template = parent
         .template()
@@ -626,6 +731,21 @@ fn create_primary(ctx: &mut Context, parent: Parent) -> Result<KeyHandle> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tss_layer_codes_are_named() {
+        let text = tss_layer_text(0x000a_000a).unwrap();
+        assert!(
+            text.contains("TPM connection") && text.contains("broke"),
+            "{text}"
+        );
+        assert!(tss_layer_text(0x0007_0007)
+            .unwrap()
+            .contains("out of sequence"));
+        // TPM codes (layer 0) and unknown ones are left to tss-esapi.
+        assert_eq!(tss_layer_text(0x0000_0902), None);
+        assert_eq!(tss_layer_text(0x000a_00ff), None);
+    }
 
     #[test]
     fn rc_names_and_values() {

@@ -124,7 +124,10 @@ impl TpmKeyStore {
             path: settings.key_dir.clone(),
             source,
         })?;
-        let tpm = Tpm::open(&settings.tcti)?;
+        let tpm = Tpm::open(
+            &settings.tcti,
+            &settings.key_dir.join(context::PINNED_PRIMARY),
+        )?;
         Ok(Self {
             key_dir: settings.key_dir.clone(),
             storage: settings.storage,
@@ -183,7 +186,10 @@ impl TpmKeyStore {
             // number, which on a restarted TPM may be the new context's.
             drop(guard.take());
             tracing::warn!("tpm: reconnecting through {}", self.tcti);
-            *guard = Some(Tpm::open(&self.tcti)?);
+            *guard = Some(Tpm::open(
+                &self.tcti,
+                &self.key_dir.join(context::PINNED_PRIMARY),
+            )?);
         }
         Ok(TpmGuard(guard))
     }
