@@ -181,6 +181,15 @@ impl SoftHsm {
         }
     }
 
+    /// The directory of this token's own store (the token's directory is
+    /// in it), which child processes use.
+    pub fn store_dir(&self) -> PathBuf {
+        self.own_config
+            .parent()
+            .expect("softhsm2.conf is in the store's directory")
+            .join("tokens")
+    }
+
     /// The environment a child process that uses this token needs.
     pub fn env(&self) -> Vec<(String, String)> {
         vec![(
