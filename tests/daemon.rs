@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::backend::Backend;
-use common::daemon::{send_rotation_command, wait_rotated, Daemon};
+use common::daemon::{
+    retain_command, send_rotation_command, wait_rotated, Daemon, ROTATION_COMMAND,
+};
 use common::device::Device;
 use common::emulator::TestCloud;
 use iotcore_emulator::JobExecutionStatus;
@@ -389,8 +391,8 @@ async fn systemd_notifications_and_reload() {
 }
 
 /// A rotation command sooner than `[ROTATION] MIN_INTERVAL` after the last
-/// commit (a retained `rotate_cert` redelivered at each reconnect, say) is
-/// ignored: no rotation loop.
+/// commit (a backend repeating `rotate_cert`, say) is ignored: no rotation
+/// loop.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_command_within_the_minimum_interval_is_ignored() {
     let cloud = TestCloud::start().await;
@@ -412,6 +414,51 @@ async fn a_command_within_the_minimum_interval_is_ignored() {
         .await;
     assert_eq!(daemon.count("rotated"), 0);
     assert_eq!(device.identity().unwrap(), before);
+    daemon.stop().await;
+}
+
+/// A retained `rotate_cert` (which AWS IoT Core sends again at every
+/// subscription, so after every reconnect, and a rotation reconnects) is
+/// ignored with a warning, also with no minimum interval; a command
+/// without RETAIN still rotates, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retained_command_is_ignored() {
+    let retained_ignored = "retained command ignored";
+    let cloud = TestCloud::start().await;
+    let device = Device::enrolled(&cloud, Backend::File, "").await;
+    let before = device.identity().unwrap();
+    retain_command(&cloud, &before.thing_name, ROTATION_COMMAND).await;
+
+    // PROV_AGENT_ROTATION_MIN_INTERVAL is 0s: only RETAIN tells.
+    let daemon = Daemon::start(&device);
+    daemon
+        .wait_log(retained_ignored, 1, Duration::from_secs(15))
+        .await;
+    let topic = format!("cmd/{}", before.thing_name);
+    assert!(
+        daemon
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(retained_ignored) && l.contains(&topic)),
+        "the warning names {topic}"
+    );
+    assert_eq!(device.identity().unwrap(), before);
+
+    send_rotation_command(&cloud, &before.thing_name).await;
+    let new = wait_rotated(&device, &before.certificate_id, Duration::from_secs(30)).await;
+    // The reconnect after the rotation subscribes again and gets the
+    // retained command again: ignored again, no second rotation.
+    daemon
+        .wait_log(retained_ignored, 2, Duration::from_secs(15))
+        .await;
+    daemon
+        .wait_log("connected", 2, Duration::from_secs(15))
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(device.identity().unwrap().certificate_id, new);
+    only_active(&cloud, &before.thing_name, &new).await;
     daemon.stop().await;
 }
 

@@ -23,6 +23,7 @@ use crate::pki;
 use crate::policy::{self, Action, PolicyDocument, RequestContext};
 use crate::provisioning::{self, Provisioner, Requester};
 use crate::registry::{CertStatus, Registry};
+use crate::retained::{RetainedMessages, Retention, MAX_RETAINED_TOPICS};
 use crate::rotation;
 use crate::subscriptions::Subscriptions;
 use crate::topic;
@@ -43,6 +44,7 @@ pub(crate) struct Broker {
     pub registry: Registry,
     pub provisioner: Arc<Provisioner>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
+    retained: Mutex<RetainedMessages>,
     next_connection: AtomicU64,
     jobs: JobNotifier,
     /// With [`EmulatorConfig::record_packets`] only.
@@ -86,6 +88,7 @@ impl Broker {
             registry,
             provisioner,
             sessions: Mutex::new(HashMap::new()),
+            retained: Mutex::new(RetainedMessages::default()),
             next_connection: AtomicU64::new(1),
             jobs: JobNotifier::default(),
             packet_log: config.record_packets.then(PacketLog::default),
@@ -204,20 +207,56 @@ impl Broker {
         }
     }
 
-    /// Delivers to one session if it subscribed and may receive.
+    /// Delivers to one session if it subscribed and may receive, without
+    /// RETAIN: a message forwarded as it is published goes out with the
+    /// flag cleared, retained or not (MQTT 3.1.1, 3.3.1.3).
     fn deliver(&self, s: &Session, msg: &Message) {
         let granted = lock(&s.subscriptions).granted_for(&msg.topic);
         let Some(granted) = granted else {
             tracing::debug!(client_id = %s.client_id, topic = %msg.topic, "no matching subscription");
             return;
         };
+        self.send(s, msg, granted, false);
+    }
+
+    /// Sends one session the retained messages matching `filter`, which it
+    /// has just been granted at `granted`, with RETAIN set.
+    fn deliver_retained(&self, s: &Session, filter: &str, granted: Qos) {
+        // Out of the lock before sending: a send looks at the policies.
+        let found = lock(&self.retained).matching(filter);
+        for msg in &found {
+            self.send(s, msg, granted, true);
+        }
+    }
+
+    /// Keeps, replaces or deletes the retained message of `msg`'s topic
+    /// (a PUBLISH with RETAIN set).
+    fn retain(&self, s: &Session, msg: &Message) {
+        let retention = lock(&self.retained).apply(msg);
+        match retention {
+            Retention::Full => tracing::warn!(
+                client_id = %s.client_id,
+                topic = %msg.topic,
+                "retained message not stored (delivered to current subscribers only): \
+                 the emulator keeps at most {MAX_RETAINED_TOPICS} retained topics; delete \
+                 one by publishing an empty retained payload to its topic"
+            ),
+            other => {
+                tracing::debug!(client_id = %s.client_id, topic = %msg.topic, ?other, "retained message")
+            }
+        }
+    }
+
+    /// Sends `msg` to `s` at most at `granted`, if its policy allows
+    /// iot:Receive on the topic; `retain` is the RETAIN flag sent.
+    fn send(&self, s: &Session, msg: &Message, granted: Qos, retain: bool) {
         if !self.allowed(s, Action::Receive, &msg.topic) {
             tracing::debug!(client_id = %s.client_id, topic = %msg.topic, "iot:Receive denied: not delivered");
             return;
         }
         let mut out = msg.clone();
         out.qos = granted.min(msg.qos).min(Qos::AtLeastOnce);
-        out.retain = false;
+        out.retain = retain;
         match s.tx.try_send(Outbound::Publish(out)) {
             Ok(()) | Err(Refused::Closed) => {}
             Err(Refused::Full) => {
@@ -550,6 +589,7 @@ async fn handle_packet<S: AsyncRead + AsyncWrite + Unpin>(
         Inbound::Subscribe { pkid, filters } => {
             let too_many = filters.len() > MAX_SUBSCRIBE_FILTERS;
             let mut granted = Vec::with_capacity(filters.len());
+            let mut subscribed = Vec::with_capacity(filters.len());
             for (filter, qos) in filters {
                 let ok = !too_many
                     && topic::valid_filter(&filter)
@@ -561,12 +601,24 @@ async fn handle_packet<S: AsyncRead + AsyncWrite + Unpin>(
                 } else {
                     Err(SubRefusal::NotAuthorized)
                 };
-                if let Err(why) = answer {
-                    tracing::info!(client_id = %session.client_id, %filter, ?why, "subscription refused");
+                match answer {
+                    Ok(qos) => subscribed.push((filter, qos)),
+                    Err(why) => {
+                        tracing::info!(client_id = %session.client_id, %filter, ?why, "subscription refused")
+                    }
                 }
                 granted.push(answer);
             }
-            conn.send(&Outbound::SubAck { pkid, granted }).await.err()
+            if let Some(close) = conn.send(&Outbound::SubAck { pkid, granted }).await.err() {
+                return Some(close);
+            }
+            // After the SUBACK, through the connection's queue: the
+            // retained messages of every filter granted (again, for a
+            // filter held already, as MQTT 3.1.1 has it).
+            for (filter, qos) in &subscribed {
+                broker.deliver_retained(session, filter, *qos);
+            }
+            None
         }
         Inbound::Publish(msg) => handle_publish(broker, session, conn, msg).await,
     }
@@ -670,6 +722,9 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
         // Other reserved topics are AWS services this emulator does not have.
         tracing::debug!(topic = %msg.topic, "reserved topic without a service: dropped");
     } else {
+        if msg.retain {
+            broker.retain(session, &msg);
+        }
         broker.route(&msg);
         if broker.config.rotation_report_rule && topic::matches(&msg.topic, ROTATION_REPORT_FILTER)
         {

@@ -21,6 +21,7 @@ pub mod pki;
 pub mod policy;
 mod provisioning;
 pub mod registry;
+mod retained;
 mod rotation;
 mod subscriptions;
 pub mod template;
@@ -44,5 +45,6 @@ pub use registry::{
     AttributeUpdate, CertStatus, CertificateRecord, PolicyRecord, Registry, RegistryError,
     TemplateRecord, ThingRecord, ThingUpdate,
 };
+pub use retained::MAX_RETAINED_TOPICS;
 pub use subscriptions::MAX_SUBSCRIPTIONS_PER_CONNECTION;
 pub use throttle::Rate;

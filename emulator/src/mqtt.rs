@@ -313,7 +313,7 @@ pub fn fuzz_decode(bytes: &[u8]) {
                         again.pkid,
                         &again.payload
                     ),
-                    (&msg.topic, msg.qos, false, msg.pkid, &msg.payload)
+                    (&msg.topic, msg.qos, msg.retain, msg.pkid, &msg.payload)
                 );
             }
             other => panic!("a re-encoded PUBLISH decodes as {other:?}"),
@@ -373,6 +373,7 @@ pub(crate) fn encode(
                         msg.payload.clone(),
                     );
                     p.pkid = msg.pkid;
+                    p.retain = msg.retain;
                     p
                 }),
                 // 3.1.1 has no refusal code in PUBACK: the caller closes instead.
@@ -415,6 +416,7 @@ pub(crate) fn encode(
                         None,
                     );
                     p.pkid = msg.pkid;
+                    p.retain = msg.retain;
                     p
                 }),
                 Outbound::PubAck {

@@ -191,7 +191,8 @@ pub struct RotationConfig {
     pub report_topic: String,
     pub post_rotation_command: Option<String>,
     /// Commanded rotations closer than this to the last commit are
-    /// ignored (a retained or repeated command cannot loop rotations).
+    /// ignored (a repeated command cannot loop rotations; a retained one
+    /// is ignored whatever this is).
     pub min_interval: Duration,
 }
 

@@ -5,7 +5,8 @@
 //! exponential backoff and full jitter. It rotates the certificate when it
 //! reaches [ROTATION] THRESHOLD (plus a per-certificate random delay, so a
 //! fleet does not rotate at once), when the backend publishes
-//! `{"msg": "rotate_cert"}` on `cmd/<thing>`, and when an AWS IoT job with
+//! `{"msg": "rotate_cert"}` on `cmd/<thing>` (without RETAIN: a retained
+//! command is ignored with a warning), and when an AWS IoT job with
 //! `"operation": "rotate-certificate"` arrives. Before a rotation it closes
 //! its own connection (the verification connection uses the same client id,
 //! and IoT Core drops the older of two); afterwards it reconnects with the
@@ -28,7 +29,7 @@ use crate::config::{Config, PayloadFormat};
 use crate::crypto::Certificate;
 use crate::keystore::KeyStore;
 use crate::mqtt::endpoint::Endpoint;
-use crate::mqtt::{response_topics, ConnectOptions, MqttError, Session};
+use crate::mqtt::{response_topics, ConnectOptions, Message, MqttError, Session};
 use crate::provision::enroll::{enroll_locked, EnrollOptions};
 use crate::provision::identity::Identity;
 use crate::provision::journal::{Journal, Operation};
@@ -220,7 +221,7 @@ impl Daemon {
                 }
                 _ = tokio::time::sleep_until(reconnect_at), if offline => {}
                 message = next_message(&mut self.session) => match message {
-                    Ok((topic, payload)) => self.handle(&topic, &payload).await,
+                    Ok(message) => self.handle(&message).await,
                     Err(e) => {
                         tracing::warn!(error = %crate::error::report(&e), "connection lost");
                         self.session = None;
@@ -446,9 +447,22 @@ impl Daemon {
         }
     }
 
-    async fn handle(&mut self, topic: &str, payload: &[u8]) {
+    async fn handle(&mut self, message: &Message) {
+        let topic = message.topic.as_str();
         let (cmd, jobs) = self.thing_topics();
-        let Ok(body) = serde_json::from_slice::<serde_json::Value>(payload) else {
+        // A retained command is sent again at every subscription, so after
+        // every reconnect, and a rotation reconnects: acting on it would
+        // rotate again after every rotation, as soon as MIN_INTERVAL lets.
+        if topic == cmd && message.retained {
+            tracing::warn!(
+                topic,
+                "retained command ignored: the backend must publish commands on this topic \
+                 without RETAIN (the broker sends a retained one again at every reconnect); \
+                 clear it by publishing an empty retained message to the topic"
+            );
+            return;
+        }
+        let Ok(body) = serde_json::from_slice::<serde_json::Value>(&message.payload) else {
             tracing::warn!(topic, "ignoring a message that is not JSON");
             return;
         };
@@ -630,7 +644,7 @@ impl Daemon {
     }
 }
 
-async fn next_message(session: &mut Option<Session>) -> Result<(String, Vec<u8>), MqttError> {
+async fn next_message(session: &mut Option<Session>) -> Result<Message, MqttError> {
     match session.as_mut() {
         Some(s) => s.next_message().await,
         None => std::future::pending().await,

@@ -9,6 +9,7 @@
 
 pub mod endpoint;
 mod link;
+mod message;
 pub mod payload;
 mod session;
 
@@ -18,6 +19,7 @@ use std::time::Duration;
 use rumqttc::ConnectReturnCode;
 
 pub use link::LinkError;
+pub use message::Message;
 #[cfg(fuzzing)]
 pub use session::fuzz_read_publish;
 pub use session::{response_topics, Dialed, Prepared, Session};

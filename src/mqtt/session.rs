@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use super::link::{self, Handshake, Link, LinkError};
-use super::{payload, ConnectOptions, MqttError, MAX_PAYLOAD};
+use super::{payload, ConnectOptions, Message, MqttError, MAX_PAYLOAD};
 use crate::config::PayloadFormat;
 use crate::crypto::DeferredClientCert;
 
@@ -30,10 +30,7 @@ enum Incoming {
     ConnAck(ConnectReturnCode),
     SubAck(u16, Vec<SubscribeReasonCode>),
     PubAck(u16),
-    Publish {
-        topic: String,
-        payload: Zeroizing<Vec<u8>>,
-    },
+    Publish(Message),
     Closed(LinkError),
     Oversized(usize),
 }
@@ -56,7 +53,7 @@ pub struct Session {
     subscribed: HashSet<String>,
     /// Messages that came while the session waited for something else,
     /// oldest first (at most [`BACKLOG`]).
-    backlog: VecDeque<(String, Zeroizing<Vec<u8>>)>,
+    backlog: VecDeque<Message>,
     nodelay: bool,
 }
 
@@ -365,10 +362,37 @@ impl Session {
         payload: Vec<u8>,
         timeout: Duration,
     ) -> Result<(), MqttError> {
+        self.publish_flagged(topic, payload, false, timeout).await
+    }
+
+    /// Publishes with QoS 1 and RETAIN set and waits for the PUBACK: the
+    /// broker keeps the message and sends it to every later subscription
+    /// to the topic; an empty payload deletes the topic's retained message.
+    /// The agent itself publishes nothing retained: this is a backend's
+    /// tool (and the tests', which play the backend).
+    pub async fn publish_retained(
+        &mut self,
+        topic: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(), MqttError> {
+        self.publish_flagged(topic, payload, true, timeout).await
+    }
+
+    async fn publish_flagged(
+        &mut self,
+        topic: &str,
+        payload: Vec<u8>,
+        retain: bool,
+        timeout: Duration,
+    ) -> Result<(), MqttError> {
         let step = format!("publish to {topic}");
         let pkid = self.pkid();
-        self.send(&step, publish_packet(pkid, topic, payload))
-            .await?;
+        let mut packet = publish_packet(pkid, topic, payload);
+        if let Packet::Publish(p) = &mut packet {
+            p.retain = retain;
+        }
+        self.send(&step, packet).await?;
         self.wait_for(&step, timeout, |m| {
             matches!(m, Incoming::PubAck(id) if id == pkid).then_some(())
         })
@@ -396,10 +420,10 @@ impl Session {
     /// Waits for a message on `topic` (an exact topic, no wildcards).
     pub async fn receive(&mut self, topic: &str, timeout: Duration) -> Result<Vec<u8>, MqttError> {
         let step = format!("wait for a message on {topic}");
-        let (_, payload) = self
+        let message = self
             .wait_for_message(&step, timeout, |t| t == topic)
             .await?;
-        Ok(payload.to_vec())
+        Ok(message.payload.to_vec())
     }
 
     /// One `$aws` API call: publish `body` and return the accepted body or
@@ -431,28 +455,28 @@ impl Session {
         let step = format!("{api} response");
         // CreateKeysAndCertificate answers with a private key: the raw
         // copy is wiped once decoded.
-        let (answered, bytes) = self
+        let answer = self
             .wait_for_message(&step, timeout, |t| t == accepted || t == rejected)
             .await?;
-        let was_accepted = answered == accepted;
-        let value = payload::decode(format, &bytes).map_err(|detail| MqttError::BadResponse {
-            api: api.into(),
-            detail,
-        })?;
+        let was_accepted = answer.topic == accepted;
+        let value =
+            payload::decode(format, &answer.payload).map_err(|detail| MqttError::BadResponse {
+                api: api.into(),
+                detail,
+            })?;
         if was_accepted {
             return Ok(value);
         }
         Err(MqttError::rejected(api, &value))
     }
 
-    /// The next message on any subscribed topic; waits as long as it takes
-    /// (the connection's keep-alive notices a dead peer). Cancel-safe.
-    pub async fn next_message(&mut self) -> Result<(String, Vec<u8>), MqttError> {
+    /// The next message on any subscribed topic, with whether it was a
+    /// retained one; waits as long as it takes (the connection's
+    /// keep-alive notices a dead peer). Cancel-safe.
+    pub async fn next_message(&mut self) -> Result<Message, MqttError> {
         let forever = Duration::from_secs(u32::MAX.into());
-        let (topic, payload) = self
-            .wait_for_message("wait for messages", forever, |_| true)
-            .await?;
-        Ok((topic, payload.to_vec()))
+        self.wait_for_message("wait for messages", forever, |_| true)
+            .await
     }
 
     /// Sends DISCONNECT and ends the connection. When this returns the
@@ -479,17 +503,15 @@ impl Session {
         step: &str,
         timeout: Duration,
         wanted: impl Fn(&str) -> bool,
-    ) -> Result<(String, Zeroizing<Vec<u8>>), MqttError> {
-        if let Some(i) = self.backlog.iter().position(|(t, _)| wanted(t)) {
+    ) -> Result<Message, MqttError> {
+        if let Some(i) = self.backlog.iter().position(|m| wanted(&m.topic)) {
             return Ok(self.backlog.remove(i).expect("found above"));
         }
         let deadline = Instant::now().checked_add(timeout);
         loop {
             match self.next_incoming(step, timeout, deadline).await? {
-                Incoming::Publish { topic, payload } if wanted(&topic) => {
-                    return Ok((topic, payload))
-                }
-                Incoming::Publish { topic, payload } => self.keep(topic, payload),
+                Incoming::Publish(m) if wanted(&m.topic) => return Ok(m),
+                Incoming::Publish(m) => self.keep(m),
                 _ => {}
             }
         }
@@ -506,7 +528,7 @@ impl Session {
         let deadline = Instant::now().checked_add(timeout);
         loop {
             match self.next_incoming(step, timeout, deadline).await? {
-                Incoming::Publish { topic, payload } => self.keep(topic, payload),
+                Incoming::Publish(m) => self.keep(m),
                 other => {
                     if let Some(v) = want(other) {
                         return Ok(v);
@@ -516,13 +538,13 @@ impl Session {
         }
     }
 
-    fn keep(&mut self, topic: String, payload: Zeroizing<Vec<u8>>) {
+    fn keep(&mut self, message: Message) {
         if self.backlog.len() == BACKLOG {
-            if let Some((dropped, _)) = self.backlog.pop_front() {
-                tracing::debug!(topic = %dropped, "message dropped: too many unread");
+            if let Some(dropped) = self.backlog.pop_front() {
+                tracing::debug!(topic = %dropped.topic, "message dropped: too many unread");
             }
         }
-        self.backlog.push_back((topic, payload));
+        self.backlog.push_back(message);
     }
 
     /// The next packet from the reading task; the end of the connection
@@ -734,10 +756,11 @@ async fn dispatch(
                     };
                     sent.map_err(Incoming::Closed)?;
                 }
-                Incoming::Publish {
+                Incoming::Publish(Message {
                     topic: p.topic,
                     payload: p.payload,
-                }
+                    retained: p.retain,
+                })
             }
             Inbound::Other(Packet::Disconnect) => {
                 return Err(Incoming::Closed(LinkError::ServerDisconnect))
@@ -763,6 +786,8 @@ enum Inbound {
 struct InboundPublish {
     topic: String,
     qos: QoS,
+    /// The RETAIN flag (bit 0 of byte 1).
+    retain: bool,
     pkid: u16,
     payload: Zeroizing<Vec<u8>>,
 }
@@ -812,6 +837,7 @@ fn read_publish(frame: &[u8]) -> Result<InboundPublish, mqttbytes::Error> {
     Ok(InboundPublish {
         topic,
         qos,
+        retain: first & 1 == 1,
         pkid,
         payload: Zeroizing::new(rest.to_vec()),
     })
@@ -837,14 +863,28 @@ mod tests {
 
     #[test]
     fn a_publish_reads_as_the_codec_reads_it() {
-        for (qos, pkid, payload) in [
-            (QoS::AtMostOnce, 0, Vec::new()),
-            (QoS::AtLeastOnce, 7, b"{\"privateKey\":\"...\"}".to_vec()),
+        for (qos, pkid, retain, payload) in [
+            (QoS::AtMostOnce, 0, false, Vec::new()),
+            (
+                QoS::AtLeastOnce,
+                7,
+                false,
+                b"{\"privateKey\":\"...\"}".to_vec(),
+            ),
             // A remaining length of three bytes.
-            (QoS::AtLeastOnce, 65535, vec![0x5a; 20_000]),
+            (QoS::AtLeastOnce, 65535, false, vec![0x5a; 20_000]),
+            // A retained command.
+            (
+                QoS::AtLeastOnce,
+                9,
+                true,
+                b"{\"msg\":\"rotate_cert\"}".to_vec(),
+            ),
+            (QoS::AtMostOnce, 0, true, b"x".to_vec()),
         ] {
             let mut publish = Publish::new("$aws/certificates/create/json/accepted", qos, payload);
             publish.pkid = pkid;
+            publish.retain = retain;
             let frame = encoded(&publish);
             let ours = read_publish(&frame).unwrap();
             let theirs = match Packet::read(&mut frame.clone(), usize::MAX).unwrap() {
@@ -853,6 +893,7 @@ mod tests {
             };
             assert_eq!(ours.topic, theirs.topic);
             assert_eq!(ours.qos, theirs.qos);
+            assert_eq!(ours.retain, theirs.retain);
             assert_eq!(ours.pkid, theirs.pkid);
             assert_eq!(&ours.payload[..], &theirs.payload[..]);
         }

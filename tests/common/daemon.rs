@@ -143,13 +143,32 @@ pub fn children_of(pid: u32) -> Vec<u32> {
     children
 }
 
+/// The rotation command the backend sends.
+pub const ROTATION_COMMAND: &[u8] = br#"{"msg": "rotate_cert"}"#;
+
 /// Sends the rotation command on `cmd/<thing>` as the backend would.
 pub async fn send_rotation_command(cloud: &super::emulator::TestCloud, thing: &str) {
     let mut backend = cloud.backend_session().await;
     backend
         .publish(
             &format!("cmd/{thing}"),
-            br#"{"msg": "rotate_cert"}"#.to_vec(),
+            ROTATION_COMMAND.to_vec(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    backend.close().await;
+}
+
+/// Publishes `payload` on `cmd/<thing>` with RETAIN set, as a misconfigured
+/// backend would: the broker keeps it (until an empty retained payload
+/// deletes it) and sends it at every subscription to the topic.
+pub async fn retain_command(cloud: &super::emulator::TestCloud, thing: &str, payload: &[u8]) {
+    let mut backend = cloud.backend_session().await;
+    backend
+        .publish_retained(
+            &format!("cmd/{thing}"),
+            payload.to_vec(),
             Duration::from_secs(5),
         )
         .await

@@ -451,6 +451,45 @@ impl Client {
             .unwrap();
     }
 
+    /// Publishes at QoS 1 with RETAIN set (an empty payload deletes the
+    /// topic's retained message) and waits for the PUBACK, which the
+    /// broker sends once the message is stored. For a client that
+    /// subscribes to nothing: other packets that come meanwhile are
+    /// dropped.
+    pub async fn publish_retained(&mut self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, true, payload)
+            .await
+            .unwrap();
+        let acked = tokio::time::timeout(WAIT, async {
+            loop {
+                match self.events.recv().await {
+                    Some(Ok(Event::Incoming(Incoming::PubAck(_)))) => return Ok(()),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(e),
+                    None => return Err("event loop ended".to_owned()),
+                }
+            }
+        })
+        .await;
+        match acked {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("retained PUBLISH to {topic} not acknowledged: {e}"),
+            Err(_) => panic!("no PUBACK for the retained PUBLISH to {topic} within {WAIT:?}"),
+        }
+    }
+
+    /// Next PUBLISH received within `limit`, whole (its RETAIN flag, QoS).
+    pub async fn next_publish(&mut self, limit: Duration) -> Option<rumqttc::Publish> {
+        loop {
+            match self.next_incoming(limit).await {
+                Some(Ok(Incoming::Publish(p))) => return Some(p),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    }
+
     /// Next PUBLISH received within `limit`.
     pub async fn next_message(&mut self, limit: Duration) -> Option<(String, Vec<u8>)> {
         loop {
