@@ -44,26 +44,20 @@ fn rotate_on_a_full_disk(device: &Device, free_pages: u32) -> Output {
     let out = work.path().join("out");
     std::fs::create_dir(&saved).unwrap();
     std::fs::create_dir(&out).unwrap();
-    let _shared = common::token_store_shared();
-    let output = common::clean_command("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            script,
-            "sh",
-        ])
-        .arg(env!("CARGO_BIN_EXE_prov-agent"))
-        .arg(&device.config)
-        .arg(&state)
-        .arg(&saved)
-        .arg(&out)
-        .arg(free_pages.to_string())
-        .envs(device.backend.env())
-        .output()
-        .unwrap();
+    let agent = std::ffi::OsStr::new(env!("CARGO_BIN_EXE_prov-agent"));
+    let free = free_pages.to_string();
+    let output = common::in_mount_namespace(
+        script,
+        &[
+            agent,
+            device.config.as_os_str(),
+            state.as_os_str(),
+            saved.as_os_str(),
+            out.as_os_str(),
+            free.as_ref(),
+        ],
+        device.backend.env(),
+    );
     // What the agent left becomes the state directory.
     replace_dir(&state, &out);
     output

@@ -357,3 +357,51 @@ async fn a_rotation_that_answers_another_thing_is_refused() {
     assert_eq!(device.identity().unwrap(), before);
     device.round_trip(&cloud).await.unwrap();
 }
+
+/// A rotation whose verification fails while the report of the abandoned
+/// certificate cannot go out either (here the policy lets neither the new
+/// certificate verify nor the current one report): the journal and the
+/// pending key it names stay as they were, and once things work again the
+/// next run resumes from them and completes the rotation. (Deleting the
+/// pending key before the report left a journal whose key was gone, and
+/// the next run failed; found with the TPM killed mid-rotation.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_whose_report_fails_keeps_what_the_next_run_resumes_from() {
+    let cloud = TestCloud::start().await;
+    let registry = cloud.handle.registry();
+    let device_policy = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/device.json"),
+    )
+    .unwrap();
+    let crippled = device_policy
+        .replace("topic/things/", "topic/nothing/")
+        .replace("topicfilter/things/", "topicfilter/nothing/");
+    assert_ne!(crippled, device_policy);
+    let device = Device::enrolled(&cloud, Backend::File, "MAX_RETRIES = 1\n").await;
+    let before = device.identity().unwrap();
+    registry.create_policy("device", &crippled).unwrap();
+
+    let out = device.run(&["rotate"]).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(device.identity().unwrap(), before);
+    let journal: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(device.state_dir().join("journal.json")).expect("the journal is kept"),
+    )
+    .unwrap();
+    assert_eq!(journal["state"]["phase"], "REGISTERED", "{journal}");
+    let pending = journal["keys"]["pending"].as_str().unwrap().to_string();
+    assert!(
+        labels(&device).contains(&pending),
+        "the pending key {pending} is gone while the journal names it: {}",
+        text(&out)
+    );
+
+    registry.create_policy("device", &device_policy).unwrap();
+    let again = device.run(&["rotate"]).await;
+    assert!(again.status.success(), "{}", text(&again));
+    let after = device.identity().unwrap();
+    assert_ne!(after.certificate_id, before.certificate_id);
+    assert_eq!(after.key_label, pending);
+    assert!(!device.state_dir().join("journal.json").exists());
+    device.round_trip(&cloud).await.unwrap();
+}

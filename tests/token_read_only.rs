@@ -31,26 +31,17 @@ async fn a_read_only_token_fails_the_rotation_and_keeps_the_identity() {
         # Every token file read-only, as on a read-only file system.
         exec "$agent" --config "$config" rotate
     "#;
-    let out = {
-        let _shared = common::token_store_shared();
-        common::clean_command("unshare")
-            .args([
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                script,
-                "sh",
-            ])
-            .arg(env!("CARGO_BIN_EXE_prov-agent"))
-            .arg(&device.config)
-            .arg(&store)
-            .envs(device.backend.env())
-            .env("PROV_AGENT_LOG", "warn")
-            .output()
-            .unwrap()
-    };
+    let mut env = device.backend.env();
+    env.push(("PROV_AGENT_LOG".into(), "warn".into()));
+    let out = common::in_mount_namespace(
+        script,
+        &[
+            std::ffi::OsStr::new(env!("CARGO_BIN_EXE_prov-agent")),
+            device.config.as_os_str(),
+            store.as_os_str(),
+        ],
+        env,
+    );
     assert!(
         !out.status.success(),
         "rotated on a read-only token: {}",

@@ -91,8 +91,9 @@ async fn the_tpm_dies_during_enroll_and_rotate() {
         let again = device.run(&["rotate"]).await;
         assert!(
             again.status.success(),
-            "rotate after the TPM came back ({ms} ms): {}",
-            text(&again)
+            "rotate after the TPM came back ({ms} ms): {}\nthe run the TPM died in: {}",
+            text(&again),
+            text(&out)
         );
         assert_ne!(
             device.identity().unwrap().certificate_id,

@@ -148,22 +148,28 @@ pub async fn rotate_locked(
 }
 
 impl Flow<'_> {
-    /// Undoes a rotation that failed before the commit: the pending key
-    /// goes, a certificate that RegisterThing may have activated is
-    /// reported for deactivation (as the current identity), the journal is
+    /// Undoes a rotation that failed before the commit: a certificate that
+    /// RegisterThing may have activated is reported for deactivation (as
+    /// the current identity), then the pending key goes and the journal is
     /// removed. The current identity is never touched.
+    ///
+    /// In that order: while the report has not gone out (the hardware or
+    /// the network failed too), the journal and the pending key it names
+    /// stay as they were, and the next run resumes the rotation from them.
+    /// Deleting the key first left a journal at `Registered` whose key was
+    /// gone (found with the TPM killed in the middle of a rotation).
     pub(super) async fn roll_back(
         &mut self,
         journal: &Journal,
         current: &Identity,
     ) -> Result<(), ProvisionError> {
-        self.delete_pending()?;
         if journal.state.register_sent() {
             if let Some(failed) = journal.state.certificate() {
                 self.report_as(std::slice::from_ref(&failed.id), current)
                     .await?;
             }
         }
+        self.delete_pending()?;
         Journal::clear(self.state_dir())?;
         Ok(())
     }

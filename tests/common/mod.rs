@@ -80,3 +80,31 @@ pub fn clean_tokio_command(program: impl AsRef<std::ffi::OsStr>) -> tokio::proce
     cmd.arg("-c").arg(CLOSE_FDS_AND_EXEC).arg(program);
     cmd
 }
+
+/// `sh -c script sh args...` in a mount namespace of its own (`unshare
+/// --mount`, private propagation; root), for tests that mount over the
+/// agent's files (a full disk, a read-only token) without touching the
+/// machine's mounts. The token-store lock is held while it runs, as for any
+/// child.
+#[allow(clippy::let_unit_value)]
+pub fn in_mount_namespace(
+    script: &str,
+    args: &[&std::ffi::OsStr],
+    env: Vec<(String, String)>,
+) -> std::process::Output {
+    let _shared = token_store_shared();
+    clean_command("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .args(args)
+        .envs(env)
+        .output()
+        .unwrap()
+}
