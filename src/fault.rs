@@ -35,6 +35,9 @@ pub const STORE_POINTS: &[&str] = &[
 pub const STALLS: &[&str] = &[
     // The key helper, asked to generate a key.
     "helper-generate",
+    // The flow, about to write the new identity (tests fill the disk
+    // there).
+    "before-identity-write",
 ];
 
 #[inline]

@@ -2,7 +2,9 @@
 //! every amount of space left (0, 1, 2, ... pages of a small tmpfs), the
 //! rotation either succeeds or fails with an error that says the disk is
 //! full, the device keeps a working identity, and once there is space again
-//! the next `rotate` completes.
+//! the next `rotate` completes. The page steps never make the identity's
+//! write the one that fails (the journal's need as much room), so a second
+//! test fills the disk exactly there.
 //!
 //! The tmpfs is mounted over the state directory in a mount namespace of
 //! the agent's own (`unshare --mount`, root), filled to leave the space
@@ -153,4 +155,84 @@ async fn file_rotation_on_a_filling_disk() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tpm_rotation_on_a_filling_disk() {
     rotation_on_a_filling_disk(Backend::tpm()).await;
+}
+
+/// The disk is full exactly when the new identity is written (the rotation
+/// stops itself there, SIGSTOP at a fault point, the test fills the tmpfs
+/// and lets it go on): the run fails saying the disk is full and naming the
+/// file, identity.json is the old one and works, the journal keeps the
+/// verified new certificate, and the next run commits it.
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread")]
+async fn the_identity_commit_on_a_full_disk() {
+    let cloud = TestCloud::start().await;
+    let device = Device::enrolled(&cloud, Backend::File, "").await;
+    let before = device.identity().unwrap();
+    let state = device.state_dir();
+    let work = tempfile::tempdir().unwrap();
+    let (saved, out) = (work.path().join("saved"), work.path().join("out"));
+    std::fs::create_dir(&saved).unwrap();
+    std::fs::create_dir(&out).unwrap();
+    let script = r#"
+        set -e
+        agent=$1 config=$2 state=$3 saved=$4 out=$5
+        cp -a "$state/." "$saved/"
+        mount -t tmpfs -o size=256k,mode=0700 prov-agent-test "$state"
+        cp -a "$saved/." "$state/"
+        set +e
+        PROV_AGENT_FAULT=before-identity-write PROV_AGENT_LOG=warn \
+            "$agent" --config "$config" rotate &
+        pid=$!
+        # Until it has stopped itself before writing the identity.
+        while [ "$(awk '/^State:/ { print $2 }' /proc/$pid/status 2>/dev/null)" != T ]; do
+            kill -0 $pid 2>/dev/null || break
+            sleep 0.05
+        done
+        dd if=/dev/zero of="$state/.fill" bs=4096 2>/dev/null
+        kill -CONT $pid
+        wait $pid
+        rc=$?
+        rm -f "$state/.fill"
+        cp -a "$state/." "$out/"
+        exit $rc
+    "#;
+    let agent = std::ffi::OsStr::new(env!("CARGO_BIN_EXE_prov-agent"));
+    let output = common::in_mount_namespace(
+        script,
+        &[
+            agent,
+            device.config.as_os_str(),
+            state.as_os_str(),
+            saved.as_os_str(),
+            out.as_os_str(),
+        ],
+        device.backend.env(),
+    );
+    replace_dir(&state, &out);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(
+        stderr.contains("stopping at before-identity-write"),
+        "{}",
+        text(&output)
+    );
+    assert!(
+        stderr.contains("identity.json") && stderr.contains("No space left on device"),
+        "the error does not say which file and why: {}",
+        text(&output)
+    );
+    assert_eq!(device.identity().unwrap(), before);
+    device.round_trip(&cloud).await.unwrap();
+    let journal: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("journal.json")).unwrap()).unwrap();
+    assert_eq!(journal["state"]["phase"], "VERIFIED", "{journal}");
+
+    let again = device.run(&["rotate"]).await;
+    assert!(again.status.success(), "{}", text(&again));
+    assert_ne!(
+        device.identity().unwrap().certificate_id,
+        before.certificate_id
+    );
+    assert!(!state.join("journal.json").exists());
+    device.round_trip(&cloud).await.unwrap();
 }

@@ -1019,6 +1019,7 @@ impl<'a> Flow<'a> {
             committed_at: journal::now(),
             previous_certificate_id: journal.previous_certificate_id.clone(),
         };
+        fault::stall("before-identity-write");
         identity.save(&self.config.state_dir)?;
         fault::point("identity-written");
         self.timed("commit the new identity", started);
