@@ -54,6 +54,11 @@ async fn a_read_only_token_fails_the_rotation_and_keeps_the_identity() {
         "the error does not name the token operation: {}",
         text(&out)
     );
+    assert!(
+        stderr.contains("storage is writable"),
+        "the error does not point at the storage: {}",
+        text(&out)
+    );
     assert_eq!(device.identity().unwrap(), before, "{}", text(&out));
     device.round_trip(&cloud).await.unwrap();
 

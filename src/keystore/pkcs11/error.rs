@@ -33,6 +33,21 @@ pub(super) fn describe(err: &Error) -> String {
     }
 }
 
+/// Whether `err` came from a function that writes token objects.
+fn writes_token_objects(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::Pkcs11(
+            _,
+            Function::GenerateKeyPair
+                | Function::CreateObject
+                | Function::CopyObject
+                | Function::SetAttributeValue
+                | Function::DestroyObject
+        )
+    )
+}
+
 /// Maps an error of `op` (a step of the agent: "sign", "generate key pair")
 /// onto the key store's error enum.
 pub(super) fn map(op: &'static str, err: Error) -> KeyStoreError {
@@ -87,6 +102,18 @@ pub(super) fn map(op: &'static str, err: Error) -> KeyStoreError {
                     code: None,
                 }
             }
+            // A module that fails to store a token object often says only
+            // this (SoftHSM does on a read-only or full token directory).
+            RvError::GeneralError if writes_token_objects(&err) => KeyStoreError::Backend {
+                backend: BACKEND,
+                op: op.into(),
+                detail: format!(
+                    "{}: the module could not store the token object; check that the token's \
+                     storage is writable and has room (for SoftHSM: its token directory)",
+                    describe(&err)
+                ),
+                code: None,
+            },
             _ => KeyStoreError::Backend {
                 backend: BACKEND,
                 op: op.into(),
@@ -125,6 +152,17 @@ mod tests {
         let e = Error::Pkcs11(RvError::PinIncorrect, Function::Login);
         assert_eq!(describe(&e), "C_Login returned CKR_PIN_INCORRECT");
         assert!(matches!(map("log in", e), KeyStoreError::BadPin { .. }));
+    }
+
+    #[test]
+    fn a_general_error_storing_an_object_points_at_the_storage() {
+        let e = map(
+            "generate key pair",
+            Error::Pkcs11(RvError::GeneralError, Function::GenerateKeyPair),
+        );
+        assert!(e.to_string().contains("storage is writable"), "{e}");
+        let e = map("sign", Error::Pkcs11(RvError::GeneralError, Function::Sign));
+        assert!(!e.to_string().contains("storage"), "{e}");
     }
 
     #[test]
