@@ -13,6 +13,7 @@ pub mod config;
 pub mod crypto;
 pub mod daemon;
 pub mod durable;
+pub mod environ;
 pub mod error;
 pub mod fault;
 pub mod hardening;

@@ -602,3 +602,53 @@ async fn a_replaced_device_key_is_reported_once_with_what_to_do() {
     assert!(text.contains("prov-agent enroll --force"), "{text}");
     daemon.stop().await;
 }
+
+/// `PIN_SOURCE = env:NAME`: the daemon takes the PIN out of its own
+/// environment at start (`/proc/<pid>/environ` no longer shows it) and
+/// hands it to each key helper, so the handshake and a rotation still log
+/// in to the token.
+#[cfg(feature = "pkcs11")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pin_from_the_environment_leaves_the_daemons_environment() {
+    let cloud = TestCloud::start().await;
+    let device = Device::enrolled(&cloud, Backend::pkcs11("env-pin"), "").await;
+    let config = std::fs::read_to_string(&device.config).unwrap();
+    let line = config
+        .lines()
+        .find(|l| l.starts_with("PIN_SOURCE"))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &device.config,
+        config.replace(&line, "PIN_SOURCE = env:GATEWAY_TOKEN_PIN"),
+    )
+    .unwrap();
+    let before = device.identity().unwrap();
+    let daemon = Daemon::start_env(&device, &[("GATEWAY_TOKEN_PIN", common::softhsm::USER_PIN)]);
+    daemon
+        .wait_log("connected", 1, Duration::from_secs(15))
+        .await;
+    let pid = daemon.child.id().unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let pin = common::softhsm::USER_PIN.as_bytes();
+    assert!(
+        !environ.windows(pin.len()).any(|w| w == pin),
+        "the PIN is in the daemon's /proc/{pid}/environ"
+    );
+    // The name stays in the block the process started with (it is no
+    // secret); its value there is wiped.
+    assert!(
+        environ
+            .windows(b"GATEWAY_TOKEN_PIN=\0".len())
+            .any(|w| w == b"GATEWAY_TOKEN_PIN=\0"),
+        "{}",
+        String::from_utf8_lossy(&environ)
+    );
+    send_rotation_command(&cloud, &before.thing_name).await;
+    let new = wait_rotated(&device, &before.certificate_id, Duration::from_secs(30)).await;
+    only_active(&cloud, &before.thing_name, &new).await;
+    daemon
+        .wait_log("connected", 2, Duration::from_secs(15))
+        .await;
+    daemon.stop().await;
+}

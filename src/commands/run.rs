@@ -14,8 +14,15 @@ pub fn run(path: &Path, config: Config, text: String) -> Result<(), CommandError
     // long as a handshake or a rotation (keystore::helper). Start one now
     // so that a key store that cannot be opened is reported at once, with
     // its exit code.
-    let helper = HelperKeyStore::new("/proc/self/exe", config.keystore.backend, path, text)
+    let mut helper = HelperKeyStore::new("/proc/self/exe", config.keystore.backend, path, text)
         .with_timeout(config.keystore.helper_timeout);
+    // `PIN_SOURCE = env:NAME`: the PIN leaves the daemon's environment
+    // (still one thread here) and goes to each helper it starts.
+    if let Some(name) = config.keystore.settings.pin_variable() {
+        if let Some(pin) = crate::environ::take(name) {
+            helper = helper.with_secret_env(name.to_string(), pin);
+        }
+    }
     helper.start()?;
     let store: Arc<dyn KeyStore> = Arc::new(helper);
     let runtime = daemon_runtime()?;

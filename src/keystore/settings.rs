@@ -21,6 +21,20 @@ pub enum SecretSource {
     Credential(String),
 }
 
+impl KeyStoreSettings {
+    /// The environment variable the store's PIN comes from
+    /// (`PIN_SOURCE = env:NAME`), if it does.
+    pub fn pin_variable(&self) -> Option<&str> {
+        match self {
+            KeyStoreSettings::Pkcs11(Pkcs11Settings {
+                pin: SecretSource::Env(name),
+                ..
+            }) => Some(name),
+            _ => None,
+        }
+    }
+}
+
 impl SecretSource {
     /// Parses `file:/path`, `env:NAME` or `credential:NAME`.
     pub fn parse(s: &str) -> std::result::Result<Self, String> {

@@ -137,6 +137,9 @@ pub struct HelperKeyStore {
     config_path: PathBuf,
     config_text: String,
     timeout: Duration,
+    /// A variable every helper gets and the daemon's own environment no
+    /// longer holds: the PIN of `PIN_SOURCE = env:NAME`.
+    secret_env: Option<(String, secrecy::SecretString)>,
     process: Mutex<Option<HelperProcess>>,
     /// A pidfd of the running helper, held apart from `process` (which an
     /// operation holds while it waits) for [`KeyStore::abandon`]; a pidfd,
@@ -171,6 +174,7 @@ impl HelperKeyStore {
             config_path: config_path.into(),
             config_text,
             timeout: DEFAULT_TIMEOUT,
+            secret_env: None,
             process: Mutex::new(None),
             pidfd: Mutex::new(None),
         }
@@ -181,6 +185,16 @@ impl HelperKeyStore {
     /// [`KeyStoreError::Unavailable`]; [`DEFAULT_TIMEOUT`] unless set.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Gives every helper the variable `name` = `value`, which the caller
+    /// took out of its own environment ([`crate::environ::take`]): the PIN
+    /// of `PIN_SOURCE = env:NAME` then lives in the daemon only in a
+    /// secret type (not in `/proc/<pid>/environ`), and in the environment
+    /// of each short-lived helper, which reads it at every login.
+    pub fn with_secret_env(mut self, name: String, value: secrecy::SecretString) -> Self {
+        self.secret_env = Some((name, value));
         self
     }
 
@@ -241,7 +255,12 @@ impl HelperKeyStore {
     }
 
     fn spawn(&self) -> Result<HelperProcess> {
-        let mut child = Command::new(&self.program)
+        let mut command = Command::new(&self.program);
+        if let Some((name, value)) = &self.secret_env {
+            use secrecy::ExposeSecret;
+            command.env(name, value.expose_secret());
+        }
+        let mut child = command
             .arg0("prov-agent")
             .arg(SUBCOMMAND)
             .stdin(Stdio::piped())
