@@ -6,6 +6,9 @@
 //! searches it for the key in every form it travelled in (PEM, JSON-escaped
 //! PEM, DER), for the ownership token and for the PKCS#11 PIN.
 //!
+//! The same for the daemon after a keys-mode rotation on command, stopped
+//! with SIGTERM.
+//!
 //! The dump's own check: a string the agent keeps is in it (so the dump
 //! sees the heap) and one it freed is not (freed memory is wiped).
 
@@ -113,4 +116,60 @@ async fn softhsm_keys_mode_enroll_leaves_no_key_or_pin_in_memory() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tpm_keys_mode_enroll_leaves_no_key_in_memory() {
     keys_mode_enroll_leaves_no_key_in_memory(Backend::tpm(), None).await;
+}
+
+/// The daemon, after a keys-mode rotation on command (the service's key
+/// crossed its MQTT session, its parser and the pipe to the key helper),
+/// stopped with SIGTERM: no private key, no ownership token and no PIN in
+/// its memory.
+#[cfg(feature = "pkcs11")]
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_after_a_keys_mode_rotation_holds_no_key_or_pin() {
+    use common::daemon::{send_rotation_command, wait_rotated, Daemon};
+    use std::time::Duration;
+
+    let cloud = TestCloud::start().await;
+    let device = Device::enrolled(&cloud, Backend::pkcs11("memory-daemon"), "MODE = keys\n").await;
+    let before = device.identity().unwrap();
+    let dump = device.dir.path().join("daemon.dump");
+    let mark = hex::encode(rand::random::<[u8; 8]>());
+    let daemon = Daemon::start_env(
+        &device,
+        &[
+            ("PROV_AGENT_MEMDUMP", dump.to_str().unwrap()),
+            ("PROV_AGENT_MEMDUMP_MARK", &mark),
+        ],
+    );
+    daemon
+        .wait_log("connected", 1, Duration::from_secs(15))
+        .await;
+    send_rotation_command(&cloud, &before.thing_name).await;
+    let new = wait_rotated(&device, &before.certificate_id, Duration::from_secs(30)).await;
+    daemon
+        .wait_log("connected", 2, Duration::from_secs(15))
+        .await;
+    daemon.stop().await;
+
+    let memory = std::fs::read(&dump).unwrap();
+    assert!(
+        find(&memory, format!("KEPT-{mark}").as_bytes()).is_some(),
+        "the dump does not see the heap"
+    );
+    // The token's first 84 characters, as in the enroll test above.
+    let token_start = base64url(&new.as_bytes()[..63]);
+    for (what, needle) in [
+        ("a PEM private key", b"PRIVATE KEY".as_slice()),
+        ("an RSA private key (PKCS#1 DER)", RSA_PKCS1_DER),
+        ("an RSA private key (PKCS#8 DER)", PKCS8_RSA_DER),
+        ("the PIN", common::softhsm::USER_PIN.as_bytes()),
+        ("the ownership token", token_start.as_bytes()),
+    ] {
+        if let Some(at) = find(&memory, needle) {
+            let context = &memory[at.saturating_sub(64)..(at + 96).min(memory.len())];
+            panic!(
+                "{what} is in the daemon's memory at offset {at}: {:?}",
+                String::from_utf8_lossy(context)
+            );
+        }
+    }
 }
