@@ -20,49 +20,60 @@ use common::backend::Backend;
 use common::device::{text, Device};
 use common::emulator::TestCloud;
 
-/// Runs `prov-agent rotate` with the state directory on a 256 KiB tmpfs
-/// that has `free_pages` pages left, then puts what the agent left in the
-/// state directory.
-fn rotate_on_a_full_disk(device: &Device, free_pages: u32) -> Output {
+/// Runs the shell `body` with the state directory on a 256 KiB tmpfs of
+/// its own (its content copied in first), then puts what was left there in
+/// the state directory. `body` sees `$agent`, `$config`, `$state` and `$1`
+/// (`arg`), may fill the disk into `$state/.fill` (removed afterwards), and
+/// sets `rc`, the exit status.
+fn on_a_small_tmpfs(device: &Device, body: &str, arg: &str) -> Output {
     let state = device.state_dir();
     let work = tempfile::tempdir().unwrap();
-    let script = r#"
+    let script = format!(
+        r#"
         set -e
-        agent=$1 config=$2 state=$3 saved=$4 out=$5 free=$6
+        agent=$1 config=$2 state=$3 saved=$4 out=$5
+        shift 5
         cp -a "$state/." "$saved/"
         mount -t tmpfs -o size=256k,mode=0700 prov-agent-test "$state"
         cp -a "$saved/." "$state/"
-        # Fill the disk, then give back the pages wanted.
-        dd if=/dev/zero of="$state/.fill" bs=4096 2>/dev/null || true
-        truncate -s "-$((free * 4096))" "$state/.fill"
         set +e
-        PROV_AGENT_LOG=warn "$agent" --config "$config" rotate
-        rc=$?
+        {body}
         rm -f "$state/.fill"
         cp -a "$state/." "$out/"
         exit $rc
-    "#;
+    "#
+    );
     let saved = work.path().join("saved");
     let out = work.path().join("out");
     std::fs::create_dir(&saved).unwrap();
     std::fs::create_dir(&out).unwrap();
-    let agent = std::ffi::OsStr::new(env!("CARGO_BIN_EXE_prov-agent"));
-    let free = free_pages.to_string();
     let output = common::in_mount_namespace(
-        script,
+        &script,
         &[
-            agent,
+            std::ffi::OsStr::new(env!("CARGO_BIN_EXE_prov-agent")),
             device.config.as_os_str(),
             state.as_os_str(),
             saved.as_os_str(),
             out.as_os_str(),
-            free.as_ref(),
+            arg.as_ref(),
         ],
         device.backend.env(),
     );
     // What the agent left becomes the state directory.
     replace_dir(&state, &out);
     output
+}
+
+/// Runs `prov-agent rotate` with `free_pages` pages left on the tmpfs.
+fn rotate_on_a_full_disk(device: &Device, free_pages: u32) -> Output {
+    let body = r#"
+        # Fill the disk, then give back the pages wanted.
+        dd if=/dev/zero of="$state/.fill" bs=4096 2>/dev/null || true
+        truncate -s "-$(($1 * 4096))" "$state/.fill"
+        PROV_AGENT_LOG=warn "$agent" --config "$config" rotate
+        rc=$?
+    "#;
+    on_a_small_tmpfs(device, body, &free_pages.to_string())
 }
 
 fn replace_dir(dir: &Path, with: &Path) {
@@ -169,17 +180,7 @@ async fn the_identity_commit_on_a_full_disk() {
     let device = Device::enrolled(&cloud, Backend::File, "").await;
     let before = device.identity().unwrap();
     let state = device.state_dir();
-    let work = tempfile::tempdir().unwrap();
-    let (saved, out) = (work.path().join("saved"), work.path().join("out"));
-    std::fs::create_dir(&saved).unwrap();
-    std::fs::create_dir(&out).unwrap();
-    let script = r#"
-        set -e
-        agent=$1 config=$2 state=$3 saved=$4 out=$5
-        cp -a "$state/." "$saved/"
-        mount -t tmpfs -o size=256k,mode=0700 prov-agent-test "$state"
-        cp -a "$saved/." "$state/"
-        set +e
+    let body = r#"
         PROV_AGENT_FAULT=before-identity-write PROV_AGENT_LOG=warn \
             "$agent" --config "$config" rotate &
         pid=$!
@@ -192,23 +193,8 @@ async fn the_identity_commit_on_a_full_disk() {
         kill -CONT $pid
         wait $pid
         rc=$?
-        rm -f "$state/.fill"
-        cp -a "$state/." "$out/"
-        exit $rc
     "#;
-    let agent = std::ffi::OsStr::new(env!("CARGO_BIN_EXE_prov-agent"));
-    let output = common::in_mount_namespace(
-        script,
-        &[
-            agent,
-            device.config.as_os_str(),
-            state.as_os_str(),
-            saved.as_os_str(),
-            out.as_os_str(),
-        ],
-        device.backend.env(),
-    );
-    replace_dir(&state, &out);
+    let output = on_a_small_tmpfs(&device, body, "");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{}", text(&output));
     assert!(

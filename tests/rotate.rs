@@ -198,13 +198,9 @@ async fn rotate_before_enroll_says_so() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("prov-agent enroll"));
 }
 
-/// The rotation template hands the new certificate a policy that denies
-/// the verification topic: the rotation fails at verification and rolls
-/// back; the device keeps its old, working identity, and the certificate
-/// that was activated for nothing is retired.
-async fn rollback(backend: Backend) {
-    let cloud = TestCloud::start().await;
-    let registry = cloud.handle.registry();
+/// The shipped device policy, and the same policy with every `things/`
+/// topic denied (no verification round trip, no rotation report).
+fn device_policy_and_crippled() -> (String, String) {
     let device_policy = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/device.json"),
     )
@@ -213,6 +209,17 @@ async fn rollback(backend: Backend) {
         .replace("topic/things/", "topic/nothing/")
         .replace("topicfilter/things/", "topicfilter/nothing/");
     assert_ne!(crippled, device_policy);
+    (device_policy, crippled)
+}
+
+/// The rotation template hands the new certificate a policy that denies
+/// the verification topic: the rotation fails at verification and rolls
+/// back; the device keeps its old, working identity, and the certificate
+/// that was activated for nothing is retired.
+async fn rollback(backend: Backend) {
+    let cloud = TestCloud::start().await;
+    let registry = cloud.handle.registry();
+    let (_, crippled) = device_policy_and_crippled();
     registry
         .create_policy("device-noverify", &crippled)
         .unwrap();
@@ -369,14 +376,7 @@ async fn a_rotation_that_answers_another_thing_is_refused() {
 async fn a_rollback_whose_report_fails_keeps_what_the_next_run_resumes_from() {
     let cloud = TestCloud::start().await;
     let registry = cloud.handle.registry();
-    let device_policy = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/device.json"),
-    )
-    .unwrap();
-    let crippled = device_policy
-        .replace("topic/things/", "topic/nothing/")
-        .replace("topicfilter/things/", "topicfilter/nothing/");
-    assert_ne!(crippled, device_policy);
+    let (device_policy, crippled) = device_policy_and_crippled();
     let device = Device::enrolled(&cloud, Backend::File, "MAX_RETRIES = 1\n").await;
     let before = device.identity().unwrap();
     registry.create_policy("device", &crippled).unwrap();

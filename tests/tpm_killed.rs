@@ -63,6 +63,8 @@ fn assert_clean(out: &std::process::Output, what: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_tpm_dies_during_enroll_and_rotate() {
     let cloud = TestCloud::start().await;
+    // Runs the kill made fail: without any, the test would prove nothing.
+    let mut interrupted = 0;
     for ms in [10, 40, 90, 160, 260] {
         let after = Duration::from_millis(ms);
         let mut device = Device::new(&cloud, Backend::tpm(), "");
@@ -70,6 +72,7 @@ async fn the_tpm_dies_during_enroll_and_rotate() {
 
         let out = run_and_kill_the_tpm(&mut device, &["enroll"], after).await;
         assert_clean(&out, &format!("enroll, TPM killed after {ms} ms"));
+        interrupted += usize::from(!out.status.success());
         let again = device.run(&["enroll"]).await;
         assert!(
             again.status.success(),
@@ -81,6 +84,7 @@ async fn the_tpm_dies_during_enroll_and_rotate() {
         let before = device.identity().unwrap();
         let out = run_and_kill_the_tpm(&mut device, &["rotate"], after).await;
         assert_clean(&out, &format!("rotate, TPM killed after {ms} ms"));
+        interrupted += usize::from(!out.status.success());
         // Old or new: a working identity either way.
         device.round_trip(&cloud).await.unwrap_or_else(|e| {
             panic!(
@@ -102,4 +106,5 @@ async fn the_tpm_dies_during_enroll_and_rotate() {
         assert!(!device.state_dir().join("journal.json").exists());
         device.round_trip(&cloud).await.unwrap();
     }
+    assert!(interrupted > 0, "no kill landed while a run was under way");
 }
