@@ -91,6 +91,25 @@ async fn key_that_does_not_match_is_named() {
     assert!(detail.contains("does not belong"), "{detail}");
 }
 
+/// The identity's key deleted by another tool: `check` says so as the
+/// daemon does, with what to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_device_key_is_named_with_what_to_do() {
+    let cloud = TestCloud::start().await;
+    let device = Device::enrolled(&cloud, Backend::File, "").await;
+    let identity = device.identity().unwrap();
+    device
+        .store()
+        .delete(&identity.key_label.parse().unwrap())
+        .unwrap();
+    let out = device.run(&["check", "--json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let (v, detail) = verdict(&out, "key");
+    assert_eq!(v, "fail");
+    assert!(detail.contains(&identity.certificate_id), "{detail}");
+    assert!(detail.contains("prov-agent enroll --force"), "{detail}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn unreachable_endpoint_is_named() {
     let cloud = TestCloud::start().await;

@@ -159,7 +159,18 @@ pub fn run(config: &Config, json: bool) -> Result<(String, bool), CommandError> 
                 Some(k)
             }
             Err(e) => {
-                r.add("key", Verdict::Fail, e.to_string());
+                // The identity's key gone: what the daemon says of it too.
+                let text = match &identity {
+                    Some(id) if e.is_not_found() => {
+                        crate::provision::ProvisionError::IdentityKeyMissing {
+                            certificate: id.certificate_id.clone(),
+                            key: id.key_reference.clone(),
+                        }
+                        .to_string()
+                    }
+                    _ => e.to_string(),
+                };
+                r.add("key", Verdict::Fail, text);
                 None
             }
         },
@@ -177,16 +188,22 @@ pub fn run(config: &Config, json: bool) -> Result<(String, bool), CommandError> 
                 format!("certificate {} belongs to {}", cert.id(), key.reference),
             );
         } else {
-            // What the daemon says of it too.
-            let problem = crate::provision::ProvisionError::IdentityKeyMismatch {
-                certificate: cert.id(),
-                key: key.reference.clone(),
+            let problem = if identity.is_some() {
+                // What the daemon says of it too.
+                crate::provision::ProvisionError::IdentityKeyMismatch {
+                    certificate: cert.id(),
+                    key: key.reference.clone(),
+                }
+                .to_string()
+            } else {
+                format!(
+                    "the claim certificate {} does not belong to the claim key {}: import the \
+                     claim credential again (`prov-agent claim import --replace`)",
+                    cert.id(),
+                    key.reference
+                )
             };
-            r.add(
-                "key matches certificate",
-                Verdict::Fail,
-                problem.to_string(),
-            );
+            r.add("key matches certificate", Verdict::Fail, problem);
         }
     }
     // Keys mode imports the key the service makes: a store that cannot is
