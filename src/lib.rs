@@ -22,4 +22,5 @@ pub mod keystore;
 pub mod memdump;
 pub mod mqtt;
 pub mod provision;
+pub mod runtime;
 pub mod timefmt;

@@ -100,8 +100,8 @@ pub enum CommandError {
 impl CommandError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            CommandError::Config(_)
-            | CommandError::Input(_)
+            CommandError::Config(e) => e.kind(),
+            CommandError::Input(_)
             | CommandError::Certificate(_)
             | CommandError::KeyFile { .. } => ErrorKind::Config,
             CommandError::KeyStore(e) => e.kind(),
@@ -129,8 +129,5 @@ impl CommandError {
 /// The async runtime of every command that talks to the network: one
 /// thread (the agent does one thing at a time; the hardware calls block).
 pub fn runtime() -> Result<tokio::runtime::Runtime, CommandError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(CommandError::Runtime)
+    crate::runtime::current_thread().map_err(CommandError::Runtime)
 }

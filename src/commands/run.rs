@@ -38,13 +38,6 @@ pub fn run(path: &Path, config: Config, text: String) -> Result<(), CommandError
 /// How long a stopping daemon waits for tasks still running.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// The daemon's runtime: one worker, and multi-threaded so that a wait for
-/// the key helper leaves the worker (`block_in_place` in
-/// [`HelperKeyStore`]) and signals and the watchdog are served meanwhile.
 fn daemon_runtime() -> Result<tokio::runtime::Runtime, CommandError> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(CommandError::Runtime)
+    crate::runtime::daemon().map_err(CommandError::Runtime)
 }

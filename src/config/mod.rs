@@ -82,6 +82,14 @@ pub enum ConfigError {
     Env { var: String, message: String },
 }
 
+impl ConfigError {
+    /// Always [`ErrorKind::Config`](crate::error::ErrorKind::Config): the
+    /// configuration must be fixed; retrying as is cannot help.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Config
+    }
+}
+
 /// How the device obtains its key and certificate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProvisioningMode {

@@ -11,13 +11,32 @@ use crate::keystore::PublicKey;
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
     #[error(
-        "{what}: not a PEM certificate ({detail}); give the PEM file (-----BEGIN CERTIFICATE-----)"
+        "{what}: not a PEM certificate ({source}); give the PEM file (-----BEGIN CERTIFICATE-----)"
     )]
-    NotPem { what: String, detail: String },
+    NotPem {
+        what: String,
+        #[source]
+        source: pem::PemError,
+    },
+    #[error(
+        "{what}: not a PEM certificate (no CERTIFICATE block); give the PEM file \
+         (-----BEGIN CERTIFICATE-----)"
+    )]
+    NoCertificate { what: String },
+    #[error("{what}: the certificate cannot be parsed: {source}")]
+    Unparsable {
+        what: String,
+        #[source]
+        source: Box<x509_parser::nom::Err<x509_parser::error::X509Error>>,
+    },
     #[error("{what}: the certificate cannot be parsed: {detail}")]
-    Malformed { what: String, detail: String },
-    #[error("{what}: the certificate's key is not supported: {detail}")]
-    UnsupportedKey { what: String, detail: String },
+    Malformed { what: String, detail: &'static str },
+    #[error("{what}: the certificate's key is not supported: {source}")]
+    UnsupportedKey {
+        what: String,
+        #[source]
+        source: Box<crate::keystore::KeyStoreError>,
+    },
 }
 
 /// A parsed certificate (the first of a PEM bundle) with the rest of the
@@ -35,9 +54,9 @@ impl Certificate {
     /// Parses a PEM bundle; the first certificate is the leaf. `what` names
     /// the file or the source for messages.
     pub fn from_pem(pem_text: &str, what: &str) -> Result<Self, CertError> {
-        let blocks = pem::parse_many(pem_text).map_err(|e| CertError::NotPem {
+        let blocks = pem::parse_many(pem_text).map_err(|source| CertError::NotPem {
             what: what.into(),
-            detail: e.to_string(),
+            source,
         })?;
         let chain: Vec<CertificateDer<'static>> = blocks
             .into_iter()
@@ -45,31 +64,29 @@ impl Certificate {
             .map(|b| CertificateDer::from(b.into_contents()))
             .collect();
         if chain.is_empty() {
-            return Err(CertError::NotPem {
-                what: what.into(),
-                detail: "no CERTIFICATE block".into(),
-            });
+            return Err(CertError::NoCertificate { what: what.into() });
         }
         Self::from_chain(chain, what)
     }
 
     pub fn from_chain(chain: Vec<CertificateDer<'static>>, what: &str) -> Result<Self, CertError> {
-        let malformed = |detail: String| CertError::Malformed {
+        let malformed = |detail: &'static str| CertError::Malformed {
             what: what.into(),
             detail,
         };
-        let leaf = chain
-            .first()
-            .ok_or_else(|| malformed("empty chain".into()))?;
+        let leaf = chain.first().ok_or_else(|| malformed("empty chain"))?;
         let (rest, parsed) =
-            x509_parser::parse_x509_certificate(leaf).map_err(|e| malformed(e.to_string()))?;
+            x509_parser::parse_x509_certificate(leaf).map_err(|source| CertError::Unparsable {
+                what: what.into(),
+                source: Box::new(source),
+            })?;
         if !rest.is_empty() {
-            return Err(malformed("trailing bytes after the certificate".into()));
+            return Err(malformed("trailing bytes after the certificate"));
         }
-        let public_key = PublicKey::from_spki_der(parsed.public_key().raw).map_err(|e| {
+        let public_key = PublicKey::from_spki_der(parsed.public_key().raw).map_err(|source| {
             CertError::UnsupportedKey {
                 what: what.into(),
-                detail: e.to_string(),
+                source: Box::new(source),
             }
         })?;
         let time = |t: x509_parser::time::ASN1Time| {

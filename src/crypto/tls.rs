@@ -6,7 +6,9 @@ use rustls::pki_types::{CertificateDer, ServerName, SubjectPublicKeyInfoDer};
 use rustls::sign::{CertifiedKey, Signer, SigningKey, SingleCertAndKey};
 use rustls::{SignatureAlgorithm, SignatureScheme as TlsScheme};
 
-use crate::keystore::{KeyAlgorithm, KeyInfo, KeyLabel, KeyStore, PublicKey, SignatureScheme};
+use crate::keystore::{
+    KeyAlgorithm, KeyInfo, KeyLabel, KeyStore, KeyStoreError, PublicKey, SignatureScheme,
+};
 
 /// The ALPN protocol AWS IoT Core expects for MQTT on port 443.
 pub const ALPN_AWS_IOT: &[u8] = b"x-amzn-mqtt-ca";
@@ -17,6 +19,32 @@ pub enum TlsError {
     KeyMismatch { label: String },
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("{host:?} is not a valid TLS server name: {source}")]
+    ServerName {
+        host: String,
+        #[source]
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+}
+
+/// The key store failed to make the handshake's signature. It travels
+/// through rustls as [`rustls::Error::Other`], so that the connection's
+/// error keeps it: [`signature_failure`] finds it again, and the failure is
+/// the key store's (its kind, whether a retry may help), not the network's.
+#[derive(Debug, thiserror::Error)]
+#[error("key store signature with {label} failed: {source}")]
+pub struct SignatureFailed {
+    pub label: String,
+    #[source]
+    pub source: KeyStoreError,
+}
+
+/// The key store's failure inside a TLS error, if that is what it is.
+pub fn signature_failure(error: &rustls::Error) -> Option<&SignatureFailed> {
+    match error {
+        rustls::Error::Other(rustls::OtherError(inner)) => inner.downcast_ref(),
+        _ => None,
+    }
 }
 
 /// A rustls [`SigningKey`] whose private half lives in a [`KeyStore`].
@@ -118,9 +146,12 @@ impl Signer for HardwareSigner {
         tracing::debug!(key = %self.label, scheme = ?self.tls, "hardware signature: TLS handshake");
         self.store
             .sign(&self.label, self.scheme, message)
-            .map_err(|e| {
-                tracing::error!(key = %self.label, error = %e, "TLS signature in the key store failed");
-                rustls::Error::General(format!("key store signature with {} failed: {e}", self.label))
+            .map_err(|source| {
+                tracing::error!(key = %self.label, error = %source, "TLS signature in the key store failed");
+                rustls::Error::Other(rustls::OtherError(Arc::new(SignatureFailed {
+                    label: self.label.to_string(),
+                    source,
+                })))
             })
     }
 
@@ -185,6 +216,8 @@ pub(super) fn config_with(
 
 /// The server name to present in SNI (required by AWS IoT).
 pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
-    ServerName::try_from(host.to_string())
-        .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))
+    ServerName::try_from(host.to_string()).map_err(|source| TlsError::ServerName {
+        host: host.to_string(),
+        source,
+    })
 }

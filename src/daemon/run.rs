@@ -270,9 +270,7 @@ impl Daemon {
         let started = std::thread::Builder::new()
             .name("rotation".into())
             .spawn(move || {
-                let result = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
+                let result = crate::runtime::current_thread()
                     .map_err(ProvisionError::io("start the rotation's runtime", "tokio"))
                     .and_then(|rt| {
                         rt.block_on(rotate_locked(&config, store, RotateOptions::default()))
@@ -402,7 +400,7 @@ impl Daemon {
                 if !std::mem::replace(&mut self.identity_broken, true) {
                     tracing::error!(error = %crate::error::report(&e), retry = ?self.reconnect.cap, "the identity cannot connect until this is fixed");
                 } else {
-                    tracing::debug!(error = %e, "the identity's key is still missing or another");
+                    tracing::debug!(error = %crate::error::report(&e), "the identity's key is still missing or another");
                 }
                 self.next_connect = Instant::now() + self.reconnect.cap;
                 self.status(&format!("identity broken: {e}"));
@@ -564,7 +562,7 @@ impl Daemon {
             match &outcome {
                 Ok(()) => {
                     if let Err(e) = done_jobs::record(&self.config.state_dir, job_id) {
-                        tracing::warn!(job_id, error = %e, "cannot remember the job as done");
+                        tracing::warn!(job_id, error = %crate::error::report(&e), "cannot remember the job as done");
                     }
                     let details =
                         serde_json::json!({ "certificateId": self.identity.certificate_id });

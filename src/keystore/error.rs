@@ -152,11 +152,14 @@ impl HardwareCode {
 impl KeyStoreError {
     /// What kind of failure this is: a wrong PIN is the configuration's
     /// (its PIN source), which no retry or restart mends and each attempt
-    /// of which costs one of the token's few tries; everything else is the
+    /// of which costs one of the token's few tries, and so is a
+    /// configuration the key helper cannot load; everything else is the
     /// key store's.
     pub fn kind(&self) -> crate::error::ErrorKind {
         match self {
-            KeyStoreError::BadPin { .. } => crate::error::ErrorKind::Config,
+            KeyStoreError::BadPin { .. } | KeyStoreError::Helper { .. } => {
+                crate::error::ErrorKind::Config
+            }
             _ => crate::error::ErrorKind::KeyStore,
         }
     }

@@ -59,9 +59,22 @@ impl LinkError {
     }
 
     /// Whether connecting again may help: network trouble yes, a TLS
-    /// failure (a certificate or trust problem) no.
+    /// failure (a certificate or trust problem) no, the key store failing
+    /// the handshake's signature as the key store says.
     pub fn is_retryable(&self) -> bool {
+        if let Some(failed) = self.signature_failure() {
+            return failed.source.is_retryable();
+        }
         !matches!(self, LinkError::Tls(_) | LinkError::ServerName { .. })
+    }
+
+    /// The key store's failure to sign the handshake, if that is what
+    /// ended it.
+    pub fn signature_failure(&self) -> Option<&crate::crypto::tls::SignatureFailed> {
+        match self {
+            LinkError::Tls(e) => crate::crypto::tls::signature_failure(e),
+            _ => None,
+        }
     }
 
     /// The TLS alert with which the server refused our certificate.

@@ -75,11 +75,18 @@ pub enum MqttError {
     Oversized { step: String, size: usize },
     #[error("{api}: malformed response: {detail}")]
     BadResponse { api: String, detail: String },
+    #[error("{api}: malformed response: {source}")]
+    BadPayload {
+        api: String,
+        #[source]
+        source: payload::PayloadError,
+    },
 }
 
 /// What to check after a TLS failure while connecting.
 fn connect_hint(e: &LinkError) -> &'static str {
     match e {
+        _ if e.signature_failure().is_some() => "",
         LinkError::Tls(_) => {
             "; check ROOT_CERT, the endpoint name and that the certificate is registered and ACTIVE"
         }
@@ -116,10 +123,14 @@ impl MqttError {
             | MqttError::ConnectRefused { .. }
             | MqttError::CertificateRefused { .. }
             | MqttError::SubscribeRefused { .. } => ErrorKind::Refused,
-            MqttError::Timeout { .. }
-            | MqttError::Disconnected { .. }
-            | MqttError::Connect { .. } => ErrorKind::Unreachable,
-            MqttError::Oversized { .. } | MqttError::BadResponse { .. } => ErrorKind::Other,
+            MqttError::Connect { source, .. } => match source.signature_failure() {
+                Some(failed) => failed.source.kind(),
+                None => ErrorKind::Unreachable,
+            },
+            MqttError::Timeout { .. } | MqttError::Disconnected { .. } => ErrorKind::Unreachable,
+            MqttError::Oversized { .. }
+            | MqttError::BadResponse { .. }
+            | MqttError::BadPayload { .. } => ErrorKind::Other,
         }
     }
 

@@ -14,14 +14,19 @@ pub fn encode(format: PayloadFormat, value: &serde_json::Value) -> Vec<u8> {
     }
 }
 
-pub fn decode(format: PayloadFormat, bytes: &[u8]) -> Result<serde_json::Value, String> {
+/// A body that is not a document of the format agreed for the API.
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error("invalid JSON: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("invalid CBOR: {0}")]
+    Cbor(#[source] ciborium::de::Error<std::io::Error>),
+}
+
+pub fn decode(format: PayloadFormat, bytes: &[u8]) -> Result<serde_json::Value, PayloadError> {
     match format {
-        PayloadFormat::Json => {
-            serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))
-        }
-        PayloadFormat::Cbor => {
-            ciborium::from_reader(bytes).map_err(|e| format!("invalid CBOR: {e}"))
-        }
+        PayloadFormat::Json => serde_json::from_slice(bytes).map_err(PayloadError::Json),
+        PayloadFormat::Cbor => ciborium::from_reader(bytes).map_err(PayloadError::Cbor),
     }
 }
 

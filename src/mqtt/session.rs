@@ -460,9 +460,9 @@ impl Session {
             .await?;
         let was_accepted = answer.topic == accepted;
         let value =
-            payload::decode(format, &answer.payload).map_err(|detail| MqttError::BadResponse {
+            payload::decode(format, &answer.payload).map_err(|source| MqttError::BadPayload {
                 api: api.into(),
-                detail,
+                source,
             })?;
         if was_accepted {
             return Ok(value);

@@ -194,7 +194,7 @@ impl<'a> Flow<'a> {
                         // The new identity is committed and works; the
                         // report waits in the journal for the next run.
                         tracing::warn!(
-                            error = %e,
+                            error = %crate::error::report(&e),
                             "the retired certificates could not be reported; the next run retries"
                         );
                         self.report_pending = true;
@@ -351,7 +351,7 @@ impl<'a> Flow<'a> {
                         Err(e) if e.is_retryable() => return Err(e),
                         Err(e) => {
                             tracing::warn!(
-                                error = %e,
+                                error = %crate::error::report(&e),
                                 "the current certificate cannot connect: enrolling with the claim \
                                  credential instead (for an existing thing the template's hook \
                                  then needs an operator to open it for re-enrollment)"
@@ -456,7 +456,7 @@ impl<'a> Flow<'a> {
                 Err(e) if e.is_retryable() && attempt < self.backoff.max_retries => {
                     attempt += 1;
                     let delay = self.backoff.delay(attempt);
-                    tracing::warn!(step = what, error = %e, attempt, ?delay, "retrying");
+                    tracing::warn!(step = what, error = %crate::error::report(&e), attempt, ?delay, "retrying");
                     self.session = None;
                     tokio::time::sleep(delay).await;
                 }
@@ -647,11 +647,12 @@ impl<'a> Flow<'a> {
                 })
             }
         };
-        let material =
-            PrivateKeyMaterial::from_pem(&key_pem).map_err(|e| ProvisionError::BadResponse {
-                api: "CreateKeysAndCertificate".into(),
-                detail: format!("privateKey: {e}"),
-            })?;
+        let material = PrivateKeyMaterial::from_pem(&key_pem).map_err(|source| {
+            ProvisionError::BadPrivateKey {
+                api: "CreateKeysAndCertificate",
+                source: Box::new(source),
+            }
+        })?;
         drop(key_pem);
         let public = material.public_key()?;
         // Check the certificate against the key before the key goes in.
@@ -1070,8 +1071,12 @@ impl Issued {
         let certificate_id = field("certificateId")?;
         let certificate_pem = field("certificatePem")?;
         let token = Zeroizing::new(field("certificateOwnershipToken")?);
-        let cert = Certificate::from_pem(&certificate_pem, "certificatePem")
-            .map_err(|e| bad(e.to_string()))?;
+        let cert = Certificate::from_pem(&certificate_pem, "certificatePem").map_err(|source| {
+            ProvisionError::BadCertificate {
+                api: api.to_string(),
+                source,
+            }
+        })?;
         if cert.id() != certificate_id {
             return Err(bad(format!(
                 "certificateId {certificate_id} is not the SHA-256 of the certificate ({})",

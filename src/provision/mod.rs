@@ -160,6 +160,20 @@ pub enum ProvisionError {
     Endpoint(#[from] crate::mqtt::endpoint::EndpointError),
     #[error("{api}: the service's answer is refused: {detail}; nothing was changed")]
     BadResponse { api: String, detail: String },
+    /// CreateKeysAndCertificate's `privateKey` cannot be read as a key.
+    #[error("{api}: the service's answer is refused: privateKey: {source}; nothing was changed")]
+    BadPrivateKey {
+        api: &'static str,
+        #[source]
+        source: Box<KeyStoreError>,
+    },
+    /// The answer's `certificatePem` cannot be used.
+    #[error("{api}: the service's answer is refused: {source}; nothing was changed")]
+    BadCertificate {
+        api: String,
+        #[source]
+        source: crate::crypto::CertError,
+    },
     #[error("{step}: gave up after {attempts} attempts: {last}")]
     GaveUp {
         step: String,
@@ -284,6 +298,8 @@ impl ProvisionError {
             ProvisionError::Mqtt(e) => e.kind(),
             ProvisionError::GaveUp { .. } => ErrorKind::Unreachable,
             ProvisionError::BadResponse { .. }
+            | ProvisionError::BadPrivateKey { .. }
+            | ProvisionError::BadCertificate { .. }
             | ProvisionError::CommittedWithoutIdentity
             | ProvisionError::EchoMismatch
             | ProvisionError::KeyMismatch { .. }

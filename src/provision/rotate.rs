@@ -136,7 +136,7 @@ pub async fn rotate_locked(
             due_at: None,
         }),
         Err(e) if journal.phase() <= Phase::Registered => {
-            tracing::warn!(error = %e, "rotation failed before the commit: rolling back");
+            tracing::warn!(error = %crate::error::report(&e), "rotation failed before the commit: rolling back");
             flow.close_session().await;
             if let Err(rollback) = flow.roll_back(&journal, &current).await {
                 tracing::error!(error = %rollback, "rollback incomplete");

@@ -93,6 +93,39 @@ pub fn mutual_tls(
     client_cert: CertificateDer<'static>,
     version: &'static rustls::SupportedProtocolVersion,
 ) -> Result<Handshake, String> {
+    mutual_tls_typed(ca, store, key, client_cert, version).map_err(|e| match e {
+        Failure::Tls(e) => e.to_string(),
+        Failure::Other(e) => e,
+    })
+}
+
+/// Why [`mutual_tls_typed`] failed: rustls's own error where it is one.
+#[allow(dead_code)]
+pub enum Failure {
+    Tls(rustls::Error),
+    Other(String),
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Self {
+        Failure::Other(e)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(e: &str) -> Self {
+        Failure::Other(e.into())
+    }
+}
+
+/// [`mutual_tls`], keeping rustls's error as it is.
+pub fn mutual_tls_typed(
+    ca: &TestCa,
+    store: Arc<dyn KeyStore>,
+    key: &KeyInfo,
+    client_cert: CertificateDer<'static>,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> Result<Handshake, Failure> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.der()).unwrap();
@@ -116,10 +149,10 @@ pub fn mutual_tls(
         .map_err(|e| e.to_string())?;
     let mut client = rustls::Connection::from(
         rustls::ClientConnection::new(Arc::new(client_config), "localhost".try_into().unwrap())
-            .map_err(|e| e.to_string())?,
+            .map_err(Failure::Tls)?,
     );
     let mut server = rustls::Connection::from(
-        rustls::ServerConnection::new(Arc::new(server_config)).map_err(|e| e.to_string())?,
+        rustls::ServerConnection::new(Arc::new(server_config)).map_err(Failure::Tls)?,
     );
 
     client.writer().write_all(b"ping").unwrap();
@@ -154,7 +187,7 @@ pub fn mutual_tls(
     })
 }
 
-fn pump(from: &mut rustls::Connection, to: &mut rustls::Connection) -> Result<(), String> {
+fn pump(from: &mut rustls::Connection, to: &mut rustls::Connection) -> Result<(), Failure> {
     let mut buf = Vec::new();
     while from.wants_write() {
         from.write_tls(&mut buf).map_err(|e| e.to_string())?;
@@ -162,7 +195,7 @@ fn pump(from: &mut rustls::Connection, to: &mut rustls::Connection) -> Result<()
     let mut rd = &buf[..];
     while !rd.is_empty() {
         to.read_tls(&mut rd).map_err(|e| e.to_string())?;
-        to.process_new_packets().map_err(|e| e.to_string())?;
+        to.process_new_packets().map_err(Failure::Tls)?;
     }
     Ok(())
 }

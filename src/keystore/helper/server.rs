@@ -21,6 +21,8 @@ pub enum ServeError {
     Write(#[source] std::io::Error),
     #[error("key helper: the first message is not a hello but {0}")]
     NoHello(String),
+    #[error("key helper: the first message is not a hello but {0}")]
+    NoHelloUnreadable(#[source] serde_json::Error),
     #[error("key helper: a second hello")]
     SecondHello,
     /// The daemon is another build; it was told so in a reply.
@@ -50,7 +52,7 @@ pub fn serve(
         Ok(Some((RequestFrame::V1(other), _))) => {
             return Err(ServeError::NoHello(format!("{other:?}")))
         }
-        Err(ReadError::Unknown(e)) => return Err(ServeError::NoHello(e.to_string())),
+        Err(ReadError::Unknown(e)) => return Err(ServeError::NoHelloUnreadable(e)),
         Err(ReadError::Version(daemon)) => {
             // Answered in our own version: the daemon, whatever it speaks,
             // reads the version from the envelope.

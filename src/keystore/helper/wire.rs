@@ -444,10 +444,10 @@ pub enum ReadError {
     Version(u32),
     /// Not JSON.
     #[error("bad message header: {0}")]
-    Garbled(serde_json::Error),
+    Garbled(#[source] serde_json::Error),
     /// JSON, but no message of this version.
     #[error("unknown message: {0}")]
-    Unknown(serde_json::Error),
+    Unknown(#[source] serde_json::Error),
 }
 
 /// Writes one message: header frame, then body frame. The body goes
