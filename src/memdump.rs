@@ -13,10 +13,17 @@ use std::os::unix::fs::OpenOptionsExt;
 /// printed, never fatal. With `PROV_AGENT_MEMDUMP_MARK=M`, first leaves
 /// `KEPT-M` in memory and frees `FREED-M`: the test's check that the dump
 /// sees the heap and that freed memory is wiped.
+///
+/// A key helper (which inherits the daemon's environment) writes to
+/// `FILE.helper-<pid>` instead, so that each helper's memory is looked
+/// through too and none overwrites the daemon's.
 pub fn at_exit() {
-    let Some(path) = std::env::var_os("PROV_AGENT_MEMDUMP") else {
+    let Some(mut path) = std::env::var_os("PROV_AGENT_MEMDUMP") else {
         return;
     };
+    if std::env::args().nth(1).as_deref() == Some("key-helper") {
+        path.push(format!(".helper-{}", std::process::id()));
+    }
     if let Ok(mark) = std::env::var("PROV_AGENT_MEMDUMP_MARK") {
         let kept = Box::leak(Box::new(format!("KEPT-{mark}")));
         std::hint::black_box(&*kept);

@@ -203,6 +203,12 @@ pub struct EmulatorConfig {
     /// [`EmulatorHandle::packet_log`](crate::EmulatorHandle::packet_log).
     /// Off by default.
     pub record_packets: bool,
+    /// Test-only: keep every private key CreateKeysAndCertificate sends (the
+    /// PEM as sent), read with
+    /// [`EmulatorHandle::issued_keys`](crate::EmulatorHandle::issued_keys),
+    /// for tests that look for the key in a device's memory. Never on in
+    /// `serve`. Off by default.
+    pub record_issued_keys: bool,
 }
 
 /// The default [`EmulatorConfig::rsa_key_pool`].
@@ -232,6 +238,7 @@ impl EmulatorConfig {
             rsa_key_pool: DEFAULT_RSA_KEY_POOL,
             link: LinkSimulation::default(),
             record_packets: false,
+            record_issued_keys: false,
         }
     }
 }

@@ -297,6 +297,12 @@ impl EmulatorHandle {
             .unwrap_or_default()
     }
 
+    /// Test-only: the private keys CreateKeysAndCertificate sent, as PEM,
+    /// in order (empty unless [`EmulatorConfig::record_issued_keys`]).
+    pub fn issued_keys(&self) -> Vec<zeroize::Zeroizing<String>> {
+        self.broker.provisioner.issued_keys()
+    }
+
     /// Number of MQTT sessions currently connected.
     pub fn session_count(&self) -> usize {
         self.broker.session_count()

@@ -127,6 +127,9 @@ pub(crate) struct Provisioner {
     /// of generations for shutdown to wait for.
     pki_slots: Arc<Semaphore>,
     fault: Mutex<FaultState>,
+    /// With [`EmulatorConfig::record_issued_keys`] only: every private key
+    /// sent, as PEM (wiped when dropped).
+    issued_keys: Option<Mutex<Vec<zeroize::Zeroizing<String>>>>,
 }
 
 /// The response fault in force and how many requests it has counted (for
@@ -204,8 +207,18 @@ impl Provisioner {
                 fault: config.response_fault,
                 counted: 0,
             }),
+            issued_keys: config.record_issued_keys.then(|| Mutex::new(Vec::new())),
             config,
         }
+    }
+
+    /// The private keys sent so far (empty unless
+    /// [`EmulatorConfig::record_issued_keys`]).
+    pub fn issued_keys(&self) -> Vec<zeroize::Zeroizing<String>> {
+        self.issued_keys
+            .as_ref()
+            .map(|keys| keys.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default()
     }
 
     /// Replaces the response fault and restarts its count.
@@ -422,6 +435,10 @@ impl Provisioner {
             .await?
             .map_err(internal)?;
         let token = self.register_new(&issued)?;
+        if let Some(keys) = &self.issued_keys {
+            let mut keys = keys.lock().unwrap_or_else(|e| e.into_inner());
+            keys.push(zeroize::Zeroizing::new(key_pem.clone()));
+        }
         Ok(json!({
             "certificateId": Self::answered_id(&issued, fault),
             "certificatePem": issued.certificate_pem,
