@@ -69,7 +69,10 @@ fn key_pieces(pem: &str) -> Vec<(String, Vec<u8>)> {
         .nth(3)
         .expect("a 2048-bit key's PEM has more than four base64 lines");
     assert!(line.len() >= 64, "{}", line.len());
-    pieces.push(("its PEM's base64".to_string(), line.as_bytes()[8..56].to_vec()));
+    pieces.push((
+        "its PEM's base64".to_string(),
+        line.as_bytes()[8..56].to_vec(),
+    ));
     let der = pem::parse(pem).unwrap().into_contents();
     let mid = der.len() / 2;
     pieces.push(("its DER".to_string(), der[mid..mid + 32].to_vec()));
@@ -117,7 +120,10 @@ async fn recording_cloud() -> TestCloud {
 fn the_sent_keys(cloud: &TestCloud, before: usize) -> Vec<(String, Vec<u8>)> {
     let keys = cloud.handle.issued_keys();
     assert!(keys.len() > before, "the emulator sent no key");
-    keys[before..].iter().flat_map(|pem| key_pieces(pem)).collect()
+    keys[before..]
+        .iter()
+        .flat_map(|pem| key_pieces(pem))
+        .collect()
 }
 
 async fn keys_mode_enroll_leaves_no_key_in_memory(backend: Backend, pin: Option<&str>) {
@@ -201,6 +207,7 @@ async fn tpm_keys_mode_enroll_leaves_no_key_in_memory() {
 async fn the_daemon_after_a_keys_mode_rotation_holds_no_secret(
     backend: Backend,
     pin: Option<&str>,
+    pin_variable: Option<&str>,
 ) {
     use common::daemon::{send_rotation_command, wait_rotated, Daemon};
     use std::time::Duration;
@@ -211,13 +218,27 @@ async fn the_daemon_after_a_keys_mode_rotation_holds_no_secret(
     let before = device.identity().unwrap();
     let dump = device.dir.path().join("daemon.dump");
     let mark = hex::encode(rand::random::<[u8; 8]>());
-    let daemon = Daemon::start_env(
-        &device,
-        &[
-            ("PROV_AGENT_MEMDUMP", dump.to_str().unwrap()),
-            ("PROV_AGENT_MEMDUMP_MARK", &mark),
-        ],
-    );
+    let mut env = vec![
+        ("PROV_AGENT_MEMDUMP", dump.to_str().unwrap().to_string()),
+        ("PROV_AGENT_MEMDUMP_MARK", mark.clone()),
+    ];
+    if let (Some(name), Some(pin)) = (pin_variable, pin) {
+        // PIN_SOURCE = env:NAME: the daemon takes the PIN at start.
+        let config = std::fs::read_to_string(&device.config).unwrap();
+        let line = config
+            .lines()
+            .find(|l| l.starts_with("PIN_SOURCE"))
+            .unwrap()
+            .to_string();
+        std::fs::write(
+            &device.config,
+            config.replace(&line, &format!("PIN_SOURCE = env:{name}")),
+        )
+        .unwrap();
+        env.push((name, pin.to_string()));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let daemon = Daemon::start_env(&device, &env);
     daemon
         .wait_log("connected", 1, Duration::from_secs(15))
         .await;
@@ -275,7 +296,10 @@ async fn the_daemon_after_a_keys_mode_rotation_holds_no_secret(
         helpers.len()
     );
     for path in helpers {
-        check(&std::fs::read(&path).unwrap(), &format!("a key helper's ({path:?})"));
+        check(
+            &std::fs::read(&path).unwrap(),
+            &format!("a key helper's ({path:?})"),
+        );
     }
 }
 
@@ -285,6 +309,22 @@ async fn the_daemon_after_a_keys_mode_rotation_holds_no_key_or_pin() {
     the_daemon_after_a_keys_mode_rotation_holds_no_secret(
         Backend::pkcs11("memory-daemon"),
         Some(common::softhsm::USER_PIN),
+        None,
+    )
+    .await;
+}
+
+/// The same with `PIN_SOURCE = env:NAME`, the one source the daemon must
+/// keep for the helpers it starts later: it keeps it sealed in a memfd,
+/// outside its memory, and each helper gets it over the pipe for its one
+/// login.
+#[cfg(feature = "pkcs11")]
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_with_a_pin_from_its_environment_holds_no_key_or_pin() {
+    the_daemon_after_a_keys_mode_rotation_holds_no_secret(
+        Backend::pkcs11("memory-daemon-env"),
+        Some(common::softhsm::USER_PIN),
+        Some("GATEWAY_TOKEN_PIN"),
     )
     .await;
 }
@@ -292,7 +332,7 @@ async fn the_daemon_after_a_keys_mode_rotation_holds_no_key_or_pin() {
 #[cfg(feature = "tpm")]
 #[tokio::test(flavor = "multi_thread")]
 async fn the_daemon_on_a_tpm_after_a_keys_mode_rotation_holds_no_key() {
-    the_daemon_after_a_keys_mode_rotation_holds_no_secret(Backend::tpm(), None).await;
+    the_daemon_after_a_keys_mode_rotation_holds_no_secret(Backend::tpm(), None, None).await;
 }
 
 /// The test's own check: each piece is found in the form it names (the
@@ -326,6 +366,9 @@ fn every_piece_is_found_in_a_copy_of_the_key() {
     let pieces = key_pieces(&pem);
     assert_eq!(pieces.len(), copies.len());
     for ((what, needle), copy) in pieces.iter().zip(&copies) {
-        assert!(find(copy, needle).is_some(), "{what} is not found in its copy");
+        assert!(
+            find(copy, needle).is_some(),
+            "{what} is not found in its copy"
+        );
     }
 }

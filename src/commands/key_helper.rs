@@ -21,12 +21,21 @@ pub fn run() -> Result<(), CommandError> {
     };
     let mut input = own(std::io::stdin().as_fd())?;
     let mut output = own(std::io::stdout().as_fd())?;
-    keystore::helper::serve(&mut input, &mut output, |path, text| {
-        let config = Config::from_str_with_env(path, text, std::env::vars()).map_err(|e| {
+    keystore::helper::serve(&mut input, &mut output, |path, text, pin| {
+        let mut config = Config::from_str_with_env(path, text, std::env::vars()).map_err(|e| {
             KeyStoreError::Helper {
                 message: e.to_string(),
             }
         })?;
+        // `PIN_SOURCE = env:NAME` under the daemon: the daemon's environment
+        // no longer holds the PIN, the hello brings it, for one login.
+        if let (Some(pin), keystore::KeyStoreSettings::Pkcs11(settings)) =
+            (pin, &mut config.keystore.settings)
+        {
+            if matches!(settings.pin, keystore::SecretSource::Env(_)) {
+                settings.pin = keystore::SecretSource::Given(keystore::GivenSecret::new(pin));
+            }
+        }
         keystore::open(&config.keystore.settings)
     })
     .map_err(CommandError::from)

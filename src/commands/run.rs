@@ -17,10 +17,13 @@ pub fn run(path: &Path, config: Config, text: String) -> Result<(), CommandError
     let mut helper = HelperKeyStore::new("/proc/self/exe", config.keystore.backend, path, text)
         .with_timeout(config.keystore.helper_timeout);
     // `PIN_SOURCE = env:NAME`: the PIN leaves the daemon's environment
-    // (still one thread here) and goes to each helper it starts.
+    // (still one thread here) and its memory, sealed in a memfd, and goes
+    // to each helper it starts, in the hello.
     if let Some(name) = config.keystore.settings.pin_variable() {
         if let Some(pin) = crate::environ::take(name) {
-            helper = helper.with_secret_env(name.to_string(), pin);
+            helper = helper
+                .with_pin(&pin)
+                .map_err(CommandError::io("seal the PIN of", format!("env:{name}")))?;
         }
     }
     helper.start()?;

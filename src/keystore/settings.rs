@@ -12,6 +12,10 @@ use super::{Backend, KeyStoreError, Result};
 /// Where a PIN (or another secret) comes from. Never the command line.
 #[derive(Clone, PartialEq, Eq)]
 pub enum SecretSource {
+    /// Handed over by the process that started this one, for one use: the
+    /// daemon's key helper gets the PIN of `PIN_SOURCE = env:NAME` this
+    /// way ([`crate::keystore::helper`]). Never read from a configuration.
+    Given(GivenSecret),
     /// A file whose first line is the secret (mode 0600 recommended).
     File(PathBuf),
     /// An environment variable.
@@ -66,10 +70,12 @@ impl SecretSource {
     }
 
     /// Reads the secret of `backend`'s store. Only the first line counts; a
-    /// trailing newline is not part of the secret.
+    /// trailing newline is not part of the secret. A [`SecretSource::Given`]
+    /// secret can be read once.
     pub fn read(&self, backend: Backend) -> Result<SecretString> {
         use zeroize::Zeroizing;
         let raw: Zeroizing<String> = match self {
+            SecretSource::Given(given) => return given.take(backend),
             SecretSource::Env(name) => {
                 Zeroizing::new(std::env::var(name).map_err(|_| KeyStoreError::Unavailable {
                     backend,
@@ -121,12 +127,48 @@ impl fmt::Debug for SecretSource {
         // Where the secret lives is not secret; the secret itself never is
         // held here.
         match self {
+            SecretSource::Given(_) => f.write_str("given by the daemon"),
             SecretSource::File(p) => write!(f, "file:{}", p.display()),
             SecretSource::Env(n) => write!(f, "env:{n}"),
             SecretSource::Credential(n) => write!(f, "credential:{n}"),
         }
     }
 }
+
+/// A secret handed over for one use ([`SecretSource::Given`]): taken out
+/// by the first read, so that the process holds no copy after the login it
+/// was given for. Clones share it; two are equal only if they are clones.
+#[derive(Clone)]
+pub struct GivenSecret(std::sync::Arc<std::sync::Mutex<Option<SecretString>>>);
+
+impl GivenSecret {
+    pub fn new(secret: SecretString) -> Self {
+        Self(std::sync::Arc::new(std::sync::Mutex::new(Some(secret))))
+    }
+
+    fn take(&self, backend: Backend) -> Result<SecretString> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .ok_or_else(|| KeyStoreError::Unavailable {
+                backend,
+                detail: "the key helper's PIN was used for its login already; a new login \
+                         needs a new key helper"
+                    .into(),
+                retryable: true,
+                code: None,
+            })
+    }
+}
+
+impl PartialEq for GivenSecret {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for GivenSecret {}
 
 /// How the TPM backend keeps keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -137,9 +137,10 @@ pub struct HelperKeyStore {
     config_path: PathBuf,
     config_text: String,
     timeout: Duration,
-    /// A variable every helper gets and the daemon's own environment no
-    /// longer holds: the PIN of `PIN_SOURCE = env:NAME`.
-    secret_env: Option<(String, secrecy::SecretString)>,
+    /// The PIN of `PIN_SOURCE = env:NAME`, which the daemon's environment
+    /// no longer holds, sealed outside the daemon's memory; every helper
+    /// gets it in its hello.
+    pin: Option<super::sealed::SealedSecret>,
     process: Mutex<Option<HelperProcess>>,
     /// A pidfd of the running helper, held apart from `process` (which an
     /// operation holds while it waits) for [`KeyStore::abandon`]; a pidfd,
@@ -174,7 +175,7 @@ impl HelperKeyStore {
             config_path: config_path.into(),
             config_text,
             timeout: DEFAULT_TIMEOUT,
-            secret_env: None,
+            pin: None,
             process: Mutex::new(None),
             pidfd: Mutex::new(None),
         }
@@ -188,14 +189,15 @@ impl HelperKeyStore {
         self
     }
 
-    /// Gives every helper the variable `name` = `value`, which the caller
-    /// took out of its own environment ([`crate::environ::take`]): the PIN
-    /// of `PIN_SOURCE = env:NAME` then lives in the daemon only in a
-    /// secret type (not in `/proc/<pid>/environ`), and in the environment
-    /// of each short-lived helper, which reads it at every login.
-    pub fn with_secret_env(mut self, name: String, value: secrecy::SecretString) -> Self {
-        self.secret_env = Some((name, value));
-        self
+    /// Gives every helper `pin`, the PIN of `PIN_SOURCE = env:NAME`, which
+    /// the caller took out of its own environment
+    /// ([`crate::environ::take`]) and then drops (wipes). The daemon keeps
+    /// it only in a sealed memfd, outside its memory
+    /// ([`super::sealed`]); each helper gets it in its hello, over the
+    /// pipe, never in its environment, and uses it for its one login.
+    pub fn with_pin(mut self, pin: &secrecy::SecretString) -> std::io::Result<Self> {
+        self.pin = Some(super::sealed::SealedSecret::new(pin)?);
+        Ok(self)
     }
 
     /// Starts the helper now, so that a key store that cannot be opened
@@ -255,12 +257,15 @@ impl HelperKeyStore {
     }
 
     fn spawn(&self) -> Result<HelperProcess> {
-        let mut command = Command::new(&self.program);
-        if let Some((name, value)) = &self.secret_env {
-            use secrecy::ExposeSecret;
-            command.env(name, value.expose_secret());
-        }
-        let mut child = command
+        let pin = match &self.pin {
+            Some(sealed) => Some(
+                sealed
+                    .read()
+                    .map_err(|e| self.broken("could not be given the PIN", e))?,
+            ),
+            None => None,
+        };
+        let mut child = Command::new(&self.program)
             .arg0("prov-agent")
             .arg(SUBCOMMAND)
             .stdin(Stdio::piped())
@@ -295,7 +300,8 @@ impl HelperKeyStore {
         };
         let within = answer_within(&hello, self.timeout);
         let what = operation(&hello);
-        let result = match process.exchange(hello, &[], Instant::now() + within) {
+        let body: &[u8] = pin.as_deref().map_or(&[], |p| p.as_slice());
+        let result = match process.exchange(hello, body, Instant::now() + within) {
             Ok((Reply::Hello { backend }, _)) if backend == self.backend => return Ok(process),
             Ok((Reply::Hello { backend }, _)) => Err(self.broken(
                 "does not match the daemon",

@@ -49,6 +49,7 @@
 
 mod client;
 mod deadline;
+mod sealed;
 mod server;
 pub mod wire;
 

@@ -5,6 +5,8 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
+use secrecy::SecretString;
+
 use super::wire::{
     read_message, write_message, ReadError, Reply, ReplyFrame, Request, RequestFrame, WireKey,
     VERSION,
@@ -31,24 +33,25 @@ pub enum ServeError {
 }
 
 /// Answers the requests on `input` until it closes. `open` turns the
-/// hello's configuration into a key store. Returns an error for a broken
+/// hello's configuration, and the PIN the daemon sent with it (the body of
+/// the hello, for `PIN_SOURCE = env:NAME`), into a key store. Returns an error for a broken
 /// conversation (it goes to the helper's stderr, which is the daemon's); an
 /// error of the store, or of opening it, goes back to the daemon as a reply.
 pub fn serve(
     input: &mut impl Read,
     output: &mut impl Write,
-    open: impl FnOnce(&Path, &str) -> Result<Arc<dyn KeyStore>>,
+    open: impl FnOnce(&Path, &str, Option<SecretString>) -> Result<Arc<dyn KeyStore>>,
 ) -> std::result::Result<(), ServeError> {
     let io = ServeError::Write;
-    let (config_path, config_text) = match read_message::<RequestFrame>(input) {
+    let (config_path, config_text, pin) = match read_message::<RequestFrame>(input) {
         Ok(None) => return Ok(()),
         Ok(Some((
             RequestFrame::V1(Request::Hello {
                 config_path,
                 config_text,
             }),
-            _,
-        ))) => (config_path, config_text),
+            body,
+        ))) => (config_path, config_text, secret(body)),
         Ok(Some((RequestFrame::V1(other), _))) => {
             return Err(ServeError::NoHello(format!("{other:?}")))
         }
@@ -66,7 +69,7 @@ pub fn serve(
         }
         Err(e) => return Err(e.into()),
     };
-    let store = match open(&config_path, &config_text) {
+    let store = match open(&config_path, &config_text, pin) {
         Ok(store) => store,
         Err(e) => {
             // The daemon reports it; the helper just ends.
@@ -93,6 +96,13 @@ pub fn serve(
         };
         write_message(output, &ReplyFrame::V1(reply), &out).map_err(io)?;
     }
+}
+
+/// The hello's body as a secret: `None` when empty or not UTF-8 (a PIN
+/// is text); the bytes are wiped either way.
+fn secret(body: zeroize::Zeroizing<Vec<u8>>) -> Option<SecretString> {
+    let text = std::str::from_utf8(&body).ok().filter(|t| !t.is_empty())?;
+    Some(SecretString::from(text.to_string()))
 }
 
 /// One request against the store: the reply and its body.
@@ -190,7 +200,7 @@ mod tests {
             RequestFrame::V1(Request::List),
         ]);
         let mut output = Vec::new();
-        serve(&mut &input[..], &mut output, |_, _| Ok(store)).unwrap();
+        serve(&mut &input[..], &mut output, |_, _, _| Ok(store)).unwrap();
         let replies = replies(&output);
         assert!(matches!(replies[0], Reply::Hello { .. }), "{replies:?}");
         assert!(
@@ -215,7 +225,7 @@ mod tests {
         input.extend_from_slice(v2);
         input.extend_from_slice(&0u32.to_be_bytes());
         let mut output = Vec::new();
-        let err = serve(&mut &input[..], &mut output, |_, _| {
+        let err = serve(&mut &input[..], &mut output, |_, _, _| {
             panic!("no store is opened for a daemon of another version")
         })
         .unwrap_err();
@@ -239,7 +249,7 @@ mod tests {
     fn a_store_that_does_not_open_is_the_only_reply() {
         let input = frames(&[hello()]);
         let mut output = Vec::new();
-        serve(&mut &input[..], &mut output, |_, _| {
+        serve(&mut &input[..], &mut output, |_, _, _| {
             Err(KeyStoreError::Helper {
                 message: "config.ini: unknown key NO_SUCH_KEY".into(),
             })
@@ -262,7 +272,7 @@ mod tests {
         let input = frames(&[hello(), hello()]);
         let mut output = Vec::new();
         let dir = tempfile::tempdir().unwrap();
-        let err = serve(&mut &input[..], &mut output, |_, _| {
+        let err = serve(&mut &input[..], &mut output, |_, _, _| {
             Ok(Arc::new(
                 FileKeyStore::open(&FileSettings {
                     key_dir: dir.path().to_path_buf(),
