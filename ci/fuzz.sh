@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Fuzzes every parser that reads untrusted bytes (fuzz/README.md lists
 # them): builds the cargo-fuzz targets on stable Rust (no sanitizer: ASan
-# needs nightly) and runs each for FUZZ_SECONDS (default 20) from its seed
+# needs nightly) and runs each for SECONDS (the first argument, else
+# FUZZ_SECONDS, default 20) from its seed
 # corpus, FUZZ_JOBS (default: the number of CPUs) targets at a time. Fails
 # if any target crashes, naming the input that did it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-seconds=${FUZZ_SECONDS:-20}
+seconds=${1:-${FUZZ_SECONDS:-20}}
 jobs=${FUZZ_JOBS:-$(nproc)}
 flags=(--sanitizer none -O)
 

@@ -41,6 +41,22 @@ if ! output=$(cd "$tmp" && systemd-analyze verify --man=no "${units[@]}" 2>&1) |
 fi
 echo "verify: ${#units[@]} units clean"
 
+# The encrypted-PIN drop-in (systemd/README.md), installed for each
+# service as an operator would, verified with the unit it changes.
+names=()
+for u in "$tmp"/*.service; do
+  name=$(basename "$u")
+  mkdir -p "$tmp/$name.d"
+  cp systemd/encrypted-pin.conf "$tmp/$name.d/"
+  names+=("$name")
+done
+if ! output=$(cd "$tmp" && SYSTEMD_UNIT_PATH="$tmp:" systemd-analyze verify --man=no "${names[@]}" 2>&1) || [[ -n $output ]]; then
+  echo "systemd-analyze verify failed with systemd/encrypted-pin.conf:" >&2
+  echo "$output" >&2
+  exit 1
+fi
+echo "verify: encrypted-pin.conf clean on ${#names[@]} services"
+
 for u in "$tmp"/*.service; do
   systemd-analyze security --offline=yes --threshold="$MAX_EXPOSURE" "$u" >"$tmp/security.txt" 2>&1 || {
     cat "$tmp/security.txt" >&2

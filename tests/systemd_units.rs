@@ -268,6 +268,10 @@ const SANDBOX: &[(&str, &str)] = &[
     ("MemoryDenyWriteExecute", "yes"),
     ("RestrictAddressFamilies", "AF_UNIX AF_INET AF_INET6"),
     ("SystemCallFilter", "@system-service"),
+    // No core file of a process that may hold a key (src/hardening.rs
+    // makes the process non-dumpable too), and room to lock all memory.
+    ("LimitCORE", "0"),
+    ("LimitMEMLOCK", "infinity"),
 ];
 
 #[test]
@@ -380,4 +384,22 @@ fn parser_reads_lists_continuations_and_comments() {
             ("Service".into(), "X".into(), String::new()),
         ]
     );
+}
+
+/// A wrong PIN exits 2 (a configuration error): a service that restarts on
+/// failure must not restart on it, since each restart would log in again
+/// and spend one of the token's few PIN tries.
+#[test]
+fn no_service_restarts_on_a_configuration_error() {
+    for name in SERVICES {
+        let u = Unit::load(name);
+        let restart = u.all("Service", "Restart");
+        if restart.iter().all(|r| *r == "no") {
+            continue;
+        }
+        assert!(
+            u.words("Service", "RestartPreventExitStatus").contains(&"2"),
+            "{name}: Restart={restart:?} without RestartPreventExitStatus=2"
+        );
+    }
 }

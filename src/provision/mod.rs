@@ -65,6 +65,9 @@ pub fn lock_state_dir(state_dir: &std::path::Path) -> Result<std::fs::File, Prov
         .create(true)
         .truncate(false)
         .mode(crate::durable::FILE_MODE)
+        // A planted symlink is never followed (the directory was checked
+        // above, but a link may be older than that check).
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(&path)
         .map_err(ProvisionError::io("open lock file", &path))?;
     match file.try_lock() {
