@@ -160,6 +160,62 @@ async fn job_rotation(backend: Backend) {
     }
     assert_eq!(status, Some(JobExecutionStatus::Succeeded));
     only_active(&cloud, &before.thing_name, &new).await;
+    // Remembered, so that the job is not done again if the service sends
+    // it once more (its SUCCEEDED update lost).
+    let done = std::fs::read_to_string(device.state_dir().join("jobs-done.json")).unwrap();
+    assert!(done.contains("\"rotate-1\""), "{done}");
+    daemon.stop().await;
+}
+
+/// A job the gateway already did, whose SUCCEEDED update the service
+/// never got, comes back: the daemon answers SUCCEEDED again and does not
+/// rotate a second time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_already_done_is_answered_without_rotating_again() {
+    let cloud = TestCloud::start().await;
+    let device = Device::enrolled(&cloud, Backend::File, "").await;
+    let before = device.identity().unwrap();
+    // As the daemon records a completed job (the update of which was then
+    // lost on the way).
+    std::fs::write(
+        device.state_dir().join("jobs-done.json"),
+        r#"["rotate-lost"]"#,
+    )
+    .unwrap();
+    let daemon = Daemon::start(&device);
+    daemon
+        .wait_log("connected", 1, Duration::from_secs(15))
+        .await;
+    cloud
+        .handle
+        .create_job(
+            "rotate-lost",
+            serde_json::json!({"operation": "rotate-certificate"}),
+            &[&before.thing_name],
+        )
+        .unwrap();
+    let mut status = None;
+    for _ in 0..150 {
+        status = cloud
+            .handle
+            .job_execution("rotate-lost", &before.thing_name)
+            .unwrap()
+            .map(|e| e.status);
+        if status == Some(JobExecutionStatus::Succeeded) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, Some(JobExecutionStatus::Succeeded));
+    daemon
+        .wait_log("job already done", 1, Duration::from_secs(5))
+        .await;
+    assert_eq!(
+        device.identity().unwrap().certificate_id,
+        before.certificate_id,
+        "the job was done again"
+    );
+    only_active(&cloud, &before.thing_name, &before.certificate_id).await;
     daemon.stop().await;
 }
 

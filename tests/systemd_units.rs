@@ -398,7 +398,8 @@ fn no_service_restarts_on_a_configuration_error() {
             continue;
         }
         assert!(
-            u.words("Service", "RestartPreventExitStatus").contains(&"2"),
+            u.words("Service", "RestartPreventExitStatus")
+                .contains(&"2"),
             "{name}: Restart={restart:?} without RestartPreventExitStatus=2"
         );
     }
