@@ -658,3 +658,73 @@ fn a_key_whose_value_can_be_read_is_refused() {
         .sign(&label, SignatureScheme::EcdsaSha256, b"message")
         .is_err());
 }
+
+/// A private key on the token that cannot be read but is not CKA_PRIVATE
+/// (usable without a login, made by another tool) is used, with a warning
+/// that names the key and what is weaker.
+#[test]
+fn a_key_usable_without_a_login_is_used_with_a_warning() {
+    let hsm = SoftHsm::new("not-private");
+    let scalar = p256::SecretKey::random(&mut rand::thread_rng());
+    {
+        let _exclusive = common::token_store_exclusive();
+        let session = hsm.user_session();
+        session
+            .create_object(&[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::KeyType(cryptoki::object::KeyType::EC),
+                Attribute::Token(true),
+                Attribute::Private(false),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Sign(true),
+                Attribute::Label(b"claim".to_vec()),
+                Attribute::Id(vec![8]),
+                Attribute::EcParams(vec![
+                    0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+                ]),
+                Attribute::Value(scalar.to_bytes().to_vec()),
+            ])
+            .unwrap();
+    }
+    let store = open(&hsm);
+    let label = KeyLabel::new("claim").unwrap();
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let writer = {
+        let logs = logs.clone();
+        move || LogBuffer(logs.clone())
+    };
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_ansi(false)
+        .finish();
+    let signature = tracing::subscriber::with_default(subscriber, || {
+        store.sign(&label, SignatureScheme::EcdsaSha256, b"message")
+    })
+    .unwrap();
+    let public = PublicKey::from_spki_der(
+        p256::pkcs8::EncodePublicKey::to_public_key_der(&scalar.public_key())
+            .unwrap()
+            .as_bytes(),
+    )
+    .unwrap();
+    public
+        .verify(SignatureScheme::EcdsaSha256, b"message", &signature)
+        .unwrap();
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("not CKA_PRIVATE"), "{logs}");
+    assert!(logs.contains("claim"), "{logs}");
+}
+
+/// A log sink for [`a_key_usable_without_a_login_is_used_with_a_warning`].
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -239,7 +239,7 @@ fn check_found(session: &Session, handle: ObjectHandle, label: &str) -> Result<(
     if !wrong.is_empty() {
         tracing::warn!(
             key = label,
-            "the private key is {}: the token may let it leave",
+            "the private key is protected less than the agent's own keys: it is {}",
             wrong.join(", ")
         );
     }
