@@ -40,6 +40,26 @@ pub const STALLS: &[&str] = &[
     "before-identity-write",
 ];
 
+/// Abilities a device can be made to lack (tests of what the agent does on
+/// hardware without them, where the emulated hardware has them all).
+pub const LACKS: &[&str] = &[
+    // A TPM without TPM2_EncryptDecrypt2: no inner wrapper for TPM2_Import.
+    "tpm-encrypt-decrypt-2",
+];
+
+/// Whether the device is to behave as lacking `name`, one of [`LACKS`]
+/// (`PROV_AGENT_FAULT` names it; test builds only, else always false).
+#[inline]
+pub fn lacks(name: &'static str) -> bool {
+    debug_assert!(LACKS.contains(&name), "unknown ability {name}");
+    #[cfg(feature = "fault-injection")]
+    if std::env::var("PROV_AGENT_FAULT").as_deref() == Ok(name) {
+        eprintln!("prov-agent: fault injection: behaving as lacking {name}");
+        return true;
+    }
+    false
+}
+
 #[inline]
 pub fn point(name: &'static str) {
     debug_assert!(

@@ -264,6 +264,71 @@ fn a_bad_log_filter_is_reported_not_ignored() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
 }
 
+/// On a TPM that cannot encrypt an imported key for TPM2_Import (no
+/// TPM2_EncryptDecrypt2; swtpm has it, so the test makes the agent behave
+/// as on a TPM without it), `claim import` refuses to send the key over the
+/// TPM bus in clear and says how to accept it; nothing is changed. With
+/// `[TPM] ALLOW_UNWRAPPED_IMPORT = true` the same import succeeds, with a
+/// warning.
+#[cfg(feature = "tpm")]
+#[test]
+fn an_unwrapped_tpm_import_is_refused_unless_allowed() {
+    let env = Env::new(Backend::tpm());
+    let ca = TestCa::new();
+    let (key, cert, public) = env.claim_files(&ca);
+    let import = |env: &Env| {
+        let _shared = common::token_store_shared();
+        common::clean_command(env!("CARGO_BIN_EXE_prov-agent"))
+            .arg("--config")
+            .arg(&env.config)
+            .args(["claim", "import", "--cert"])
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .envs(env._backend.env())
+            .env("PROV_AGENT_FAULT", "tpm-encrypt-decrypt-2")
+            .env_remove("PROV_AGENT_LOG")
+            .output()
+            .unwrap()
+    };
+    let out = import(&env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("ALLOW_UNWRAPPED_IMPORT"), "{stderr}");
+    assert!(stderr.contains("TPM_RC_COMMAND_CODE"), "{stderr}");
+    assert!(
+        !env.path("certs/claim.pem.crt").exists(),
+        "the certificate was stored"
+    );
+    {
+        let store = env.store();
+        assert!(
+            store.info(&KeyLabel::new("claim").unwrap()).is_err(),
+            "a key was imported"
+        );
+    }
+
+    let mut config = std::fs::read_to_string(&env.config).unwrap();
+    config = config.replace("[TPM]\n", "[TPM]\nALLOW_UNWRAPPED_IMPORT = true\n");
+    assert!(config.contains("ALLOW_UNWRAPPED_IMPORT"), "{config}");
+    std::fs::write(&env.config, config).unwrap();
+    let out = import(&env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("without the inner wrapper"), "{stderr}");
+    let store = env.store();
+    let sig = store
+        .sign(
+            &KeyLabel::new("claim").unwrap(),
+            SignatureScheme::EcdsaSha256,
+            b"hello",
+        )
+        .unwrap();
+    public
+        .verify(SignatureScheme::EcdsaSha256, b"hello", &sig)
+        .unwrap();
+}
+
 /// One #[test] per flow and backend, so that a failure names both.
 macro_rules! on_backends {
     ($($flow:ident),*) => {

@@ -568,6 +568,16 @@ impl TpmKeyStore {
             unsupported: lacks_inner_wrap(&error),
             error,
         };
+        if crate::fault::lacks("tpm-encrypt-decrypt-2") {
+            // What a TPM without the command answers.
+            const TPM_RC_COMMAND_CODE: u32 = 0x143;
+            return Err(fail(tpm_err(
+                "encrypt the key (TPM2_EncryptDecrypt2)",
+                tss_esapi::Error::Tss2Error(tss_esapi::constants::Tss2ResponseCode::from(
+                    TPM_RC_COMMAND_CODE,
+                )),
+            )));
+        }
         let plain = import::inner_plaintext(public, sensitive).map_err(fail)?;
         let (key, key_public, key_sensitive) = import::inner_key().map_err(fail)?;
         let in_data = MaxBuffer::try_from(&plain[..])
