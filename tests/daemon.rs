@@ -97,7 +97,36 @@ async fn command_rotation(backend: Backend) {
         assert!(!env.contains(secret), "{secret} reached the command: {env}");
     }
     assert!(env.contains("PATH="), "{env}");
-    assert!(env.contains("PROV_AGENT_EXPORT_DIR="), "{env}");
+    // The references other programs take are those `status --json` gives
+    // for the new identity: the export directory, the key as the agent
+    // names it and as OpenSSL takes it (a TSS2 key file, a PKCS#11 URI).
+    let out = device.run(&["status", "--json"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let field = |name: &str| status[name].as_str().unwrap_or_default().to_string();
+    assert_eq!(field("certificateId"), new);
+    for (variable, name) in [
+        ("PROV_AGENT_EXPORT_DIR", "exportDir"),
+        ("PROV_AGENT_KEY_REFERENCE", "keyReference"),
+        ("PROV_AGENT_OPENSSL_KEY", "opensslKey"),
+    ] {
+        let value = field(name);
+        assert!(!value.is_empty(), "status --json has no {name}: {status}");
+        assert!(
+            env.lines().any(|l| l == format!("{variable}={value}")),
+            "{variable} is not {value:?} ({name}): {env}"
+        );
+    }
+    let openssl_key = field("opensslKey");
+    assert!(
+        openssl_key.starts_with("pkcs11:token=") && openssl_key.contains(";object=")
+            || openssl_key.ends_with(".tss2.pem") && std::path::Path::new(&openssl_key).is_file(),
+        "{openssl_key}"
+    );
     // ... and inherited no descriptor beyond stdin, stdout and stderr: no
     // TPM connection, no token session, nothing of the daemon's.
     let listing = std::fs::read_to_string(&fds_file).unwrap();

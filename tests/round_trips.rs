@@ -66,6 +66,71 @@ async fn the_agents_sockets_have_tcp_nodelay() {
     session.close().await;
 }
 
+/// The TCP sockets `pid` has open to `port`, as its descriptor numbers
+/// (from `/proc/<pid>/fd` and `/proc/<pid>/net/tcp{,6}`).
+fn tcp_sockets_to(pid: u32, port: u16) -> Vec<i32> {
+    let mut inodes = std::collections::HashSet::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = fields[2]
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if remote_port == Some(port) {
+                inodes.insert(format!("socket:[{}]", fields[9]));
+            }
+        }
+    }
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.unwrap();
+            let target = std::fs::read_link(e.path()).ok()?;
+            inodes
+                .contains(target.to_str()?)
+                .then(|| e.file_name().to_str()?.parse().ok())?
+        })
+        .collect()
+}
+
+/// The running daemon's own connection, looked at from outside: its socket
+/// (taken with pidfd_getfd, which root may do even to a non-dumpable
+/// process) has TCP_NODELAY set.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemons_connection_has_tcp_nodelay() {
+    use common::daemon::Daemon;
+    use rustix::process::{pidfd_getfd, pidfd_open, Pid, PidfdFlags, PidfdGetfdFlags};
+
+    let cloud = TestCloud::start().await;
+    let device = Device::enrolled(&cloud, Backend::File, "").await;
+    let daemon = Daemon::start(&device);
+    daemon
+        .wait_log("connected", 1, std::time::Duration::from_secs(15))
+        .await;
+    let pid = daemon.child.id().unwrap();
+    let sockets = tcp_sockets_to(pid, cloud.handle.addr().port());
+    assert_eq!(
+        sockets.len(),
+        1,
+        "the daemon's sockets to the emulator: {sockets:?}"
+    );
+    let pidfd = pidfd_open(Pid::from_raw(pid as i32).unwrap(), PidfdFlags::empty()).unwrap();
+    let socket = pidfd_getfd(
+        &pidfd,
+        rustix::fd::RawFd::from(sockets[0]),
+        PidfdGetfdFlags::empty(),
+    )
+    .expect("pidfd_getfd (the tests run as root)");
+    assert!(
+        rustix::net::sockopt::tcp_nodelay(&socket).unwrap(),
+        "the daemon's connection has Nagle's algorithm on"
+    );
+    daemon.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn enroll_and_rotate_subscribe_once_right_behind_connect() {
     let cloud = TestCloud::start_with(|c| c.record_packets = true).await;

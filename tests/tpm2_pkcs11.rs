@@ -304,10 +304,10 @@ async fn keys_mode_is_refused_naming_csr_mode() {
 }
 
 /// The daemon on tpm2-pkcs11: its key helper child loads the module for
-/// the handshake and for a rotation on command, and the idle daemon holds
-/// none of it.
+/// the handshake and for a rotation on command, then for one by an AWS IoT
+/// Job (answered SUCCEEDED), and the idle daemon holds none of it.
 #[tokio::test(flavor = "multi_thread")]
-async fn daemon_rotates_on_command() {
+async fn daemon_rotates_on_command_and_by_job() {
     let cloud = TestCloud::start().await;
     let device = device(&cloud, "MODE = csr\n");
     let out = device.run(&["enroll"]).await;
@@ -322,11 +322,45 @@ async fn daemon_rotates_on_command() {
     let new = wait_rotated(&device, &before.certificate_id, Duration::from_secs(30)).await;
     assert_eq!(
         cloud.active_certificates(&before.thing_name, 1).await,
-        vec![new]
+        vec![new.clone()]
     );
     assert!(!active(&cloud, &before.certificate_id));
     daemon
         .wait_log("connected", 2, Duration::from_secs(15))
+        .await;
+
+    // And through an AWS IoT Job, as a fleet backend would.
+    cloud
+        .handle
+        .create_job(
+            "rotate-tpm2-pkcs11",
+            serde_json::json!({"operation": "rotate-certificate"}),
+            &[&before.thing_name],
+        )
+        .unwrap();
+    let third = wait_rotated(&device, &new, Duration::from_secs(30)).await;
+    let mut status = None;
+    for _ in 0..100 {
+        status = cloud
+            .handle
+            .job_execution("rotate-tpm2-pkcs11", &before.thing_name)
+            .unwrap()
+            .map(|e| e.status);
+        if status == Some(iotcore_emulator::JobExecutionStatus::Succeeded) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status,
+        Some(iotcore_emulator::JobExecutionStatus::Succeeded)
+    );
+    assert_eq!(
+        cloud.active_certificates(&before.thing_name, 1).await,
+        vec![third]
+    );
+    daemon
+        .wait_log("connected", 3, Duration::from_secs(15))
         .await;
     daemon.holds_no_hardware(&device).await;
     daemon.stop().await;
