@@ -124,49 +124,8 @@ impl<'a> Flow<'a> {
                     token_expires_at,
                     ..
                 } => {
-                    let key_matches = self.pending_matches(&certificate)?;
-                    if journal::now() >= token_expires_at || !key_matches {
-                        tracing::warn!(
-                            "the ownership token expired or the pending key is gone: starting over"
-                        );
-                        self.start_over(journal, key_matches)?;
-                        continue;
-                    }
-                    // The verifying connection's TCP and first TLS flight
-                    // go while RegisterThing is in flight; the client's
-                    // answer (the new certificate) waits for its outcome.
-                    let registered = match self.prepare_verification(&certificate) {
-                        Some(early) => {
-                            let (registered, prepared) =
-                                tokio::join!(self.register(journal, &certificate, &token), early);
-                            self.prepared = prepared.map(|p| (certificate.id.clone(), p));
-                            registered
-                        }
-                        None => self.register(journal, &certificate, &token).await,
-                    };
-                    match registered {
-                        Ok(registration) => {
-                            journal.advance(&state_dir, State::Registered(registration))?;
-                            fault::point("registered");
-                        }
-                        Err(ProvisionError::Mqtt(MqttError::Rejected { error_code, .. }))
-                            if journal.state.register_sent()
-                                && error_code == "InvalidCertificateOwnershipToken" =>
-                        {
-                            // The first RegisterThing may have gone through
-                            // with its answer lost; the service will not
-                            // take the token twice. Start over and report
-                            // this certificate for deactivation once the new
-                            // identity works.
-                            tracing::warn!(
-                                "the service refused the ownership token a second time: \
-                                 starting over with a new certificate for the same key"
-                            );
-                            let key_matches = self.pending_matches(&certificate)?;
-                            self.start_over(journal, key_matches)?;
-                        }
-                        Err(e) => return Err(e),
-                    }
+                    self.cert_issued(journal, certificate, token, token_expires_at)
+                        .await?;
                 }
                 State::Registered(registration) => {
                     self.close_session().await;
@@ -209,6 +168,60 @@ impl<'a> Flow<'a> {
                     return Ok(identity);
                 }
             }
+        }
+    }
+
+    /// The `CertIssued` phase: registers the issued certificate (the
+    /// verifying connection dialed meanwhile) and advances the journal to
+    /// `Registered`; or, when the token expired, the pending key is gone or
+    /// the service refuses the token a second time, starts over.
+    async fn cert_issued(
+        &mut self,
+        journal: &mut Journal,
+        certificate: IssuedCertificate,
+        token: OwnershipToken,
+        token_expires_at: u64,
+    ) -> Result<(), ProvisionError> {
+        let state_dir = self.config.state_dir.clone();
+        let key_matches = self.pending_matches(&certificate)?;
+        if journal::now() >= token_expires_at || !key_matches {
+            tracing::warn!("the ownership token expired or the pending key is gone: starting over");
+            return self.start_over(journal, key_matches);
+        }
+        // The verifying connection's TCP and first TLS flight go while
+        // RegisterThing is in flight; the client's answer (the new
+        // certificate) waits for its outcome.
+        let registered = match self.prepare_verification(&certificate) {
+            Some(early) => {
+                let (registered, prepared) =
+                    tokio::join!(self.register(journal, &certificate, &token), early);
+                self.prepared = prepared.map(|p| (certificate.id.clone(), p));
+                registered
+            }
+            None => self.register(journal, &certificate, &token).await,
+        };
+        match registered {
+            Ok(registration) => {
+                journal.advance(&state_dir, State::Registered(registration))?;
+                fault::point("registered");
+                Ok(())
+            }
+            Err(ProvisionError::Mqtt(MqttError::Rejected { error_code, .. }))
+                if journal.state.register_sent()
+                    && error_code == "InvalidCertificateOwnershipToken" =>
+            {
+                // The first RegisterThing may have gone through with its
+                // answer lost; the service will not take the token twice.
+                // Start over and report this certificate for deactivation
+                // once the new identity works.
+                tracing::warn!(
+                    "the service refused the ownership token a second time: \
+                     starting over with a new certificate for the same key"
+                );
+                let key_matches = self.pending_matches(&certificate)?;
+                self.start_over(journal, key_matches)
+            }
+            Err(e) => Err(e),
         }
     }
 
