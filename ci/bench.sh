@@ -5,6 +5,8 @@
 #   ci/bench.sh enroll [RUNS]                   prov-agent enroll and rotate at 0 and 100 ms RTT: wall
 #                                               time, peak RSS, HW signatures, round trips
 #   ci/bench.sh daemon [IDLE_SECONDS]           prov-agent run: RSS and CPU idle, one rotation
+#   ci/bench.sh alloc [RUNS]                    enroll and rotate on loopback with the allocator
+#                                               that wipes freed memory, then with the system one
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ci/install-deps.sh
@@ -22,6 +24,17 @@ case $what in
   daemon)
     cargo build --quiet --release --workspace --bins
     python3 ci/bench_daemon.py "${1:-60}" ;;
+  alloc)
+    # The second build differs only in its allocator (src/main.rs), in a
+    # target directory of its own so that the real one is never it.
+    cargo build --quiet --release --workspace --bins
+    RUSTFLAGS="--cfg prov_agent_plain_alloc" CARGO_TARGET_DIR=target/plain-alloc \
+      cargo build --quiet --release --bin prov-agent
+    echo "== wiping allocator (as shipped)"
+    BENCH_LOOPBACK_ONLY=1 python3 ci/bench_enroll.py "${1:-10}"
+    echo "== system allocator (for comparison only)"
+    BENCH_LOOPBACK_ONLY=1 BENCH_AGENT="$PWD/target/plain-alloc/release/prov-agent" \
+      python3 ci/bench_enroll.py "${1:-10}" ;;
   *)
-    echo "usage: ci/bench.sh keystore|emulator|enroll|daemon [args]" >&2; exit 2 ;;
+    echo "usage: ci/bench.sh keystore|emulator|enroll|daemon|alloc [args]" >&2; exit 2 ;;
 esac

@@ -13,7 +13,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-AGENT = os.path.join(ROOT, "target/release/prov-agent")
+# BENCH_AGENT: another build to measure (ci/bench.sh alloc).
+AGENT = os.environ.get("BENCH_AGENT") or os.path.join(ROOT, "target/release/prov-agent")
 EMULATOR = os.path.join(ROOT, "target/release/iotcore-emulator")
 SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 

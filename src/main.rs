@@ -15,7 +15,10 @@ use prov_agent::keystore;
 /// key CreateKeysAndCertificate sends, the PIN and the ownership token.
 /// What is still allocated is the agent's to wipe (`Zeroizing`,
 /// `SecretString`); memory the C libraries of the key stores allocate is
-/// not covered. The cost is in `ci/bench.sh enroll` (README).
+/// not covered. Its cost is measured by `ci/bench.sh alloc` (README),
+/// which alone builds the agent with `--cfg prov_agent_plain_alloc` (the
+/// system allocator, never in a build of ours) to compare.
+#[cfg(not(prov_agent_plain_alloc))]
 #[global_allocator]
 static ALLOCATOR: zeroizing_alloc::ZeroAlloc<std::alloc::System> =
     zeroizing_alloc::ZeroAlloc(std::alloc::System);
