@@ -48,6 +48,10 @@ pub enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Only what needs neither the hardware nor the network: the
+        /// config, files and their permissions, the certificates, the clock.
+        #[arg(long)]
+        offline: bool,
     },
     /// Inspect the keys in the configured key store.
     #[command(subcommand)]

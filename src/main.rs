@@ -120,10 +120,14 @@ fn run(cli: Cli) -> Result<(), CommandError> {
         }
         Command::Run => commands::run::run(&path, config, text)?,
         Command::Status { json } => {
-            println!("{}", commands::status::run(&config, json)?);
+            let (text, condition) = commands::status::run(&config, json)?;
+            println!("{text}");
+            if let Some(condition) = condition {
+                return Err(condition);
+            }
         }
-        Command::Check { json } => {
-            let (text, failed) = commands::check::run(&config, json)?;
+        Command::Check { json, offline } => {
+            let (text, failed) = commands::check::run(&config, json, offline)?;
             println!("{text}");
             if failed {
                 return Err(CommandError::Failed);

@@ -54,9 +54,16 @@ async fn healthy_device() {
 async fn status_before_enrollment() {
     let cloud = TestCloud::start().await;
     let device = Device::new(&cloud, Backend::File, "");
+    // Said on stdout, and in the exit code (6, README) for scripts.
     let out = device.run(&["status"]).await;
-    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("not enrolled"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("prov-agent enroll"));
+    let out = device.run(&["status", "--json"]).await;
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["enrolled"], false);
+    assert_eq!(s["schemaVersion"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -70,6 +77,7 @@ async fn expired_certificate_is_named() {
     assert_eq!(v, "fail");
     assert!(detail.contains("expired"), "{detail}");
     let status = device.run(&["status", "--json"]).await;
+    assert_eq!(status.status.code(), Some(7), "{}", text(&status));
     let s: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(s["expired"], true);
 }

@@ -214,7 +214,9 @@ fn generate_writes_a_csr_for_the_stored_key(env: Env) {
 
     let out = env.run(&["keys", "list", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["schemaVersion"], 1, "{doc}");
+    let rows = &doc["keys"];
     assert_eq!(rows[0]["label"], "claim");
     assert_eq!(rows[0]["algorithm"], "ec-p256");
     assert_eq!(rows[0]["publicKeySha256"], stored.public_key.fingerprint());

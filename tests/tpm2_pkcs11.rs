@@ -221,7 +221,9 @@ async fn claim_generate_makes_the_claim_key_in_the_token() {
 
     let out = device.run(&["keys", "list", "--json"]).await;
     assert!(out.status.success(), "keys list: {}", text(&out));
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["schemaVersion"], 1, "{doc}");
+    let rows = &doc["keys"];
     assert_eq!(rows[0]["label"], "claim");
     assert_eq!(rows[0]["algorithm"], "ec-p256");
     assert_eq!(rows[0]["publicKeySha256"], from_csr.fingerprint());
@@ -244,7 +246,8 @@ async fn enroll_with_rsa_and_p384_device_keys() {
         assert!(active(&cloud, &identity.certificate_id), "{algorithm}");
         let out = device.run(&["keys", "list", "--json"]).await;
         assert!(out.status.success(), "keys list: {}", text(&out));
-        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let rows = &doc["keys"];
         let row = rows
             .as_array()
             .unwrap()

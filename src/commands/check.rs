@@ -28,9 +28,32 @@ pub enum Verdict {
 
 #[derive(Debug, serde::Serialize)]
 pub struct Finding {
+    /// The check's stable id, kebab-case (docs/json.md lists them).
+    pub id: String,
+    /// The check's name for people.
     pub check: &'static str,
     pub verdict: Verdict,
     pub detail: String,
+}
+
+/// `key matches certificate` -> `key-matches-certificate`; the few names
+/// that are not plain words have ids of their own.
+pub fn check_id(name: &str) -> String {
+    match name {
+        "PKCS#11 module" => return "pkcs11-module".into(),
+        "C_CopyObject" => return "copy-object".into(),
+        "changing CKA_LABEL" => return "relabel".into(),
+        _ => {}
+    }
+    let mut id = String::new();
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            id.push(c.to_ascii_lowercase());
+        } else if !id.ends_with('-') && !id.is_empty() {
+            id.push('-');
+        }
+    }
+    id.trim_end_matches('-').to_string()
 }
 
 /// No certificate can be valid before this (2025-01-01): a clock behind
@@ -42,6 +65,7 @@ struct Report(Vec<Finding>);
 impl Report {
     fn add(&mut self, check: &'static str, verdict: Verdict, detail: impl Into<String>) {
         self.0.push(Finding {
+            id: check_id(check),
             check,
             verdict,
             detail: detail.into(),
@@ -49,8 +73,10 @@ impl Report {
     }
 }
 
-/// Runs every check. `Ok((text, failed))`.
-pub fn run(config: &Config, json: bool) -> Result<(String, bool), CommandError> {
+/// Runs every check, or with `offline` those that need neither the
+/// hardware nor the network (the configuration, files and their
+/// permissions, the certificates and the clock). `Ok((text, failed))`.
+pub fn run(config: &Config, json: bool, offline: bool) -> Result<(String, bool), CommandError> {
     let mut r = Report(Vec::new());
     r.add(
         "config",
@@ -117,18 +143,24 @@ pub fn run(config: &Config, json: bool) -> Result<(String, bool), CommandError> 
         }
     };
 
-    let store = match crate::keystore::open(&config.keystore.settings) {
-        Ok(s) => {
-            r.add(
-                "key store",
-                Verdict::Pass,
-                format!("{} key store opened", config.keystore.backend),
-            );
-            Some(s)
-        }
-        Err(e) => {
-            r.add("key store", Verdict::Fail, e.to_string());
-            None
+    // Offline: no hardware, so nothing below that needs the store (the
+    // key, its match with the certificate, the endpoint) runs.
+    let store = if offline {
+        None
+    } else {
+        match crate::keystore::open(&config.keystore.settings) {
+            Ok(s) => {
+                r.add(
+                    "key store",
+                    Verdict::Pass,
+                    format!("{} key store opened", config.keystore.backend),
+                );
+                Some(s)
+            }
+            Err(e) => {
+                r.add("key store", Verdict::Fail, e.to_string());
+                None
+            }
         }
     };
     // What the hardware is and can do (a PKCS#11 module's mechanisms and
@@ -243,8 +275,9 @@ pub fn run(config: &Config, json: bool) -> Result<(String, bool), CommandError> 
 
     let failed = r.0.iter().any(|f| f.verdict == Verdict::Fail);
     let text = if json {
-        serde_json::to_string_pretty(&serde_json::json!({ "ok": !failed, "checks": r.0 }))
-            .expect("json")
+        super::outcome::document(
+            serde_json::json!({ "ok": !failed, "offline": offline, "checks": r.0 }),
+        )
     } else {
         r.0.iter()
             .map(|f| {

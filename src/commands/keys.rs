@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::CommandError;
 use crate::keystore::KeyStore;
 
-/// One line per key for people, or a JSON array.
+/// One line per key for people, or a JSON document with the keys.
 pub fn list(store: &Arc<dyn KeyStore>, json: bool) -> Result<String, CommandError> {
     let keys = store.list()?;
     if json {
@@ -21,7 +21,9 @@ pub fn list(store: &Arc<dyn KeyStore>, json: bool) -> Result<String, CommandErro
                 })
             })
             .collect();
-        return Ok(serde_json::to_string_pretty(&rows).expect("JSON of strings"));
+        return Ok(super::outcome::document(
+            serde_json::json!({ "keys": rows }),
+        ));
     }
     if keys.is_empty() {
         return Ok(format!("no keys in the {} key store", store.backend()));

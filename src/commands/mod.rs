@@ -27,6 +27,10 @@ pub mod exit {
     pub const REFUSED: u8 = 3;
     pub const UNREACHABLE: u8 = 4;
     pub const KEYSTORE: u8 = 5;
+    /// `status`: the device has no identity (run `prov-agent enroll`).
+    pub const NOT_ENROLLED: u8 = 6;
+    /// `status`: the identity's certificate has expired.
+    pub const EXPIRED: u8 = 7;
 
     /// The exit code of a kind of failure: the only place kinds become
     /// exit codes.
@@ -95,6 +99,12 @@ pub enum CommandError {
     /// Already reported on stdout (`check`): exit 1 without more words.
     #[error("one or more checks failed")]
     Failed,
+    /// `status`, after printing what it found: no identity.
+    #[error("not enrolled: run `prov-agent enroll`")]
+    NotEnrolled,
+    /// `status`, after printing what it found: the certificate expired.
+    #[error("the identity's certificate expired at {not_after}: the gateway cannot connect with it; re-enroll (`prov-agent enroll --force`, once an operator opened the thing for it: templates/README.md)")]
+    Expired { not_after: String },
 }
 
 impl CommandError {
@@ -112,12 +122,20 @@ impl CommandError {
             CommandError::Io { .. }
             | CommandError::Runtime(_)
             | CommandError::KeyHelper(_)
-            | CommandError::Failed => ErrorKind::Other,
+            | CommandError::Failed
+            | CommandError::NotEnrolled
+            | CommandError::Expired { .. } => ErrorKind::Other,
         }
     }
 
+    /// The process's exit code: the kind's ([`exit::code`]), but for
+    /// `status`'s own two answers, which are not failures of the command.
     pub fn exit_code(&self) -> u8 {
-        exit::code(self.kind())
+        match self {
+            CommandError::NotEnrolled => exit::NOT_ENROLLED,
+            CommandError::Expired { .. } => exit::EXPIRED,
+            _ => exit::code(self.kind()),
+        }
     }
 
     pub fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {

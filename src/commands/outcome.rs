@@ -2,16 +2,27 @@
 
 use crate::provision::Outcome;
 
-/// Unix seconds as an X.509-style UTC date.
+/// The version of every `--json` document's shape (docs/json.md): raised
+/// when a field is removed or changes meaning, not when one is added.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Unix seconds as an RFC 3339 UTC date (`2026-12-01T13:05:00Z`), in the
+/// JSON documents and for people alike.
 pub fn date(secs: u64) -> String {
-    x509_parser::time::ASN1Time::from_timestamp(secs as i64)
-        .map(|t| t.to_string())
-        .unwrap_or_else(|_| secs.to_string())
+    crate::timefmt::rfc3339(secs)
+}
+
+/// A `--json` document: `value` (an object) with its `schemaVersion`.
+pub fn document(mut value: serde_json::Value) -> String {
+    if let Some(object) = value.as_object_mut() {
+        object.insert("schemaVersion".into(), SCHEMA_VERSION.into());
+    }
+    serde_json::to_string_pretty(&value).expect("JSON of plain values")
 }
 
 pub fn json(done: &Outcome) -> String {
     let id = &done.identity;
-    serde_json::to_string_pretty(&serde_json::json!({
+    document(serde_json::json!({
         "changed": done.changed,
         "thingName": id.thing_name,
         "certificateId": id.certificate_id,
@@ -20,11 +31,10 @@ pub fn json(done: &Outcome) -> String {
         "notAfter": date(id.not_after),
         "notAfterUnix": id.not_after,
         "deviceConfiguration": id.device_configuration,
-        "resumedFrom": done.resumed_from.map(|p| format!("{p:?}")),
+        "resumedFrom": done.resumed_from,
         "reportPending": done.report_pending,
         "dueAt": done.due_at.map(date),
     }))
-    .expect("JSON of strings")
 }
 
 /// `verb`: "enrolled" or "rotated".

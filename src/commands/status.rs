@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use super::outcome::date;
+use super::outcome::{date, document};
 use super::CommandError;
 use crate::config::Config;
 use crate::crypto::Certificate;
@@ -10,7 +10,10 @@ use crate::provision::identity::Identity;
 use crate::provision::journal::Journal;
 use crate::provision::rotate::{scheduled_at, unix};
 
-pub fn run(config: &Config, json: bool) -> Result<String, CommandError> {
+/// What `status` found: the text to print, and the error to exit with
+/// after printing it ([`CommandError::NotEnrolled`],
+/// [`CommandError::Expired`]), if any.
+pub fn run(config: &Config, json: bool) -> Result<(String, Option<CommandError>), CommandError> {
     let identity =
         Identity::load(&config.state_dir).map_err(|e| CommandError::Provision(e.into()))?;
     let journal =
@@ -21,14 +24,16 @@ pub fn run(config: &Config, json: bool) -> Result<String, CommandError> {
     });
     let Some(id) = identity else {
         if json {
-            return Ok(serde_json::to_string_pretty(&serde_json::json!({
-                "enrolled": false,
-                "backend": config.keystore.backend.as_str(),
-                "inProgress": in_progress,
-            }))
-            .expect("json"));
+            return Ok((
+                document(serde_json::json!({
+                    "enrolled": false,
+                    "backend": config.keystore.backend.as_str(),
+                    "inProgress": in_progress,
+                })),
+                Some(CommandError::NotEnrolled),
+            ));
         }
-        let mut out = "not enrolled: run `prov-agent enroll`".to_string();
+        let mut out = "not enrolled".to_string();
         if let Some(j) = &journal {
             out.push_str(&format!(
                 "\ninterrupted {:?} at phase {:?}: running it again finishes it",
@@ -36,35 +41,40 @@ pub fn run(config: &Config, json: bool) -> Result<String, CommandError> {
                 j.phase()
             ));
         }
-        return Ok(out);
+        return Ok((out, Some(CommandError::NotEnrolled)));
     };
     let cert = Certificate::from_pem(&id.certificate_pem, "identity")
         .map_err(crate::provision::ProvisionError::DamagedCertificate)?;
     let due = unix(scheduled_at(&cert, &config.rotation));
     let left = id.not_after.saturating_sub(now);
+    let expired = (now >= id.not_after).then(|| CommandError::Expired {
+        not_after: date(id.not_after),
+    });
     // What other programs use: the published directory and OpenSSL's -key.
     let export = crate::provision::export::current(&config.export);
     let openssl_key = crate::keystore::ConsumerKey::of_reference(&id.key_reference)
         .ok()
         .and_then(|k| k.openssl_key(Some(&export.join(crate::provision::export::TPM_KEY_FILE))));
     if json {
-        return Ok(serde_json::to_string_pretty(&serde_json::json!({
-            "enrolled": true,
-            "thingName": id.thing_name,
-            "certificateId": id.certificate_id,
-            "notAfter": date(id.not_after),
-            "secondsLeft": left,
-            "expired": now >= id.not_after,
-            "rotationDue": date(due),
-            "keyReference": id.key_reference,
-            "opensslKey": openssl_key,
-            "exportDir": export,
-            "backend": config.keystore.backend.as_str(),
-            "lastCommit": date(id.committed_at),
-            "previousCertificateId": id.previous_certificate_id,
-            "inProgress": in_progress,
-        }))
-        .expect("json"));
+        return Ok((
+            document(serde_json::json!({
+                "enrolled": true,
+                "thingName": id.thing_name,
+                "certificateId": id.certificate_id,
+                "notAfter": date(id.not_after),
+                "secondsLeft": left,
+                "expired": now >= id.not_after,
+                "rotationDue": date(due),
+                "keyReference": id.key_reference,
+                "opensslKey": openssl_key,
+                "exportDir": export,
+                "backend": config.keystore.backend.as_str(),
+                "lastCommit": date(id.committed_at),
+                "previousCertificateId": id.previous_certificate_id,
+                "inProgress": in_progress,
+            })),
+            expired,
+        ));
     }
     let mut out = String::new();
     out.push_str(&format!("thing        {}\n", id.thing_name));
@@ -102,7 +112,7 @@ pub fn run(config: &Config, json: bool) -> Result<String, CommandError> {
             date(j.updated_at)
         ));
     }
-    Ok(out)
+    Ok((out, expired))
 }
 
 fn human_duration(secs: u64) -> String {
