@@ -19,6 +19,7 @@ packages=(
   pkg-config clang libclang-dev
   python3-venv             # the awsiotsdk test's virtualenv
   time                     # GNU time: peak RSS in ci/bench.sh enroll
+  groff-base               # groff: renders the generated man pages (tests/cli_docs.rs)
   systemd                  # systemd-analyze: ci/verify-units.sh (debian:12 images lack it)
 )
 

@@ -5,10 +5,64 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// `--version`: the version and the key store backends built in, such as
+/// `0.1.0 (backends: tpm, pkcs11, file)`.
+pub fn version_text() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        let mut backends = Vec::new();
+        if cfg!(feature = "tpm") {
+            backends.push("tpm");
+        }
+        if cfg!(feature = "pkcs11") {
+            backends.push("pkcs11");
+        }
+        backends.push("file");
+        format!(
+            "{} (backends: {})",
+            env!("CARGO_PKG_VERSION"),
+            backends.join(", ")
+        )
+    })
+}
+
+/// The man pages of the command line: `prov-agent.1` and one per visible
+/// subcommand (`prov-agent-enroll.1`, `prov-agent-claim-import.1`, ...),
+/// written into `dir`.
+pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    use clap::CommandFactory;
+    let mut written = Vec::new();
+    let mut command = Cli::command();
+    command.build();
+    write_man_page(dir, &command, "prov-agent", &mut written)?;
+    Ok(written)
+}
+
+fn write_man_page(
+    dir: &std::path::Path,
+    command: &clap::Command,
+    name: &str,
+    written: &mut Vec<PathBuf>,
+) -> std::io::Result<()> {
+    let page = command.clone().name(name.to_string());
+    let mut out = Vec::new();
+    clap_mangen::Man::new(page).render(&mut out)?;
+    let path = dir.join(format!("{name}.1"));
+    crate::durable::write_file_mode(&path, &out, 0o644)?;
+    written.push(path);
+    for sub in command.get_subcommands() {
+        if sub.is_hide_set() || sub.get_name() == "help" {
+            continue;
+        }
+        write_man_page(dir, sub, &format!("{name}-{}", sub.get_name()), written)?;
+    }
+    Ok(())
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "prov-agent",
-    version,
+    version = version_text(),
     about = "Hardware-backed AWS IoT fleet provisioning and certificate rotation"
 )]
 pub struct Cli {
@@ -61,6 +115,19 @@ pub enum Command {
     /// stdin and stdout. Not for people.
     #[command(name = "key-helper", hide = true)]
     KeyHelper,
+    /// Print the completion script for SHELL on stdout (for example
+    /// `prov-agent completions bash > /usr/share/bash-completion/completions/prov-agent`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (prov-agent.1 and one per subcommand) into DIR;
+    /// for packaging.
+    #[command(hide = true)]
+    Manpages {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -84,8 +84,28 @@ fn init_logging() {
 }
 
 fn run(cli: Cli) -> Result<(), CommandError> {
-    if let Command::KeyHelper = cli.command {
-        return commands::key_helper::run();
+    // The commands that need no configuration.
+    match &cli.command {
+        Command::KeyHelper => return commands::key_helper::run(),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "prov-agent",
+                &mut std::io::stdout(),
+            );
+            return Ok(());
+        }
+        Command::Manpages { dir } => {
+            let written = prov_agent::cli::write_man_pages(dir)
+                .map_err(CommandError::io("write man pages into", dir))?;
+            for path in written {
+                println!("{}", path.display());
+            }
+            return Ok(());
+        }
+        _ => {}
     }
     let path = cli
         .config
@@ -136,7 +156,9 @@ fn run(cli: Cli) -> Result<(), CommandError> {
         Command::Keys(KeysCommand::List { json }) => {
             println!("{}", commands::keys::list(&store()?, json)?);
         }
-        Command::KeyHelper => unreachable!("handled above"),
+        Command::KeyHelper | Command::Completions { .. } | Command::Manpages { .. } => {
+            unreachable!("handled above")
+        }
     }
     Ok(())
 }

@@ -73,7 +73,10 @@ async fn every_document_has_its_version_rfc3339_dates_and_stable_check_ids() {
         assert_eq!(check["ok"], true);
         assert_eq!(check["offline"], args.len() == 3);
         let checks = check["checks"].as_array().unwrap();
-        assert!(checks.len() >= if args.len() == 3 { 5 } else { 8 }, "{check}");
+        assert!(
+            checks.len() >= if args.len() == 3 { 5 } else { 8 },
+            "{check}"
+        );
         for c in checks {
             let id = c["id"].as_str().unwrap();
             assert!(
