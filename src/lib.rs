@@ -18,6 +18,7 @@ pub mod error;
 pub mod fault;
 pub mod hardening;
 pub mod keystore;
+pub mod logging;
 #[cfg(feature = "fault-injection")]
 pub mod memdump;
 pub mod mqtt;

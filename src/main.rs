@@ -46,7 +46,7 @@ fn main() -> ExitCode {
             });
         }
     };
-    init_logging();
+    prov_agent::logging::init();
     prov_agent::hardening::lock_memory_or_say();
     let result = run(cli);
     // Tests look through the process's memory as it is now (src/memdump.rs).
@@ -59,28 +59,6 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
-}
-
-/// Logging to stderr, filtered by `PROV_AGENT_LOG` (a level such as `info`,
-/// or `target=level` pairs); warnings and errors when it is unset, and a
-/// word on stderr when it cannot be parsed.
-fn init_logging() {
-    let filter = match std::env::var("PROV_AGENT_LOG") {
-        Ok(value) => tracing_subscriber::EnvFilter::try_new(&value).unwrap_or_else(|e| {
-            eprintln!(
-                "prov-agent: PROV_AGENT_LOG={value:?} is not a log filter ({e}); logging \
-                 warnings and errors. Use a level (info) or target=level pairs"
-            );
-            tracing_subscriber::EnvFilter::new("warn")
-        }),
-        Err(_) => tracing_subscriber::EnvFilter::new("warn"),
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
 }
 
 fn run(cli: Cli) -> Result<(), CommandError> {
