@@ -20,6 +20,7 @@ packages=(
   python3-venv             # the awsiotsdk test's virtualenv
   time                     # GNU time: peak RSS in ci/bench.sh enroll
   groff-base               # groff: renders the generated man pages (tests/cli_docs.rs)
+  dpkg-dev binutils        # dpkg-shlibdeps and strip: ci/package.sh
   systemd                  # systemd-analyze: ci/verify-units.sh (debian:12 images lack it)
 )
 

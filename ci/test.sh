@@ -27,6 +27,11 @@ cargo test --workspace --all-features --locked -- --test-threads="${TEST_THREADS
 echo "== systemd units: systemd-analyze verify"
 ci/verify-units.sh
 
+# The Debian packages, built from release binaries (about 5 minutes on 2
+# CPUs from cold), installed, upgraded and purged on this machine.
+echo "== packages: ci/test-packages.sh"
+ci/test-packages.sh
+
 # Every parser of untrusted bytes (the service's answers, certificates and
 # keys, config.ini, the helper's frames, the journal and identity files,
 # PKCS#11 URIs, MQTT packets, the emulator's policies and templates) is

@@ -28,9 +28,10 @@ pub fn version_text() -> &'static str {
 
 /// The man pages of the command line: `prov-agent.1` and one per visible
 /// subcommand (`prov-agent-enroll.1`, `prov-agent-claim-import.1`, ...),
-/// written into `dir`.
+/// written into `dir` (made if missing).
 pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
     use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
     let mut written = Vec::new();
     let mut command = Cli::command();
     command.build();
