@@ -269,11 +269,15 @@ async fn openssl_with_the_pkcs11_engine_uses_the_softhsm_uri() {
     .await;
 }
 
-/// tpm2-pkcs11 through GnuTLS (`gnutls-cli`) and the published URI and
-/// module.
+/// tpm2-pkcs11 through OpenSSL and through GnuTLS (`gnutls-cli`), with
+/// the published URI and module, before and after a rotation. OpenSSL with
+/// the pkcs11 engine named by its key URI (`org.openssl.engine:pkcs11:`),
+/// not registered as OpenSSL's default with `-engine` or `openssl.cnf`:
+/// registered so, its RSA method is also what tpm2-tss gets inside the
+/// module's login, which then fails (tpm2-tss #3151; docs/consumers.md).
 #[cfg(feature = "pkcs11")]
 #[tokio::test(flavor = "multi_thread")]
-async fn gnutls_uses_the_tpm2_pkcs11_uri() {
+async fn openssl_and_gnutls_use_the_tpm2_pkcs11_uri() {
     let cloud = TestCloud::start().await;
     let token = common::tpm2pkcs11::Tpm2Pkcs11::new("consumer");
     let dir = tempfile::tempdir().unwrap();
@@ -308,11 +312,25 @@ async fn gnutls_uses_the_tpm2_pkcs11_uri() {
         }
         let identity = device.identity().unwrap();
         let (current, published) = published(&device);
-        // GnuTLS: through OpenSSL's pkcs11 engine the module cannot log in
-        // (docs/consumers.md, "tpm2-pkcs11").
         engine_args(&published);
         let uri = published["key"]["uri"].as_str().unwrap();
         let module = published["key"]["module"].as_str().unwrap();
+        // OpenSSL: the engine reached through the key's store URI, the
+        // module from PKCS11_MODULE_PATH, the PIN from a file.
+        let key = format!("org.openssl.engine:pkcs11:{uri}");
+        let pass = format!("file:{}", token.pin_file.display());
+        let mut openssl_env = env.clone();
+        openssl_env.push(("PKCS11_MODULE_PATH".into(), module.to_string()));
+        let answer = openssl_connack(
+            &cloud,
+            &current,
+            &identity.thing_name,
+            &["-key", &key, "-pass", &pass],
+            &openssl_env,
+        )
+        .unwrap_or_else(|e| panic!("{round}: OpenSSL could not connect: {e}"));
+        assert_eq!(answer, CONNACK_ACCEPTED, "{round}: OpenSSL's CONNACK");
+        // GnuTLS, with the module as its provider.
         let mut cmd = common::clean_command("gnutls-cli");
         cmd.args(["localhost", "-p", &cloud.handle.addr().port().to_string()])
             .arg(format!(
