@@ -463,3 +463,103 @@ async fn a_state_directory_others_can_write_is_refused() {
     let out = device.run(&["enroll"]).await;
     assert!(out.status.success(), "enroll: {}", text(&out));
 }
+
+/// Another program's wrong passwords put the TPM into dictionary-attack
+/// lockout: the agent's keys (not noDA) then cannot sign. `rotate` and
+/// `check` name the lockout and what to do, exit 5, and leave the identity
+/// as it was; once the lockout is cleared, the rotation succeeds.
+#[cfg(feature = "tpm")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tpm_in_dictionary_attack_lockout_is_named_with_what_to_do() {
+    let cloud = TestCloud::start().await;
+    let device = Device::enrolled(&cloud, Backend::tpm(), "").await;
+    let before = device.identity().unwrap();
+    let Backend::Tpm(tpm) = &device.backend else {
+        unreachable!()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tool = |args: &[&str]| {
+        let _shared = common::token_store_shared();
+        common::clean_command(args[0])
+            .args(&args[1..])
+            .current_dir(dir.path())
+            .env("TPM2TOOLS_TCTI", tpm.tcti())
+            .output()
+            .unwrap()
+    };
+    // One wrong authorization locks the TPM out (for 10 minutes).
+    let out = tool(&[
+        "tpm2_dictionarylockout",
+        "--setup-parameters",
+        "--max-tries=1",
+        "--recovery-time=600",
+        "--lockout-recovery-time=600",
+    ]);
+    assert!(
+        out.status.success(),
+        "tpm2_dictionarylockout: {}",
+        text(&out)
+    );
+    // Another program's key with a password, used with a wrong one.
+    let out = tool(&[
+        "tpm2_createprimary",
+        "-C",
+        "o",
+        "-p",
+        "right",
+        "-c",
+        "other.ctx",
+    ]);
+    assert!(out.status.success(), "tpm2_createprimary: {}", text(&out));
+    let out = tool(&[
+        "tpm2_create",
+        "-C",
+        "other.ctx",
+        "-P",
+        "wrong",
+        "-u",
+        "k.pub",
+        "-r",
+        "k.priv",
+    ]);
+    assert!(!out.status.success(), "a wrong password was accepted");
+    let out = tool(&["tpm2_getcap", "properties-variable"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("inLockout:                 1")
+            || String::from_utf8_lossy(&out.stdout).contains("inLockout: 1"),
+        "the TPM is not in lockout: {}",
+        text(&out)
+    );
+
+    let out = device.run(&["rotate"]).await;
+    let stderr = failed_with(&out, 5);
+    assert!(stderr.contains("dictionary-attack lockout"), "{stderr}");
+    assert!(
+        stderr.contains("tpm2_dictionarylockout --clear-lockout"),
+        "{stderr}"
+    );
+    assert_eq!(
+        device.identity().unwrap().certificate_id,
+        before.certificate_id
+    );
+    let out = device.run(&["check"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("dictionary-attack lockout"),
+        "{}",
+        text(&out)
+    );
+
+    let out = tool(&["tpm2_dictionarylockout", "--clear-lockout"]);
+    assert!(out.status.success(), "--clear-lockout: {}", text(&out));
+    let out = device.run(&["rotate"]).await;
+    assert!(
+        out.status.success(),
+        "rotate after the lockout: {}",
+        text(&out)
+    );
+    assert_ne!(
+        device.identity().unwrap().certificate_id,
+        before.certificate_id
+    );
+}
