@@ -282,6 +282,22 @@ async fn tpm_rollback() {
     rollback(Backend::tpm()).await;
 }
 
+/// The certificate published for other programs (`export/current`) belongs
+/// to a key that is in the store.
+#[cfg(feature = "fault-injection")]
+fn assert_published_key_exists(device: &Device, point: &str) {
+    let current = device.state_dir().join("export/current/certificate.pem");
+    let pem = std::fs::read_to_string(&current)
+        .unwrap_or_else(|e| panic!("{point}: {}: {e}", current.display()));
+    let cert = prov_agent::crypto::Certificate::from_pem(&pem, "published").unwrap();
+    let keys = device.store().list().unwrap();
+    assert!(
+        keys.iter().any(|k| k.public_key == *cert.public_key()),
+        "{point}: the published certificate {} names a key that is not in the store",
+        cert.id()
+    );
+}
+
 /// kill -9 (an abort) at every point of a rotation, then `rotate` again:
 /// the device always has one working identity and the registry agrees.
 #[cfg(feature = "fault-injection")]
@@ -303,8 +319,21 @@ async fn crash_everywhere(make_backend: fn() -> Backend) {
             .round_trip(&cloud)
             .await
             .unwrap_or_else(|e| panic!("{point}: no working identity after the crash: {e}"));
+        // And other programs never see a certificate whose key is gone: the
+        // published one's key is in the store at every crash point.
+        assert_published_key_exists(&device, point);
         let done = device.run(&["rotate"]).await;
         assert!(done.status.success(), "{point}: {}", text(&done));
+        assert_published_key_exists(&device, point);
+        let versions = std::fs::read_dir(device.state_dir().join("export"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("id-"))
+            .count();
+        assert_eq!(
+            versions, 1,
+            "{point}: published versions left after the next run"
+        );
         let identity = device.identity().unwrap();
         let active = cloud.active_certificates(&identity.thing_name, 1).await;
         assert_eq!(active, vec![identity.certificate_id.clone()], "{point}");

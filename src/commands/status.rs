@@ -94,7 +94,7 @@ pub fn run(config: &Config, json: bool) -> Result<(String, Option<CommandError>)
         id.key_reference, config.keystore.backend
     ));
     out.push_str(&format!(
-        "for others  {} (OpenSSL -key {})\n",
+        "for others   {} (OpenSSL -key {})\n",
         export.display(),
         openssl_key
             .as_deref()
