@@ -255,15 +255,16 @@ fn engine_args(published: &Value) -> Vec<String> {
 async fn openssl_with_the_pkcs11_engine_uses_the_softhsm_uri() {
     let cloud = TestCloud::start().await;
     let backend = Backend::pkcs11("consumer");
-    let Backend::Pkcs11(hsm) = &backend else {
-        unreachable!()
-    };
     let dir = tempfile::tempdir().unwrap();
-    let conf = pkcs11_engine_conf(dir.path(), &hsm.module, common::softhsm::USER_PIN);
+    let conf = dir.path().join("openssl-pkcs11.cnf");
     let mut env = backend.env();
     env.push(("OPENSSL_CONF".into(), conf.display().to_string()));
     let device = Device::new(&cloud, backend, "MODE = csr\n");
     consumer_before_and_after_rotation(&device, &cloud, &env, |_, published| {
+        // The engine's module is the one the published identity names.
+        let module = Path::new(published["key"]["module"].as_str().unwrap());
+        assert!(module.is_file(), "{published}");
+        pkcs11_engine_conf(dir.path(), module, common::softhsm::USER_PIN);
         engine_args(published)
     })
     .await;

@@ -68,6 +68,10 @@ pub struct Pkcs11KeyStore {
     conn: Mutex<Connection>,
     /// Read at open: what the module offers of the mechanisms used.
     mechanisms: abilities::Mechanisms,
+    /// Learnt on first need and kept for the store's life: that the module
+    /// takes a private key into the token (C_CreateObject). A refusal is
+    /// not kept, so that its error is the module's own each time.
+    import_works: std::sync::OnceLock<()>,
 }
 
 impl std::fmt::Debug for Pkcs11KeyStore {
@@ -93,6 +97,7 @@ impl Pkcs11KeyStore {
             ctx,
             conn: Mutex::new(Connection::new(slot, session)),
             mechanisms,
+            import_works: std::sync::OnceLock::new(),
         };
         // Lookups cope with a leftover `.old` key on their own, so a token
         // that refuses the clean-up (write-protected, say) is still usable.
@@ -346,7 +351,12 @@ impl KeyStore for Pkcs11KeyStore {
     }
 
     fn probe_import(&self) -> Result<()> {
-        self.with_session(true, keys::probe_import)
+        if self.import_works.get().is_some() {
+            return Ok(());
+        }
+        self.with_session(true, keys::probe_import)?;
+        let _ = self.import_works.set(());
+        Ok(())
     }
 
     fn hardware_facts(&self) -> Result<Vec<HardwareFact>> {
