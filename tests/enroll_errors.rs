@@ -327,12 +327,10 @@ async fn missing_or_garbled_root_cert_is_a_configuration_error() {
     assert_untouched(&device);
 }
 
-/// A TPM whose persistent-object space is full (filled by other programs):
-/// with `KEY_STORAGE = persistent`, enrollment in csr and keys mode says so
-/// and what to do before anything is made, on the device or in the cloud.
+/// Other programs' persistent objects, below the agent's range, until the
+/// TPM has room for no more.
 #[cfg(feature = "tpm")]
-#[tokio::test(flavor = "multi_thread")]
-async fn a_tpm_without_room_for_a_persistent_key_changes_nothing() {
+fn fill_persistent_space(tcti: &str) {
     use std::str::FromStr;
     use tss_esapi::constants::PropertyTag;
     use tss_esapi::handles::PersistentTpmHandle;
@@ -340,64 +338,68 @@ async fn a_tpm_without_room_for_a_persistent_key_changes_nothing() {
     use tss_esapi::interface_types::resource_handles::{Hierarchy, Provision};
     use tss_esapi::interface_types::session_handles::AuthSession;
 
+    let conf = tss_esapi::tcti_ldr::TctiNameConf::from_str(tcti).unwrap();
+    let mut ctx = tss_esapi::Context::new(conf).unwrap();
+    let primary = ctx
+        .execute_with_session(Some(AuthSession::Password), |c| {
+            c.create_primary(
+                Hierarchy::Owner,
+                tss_esapi::utils::create_restricted_decryption_rsa_public(
+                    tss_esapi::structures::SymmetricDefinitionObject::AES_128_CFB,
+                    tss_esapi::interface_types::key_bits::RsaKeyBits::Rsa2048,
+                    tss_esapi::structures::RsaExponent::default(),
+                )
+                .unwrap(),
+                None,
+                None,
+                None,
+                None,
+            )
+        })
+        .unwrap()
+        .key_handle;
+    // Until the TPM says no more (its estimate, or TPM_RC_NV_SPACE).
+    let mut handle = 0x8100_0000;
+    while ctx
+        .get_tpm_property(PropertyTag::HrPersistentAvail)
+        .unwrap()
+        .unwrap_or(0)
+        > 0
+    {
+        let persisted = ctx.execute_with_session(Some(AuthSession::Password), |c| {
+            c.evict_control(
+                Provision::Owner,
+                primary.into(),
+                Persistent::Persistent(PersistentTpmHandle::new(handle).unwrap()),
+            )
+        });
+        match persisted {
+            Ok(_) => handle += 1,
+            Err(tss_esapi::Error::Tss2Error(rc))
+                if rc.kind() == Some(tss_esapi::constants::Tss2ResponseCodeKind::NvSpace) =>
+            {
+                break
+            }
+            Err(e) => panic!("filling the TPM: {e}"),
+        }
+        assert!(handle < 0x8100_0100, "the TPM never ran out of room");
+    }
+    ctx.flush_context(primary.into()).unwrap();
+}
+
+/// A TPM whose persistent-object space is full (filled by other programs):
+/// with `KEY_STORAGE = persistent`, enrollment in csr and keys mode says so
+/// and what to do before anything is made, on the device or in the cloud.
+#[cfg(feature = "tpm")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tpm_without_room_for_a_persistent_key_changes_nothing() {
     let cloud = TestCloud::start().await;
     for mode in ["csr", "keys"] {
         let backend = Backend::tpm();
         let Backend::Tpm(tpm) = &backend else {
             unreachable!()
         };
-        // Other programs' persistent objects, below the agent's range,
-        // until the TPM has room for no more.
-        {
-            let conf = tss_esapi::tcti_ldr::TctiNameConf::from_str(&tpm.tcti()).unwrap();
-            let mut ctx = tss_esapi::Context::new(conf).unwrap();
-            let primary = ctx
-                .execute_with_session(Some(AuthSession::Password), |c| {
-                    c.create_primary(
-                        Hierarchy::Owner,
-                        tss_esapi::utils::create_restricted_decryption_rsa_public(
-                            tss_esapi::structures::SymmetricDefinitionObject::AES_128_CFB,
-                            tss_esapi::interface_types::key_bits::RsaKeyBits::Rsa2048,
-                            tss_esapi::structures::RsaExponent::default(),
-                        )
-                        .unwrap(),
-                        None,
-                        None,
-                        None,
-                        None,
-                    )
-                })
-                .unwrap()
-                .key_handle;
-            // Until the TPM says no more (its estimate, or TPM_RC_NV_SPACE).
-            let mut handle = 0x8100_0000;
-            while ctx
-                .get_tpm_property(PropertyTag::HrPersistentAvail)
-                .unwrap()
-                .unwrap_or(0)
-                > 0
-            {
-                let persisted = ctx.execute_with_session(Some(AuthSession::Password), |c| {
-                    c.evict_control(
-                        Provision::Owner,
-                        primary.into(),
-                        Persistent::Persistent(PersistentTpmHandle::new(handle).unwrap()),
-                    )
-                });
-                match persisted {
-                    Ok(_) => handle += 1,
-                    Err(tss_esapi::Error::Tss2Error(rc))
-                        if rc.kind()
-                            == Some(tss_esapi::constants::Tss2ResponseCodeKind::NvSpace) =>
-                    {
-                        break
-                    }
-                    Err(e) => panic!("filling the TPM: {e}"),
-                }
-                assert!(handle < 0x8100_0100, "the TPM never ran out of room");
-            }
-            ctx.flush_context(primary.into()).unwrap();
-        }
+        fill_persistent_space(&tpm.tcti());
         let certificates = cloud.handle.registry().certificates().unwrap().len();
         let device = Device::new(&cloud, backend, &format!("MODE = {mode}\n"));
         let config = std::fs::read_to_string(&device.config)
@@ -562,4 +564,51 @@ async fn a_tpm_in_dictionary_attack_lockout_is_named_with_what_to_do() {
         device.identity().unwrap().certificate_id,
         before.certificate_id
     );
+}
+
+/// The same at a rotation: a gateway enrolled with persistent keys whose
+/// TPM other programs have since filled. `rotate` says so before anything
+/// is made, on the device or in the cloud, and the identity stays.
+#[cfg(feature = "tpm")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotation_on_a_full_tpm_changes_nothing() {
+    let cloud = TestCloud::start().await;
+    let backend = Backend::tpm();
+    let device = Device::new(&cloud, backend, "");
+    let config = std::fs::read_to_string(&device.config)
+        .unwrap()
+        .replace("KEY_STORAGE = blob", "KEY_STORAGE = persistent");
+    std::fs::write(&device.config, config).unwrap();
+    device.import_claim().await;
+    let out = device.run(&["enroll"]).await;
+    assert!(out.status.success(), "enroll: {}", text(&out));
+    let before = device.identity().unwrap();
+    assert!(
+        before.key_reference.starts_with("tpm:handle="),
+        "{}",
+        before.key_reference
+    );
+    let Backend::Tpm(tpm) = &device.backend else {
+        unreachable!()
+    };
+    fill_persistent_space(&tpm.tcti());
+    let certificates = cloud.handle.registry().certificates().unwrap().len();
+    let out = device.run(&["rotate"]).await;
+    let err = failed_with(&out, 5);
+    assert!(
+        err.contains("no room for another persistent object"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was changed"), "{err}");
+    assert_eq!(
+        device.identity().unwrap().certificate_id,
+        before.certificate_id
+    );
+    assert!(!device.state_dir().join("journal.json").exists());
+    assert_eq!(
+        cloud.handle.registry().certificates().unwrap().len(),
+        certificates,
+        "the service made a certificate"
+    );
+    device.round_trip(&cloud).await.unwrap();
 }
