@@ -18,6 +18,19 @@ if cargo tree -d --workspace --all-features -e normal 2>/dev/null | grep -E '^ru
   exit 1
 fi
 
+echo "== no second rustls-webpki, no certificate loading the agent does not use"
+if cargo tree -d --workspace --all-features -e normal 2>/dev/null | grep -E '^rustls-webpki v'; then
+  echo "a second rustls-webpki version is in the dependency tree" >&2
+  exit 1
+fi
+shipped=$(cargo tree -p prov-agent -p iotcore-emulator --all-features -e normal --prefix none 2>/dev/null)
+for unused in rustls-pemfile rustls-native-certs; do
+  if grep -q "^$unused v" <<<"$shipped"; then
+    echo "$unused is in the shipped crates' dependency tree" >&2
+    exit 1
+  fi
+done
+
 echo "== built without the hardware backends: configs naming them are refused"
 cargo test --locked --no-default-features --lib -- not_built_in
 
