@@ -31,6 +31,16 @@ for unused in rustls-pemfile rustls-native-certs; do
   fi
 done
 
+# Licences, bans (no second TLS stack, no wildcard versions) and sources
+# (crates.io only), as deny.toml reasons them; advisories need the RustSec
+# database from GitHub, which CI cannot reach.
+echo "== cargo deny check bans licenses sources"
+if ! cargo deny --version >/dev/null 2>&1; then
+  echo "== cargo install cargo-deny"
+  cargo install cargo-deny --locked --quiet
+fi
+cargo deny --locked check bans licenses sources
+
 echo "== built without the hardware backends: configs naming them are refused"
 cargo test --locked --no-default-features --lib -- not_built_in
 
