@@ -55,6 +55,9 @@ ci/verify-units.sh
 echo "== packages: ci/test-packages.sh"
 ci/test-packages.sh
 
+echo "== the AWS-side kit: ci/test-aws-kit.sh"
+ci/test-aws-kit.sh
+
 # Every parser of untrusted bytes (the service's answers, certificates and
 # keys, config.ini, the helper's frames, the journal and identity files,
 # PKCS#11 URIs, MQTT packets, the emulator's policies and templates) is

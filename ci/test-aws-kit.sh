@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The AWS-side kit (deploy/aws/) tested without AWS: the template (built
+# from the repository's files, cfn-lint), the rotation-report Lambda against
+# moto, the rotation trigger. The Lambda also runs against the emulator's
+# control-plane API in tests/cloud_rotation_report.rs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=$(ci/python-venv.sh)
+"$bin/python" -m unittest -v deploy/aws/test_kit.py 2>&1
