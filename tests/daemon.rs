@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use common::backend::Backend;
 use common::daemon::{
-    retain_command, send_rotation_command, wait_rotated, Daemon, ROTATION_COMMAND,
+    create_rotation_job, retain_command, send_rotation_command, wait_job_succeeded, wait_rotated,
+    Daemon, ROTATION_COMMAND,
 };
 use common::device::Device;
 use common::emulator::TestCloud;
-use iotcore_emulator::JobExecutionStatus;
 use tokio::io::AsyncBufReadExt;
 
 /// Waits until identity.json names a certificate other than `old`.
@@ -166,28 +166,9 @@ async fn job_rotation(backend: Backend) {
     daemon
         .wait_log("connected", 1, Duration::from_secs(15))
         .await;
-    cloud
-        .handle
-        .create_job(
-            "rotate-1",
-            serde_json::json!({"operation": "rotate-certificate"}),
-            &[&before.thing_name],
-        )
-        .unwrap();
+    create_rotation_job(&cloud, "rotate-1", &before.thing_name);
     let new = wait_rotated(&device, &before.certificate_id, Duration::from_secs(30)).await;
-    let mut status = None;
-    for _ in 0..100 {
-        status = cloud
-            .handle
-            .job_execution("rotate-1", &before.thing_name)
-            .unwrap()
-            .map(|e| e.status);
-        if status == Some(JobExecutionStatus::Succeeded) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, Some(JobExecutionStatus::Succeeded));
+    wait_job_succeeded(&cloud, "rotate-1", &before.thing_name).await;
     only_active(&cloud, &before.thing_name, &new).await;
     // Remembered, so that the job is not done again if the service sends
     // it once more (its SUCCEEDED update lost).
@@ -215,27 +196,8 @@ async fn a_job_already_done_is_answered_without_rotating_again() {
     daemon
         .wait_log("connected", 1, Duration::from_secs(15))
         .await;
-    cloud
-        .handle
-        .create_job(
-            "rotate-lost",
-            serde_json::json!({"operation": "rotate-certificate"}),
-            &[&before.thing_name],
-        )
-        .unwrap();
-    let mut status = None;
-    for _ in 0..150 {
-        status = cloud
-            .handle
-            .job_execution("rotate-lost", &before.thing_name)
-            .unwrap()
-            .map(|e| e.status);
-        if status == Some(JobExecutionStatus::Succeeded) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, Some(JobExecutionStatus::Succeeded));
+    create_rotation_job(&cloud, "rotate-lost", &before.thing_name);
+    wait_job_succeeded(&cloud, "rotate-lost", &before.thing_name).await;
     daemon
         .wait_log("job already done", 1, Duration::from_secs(5))
         .await;
@@ -697,17 +659,7 @@ async fn a_replaced_device_key_is_reported_once_with_what_to_do() {
 async fn a_pin_from_the_environment_leaves_the_daemons_environment() {
     let cloud = TestCloud::start().await;
     let device = Device::enrolled(&cloud, Backend::pkcs11("env-pin"), "").await;
-    let config = std::fs::read_to_string(&device.config).unwrap();
-    let line = config
-        .lines()
-        .find(|l| l.starts_with("PIN_SOURCE"))
-        .unwrap()
-        .to_string();
-    std::fs::write(
-        &device.config,
-        config.replace(&line, "PIN_SOURCE = env:GATEWAY_TOKEN_PIN"),
-    )
-    .unwrap();
+    device.pin_from_variable("GATEWAY_TOKEN_PIN");
     let before = device.identity().unwrap();
     let daemon = Daemon::start_env(&device, &[("GATEWAY_TOKEN_PIN", common::softhsm::USER_PIN)]);
     daemon

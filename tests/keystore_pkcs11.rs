@@ -619,35 +619,46 @@ fn public_half_left_with_the_pending_label_is_fixed_at_open() {
     );
 }
 
+/// Puts a P-256 private key labelled `claim` on `hsm`'s token as another
+/// tool might, with the protection attributes given; returns its scalar.
+fn plant_claim_key(
+    hsm: &SoftHsm,
+    id: u8,
+    private: bool,
+    sensitive: bool,
+    extractable: bool,
+) -> p256::SecretKey {
+    let scalar = p256::SecretKey::random(&mut rand::thread_rng());
+    let _exclusive = common::token_store_exclusive();
+    let session = hsm.user_session();
+    session
+        .create_object(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::KeyType(cryptoki::object::KeyType::EC),
+            Attribute::Token(true),
+            Attribute::Private(private),
+            Attribute::Sensitive(sensitive),
+            Attribute::Extractable(extractable),
+            Attribute::Sign(true),
+            Attribute::Label(b"claim".to_vec()),
+            Attribute::Id(vec![id]),
+            // DER OID of P-256.
+            Attribute::EcParams(vec![
+                0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+            ]),
+            Attribute::Value(scalar.to_bytes().to_vec()),
+        ])
+        .unwrap();
+    scalar
+}
+
 /// A private key on the token whose value can be read in clear (not
 /// CKA_SENSITIVE, CKA_EXTRACTABLE: made by a careless tool) is refused by
 /// name when the agent looks it up, and signs nothing.
 #[test]
 fn a_key_whose_value_can_be_read_is_refused() {
     let hsm = SoftHsm::new("unprotected");
-    let scalar = p256::SecretKey::random(&mut rand::thread_rng());
-    {
-        let _exclusive = common::token_store_exclusive();
-        let session = hsm.user_session();
-        session
-            .create_object(&[
-                Attribute::Class(ObjectClass::PRIVATE_KEY),
-                Attribute::KeyType(cryptoki::object::KeyType::EC),
-                Attribute::Token(true),
-                Attribute::Private(true),
-                Attribute::Sensitive(false),
-                Attribute::Extractable(true),
-                Attribute::Sign(true),
-                Attribute::Label(b"claim".to_vec()),
-                Attribute::Id(vec![7]),
-                // DER OID of P-256.
-                Attribute::EcParams(vec![
-                    0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
-                ]),
-                Attribute::Value(scalar.to_bytes().to_vec()),
-            ])
-            .unwrap();
-    }
+    plant_claim_key(&hsm, 7, true, false, true);
     let store = open(&hsm);
     let label = KeyLabel::new("claim").unwrap();
     let err = store.info(&label).unwrap_err().to_string();
@@ -665,28 +676,7 @@ fn a_key_whose_value_can_be_read_is_refused() {
 #[test]
 fn a_key_usable_without_a_login_is_used_with_a_warning() {
     let hsm = SoftHsm::new("not-private");
-    let scalar = p256::SecretKey::random(&mut rand::thread_rng());
-    {
-        let _exclusive = common::token_store_exclusive();
-        let session = hsm.user_session();
-        session
-            .create_object(&[
-                Attribute::Class(ObjectClass::PRIVATE_KEY),
-                Attribute::KeyType(cryptoki::object::KeyType::EC),
-                Attribute::Token(true),
-                Attribute::Private(false),
-                Attribute::Sensitive(true),
-                Attribute::Extractable(false),
-                Attribute::Sign(true),
-                Attribute::Label(b"claim".to_vec()),
-                Attribute::Id(vec![8]),
-                Attribute::EcParams(vec![
-                    0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
-                ]),
-                Attribute::Value(scalar.to_bytes().to_vec()),
-            ])
-            .unwrap();
-    }
+    let scalar = plant_claim_key(&hsm, 8, false, true, false);
     let store = open(&hsm);
     let label = KeyLabel::new("claim").unwrap();
     let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));

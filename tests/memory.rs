@@ -224,17 +224,7 @@ async fn the_daemon_after_a_keys_mode_rotation_holds_no_secret(
     ];
     if let (Some(name), Some(pin)) = (pin_variable, pin) {
         // PIN_SOURCE = env:NAME: the daemon takes the PIN at start.
-        let config = std::fs::read_to_string(&device.config).unwrap();
-        let line = config
-            .lines()
-            .find(|l| l.starts_with("PIN_SOURCE"))
-            .unwrap()
-            .to_string();
-        std::fs::write(
-            &device.config,
-            config.replace(&line, &format!("PIN_SOURCE = env:{name}")),
-        )
-        .unwrap();
+        device.pin_from_variable(name);
         env.push((name, pin.to_string()));
     }
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();

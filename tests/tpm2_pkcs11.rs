@@ -9,7 +9,9 @@ mod common;
 use std::time::Duration;
 
 use common::backend::Backend;
-use common::daemon::{send_rotation_command, wait_rotated, Daemon};
+use common::daemon::{
+    create_rotation_job, send_rotation_command, wait_job_succeeded, wait_rotated, Daemon,
+};
 use common::device::{failed_with, text, Device};
 use common::emulator::TestCloud;
 use common::tpm2pkcs11::Tpm2Pkcs11;
@@ -333,31 +335,9 @@ async fn daemon_rotates_on_command_and_by_job() {
         .await;
 
     // And through an AWS IoT Job, as a fleet backend would.
-    cloud
-        .handle
-        .create_job(
-            "rotate-tpm2-pkcs11",
-            serde_json::json!({"operation": "rotate-certificate"}),
-            &[&before.thing_name],
-        )
-        .unwrap();
+    create_rotation_job(&cloud, "rotate-tpm2-pkcs11", &before.thing_name);
     let third = wait_rotated(&device, &new, Duration::from_secs(30)).await;
-    let mut status = None;
-    for _ in 0..100 {
-        status = cloud
-            .handle
-            .job_execution("rotate-tpm2-pkcs11", &before.thing_name)
-            .unwrap()
-            .map(|e| e.status);
-        if status == Some(iotcore_emulator::JobExecutionStatus::Succeeded) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        status,
-        Some(iotcore_emulator::JobExecutionStatus::Succeeded)
-    );
+    wait_job_succeeded(&cloud, "rotate-tpm2-pkcs11", &before.thing_name).await;
     assert_eq!(
         cloud.active_certificates(&before.thing_name, 1).await,
         vec![third]

@@ -176,6 +176,37 @@ pub async fn retain_command(cloud: &super::emulator::TestCloud, thing: &str, pay
     backend.close().await;
 }
 
+/// Creates the rotation job `job` for `thing`, as a fleet backend would.
+#[allow(dead_code)]
+pub fn create_rotation_job(cloud: &super::emulator::TestCloud, job: &str, thing: &str) {
+    cloud
+        .handle
+        .create_job(
+            job,
+            serde_json::json!({"operation": "rotate-certificate"}),
+            &[thing],
+        )
+        .unwrap();
+}
+
+/// Waits until `thing`'s execution of `job` is SUCCEEDED (at most 15 s).
+#[allow(dead_code)]
+pub async fn wait_job_succeeded(cloud: &super::emulator::TestCloud, job: &str, thing: &str) {
+    let mut status = None;
+    for _ in 0..150 {
+        status = cloud
+            .handle
+            .job_execution(job, thing)
+            .unwrap()
+            .map(|e| e.status);
+        if status == Some(iotcore_emulator::JobExecutionStatus::Succeeded) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("job {job} of {thing} is {status:?}, not SUCCEEDED, after 15 s");
+}
+
 /// Waits until the device's identity names a certificate other than
 /// `old`; returns the new certificate's id.
 pub async fn wait_rotated(device: &Device, old: &str, within: Duration) -> String {

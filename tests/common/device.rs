@@ -127,6 +127,22 @@ impl Device {
         assert!(out.status.success(), "claim import: {}", text(&out));
     }
 
+    /// Rewrites the config's `PIN_SOURCE` to `env:NAME` (PKCS#11 backends).
+    #[allow(dead_code)]
+    pub fn pin_from_variable(&self, name: &str) {
+        let config = std::fs::read_to_string(&self.config).unwrap();
+        let line = config
+            .lines()
+            .find(|l| l.starts_with("PIN_SOURCE"))
+            .expect("a PKCS#11 config with PIN_SOURCE")
+            .to_string();
+        std::fs::write(
+            &self.config,
+            config.replace(&line, &format!("PIN_SOURCE = env:{name}")),
+        )
+        .unwrap();
+    }
+
     pub fn load_config(&self) -> Config {
         Config::load(&self.config).unwrap()
     }
