@@ -23,18 +23,23 @@ def load(path):
     return json.loads((ROOT / path).read_text())
 
 
+def assumed_by(service):
+    """The trust policy of a role that `service` takes on."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"Service": service},
+            "Action": "sts:AssumeRole",
+        }],
+    }
+
+
 def lambda_role(name, actions):
     return {
         "Type": "AWS::IAM::Role",
         "Properties": {
-            "AssumeRolePolicyDocument": {
-                "Version": "2012-10-17",
-                "Statement": [{
-                    "Effect": "Allow",
-                    "Principal": {"Service": "lambda.amazonaws.com"},
-                    "Action": "sts:AssumeRole",
-                }],
-            },
+            "AssumeRolePolicyDocument": assumed_by("lambda.amazonaws.com"),
             "ManagedPolicyArns": [
                 {"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"}
             ],
@@ -84,14 +89,7 @@ def template():
     resources["ProvisioningRole"] = {
         "Type": "AWS::IAM::Role",
         "Properties": {
-            "AssumeRolePolicyDocument": {
-                "Version": "2012-10-17",
-                "Statement": [{
-                    "Effect": "Allow",
-                    "Principal": {"Service": "iot.amazonaws.com"},
-                    "Action": "sts:AssumeRole",
-                }],
-            },
+            "AssumeRolePolicyDocument": assumed_by("iot.amazonaws.com"),
             "ManagedPolicyArns": [
                 {"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/AWSIoTThingsRegistration"}
             ],
