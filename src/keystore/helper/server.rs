@@ -34,9 +34,10 @@ pub enum ServeError {
 
 /// Answers the requests on `input` until it closes. `open` turns the
 /// hello's configuration, and the PIN the daemon sent with it (the body of
-/// the hello, for `PIN_SOURCE = env:NAME`), into a key store. Returns an error for a broken
-/// conversation (it goes to the helper's stderr, which is the daemon's); an
-/// error of the store, or of opening it, goes back to the daemon as a reply.
+/// the hello, for `PIN_SOURCE = env:NAME`), into a key store. Returns an
+/// error for a broken conversation (it goes to the helper's stderr, which
+/// is the daemon's); an error of the store, or of opening it, goes back to
+/// the daemon as a reply.
 pub fn serve(
     input: &mut impl Read,
     output: &mut impl Write,

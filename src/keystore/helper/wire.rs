@@ -59,7 +59,10 @@ pub enum ReplyFrame {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Request {
-    /// The configuration the daemon runs with, as it read it.
+    /// The configuration the daemon runs with, as it read it. The body is
+    /// empty, or the PIN of `PIN_SOURCE = env:NAME`, which the helper's
+    /// environment does not hold (`helper::sealed`); a helper that does not
+    /// need it ignores it.
     Hello {
         config_path: PathBuf,
         config_text: String,
