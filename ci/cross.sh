@@ -36,6 +36,7 @@ packages=(
   libc6-dev-arm64-cross          # its sysroot /usr/aarch64-linux-gnu (only a Recommends of the above)
   libtss2-dev:arm64              # tss2-esys/-tctildr/-mu/-sys .pc files and libraries for tss-esapi
   libtss2-tcti-swtpm0:arm64      # the TCTI tss-esapi loads by name (ci/test-arm64.sh)
+  libc6:arm64                    # the arm64 run time (loader and libc) qemu-aarch64 uses
   qemu-user                      # qemu-aarch64 (ci/test-arm64.sh)
   pkg-config
 )
@@ -74,7 +75,9 @@ export CARGO_TARGET_DIR=$root/target/cross
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
+# `cargo run`/`cargo test` through qemu, with the arm64 multiarch run time
+# (see ci/test-arm64.sh for why not the cross sysroot's loader).
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /"
 # pkg-config for the target only: the arm64 multiarch .pc files. The
 # pkg-config crate reads PKG_CONFIG_*_<target> first; host build scripts
 # (none probe pkg-config today) keep the host's.

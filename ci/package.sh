@@ -3,8 +3,8 @@
 # dpkg-deb from the release binaries (stripped), into dist/:
 #   ci/package.sh [REVISION] [TARGET]
 # REVISION is the Debian revision (default 1). TARGET is a Rust target
-# triple whose binaries are already built (ci/cross.sh); default: build the
-# host's. The package's Depends come from dpkg-shlibdeps on the binary, plus
+# triple whose release binaries ci/cross.sh already built (in
+# target/cross/TARGET/release); default: build the host's. The package's Depends come from dpkg-shlibdeps on the binary, plus
 # what it loads at run time that dpkg-shlibdeps cannot see (the TPM's TCTI
 # libraries, which tss-esapi loads by name).
 set -euo pipefail
@@ -20,7 +20,9 @@ if [[ -z $target ]]; then
   bin=target/release
   arch=$(dpkg --print-architecture)
 else
-  bin=target/$target/release
+  # Where ci/cross.sh builds.
+  bin=target/cross/$target/release
+  [[ -x $bin/prov-agent ]] || { echo "ci/package.sh: no $bin/prov-agent: run ci/cross.sh release" >&2; exit 2; }
   case $target in
     aarch64-*) arch=arm64 ;;
     x86_64-*) arch=amd64 ;;

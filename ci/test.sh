@@ -58,6 +58,12 @@ ci/test-packages.sh
 echo "== the AWS-side kit: ci/test-aws-kit.sh"
 ci/test-aws-kit.sh
 
+# arm64: a cross build with Debian's rustc (about 4 minutes from cold), a
+# real enroll and rotate of the aarch64 binary under qemu-user against the
+# emulator and a swtpm, and the arm64 packages.
+echo "== arm64: ci/test-arm64.sh"
+CROSS_PROFILE="${CROSS_PROFILE:-release}" ci/test-arm64.sh
+
 # Every parser of untrusted bytes (the service's answers, certificates and
 # keys, config.ini, the helper's frames, the journal and identity files,
 # PKCS#11 URIs, MQTT packets, the emulator's policies and templates) is
