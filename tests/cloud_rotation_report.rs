@@ -133,3 +133,67 @@ async fn only_a_genuine_report_retires_certificates() {
     expected.sort();
     assert_eq!(u, expected);
 }
+
+/// End to end with the emulator's built-in report rule off, as on AWS: the
+/// agent rotates and publishes its report; the backend takes the report off
+/// `things/+/rotation` and hands it to the Lambda with what the IoT rule's
+/// SQL adds (`topic(2)`, `principal()`: the publishing certificate, the
+/// new one). Until then the old certificate stays ACTIVE; after it, it is
+/// INACTIVE and detached.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lambda_retires_the_old_certificate_of_a_real_rotation() {
+    use common::backend::Backend;
+    use common::device::{text, Device};
+    use std::time::Duration;
+
+    let cloud = TestCloud::start_with(|c| c.rotation_report_rule = false).await;
+    let device = Device::enrolled(&cloud, Backend::File, "").await;
+    let before = device.identity().unwrap();
+    let mut backend = cloud.backend_session().await;
+    backend
+        .subscribe(&["things/+/rotation".to_string()], Duration::from_secs(5))
+        .await
+        .unwrap();
+    let out = device.run(&["rotate"]).await;
+    assert!(out.status.success(), "rotate: {}", text(&out));
+    let after = device.identity().unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(10), backend.next_message())
+        .await
+        .expect("no report within 10 s")
+        .unwrap();
+    backend.close().await;
+    assert_eq!(
+        message.topic,
+        format!("things/{}/rotation", before.thing_name)
+    );
+    let status = |id: &str| cloud.handle.registry().certificate_status(id).unwrap();
+    // No built-in rule: the old certificate is still ACTIVE.
+    assert_eq!(status(&before.certificate_id), Some(CertStatus::Active));
+
+    // What the IoT rule's SQL hands the Lambda.
+    let payload: Value = serde_json::from_slice(&message.payload).unwrap();
+    let mut event = json!({
+        "topicThing": before.thing_name,
+        "principal": after.certificate_id,
+    });
+    for field in [
+        "thingName",
+        "newCertificateId",
+        "oldCertificateIds",
+        "oldCertificateId",
+    ] {
+        if let Some(v) = payload.get(field) {
+            event[field] = v.clone();
+        }
+    }
+    invoke(&cloud, &event);
+    assert_eq!(status(&before.certificate_id), Some(CertStatus::Inactive));
+    assert_eq!(status(&after.certificate_id), Some(CertStatus::Active));
+    let thing = cloud
+        .handle
+        .registry()
+        .thing(&before.thing_name)
+        .unwrap()
+        .unwrap();
+    assert_eq!(thing.certificates, vec![after.certificate_id.clone()]);
+}
