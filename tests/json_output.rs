@@ -142,3 +142,39 @@ async fn check_offline_needs_no_key_store() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(document(&out)["ok"], true);
 }
+
+/// On a PKCS#11 token `check` also reports what the module and token are
+/// and can do; those checks carry the ids docs/json.md lists too.
+#[cfg(feature = "pkcs11")]
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pkcs11_checks_have_documented_ids() {
+    let cloud = TestCloud::start().await;
+    let device = Device::enrolled(&cloud, Backend::pkcs11("json-ids"), "").await;
+    let out = device.run(&["check", "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let check = document(&out);
+    let ids: Vec<&str> = check["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    let docs = documented_ids();
+    for id in &ids {
+        assert!(
+            docs.contains(&format!("`{id}`")),
+            "{id} is not in docs/json.md"
+        );
+    }
+    for id in [
+        "pkcs11-module",
+        "token",
+        "token-flags",
+        "mechanisms",
+        "private-key-import",
+        "copy-object",
+        "relabel",
+    ] {
+        assert!(ids.contains(&id), "{id} missing: {ids:?}");
+    }
+}

@@ -36,15 +36,9 @@ pub struct Finding {
     pub detail: String,
 }
 
-/// `key matches certificate` -> `key-matches-certificate`; the few names
-/// that are not plain words have ids of their own.
+/// `key matches certificate` -> `key-matches-certificate`, for the
+/// checks named here in plain words (hardware facts bring their own ids).
 pub fn check_id(name: &str) -> String {
-    match name {
-        "PKCS#11 module" => return "pkcs11-module".into(),
-        "C_CopyObject" => return "copy-object".into(),
-        "changing CKA_LABEL" => return "relabel".into(),
-        _ => {}
-    }
     let mut id = String::new();
     for c in name.chars() {
         if c.is_ascii_alphanumeric() {
@@ -64,8 +58,18 @@ struct Report(Vec<Finding>);
 
 impl Report {
     fn add(&mut self, check: &'static str, verdict: Verdict, detail: impl Into<String>) {
+        self.add_as(check_id(check), check, verdict, detail);
+    }
+
+    fn add_as(
+        &mut self,
+        id: impl Into<String>,
+        check: &'static str,
+        verdict: Verdict,
+        detail: impl Into<String>,
+    ) {
         self.0.push(Finding {
-            id: check_id(check),
+            id: id.into(),
             check,
             verdict,
             detail: detail.into(),
@@ -174,7 +178,7 @@ pub fn run(config: &Config, json: bool, offline: bool) -> Result<(String, bool),
                     } else {
                         Verdict::Pass
                     };
-                    r.add(fact.name, verdict, fact.value);
+                    r.add_as(fact.id, fact.name, verdict, fact.value);
                 }
             }
             Err(e) => r.add("hardware", Verdict::Warn, e.to_string()),

@@ -449,6 +449,9 @@ impl fmt::Debug for PublicKey {
 /// One thing a store learnt about its hardware, for `prov-agent check`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HardwareFact {
+    /// Its stable id in `check --json` (kebab-case, docs/json.md).
+    pub id: &'static str,
+    /// Its name for people.
     pub name: &'static str,
     pub value: String,
     /// Something the operator should act on (a PIN about to lock, say).
@@ -456,16 +459,18 @@ pub struct HardwareFact {
 }
 
 impl HardwareFact {
-    pub fn info(name: &'static str, value: impl Into<String>) -> Self {
+    pub fn info(id: &'static str, name: &'static str, value: impl Into<String>) -> Self {
         Self {
+            id,
             name,
             value: value.into(),
             problem: false,
         }
     }
 
-    pub fn problem(name: &'static str, value: impl Into<String>) -> Self {
+    pub fn problem(id: &'static str, name: &'static str, value: impl Into<String>) -> Self {
         Self {
+            id,
             name,
             value: value.into(),
             problem: true,

@@ -201,6 +201,7 @@ pub fn facts(
     let mut facts = Vec::new();
     if let Ok(info) = ctx.get_library_info() {
         facts.push(HardwareFact::info(
+            "pkcs11-module",
             "PKCS#11 module",
             format!(
                 "{} ({}), version {}, Cryptoki {}",
@@ -214,6 +215,7 @@ pub fn facts(
     match ctx.get_token_info(slot) {
         Ok(token) => {
             facts.push(HardwareFact::info(
+                "token",
                 "token",
                 format!(
                     "{} by {}, serial {}, firmware {}",
@@ -234,15 +236,21 @@ pub fn facts(
                     flags.push(name);
                 }
             }
-            facts.push(HardwareFact::info("token flags", flags.join(", ")));
+            facts.push(HardwareFact::info(
+                "token-flags",
+                "token flags",
+                flags.join(", "),
+            ));
             if token.user_pin_locked() {
                 facts.push(HardwareFact::problem(
+                    "user-pin",
                     "user PIN",
                     "locked: the security officer must unlock it (for SoftHSM: \
                      softhsm2-util --init-pin)",
                 ));
             } else if token.user_pin_final_try() || token.user_pin_count_low() {
                 facts.push(HardwareFact::problem(
+                    "user-pin",
                     "user PIN",
                     if token.user_pin_final_try() {
                         "one try left before the token locks: check PIN_SOURCE"
@@ -254,21 +262,35 @@ pub fn facts(
         }
         Err(e) => facts.push(HardwareFact::problem(
             "token",
+            "token",
             format!("C_GetTokenInfo failed: {e}"),
         )),
     }
-    facts.push(HardwareFact::info("mechanisms", mechanisms.describe()));
+    facts.push(HardwareFact::info(
+        "mechanisms",
+        "mechanisms",
+        mechanisms.describe(),
+    ));
     let tried = |r: Result<()>| match r {
         Ok(()) => "works".to_string(),
         Err(e) => format!("refused ({e})"),
     };
     facts.push(HardwareFact::info(
+        "private-key-import",
         "private-key import",
         tried(keys::probe_import(session)),
     ));
     let (copy, relabel) = probe_copy_and_relabel(session);
-    facts.push(HardwareFact::info("C_CopyObject", tried(copy)));
-    facts.push(HardwareFact::info("changing CKA_LABEL", tried(relabel)));
+    facts.push(HardwareFact::info(
+        "copy-object",
+        "C_CopyObject",
+        tried(copy),
+    ));
+    facts.push(HardwareFact::info(
+        "relabel",
+        "changing CKA_LABEL",
+        tried(relabel),
+    ));
     facts
 }
 
