@@ -4,6 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A CI machine's free disk is not known in advance, so the run keeps its
+# footprint small (about 10 GB in all: debug tests 2.5 GB with line tables
+# only, see Cargo.toml; release, arm64 and fuzz builds) and says what it used
+# after each stage, so that a full disk is found in the log at once.
+export CARGO_INCREMENTAL=0
+disk() { echo "-- disk: $(df -h --output=avail . | tail -1 | tr -d ' ') free, target $(du -sh target 2>/dev/null | cut -f1)"; }
+trap disk EXIT
+disk
+
 ci/install-deps.sh
 
 echo "== cargo fmt --check"
@@ -47,6 +56,7 @@ cargo test --locked --no-default-features --lib -- not_built_in
 echo "== cargo test"
 cargo test --workspace --all-features --locked -- --test-threads="${TEST_THREADS:-4}"
 
+disk
 echo "== systemd units: systemd-analyze verify"
 ci/verify-units.sh
 
@@ -55,12 +65,14 @@ ci/verify-units.sh
 echo "== packages: ci/test-packages.sh"
 ci/test-packages.sh
 
+disk
 echo "== the AWS-side kit: ci/test-aws-kit.sh"
 ci/test-aws-kit.sh
 
 # arm64: a cross build with Debian's rustc (about 4 minutes from cold), a
 # real enroll and rotate of the aarch64 binary under qemu-user against the
 # emulator and a swtpm, and the arm64 packages.
+disk
 echo "== arm64: ci/test-arm64.sh"
 CROSS_PROFILE="${CROSS_PROFILE:-release}" ci/test-arm64.sh
 
@@ -69,5 +81,6 @@ CROSS_PROFILE="${CROSS_PROFILE:-release}" ci/test-arm64.sh
 # PKCS#11 URIs, MQTT packets, the emulator's policies and templates) is
 # fuzzed briefly: FUZZ_SECONDS per target, 10 here so that the build and
 # the runs take about 5 minutes on 2 CPUs (fuzz/README.md runs them longer).
+disk
 echo "== fuzz: ci/fuzz.sh"
 FUZZ_SECONDS="${FUZZ_SECONDS:-10}" ci/fuzz.sh
