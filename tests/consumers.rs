@@ -209,6 +209,65 @@ async fn openssl_with_the_tpm2_provider_uses_the_persistent_handle() {
     .await;
 }
 
+/// A gateway enrolled by a release from before the standard key file: its
+/// device key is under the zero-unique SRK and its key file has no
+/// `parent` (as those releases wrote it). The key keeps working (the agent
+/// connects with it: `check` passes; the export names it as a `tpm-blob` no
+/// other tool can load), and the next rotation makes the new key under the primary other
+/// tools recreate: tpm2-openssl then connects with the published key file,
+/// and the old key's file is gone.
+#[cfg(feature = "tpm")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_from_before_the_key_file_keeps_working_and_rotation_moves_it_to_one() {
+    let cloud = TestCloud::start().await;
+    let backend = Backend::tpm_shared();
+    let env = backend.env();
+    let device = Device::new(&cloud, backend, "MODE = csr\n");
+    device.import_claim().await;
+    let out = device
+        .run_env(&["enroll"], &[("PROV_AGENT_FAULT", "tss2-key-file")])
+        .await;
+    assert!(out.status.success(), "enroll: {}", text(&out));
+    let old = device.identity().unwrap();
+    let old_file = PathBuf::from(old.key_reference.strip_prefix("tpm:blob=").unwrap());
+    let mut meta: Value = serde_json::from_slice(&std::fs::read(&old_file).unwrap()).unwrap();
+    assert_eq!(meta["parent"], "zero-unique", "{meta}");
+    meta.as_object_mut().unwrap().remove("parent");
+    std::fs::write(&old_file, serde_json::to_vec_pretty(&meta).unwrap()).unwrap();
+
+    // The older key still signs the handshake: `check` connects with it.
+    let out = device.run(&["check"]).await;
+    assert!(out.status.success(), "check: {}", text(&out));
+    // The export names it as a blob no other tool can load, and says how
+    // to get one they can.
+    let (_, before) = published(&device);
+    assert_eq!(before["key"]["form"], "tpm-blob", "{before}");
+    assert!(before["key"]["openssl"].is_null(), "{before}");
+    assert!(
+        before["key"]["note"]
+            .as_str()
+            .unwrap()
+            .contains("prov-agent rotate"),
+        "{before}"
+    );
+
+    let out = device.run(&["rotate"]).await;
+    assert!(out.status.success(), "rotate: {}", text(&out));
+    let new = device.identity().unwrap();
+    assert_ne!(new.certificate_id, old.certificate_id);
+    let new_file = PathBuf::from(new.key_reference.strip_prefix("tpm:blob=").unwrap());
+    let meta: Value = serde_json::from_slice(&std::fs::read(&new_file).unwrap()).unwrap();
+    assert_eq!(meta["parent"], "owner", "{meta}");
+    assert!(!old_file.exists(), "the older key's file is left");
+    let (current, published) = published(&device);
+    assert_eq!(published["key"]["form"], "tss2-key-file", "{published}");
+    let args = tpm2_provider_key(&current.join("device.tss2.pem").display().to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let answer = openssl_connack(&cloud, &current, &new.thing_name, &args, &env)
+        .unwrap_or_else(|e| panic!("OpenSSL could not connect after the rotation: {e}"));
+    assert_eq!(answer, CONNACK_ACCEPTED);
+}
+
 /// An OpenSSL configuration loading the pkcs11 engine for `module`, with
 /// the user PIN (what a consumer's own configuration would hold).
 #[cfg(feature = "pkcs11")]

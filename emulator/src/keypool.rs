@@ -12,6 +12,11 @@
 //!   fill it past its capacity, sleep while it is full, and end at the
 //!   latest one key generation after [`KeyPool::stop`] (or the pool's
 //!   drop);
+//! - the refill threads run at the lowest priority (nice 19, on Linux a
+//!   thread's own): they get the CPU time requests leave, so that a burst
+//!   of requests is served at full speed from the stock while the refill
+//!   waits for a lull, instead of the refill taking half the machine just
+//!   when the stock is drawn on (`ci/bench.sh emulator 1000 keys`);
 //! - keys are wiped when dropped (`rsa::RsaPrivateKey` is `ZeroizeOnDrop`),
 //!   pooled ones included.
 
@@ -144,6 +149,7 @@ impl Drop for KeyPool {
 /// The refill thread: makes keys while the pool has room, sleeps while it
 /// is full, and returns once stopped.
 fn refill(shared: &Shared) {
+    idle_priority();
     loop {
         {
             let mut stock = shared.lock();
@@ -173,6 +179,16 @@ fn refill(shared: &Shared) {
         if stock.keys.len() < shared.capacity {
             stock.keys.push(key);
         }
+    }
+}
+
+/// The lowest priority for the calling thread: on Linux `setpriority` with
+/// a thread id applies to that thread only. A refusal is logged and the
+/// thread refills at normal priority.
+fn idle_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
+        tracing::debug!("RSA key pool: cannot lower the refill thread's priority: {e}");
     }
 }
 
@@ -223,6 +239,45 @@ mod tests {
         assert_eq!(pool.pooled(), 0);
         assert!(pool.stop().is_empty());
         assert_eq!(pool.take().unwrap().size() * 8, RSA_BITS);
+    }
+
+    /// The nice value of each of this process's threads named
+    /// `rsa-key-pool` (field 19 of `/proc/self/task/TID/stat`).
+    fn refill_nice_values() -> Vec<i32> {
+        let mut nice = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() != "rsa-key-pool" {
+                continue;
+            }
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue; // ended meanwhile
+            };
+            // After the command's closing parenthesis: state is field 3.
+            let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+            nice.push(fields[19 - 3].parse().unwrap());
+        }
+        nice
+    }
+
+    #[test]
+    fn the_refill_threads_run_at_the_lowest_priority() {
+        let pool = KeyPool::start(1).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let nice = refill_nice_values();
+            // Other tests' pools run in this process too: every refill
+            // thread, once started, is at nice 19.
+            if !nice.is_empty() && nice.iter().all(|&n| n == 19) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "refill threads' nice values: {nice:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(pool);
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! What the module and its token can do, learnt from them rather than
 //! assumed: the mechanisms the agent uses (C_GetMechanismInfo, read when
 //! the store opens and kept for its life) and
-//! the token's flags; on demand (`prov-agent check`), whether private-key
-//! import, C_CopyObject and changing CKA_LABEL work, tried on session
-//! objects that vanish with the session.
+//! the token's flags; on first need (`prov-agent check`, or the first
+//! import for private-key import), whether private-key import,
+//! C_CopyObject and changing CKA_LABEL work, tried on session objects that
+//! vanish with the session and kept for the store's life ([`Tried`]). Not
+//! at open: the key helper opens a store for each job, and the tries cost
+//! a key generation.
 //!
 //! The store refuses, with the module named, a key algorithm or signature
 //! scheme whose mechanism the module does not offer, before it asks the
@@ -195,8 +198,8 @@ fn in_range(info: &MechanismInfo, bits: usize) -> bool {
 pub fn facts(
     ctx: &Pkcs11,
     slot: Slot,
-    session: &Session,
     mechanisms: &Mechanisms,
+    tried: &Tried,
 ) -> Vec<HardwareFact> {
     let mut facts = Vec::new();
     if let Ok(info) = ctx.get_library_info() {
@@ -271,27 +274,52 @@ pub fn facts(
         "mechanisms",
         mechanisms.describe(),
     ));
-    let tried = |r: Result<()>| match r {
+    let shown = |r: &std::result::Result<(), String>| match r {
         Ok(()) => "works".to_string(),
         Err(e) => format!("refused ({e})"),
     };
     facts.push(HardwareFact::info(
         "private-key-import",
         "private-key import",
-        tried(keys::probe_import(session)),
+        shown(&tried.import),
     ));
-    let (copy, relabel) = probe_copy_and_relabel(session);
     facts.push(HardwareFact::info(
         "copy-object",
         "C_CopyObject",
-        tried(copy),
+        shown(&tried.copy),
     ));
     facts.push(HardwareFact::info(
         "relabel",
         "changing CKA_LABEL",
-        tried(relabel),
+        shown(&tried.relabel),
     ));
     facts
+}
+
+/// What trying private-key import, C_CopyObject and changing CKA_LABEL on
+/// session objects showed (each refusal as the module's error, rendered).
+/// Trying them costs a key generation and a handful of calls, so a store
+/// learns them once, on first need, and keeps them for its life.
+#[derive(Clone, Debug)]
+pub struct Tried {
+    pub import: std::result::Result<(), String>,
+    pub copy: std::result::Result<(), String>,
+    pub relabel: std::result::Result<(), String>,
+}
+
+impl Tried {
+    /// Tries the three on `session`; nothing is left on the token (the
+    /// objects are session objects, destroyed after).
+    pub fn learn(session: &Session) -> Self {
+        let rendered = |r: Result<()>| r.map_err(|e| e.to_string());
+        let import = rendered(keys::probe_import(session));
+        let (copy, relabel) = probe_copy_and_relabel(session);
+        Tried {
+            import,
+            copy: rendered(copy),
+            relabel: rendered(relabel),
+        }
+    }
 }
 
 /// C_CopyObject and C_SetAttributeValue(CKA_LABEL) on a session data

@@ -72,6 +72,8 @@ pub struct Pkcs11KeyStore {
     /// takes a private key into the token (C_CreateObject). A refusal is
     /// not kept, so that its error is the module's own each time.
     import_works: std::sync::OnceLock<()>,
+    /// Learnt on the first `hardware_facts` and kept for the store's life.
+    tried: std::sync::OnceLock<abilities::Tried>,
 }
 
 impl std::fmt::Debug for Pkcs11KeyStore {
@@ -98,6 +100,7 @@ impl Pkcs11KeyStore {
             conn: Mutex::new(Connection::new(slot, session)),
             mechanisms,
             import_works: std::sync::OnceLock::new(),
+            tried: std::sync::OnceLock::new(),
         };
         // Lookups cope with a leftover `.old` key on their own, so a token
         // that refuses the clean-up (write-protected, say) is still usable.
@@ -361,11 +364,17 @@ impl KeyStore for Pkcs11KeyStore {
 
     fn hardware_facts(&self) -> Result<Vec<HardwareFact>> {
         let conn = self.lock();
+        let tried = self
+            .tried
+            .get_or_init(|| abilities::Tried::learn(&conn.session));
+        if tried.import.is_ok() {
+            let _ = self.import_works.set(());
+        }
         Ok(abilities::facts(
             &self.ctx,
             conn.slot,
-            &conn.session,
             &self.mechanisms,
+            tried,
         ))
     }
 

@@ -357,6 +357,35 @@ impl Tpm {
         classify(op, e)
     }
 
+    /// TPM2_Create of a key from `template` under `parent`: the store's
+    /// primary, or another made for the call and flushed right after (as
+    /// [`Tpm::load_blob`] does). Call with no blob loaded: Create needs a
+    /// free object slot on TPMs without a resource manager.
+    pub(super) fn create_key(
+        &mut self,
+        parent: Parent,
+        template: &Public,
+    ) -> Result<tss_esapi::structures::CreateKeyResult> {
+        const OP: &str = "create key (TPM2_Create)";
+        if parent == Parent::NEW_KEYS {
+            let primary = self.primary;
+            return self.authorized(OP, |ctx| {
+                ctx.create(primary, template.clone(), None, None, None, None)
+            });
+        }
+        let other = create_primary(&mut self.ctx, parent)?;
+        let created = self.authorized(OP, |ctx| {
+            ctx.create(other, template.clone(), None, None, None, None)
+        });
+        if let Err(e) = self.ctx.flush_context(other.into()) {
+            tracing::warn!(
+                "tpm: could not flush the older storage primary: {}",
+                describe(e)
+            );
+        }
+        created
+    }
+
     /// Loads a wrapped blob under its `parent`, reusing the loaded copy
     /// when it is the same blob. A key under another primary than the
     /// store's has that primary made for the load and flushed right after

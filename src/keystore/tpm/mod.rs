@@ -67,6 +67,8 @@ struct NewKey {
     import_wrapper: Option<&'static str>,
     public: Public,
     private: Private,
+    /// The storage primary it was made or imported under.
+    parent: Parent,
 }
 
 pub struct TpmKeyStore {
@@ -250,6 +252,7 @@ impl TpmKeyStore {
             import_wrapper,
             public,
             private,
+            parent,
         } = new;
         let location = match self.storage {
             TpmKeyStorage::Blob => Location::Blob {
@@ -259,8 +262,6 @@ impl TpmKeyStore {
                 handle: self.free_handle(tpm)?,
             },
         };
-        // Made (TPM2_Create) or imported (TPM2_Import) under `tpm.primary`.
-        let parent = Parent::NEW_KEYS;
         // The file first, then the persistent object: a crash in between
         // leaves a file naming an empty handle (which delete removes), never
         // an NV object no file names, which would fill the TPM slot by slot.
@@ -730,10 +731,14 @@ impl KeyStore for TpmKeyStore {
         self.persistent_room(&mut tpm, false)?;
         // Create needs a free object slot on TPMs without a resource manager.
         tpm.unload_blob();
-        let primary = tpm.primary;
-        let created = tpm.authorized("create key (TPM2_Create)", |ctx| {
-            ctx.create(primary, template.clone(), None, None, None, None)
-        })?;
+        // Test builds can make the key as releases before the standard key
+        // file did, under the zero-unique SRK (`fault::lacks`).
+        let parent = if crate::fault::lacks("tss2-key-file") {
+            Parent::ZeroUnique
+        } else {
+            Parent::NEW_KEYS
+        };
+        let created = tpm.create_key(parent, &template)?;
         self.store(
             &mut tpm,
             label,
@@ -744,6 +749,7 @@ impl KeyStore for TpmKeyStore {
                 import_wrapper: None,
                 public: created.out_public,
                 private: created.out_private,
+                parent,
             },
         )
     }
@@ -794,6 +800,7 @@ impl KeyStore for TpmKeyStore {
                 import_wrapper: Some(import_wrapper),
                 public,
                 private,
+                parent: Parent::NEW_KEYS,
             },
         )?;
         // The TPM does not check that an EC private scalar matches the public
