@@ -111,6 +111,10 @@ pub enum Command {
     /// Inspect the keys in the configured key store.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Hardware attestation (docs/attestation.md): the TPM's attestation
+    /// key and its certificate from the manufacturer's CA.
+    #[command(subcommand)]
+    Attest(AttestCommand),
     /// Internal: the daemon's key helper process, which holds the hardware
     /// during a handshake or a rotation and speaks a private protocol on
     /// stdin and stdout. Not for people.
@@ -188,6 +192,35 @@ pub struct ClaimGenerate {
     /// Subject common name of the CSR.
     #[arg(long, value_name = "CN", default_value = "prov-agent claim")]
     pub subject: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AttestCommand {
+    /// Make the attestation key in the TPM (or keep the one there is) and
+    /// write the request for the manufacturer's CA: the TPM's endorsement
+    /// key certificate and the attestation key's public area.
+    Init(AttestInit),
+    /// Answer the CA's challenge with TPM2_ActivateCredential and store
+    /// the attestation key certificate it unlocks.
+    Activate(AttestActivate),
+}
+
+#[derive(Debug, Args)]
+pub struct AttestInit {
+    /// Where to write the request (JSON).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// The endorsement key certificate (PEM or DER), for a TPM that does
+    /// not hold one at NV index 0x01c00002.
+    #[arg(long, value_name = "FILE")]
+    pub ek_cert: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct AttestActivate {
+    /// The CA's challenge (JSON).
+    #[arg(long, value_name = "FILE")]
+    pub challenge: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

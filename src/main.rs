@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use prov_agent::cli::{ClaimCommand, Cli, Command, KeysCommand};
+use prov_agent::cli::{AttestCommand, ClaimCommand, Cli, Command, KeysCommand};
 use prov_agent::commands::{self, exit, CommandError};
 use prov_agent::config::{Config, DEFAULT_PATH, ENV_CONFIG};
 use prov_agent::keystore;
@@ -130,6 +130,22 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             if failed {
                 return Err(CommandError::Failed);
             }
+        }
+        Command::Attest(AttestCommand::Init(args)) => {
+            let done = commands::attest::init(&config, &args)?;
+            println!(
+                "attestation key {}: {}",
+                if done.made { "made" } else { "kept" },
+                done.reference
+            );
+            println!(
+                "request for the manufacturer's CA written to {}",
+                done.request.display()
+            );
+        }
+        Command::Attest(AttestCommand::Activate(args)) => {
+            let stored = commands::attest::activate(&config, &args)?;
+            println!("attestation key certificate stored at {}", stored.display());
         }
         Command::Keys(KeysCommand::List { json }) => {
             println!("{}", commands::keys::list(&store()?, json)?);

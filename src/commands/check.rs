@@ -260,6 +260,9 @@ pub fn run(config: &Config, json: bool, offline: bool) -> Result<(String, bool),
             Err(e) => r.add("key import", Verdict::Fail, e.to_string()),
         }
     }
+    if config.attestation.mode == crate::config::AttestationMode::Tpm {
+        check_attestation(&mut r, config, store.as_deref());
+    }
     let endpoint = Endpoint::new(config).map_err(|e| e.to_string());
     if let Some(cert) = &cert {
         check_certificate(&mut r, config, &endpoint, cert, identity.is_some());
@@ -302,6 +305,57 @@ pub fn run(config: &Config, json: bool, offline: bool) -> Result<(String, bool),
 /// connect with any client id that starts with `CLIENT_ID_PREFIX`; a thing
 /// named so could be knocked off by them (the service drops the older
 /// connection of a client id).
+/// `[ATTESTATION] MODE = tpm`: the attestation key certificate is there
+/// and valid, and (with the store) the key is there and is the one the
+/// certificate is for.
+fn check_attestation(r: &mut Report, config: &Config, store: Option<&dyn KeyStore>) {
+    let der = match crate::provision::attestation::ak_certificate(config) {
+        Ok(Some(der)) => der,
+        Ok(None) => return,
+        Err(e) => return r.add("attestation", Verdict::Fail, e.to_string()),
+    };
+    let Some(store) = store else {
+        return r.add(
+            "attestation",
+            Verdict::Pass,
+            "the attestation key certificate is there and valid (the key itself is not checked \
+             offline)",
+        );
+    };
+    let label = &config.attestation.key;
+    match store.info(label) {
+        Ok(ak) => {
+            let matches = x509_parser::parse_x509_certificate(&der)
+                .is_ok_and(|(_, c)| c.public_key().raw == ak.public_key.spki_der());
+            if matches {
+                r.add(
+                    "attestation",
+                    Verdict::Pass,
+                    format!(
+                        "attestation key {} and its certificate are ready",
+                        ak.reference
+                    ),
+                );
+            } else {
+                r.add(
+                    "attestation",
+                    Verdict::Fail,
+                    format!(
+                        "the attestation key certificate is for another key than {}: run \
+                         `prov-agent attest init` and `attest activate` again",
+                        ak.reference
+                    ),
+                );
+            }
+        }
+        Err(e) => r.add(
+            "attestation",
+            Verdict::Fail,
+            format!("{e}: run `prov-agent attest init` and `attest activate`"),
+        ),
+    }
+}
+
 fn check_thing_name(r: &mut Report, config: &Config, thing: &str) {
     let prefix = &config.provisioning.client_id_prefix;
     if thing.starts_with(prefix.as_str()) {

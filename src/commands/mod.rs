@@ -1,6 +1,7 @@
 //! The subcommands. Each returns a [`CommandError`] that knows its exit
 //! code, so `main` stays a thin shell.
 
+pub mod attest;
 pub mod check;
 pub mod claim;
 pub mod enroll;

@@ -216,6 +216,26 @@ pub struct ExportConfig {
     pub group: Option<(String, u32)>,
 }
 
+/// `[ATTESTATION] MODE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttestationMode {
+    /// No proof beyond the claim credential. The default.
+    None,
+    /// The TPM certifies each new device key with its attestation key, and
+    /// the proof goes to RegisterThing (docs/attestation.md).
+    Tpm,
+}
+
+/// `[ATTESTATION]`: whether enrollment and rotation prove that the new
+/// key was made in this gateway's TPM (docs/attestation.md).
+#[derive(Clone, Debug)]
+pub struct AttestationConfig {
+    pub mode: AttestationMode,
+    /// The attestation key's label in the TPM store (`prov-agent attest
+    /// init` makes it).
+    pub key: KeyLabel,
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     /// The file this was read from.
@@ -228,6 +248,7 @@ pub struct Config {
     pub template_parameters: BTreeMap<String, String>,
     pub rotation: RotationConfig,
     pub export: ExportConfig,
+    pub attestation: AttestationConfig,
 }
 
 /// Every section and key the agent knows, with its default (`None`: no
@@ -309,6 +330,10 @@ pub const SCHEMA: &[(&str, &[KeySpec])] = &[
         ],
     ),
     ("EXPORT", &[("DIR", None), ("GROUP", None)]),
+    (
+        "ATTESTATION",
+        &[("MODE", Some("none")), ("KEY", Some("attest"))],
+    ),
 ];
 
 const FREE_FORM_SECTION: &str = "TEMPLATE_PARAMETERS";
@@ -364,6 +389,7 @@ impl Config {
         let template_parameters = sections::template_parameters(&r, path, &provisioning)?;
         let rotation = sections::rotation(&r)?;
         let export = sections::export(&r, path, &files, &state_dir)?;
+        let attestation = sections::attestation(&r, path, &keystore, &provisioning)?;
         Ok(Config {
             source: path.to_path_buf(),
             settings,
@@ -373,6 +399,7 @@ impl Config {
             template_parameters,
             rotation,
             export,
+            attestation,
         })
     }
 }

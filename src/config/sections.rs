@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use super::reader::Reader;
 use super::{
-    values, ConfigError, ExportConfig, KeyStoreConfig, PayloadFormat, ProvisioningConfig,
-    ProvisioningMode, RotationConfig, RotationThreshold, SerialSource, Settings, FREE_FORM_SECTION,
+    values, AttestationConfig, AttestationMode, ConfigError, ExportConfig, KeyStoreConfig,
+    PayloadFormat, ProvisioningConfig, ProvisioningMode, RotationConfig, RotationThreshold,
+    SerialSource, Settings, FREE_FORM_SECTION,
 };
 use crate::keystore::{
     Backend, FileSettings, KeyAlgorithm, KeyLabel, KeyStoreSettings, Pkcs11Settings, SecretSource,
@@ -447,6 +448,63 @@ pub(super) fn export(
         });
     }
     Ok(ExportConfig { dir, group })
+}
+
+/// `[ATTESTATION]`. A proof of the key's origin needs a key made in a TPM:
+/// the TPM backend, and csr mode (in keys mode the cloud made the key).
+pub(super) fn attestation(
+    r: &Reader,
+    path: &Path,
+    keystore: &KeyStoreConfig,
+    provisioning: &ProvisioningConfig,
+) -> Result<AttestationConfig, ConfigError> {
+    let mode = r.with_default("ATTESTATION", "MODE", |s| {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "none" => Ok(AttestationMode::None),
+            "tpm" => Ok(AttestationMode::Tpm),
+            other => Err(format!("{other:?}: use none or tpm")),
+        }
+    })?;
+    let key = r.with_default("ATTESTATION", "KEY", |s| {
+        KeyLabel::new(s.trim()).map_err(|e| e.to_string())
+    })?;
+    let refuse = |message: String| ConfigError::Value {
+        origin: path.display().to_string(),
+        section: "ATTESTATION".into(),
+        key: "MODE".into(),
+        message,
+    };
+    if mode == AttestationMode::Tpm {
+        if keystore.backend != Backend::Tpm {
+            return Err(refuse(format!(
+                "tpm attestation needs the key in a TPM, and [KEYSTORE] BACKEND is {}: set \
+                 BACKEND = tpm, or MODE = none",
+                keystore.backend
+            )));
+        }
+        if provisioning.mode != ProvisioningMode::Csr {
+            return Err(refuse(
+                "in [PROVISIONING] MODE = keys the cloud makes the device key, which no TPM can \
+                 attest as its own: set [PROVISIONING] MODE = csr, or MODE = none"
+                    .into(),
+            ));
+        }
+        if [&keystore.claim_key, &keystore.device_key]
+            .iter()
+            .any(|l| key.as_str() == l.as_str() || key.as_str().starts_with(&format!("{l}.")))
+        {
+            return Err(ConfigError::Value {
+                origin: path.display().to_string(),
+                section: "ATTESTATION".into(),
+                key: "KEY".into(),
+                message: format!(
+                    "{key} is a label the agent uses for the claim or device key: choose \
+                     another (default attest)"
+                ),
+            });
+        }
+    }
+    Ok(AttestationConfig { mode, key })
 }
 
 /// The id of group `name` (or a number) in the group file `file`.

@@ -243,9 +243,18 @@ fn configuration_doc_lists_every_key_with_its_default() {
             doc.contains(&format!("[{section}]")),
             "docs lack section [{section}]"
         );
+        // The section's own part: from its heading to the next one of its
+        // level (two sections may share a key name: MODE).
+        let heading = format!("## [{section}]");
+        let part: Vec<&str> = doc
+            .lines()
+            .skip_while(|l| !l.starts_with(&heading))
+            .skip(1)
+            .take_while(|l| !l.starts_with("## "))
+            .collect();
         for (key, default) in *keys {
-            let row = doc
-                .lines()
+            let row = part
+                .iter()
                 .find(|l| l.starts_with(&format!("| `{key}`")))
                 .unwrap_or_else(|| {
                     panic!("docs/configuration.md lacks a row for [{section}] {key}")
@@ -498,4 +507,45 @@ fn helper_timeout_is_bounded() {
         let e = with(bad).unwrap_err().to_string();
         assert!(e.contains("HELPER_TIMEOUT"), "{bad}: {e}");
     }
+}
+
+#[test]
+fn attestation_is_off_by_default_and_needs_a_tpm_and_csr_mode() {
+    let c = load(MINIMAL).unwrap();
+    assert_eq!(c.attestation.mode, AttestationMode::None);
+    assert_eq!(c.attestation.key.as_str(), "attest");
+
+    // The file backend cannot attest.
+    let e = load(&format!("{MINIMAL}[ATTESTATION]\nMODE = tpm\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("[ATTESTATION] MODE") && e.contains("BACKEND = tpm"),
+        "{e}"
+    );
+
+    let tpm = MINIMAL.replace("BACKEND = file", "BACKEND = tpm");
+    let c = load(&format!("{tpm}[ATTESTATION]\nMODE = tpm\n")).unwrap();
+    assert_eq!(c.attestation.mode, AttestationMode::Tpm);
+
+    // In keys mode the cloud made the key: no TPM can attest it.
+    let e = load(&format!(
+        "{tpm}[PROVISIONING]\nMODE = keys\n[ATTESTATION]\nMODE = tpm\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("MODE = keys") && e.contains("MODE = csr"), "{e}");
+
+    // The attestation key cannot share a label with the device's keys.
+    let e = load(&format!(
+        "{tpm}[ATTESTATION]\nMODE = tpm\nKEY = device.alt\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("[ATTESTATION] KEY"), "{e}");
+
+    let e = load(&format!("{tpm}[ATTESTATION]\nMODE = yes\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("none or tpm"), "{e}");
 }

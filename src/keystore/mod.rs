@@ -32,7 +32,8 @@ pub use settings::{
     TpmSettings,
 };
 pub use types::{
-    Backend, HardwareFact, HashAlg, KeyAlgorithm, KeyInfo, KeyLabel, PublicKey, SignatureScheme,
+    Backend, Certification, HardwareFact, HashAlg, KeyAlgorithm, KeyInfo, KeyLabel, PublicKey,
+    SignatureScheme,
 };
 
 /// Storage for private keys that never hands them out.
@@ -110,6 +111,22 @@ pub trait KeyStore: Send + Sync {
     fn hardware_facts(&self) -> Result<Vec<HardwareFact>> {
         Ok(Vec::new())
     }
+
+    /// TPM2_Certify: the attestation key under `by` signs that the key
+    /// under `key` is in this TPM, with its attributes, and `qualifying`
+    /// (at most 64 bytes) as the attestation's extraData. Only a TPM can;
+    /// the other stores refuse, saying what to configure.
+    fn certify(&self, key: &KeyLabel, by: &KeyLabel, qualifying: &[u8]) -> Result<Certification> {
+        let _ = (key, by, qualifying);
+        Err(KeyStoreError::Backend {
+            backend: self.backend(),
+            op: "certify a key".into(),
+            detail: "only a TPM can attest its keys: set [KEYSTORE] BACKEND = tpm, or \
+                     [ATTESTATION] MODE = none"
+                .into(),
+            code: None,
+        })
+    }
 }
 
 impl<T: KeyStore + ?Sized> KeyStore for std::sync::Arc<T> {
@@ -151,6 +168,9 @@ impl<T: KeyStore + ?Sized> KeyStore for std::sync::Arc<T> {
     }
     fn hardware_facts(&self) -> Result<Vec<HardwareFact>> {
         (**self).hardware_facts()
+    }
+    fn certify(&self, key: &KeyLabel, by: &KeyLabel, qualifying: &[u8]) -> Result<Certification> {
+        (**self).certify(key, by, qualifying)
     }
 }
 

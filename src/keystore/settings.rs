@@ -197,6 +197,18 @@ pub struct TpmSettings {
     pub allow_unwrapped_import: bool,
 }
 
+impl TpmSettings {
+    /// Where the certificate chain of the attestation key under `label` is
+    /// kept: beside its key file (`prov-agent attest activate` writes it).
+    pub fn attestation_certificate(&self, label: &super::KeyLabel) -> PathBuf {
+        Self::certificate_in(&self.key_dir, label)
+    }
+
+    pub(crate) fn certificate_in(key_dir: &std::path::Path, label: &super::KeyLabel) -> PathBuf {
+        key_dir.join(format!("{label}.cert.pem"))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pkcs11Settings {
     /// Path of the PKCS#11 module (`/usr/lib/softhsm/libsofthsm2.so`).

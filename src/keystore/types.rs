@@ -478,6 +478,21 @@ impl HardwareFact {
     }
 }
 
+/// A TPM's statement about one of its keys (TPM2_Certify), in the TPM's
+/// own encoding: what a verifier needs to check that the key was made in
+/// this TPM and cannot leave it (docs/attestation.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Certification {
+    /// The marshalled TPMS_ATTEST (type TPM_ST_ATTEST_CERTIFY): the key's
+    /// name and the qualifying data, signed by the attestation key.
+    pub attest: Vec<u8>,
+    /// The marshalled TPMT_SIGNATURE over `attest`.
+    pub signature: Vec<u8>,
+    /// The marshalled TPMT_PUBLIC of the certified key: its name is the
+    /// one in `attest`, its attributes say where the key came from.
+    pub public: Vec<u8>,
+}
+
 /// What a store says about one of its keys.
 #[derive(Clone, Debug)]
 pub struct KeyInfo {

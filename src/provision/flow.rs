@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
+use super::attestation;
 use super::export;
 use super::identity::Identity;
 use super::journal::{
@@ -62,6 +63,9 @@ pub(super) struct Flow<'a> {
     pub(super) steps: Vec<StepTiming>,
     /// The commit is done but the report of retired certificates is not.
     pub(super) report_pending: bool,
+    /// `[ATTESTATION] MODE = tpm`: the attestation key certificate (DER)
+    /// sent with RegisterThing, read when the run starts.
+    ak_certificate: Option<Vec<u8>>,
 }
 
 impl<'a> Flow<'a> {
@@ -90,6 +94,7 @@ impl<'a> Flow<'a> {
             report_pending: false,
             pending: Self::next_slot(config, current_label.as_deref())?,
             steps: Vec::new(),
+            ak_certificate: None,
         })
     }
 
@@ -109,6 +114,9 @@ impl<'a> Flow<'a> {
         let state_dir = self.config.state_dir.clone();
         // Fixed when the journal was made (see `key_slots`).
         self.pending = KeyLabel::new(journal.keys.pending.clone())?;
+        // Before any request: a gateway that cannot prove its key's origin
+        // asks the service for nothing.
+        self.ak_certificate = attestation::ak_certificate(self.config)?;
         loop {
             match journal.state.clone() {
                 State::Started {
@@ -722,7 +730,16 @@ impl<'a> Flow<'a> {
         certificate: &IssuedCertificate,
         token: &OwnershipToken,
     ) -> Result<Registration, ProvisionError> {
-        let (_, parameters) = self.template_and_parameters()?;
+        let (_, mut parameters) = self.template_and_parameters()?;
+        if let Some(ak_certificate) = &self.ak_certificate {
+            parameters.extend(attestation::parameters(
+                &*self.store,
+                self.config,
+                &self.pending,
+                ak_certificate,
+                &certificate.id,
+            )?);
+        }
         let topic = self.register_topic()?;
         let body = serde_json::json!({
             "certificateOwnershipToken": token.expose(),

@@ -1,5 +1,6 @@
 //! Enrollment and rotation: the journal, the flows, the credential commit.
 
+pub mod attestation;
 pub mod enroll;
 pub mod export;
 /// The fault points of the flow (crate::fault), where the crash tests find them.
@@ -215,6 +216,14 @@ pub enum ProvisionError {
     /// [`ProvisionError::KeyStore`]).
     #[error(transparent)]
     Csr(crate::crypto::CsrError),
+    /// `[ATTESTATION] MODE = tpm` on a gateway whose attestation key or
+    /// its certificate is not ready (found before any request).
+    #[error(
+        "attestation ([ATTESTATION] MODE = tpm): {detail} ({}); run `prov-agent attest init` \
+         and `prov-agent attest activate` with the manufacturer's CA first, or set MODE = none",
+        path.display()
+    )]
+    AttestationNotReady { path: PathBuf, detail: String },
     /// The state directory could be tampered with by another user.
     #[error(
         "the state directory {} {problem}: another user could plant files in it; make it the \
@@ -296,7 +305,8 @@ impl ProvisionError {
             | ProvisionError::Endpoint(_)
             | ProvisionError::UnsafeStateDir { .. }
             | ProvisionError::IdentityKeyMismatch { .. }
-            | ProvisionError::IdentityKeyMissing { .. } => ErrorKind::Config,
+            | ProvisionError::IdentityKeyMissing { .. }
+            | ProvisionError::AttestationNotReady { .. } => ErrorKind::Config,
             ProvisionError::KeyStore(e) => e.kind(),
             ProvisionError::Mqtt(e) => e.kind(),
             ProvisionError::GaveUp { .. } => ErrorKind::Unreachable,

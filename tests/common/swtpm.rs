@@ -14,6 +14,8 @@ pub struct Swtpm {
     port: u16,
     // Kept for the simulator's lifetime; removed on drop, after the kill.
     state: tempfile::TempDir,
+    /// Where the TPM's own state is when not `state` itself.
+    tpm_state: Option<std::path::PathBuf>,
 }
 
 impl Swtpm {
@@ -35,7 +37,84 @@ impl Swtpm {
     fn try_start(port: u16) -> Result<Self, String> {
         let state = tempfile::tempdir().map_err(|e| e.to_string())?;
         let child = spawn_and_wait(port, state.path())?;
-        Ok(Swtpm { child, port, state })
+        Ok(Swtpm {
+            child,
+            port,
+            state,
+            tpm_state: None,
+        })
+    }
+
+    /// A fresh simulator manufactured as a TPM maker would: an RSA (and an
+    /// ECC) endorsement key certificate in NV, signed by a CA of its own
+    /// (`swtpm_setup --create-ek-cert` with swtpm_localca, its files in
+    /// [`Swtpm::ek_ca_dir`]: `issuercert.pem` signed the EK certificate,
+    /// `swtpm-localca-rootca-cert.pem` signed that).
+    #[allow(dead_code)]
+    pub fn start_with_ek_cert() -> Self {
+        let state = tempfile::tempdir().unwrap();
+        let ca = state.path().join("ek-ca");
+        std::fs::create_dir(&ca).unwrap();
+        let localca = state.path().join("swtpm-localca.conf");
+        std::fs::write(
+            &localca,
+            format!(
+                "statedir = {ca}\nsigningkey = {ca}/signkey.pem\nissuercert = {ca}/issuercert.pem\n\
+                 certserial = {ca}/certserial\n",
+                ca = ca.display()
+            ),
+        )
+        .unwrap();
+        let setup = state.path().join("swtpm_setup.conf");
+        std::fs::write(
+            &setup,
+            format!(
+                "create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = {}\n\
+                 create_certs_tool_options = /etc/swtpm-localca.options\nactive_pcr_banks = sha256\n",
+                localca.display()
+            ),
+        )
+        .unwrap();
+        let tpm_state = state.path().join("tpm");
+        std::fs::create_dir(&tpm_state).unwrap();
+        let out = super::clean_command("swtpm_setup")
+            .args(["--tpm2", "--create-ek-cert", "--overwrite", "--tpmstate"])
+            .arg(&tpm_state)
+            .arg("--config")
+            .arg(&setup)
+            .output()
+            .expect("swtpm_setup (install swtpm-tools)");
+        assert!(
+            out.status.success(),
+            "swtpm_setup: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut last_err = String::new();
+        for _ in 0..20 {
+            let Some(port) = free_port_pair() else {
+                continue;
+            };
+            match spawn_and_wait(port, &tpm_state) {
+                Ok(child) => {
+                    return Swtpm {
+                        child,
+                        port,
+                        state,
+                        tpm_state: Some(tpm_state),
+                    }
+                }
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("could not start swtpm: {last_err}");
+    }
+
+    /// The CA that signed a [`Swtpm::start_with_ek_cert`] TPM's endorsement
+    /// key certificate.
+    #[allow(dead_code)]
+    pub fn ek_ca_dir(&self) -> std::path::PathBuf {
+        self.state.path().join("ek-ca")
     }
 
     /// Resets the TPM through the control channel (CMD_INIT), like a
@@ -67,7 +146,7 @@ impl Swtpm {
         let mut last = String::new();
         // The ports may take a moment to be free again.
         for _ in 0..50 {
-            match spawn_and_wait(self.port, self.state.path()) {
+            match spawn_and_wait(self.port, self.tpm_state_dir()) {
                 Ok(child) => {
                     self.child = child;
                     return;
@@ -85,7 +164,11 @@ impl Swtpm {
     }
 
     pub fn state_dir(&self) -> &std::path::Path {
-        self.state.path()
+        self.tpm_state_dir()
+    }
+
+    fn tpm_state_dir(&self) -> &std::path::Path {
+        self.tpm_state.as_deref().unwrap_or(self.state.path())
     }
 }
 

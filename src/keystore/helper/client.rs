@@ -16,8 +16,8 @@ use super::wire::{
 };
 use super::SUBCOMMAND;
 use crate::keystore::{
-    Backend, KeyAlgorithm, KeyInfo, KeyLabel, KeyStore, KeyStoreError, PrivateKeyMaterial, Result,
-    SignatureScheme,
+    Backend, Certification, KeyAlgorithm, KeyInfo, KeyLabel, KeyStore, KeyStoreError,
+    PrivateKeyMaterial, Result, SignatureScheme,
 };
 
 /// How long a helper may take to finish after its input is closed.
@@ -51,6 +51,7 @@ fn operation(request: &Request) -> &'static str {
         Request::Delete { .. } => "a key deletion",
         Request::List => "listing the keys",
         Request::HardwareId => "reading the hardware id",
+        Request::Certify { .. } => "a key certification",
     }
 }
 
@@ -465,6 +466,32 @@ impl KeyStore for HelperKeyStore {
                         .map_err(|e| self.broken("sent a bad key description", e))
                 })
                 .collect(),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    fn certify(&self, key: &KeyLabel, by: &KeyLabel, qualifying: &[u8]) -> Result<Certification> {
+        let request = Request::Certify {
+            key: key.as_str().into(),
+            by: by.as_str().into(),
+            qualifying: hex::encode(qualifying),
+        };
+        match self.call(request, &[])?.0 {
+            Reply::Certification {
+                attest,
+                signature,
+                public,
+            } => {
+                let part = |hex_text: &str| {
+                    hex::decode(hex_text)
+                        .map_err(|e| self.broken("sent a certification that is not hex", e))
+                };
+                Ok(Certification {
+                    attest: part(&attest)?,
+                    signature: part(&signature)?,
+                    public: part(&public)?,
+                })
+            }
             other => Err(self.unexpected(other)),
         }
     }

@@ -152,6 +152,24 @@ fn handle(store: &dyn KeyStore, request: Request, body: &[u8]) -> Result<(Reply,
             },
             vec![],
         ),
+        Request::Certify {
+            key,
+            by,
+            qualifying,
+        } => {
+            let qualifying = hex::decode(&qualifying).map_err(|e| KeyStoreError::Helper {
+                message: format!("the daemon sent qualifying data that is not hex: {e}"),
+            })?;
+            let c = store.certify(&KeyLabel::new(key)?, &KeyLabel::new(by)?, &qualifying)?;
+            (
+                Reply::Certification {
+                    attest: hex::encode(c.attest),
+                    signature: hex::encode(c.signature),
+                    public: hex::encode(c.public),
+                },
+                vec![],
+            )
+        }
     })
 }
 

@@ -92,6 +92,12 @@ pub enum Request {
     },
     List,
     HardwareId,
+    /// TPM2_Certify of `key` by `by`; `qualifying` in hex.
+    Certify {
+        key: String,
+        by: String,
+        qualifying: String,
+    },
 }
 
 /// Version 1 replies, one for each request.
@@ -113,6 +119,12 @@ pub enum Reply {
     Signature,
     HardwareId {
         id: Option<String>,
+    },
+    /// A [`crate::keystore::Certification`], each part in hex.
+    Certification {
+        attest: String,
+        signature: String,
+        public: String,
     },
     Error {
         error: WireError,

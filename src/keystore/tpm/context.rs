@@ -289,6 +289,23 @@ impl Tpm {
         result.map_err(|e| self.classify(op, e))
     }
 
+    /// Runs `f` with the given sessions for the command's first, second
+    /// and third authorised handles (commands that authorise two objects:
+    /// TPM2_Certify, TPM2_ActivateCredential).
+    pub(super) fn with_sessions<T>(
+        &mut self,
+        op: &'static str,
+        sessions: (
+            Option<AuthSession>,
+            Option<AuthSession>,
+            Option<AuthSession>,
+        ),
+        mut f: impl FnMut(&mut Context) -> tss_esapi::Result<T>,
+    ) -> Result<T> {
+        let result = while_busy(op, || self.ctx.execute_with_sessions(sessions, &mut f));
+        result.map_err(|e| self.classify(op, e))
+    }
+
     /// Like [`Tpm::authorized`], with parameter encryption: the command's
     /// first TPM2B parameter and the response's first TPM2B travel
     /// AES-128-CFB encrypted under the salted session's key. Only for

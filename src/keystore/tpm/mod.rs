@@ -22,8 +22,10 @@
 //! Files: `context.rs` (connection, session, errors), `parent.rs` (the
 //! storage primaries), `keys.rs`
 //! (templates, public keys), `import.rs` (TPM2_Import), `sign.rs`
-//! (TPM2_Sign and signature encoding), `meta.rs` (the key files).
+//! (TPM2_Sign and signature encoding), `meta.rs` (the key files),
+//! `attest.rs` (the attestation key, its activation, TPM2_Certify).
 
+mod attest;
 mod context;
 mod import;
 mod key_file;
@@ -46,8 +48,10 @@ use tss_esapi::structures::{
 };
 use zeroize::Zeroizing;
 
+pub use attest::{AttestationKey, EK_CERT_NV_INDEX};
+
 use super::{
-    Backend, HardwareCode, KeyAlgorithm, KeyInfo, KeyLabel, KeyStore, KeyStoreError,
+    Backend, Certification, HardwareCode, KeyAlgorithm, KeyInfo, KeyLabel, KeyStore, KeyStoreError,
     PrivateKeyMaterial, Result, SignatureScheme, TpmKeyStorage, TpmSettings,
 };
 use crate::durable;
@@ -707,6 +711,10 @@ fn evict(tpm: &mut Tpm, handle: u32) -> Result<()> {
 }
 
 impl KeyStore for TpmKeyStore {
+    fn certify(&self, key: &KeyLabel, by: &KeyLabel, qualifying: &[u8]) -> Result<Certification> {
+        self.certify_with(key, by, qualifying)
+    }
+
     fn hardware_id(&self) -> Option<Result<String>> {
         Some(self.endorsement_id())
     }

@@ -1,0 +1,114 @@
+//! The proof that a new device key was made in this gateway's TPM, sent
+//! with RegisterThing when `[ATTESTATION] MODE = tpm` (docs/attestation.md):
+//! TPM2_Certify of the pending key by the attestation key, qualified by
+//! the new certificate's id, and the attestation key's certificate from
+//! the manufacturer's CA. The pre-provisioning hook checks it; the agent
+//! only carries it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use base64::Engine as _;
+
+use super::ProvisionError;
+use crate::config::{AttestationMode, Config};
+use crate::keystore::{KeyLabel, KeyStore, KeyStoreSettings};
+
+/// The template parameters of the proof.
+pub const ATTEST: &str = "TpmAttest";
+pub const SIGNATURE: &str = "TpmAttestSignature";
+pub const DEVICE_PUBLIC: &str = "TpmDevicePublic";
+pub const AK_CERTIFICATE: &str = "TpmAkCertificate";
+
+/// AWS's limit on one template parameter's value.
+pub const MAX_PARAMETER: usize = 4096;
+
+/// The attestation key certificate (DER) to send, read before any request
+/// so that a gateway not ready for attestation fails before it asks the
+/// service for anything; `None` when attestation is off.
+pub fn ak_certificate(config: &Config) -> Result<Option<Vec<u8>>, ProvisionError> {
+    if config.attestation.mode == AttestationMode::None {
+        return Ok(None);
+    }
+    let KeyStoreSettings::Tpm(tpm) = &config.keystore.settings else {
+        // Config::load refuses MODE = tpm without the TPM backend.
+        return Err(ProvisionError::AttestationNotReady {
+            path: config.source.clone(),
+            detail: format!("the key store is {}, not a TPM", config.keystore.backend),
+        });
+    };
+    let path = tpm.attestation_certificate(&config.attestation.key);
+    let not_ready = |detail: String| ProvisionError::AttestationNotReady {
+        path: path.clone(),
+        detail,
+    };
+    let text = std::fs::read(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => not_ready("no attestation key certificate".into()),
+        _ => not_ready(format!("cannot read the attestation key certificate: {e}")),
+    })?;
+    let der = pem::parse_many(&text)
+        .ok()
+        .and_then(|blocks| blocks.into_iter().find(|b| b.tag() == "CERTIFICATE"))
+        .map(pem::Pem::into_contents)
+        .ok_or_else(|| {
+            not_ready("the attestation key certificate file holds no certificate".into())
+        })?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| {
+        not_ready(format!(
+            "the attestation key certificate does not parse: {e}"
+        ))
+    })?;
+    if !cert.validity().is_valid() {
+        return Err(not_ready(format!(
+            "the attestation key certificate is not valid now (valid {} to {})",
+            cert.validity().not_before,
+            cert.validity().not_after
+        )));
+    }
+    if encoded_len(der.len()) > MAX_PARAMETER {
+        return Err(not_ready(format!(
+            "the attestation key certificate is {} bytes, {} characters in base64; a template \
+             parameter holds at most {MAX_PARAMETER}",
+            der.len(),
+            encoded_len(der.len())
+        )));
+    }
+    Ok(Some(der))
+}
+
+fn encoded_len(bytes: usize) -> usize {
+    bytes.div_ceil(3) * 4
+}
+
+/// The four parameters for the pending key under `pending` and the
+/// certificate `certificate_id` issued for it.
+pub fn parameters(
+    store: &dyn KeyStore,
+    config: &Config,
+    pending: &KeyLabel,
+    ak_certificate: &[u8],
+    certificate_id: &str,
+) -> Result<BTreeMap<String, String>, ProvisionError> {
+    let proof = store.certify(pending, &config.attestation.key, certificate_id.as_bytes())?;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let parameters: BTreeMap<String, String> = [
+        (ATTEST, b64(&proof.attest)),
+        (SIGNATURE, b64(&proof.signature)),
+        (DEVICE_PUBLIC, b64(&proof.public)),
+        (AK_CERTIFICATE, b64(ak_certificate)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    if let Some((name, value)) = parameters.iter().find(|(_, v)| v.len() > MAX_PARAMETER) {
+        return Err(ProvisionError::AttestationNotReady {
+            path: PathBuf::from(name),
+            detail: format!(
+                "the {name} parameter is {} characters; a template parameter holds at most \
+                 {MAX_PARAMETER}",
+                value.len()
+            ),
+        });
+    }
+    Ok(parameters)
+}
