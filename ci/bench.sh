@@ -4,6 +4,8 @@
 #   ci/bench.sh emulator [DEVICES] [MODE]       enrollments/s against iotcore-emulator (csr|keys|both)
 #   ci/bench.sh enroll [RUNS]                   prov-agent enroll and rotate at 0 and 100 ms RTT: wall
 #                                               time, peak RSS, HW signatures, round trips
+#   ci/bench.sh attest [RUNS]                   enroll and rotate on swtpm with and without hardware
+#                                               attestation, without and with the shipped hook
 #   ci/bench.sh daemon [IDLE_SECONDS]           prov-agent run: RSS and CPU idle, one rotation
 #   ci/bench.sh alloc [RUNS]                    enroll and rotate on loopback with the allocator
 #                                               that wipes freed memory, then with the system one
@@ -21,6 +23,9 @@ case $what in
   enroll)
     cargo build --quiet --release --workspace --bins
     python3 ci/bench_enroll.py "${1:-10}" ;;
+  attest)
+    cargo build --quiet --release --workspace --bins
+    python3 ci/bench_attest.py "${1:-10}" ;;
   daemon)
     cargo build --quiet --release --workspace --bins
     python3 ci/bench_daemon.py "${1:-60}" ;;
@@ -36,5 +41,5 @@ case $what in
     BENCH_LOOPBACK_ONLY=1 BENCH_AGENT="$PWD/target/plain-alloc/release/prov-agent" \
       python3 ci/bench_enroll.py "${1:-10}" ;;
   *)
-    echo "usage: ci/bench.sh keystore|emulator|enroll|daemon|alloc [args]" >&2; exit 2 ;;
+    echo "usage: ci/bench.sh keystore|emulator|enroll|attest|daemon|alloc [args]" >&2; exit 2 ;;
 esac

@@ -35,7 +35,9 @@ def free_port():
 
 
 class Bench:
-    def __init__(self, prefix, log="info", serve_args=()):
+    def __init__(self, prefix, log="info", serve_args=(), hooks=False, serve_env=None):
+        """hooks: keep the templates' pre-provisioning hook (run with
+        serve_env, which needs the Python virtualenv with boto3 on PATH)."""
         self.work = tempfile.mkdtemp(prefix=prefix)
         self.procs = []
         self.cloud = os.path.join(self.work, "cloud")
@@ -43,14 +45,15 @@ class Bench:
         # The benchmarks measure the agent: the templates are registered
         # again without their pre-provisioning hook, whose Python start-up
         # (about 0.35 s per RegisterThing here) would dominate the figures.
-        for name in ("ProdTemplate", "RotationTemplate"):
-            run([EMULATOR, "-d", self.cloud, "templates", "create", name,
-                 os.path.join(ROOT, "templates", f"{name}.json")])
+        if not hooks:
+            for name in ("ProdTemplate", "RotationTemplate"):
+                run([EMULATOR, "-d", self.cloud, "templates", "create", name,
+                     os.path.join(ROOT, "templates", f"{name}.json")])
         serve_out = open(os.path.join(self.work, "serve.out"), "w+")
         self.procs.append(subprocess.Popen(
             [EMULATOR, "serve", self.cloud, "--port", "0", "--alpn-port", "0", "--api-port", "0",
              *serve_args],
-            stdout=serve_out, stderr=subprocess.DEVNULL))
+            stdout=serve_out, stderr=subprocess.DEVNULL, env=serve_env))
         for _ in range(100):
             serve_out.seek(0)
             m = re.search(r"127\.0\.0\.1:(\d+)", serve_out.read())
@@ -75,10 +78,28 @@ class Bench:
              "--pin", "bench-pin"], env=self.env)
         self.tpm_port = None
 
-    def start_swtpm(self):
+    def start_swtpm(self, ek_cert=False):
+        """ek_cert: manufactured with an endorsement key certificate
+        (swtpm_setup --create-ek-cert; its CA in self.ek_ca)."""
         self.tpm_port = free_port()
         state = os.path.join(self.work, "tpm")
         os.makedirs(state, mode=0o700)
+        if ek_cert:
+            self.ek_ca = os.path.join(self.work, "ek-ca")
+            os.makedirs(self.ek_ca)
+            localca = os.path.join(self.work, "swtpm-localca.conf")
+            with open(localca, "w") as f:
+                f.write(f"statedir = {self.ek_ca}\nsigningkey = {self.ek_ca}/signkey.pem\n"
+                        f"issuercert = {self.ek_ca}/issuercert.pem\n"
+                        f"certserial = {self.ek_ca}/certserial\n")
+            setup = os.path.join(self.work, "swtpm_setup.conf")
+            with open(setup, "w") as f:
+                f.write("create_certs_tool = /usr/bin/swtpm_localca\n"
+                        f"create_certs_tool_config = {localca}\n"
+                        "create_certs_tool_options = /etc/swtpm-localca.options\n"
+                        "active_pcr_banks = sha256\n")
+            run(["swtpm_setup", "--tpm2", "--create-ek-cert", "--overwrite", "--tpmstate", state,
+                 "--config", setup])
         self.procs.append(subprocess.Popen(
             ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}",
              "--server", f"type=tcp,port={self.tpm_port},bindaddr=127.0.0.1",

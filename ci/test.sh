@@ -72,6 +72,9 @@ ci/test-aws-kit.sh
 # arm64: a cross build with Debian's rustc (about 4 minutes from cold), a
 # real enroll and rotate of the aarch64 binary under qemu-user against the
 # emulator and a swtpm, and the arm64 packages.
+echo "== attestation, the CA tool and the hook's checks: ci/test-attestation.sh"
+ci/test-attestation.sh
+
 disk
 echo "== arm64: ci/test-arm64.sh"
 CROSS_PROFILE="${CROSS_PROFILE:-release}" ci/test-arm64.sh

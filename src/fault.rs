@@ -64,6 +64,34 @@ pub fn lacks(name: &'static str) -> bool {
     false
 }
 
+/// What an attacker's agent would send instead of the TPM's true proof
+/// (`[ATTESTATION] MODE = tpm`), to show that the verifier refuses it.
+pub const TAMPERS: &[&str] = &[
+    // The attestation made for another certificate id.
+    "attest-replay",
+    // A genuine attestation of another key made in the same TPM.
+    "attest-other-key",
+    // One bit of the attestation, or of its signature, flipped.
+    "attest-flip-attest",
+    "attest-flip-signature",
+    // Keys mode despite attestation: the key the service sent, imported
+    // into the TPM and certified there.
+    "attest-keys-mode",
+];
+
+/// Whether the agent is to send the tampered proof `name`, one of
+/// [`TAMPERS`] (`PROV_AGENT_FAULT` names it; test builds only).
+#[inline]
+pub fn tampers(name: &'static str) -> bool {
+    debug_assert!(TAMPERS.contains(&name), "unknown tampering {name}");
+    #[cfg(feature = "fault-injection")]
+    if std::env::var("PROV_AGENT_FAULT").as_deref() == Ok(name) {
+        eprintln!("prov-agent: fault injection: tampering: {name}");
+        return true;
+    }
+    false
+}
+
 #[inline]
 pub fn point(name: &'static str) {
     debug_assert!(

@@ -303,6 +303,13 @@ impl EmulatorHandle {
         self.broker.provisioner.issued_keys()
     }
 
+    /// Test-only: what the pre-provisioning hooks that refused (or failed)
+    /// wrote on stderr, oldest first (the last 64): their reasons, which
+    /// the device never sees.
+    pub fn hook_refusals(&self) -> Vec<String> {
+        self.broker.provisioner.hook_refusals()
+    }
+
     /// Number of MQTT sessions currently connected.
     pub fn session_count(&self) -> usize {
         self.broker.session_count()

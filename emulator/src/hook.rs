@@ -85,7 +85,13 @@ pub(crate) enum HookError {
 pub(crate) struct HookRunner {
     limit: Duration,
     environment: Vec<(String, String)>,
+    /// What hooks that refused or failed wrote on stderr, newest last, at
+    /// most [`REFUSALS_KEPT`] (test-only: [`HookRunner::refusals`]).
+    refusals: std::sync::Mutex<std::collections::VecDeque<String>>,
 }
+
+/// How many refusals [`HookRunner::refusals`] keeps.
+const REFUSALS_KEPT: usize = 64;
 
 impl HookRunner {
     /// The environment a hook gets on top of the emulator's own:
@@ -112,7 +118,20 @@ impl HookRunner {
         HookRunner {
             limit: config.hook_timeout,
             environment,
+            refusals: Default::default(),
         }
+    }
+
+    /// Test-only: the stderr of each hook run that refused or failed,
+    /// oldest first (the last [`REFUSALS_KEPT`]), where hooks give their
+    /// reasons.
+    pub fn refusals(&self) -> Vec<String> {
+        self.refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Runs the hook of `template`; returns the parameter overrides when it
@@ -127,6 +146,13 @@ impl HookRunner {
         let mut stderr = Stderr::default();
         let result = self.run_capturing(executable, request, &mut stderr).await;
         stderr.log(template, result.is_err());
+        if result.is_err() {
+            let mut kept = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+            if kept.len() == REFUSALS_KEPT {
+                kept.pop_front();
+            }
+            kept.push_back(String::from_utf8_lossy(&stderr.kept).into_owned());
+        }
         result
     }
 

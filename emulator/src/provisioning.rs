@@ -212,6 +212,11 @@ impl Provisioner {
         }
     }
 
+    /// What refusing hooks wrote on stderr ([`HookRunner::refusals`]).
+    pub fn hook_refusals(&self) -> Vec<String> {
+        self.hooks.refusals()
+    }
+
     /// The private keys sent so far (empty unless
     /// [`EmulatorConfig::record_issued_keys`]).
     pub fn issued_keys(&self) -> Vec<zeroize::Zeroizing<String>> {

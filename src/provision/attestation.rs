@@ -12,6 +12,7 @@ use base64::Engine as _;
 
 use super::ProvisionError;
 use crate::config::{AttestationMode, Config};
+use crate::fault;
 use crate::keystore::{KeyLabel, KeyStore, KeyStoreSettings};
 
 /// The template parameters of the proof.
@@ -89,7 +90,35 @@ pub fn parameters(
     ak_certificate: &[u8],
     certificate_id: &str,
 ) -> Result<BTreeMap<String, String>, ProvisionError> {
-    let proof = store.certify(pending, &config.attestation.key, certificate_id.as_bytes())?;
+    // The id's 32 bytes, not its 64 hex characters: TPM2B_DATA holds at
+    // most a digest of the TPM's largest hash and 2 bytes, 34 on a TPM with
+    // SHA-256 and no SHA-384 or SHA-512.
+    let qualifying = hex::decode(certificate_id).map_err(|e| ProvisionError::BadResponse {
+        api: "CreateCertificateFromCsr".into(),
+        detail: format!("the certificate id {certificate_id:?} is not hex: {e}"),
+    })?;
+    let mut proof = if fault::tampers("attest-other-key") {
+        // A key genuinely made in this TPM, not the one the certificate is for.
+        let decoy = KeyLabel::new("attest-decoy")?;
+        store.generate(&decoy, crate::keystore::KeyAlgorithm::EcP256)?;
+        let proof = store.certify(&decoy, &config.attestation.key, &qualifying);
+        store.delete(&decoy)?;
+        proof?
+    } else if fault::tampers("attest-replay") {
+        store.certify(pending, &config.attestation.key, &[0; 32])?
+    } else {
+        store.certify(pending, &config.attestation.key, &qualifying)?
+    };
+    if fault::tampers("attest-flip-attest") {
+        if let Some(last) = proof.attest.last_mut() {
+            *last ^= 1;
+        }
+    }
+    if fault::tampers("attest-flip-signature") {
+        if let Some(last) = proof.signature.last_mut() {
+            *last ^= 1;
+        }
+    }
     let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
     let parameters: BTreeMap<String, String> = [
         (ATTEST, b64(&proof.attest)),

@@ -229,6 +229,22 @@ impl<'a> Flow<'a> {
                 let key_matches = self.pending_matches(&certificate)?;
                 self.start_over(journal, key_matches)
             }
+            Err(e @ ProvisionError::Mqtt(MqttError::Rejected { .. }))
+                if self.operation == Operation::Enroll && is_access_denied(&e) =>
+            {
+                // The pre-provisioning hook refused this certificate: a final
+                // answer (nothing was registered), so nothing of the attempt
+                // is kept and the device is as it was before `enroll`; the
+                // next one starts afresh. Certificates of earlier attempts
+                // still to be reported keep the journal (at Started).
+                self.delete_pending()?;
+                if journal.abandoned_certificate_ids.is_empty() {
+                    Journal::clear(&state_dir)?;
+                } else {
+                    self.start_over(journal, false)?;
+                }
+                Err(e)
+            }
             Err(e) => Err(e),
         }
     }
@@ -1147,6 +1163,12 @@ fn is_thing_name(s: &str) -> bool {
         && s.len() <= 128
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'-'))
+}
+
+/// Whether `e` is the service's AccessDenied (the pre-provisioning hook's
+/// refusal).
+fn is_access_denied(e: &ProvisionError) -> bool {
+    matches!(e, ProvisionError::Mqtt(MqttError::Rejected { error_code, .. }) if error_code == "AccessDenied")
 }
 
 #[cfg(test)]

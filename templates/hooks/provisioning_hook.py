@@ -49,6 +49,27 @@ that whoever sends a request may be an attacker holding it. It allows:
 * Any other template: refused (a template this hook does not know might name
   its thing differently from what the checks above assume).
 
+Hardware attestation (when ATTESTATION_CA is set), for both templates and
+before the registry is asked or changed: the request must carry the TPM's
+proof that the new certificate's key was made in, and cannot leave, the TPM
+of a gateway the manufacturer built (templates/README.md, issue 14):
+  TpmAkCertificate    base64 DER: the attestation key's certificate, which
+                      must chain to a certificate in ATTESTATION_CA and be
+                      valid now
+  TpmAttest           base64 TPMS_ATTEST of TPM2_Certify of the new key by
+                      the attestation key, qualifying data = the request's
+                      certificateId as its 32 bytes (hex-decoded)
+  TpmAttestSignature  base64 TPMT_SIGNATURE of it, by the attestation key
+  TpmDevicePublic     base64 TPMT_PUBLIC of the new key: the certified name,
+                      the key of certificatePem, with fixedTPM, fixedParent,
+                      sensitiveDataOrigin and sign
+each at most 4096 characters. With ATTESTATION_CHECK_SERIAL=1 the gateway's
+serial must be the serialNumber (2.5.4.5) of the attestation key
+certificate's subject: the SerialNumber parameter (ProdTemplate) or the
+thing's serialNumber attribute (RotationTemplate). The checks need the
+`cryptography` package and tpm_attestation.py next to this file (both in the
+Lambda's zip); without ATTESTATION_CA neither is imported.
+
 Anything else, and any error (the registry unreachable, a malformed request),
 is refused: the hook fails closed. The reason is written to stderr (the
 emulator's log, or CloudWatch Logs for the Lambda); the device only sees
@@ -61,9 +82,14 @@ Settings (environment variables of the Lambda or of the emulator):
   ENROLLMENT_TEMPLATES    templates checked as enrollment ("ProdTemplate")
   ROTATION_TEMPLATES      templates checked as rotation ("RotationTemplate")
   REENROLL_MAX_WINDOW     seconds; a later reenrollUntil is refused (604800)
+  ATTESTATION_CA          PEM file of the manufacturer CA certificate(s);
+                          set: every request must be attested (unset)
+  ATTESTATION_CHECK_SERIAL  1: the serial must be the attestation key
+                          certificate's (0)
 """
 
 import base64
+import datetime
 import hashlib
 import json
 import os
@@ -79,6 +105,12 @@ CERTIFICATE_ID = re.compile(r"[0-9a-f]{64}")
 TEMPLATE_ARN = re.compile(r"arn:aws[a-z-]*:iot:[^:]*:[^:]*:provisioningtemplate/([0-9A-Za-z_-]{1,36})")
 REENROLL_ATTRIBUTE = "reenrollUntil"
 ENROLLMENT_KEY_ATTRIBUTE = "enrollmentKey"
+# The attribute ProdTemplate records the serial number in (templates/ProdTemplate.json).
+SERIAL_NUMBER_ATTRIBUTE = "serialNumber"
+# The attestation's template parameters, in the order they are checked.
+ATTESTATION_PARAMETERS = ("TpmAkCertificate", "TpmAttest", "TpmAttestSignature", "TpmDevicePublic")
+# AWS's limit for a template parameter value.
+PARAMETER_LIMIT = 4096
 
 
 class Refused(Exception):
@@ -101,6 +133,50 @@ class Settings:
         self.enrollment_templates = names("ENROLLMENT_TEMPLATES", "ProdTemplate")
         self.rotation_templates = names("ROTATION_TEMPLATES", "RotationTemplate")
         self.reenroll_max_window = int(env.get("REENROLL_MAX_WINDOW", "604800"))
+        self.attestation = None
+        if "ATTESTATION_CA" in env:
+            self.attestation = Attestation(env["ATTESTATION_CA"])
+        check_serial = env.get("ATTESTATION_CHECK_SERIAL", "0")
+        if check_serial not in ("0", "1"):
+            raise Refused(f"setting ATTESTATION_CHECK_SERIAL is {check_serial!r}, not 0 or 1")
+        self.attestation_check_serial = check_serial == "1"
+        if self.attestation_check_serial and self.attestation is None:
+            raise Refused("setting ATTESTATION_CHECK_SERIAL=1 needs ATTESTATION_CA")
+
+
+class Attestation:
+    """The manufacturer CA certificates that attestation key certificates
+    must chain to, and the module that checks the TPM's structures (imported
+    only here: the hook without attestation needs no `cryptography`)."""
+
+    def __init__(self, path):
+        if not path:
+            raise Refused("setting ATTESTATION_CA is empty")
+        try:
+            import tpm_attestation
+        except ImportError as e:
+            raise Refused(
+                f"ATTESTATION_CA is set but tpm_attestation cannot be imported ({e}): put "
+                "tpm_attestation.py next to this file and pip install 'cryptography>=45'"
+            )
+        self.tpm = tpm_attestation
+        try:
+            with open(path, "rb") as f:
+                pem = f.read()
+        except OSError as e:
+            raise Refused(f"ATTESTATION_CA {path}: cannot read it ({e.strerror})")
+        try:
+            self.anchors = tpm_attestation.load_certificates(pem, f"ATTESTATION_CA {path}")
+        except tpm_attestation.AttestationRefused as e:
+            raise Refused(str(e))
+
+
+class Attested:
+    """What an attestation that held up proves about the request."""
+
+    def __init__(self, serial, summary):
+        self.serial = serial
+        self.summary = summary
 
 
 def lambda_handler(event, context=None):
@@ -138,14 +214,22 @@ def decide(event, iot, settings, now):
             isinstance(k, str) and isinstance(v, str) for k, v in params.items()
         ):
             raise Refused("parameters must be a map of strings")
-        if template in settings.rotation_templates:
-            overrides, why = rotation(event, params, iot, settings)
-        elif template in settings.enrollment_templates:
-            overrides, why = enrollment(event, params, iot, settings, now)
-        else:
+        rotating = template in settings.rotation_templates
+        if not rotating and template not in settings.enrollment_templates:
             raise Refused(
                 "the template is neither in ENROLLMENT_TEMPLATES nor in ROTATION_TEMPLATES"
             )
+        # Before the registry is asked or changed: a request the TPM does not
+        # vouch for creates no thing.
+        attested = None
+        if settings.attestation is not None:
+            attested = attestation(event, params, settings, now)
+        if rotating:
+            overrides, why = rotation(event, params, iot, settings, attested)
+        else:
+            overrides, why = enrollment(event, params, iot, settings, now, attested)
+        if attested is not None:
+            why = f"{why}; {attested.summary}"
         log(f"{template}: allowed: {why}")
         return {"allowProvisioning": True, "parameterOverrides": overrides}
     except Refused as e:
@@ -182,10 +266,15 @@ def checked_thing_name(name, settings):
     return name
 
 
-def enrollment(event, params, iot, settings, now):
+def enrollment(event, params, iot, settings, now, attested=None):
     serial = params.get("SerialNumber", "")
     if not SERIAL_NUMBER.fullmatch(serial):
         raise Refused(f"SerialNumber {serial!r} is not 1 to 64 of A-Z a-z 0-9 _ -")
+    if attested is not None and settings.attestation_check_serial and serial != attested.serial:
+        raise Refused(
+            f"SerialNumber {serial!r} is not the serial number {attested.serial!r} of the "
+            "attestation key certificate (ATTESTATION_CHECK_SERIAL=1)"
+        )
     prefix = params.get("ThingNamePrefix", settings.thing_name_prefixes[0])
     if prefix not in settings.thing_name_prefixes:
         raise Refused(f"ThingNamePrefix {prefix!r} is not in THING_NAME_PREFIXES")
@@ -272,17 +361,74 @@ def enrollment(event, params, iot, settings, now):
     return overrides, f"{thing} was opened for re-enrollment until {until}; the opening is used up"
 
 
-def rotation(event, params, iot, settings):
+def rotation(event, params, iot, settings, attested=None):
     thing = checked_thing_name(params.get("ThingName", ""), settings)
     cert, client_id = requester(event)
     if client_id != thing:
         raise Refused(f"ThingName {thing!r} is not the requesting client id {client_id!r}")
-    if describe_thing(iot, thing) is None:
+    existing = describe_thing(iot, thing)
+    if existing is None:
         raise Refused(f"thing {thing} does not exist")
+    if attested is not None and settings.attestation_check_serial:
+        # The serial its enrollment recorded: a thing's key may move only
+        # into the TPM of the gateway with that serial.
+        recorded = (existing.get("attributes") or {}).get(SERIAL_NUMBER_ATTRIBUTE)
+        if recorded != attested.serial:
+            raise Refused(
+                f"thing {thing}'s {SERIAL_NUMBER_ATTRIBUTE} {recorded!r} is not the serial number "
+                f"{attested.serial!r} of the attestation key certificate (ATTESTATION_CHECK_SERIAL=1)"
+            )
     attached = thing_certificates(iot, thing)
     if attached.get(cert, {}).get("status") != "ACTIVE":
         raise Refused(f"the requesting certificate {cert} is not an ACTIVE certificate of {thing}")
     return {}, f"{thing} rotates from its certificate {cert}"
+
+
+def attestation(event, params, settings, now):
+    """Checks the TPM's proof that the new certificate's key lives in the
+    TPM of a gateway the manufacturer certified (module docstring)."""
+    tpm = settings.attestation.tpm
+    values = {}
+    for name in ATTESTATION_PARAMETERS:
+        value = params.get(name)
+        if value is None:
+            raise Refused(f"attestation is required (ATTESTATION_CA) and the parameter {name} is missing")
+        if len(value) > PARAMETER_LIMIT:
+            raise Refused(f"attestation parameter {name} is {len(value)} characters, more than {PARAMETER_LIMIT}")
+        try:
+            values[name] = base64.b64decode(value, validate=True)
+        except ValueError:
+            raise Refused(f"attestation parameter {name} is not base64")
+    cert_id = str(event.get("certificateId", ""))
+    if not CERTIFICATE_ID.fullmatch(cert_id):
+        raise Refused("certificateId is missing or not a certificate id")
+    try:
+        ak_cert = tpm.load_der_certificate(values["TpmAkCertificate"], "TpmAkCertificate")
+        at = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+        tpm.verify_chain(ak_cert, settings.attestation.anchors, at, "ak")
+        device = tpm.verify_certify(
+            values["TpmAttest"],
+            values["TpmAttestSignature"],
+            ak_cert.public_key(),
+            values["TpmDevicePublic"],
+            bytes.fromhex(cert_id),
+        )
+        if not tpm.public_matches_certificate(device, str(event.get("certificatePem", ""))):
+            raise tpm.AttestationRefused(
+                f"the attested key (named {device.name().hex()}) is not the key of the new "
+                f"certificate {cert_id}"
+            )
+        if settings.attestation_check_serial:
+            serial = tpm.subject_serial_number(ak_cert)
+        else:
+            serial = tpm.subject_serial_number(ak_cert, required=False)
+    except tpm.AttestationRefused as e:
+        raise Refused(f"attestation: {e}")
+    return Attested(
+        serial,
+        f"attested: key {device.name().hex()} in the TPM of serial {serial!r} (attestation key "
+        f"certificate {ak_cert.serial_number:x} from {ak_cert.issuer.rfc4514_string()!r})",
+    )
 
 
 def claim_new_thing(iot, thing, key_id):

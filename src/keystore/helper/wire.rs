@@ -617,6 +617,14 @@ mod tests {
             ),
             (Request::List, r#"{"v1":{"op":"list"}}"#),
             (Request::HardwareId, r#"{"v1":{"op":"hardware-id"}}"#),
+            (
+                Request::Certify {
+                    key: "device.alt".into(),
+                    by: "attest".into(),
+                    qualifying: "6162".into(),
+                },
+                r#"{"v1":{"op":"certify","key":"device.alt","by":"attest","qualifying":"6162"}}"#,
+            ),
         ];
         for (request, snapshot) in cases {
             let RequestFrame::V1(back) = decode::<RequestFrame>(snapshot.as_bytes()).unwrap();
@@ -659,6 +667,15 @@ mod tests {
                     id: Some("0a1b".into()),
                 },
                 r#"{"v1":{"reply":"hardware-id","id":"0a1b"}}"#.into(),
+            ),
+            (
+                Reply::Certification {
+                    attest: "ff544347".into(),
+                    signature: "0018".into(),
+                    public: "0023".into(),
+                },
+                r#"{"v1":{"reply":"certification","attest":"ff544347","signature":"0018","public":"0023"}}"#
+                    .into(),
             ),
             (
                 Reply::Error {

@@ -17,17 +17,14 @@
 use std::path::PathBuf;
 
 use sha2::Digest as _;
-use tss_esapi::abstraction::ek::{create_ek_public_from_default_template, retrieve_ek_pubcert};
+use tss_esapi::abstraction::ek::retrieve_ek_pubcert;
 use tss_esapi::abstraction::AsymmetricAlgorithmSelection;
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::{SessionType, Tss2ResponseCodeKind};
 use tss_esapi::handles::{AuthHandle, KeyHandle, ObjectHandle, SessionHandle};
-use tss_esapi::interface_types::algorithm::{
-    AsymmetricAlgorithm, HashingAlgorithm, PublicAlgorithm,
-};
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::key_bits::RsaKeyBits;
-use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
     Data, EccPoint, EccScheme, EncryptedSecret, HashScheme, IdObject, KeyDerivationFunctionScheme,
@@ -208,23 +205,10 @@ impl TpmKeyStore {
             .map_err(|e| bad("encryptedSecret", e))?;
         let ak_file = self.key_file(label)?;
         self.describe_attestation_key(super::info_of(label, &ak_file)?, &ak_file)?;
-        let template = create_ek_public_from_default_template(AsymmetricAlgorithm::Rsa, None)
-            .map_err(|e| tpm_err("build the EK template", e))?;
         let mut tpm = self.lock()?;
         tpm.unload_blob();
         let ak = self.loaded(&mut tpm, &ak_file)?;
-        let ek = tpm
-            .password("create the EK (TPM2_CreatePrimary, endorsement)", |ctx| {
-                ctx.create_primary(
-                    Hierarchy::Endorsement,
-                    template.clone(),
-                    None,
-                    None,
-                    None,
-                    None,
-                )
-            })?
-            .key_handle;
+        let ek = tpm.create_endorsement_key()?.key_handle;
         let result = activate(&mut tpm, ak, ek, &blob, &secret);
         let _ = tpm.plain("flush the EK", |ctx| {
             ctx.flush_context(ObjectHandle::from(ek))

@@ -289,6 +289,27 @@ impl Tpm {
         result.map_err(|e| self.classify(op, e))
     }
 
+    /// The TPM's RSA endorsement key from the TCG default template (a
+    /// primary: the same key on every call), loaded; the caller flushes it.
+    pub(super) fn create_endorsement_key(
+        &mut self,
+    ) -> Result<tss_esapi::structures::CreatePrimaryKeyResult> {
+        use tss_esapi::abstraction::ek::create_ek_public_from_default_template;
+        use tss_esapi::interface_types::algorithm::AsymmetricAlgorithm;
+        let template = create_ek_public_from_default_template(AsymmetricAlgorithm::Rsa, None)
+            .map_err(|e| tpm_err("build the EK template", e))?;
+        self.password("create the EK (TPM2_CreatePrimary, endorsement)", |ctx| {
+            ctx.create_primary(
+                Hierarchy::Endorsement,
+                template.clone(),
+                None,
+                None,
+                None,
+                None,
+            )
+        })
+    }
+
     /// Runs `f` with the given sessions for the command's first, second
     /// and third authorised handles (commands that authorise two objects:
     /// TPM2_Certify, TPM2_ActivateCredential).

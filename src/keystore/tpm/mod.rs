@@ -149,21 +149,8 @@ impl TpmKeyStore {
     /// default EK template (the same key on every call: a primary).
     pub fn endorsement_id(&self) -> Result<String> {
         use sha2::Digest;
-        use tss_esapi::abstraction::ek::create_ek_public_from_default_template;
-        use tss_esapi::interface_types::algorithm::AsymmetricAlgorithm;
-        let template = create_ek_public_from_default_template(AsymmetricAlgorithm::Rsa, None)
-            .map_err(|e| tpm_err("build EK template", e))?;
         let mut tpm = self.lock()?;
-        let created = tpm.password("create EK (TPM2_CreatePrimary, endorsement)", |ctx| {
-            ctx.create_primary(
-                Hierarchy::Endorsement,
-                template.clone(),
-                None,
-                None,
-                None,
-                None,
-            )
-        })?;
+        let created = tpm.create_endorsement_key()?;
         let handle: ObjectHandle = created.key_handle.into();
         let _ = tpm.plain("flush EK", |ctx| ctx.flush_context(handle));
         match created.out_public {
