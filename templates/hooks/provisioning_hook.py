@@ -3,7 +3,7 @@
 
 One program, two ways to run it, one code path:
 
-* AWS Lambda: handler ``provisioning_hook.lambda_handler``, runtime python3.9
+* AWS Lambda: handler ``provisioning_hook.lambda_handler``, runtime python3.12
   or later (boto3 is part of the runtime); the function's role needs
   iot:CreateThing, iot:DescribeThing, iot:ListThingPrincipals,
   iot:DescribeCertificate and iot:UpdateThing. Attach it to the templates as their pre-provisioning hook.
