@@ -56,11 +56,19 @@ pub const LACKS: &[&str] = &[
 #[inline]
 pub fn lacks(name: &'static str) -> bool {
     debug_assert!(LACKS.contains(&name), "unknown ability {name}");
+    named(name, "behaving as lacking")
+}
+
+/// Whether `PROV_AGENT_FAULT` names `name` (said on stderr when it does);
+/// always false without the feature.
+#[inline]
+fn named(name: &'static str, doing: &str) -> bool {
     #[cfg(feature = "fault-injection")]
     if std::env::var("PROV_AGENT_FAULT").as_deref() == Ok(name) {
-        eprintln!("prov-agent: fault injection: behaving as lacking {name}");
+        eprintln!("prov-agent: fault injection: {doing} {name}");
         return true;
     }
+    let _ = (name, doing);
     false
 }
 
@@ -84,12 +92,7 @@ pub const TAMPERS: &[&str] = &[
 #[inline]
 pub fn tampers(name: &'static str) -> bool {
     debug_assert!(TAMPERS.contains(&name), "unknown tampering {name}");
-    #[cfg(feature = "fault-injection")]
-    if std::env::var("PROV_AGENT_FAULT").as_deref() == Ok(name) {
-        eprintln!("prov-agent: fault injection: tampering: {name}");
-        return true;
-    }
-    false
+    named(name, "tampering:")
 }
 
 #[inline]

@@ -169,6 +169,16 @@ async fn nothing_left(device: &Device, cloud: &TestCloud) {
     assert!(cloud.handle.registry().things().unwrap().is_empty());
 }
 
+/// `enroll` (with `env`) is refused by the hook for `why`: exit 3 with
+/// AccessDenied, the hook's logged reason, and nothing left behind.
+async fn enroll_refused(device: &Device, cloud: &TestCloud, env: &[(&str, &str)], why: &str) {
+    let out = device.run_env(&["enroll"], env).await;
+    let stderr = failed_with(&out, 3);
+    assert!(stderr.contains("AccessDenied"), "{why}: {stderr}");
+    refused_because(cloud, why);
+    nothing_left(device, cloud).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_genuine_gateway_enrolls_and_rotates_with_its_tpms_proof() {
     let factory = Factory::new("Gateway Maker Manufacturing CA");
@@ -232,13 +242,7 @@ async fn forged_proofs_are_refused() {
             "does not verify with the attestation key",
         ),
     ] {
-        let out = device
-            .run_env(&["enroll"], &[("PROV_AGENT_FAULT", tampering)])
-            .await;
-        let stderr = failed_with(&out, 3);
-        assert!(stderr.contains("AccessDenied"), "{tampering}: {stderr}");
-        refused_because(&cloud, why);
-        nothing_left(&device, &cloud).await;
+        enroll_refused(&device, &cloud, &[("PROV_AGENT_FAULT", tampering)], why).await;
     }
     // The same gateway, untampered, enrolls.
     let out = device.run(&["enroll"]).await;
@@ -283,12 +287,7 @@ async fn the_claim_credential_without_a_tpm_is_refused() {
     let cloud = attested_cloud(&factory, false).await;
     let thief = Device::new(&cloud, Backend::File, "MODE = csr\n");
     thief.import_claim().await;
-    let out = thief.run(&["enroll"]).await;
-    let stderr = failed_with(&out, 3);
-    assert!(stderr.contains("AccessDenied"), "{stderr}");
-    refused_because(&cloud, "TpmAkCertificate is missing");
-    assert!(thief.identity().is_none());
-    assert!(cloud.handle.registry().things().unwrap().is_empty());
+    enroll_refused(&thief, &cloud, &[], "TpmAkCertificate is missing").await;
 }
 
 /// A TPM certified by another manufacturer's CA (or by an attacker's).
@@ -298,11 +297,7 @@ async fn an_attestation_key_of_another_ca_is_refused() {
     let other = Factory::new("Someone Else's CA");
     let cloud = attested_cloud(&trusted, false).await;
     let device = manufactured(&cloud, &other, ATTESTED).await;
-    let out = device.run(&["enroll"]).await;
-    let stderr = failed_with(&out, 3);
-    assert!(stderr.contains("AccessDenied"), "{stderr}");
-    refused_because(&cloud, "does not chain to a configured CA");
-    nothing_left(&device, &cloud).await;
+    enroll_refused(&device, &cloud, &[], "does not chain to a configured CA").await;
 }
 
 /// With the serial check on, a gateway enrolls only under the serial its
@@ -322,11 +317,7 @@ async fn a_serial_other_than_the_certified_one_is_refused() {
         ),
     )
     .unwrap();
-    let out = device.run(&["enroll"]).await;
-    let stderr = failed_with(&out, 3);
-    assert!(stderr.contains("AccessDenied"), "{stderr}");
-    refused_because(&cloud, "is not the serial number");
-    nothing_left(&device, &cloud).await;
+    enroll_refused(&device, &cloud, &[], "is not the serial number").await;
 }
 
 /// The CA's challenge opens only in the TPM that holds both the endorsement
@@ -349,8 +340,19 @@ async fn the_challenge_fails_for_an_attestation_key_outside_the_eks_tpm() {
     assert!(out.status.success(), "tpm2_nvread: {}", text(&out));
 
     // The attestation key in another TPM, claiming the genuine TPM's EK.
+    // That TPM has no EK certificate of its own: without --ek-cert, init
+    // says so and writes nothing.
     let device = Device::new(&cloud, Backend::Tpm(Swtpm::start()), ATTESTED);
     let request = device.path("attest-request.json");
+    let out = device
+        .run(&["attest", "init", "--out", request.to_str().unwrap()])
+        .await;
+    let stderr = failed_with(&out, 5);
+    assert!(
+        stderr.contains("0x01c00002") && stderr.contains("--ek-cert"),
+        "{stderr}"
+    );
+    assert!(!request.exists());
     let out = device
         .run(&[
             "attest",
@@ -413,4 +415,60 @@ async fn the_daemon_rotates_with_the_tpms_proof() {
     );
     assert!(cloud.handle.hook_refusals().is_empty());
     daemon.stop().await;
+}
+
+/// A challenge altered on its way (the sealed certificate) does not open,
+/// stores nothing, and the genuine one still activates afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_altered_challenge_stores_nothing() {
+    let factory = Factory::new("Gateway Maker Manufacturing CA");
+    let cloud = TestCloud::start().await;
+    let tpm = Swtpm::start_with_ek_cert();
+    let ek_ca = tpm.ek_ca_dir();
+    let device = Device::new(&cloud, Backend::Tpm(tpm), ATTESTED);
+    let request = device.path("attest-request.json");
+    let out = device
+        .run(&["attest", "init", "--out", request.to_str().unwrap()])
+        .await;
+    assert!(out.status.success(), "attest init: {}", text(&out));
+    let challenge = device.path("attest-challenge.json");
+    let out = factory.challenge(&request, &ek_ca, &challenge);
+    assert!(out.status.success(), "challenge: {}", text(&out));
+    let genuine: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&challenge).unwrap()).unwrap();
+    let mut altered = genuine.clone();
+    let sealed = altered["encryptedCertificate"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let flipped = if sealed.starts_with('A') { "B" } else { "A" };
+    altered["encryptedCertificate"] = format!("{flipped}{}", &sealed[1..]).into();
+    let altered_path = device.path("attest-altered.json");
+    std::fs::write(&altered_path, altered.to_string()).unwrap();
+    let out = device
+        .run(&[
+            "attest",
+            "activate",
+            "--challenge",
+            altered_path.to_str().unwrap(),
+        ])
+        .await;
+    let stderr = failed_with(&out, 2);
+    assert!(stderr.contains("does not decrypt"), "{stderr}");
+    let out = device.run(&["check"]).await;
+    assert!(
+        text(&out).contains("no attestation key certificate"),
+        "{}",
+        text(&out)
+    );
+
+    let out = device
+        .run(&[
+            "attest",
+            "activate",
+            "--challenge",
+            challenge.to_str().unwrap(),
+        ])
+        .await;
+    assert!(out.status.success(), "attest activate: {}", text(&out));
 }

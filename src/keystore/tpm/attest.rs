@@ -88,6 +88,22 @@ fn name_of(public_area: &[u8]) -> Vec<u8> {
     name
 }
 
+/// Refuses a key file that is not an attestation key's (a restricted
+/// signing key made in this TPM).
+fn ensure_attestation_key(file: &KeyFile) -> Result<()> {
+    let attrs = file.public.object_attributes();
+    if attrs.restricted()
+        && attrs.sign_encrypt()
+        && attrs.fixed_tpm()
+        && attrs.fixed_parent()
+        && attrs.sensitive_data_origin()
+    {
+        Ok(())
+    } else {
+        Err(not_attestation_key(file))
+    }
+}
+
 fn not_attestation_key(file: &KeyFile) -> KeyStoreError {
     KeyStoreError::Backend {
         backend: BACKEND,
@@ -138,15 +154,7 @@ impl TpmKeyStore {
     }
 
     fn describe_attestation_key(&self, info: KeyInfo, file: &KeyFile) -> Result<AttestationKey> {
-        let attrs = file.public.object_attributes();
-        if !(attrs.restricted()
-            && attrs.sign_encrypt()
-            && attrs.fixed_tpm()
-            && attrs.fixed_parent()
-            && attrs.sensitive_data_origin())
-        {
-            return Err(not_attestation_key(file));
-        }
+        ensure_attestation_key(file)?;
         let public_area = meta::marshall_public(&file.public)?;
         let name = name_of(&public_area);
         Ok(AttestationKey {
@@ -204,7 +212,7 @@ impl TpmKeyStore {
         let secret = EncryptedSecret::try_from(encrypted_secret.to_vec())
             .map_err(|e| bad("encryptedSecret", e))?;
         let ak_file = self.key_file(label)?;
-        self.describe_attestation_key(super::info_of(label, &ak_file)?, &ak_file)?;
+        ensure_attestation_key(&ak_file)?;
         let mut tpm = self.lock()?;
         tpm.unload_blob();
         let ak = self.loaded(&mut tpm, &ak_file)?;
@@ -273,7 +281,7 @@ impl TpmKeyStore {
     ) -> Result<Certification> {
         let key_file = self.key_file(key)?;
         let ak_file = self.key_file(by)?;
-        self.describe_attestation_key(super::info_of(by, &ak_file)?, &ak_file)?;
+        ensure_attestation_key(&ak_file)?;
         let qualifying =
             Data::try_from(qualifying.to_vec()).map_err(|e| KeyStoreError::Backend {
                 backend: BACKEND,
@@ -394,22 +402,38 @@ fn activate(
             (Some(AuthSession::Password), Some(session), None),
             |ctx| ctx.activate_credential(ak, ek, blob.clone(), secret.clone()),
         )
-        .map_err(|e| match e.hardware_code() {
-            Some(crate::keystore::HardwareCode::Tpm(_))
-                if matches!(e, KeyStoreError::Backend { .. }) =>
-            {
-                KeyStoreError::Backend {
-                    backend: BACKEND,
-                    op: "activate the credential (TPM2_ActivateCredential)".into(),
-                    detail: format!(
-                        "the TPM refused the challenge ({e}): it was not made for this TPM's \
-                         endorsement key and this attestation key. Send the request that \
-                         `prov-agent attest init` wrote on this gateway to the CA again"
-                    ),
-                    code: e.hardware_code(),
-                }
+        .map_err(|e| {
+            // TPM_RC_INTEGRITY (or VALUE, SIZE) on the credential blob or the
+            // secret: they were sealed to another EK or another name;
+            // libtpms (swtpm) answers a secret sealed to another EK with
+            // TPM_RC_FAILURE. Any other failure (a lost connection,
+            // lockout) keeps its own error.
+            let sealed_elsewhere = e
+                .hardware_code()
+                .and_then(|c| c.tpm_kind())
+                .is_some_and(|k| {
+                    matches!(
+                        k,
+                        Tss2ResponseCodeKind::Integrity
+                            | Tss2ResponseCodeKind::Value
+                            | Tss2ResponseCodeKind::Size
+                            | Tss2ResponseCodeKind::Failure
+                    )
+                });
+            if !sealed_elsewhere {
+                return e;
             }
-            _ => e,
+            KeyStoreError::Backend {
+                backend: BACKEND,
+                op: "activate the credential (TPM2_ActivateCredential)".into(),
+                detail: format!(
+                    "the TPM refused the challenge ({e}): most likely it was not made for \
+                     this TPM's endorsement key and this attestation key (if every TPM \
+                     command fails, the TPM is in failure mode instead). Send the request \
+                     that `prov-agent attest init` wrote on this gateway to the CA again"
+                ),
+                code: e.hardware_code(),
+            }
         })
     })();
     let _ = tpm
