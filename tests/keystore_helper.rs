@@ -389,7 +389,7 @@ fn a_bad_configuration_is_reported_at_start() {
         "[SETTINGS]\nNO_SUCH_KEY = 1\n".into(),
     );
     let err = helper.start().unwrap_err();
-    assert!(matches!(err, KeyStoreError::Helper { .. }), "{err:?}");
+    assert!(matches!(err, KeyStoreError::HelperConfig { .. }), "{err:?}");
     assert!(err.to_string().contains("NO_SUCH_KEY"), "{err}");
     assert!(!helper.is_running());
 }

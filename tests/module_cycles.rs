@@ -1,6 +1,7 @@
 //! The top-level modules of each crate form no import cycle: a module may
-//! use those before it in the flow (config -> keystore -> crypto -> mqtt ->
-//! provision -> daemon -> commands), never the other way round.
+//! use those before it in this order (keystore, config, crypto, mqtt,
+//! provision, daemon, commands: the config layer builds the key stores'
+//! settings), never one after it.
 //!
 //! Read from the source text: every `crate::<module>` path outside comments,
 //! attributed to the top-level module of the file it is in.

@@ -88,7 +88,25 @@ fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, CommandError> {
 }
 
 fn bad(path: &Path, why: impl std::fmt::Display) -> CommandError {
-    CommandError::Input(format!("{}: {why}", path.display()))
+    CommandError::Unusable {
+        what: path.display().to_string(),
+        problem: why.to_string(),
+        source: None,
+    }
+}
+
+/// [`bad`] of `what` (a file's path, or where in the TPM), with the
+/// parser's error kept as the source.
+fn unparsable(
+    what: impl std::fmt::Display,
+    why: impl std::fmt::Display,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> CommandError {
+    CommandError::Unusable {
+        what: what.to_string(),
+        problem: why.to_string(),
+        source: Some(Box::new(source)),
+    }
 }
 
 /// `attest init`.
@@ -118,10 +136,12 @@ pub fn init(config: &Config, args: &AttestInit) -> Result<Initialised, CommandEr
             None => store.endorsement_certificate()?,
         };
         x509_parser::parse_x509_certificate(&ek_der).map_err(|e| {
-            CommandError::Input(format!(
-                "the endorsement key certificate does not parse as X.509 ({e}); give the \
-                 certificate from the TPM's maker with --ek-cert"
-            ))
+            let problem = "the endorsement key certificate does not parse as X.509; give the \
+                           certificate from the TPM's maker with --ek-cert";
+            match &args.ek_cert {
+                Some(path) => unparsable(path.display(), problem, e),
+                None => unparsable("the TPM's NV index 0x01c00002", problem, e),
+            }
         })?;
         let label = &config.attestation.key;
         let (ak, made) = match store.attestation_key(label) {
@@ -159,9 +179,10 @@ pub fn activate(config: &Config, args: &AttestActivate) -> Result<PathBuf, Comma
     let path = &args.challenge;
     let text = read(path, "cannot read the challenge")?;
     let challenge: Challenge = serde_json::from_slice(&text).map_err(|e| {
-        bad(
-            path,
-            format!("not a challenge from the manufacturer's CA: {e}"),
+        unparsable(
+            path.display(),
+            "not a challenge from the manufacturer's CA",
+            e,
         )
     })?;
     if challenge.version != 1 {
@@ -176,7 +197,7 @@ pub fn activate(config: &Config, args: &AttestActivate) -> Result<PathBuf, Comma
     let b64 = |field: &str, value: &str| {
         base64::engine::general_purpose::STANDARD
             .decode(value.trim())
-            .map_err(|e| bad(path, format!("{field} is not base64: {e}")))
+            .map_err(|e| unparsable(path.display(), format!("{field} is not base64"), e))
     };
     let blob = b64("credentialBlob", &challenge.credential_blob)?;
     let sealed = b64("encryptedSecret", &challenge.encrypted_secret)?;

@@ -92,7 +92,7 @@ pub fn run(config: &Config, json: bool, offline: bool) -> Result<(String, bool),
     let identity = match Identity::load(&config.state_dir) {
         Ok(i) => i,
         Err(e) => {
-            r.add("identity", Verdict::Fail, e.to_string());
+            r.add("identity", Verdict::Fail, crate::error::report(&e));
             None
         }
     };
@@ -111,15 +111,15 @@ pub fn run(config: &Config, json: bool, offline: bool) -> Result<(String, bool),
             ),
         ),
         Ok(None) => {}
-        Err(e) => r.add("journal", Verdict::Fail, e.to_string()),
+        Err(e) => r.add("journal", Verdict::Fail, crate::error::report(&e)),
     }
 
     // Which credential the device would use now.
     let (cert, label) = match &identity {
         Some(id) => (
             Certificate::from_pem(&id.certificate_pem, "identity certificate")
-                .map_err(|e| e.to_string()),
-            KeyLabel::new(id.key_label.clone()).map_err(|e| e.to_string()),
+                .map_err(|e| crate::error::report(&e)),
+            KeyLabel::new(id.key_label.clone()).map_err(|e| crate::error::report(&e)),
         ),
         None => {
             r.add(
@@ -133,7 +133,7 @@ pub fn run(config: &Config, json: bool, offline: bool) -> Result<(String, bool),
                     .map_err(|e| format!("cannot read CLAIM_CERT {}: {e}", path.display()))
                     .and_then(|pem| {
                         Certificate::from_pem(&pem, &path.display().to_string())
-                            .map_err(|e| e.to_string())
+                            .map_err(|e| crate::error::report(&e))
                     }),
                 Ok(config.keystore.claim_key.clone()),
             )
@@ -162,7 +162,7 @@ pub fn run(config: &Config, json: bool, offline: bool) -> Result<(String, bool),
                 Some(s)
             }
             Err(e) => {
-                r.add("key store", Verdict::Fail, e.to_string());
+                r.add("key store", Verdict::Fail, crate::error::report(&e));
                 None
             }
         }
@@ -181,7 +181,7 @@ pub fn run(config: &Config, json: bool, offline: bool) -> Result<(String, bool),
                     r.add_as(fact.id, fact.name, verdict, fact.value);
                 }
             }
-            Err(e) => r.add("hardware", Verdict::Warn, e.to_string()),
+            Err(e) => r.add("hardware", Verdict::Warn, crate::error::report(&e)),
         }
     }
     let key = match (&store, &label) {
@@ -204,7 +204,7 @@ pub fn run(config: &Config, json: bool, offline: bool) -> Result<(String, bool),
                         }
                         .to_string()
                     }
-                    _ => e.to_string(),
+                    _ => crate::error::report(&e),
                 };
                 r.add("key", Verdict::Fail, text);
                 None
@@ -257,13 +257,13 @@ pub fn run(config: &Config, json: bool, offline: bool) -> Result<(String, bool),
                 Verdict::Fail,
                 format!("{e}: MODE = keys cannot work with it; set [PROVISIONING] MODE = csr"),
             ),
-            Err(e) => r.add("key import", Verdict::Fail, e.to_string()),
+            Err(e) => r.add("key import", Verdict::Fail, crate::error::report(&e)),
         }
     }
     if config.attestation.mode == crate::config::AttestationMode::Tpm {
         check_attestation(&mut r, config, store.as_deref());
     }
-    let endpoint = Endpoint::new(config).map_err(|e| e.to_string());
+    let endpoint = Endpoint::new(config).map_err(|e| crate::error::report(&e));
     if let Some(cert) = &cert {
         check_certificate(&mut r, config, &endpoint, cert, identity.is_some());
     }
@@ -312,7 +312,7 @@ fn check_attestation(r: &mut Report, config: &Config, store: Option<&dyn KeyStor
     let der = match crate::provision::attestation::ak_certificate(config) {
         Ok(Some(der)) => der,
         Ok(None) => return,
-        Err(e) => return r.add("attestation", Verdict::Fail, e.to_string()),
+        Err(e) => return r.add("attestation", Verdict::Fail, crate::error::report(&e)),
     };
     let Some(store) = store else {
         return r.add(
@@ -517,7 +517,7 @@ fn check_certificate(
     let leaf = match x509_parser::parse_x509_certificate(cert.der()) {
         Ok((_, c)) => c,
         Err(e) => {
-            r.add("certificate chain", Verdict::Fail, e.to_string());
+            r.add("certificate chain", Verdict::Fail, crate::error::report(&e));
             return;
         }
     };
@@ -569,20 +569,22 @@ fn check_endpoint(
     ) {
         Ok(o) => o,
         Err(e) => {
-            r.add("endpoint", Verdict::Fail, e.to_string());
+            r.add("endpoint", Verdict::Fail, crate::error::report(&e));
             return;
         }
     };
     let address = endpoint.address();
-    let result = super::runtime().map_err(|e| e.to_string()).and_then(|rt| {
-        rt.block_on(async {
-            let session = crate::mqtt::Session::connect(&opts)
-                .await
-                .map_err(|e| crate::error::report(&e))?;
-            session.close().await;
-            Ok::<(), String>(())
-        })
-    });
+    let result = super::runtime()
+        .map_err(|e| crate::error::report(&e))
+        .and_then(|rt| {
+            rt.block_on(async {
+                let session = crate::mqtt::Session::connect(&opts)
+                    .await
+                    .map_err(|e| crate::error::report(&e))?;
+                session.close().await;
+                Ok::<(), String>(())
+            })
+        });
     match result {
         Ok(()) => r.add(
             "endpoint",

@@ -23,7 +23,7 @@ pub fn run() -> Result<(), CommandError> {
     let mut output = own(std::io::stdout().as_fd())?;
     keystore::helper::serve(&mut input, &mut output, |path, text, pin| {
         let mut config = Config::from_str_with_env(path, text, std::env::vars()).map_err(|e| {
-            KeyStoreError::Helper {
+            KeyStoreError::HelperConfig {
                 message: e.to_string(),
             }
         })?;

@@ -66,6 +66,17 @@ pub enum CommandError {
     /// underlying error to keep.
     #[error("{0}")]
     Input(String),
+    /// An input (an attestation challenge, an EK certificate: `what`
+    /// names the file or the TPM's NV index) holds something the command
+    /// cannot use: `problem` says what, `source` is the parser's error
+    /// where there is one.
+    #[error("{what}: {problem}")]
+    Unusable {
+        what: String,
+        problem: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// An input certificate file cannot be used.
     #[error(transparent)]
     Certificate(#[from] crate::crypto::CertError),
@@ -113,6 +124,7 @@ impl CommandError {
         match self {
             CommandError::Config(e) => e.kind(),
             CommandError::Input(_)
+            | CommandError::Unusable { .. }
             | CommandError::Certificate(_)
             | CommandError::KeyFile { .. } => ErrorKind::Config,
             CommandError::KeyStore(e) => e.kind(),

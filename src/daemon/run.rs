@@ -552,7 +552,7 @@ impl Daemon {
             }
             Err(e) => {
                 tracing::error!(?trigger, error = %crate::error::report(&e), "rotation failed; the device keeps its identity");
-                Err(e.to_string())
+                Err(crate::error::report(&e))
             }
         };
         // Reconnect at once, with whichever identity is now current.

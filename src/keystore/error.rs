@@ -95,12 +95,13 @@ pub enum KeyStoreError {
     },
 
     /// The key helper process (`prov-agent run` keeps the hardware in a
-    /// short-lived child) refused to serve for a reason of its own, not of
-    /// the key store: the configuration the daemon handed it does not load
-    /// in the helper. Errors of the store it serves come back as their own
+    /// short-lived child) cannot load the configuration the daemon handed
+    /// it (the file changed under the daemon, or the environment differs).
+    /// `message` is the helper's configuration error, which crossed the
+    /// pipe as text. Errors of the store it serves come back as their own
     /// variants.
     #[error("key helper: {message}")]
-    Helper { message: String },
+    HelperConfig { message: String },
 
     /// The daemon and its key helper speak different versions of their
     /// protocol: they are different builds (see `keystore::helper`).
@@ -157,7 +158,7 @@ impl KeyStoreError {
     /// key store's.
     pub fn kind(&self) -> crate::error::ErrorKind {
         match self {
-            KeyStoreError::BadPin { .. } | KeyStoreError::Helper { .. } => {
+            KeyStoreError::BadPin { .. } | KeyStoreError::HelperConfig { .. } => {
                 crate::error::ErrorKind::Config
             }
             _ => crate::error::ErrorKind::KeyStore,

@@ -40,7 +40,11 @@ pub enum LinkError {
         source: std::io::Error,
     },
     #[error("{host:?} is not a valid TLS server name (IOT_ENDPOINT)")]
-    ServerName { host: String },
+    ServerName {
+        host: String,
+        #[source]
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
     #[error("TLS: {0}")]
     Tls(#[source] rustls::Error),
     #[error("the server closed the connection")]
@@ -125,9 +129,11 @@ impl Link {
 
     /// TCP connect and ClientHello; nothing is read. Not bounded in time.
     pub async fn dial(opts: &ConnectOptions) -> Result<Dialed, LinkError> {
-        let name = ServerName::try_from(opts.host.clone()).map_err(|_| LinkError::ServerName {
-            host: opts.host.clone(),
-        })?;
+        let name =
+            ServerName::try_from(opts.host.clone()).map_err(|source| LinkError::ServerName {
+                host: opts.host.clone(),
+                source,
+            })?;
         tracing::debug!("TCP connect to {}:{}", opts.host, opts.port);
         let tcp = TcpStream::connect((opts.host.as_str(), opts.port))
             .await

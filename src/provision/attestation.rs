@@ -35,16 +35,24 @@ pub fn ak_certificate(config: &Config) -> Result<Option<Vec<u8>>, ProvisionError
         return Err(ProvisionError::AttestationNotReady {
             path: config.source.clone(),
             detail: format!("the key store is {}, not a TPM", config.keystore.backend),
+            source: None,
         });
     };
     let path = tpm.attestation_certificate(&config.attestation.key);
-    let not_ready = |detail: String| ProvisionError::AttestationNotReady {
-        path: path.clone(),
-        detail,
+    let because = |detail: String, source: Option<Box<dyn std::error::Error + Send + Sync>>| {
+        ProvisionError::AttestationNotReady {
+            path: path.clone(),
+            detail,
+            source,
+        }
     };
+    let not_ready = |detail: String| because(detail, None);
     let text = std::fs::read(&path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => not_ready("no attestation key certificate".into()),
-        _ => not_ready(format!("cannot read the attestation key certificate: {e}")),
+        _ => because(
+            "cannot read the attestation key certificate".into(),
+            Some(Box::new(e)),
+        ),
     })?;
     let der = pem::parse_many(&text)
         .ok()
@@ -54,9 +62,10 @@ pub fn ak_certificate(config: &Config) -> Result<Option<Vec<u8>>, ProvisionError
             not_ready("the attestation key certificate file holds no certificate".into())
         })?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| {
-        not_ready(format!(
-            "the attestation key certificate does not parse: {e}"
-        ))
+        because(
+            "the attestation key certificate does not parse as X.509".into(),
+            Some(Box::new(e)),
+        )
     })?;
     if !cert.validity().is_valid() {
         return Err(not_ready(format!(

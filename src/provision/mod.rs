@@ -178,10 +178,15 @@ pub enum ProvisionError {
         #[source]
         source: crate::crypto::CertError,
     },
+    /// A retryable failure that lasted through every retry. Its kind is
+    /// the key store's when the key store failed (a busy TPM, a key helper
+    /// past its deadline: exit 5), otherwise unreachable (a lost or timed
+    /// out connection, or a service that kept throttling: exit 4).
     #[error("{step}: gave up after {attempts} attempts: {last}")]
     GaveUp {
         step: String,
         attempts: u32,
+        #[source]
         last: Box<ProvisionError>,
     },
     /// The journal says the new identity was committed, and there is none.
@@ -223,7 +228,14 @@ pub enum ProvisionError {
          and `prov-agent attest activate` with the manufacturer's CA first, or set MODE = none",
         path.display()
     )]
-    AttestationNotReady { path: PathBuf, detail: String },
+    AttestationNotReady {
+        path: PathBuf,
+        detail: String,
+        /// The error behind `detail`, where there is one (the file's read,
+        /// the certificate's parse).
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// The state directory could be tampered with by another user.
     #[error(
         "the state directory {} {problem}: another user could plant files in it; make it the \
@@ -309,7 +321,10 @@ impl ProvisionError {
             | ProvisionError::AttestationNotReady { .. } => ErrorKind::Config,
             ProvisionError::KeyStore(e) => e.kind(),
             ProvisionError::Mqtt(e) => e.kind(),
-            ProvisionError::GaveUp { .. } => ErrorKind::Unreachable,
+            ProvisionError::GaveUp { last, .. } => match last.kind() {
+                ErrorKind::KeyStore => ErrorKind::KeyStore,
+                _ => ErrorKind::Unreachable,
+            },
             ProvisionError::BadResponse { .. }
             | ProvisionError::BadPrivateKey { .. }
             | ProvisionError::BadCertificate { .. }
@@ -346,5 +361,49 @@ mod tests {
         assert!(matches!(e, ProvisionError::KeyStore(_)), "{e}");
         assert_eq!(e.kind(), ErrorKind::KeyStore);
         assert!(e.is_retryable());
+    }
+
+    fn gave_up(last: ProvisionError) -> ProvisionError {
+        ProvisionError::GaveUp {
+            step: "CreateCertificateFromCsr".into(),
+            attempts: 3,
+            last: Box::new(last),
+        }
+    }
+
+    #[test]
+    fn retries_spent_on_a_busy_key_store_stay_the_key_stores_failure() {
+        let busy = KeyStoreError::Unavailable {
+            backend: Backend::Tpm,
+            detail: "TPM_RC_RETRY".into(),
+            retryable: true,
+            code: None,
+        };
+        let e = gave_up(ProvisionError::KeyStore(busy));
+        assert_eq!(e.kind(), ErrorKind::KeyStore);
+        let source = std::error::Error::source(&e).expect("the last failure is the source");
+        assert!(source.to_string().contains("TPM_RC_RETRY"), "{source}");
+        assert_eq!(
+            crate::error::report(&e).matches("TPM_RC_RETRY").count(),
+            1,
+            "printed once"
+        );
+    }
+
+    #[test]
+    fn retries_spent_on_the_network_or_throttling_are_unreachable() {
+        let timeout = ProvisionError::Mqtt(MqttError::Timeout {
+            step: "CreateCertificateFromCsr".into(),
+            after: std::time::Duration::from_secs(5),
+        });
+        assert_eq!(gave_up(timeout).kind(), ErrorKind::Unreachable);
+        let throttled = ProvisionError::Mqtt(MqttError::Rejected {
+            api: "CreateCertificateFromCsr".into(),
+            status_code: 429,
+            error_code: "ThrottlingException".into(),
+            error_message: "slow down".into(),
+        });
+        assert_eq!(throttled.kind(), ErrorKind::Refused);
+        assert_eq!(gave_up(throttled).kind(), ErrorKind::Unreachable);
     }
 }

@@ -474,7 +474,7 @@ impl KeyStore for HelperKeyStore {
         let request = Request::Certify {
             key: key.as_str().into(),
             by: by.as_str().into(),
-            qualifying: hex::encode(qualifying),
+            qualifying: qualifying.to_vec(),
         };
         match self.call(request, &[])?.0 {
             Reply::Certification {

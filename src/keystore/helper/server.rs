@@ -157,9 +157,6 @@ fn handle(store: &dyn KeyStore, request: Request, body: &[u8]) -> Result<(Reply,
             by,
             qualifying,
         } => {
-            let qualifying = hex::decode(&qualifying).map_err(|e| KeyStoreError::Helper {
-                message: format!("the daemon sent qualifying data that is not hex: {e}"),
-            })?;
             let c = store.certify(&KeyLabel::new(key)?, &KeyLabel::new(by)?, &qualifying)?;
             (
                 Reply::Certification {
@@ -269,7 +266,7 @@ mod tests {
         let input = frames(&[hello()]);
         let mut output = Vec::new();
         serve(&mut &input[..], &mut output, |_, _, _| {
-            Err(KeyStoreError::Helper {
+            Err(KeyStoreError::HelperConfig {
                 message: "config.ini: unknown key NO_SUCH_KEY".into(),
             })
         })

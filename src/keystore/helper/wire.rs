@@ -92,11 +92,13 @@ pub enum Request {
     },
     List,
     HardwareId,
-    /// TPM2_Certify of `key` by `by`; `qualifying` in hex.
+    /// TPM2_Certify of `key` by `by`; `qualifying` in hex on the wire
+    /// (a frame whose hex does not decode is a malformed frame).
     Certify {
         key: String,
         by: String,
-        qualifying: String,
+        #[serde(with = "hex_bytes")]
+        qualifying: Vec<u8>,
     },
 }
 
@@ -227,6 +229,8 @@ pub enum WireError {
         backend: Backend,
         feature: String,
     },
+    /// `KeyStoreError::HelperConfig` (its wire name kept from before the
+    /// rename: version 1 is unchanged).
     Helper {
         message: String,
     },
@@ -325,7 +329,7 @@ impl From<&KeyStoreError> for WireError {
                 backend: *backend,
                 feature: feature.to_string(),
             },
-            E::Helper { message } => Self::Helper {
+            E::HelperConfig { message } => Self::Helper {
                 message: message.clone(),
             },
             E::HelperVersion {
@@ -414,7 +418,7 @@ impl From<WireError> for KeyStoreError {
                 backend,
                 feature: feature.into(),
             },
-            W::Helper { message } => Self::Helper { message },
+            W::Helper { message } => Self::HelperConfig { message },
             W::HelperVersion {
                 program,
                 daemon,
@@ -555,6 +559,20 @@ fn envelope_version(header: &[u8]) -> Option<u32> {
     digits.parse().ok()
 }
 
+/// Bytes as a hex string in a frame.
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        hex::decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -621,7 +639,7 @@ mod tests {
                 Request::Certify {
                     key: "device.alt".into(),
                     by: "attest".into(),
-                    qualifying: "6162".into(),
+                    qualifying: b"ab".to_vec(),
                 },
                 r#"{"v1":{"op":"certify","key":"device.alt","by":"attest","qualifying":"6162"}}"#,
             ),
@@ -871,7 +889,7 @@ mod tests {
                 backend: Backend::Pkcs11,
                 feature: "pkcs11".into(),
             },
-            KeyStoreError::Helper {
+            KeyStoreError::HelperConfig {
                 message: "config.ini line 3: unknown key NO_SUCH_KEY".into(),
             },
             KeyStoreError::HelperVersion {
@@ -900,7 +918,7 @@ mod tests {
                 | KeyStoreError::Backend { .. }
                 | KeyStoreError::ImportRefused { .. }
                 | KeyStoreError::NotCompiled { .. }
-                | KeyStoreError::Helper { .. }
+                | KeyStoreError::HelperConfig { .. }
                 | KeyStoreError::HelperVersion { .. }
                 | KeyStoreError::Io { .. } => {}
             }

@@ -204,8 +204,8 @@ impl TpmKeyStore {
         let bad = |what: &str, e: tss_esapi::Error| KeyStoreError::Backend {
             backend: BACKEND,
             op: "read the activation challenge".into(),
-            detail: format!("{what} is malformed: {e}"),
-            code: None,
+            detail: format!("{what} is malformed: {}", describe(e)),
+            code: code(e),
         };
         let blob =
             IdObject::try_from(credential_blob.to_vec()).map_err(|e| bad("credentialBlob", e))?;
