@@ -208,6 +208,42 @@ mod tests {
         }
     }
 
+    /// STARTED is on disk only after a start-over (a refused or expired
+    /// registration): the version-1 code left the abandoned certificate's
+    /// id, its stale certificate fields and whether to keep the pending
+    /// key; the certificate fields are dropped, the rest kept.
+    #[test]
+    fn a_version_1_start_over_converts() {
+        let (_, text) = FIXTURES
+            .iter()
+            .find(|(n, _)| *n == "rotate-cert-issued")
+            .unwrap();
+        for recertify in [false, true] {
+            let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
+            let abandoned = v["certificateId"].clone();
+            let o = v.as_object_mut().unwrap();
+            o.insert("phase".into(), "STARTED".into());
+            o.insert(
+                "abandonedCertificateIds".into(),
+                serde_json::json!([abandoned]),
+            );
+            o.insert("recertifyPendingKey".into(), recertify.into());
+            let j = load(&v.to_string()).unwrap().unwrap();
+            assert_eq!(j.phase(), Phase::Started);
+            assert!(
+                matches!(j.state, State::Started { recertify_pending_key } if recertify_pending_key == recertify),
+                "{recertify}"
+            );
+            assert_eq!(
+                j.abandoned_certificate_ids,
+                vec![abandoned.as_str().unwrap().to_string()]
+            );
+            assert_eq!(j.keys.pending, v["pendingKeyLabel"]);
+            assert_eq!(j.keys.retired.as_deref(), Some("device"));
+            assert!(j.state.certificate().is_none());
+        }
+    }
+
     #[test]
     fn a_version_1_phase_without_its_data_is_damaged() {
         let (_, text) = FIXTURES
