@@ -276,13 +276,23 @@ impl Broker {
     }
 }
 
-/// Why a connection ends; the fields are read by the log through `Debug`.
-#[allow(dead_code)]
-#[derive(Debug)]
+/// Why a connection ends, as the log tells it.
+#[derive(Debug, thiserror::Error)]
 enum Close {
+    #[error("the client sent DISCONNECT")]
     Graceful,
+    #[error("{1} ({0:?})")]
     Reason(DisconnectReason, String),
-    Io(String),
+    #[error("peer closed the connection")]
+    PeerClosed,
+    #[error("reading from the client failed: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("writing to the client failed: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("write timed out after {WRITE_TIMEOUT:?}: the client does not read")]
+    WriteTimeout,
+    #[error("a packet cannot be encoded: {0}")]
+    Encode(#[source] mqtt::CodecError),
 }
 
 struct Connection<S> {
@@ -305,7 +315,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
         }
         self.out.clear();
-        mqtt::encode(self.proto, &packet, &mut self.out).map_err(|e| Close::Io(e.to_string()))?;
+        mqtt::encode(self.proto, &packet, &mut self.out).map_err(Close::Encode)?;
         if self.out.is_empty() {
             return Ok(());
         }
@@ -314,10 +324,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             self.stream.flush().await
         };
         match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-            Ok(written) => written.map_err(|e| Close::Io(e.to_string())),
-            Err(_) => Err(Close::Io(format!(
-                "write timed out after {WRITE_TIMEOUT:?}: the client does not read"
-            ))),
+            Ok(written) => written.map_err(Close::Write),
+            Err(_) => Err(Close::WriteTimeout),
         }
     }
 
@@ -486,12 +494,12 @@ pub(crate) async fn serve<S>(
                 }
                 read = conn.stream.read_buf(&mut conn.buf) => {
                     match read {
-                        Ok(0) => return Ok(Close::Io("peer closed the connection".into())),
+                        Ok(0) => return Ok(Close::PeerClosed),
                         Ok(_) => {
                             reads += 1;
                             deadline = Instant::now() + idle_limit;
                         }
-                        Err(e) => return Ok(Close::Io(e.to_string())),
+                        Err(e) => return Ok(Close::Read(e)),
                     }
                     if let Some(close) = handle_buffered(&broker, &session, &mut conn, recorder.as_ref(), reads).await {
                         return Ok(close);
@@ -502,7 +510,7 @@ pub(crate) async fn serve<S>(
     }
     .await;
     let result = result.unwrap_or_else(|e| e);
-    tracing::info!(client_id = %session.client_id, ?result, "client disconnected");
+    tracing::info!(client_id = %session.client_id, result = %result, "client disconnected");
     {
         let mut sessions = lock(&broker.sessions);
         if sessions

@@ -35,6 +35,8 @@ pub enum EmulatorError {
     ApiNotLoopback(IpAddr),
     #[error(transparent)]
     Link(#[from] LinkError),
+    #[error("token key in the data directory is corrupt: {0} (the data directory is damaged: restore it from a backup, or run init on a new one)")]
+    TokenKey(#[source] hex::FromHexError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -176,8 +178,7 @@ impl Emulator {
             })
         };
         let (cert, key) = (meta("server_cert_pem")?, meta("server_key_pem")?);
-        let token_key = hex::decode(meta("token_key")?)
-            .map_err(|e| RegistryError::Invalid(format!("token key is corrupt: {e}")))?;
+        let token_key = hex::decode(meta("token_key")?).map_err(EmulatorError::TokenKey)?;
         let config = Arc::new(config);
         let plain = tls::server_config(registry.clone(), &cert, &key, data.ca.cert_pem(), false)?;
         let alpn = tls::server_config(registry.clone(), &cert, &key, data.ca.cert_pem(), true)?;

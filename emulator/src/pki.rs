@@ -14,16 +14,50 @@ use x509_parser::public_key::PublicKey;
 pub enum PkiError {
     #[error("certificate generation failed: {0}")]
     Rcgen(#[from] rcgen::Error),
+    /// The client's CSR is refused: the only error a client can cause.
     #[error("certificate signing request is invalid: {0}")]
-    BadCsr(String),
-    #[error("RSA key generation failed: {0}")]
-    Rsa(String),
+    BadCsr(#[from] CsrError),
     #[error("RSA key generation failed: {0}")]
     RsaKey(#[from] rsa::Error),
-    #[error("stored CA is unreadable: {0}")]
-    BadCa(String),
-    #[error("certificate validity cannot be encoded: {0}")]
-    Validity(String),
+    #[error("RSA public key cannot be encoded as SubjectPublicKeyInfo DER: {0}")]
+    RsaPublicKey(#[source] rsa::pkcs8::spki::Error),
+    #[error("RSA private key cannot be encoded as PKCS#1 PEM: {0}")]
+    RsaPrivateKey(#[source] rsa::pkcs1::Error),
+    #[error("stored CA {part} is unreadable: {source} (the data directory is damaged: restore it from a backup, or run init on a new one)")]
+    BadCa {
+        /// `certificate` or `key`.
+        part: &'static str,
+        #[source]
+        source: rcgen::Error,
+    },
+    #[error("certificate validity cannot be encoded: Unix time {unix_time}: {source}")]
+    Validity {
+        unix_time: i64,
+        #[source]
+        source: time::error::ComponentRange,
+    },
+}
+
+/// Why a certificate signing request is refused; the message is what the
+/// client is told (after "certificate signing request is invalid: ").
+#[derive(Debug, thiserror::Error)]
+pub enum CsrError {
+    #[error("not PEM: {0}")]
+    NotPem(#[source] pem::PemError),
+    #[error("not a PKCS#10 request: {0}")]
+    NotPkcs10(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
+    #[error("unreadable public key: {0}")]
+    UnreadableKey(#[source] x509_parser::error::X509Error),
+    #[error("RSA key of {0} bits: only 2048 and 3072 are accepted")]
+    RsaKeySize(usize),
+    #[error("EC key: only P-256 and P-384 are accepted")]
+    EcCurve,
+    #[error("key type not accepted: use EC P-256/P-384 or RSA 2048/3072")]
+    KeyType,
+    /// rcgen refuses the request (its signature, algorithm or an
+    /// extension); its message is the whole story.
+    #[error(transparent)]
+    Refused(rcgen::Error),
 }
 
 /// Lowercase hex SHA-256 of a certificate's DER: the AWS certificate id.
@@ -77,9 +111,9 @@ impl Validity {
     }
 
     fn apply(&self, params: &mut CertificateParams) -> Result<(), PkiError> {
-        let t = |secs: i64| {
-            time::OffsetDateTime::from_unix_timestamp(secs)
-                .map_err(|e| PkiError::Validity(e.to_string()))
+        let t = |unix_time: i64| {
+            time::OffsetDateTime::from_unix_timestamp(unix_time)
+                .map_err(|source| PkiError::Validity { unix_time, source })
         };
         params.not_before = t(self.not_before)?;
         params.not_after = t(self.not_after)?;
@@ -106,12 +140,11 @@ fn fresh_spki(kind: KeyKind) -> Result<Vec<u8>, PkiError> {
         }
         KeyKind::Rsa(bits) => {
             use rsa::pkcs8::EncodePublicKey;
-            let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), bits)
-                .map_err(|e| PkiError::Rsa(e.to_string()))?;
+            let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), bits)?;
             Ok(key
                 .to_public_key()
                 .to_public_key_der()
-                .map_err(|e| PkiError::Rsa(e.to_string()))?
+                .map_err(PkiError::RsaPublicKey)?
                 .as_bytes()
                 .to_vec())
         }
@@ -168,9 +201,9 @@ impl CertificateAuthority {
     }
 
     pub fn load(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
-        let key = KeyPair::from_pem(key_pem).map_err(|e| PkiError::BadCa(e.to_string()))?;
-        let issuer =
-            Issuer::from_ca_cert_pem(cert_pem, key).map_err(|e| PkiError::BadCa(e.to_string()))?;
+        let bad = |part: &'static str| move |source: rcgen::Error| PkiError::BadCa { part, source };
+        let key = KeyPair::from_pem(key_pem).map_err(bad("key"))?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(bad("certificate"))?;
         Ok(CertificateAuthority {
             cert_pem: cert_pem.to_owned(),
             issuer,
@@ -229,11 +262,11 @@ impl CertificateAuthority {
         another_key: bool,
     ) -> Result<Issued, PkiError> {
         let der = pem::parse(csr_pem)
-            .map_err(|e| PkiError::BadCsr(format!("not PEM: {e}")))?
+            .map_err(CsrError::NotPem)?
             .into_contents();
         let kind = check_csr_key(&der)?;
         let csr = CertificateSigningRequestParams::from_der(&der.as_slice().into())
-            .map_err(|e| PkiError::BadCsr(e.to_string()))?;
+            .map_err(CsrError::Refused)?;
         let params = Self::device_params(csr.params.distinguished_name.clone(), validity)?;
         if another_key {
             let spki = fresh_spki(kind)?;
@@ -299,10 +332,10 @@ impl CertificateAuthority {
             .unwrap_or(key)
             .to_public_key()
             .to_public_key_der()
-            .map_err(|e| PkiError::Rsa(e.to_string()))?;
+            .map_err(PkiError::RsaPublicKey)?;
         let key_pem = key
             .to_pkcs1_pem(rsa::pkcs8::LineEnding::LF)
-            .map_err(|e| PkiError::Rsa(e.to_string()))?;
+            .map_err(PkiError::RsaPrivateKey)?;
         let cert = self.issue_for_spki_with(spki.as_bytes(), "AWS IoT Certificate", validity)?;
         Ok((cert, key_pem.to_string()))
     }
@@ -318,28 +351,21 @@ impl CertificateAuthority {
     }
 }
 
-fn check_csr_key(der: &[u8]) -> Result<KeyKind, PkiError> {
+fn check_csr_key(der: &[u8]) -> Result<KeyKind, CsrError> {
     let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(der)
-        .map_err(|e| PkiError::BadCsr(format!("not a PKCS#10 request: {e}")))?;
+        .map_err(CsrError::NotPkcs10)?;
     let spki = &csr.certification_request_info.subject_pki;
-    match spki.parsed() {
-        Ok(PublicKey::RSA(rsa)) => match rsa.key_size() {
+    match spki.parsed().map_err(CsrError::UnreadableKey)? {
+        PublicKey::RSA(rsa) => match rsa.key_size() {
             n @ (2048 | 3072) => Ok(KeyKind::Rsa(n)),
-            n => Err(PkiError::BadCsr(format!(
-                "RSA key of {n} bits: only 2048 and 3072 are accepted"
-            ))),
+            n => Err(CsrError::RsaKeySize(n)),
         },
-        Ok(PublicKey::EC(point)) => match point.data().len() {
+        PublicKey::EC(point) => match point.data().len() {
             65 => Ok(KeyKind::P256),
             97 => Ok(KeyKind::P384),
-            _ => Err(PkiError::BadCsr(
-                "EC key: only P-256 and P-384 are accepted".into(),
-            )),
+            _ => Err(CsrError::EcCurve),
         },
-        Ok(_) => Err(PkiError::BadCsr(
-            "key type not accepted: use EC P-256/P-384 or RSA 2048/3072".into(),
-        )),
-        Err(e) => Err(PkiError::BadCsr(format!("unreadable public key: {e}"))),
+        _ => Err(CsrError::KeyType),
     }
 }
 
@@ -401,5 +427,56 @@ mod tests {
         // Issued after AWS's end date: never notBefore after notAfter.
         let v = Validity::starting_at(AWS_NOT_AFTER_UNIX + 100, Duration::from_secs(30));
         assert!(v.not_before <= v.not_after);
+    }
+
+    /// The source of `e`, which must be there.
+    fn source(e: &dyn std::error::Error) -> &(dyn std::error::Error + 'static) {
+        e.source().unwrap_or_else(|| panic!("{e} has no source"))
+    }
+
+    #[test]
+    fn errors_keep_their_source_and_message() {
+        let (ca, _) = CertificateAuthority::generate().unwrap();
+
+        let e = ca.issue_from_csr("not a CSR").unwrap_err();
+        assert!(matches!(e, PkiError::BadCsr(CsrError::NotPem(_))), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with("certificate signing request is invalid: not PEM: "),
+            "{e}"
+        );
+        assert!(source(source(&e)).is::<pem::PemError>());
+
+        let junk = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", vec![1, 2, 3]));
+        let e = ca.issue_from_csr(&junk).unwrap_err();
+        assert!(
+            matches!(e, PkiError::BadCsr(CsrError::NotPkcs10(_))),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("certificate signing request is invalid: not a PKCS#10 request: "),
+            "{e}"
+        );
+
+        let e = CertificateAuthority::load(ca.cert_pem(), "not a key")
+            .err()
+            .unwrap();
+        assert!(matches!(e, PkiError::BadCa { part: "key", .. }), "{e:?}");
+        assert!(source(&e).is::<rcgen::Error>());
+
+        let mut params = CertificateParams::default();
+        let e = Validity {
+            not_before: i64::MAX,
+            not_after: i64::MAX,
+        }
+        .apply(&mut params)
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("certificate validity cannot be encoded: "),
+            "{e}"
+        );
+        assert!(source(&e).is::<time::error::ComponentRange>());
     }
 }

@@ -28,6 +28,7 @@
 //!   `${iot:Certificate.Subject.X}` takes the first value.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -37,12 +38,46 @@ pub const POLICY_VERSION: &str = "2012-10-17";
 /// Largest policy document AWS IoT accepts, in characters other than white space.
 pub const MAX_POLICY_CHARS: usize = 2048;
 
+/// A JSON syntax error, kept whole (line, column, category) for the
+/// errors that stay `Clone` and comparable ([`PolicyError`],
+/// [`TemplateError`](crate::template::TemplateError)): shared, and equal
+/// when both errors say the same thing at the same place.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(transparent)]
+pub struct JsonError(Arc<serde_json::Error>);
+
+impl JsonError {
+    /// The underlying parser error.
+    pub fn get(&self) -> &serde_json::Error {
+        &self.0
+    }
+}
+
+impl From<serde_json::Error> for JsonError {
+    fn from(e: serde_json::Error) -> Self {
+        JsonError(Arc::new(e))
+    }
+}
+
+impl PartialEq for JsonError {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (self.get(), other.get());
+        Arc::ptr_eq(&self.0, &other.0)
+            || (a.classify() == b.classify()
+                && a.line() == b.line()
+                && a.column() == b.column()
+                && a.to_string() == b.to_string())
+    }
+}
+
+impl Eq for JsonError {}
+
 /// Why a policy document was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
     /// The text is not JSON.
     #[error("policy document is not valid JSON: {0}")]
-    Json(String),
+    Json(#[source] JsonError),
     /// Longer than [`MAX_POLICY_CHARS`] without its white space.
     #[error("policy document is {size} characters long without white space; the limit is {MAX_POLICY_CHARS}")]
     TooLarge { size: usize },
@@ -152,8 +187,7 @@ impl PolicyDocument {
         if size > MAX_POLICY_CHARS {
             return Err(PolicyError::TooLarge { size });
         }
-        let value: Value =
-            serde_json::from_str(json).map_err(|e| PolicyError::Json(e.to_string()))?;
+        let value: Value = serde_json::from_str(json).map_err(|e| PolicyError::Json(e.into()))?;
         let root = value
             .as_object()
             .ok_or_else(|| PolicyError::invalid("(root)", "must be a JSON object"))?;
@@ -508,6 +542,26 @@ mod tests {
 
     fn m(pattern: &str, text: &str) -> bool {
         glob_match(&literal_pattern(pattern), text)
+    }
+
+    #[test]
+    fn json_errors_keep_their_source() {
+        let e = PolicyDocument::parse("{not json").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("policy document is not valid JSON: key must be a string"),
+            "{e}"
+        );
+        let PolicyError::Json(json) = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!((json.get().line(), json.get().column()), (1, 2));
+        let source = std::error::Error::source(&e).expect("the JSON error");
+        assert!(source.is::<JsonError>());
+        // Equal when they say the same at the same place.
+        assert_eq!(e, PolicyDocument::parse("{not json").unwrap_err());
+        assert_eq!(e.clone(), e);
+        assert_ne!(e, PolicyDocument::parse("{\"a\": tru").unwrap_err());
     }
 
     #[test]

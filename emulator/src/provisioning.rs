@@ -477,9 +477,8 @@ impl Provisioner {
             .blocking(move || ca.issue_from_csr_with(&csr, Some(validity), another_key))
             .await?
             .map_err(|e| match e {
-                PkiError::BadCsr(m) => {
-                    invalid(format!("certificate signing request is invalid: {m}"))
-                }
+                // "certificate signing request is invalid: <why>"
+                PkiError::BadCsr(_) => invalid(e.to_string()),
                 other => internal(other),
             })?;
         let token = self.register_new(&issued)?;

@@ -50,6 +50,15 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
+    /// An [`ErrorKind::InvalidRequest`] message prefixed with the operation
+    /// (`CreateThing: ...`); other kinds unchanged.
+    pub(crate) fn in_operation(self, op: &str) -> Self {
+        match self.kind {
+            ErrorKind::InvalidRequest => ApiError::invalid(format!("{op}: {}", self.message)),
+            _ => self,
+        }
+    }
+
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         ApiError {
             kind,
@@ -84,6 +93,11 @@ impl From<RegistryError> for ApiError {
                 ApiError::new(ErrorKind::VersionConflict, e.to_string())
             }
             RegistryError::Invalid(m) => ApiError::invalid(m),
+            // As when they were plain messages: refused as the request's.
+            RegistryError::Policy { .. }
+            | RegistryError::TemplateName(_)
+            | RegistryError::Template { .. }
+            | RegistryError::Corrupt { .. } => ApiError::invalid(e.to_string()),
             RegistryError::Sqlite(_) | RegistryError::Io { .. } => {
                 ApiError::new(ErrorKind::InternalFailure, e.to_string())
             }

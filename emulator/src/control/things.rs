@@ -86,10 +86,10 @@ pub(super) fn create_thing(cp: &ControlPlane, req: &ApiRequest) -> Result<Reply,
         billing_group: body.string("billingGroupName")?.map(str::to_owned),
         ..Default::default()
     };
-    let t = cp.registry.create_thing(&thing).map_err(|e| match e {
-        RegistryError::Invalid(m) => ApiError::invalid(format!("{op}: {m}")),
-        other => other.into(),
-    })?;
+    let t = cp
+        .registry
+        .create_thing(&thing)
+        .map_err(|e| ApiError::from(e).in_operation(op))?;
     Ok(Reply::Json(json!({
         "thingName": t.thing_name,
         "thingArn": cp.thing_arn(&t.thing_name),
@@ -131,8 +131,7 @@ pub(super) fn update_thing(cp: &ControlPlane, req: &ApiRequest) -> Result<Reply,
         .update_thing(name, &update)
         .map_err(|e| match e {
             RegistryError::NotFound { .. } => thing_not_found(name),
-            RegistryError::Invalid(m) => ApiError::invalid(format!("{op}: {m}")),
-            other => other.into(),
+            other => ApiError::from(other).in_operation(op),
         })?;
     Ok(Reply::Json(json!({})))
 }

@@ -247,8 +247,10 @@ impl Registry {
         }
         Ok(Some(JobRecord {
             job_id: job_id.into(),
-            document: serde_json::from_str(&document)
-                .map_err(|e| RegistryError::Invalid(format!("job document is corrupt: {e}")))?,
+            document: serde_json::from_str(&document).map_err(|source| RegistryError::Corrupt {
+                what: format!("job {job_id}: its document is corrupt"),
+                source,
+            })?,
             targets: execs.into_iter().map(|(t, _)| t).collect(),
             status: if pending { "IN_PROGRESS" } else { "COMPLETED" }.into(),
             created_at,

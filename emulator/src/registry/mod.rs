@@ -29,8 +29,34 @@ pub enum RegistryError {
     Sqlite(#[from] rusqlite::Error),
     #[error("{kind} {name} not found in the registry")]
     NotFound { kind: &'static str, name: String },
+    /// A name, value or request the registry refuses; the message says why.
     #[error("{0}")]
     Invalid(String),
+    /// A policy document CreatePolicy refuses.
+    #[error("policy {name}: {source}")]
+    Policy {
+        name: String,
+        #[source]
+        source: crate::policy::PolicyError,
+    },
+    /// A template name CreateProvisioningTemplate refuses (the error names it).
+    #[error(transparent)]
+    TemplateName(crate::template::TemplateError),
+    /// A template body CreateProvisioningTemplate refuses.
+    #[error("template {name}: {source}")]
+    Template {
+        name: String,
+        #[source]
+        source: crate::template::TemplateError,
+    },
+    /// JSON stored in the registry does not parse: `what` names the row
+    /// (written by hand, or by another version of the emulator).
+    #[error("{what}: {source}")]
+    Corrupt {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -629,13 +655,16 @@ impl Registry {
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter()
             .map(|(certificate_id, certificate_pem, status, policies)| {
+                let auto_attach_policies =
+                    serde_json::from_str(&policies).map_err(|source| RegistryError::Corrupt {
+                        what: format!("CA certificate {certificate_id}: its policies are corrupt"),
+                        source,
+                    })?;
                 Ok(CaCertificateRecord {
                     certificate_id,
                     certificate_pem,
                     status: status.parse()?,
-                    auto_attach_policies: serde_json::from_str(&policies).map_err(|e| {
-                        RegistryError::Invalid(format!("CA policies are corrupt: {e}"))
-                    })?,
+                    auto_attach_policies,
                 })
             })
             .collect()
@@ -673,8 +702,10 @@ impl Registry {
 
     /// Creates or replaces a policy. The document must parse.
     pub fn create_policy(&self, name: &str, document: &str) -> Result<(), RegistryError> {
-        crate::policy::PolicyDocument::parse(document)
-            .map_err(|e| RegistryError::Invalid(format!("policy {name}: {e}")))?;
+        crate::policy::PolicyDocument::parse(document).map_err(|source| RegistryError::Policy {
+            name: name.to_owned(),
+            source,
+        })?;
         self.db().execute_cached(
             "INSERT OR REPLACE INTO policies (name, document) VALUES (?1, ?2)",
             params![name, document],
@@ -763,9 +794,11 @@ impl Registry {
         enabled: bool,
         hook: Option<&str>,
     ) -> Result<(), RegistryError> {
-        crate::template::validate_name(name).map_err(|e| RegistryError::Invalid(e.to_string()))?;
-        crate::template::Template::parse(body)
-            .map_err(|e| RegistryError::Invalid(format!("template {name}: {e}")))?;
+        crate::template::validate_name(name).map_err(RegistryError::TemplateName)?;
+        crate::template::Template::parse(body).map_err(|source| RegistryError::Template {
+            name: name.to_owned(),
+            source,
+        })?;
         self.db().execute_cached(
             "INSERT OR REPLACE INTO templates (name, body, enabled, hook) VALUES (?1, ?2, ?3, ?4)",
             params![name, body, enabled, hook],
@@ -1124,8 +1157,9 @@ fn thing_in(db: &Connection, name: &str) -> Result<Option<ThingRecord>, Registry
     let Some((thing_name, attrs, thing_type_name, groups, billing_group, version)) = row else {
         return Ok(None);
     };
-    let bad = |e: serde_json::Error| {
-        RegistryError::Invalid(format!("thing {name}: stored JSON is corrupt: {e}"))
+    let bad = |source: serde_json::Error| RegistryError::Corrupt {
+        what: format!("thing {name}: stored JSON is corrupt"),
+        source,
     };
     Ok(Some(ThingRecord {
         certificates: column_list(
@@ -1212,6 +1246,64 @@ mod tests {
         reg.set_certificate_status("c1", CertStatus::Inactive)
             .unwrap();
         assert_eq!(reg.certificate("c1").unwrap().unwrap().customer_version, 2);
+    }
+
+    #[test]
+    fn refused_documents_keep_their_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(dir.path()).unwrap();
+        let e = reg.create_policy("p", "{not json").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("policy p: policy document is not valid JSON: "),
+            "{e}"
+        );
+        assert!(matches!(
+            &e,
+            RegistryError::Policy {
+                source: crate::policy::PolicyError::Json(_),
+                ..
+            }
+        ));
+        let e = reg
+            .create_template("t", "{not json", true, None)
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("template t: template body is not valid JSON: "),
+            "{e}"
+        );
+        assert!(matches!(
+            &e,
+            RegistryError::Template {
+                source: crate::template::TemplateError::Json(_),
+                ..
+            }
+        ));
+        let e = reg.create_template("a b", "{}", true, None).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("template name \"a b\" is invalid"),
+            "{e}"
+        );
+        assert!(matches!(e, RegistryError::TemplateName(_)));
+
+        reg.put_thing(&ThingRecord {
+            thing_name: "gw_1".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        reg.db()
+            .execute("UPDATE things SET attributes = '{' WHERE name = 'gw_1'", [])
+            .unwrap();
+        let e = reg.thing("gw_1").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("thing gw_1: stored JSON is corrupt: "),
+            "{e}"
+        );
+        let source = std::error::Error::source(&e).expect("the JSON error");
+        assert!(source.is::<serde_json::Error>());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! each one answers with.
 
 use super::MAX_TEMPLATE_CHARS;
+use crate::policy::{JsonError, PolicyError};
 
 const SUPPORTED_FUNCTIONS: &str = "Ref, Fn::Join, Fn::Select, Fn::Split, Fn::FindInMap, Fn::Sub";
 
@@ -9,7 +10,7 @@ const SUPPORTED_FUNCTIONS: &str = "Ref, Fn::Join, Fn::Select, Fn::Split, Fn::Fin
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
     #[error("template body is not valid JSON: {0}")]
-    Json(String),
+    Json(#[source] JsonError),
     #[error("template body is {size} characters long; the limit is {MAX_TEMPLATE_CHARS}")]
     TooLarge { size: usize },
     #[error("template name {name:?} is invalid: {reason}")]
@@ -18,6 +19,14 @@ pub enum TemplateError {
     UnsupportedFunction { path: String, function: String },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
+    /// A policy document in the template (at `path`) that
+    /// [`PolicyDocument::parse`](crate::policy::PolicyDocument::parse) refuses.
+    #[error("{path}: {source}")]
+    Policy {
+        path: String,
+        #[source]
+        source: PolicyError,
+    },
     #[error("parameter {name} was not provided and has no Default in the template")]
     MissingParameter { name: String },
     /// An `OverrideSettings` value of `FAIL` met an existing thing that differs.
@@ -31,6 +40,13 @@ impl TemplateError {
         match self {
             TemplateError::ResourceConflict(_) => "ResourceConflictsException",
             _ => "InvalidRequestException",
+        }
+    }
+
+    pub(super) fn policy(path: impl Into<String>, source: PolicyError) -> Self {
+        TemplateError::Policy {
+            path: path.into(),
+            source,
         }
     }
 

@@ -206,8 +206,7 @@ impl Evaluator<'_> {
             (Some(PolicyDocDef::Expr(v)), name) => {
                 let dpath = format!("{}.PolicyDocument", def.path);
                 let document = self.string(v, &dpath, &[])?;
-                PolicyDocument::parse(&document)
-                    .map_err(|e| TemplateError::invalid(dpath, e.to_string()))?;
+                PolicyDocument::parse(&document).map_err(|e| TemplateError::policy(dpath, e))?;
                 PolicySpec::Document { name, document }
             }
             (None, None) => unreachable!("refused by Template::parse"),

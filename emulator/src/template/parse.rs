@@ -23,8 +23,7 @@ impl Template {
         if size > MAX_TEMPLATE_CHARS {
             return Err(TemplateError::TooLarge { size });
         }
-        let value: Value =
-            serde_json::from_str(json).map_err(|e| TemplateError::Json(e.to_string()))?;
+        let value: Value = serde_json::from_str(json).map_err(|e| TemplateError::Json(e.into()))?;
         let root = get_obj(&value, "(root)")?;
         check_top_level_keys(root)?;
         let parameters = match root.get("Parameters") {
@@ -493,12 +492,11 @@ fn parse_policy_doc(v: &Value, path: &str, scope: &Scope) -> Result<PolicyDocDef
     match v {
         Value::Object(_) if as_intrinsic(v, path)?.is_none() => {
             let text = v.to_string();
-            PolicyDocument::parse(&text)
-                .map_err(|e| TemplateError::invalid(path, e.to_string()))?;
+            PolicyDocument::parse(&text).map_err(|e| TemplateError::policy(path, e))?;
             Ok(PolicyDocDef::Literal(text))
         }
         Value::String(s) => {
-            PolicyDocument::parse(s).map_err(|e| TemplateError::invalid(path, e.to_string()))?;
+            PolicyDocument::parse(s).map_err(|e| TemplateError::policy(path, e))?;
             Ok(PolicyDocDef::Literal(s.clone()))
         }
         _ => {
