@@ -748,6 +748,7 @@ impl<'a> Flow<'a> {
     ) -> Result<Registration, ProvisionError> {
         let (_, mut parameters) = self.template_and_parameters()?;
         if let Some(ak_certificate) = &self.ak_certificate {
+            let started = Instant::now();
             parameters.extend(attestation::parameters(
                 &*self.store,
                 self.config,
@@ -755,6 +756,7 @@ impl<'a> Flow<'a> {
                 ak_certificate,
                 &certificate.id,
             )?);
+            self.timed("attest the new key (TPM2_Certify)", started);
         }
         let topic = self.register_topic()?;
         let body = serde_json::json!({
