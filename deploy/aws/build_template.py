@@ -9,7 +9,11 @@ templates (templates/*.json), the pre-provisioning hook
     deploy/aws/build_template.py            # rewrites prov-agent.template.json
     deploy/aws/build_template.py --check    # fails if it is not up to date
 
-The Lambdas' code comes from an S3 bucket (deploy.sh zips and uploads it)."""
+The Lambdas' code comes from an S3 bucket (deploy.sh zips and uploads it;
+the hook's zip is built by package_hook.py). Hardware attestation
+(docs/attestation.md) is off unless the parameter AttestationCa names the
+CA file in the hook's zip (deploy.sh --attestation-ca sets it): with the
+defaults the hook's environment is what it was before attestation."""
 
 import json
 import pathlib
@@ -69,6 +73,14 @@ def function(description, role, handler, key_parameter, environment=None):
     return {"Type": "AWS::Lambda::Function", "Properties": props}
 
 
+def if_attestation(value):
+    """`value` when the stack has attestation on, else nothing."""
+    return {"Fn::If": ["Attestation", value, {"Ref": "AWS::NoValue"}]}
+
+
+ATTESTATION_ON = {"Fn::Not": [{"Fn::Equals": [{"Ref": "AttestationCa"}, ""]}]}
+
+
 def template():
     resources = {}
     # IoT policies, as the emulator tests them.
@@ -100,12 +112,18 @@ def template():
         "iot:CreateThing", "iot:DescribeThing", "iot:UpdateThing",
         "iot:ListThingPrincipals", "iot:DescribeCertificate",
     ])
+    # With AttestationCa empty (the default), ATTESTATION_CA and
+    # ATTESTATION_CHECK_SERIAL are not set at all: the hook treats a set but
+    # empty ATTESTATION_CA as a broken setting and refuses everything.
     resources["HookFunction"] = function(
-        "prov-agent pre-provisioning hook: refuses takeovers of existing things",
+        "prov-agent pre-provisioning hook: refuses takeovers of existing things "
+        "and, with AttestationCa, requests the gateway's TPM does not attest",
         "HookRole", "provisioning_hook.lambda_handler", "HookCodeKey",
         {
             "THING_NAME_PREFIXES": {"Ref": "ThingNamePrefixes"},
             "SITES": {"Ref": "Sites"},
+            "ATTESTATION_CA": if_attestation({"Ref": "AttestationCa"}),
+            "ATTESTATION_CHECK_SERIAL": if_attestation({"Ref": "AttestationCheckSerial"}),
         },
     )
     resources["HookPermission"] = {
@@ -194,6 +212,33 @@ def template():
             "ReportCodeKey": {"Type": "String", "Default": "prov-agent/rotation_report.zip"},
             "ThingNamePrefixes": {"Type": "String", "Default": "gw"},
             "Sites": {"Type": "String", "Default": "default,plant-a,plant-b"},
+            "AttestationCa": {
+                "Type": "String",
+                "Default": "",
+                "AllowedPattern": "^(/[^\\s]+)?$",
+                "Description": "Hardware attestation (docs/attestation.md): the path, in the hook "
+                               "Lambda, of the PEM file of the manufacturer CA certificates "
+                               "(deploy.sh --attestation-ca puts it at "
+                               "/var/task/attestation-ca.pem); empty: attestation off",
+            },
+            "AttestationCheckSerial": {
+                "Type": "String",
+                "Default": "0",
+                "AllowedValues": ["0", "1"],
+                "Description": "1: the gateway's serial must be the one in its attestation key "
+                               "certificate (needs AttestationCa; deploy.sh --check-serial)",
+            },
+        },
+        "Conditions": {"Attestation": ATTESTATION_ON},
+        "Rules": {
+            "CheckSerialNeedsAttestation": {
+                "RuleCondition": {"Fn::Equals": [{"Ref": "AttestationCheckSerial"}, "1"]},
+                "Assertions": [{
+                    "Assert": ATTESTATION_ON,
+                    "AssertDescription": "AttestationCheckSerial=1 needs AttestationCa "
+                                         "(deploy.sh --attestation-ca FILE --check-serial)",
+                }],
+            },
         },
         "Resources": resources,
         "Outputs": {
