@@ -612,3 +612,86 @@ async fn a_rotation_on_a_full_tpm_changes_nothing() {
     );
     device.round_trip(&cloud).await.unwrap();
 }
+
+/// RegisterThing answers a thingName with a character AWS does not allow
+/// in a thing name (`+` and `#` are topic wildcards, `/` a topic level):
+/// the enroll fails with exit 1 (a refused answer, "anything else" in the
+/// README's table), says why, commits nothing, and never uses the name: no
+/// connection as it, no topic or filter with it, no wildcard filter at all.
+/// With a truthful service the next enroll completes, as the thing the
+/// service really registered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thing_name_with_topic_characters_is_refused() {
+    use iotcore_emulator::{LoggedPacket, ResponseFault};
+    let cloud = TestCloud::start_with(|c| c.record_packets = true).await;
+    for c in ['+', '#', '/'] {
+        let device = Device::new(&cloud, Backend::File, "");
+        device.import_claim().await;
+        cloud
+            .handle
+            .set_response_fault(Some(ResponseFault::ThingNameWith(c)));
+        let seen = cloud.handle.packet_log().len();
+        let out = device.run(&["enroll"]).await;
+        let stderr = failed_with(&out, 1);
+        // The thing the service registered (the answer named it with `c`
+        // appended).
+        let things: Vec<String> = cloud
+            .handle
+            .registry()
+            .things()
+            .unwrap()
+            .into_iter()
+            .map(|t| t.thing_name)
+            .filter(|name| name.contains(&device.serial))
+            .collect();
+        let [thing] = things.as_slice() else {
+            panic!("{c:?}: one thing registered for the serial: {things:?}")
+        };
+        let answered = format!("{thing}{c}");
+        assert!(
+            stderr.contains("RegisterThing: the service's answer is refused")
+                && stderr.contains("not a thing name"),
+            "{c:?}: {}",
+            text(&out)
+        );
+        assert!(!stderr.contains("panicked"), "{}", text(&out));
+        assert!(
+            device.identity().is_none(),
+            "{c:?}: an identity was written"
+        );
+        let log = cloud.handle.packet_log();
+        let connections = &log[seen..];
+        assert!(!connections.is_empty());
+        for connection in connections {
+            assert_ne!(connection.client_id, answered, "{connection:?}");
+            for record in &connection.packets {
+                let names: Vec<&String> = match &record.packet {
+                    LoggedPacket::Publish { topic, .. } => vec![topic],
+                    LoggedPacket::Subscribe { filters } | LoggedPacket::Unsubscribe { filters } => {
+                        filters.iter().collect()
+                    }
+                    _ => continue,
+                };
+                for name in names {
+                    assert!(
+                        !name.contains(thing.as_str()),
+                        "{c:?}: the refused name was used: {name}: {connection:?}"
+                    );
+                    if matches!(record.packet, LoggedPacket::Subscribe { .. }) {
+                        assert!(
+                            !name.contains(['+', '#']),
+                            "{c:?}: a wildcard subscription: {name}"
+                        );
+                    }
+                }
+            }
+        }
+        // The thing the service registered, under its true name, is this
+        // gateway's once the service answers truthfully.
+        cloud.handle.set_response_fault(None);
+        let again = device.run(&["enroll"]).await;
+        assert!(again.status.success(), "{c:?}: {}", text(&again));
+        assert_eq!(&device.identity().unwrap().thing_name, thing);
+        device.round_trip(&cloud).await.unwrap();
+    }
+}
