@@ -4,12 +4,15 @@
 # needs nightly) and runs each for SECONDS (the first argument, else
 # FUZZ_SECONDS, default 20) from its seed
 # corpus, FUZZ_JOBS (default: the number of CPUs) targets at a time. Fails
-# if any target crashes, naming the input that did it.
+# if any target crashes or hangs, naming the input that did it: an input
+# that runs longer than FUZZ_TIMEOUT seconds (default 5, below any run's
+# budget, so that a slow input cannot hide in a short run) is a hang.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds=${1:-${FUZZ_SECONDS:-20}}
 jobs=${FUZZ_JOBS:-$(nproc)}
+timeout=${FUZZ_TIMEOUT:-5}
 flags=(--sanitizer none -O)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -52,7 +55,7 @@ run_one() {
   local seeds
   mapfile -t seeds < <(seeds_of "$target")
   if cargo fuzz run "${flags[@]}" "$target" "$work/corpus/$target" "${seeds[@]}" -- \
-    -max_total_time="$seconds" -timeout=30 -print_final_stats=1 \
+    -max_total_time="$seconds" -timeout="$timeout" -print_final_stats=1 \
     -artifact_prefix="fuzz/artifacts/$target/" >"$work/$target.log" 2>&1; then
     echo "ok: $target ($(grep -m1 -oE 'stat::number_of_executed_units: *[0-9]+' "$work/$target.log" | grep -oE '[0-9]+$' || echo '?') runs in ${seconds}s)"
   else
@@ -62,7 +65,7 @@ run_one() {
     local input
     input=$(grep -oE 'Test unit written to [^ ]+' "$work/$target.log" | tail -n1 | cut -d' ' -f5 || true)
     if [[ -n $input ]]; then
-      echo "the crashing input: $input" >&2
+      echo "the crashing or hanging input: $input" >&2
       echo "reproduce: cargo fuzz run ${flags[*]} $target $input" >&2
     fi
   fi
@@ -83,7 +86,7 @@ wait
 
 failed=$(cd "$work" && ls -- *.failed 2>/dev/null | sed 's/\.failed$//' || true)
 if [[ -n $failed ]]; then
-  echo "ci/fuzz.sh: crashes in: $(echo $failed); inputs are in fuzz/artifacts/<target>/" >&2
+  echo "ci/fuzz.sh: crashes or hangs in: $(echo $failed); inputs are in fuzz/artifacts/<target>/" >&2
   exit 1
 fi
-echo "ci/fuzz.sh: no target crashed"
+echo "ci/fuzz.sh: no target crashed or hung"

@@ -72,8 +72,10 @@ fn named(name: &'static str, doing: &str) -> bool {
     false
 }
 
-/// What an attacker's agent would send instead of the TPM's true proof
-/// (`[ATTESTATION] MODE = tpm`), to show that the verifier refuses it.
+/// Lies told to show that the other side refuses them: what an attacker's
+/// agent would send instead of the TPM's true proof (`[ATTESTATION] MODE =
+/// tpm`), for the verifier; what a weaker key store would report, for the
+/// agent.
 pub const TAMPERS: &[&str] = &[
     // The attestation made for another certificate id.
     "attest-replay",
@@ -85,9 +87,14 @@ pub const TAMPERS: &[&str] = &[
     // Keys mode despite attestation: the key the service sent, imported
     // into the TPM and certified there.
     "attest-keys-mode",
+    // PKCS#11: the key the token has just generated reads back as not
+    // CKA_ALWAYS_SENSITIVE, or not CKA_NEVER_EXTRACTABLE (a module that
+    // made it readable or exportable at some point; SoftHSM never does).
+    "pkcs11-generated-not-always-sensitive",
+    "pkcs11-generated-not-never-extractable",
 ];
 
-/// Whether the agent is to send the tampered proof `name`, one of
+/// Whether the agent is to send, or see, the tampered value `name`, one of
 /// [`TAMPERS`] (`PROV_AGENT_FAULT` names it; test builds only).
 #[inline]
 pub fn tampers(name: &'static str) -> bool {

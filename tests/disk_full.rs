@@ -1,10 +1,13 @@
 //! The state directory's disk fills up in the middle of a rotation: at
 //! every amount of space left (0, 1, 2, ... pages of a small tmpfs), the
 //! rotation either succeeds or fails with an error that says the disk is
-//! full, the device keeps a working identity, and once there is space again
-//! the next `rotate` completes. The page steps never make the identity's
-//! write the one that fails (the journal's need as much room), so a second
-//! test fills the disk exactly there.
+//! full and names the file, the device keeps a working identity, and once
+//! there is space again the next `rotate` completes. Among the failures
+//! there must be the new key's file (the file store's PEM, the TPM key
+//! file) and the journal, and after each of those the state directory is
+//! exactly what it was. The page steps never make the identity's write the
+//! one that fails (the journal's need as much room), so a second test fills
+//! the disk exactly there.
 //!
 //! The tmpfs is mounted over the state directory in a mount namespace of
 //! the agent's own (`unshare --mount`, root), filled to leave the space
@@ -94,12 +97,53 @@ fn replace_dir(dir: &Path, with: &Path) {
     assert!(status.success());
 }
 
+/// The file a failed run's error (its last line, `prov-agent: ...`) says
+/// could not be written for lack of space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FullAt {
+    /// `STATE_DIR/journal.json`.
+    Journal,
+    /// The new key's file in the key store's directory (`keys/<label>.pem`
+    /// for the file store, the TPM key file `tpm/<label>.tpmkey`).
+    KeyFile,
+    /// Anything else (after the commit: the export directory).
+    Other,
+}
+
+/// Which write the disk-full error of `stderr` names.
+fn full_at(stderr: &str, state: &Path, key_dir: &Path) -> FullAt {
+    let error = stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("prov-agent: "))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(
+        error.contains("No space left on device"),
+        "the error does not say the disk is full: {error}"
+    );
+    let journal = state.join("journal.json");
+    if error.contains(&format!("cannot write journal {}:", journal.display())) {
+        return FullAt::Journal;
+    }
+    let key_file = format!("key file {}/", key_dir.display());
+    if error.contains(&key_file) {
+        return FullAt::KeyFile;
+    }
+    FullAt::Other
+}
+
 async fn rotation_on_a_filling_disk(backend: Backend) {
     let cloud = TestCloud::start().await;
     let device = Device::enrolled(&cloud, backend, "").await;
-    let (mut failed, mut succeeded) = (0, 0);
+    let state = device.state_dir();
+    let key_dir = state.join(match device.backend.name() {
+        "tpm" => "tpm",
+        _ => "keys",
+    });
+    let (mut failed, mut succeeded) = (Vec::new(), 0);
     for free_pages in 0..12 {
         let before = device.identity().expect("an identity");
+        let files_before = device.state_files();
         let out = rotate_on_a_full_disk(&device, free_pages);
         let after = device.identity().expect("the device kept an identity");
         if out.status.success() {
@@ -111,16 +155,25 @@ async fn rotation_on_a_filling_disk(backend: Backend) {
                 text(&out)
             );
         } else {
-            failed += 1;
             let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                stderr.contains("No space left on device"),
-                "{free_pages} pages free: the error does not say the disk is full: {}",
-                text(&out)
-            );
             assert!(!stderr.contains("panicked"), "{}", text(&out));
-            // The identity before the rotation, or (if the failure came
-            // after the commit) the new one: either way a working one.
+            let at = full_at(&stderr, &state, &key_dir);
+            failed.push(at);
+            if at == FullAt::Other {
+                // The identity before the rotation, or (if the failure came
+                // after the commit) the new one: either way a working one.
+            } else {
+                // Before the commit: rolled back, the state exactly as it
+                // was (the old identity, its key, no journal, no new key
+                // file, nothing half written).
+                assert_eq!(after, before, "{free_pages} pages free: {}", text(&out));
+                assert_eq!(
+                    device.state_files(),
+                    files_before,
+                    "{free_pages} pages free, {at:?} full: the state changed: {}",
+                    text(&out)
+                );
+            }
         }
         device
             .round_trip(&cloud)
@@ -147,13 +200,20 @@ async fn rotation_on_a_filling_disk(backend: Backend) {
             );
         }
         assert!(
-            !device.state_dir().join("journal.json").exists(),
+            !state.join("journal.json").exists(),
             "{free_pages} pages free: a journal is left after the next run: {}",
             text(&again)
         );
         device.round_trip(&cloud).await.unwrap();
     }
-    assert!(failed > 0, "no amount of space made the rotation fail");
+    // The sweep reached both writes before the commit (and the identity's
+    // own is the_identity_commit_on_a_full_disk's).
+    for at in [FullAt::Journal, FullAt::KeyFile] {
+        assert!(
+            failed.contains(&at),
+            "no amount of space made the {at:?} write fail: {failed:?}"
+        );
+    }
     assert!(succeeded > 0, "the rotation never had enough space");
 }
 

@@ -612,3 +612,158 @@ async fn a_rotation_on_a_full_tpm_changes_nothing() {
     );
     device.round_trip(&cloud).await.unwrap();
 }
+
+/// RegisterThing answers a thingName with a character AWS does not allow
+/// in a thing name (`+` and `#` are topic wildcards, `/` a topic level):
+/// the enroll fails with exit 1 (a refused answer, "anything else" in the
+/// README's table), says why, commits nothing, and never uses the name: no
+/// connection as it, no topic or filter with it, no wildcard filter at all.
+/// With a truthful service the next enroll completes, as the thing the
+/// service really registered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thing_name_with_topic_characters_is_refused() {
+    use iotcore_emulator::{LoggedPacket, ResponseFault};
+    let cloud = TestCloud::start_with(|c| c.record_packets = true).await;
+    for c in ['+', '#', '/'] {
+        let device = Device::new(&cloud, Backend::File, "");
+        device.import_claim().await;
+        cloud
+            .handle
+            .set_response_fault(Some(ResponseFault::ThingNameWith(c)));
+        let seen = cloud.handle.packet_log().len();
+        let out = device.run(&["enroll"]).await;
+        let stderr = failed_with(&out, 1);
+        // The thing the service registered (the answer named it with `c`
+        // appended).
+        let things: Vec<String> = cloud
+            .handle
+            .registry()
+            .things()
+            .unwrap()
+            .into_iter()
+            .map(|t| t.thing_name)
+            .filter(|name| name.contains(&device.serial))
+            .collect();
+        let [thing] = things.as_slice() else {
+            panic!("{c:?}: one thing registered for the serial: {things:?}")
+        };
+        let answered = format!("{thing}{c}");
+        assert!(
+            stderr.contains("RegisterThing: the service's answer is refused")
+                && stderr.contains("not a thing name"),
+            "{c:?}: {}",
+            text(&out)
+        );
+        assert!(!stderr.contains("panicked"), "{}", text(&out));
+        assert!(
+            device.identity().is_none(),
+            "{c:?}: an identity was written"
+        );
+        let log = cloud.handle.packet_log();
+        let connections = &log[seen..];
+        assert!(!connections.is_empty());
+        for connection in connections {
+            assert_ne!(connection.client_id, answered, "{connection:?}");
+            for record in &connection.packets {
+                let names: Vec<&String> = match &record.packet {
+                    LoggedPacket::Publish { topic, .. } => vec![topic],
+                    LoggedPacket::Subscribe { filters } | LoggedPacket::Unsubscribe { filters } => {
+                        filters.iter().collect()
+                    }
+                    _ => continue,
+                };
+                for name in names {
+                    assert!(
+                        !name.contains(thing.as_str()),
+                        "{c:?}: the refused name was used: {name}: {connection:?}"
+                    );
+                    if matches!(record.packet, LoggedPacket::Subscribe { .. }) {
+                        assert!(
+                            !name.contains(['+', '#']),
+                            "{c:?}: a wildcard subscription: {name}"
+                        );
+                    }
+                }
+            }
+        }
+        // The thing the service registered, under its true name, is this
+        // gateway's once the service answers truthfully.
+        cloud.handle.set_response_fault(None);
+        let again = device.run(&["enroll"]).await;
+        assert!(again.status.success(), "{c:?}: {}", text(&again));
+        assert_eq!(&device.identity().unwrap().thing_name, thing);
+        device.round_trip(&cloud).await.unwrap();
+    }
+}
+
+/// A symlink planted at `STATE_DIR/lock` is not followed (the lock file is
+/// opened with O_NOFOLLOW): `enroll` stops (exit 1, naming the lock file and
+/// the link) before it writes anything, and the link's target is as it was:
+/// an existing file keeps its content, mode and time, a missing one is not
+/// created. Without O_NOFOLLOW the first would be locked and used, the
+/// second created. Once the link is gone, enroll completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_symlink_planted_as_the_lock_file_is_not_followed() {
+    use std::os::unix::fs::MetadataExt;
+    let cloud = TestCloud::start().await;
+    let device = Device::new(&cloud, Backend::File, "");
+    device.import_claim().await;
+    let state = device.state_dir();
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let lock = state.join("lock");
+
+    let existing = outside.path().join("victim");
+    std::fs::write(&existing, "not the agent's\n").unwrap();
+    std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let before = std::fs::metadata(&existing).unwrap();
+    let missing = outside.path().join("created-by-the-agent");
+    for target in [&existing, &missing] {
+        let _ = std::fs::remove_file(&lock);
+        std::os::unix::fs::symlink(target, &lock).unwrap();
+        let out = device.run(&["enroll"]).await;
+        let err = failed_with(&out, 1);
+        assert!(
+            err.contains(&format!("cannot open lock file {}", lock.display()))
+                && err.contains("os error 40"),
+            "{target:?}: {}",
+            text(&out)
+        );
+        assert!(
+            std::fs::symlink_metadata(&lock)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "the link was replaced"
+        );
+        assert!(device.identity().is_none());
+        assert!(!state.join("journal.json").exists());
+        assert!(
+            cloud.handle.registry().things().unwrap().is_empty(),
+            "{}",
+            text(&out)
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&existing).unwrap(),
+        "not the agent's\n"
+    );
+    let after = std::fs::metadata(&existing).unwrap();
+    assert_eq!(
+        (after.mode(), after.uid(), after.mtime(), after.mtime_nsec()),
+        (
+            before.mode(),
+            before.uid(),
+            before.mtime(),
+            before.mtime_nsec()
+        )
+    );
+    assert!(!missing.exists(), "the link's missing target was created");
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
+
+    std::fs::remove_file(&lock).unwrap();
+    let out = device.run(&["enroll"]).await;
+    assert!(out.status.success(), "enroll: {}", text(&out));
+    assert!(std::fs::symlink_metadata(&lock).unwrap().is_file());
+}

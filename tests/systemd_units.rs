@@ -22,19 +22,17 @@ const PIN_CREDENTIAL: &str = "pkcs11-pin";
 /// One unit file: `(section, key, value)` in file order; a key set twice
 /// appears twice, as systemd sees list settings.
 struct Unit {
-    name: &'static str,
+    name: String,
     entries: Vec<(String, String, String)>,
 }
 
 impl Unit {
-    fn load(name: &'static str) -> Self {
-        let path: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("systemd")
-            .join(name);
+    fn load(name: &str) -> Self {
+        let path: PathBuf = units_dir().join(name);
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
         Self {
-            name,
+            name: name.to_string(),
             entries: parse(&text),
         }
     }
@@ -73,6 +71,27 @@ impl Unit {
             .flat_map(str::split_whitespace)
             .collect()
     }
+}
+
+fn units_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd")
+}
+
+/// The files of `systemd/` whose names end in `suffix`, sorted.
+fn files_ending_in(suffix: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(units_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(suffix))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every service unit shipped: what is in `systemd/`, not a list that a new
+/// unit could be missing from.
+fn service_units() -> Vec<String> {
+    files_ending_in(".service")
 }
 
 /// systemd's unit file syntax, as far as these files use it: `[Section]`,
@@ -274,9 +293,26 @@ const SANDBOX: &[(&str, &str)] = &[
     ("LimitMEMLOCK", "infinity"),
 ];
 
+/// The tests that name the services one by one (`SERVICES`) see every
+/// service unit of `systemd/`: a unit added there and not here fails.
+#[test]
+fn the_service_list_is_every_service_unit_in_systemd() {
+    let mut listed: Vec<String> = SERVICES.iter().map(|s| s.to_string()).collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        service_units(),
+        "SERVICES is not the list of systemd/*.service"
+    );
+    assert!(service_units().len() >= 3, "{:?}", service_units());
+}
+
 #[test]
 fn every_service_runs_in_the_sandbox() {
-    for name in SERVICES {
+    // Each service unit in the directory, so that none escapes LimitCORE=0
+    // and the rest of the sandbox.
+    for name in service_units() {
+        let name = name.as_str();
         let u = Unit::load(name);
         for (key, value) in SANDBOX {
             u.has("Service", key, value);
@@ -293,11 +329,33 @@ fn every_service_runs_in_the_sandbox() {
     }
 }
 
+/// A drop-in shipped beside the units (`systemd/*.conf`) changes none of
+/// the sandbox: it could otherwise bring core dumps back.
+#[test]
+fn no_drop_in_weakens_the_sandbox() {
+    let drop_ins = files_ending_in(".conf");
+    assert!(!drop_ins.is_empty(), "systemd/encrypted-pin.conf is gone");
+    for name in drop_ins {
+        let u = Unit::load(&name);
+        for (key, _) in SANDBOX {
+            // The drop-in replaces the plain PIN credential by the
+            // encrypted one, and only that.
+            if *key == "LoadCredential" {
+                continue;
+            }
+            assert!(
+                u.all("Service", key).is_empty(),
+                "{name}: sets {key}= of the sandbox"
+            );
+        }
+    }
+}
+
 #[test]
 fn the_three_services_share_one_sandbox() {
     // Everything after User= is the shared sandbox; it must not drift
     // between the units.
-    let sandbox = |name| {
+    let sandbox = |name: &str| {
         let u = Unit::load(name);
         let start = u
             .entries
@@ -312,8 +370,9 @@ fn the_three_services_share_one_sandbox() {
     };
     let daemon = sandbox(DAEMON);
     assert!(daemon.len() > SANDBOX.len());
-    assert_eq!(sandbox(ENROLL), daemon, "{ENROLL} and {DAEMON} differ");
-    assert_eq!(sandbox(ROTATE), daemon, "{ROTATE} and {DAEMON} differ");
+    for name in service_units() {
+        assert_eq!(sandbox(&name), daemon, "{name} and {DAEMON} differ");
+    }
 }
 
 /// `LoadCredential=ID[:SOURCE]` and `LoadCredentialEncrypted=` as

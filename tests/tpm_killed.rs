@@ -63,8 +63,9 @@ fn assert_clean(out: &std::process::Output, what: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_tpm_dies_during_enroll_and_rotate() {
     let cloud = TestCloud::start().await;
-    // Runs the kill made fail: without any, the test would prove nothing.
-    let mut interrupted = 0;
+    // Runs the kill made fail, of enroll and of rotate: without one of
+    // each, the test would prove nothing of that command.
+    let (mut enrolls_interrupted, mut rotations_interrupted) = (Vec::new(), Vec::new());
     for ms in [10, 40, 90, 160, 260] {
         let after = Duration::from_millis(ms);
         let mut device = Device::new(&cloud, Backend::tpm(), "");
@@ -72,7 +73,9 @@ async fn the_tpm_dies_during_enroll_and_rotate() {
 
         let out = run_and_kill_the_tpm(&mut device, &["enroll"], after).await;
         assert_clean(&out, &format!("enroll, TPM killed after {ms} ms"));
-        interrupted += usize::from(!out.status.success());
+        if !out.status.success() {
+            enrolls_interrupted.push(ms);
+        }
         let again = device.run(&["enroll"]).await;
         assert!(
             again.status.success(),
@@ -84,7 +87,9 @@ async fn the_tpm_dies_during_enroll_and_rotate() {
         let before = device.identity().unwrap();
         let out = run_and_kill_the_tpm(&mut device, &["rotate"], after).await;
         assert_clean(&out, &format!("rotate, TPM killed after {ms} ms"));
-        interrupted += usize::from(!out.status.success());
+        if !out.status.success() {
+            rotations_interrupted.push(ms);
+        }
         // Old or new: a working identity either way.
         device.round_trip(&cloud).await.unwrap_or_else(|e| {
             panic!(
@@ -106,5 +111,15 @@ async fn the_tpm_dies_during_enroll_and_rotate() {
         assert!(!device.state_dir().join("journal.json").exists());
         device.round_trip(&cloud).await.unwrap();
     }
-    assert!(interrupted > 0, "no kill landed while a run was under way");
+    eprintln!(
+        "interrupted: enroll after {enrolls_interrupted:?} ms, rotate after {rotations_interrupted:?} ms"
+    );
+    assert!(
+        !enrolls_interrupted.is_empty(),
+        "no kill landed while an enroll was under way"
+    );
+    assert!(
+        !rotations_interrupted.is_empty(),
+        "no kill landed while a rotation was under way"
+    );
 }

@@ -72,6 +72,12 @@ pub enum ResponseFault {
     /// The first `n` requests to any of the three provisioning APIs are
     /// rejected with `ThrottlingException` (429) without any side effect.
     ThrottleFirst(u32),
+    /// Accepted answers of RegisterThing name the thing with this
+    /// character appended to its name: with `+`, `#` or `/`, a name that
+    /// would make a topic wildcard or another topic level of the thing's
+    /// topics. The thing is registered under its true name (AWS allows
+    /// only `a-zA-Z0-9:_-` in a thing name).
+    ThingNameWith(char),
 }
 
 impl ResponseFault {
@@ -96,6 +102,7 @@ impl std::fmt::Display for ResponseFault {
             ResponseFault::OversizedPayload => f.write_str("oversized-payload"),
             ResponseFault::DropResponses(n) => write!(f, "drop-responses:{n}"),
             ResponseFault::ThrottleFirst(n) => write!(f, "throttle-first:{n}"),
+            ResponseFault::ThingNameWith(c) => write!(f, "thing-name-with:{c}"),
         }
     }
 }
@@ -104,7 +111,7 @@ impl std::str::FromStr for ResponseFault {
     type Err = String;
     /// `malformed-json`, `certificate-for-another-key`,
     /// `wrong-certificate-id`, `oversized-payload`, `drop-responses:N`,
-    /// `throttle-first:N` (the `Display` form).
+    /// `throttle-first:N`, `thing-name-with:C` (the `Display` form).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let count = |n: &str| {
             n.parse::<u32>()
@@ -116,11 +123,18 @@ impl std::str::FromStr for ResponseFault {
                 "certificate-for-another-key" => ResponseFault::CertificateForAnotherKey,
                 "wrong-certificate-id" => ResponseFault::WrongCertificateId,
                 "oversized-payload" => ResponseFault::OversizedPayload,
-                _ => return Err(format!("unknown response fault {s:?}: use malformed-json, certificate-for-another-key, wrong-certificate-id, oversized-payload, drop-responses:N or throttle-first:N")),
+                _ => return Err(format!("unknown response fault {s:?}: use malformed-json, certificate-for-another-key, wrong-certificate-id, oversized-payload, drop-responses:N, throttle-first:N or thing-name-with:C")),
             },
             Some(("drop-responses", n)) => ResponseFault::DropResponses(count(n)?),
             Some(("throttle-first", n)) => ResponseFault::ThrottleFirst(count(n)?),
-            Some(_) => return Err(format!("unknown response fault {s:?}: use drop-responses:N or throttle-first:N")),
+            Some(("thing-name-with", c)) => {
+                let mut chars = c.chars();
+                match (chars.next(), chars.next()) {
+                    (Some(c), None) => ResponseFault::ThingNameWith(c),
+                    _ => return Err(format!("{s:?}: one character must follow ':'")),
+                }
+            }
+            Some(_) => return Err(format!("unknown response fault {s:?}: use drop-responses:N, throttle-first:N or thing-name-with:C")),
         })
     }
 }

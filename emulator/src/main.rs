@@ -142,7 +142,7 @@ struct ServeArgs {
     no_report_rule: bool,
     /// Test-only: wrong or lost provisioning answers: malformed-json,
     /// certificate-for-another-key, wrong-certificate-id, oversized-payload,
-    /// drop-responses:N, throttle-first:N.
+    /// drop-responses:N, throttle-first:N, thing-name-with:C.
     #[arg(long, value_name = "FAULT")]
     response_fault: Option<ResponseFault>,
     /// RSA-2048 keys CreateKeysAndCertificate keeps made ahead of time (a

@@ -146,6 +146,8 @@ struct FaultPlan {
     answer: Option<ResponseFault>,
     drop_response: bool,
     throttle: bool,
+    /// Appended to the thingName of an accepted RegisterThing answer.
+    thing_name_with: Option<char>,
 }
 
 /// Size of the `padding` field of an `OversizedPayload` answer: the body
@@ -252,6 +254,7 @@ impl Provisioner {
                 st.counted += 1;
                 plan.throttle = true;
             }
+            Some(ResponseFault::ThingNameWith(c)) => plan.thing_name_with = Some(c),
             Some(f) if f.alters_certificate_answers() => plan.answer = Some(f),
             _ => {}
         }
@@ -293,6 +296,15 @@ impl Provisioner {
         Some(match result {
             Ok(mut v) => {
                 let certificate_api = !matches!(api, Api::RegisterThing(_));
+                if let (Some(c), false) = (plan.thing_name_with, certificate_api) {
+                    if let Some(Value::String(name)) = v.get_mut("thingName") {
+                        tracing::warn!(
+                            ?api,
+                            "response fault ThingNameWith: thingName answered with {c:?} appended"
+                        );
+                        name.push(c);
+                    }
+                }
                 match plan.answer.filter(|_| certificate_api) {
                     Some(ResponseFault::OversizedPayload) => {
                         tracing::warn!(

@@ -327,6 +327,34 @@ async fn throttle_first_two_requests_of_any_api_set_while_running() {
     create_from_csr(&mut c).await;
 }
 
+#[tokio::test]
+async fn thing_name_with_alters_only_the_register_thing_answer() {
+    let emu = start_with(|c| c.response_fault = Some(ResponseFault::ThingNameWith('#'))).await;
+    let mut c = claim_client(&emu, "claim-thing-name", "prod").await;
+    // The certificate answers are as always.
+    let (_, token) = create_from_csr(&mut c).await;
+    let (ok, body) = c
+        .call(
+            &register_topic("prod"),
+            &json!({"certificateOwnershipToken": token, "parameters": {"SerialNumber": "TN1"}}),
+        )
+        .await;
+    assert!(ok, "{body}");
+    assert_eq!(body["thingName"], "dev-TN1#");
+    // The thing is registered under its true name.
+    assert!(emu.registry().thing("dev-TN1").unwrap().is_some());
+    assert!(emu.registry().thing("dev-TN1#").unwrap().is_none());
+    // Rejections are not altered.
+    let (ok, body) = c
+        .call(
+            &register_topic("prod"),
+            &json!({"certificateOwnershipToken": "bogus", "parameters": {"SerialNumber": "TN2"}}),
+        )
+        .await;
+    assert!(!ok, "{body}");
+    assert!(body.get("thingName").is_none(), "{body}");
+}
+
 #[test]
 fn response_fault_parses_and_prints_its_cli_form() {
     for f in [
@@ -336,9 +364,14 @@ fn response_fault_parses_and_prints_its_cli_form() {
         ResponseFault::OversizedPayload,
         ResponseFault::DropResponses(3),
         ResponseFault::ThrottleFirst(2),
+        ResponseFault::ThingNameWith('+'),
+        ResponseFault::ThingNameWith('#'),
+        ResponseFault::ThingNameWith('/'),
     ] {
         assert_eq!(f.to_string().parse::<ResponseFault>(), Ok(f));
     }
     assert!("drop-responses:x".parse::<ResponseFault>().is_err());
+    assert!("thing-name-with:".parse::<ResponseFault>().is_err());
+    assert!("thing-name-with:ab".parse::<ResponseFault>().is_err());
     assert!("nonsense".parse::<ResponseFault>().is_err());
 }

@@ -193,6 +193,7 @@ fn protection_problems(
     let mut readable = false;
     let mut wrong = Vec::new();
     for a in attrs {
+        let a = if made_here { weakened(a) } else { a };
         match a {
             Attribute::Sensitive(false) => {
                 readable = true;
@@ -214,6 +215,25 @@ fn protection_problems(
     Ok((readable, wrong))
 }
 
+/// `a` as a module that let a key it generated be readable or exportable
+/// at some point would report it, when a test asks for that
+/// (`fault::tampers`; else `a` itself).
+fn weakened(a: Attribute) -> Attribute {
+    match a {
+        Attribute::AlwaysSensitive(true)
+            if crate::fault::tampers("pkcs11-generated-not-always-sensitive") =>
+        {
+            Attribute::AlwaysSensitive(false)
+        }
+        Attribute::NeverExtractable(true)
+            if crate::fault::tampers("pkcs11-generated-not-never-extractable") =>
+        {
+            Attribute::NeverExtractable(false)
+        }
+        a => a,
+    }
+}
+
 fn unprotected(label: &str, wrong: &[&str]) -> KeyStoreError {
     KeyStoreError::Backend {
         backend: BACKEND,
@@ -223,6 +243,27 @@ fn unprotected(label: &str, wrong: &[&str]) -> KeyStoreError {
              generate or import, or enroll --force), with a tool that sets CKA_SENSITIVE and \
              clears CKA_EXTRACTABLE",
             wrong.join(", ")
+        ),
+        code: None,
+    }
+}
+
+/// A key the token has just generated that is not as protected as it must
+/// be: the token is not one that keeps the agent's keys in the hardware.
+fn weak_generated(label: &str, wrong: &[&str], destroyed: bool) -> KeyStoreError {
+    KeyStoreError::Backend {
+        backend: BACKEND,
+        op: "check private key protection".into(),
+        detail: format!(
+            "the private key {label:?} the token generated is {}: a key made in the token \
+             must never have been readable or exportable; {}. Use a token (or a \
+             configuration of it) that keeps generated keys sensitive and unextractable",
+            wrong.join(", "),
+            if destroyed {
+                "the key was destroyed again"
+            } else {
+                "the key could not be destroyed: delete it by hand"
+            }
         ),
         code: None,
     }
@@ -477,12 +518,32 @@ pub fn generate(session: &Session, label: &str, algorithm: KeyAlgorithm) -> Resu
         .generate_key_pair(&mechanism, &public, &private)
         .map_err(|e| error::map("generate key pair", e))?;
     restrict_to_signing(session, label, public, private);
-    // Made here: it must say it never was anything but sensitive.
-    let (_, wrong) = protection_problems(session, private, true)?;
-    if !wrong.is_empty() {
-        let _ = session.destroy_object(private);
-        let _ = session.destroy_object(public);
-        return Err(unprotected(label, &wrong));
+    // Made here: it must say it never was anything but sensitive. A key
+    // that does not, or whose attributes cannot be read, is destroyed
+    // again: nothing of it stays on the token.
+    let checked = protection_problems(session, private, true);
+    if !matches!(&checked, Ok((_, wrong)) if wrong.is_empty()) {
+        let left: Vec<String> = [(private, "private"), (public, "public")]
+            .into_iter()
+            .filter_map(|(handle, half)| {
+                session
+                    .destroy_object(handle)
+                    .err()
+                    .map(|e| format!("{half} ({})", error::describe(&e)))
+            })
+            .collect();
+        if !left.is_empty() {
+            tracing::error!(
+                key = label,
+                "the refused key could not be destroyed and stays on the token: {}; \
+                 delete it by hand (pkcs11-tool --delete-object --label {label})",
+                left.join(", ")
+            );
+        }
+        return Err(match checked {
+            Ok((_, wrong)) => weak_generated(label, &wrong, left.is_empty()),
+            Err(e) => e,
+        });
     }
     Ok(KeyObject {
         object_label: label.to_string(),
