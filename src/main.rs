@@ -90,7 +90,13 @@ fn run(cli: Cli) -> Result<(), CommandError> {
         .or_else(|| std::env::var_os(ENV_CONFIG).map(Into::into))
         .unwrap_or_else(|| DEFAULT_PATH.into());
     // The daemon hands exactly the text it parsed to its key helper.
-    let (config, text) = Config::load_with_text(&path)?;
+    let (mut config, text) = Config::load_with_text(&path)?;
+    // `PIN_SOURCE = env:NAME`: the PIN leaves the environment block at once
+    // (still one thread here), for every command; the daemon does it
+    // itself, for its key helpers.
+    if !matches!(cli.command, Command::Run) {
+        commands::seal_pin(&mut config.keystore.settings)?;
+    }
     let store = || keystore::open(&config.keystore.settings);
     match cli.command {
         Command::Claim(ClaimCommand::Import(args)) => {

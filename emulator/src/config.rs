@@ -220,7 +220,9 @@ pub struct EmulatorConfig {
     /// Test-only: keep every private key CreateKeysAndCertificate sends (the
     /// PEM as sent), read with
     /// [`EmulatorHandle::issued_keys`](crate::EmulatorHandle::issued_keys),
-    /// for tests that look for the key in a device's memory. Never on in
+    /// and every certificate ownership token, read with
+    /// [`EmulatorHandle::issued_tokens`](crate::EmulatorHandle::issued_tokens),
+    /// for tests that look for them in a device's memory. Never on in
     /// `serve`. Off by default.
     pub record_issued_keys: bool,
 }

@@ -304,6 +304,12 @@ impl EmulatorHandle {
         self.broker.provisioner.issued_keys()
     }
 
+    /// Test-only: the certificate ownership tokens the service sent, in
+    /// order (empty unless [`EmulatorConfig::record_issued_keys`]).
+    pub fn issued_tokens(&self) -> Vec<zeroize::Zeroizing<String>> {
+        self.broker.provisioner.issued_tokens()
+    }
+
     /// Test-only: what the pre-provisioning hooks that refused (or failed)
     /// wrote on stderr, oldest first (the last 64): their reasons, which
     /// the device never sees.

@@ -130,6 +130,9 @@ pub(crate) struct Provisioner {
     /// With [`EmulatorConfig::record_issued_keys`] only: every private key
     /// sent, as PEM (wiped when dropped).
     issued_keys: Option<Mutex<Vec<zeroize::Zeroizing<String>>>>,
+    /// With [`EmulatorConfig::record_issued_keys`] only: every certificate
+    /// ownership token sent (wiped when dropped).
+    issued_tokens: Option<Mutex<Vec<zeroize::Zeroizing<String>>>>,
 }
 
 /// The response fault in force and how many requests it has counted (for
@@ -210,6 +213,7 @@ impl Provisioner {
                 counted: 0,
             }),
             issued_keys: config.record_issued_keys.then(|| Mutex::new(Vec::new())),
+            issued_tokens: config.record_issued_keys.then(|| Mutex::new(Vec::new())),
             config,
         }
     }
@@ -225,6 +229,16 @@ impl Provisioner {
         self.issued_keys
             .as_ref()
             .map(|keys| keys.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default()
+    }
+
+    /// The certificate ownership tokens sent so far, by
+    /// CreateKeysAndCertificate and CreateCertificateFromCsr (empty unless
+    /// [`EmulatorConfig::record_issued_keys`]).
+    pub fn issued_tokens(&self) -> Vec<zeroize::Zeroizing<String>> {
+        self.issued_tokens
+            .as_ref()
+            .map(|tokens| tokens.lock().unwrap_or_else(|e| e.into_inner()).clone())
             .unwrap_or_default()
     }
 
@@ -375,7 +389,12 @@ impl Provisioner {
             CertStatus::PendingActivation,
             Some(expires),
         )?;
-        Ok(self.token_for(&issued.certificate_id, expires))
+        let token = self.token_for(&issued.certificate_id, expires);
+        if let Some(tokens) = &self.issued_tokens {
+            let mut tokens = tokens.lock().unwrap_or_else(|e| e.into_inner());
+            tokens.push(zeroize::Zeroizing::new(token.clone()));
+        }
+        Ok(token)
     }
 
     /// `base64url(certId.expiry).base64url(HMAC-SHA256)`: unforgeable

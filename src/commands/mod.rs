@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use crate::config::ConfigError;
 use crate::error::ErrorKind;
-use crate::keystore::KeyStoreError;
+use crate::keystore::{KeyStoreError, KeyStoreSettings};
 
 /// Exit codes, documented in the README.
 pub mod exit {
@@ -155,6 +155,35 @@ impl CommandError {
         let path = path.into();
         move |source| CommandError::Io { what, path, source }
     }
+}
+
+/// `PIN_SOURCE = env:NAME`: the PIN taken out of this process's
+/// environment and sealed outside its memory
+/// ([`KeyStoreSettings::take_pin_from_environment`]), for the daemon,
+/// which hands it to its key helpers. Call while the process has one
+/// thread.
+pub fn take_pin(
+    settings: &KeyStoreSettings,
+) -> Result<Option<std::sync::Arc<crate::keystore::helper::SealedSecret>>, CommandError> {
+    settings
+        .take_pin_from_environment()
+        .map_err(CommandError::io("seal the PIN of", pin_source(settings)))
+}
+
+/// [`take_pin`] for every other command, which opens the store itself:
+/// its settings then read the PIN from the memfd
+/// ([`KeyStoreSettings::seal_pin_from_environment`]), so that neither the
+/// environment block nor the process's memory keeps it for the command's
+/// whole run.
+pub fn seal_pin(settings: &mut KeyStoreSettings) -> Result<(), CommandError> {
+    let source = pin_source(settings);
+    settings
+        .seal_pin_from_environment()
+        .map_err(CommandError::io("seal the PIN of", source))
+}
+
+fn pin_source(settings: &KeyStoreSettings) -> String {
+    format!("env:{}", settings.pin_variable().unwrap_or_default())
 }
 
 /// The async runtime of every command that talks to the network: one

@@ -18,13 +18,10 @@ pub fn run(path: &Path, config: Config, text: String) -> Result<(), CommandError
         .with_timeout(config.keystore.helper_timeout);
     // `PIN_SOURCE = env:NAME`: the PIN leaves the daemon's environment
     // (still one thread here) and its memory, sealed in a memfd, and goes
-    // to each helper it starts, in the hello.
-    if let Some(name) = config.keystore.settings.pin_variable() {
-        if let Some(pin) = crate::environ::take(name) {
-            helper = helper
-                .with_pin(&pin)
-                .map_err(CommandError::io("seal the PIN of", format!("env:{name}")))?;
-        }
+    // to each helper it starts, in the hello. The daemon keeps its
+    // configuration as read (a reload compares it).
+    if let Some(pin) = super::take_pin(&config.keystore.settings)? {
+        helper = helper.with_pin(pin);
     }
     helper.start()?;
     let store: Arc<dyn KeyStore> = Arc::new(helper);

@@ -75,6 +75,19 @@ struct Signals {
     term: Signal,
     int: Signal,
     hup: Signal,
+    /// Test builds with `PROV_AGENT_MEMDUMP` only: SIGUSR2, which writes a
+    /// dump of the running daemon's memory (src/memdump.rs). Always `None`
+    /// otherwise.
+    dump: Option<Signal>,
+}
+
+/// What a signal asks of the main loop.
+#[derive(Debug)]
+enum SignalEvent {
+    Stop,
+    Reload,
+    /// A memory dump was written (test builds only).
+    Dumped,
 }
 
 impl Signals {
@@ -82,10 +95,21 @@ impl Signals {
         let install = |kind: SignalKind, what: &'static str| {
             signal(kind).map_err(ProvisionError::io(what, "signal"))
         };
+        #[cfg(feature = "fault-injection")]
+        let dump = match std::env::var_os("PROV_AGENT_MEMDUMP") {
+            Some(_) => Some(install(
+                SignalKind::user_defined2(),
+                "install SIGUSR2 handler",
+            )?),
+            None => None,
+        };
+        #[cfg(not(feature = "fault-injection"))]
+        let dump = None;
         Ok(Self {
             term: install(SignalKind::terminate(), "install SIGTERM handler")?,
             int: install(SignalKind::interrupt(), "install SIGINT handler")?,
             hup: install(SignalKind::hangup(), "install SIGHUP handler")?,
+            dump,
         })
     }
 
@@ -97,12 +121,29 @@ impl Signals {
         }
     }
 
-    /// The next signal: `true` to stop, `false` to reload.
-    async fn next(&mut self) -> bool {
+    /// The next signal.
+    async fn next(&mut self) -> SignalEvent {
+        let Self {
+            term,
+            int,
+            hup,
+            dump,
+        } = self;
+        let dump = async {
+            match dump {
+                Some(signal) => signal.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = self.term.recv() => true,
-            _ = self.int.recv() => true,
-            _ = self.hup.recv() => false,
+            _ = term.recv() => SignalEvent::Stop,
+            _ = int.recv() => SignalEvent::Stop,
+            _ = hup.recv() => SignalEvent::Reload,
+            Some(()) = dump => {
+                #[cfg(feature = "fault-injection")]
+                crate::memdump::live();
+                SignalEvent::Dumped
+            }
         }
     }
 }
@@ -206,12 +247,11 @@ impl Daemon {
             let reconnect_at = self.next_connect;
             let offline = self.session.is_none();
             tokio::select! {
-                stop = self.signals.next() => {
-                    if stop {
-                        return self.stop().await;
-                    }
-                    self.reload();
-                }
+                signal = self.signals.next() => match signal {
+                    SignalEvent::Stop => return self.stop().await,
+                    SignalEvent::Reload => self.reload(),
+                    SignalEvent::Dumped => {}
+                },
                 _ = watchdog.tick() => self.notify(|n| n.watchdog()),
                 _ = check.tick() => {
                     if SystemTime::now() >= self.due() {

@@ -28,8 +28,8 @@ pub use consumer::ConsumerKey;
 pub use error::{HardwareCode, KeyStoreError, Result};
 pub use material::PrivateKeyMaterial;
 pub use settings::{
-    FileSettings, GivenSecret, KeyStoreSettings, Pkcs11Settings, SecretSource, TpmKeyStorage,
-    TpmSettings,
+    FileSettings, GivenSecret, KeyStoreSettings, Pkcs11Settings, SealedPin, SecretSource,
+    TpmKeyStorage, TpmSettings,
 };
 pub use types::{
     Backend, Certification, HardwareFact, HashAlg, KeyAlgorithm, KeyInfo, KeyLabel, PublicKey,

@@ -4,9 +4,11 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use secrecy::SecretString;
 
+use super::helper::SealedSecret;
 use super::{Backend, KeyStoreError, Result};
 
 /// Where a PIN (or another secret) comes from. Never the command line.
@@ -20,6 +22,11 @@ pub enum SecretSource {
     File(PathBuf),
     /// An environment variable.
     Env(String),
+    /// The PIN of `PIN_SOURCE = env:NAME`, taken out of the environment at
+    /// start ([`KeyStoreSettings::seal_pin_from_environment`]) and kept in a
+    /// sealed memfd, outside the process's memory: read from there for
+    /// every login. Never read from a configuration.
+    Sealed(SealedPin),
     /// A systemd credential (`LoadCredential=NAME:...`), read from
     /// `$CREDENTIALS_DIRECTORY/NAME`.
     Credential(String),
@@ -31,13 +38,72 @@ impl KeyStoreSettings {
     pub fn pin_variable(&self) -> Option<&str> {
         match self {
             KeyStoreSettings::Pkcs11(Pkcs11Settings {
-                pin: SecretSource::Env(name),
+                pin: SecretSource::Env(name) | SecretSource::Sealed(SealedPin { name, .. }),
                 ..
             }) => Some(name),
             _ => None,
         }
     }
+
+    /// `PIN_SOURCE = env:NAME`: takes the PIN out of this process's
+    /// environment ([`crate::environ::take`], which wipes it from the
+    /// environment block: call this while the process has one thread) and
+    /// seals it into a memfd ([`SealedSecret`]). `None` for another source,
+    /// or when the variable is not set (the store's login then says so);
+    /// the PIN already taken when the settings read it from a memfd.
+    ///
+    /// The settings are left as they are: the daemon hands the sealed PIN
+    /// to its key helpers and keeps its configuration as read.
+    pub fn take_pin_from_environment(&self) -> std::io::Result<Option<Arc<SealedSecret>>> {
+        let KeyStoreSettings::Pkcs11(settings) = self else {
+            return Ok(None);
+        };
+        match &settings.pin {
+            SecretSource::Env(name) => match crate::environ::take(name) {
+                Some(pin) => Ok(Some(Arc::new(SealedSecret::new(&pin)?))),
+                None => Ok(None),
+            },
+            SecretSource::Sealed(sealed) => Ok(Some(sealed.secret.clone())),
+            _ => Ok(None),
+        }
+    }
+
+    /// [`KeyStoreSettings::take_pin_from_environment`], for a command that
+    /// opens the store itself: from then on the store's PIN is read from
+    /// the memfd ([`SecretSource::Sealed`]), as often as a login needs it,
+    /// and no longer from the environment, which does not hold it any more.
+    pub fn seal_pin_from_environment(&mut self) -> std::io::Result<()> {
+        let Some(secret) = self.take_pin_from_environment()? else {
+            return Ok(());
+        };
+        if let KeyStoreSettings::Pkcs11(settings) = self {
+            if let SecretSource::Env(name) = &settings.pin {
+                settings.pin = SecretSource::Sealed(SealedPin {
+                    name: name.clone(),
+                    secret,
+                });
+            }
+        }
+        Ok(())
+    }
 }
+
+/// A PIN taken out of the environment variable `name` and sealed
+/// ([`SecretSource::Sealed`]). Clones share it; two are equal only if they
+/// are clones.
+#[derive(Clone)]
+pub struct SealedPin {
+    name: String,
+    secret: Arc<SealedSecret>,
+}
+
+impl PartialEq for SealedPin {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.secret, &other.secret)
+    }
+}
+
+impl Eq for SealedPin {}
 
 impl SecretSource {
     /// Parses `file:/path`, `env:NAME` or `credential:NAME`.
@@ -84,6 +150,26 @@ impl SecretSource {
                     code: None,
                 })?)
             }
+            SecretSource::Sealed(SealedPin { name, secret }) => {
+                let unreadable = |detail: String| KeyStoreError::Unavailable {
+                    backend,
+                    detail,
+                    retryable: false,
+                    code: None,
+                };
+                let bytes = secret.read().map_err(|e| {
+                    unreadable(format!(
+                        "the PIN taken from environment variable {name} cannot be read back \
+                         from its memfd: {e}"
+                    ))
+                })?;
+                let text = std::str::from_utf8(&bytes).map_err(|_| {
+                    unreadable(format!(
+                        "the PIN in environment variable {name} is not UTF-8 text"
+                    ))
+                })?;
+                Zeroizing::new(text.to_string())
+            }
             SecretSource::File(path) => read_secret_file(path, backend)?,
             SecretSource::Credential(name) => {
                 let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
@@ -129,7 +215,9 @@ impl fmt::Debug for SecretSource {
         match self {
             SecretSource::Given(_) => f.write_str("given by the daemon"),
             SecretSource::File(p) => write!(f, "file:{}", p.display()),
-            SecretSource::Env(n) => write!(f, "env:{n}"),
+            SecretSource::Env(n) | SecretSource::Sealed(SealedPin { name: n, .. }) => {
+                write!(f, "env:{n}")
+            }
             SecretSource::Credential(n) => write!(f, "credential:{n}"),
         }
     }
@@ -267,5 +355,74 @@ mod tests {
         assert!(!e.contains("s3cret"), "{e}");
         // Debug shows where the secret is, never a secret.
         assert_eq!(format!("{:?}", SecretSource::Env("PIN".into())), "env:PIN");
+    }
+
+    /// `PIN_SOURCE = env:NAME` for a command that opens the store itself:
+    /// the PIN leaves the environment (block included) and is read from
+    /// its memfd, as often as asked. In a child process of its own (the
+    /// environment is process-wide and the tests run on threads).
+    #[test]
+    fn a_pin_from_the_environment_is_sealed_and_read_again() {
+        const CHILD: &str = "PROV_AGENT_SETTINGS_SEALED_CHILD";
+        const VARIABLE: &str = "PROV_AGENT_SETTINGS_SEALED_PIN";
+        if std::env::var_os(CHILD).is_some() {
+            let pkcs11 = |pin| {
+                KeyStoreSettings::Pkcs11(Pkcs11Settings {
+                    module: "/nonexistent.so".into(),
+                    token_label: "t".into(),
+                    pin,
+                    key_ids: Default::default(),
+                })
+            };
+            // Not set: left as it is, for the login to say so.
+            let mut unset = pkcs11(SecretSource::Env("PROV_AGENT_SETTINGS_UNSET".into()));
+            unset.seal_pin_from_environment().unwrap();
+            assert_eq!(
+                unset,
+                pkcs11(SecretSource::Env("PROV_AGENT_SETTINGS_UNSET".into()))
+            );
+
+            let mut settings = pkcs11(SecretSource::Env(VARIABLE.into()));
+            settings.seal_pin_from_environment().unwrap();
+            assert!(std::env::var_os(VARIABLE).is_none());
+            let environ = std::fs::read("/proc/self/environ").unwrap();
+            assert!(!environ.windows(12).any(|w| w == b"sealed-pin-1"));
+            let KeyStoreSettings::Pkcs11(p) = &settings else {
+                unreachable!()
+            };
+            assert!(matches!(p.pin, SecretSource::Sealed(_)));
+            assert_eq!(format!("{:?}", p.pin), format!("env:{VARIABLE}"));
+            assert_eq!(settings.pin_variable(), Some(VARIABLE));
+            for _ in 0..2 {
+                assert_eq!(
+                    p.pin.read(Backend::Pkcs11).unwrap().expose_secret(),
+                    "sealed-pin-1"
+                );
+            }
+            // Taken once: a second call hands out the same sealed value
+            // (the read above keeps its first line only, as for `env:`).
+            let again = settings.take_pin_from_environment().unwrap().unwrap();
+            assert_eq!(&**again.read().unwrap(), b"sealed-pin-1\nsecond line");
+            assert_eq!(settings.clone(), settings);
+            return;
+        }
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "keystore::settings::tests::a_pin_from_the_environment_is_sealed_and_read_again",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .env(VARIABLE, "sealed-pin-1\nsecond line")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
     }
 }

@@ -141,7 +141,7 @@ pub struct HelperKeyStore {
     /// The PIN of `PIN_SOURCE = env:NAME`, which the daemon's environment
     /// no longer holds, sealed outside the daemon's memory; every helper
     /// gets it in its hello.
-    pin: Option<super::sealed::SealedSecret>,
+    pin: Option<Arc<super::sealed::SealedSecret>>,
     process: Mutex<Option<HelperProcess>>,
     /// A pidfd of the running helper, held apart from `process` (which an
     /// operation holds while it waits) for [`KeyStore::abandon`]; a pidfd,
@@ -191,14 +191,14 @@ impl HelperKeyStore {
     }
 
     /// Gives every helper `pin`, the PIN of `PIN_SOURCE = env:NAME`, which
-    /// the caller took out of its own environment
-    /// ([`crate::environ::take`]) and then drops (wipes). The daemon keeps
-    /// it only in a sealed memfd, outside its memory
-    /// ([`super::sealed`]); each helper gets it in its hello, over the
-    /// pipe, never in its environment, and uses it for its one login.
-    pub fn with_pin(mut self, pin: &secrecy::SecretString) -> std::io::Result<Self> {
-        self.pin = Some(super::sealed::SealedSecret::new(pin)?);
-        Ok(self)
+    /// the caller took out of its own environment into a sealed memfd,
+    /// outside its memory
+    /// ([`crate::keystore::KeyStoreSettings::take_pin_from_environment`]);
+    /// each helper gets it in its hello, over the pipe, never in its
+    /// environment, and uses it for its one login.
+    pub fn with_pin(mut self, pin: Arc<super::sealed::SealedSecret>) -> Self {
+        self.pin = Some(pin);
+        self
     }
 
     /// Starts the helper now, so that a key store that cannot be opened

@@ -54,6 +54,7 @@ mod server;
 pub mod wire;
 
 pub use client::HelperKeyStore;
+pub use sealed::SealedSecret;
 pub use server::{serve, ServeError};
 
 /// The hidden subcommand that runs the helper side.

@@ -121,6 +121,10 @@ fn handle(store: &dyn KeyStore, request: Request, body: &[u8]) -> Result<(Reply,
             vec![],
         ),
         Request::Import { label } => {
+            // Test builds: this helper's memory dump says it held a key
+            // on its way into the store (tests/memory.rs).
+            #[cfg(feature = "fault-injection")]
+            crate::memdump::tag("imported-key");
             let material = PrivateKeyMaterial::from_pkcs8_der(body)?;
             (
                 key(store.import(&KeyLabel::new(label)?, &material)?),
