@@ -172,6 +172,11 @@ struct ServeArgs {
     /// the connection instead.
     #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_rate, allow_hyphen_values = true)]
     disconnect_rate: f64,
+    /// Serve clients that send no SNI (server name) in their ClientHello,
+    /// such as one connecting by IP address; AWS's endpoints refuse them,
+    /// and so does the emulator without this flag.
+    #[arg(long)]
+    allow_no_sni: bool,
 }
 
 /// A probability from 0 to 1 (clap names the flag in its error).
@@ -423,6 +428,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     config.rotation_report_rule = !args.no_report_rule;
     config.response_fault = args.response_fault;
     config.rsa_key_pool = args.rsa_key_pool;
+    config.allow_no_sni = args.allow_no_sni;
     config.link = LinkSimulation {
         latency: Duration::from_millis(args.latency),
         jitter: Duration::from_millis(args.jitter),

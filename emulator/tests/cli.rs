@@ -281,3 +281,33 @@ async fn serve_flags_cert_validity_response_fault_and_no_report_rule() {
     let _ = serve.child.start_kill();
     let _ = serve.child.wait().await;
 }
+
+/// `serve` refuses a client that sends no SNI (one connecting by IP
+/// address) on both listeners, as AWS's endpoints do; `--allow-no-sni`
+/// serves it.
+#[tokio::test]
+async fn serve_requires_sni_unless_allow_no_sni() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    init_with_fixtures(&dir);
+    let claim = Credential {
+        certificate_id: String::new(),
+        certificate_pem: read(&dir.join("claim/claim.pem.crt")),
+        private_key_pem: read(&dir.join("claim/claim.private.pem.key")),
+    };
+    let root_ca = read(&dir.join("root-ca.pem"));
+    for allow in [false, true] {
+        let extra: &[&str] = if allow { &["--allow-no-sni"] } else { &[] };
+        let mut serve = ServeProcess::spawn_with(&dir, extra).await;
+        for (addr, alpn) in [(serve.mqtt, false), (serve.alpn, true)] {
+            let tls = || client_tls(&root_ca, Some(&claim), alpn);
+            let by_ip = connect_tls_host(addr, "127.0.0.1", tls(), "claim-ip").await;
+            assert_eq!(by_ip.is_ok(), allow, "allow {allow}, {addr}: {by_ip:?}");
+            connect_tls(addr, tls(), "claim-name")
+                .await
+                .unwrap_or_else(|e| panic!("allow {allow}, {addr} by name: {e}"));
+        }
+        let _ = serve.child.start_kill();
+        let _ = serve.child.wait().await;
+    }
+}

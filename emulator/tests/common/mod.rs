@@ -332,7 +332,28 @@ pub async fn connect_tls_max_packet(
     client_id: &str,
     max_packet: usize,
 ) -> Result<Client, String> {
-    let mut opts = MqttOptions::new(client_id, "localhost", addr.port());
+    connect_tls_opts(addr, "localhost", tls, client_id, max_packet).await
+}
+
+/// As [`connect_tls`] naming the server `host` (rustls sends it as SNI,
+/// unless it is an IP address: then it sends none).
+pub async fn connect_tls_host(
+    addr: std::net::SocketAddr,
+    host: &str,
+    tls: Arc<ClientConfig>,
+    client_id: &str,
+) -> Result<Client, String> {
+    connect_tls_opts(addr, host, tls, client_id, 256 * 1024).await
+}
+
+async fn connect_tls_opts(
+    addr: std::net::SocketAddr,
+    host: &str,
+    tls: Arc<ClientConfig>,
+    client_id: &str,
+    max_packet: usize,
+) -> Result<Client, String> {
+    let mut opts = MqttOptions::new(client_id, host, addr.port());
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_max_packet_size(max_packet, max_packet);
     opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
