@@ -616,7 +616,8 @@ pub async fn create_from_csr(c: &mut Client) -> (Credential, String) {
 }
 
 /// An emulator with the repository's policies and templates (with the
-/// shipped hook) and the hook's Python first on its PATH.
+/// shipped hook), the thing groups the templates name (as `init` makes
+/// them), and the hook's Python first on its PATH.
 pub async fn start_with_shipped_files() -> TestEmulator {
     let emu = start_with(|c| {
         let path = format!(
@@ -641,6 +642,9 @@ pub async fn start_with_shipped_files() -> TestEmulator {
         emu.registry()
             .create_template(name, &body, true, hook.to_str())
             .unwrap();
+        // The thing groups it names, as `init` makes them (AWS wants them
+        // to exist before RegisterThing).
+        emu.registry().create_objects_named_by(name).unwrap();
     }
     emu
 }
