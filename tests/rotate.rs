@@ -123,13 +123,35 @@ async fn if_due_leaves_a_young_certificate_alone() {
     assert_eq!(device.identity().unwrap(), before);
 }
 
+/// A certificate due by the schedule is rotated by `--if-due`. It is due
+/// (THRESHOLD 10% of its lifetime, no random delay) within a second of its
+/// issuance, and still valid for most of a minute when it is rotated: AWS
+/// refuses an expired certificate at the TLS handshake (and so does the
+/// emulator), so a rotation must happen before notAfter, as the schedule
+/// is there to make sure of. The time is taken from the certificate.
 #[tokio::test(flavor = "multi_thread")]
 async fn if_due_rotates_a_short_lived_certificate() {
-    let cloud = TestCloud::start_with(|c| c.certificate_validity = Duration::from_secs(4)).await;
+    use prov_agent::provision::rotate::scheduled_at;
+    use std::time::SystemTime;
+    let cloud = TestCloud::start_with(|c| c.certificate_validity = Duration::from_secs(60)).await;
     let device = Device::enrolled(&cloud, Backend::File, "").await;
+    let mut config = std::fs::read_to_string(&device.config).unwrap();
+    config.push_str("[ROTATION]\nTHRESHOLD = 10%\nRANDOM_DELAY = 0s\n");
+    std::fs::write(&device.config, config).unwrap();
     let before = device.identity().unwrap();
-    // THRESHOLD 66% of 4 s (+ the emulator's clock-skew allowance).
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let cert =
+        prov_agent::crypto::Certificate::from_pem(&before.certificate_pem, "identity").unwrap();
+    let scheduled = scheduled_at(&cert, &device.load_config().rotation);
+    let wait = scheduled
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    tokio::time::sleep(wait + Duration::from_millis(500)).await;
+    // Due by the schedule, and far from expired.
+    assert!(SystemTime::now() > scheduled);
+    assert!(
+        SystemTime::now() + Duration::from_secs(20) < cert.not_after(),
+        "the certificate is close to its notAfter already: the machine is too slow for this test"
+    );
     let out = device.run(&["rotate", "--if-due", "--json"]).await;
     assert!(out.status.success(), "{}", text(&out));
     assert_ne!(

@@ -217,6 +217,11 @@ pub struct EmulatorConfig {
     /// [`EmulatorHandle::packet_log`](crate::EmulatorHandle::packet_log).
     /// Off by default.
     pub record_packets: bool,
+    /// Serve clients whose ClientHello has no SNI extension (one that
+    /// connects by IP address, say). Off by default: AWS IoT Core's
+    /// endpoints require SNI, and the emulator refuses such a client at
+    /// the handshake (a `handshake_failure` alert) on both listeners.
+    pub allow_no_sni: bool,
     /// Test-only: keep every private key CreateKeysAndCertificate sends (the
     /// PEM as sent), read with
     /// [`EmulatorHandle::issued_keys`](crate::EmulatorHandle::issued_keys),
@@ -254,6 +259,7 @@ impl EmulatorConfig {
             rsa_key_pool: DEFAULT_RSA_KEY_POOL,
             link: LinkSimulation::default(),
             record_packets: false,
+            allow_no_sni: false,
             record_issued_keys: false,
         }
     }

@@ -8,7 +8,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 
 use crate::broker::{self, Broker};
 use crate::config::{EmulatorConfig, ResponseFault};
@@ -18,7 +17,7 @@ use crate::jobs::{JobExecutionRecord, JobRecord};
 use crate::keypool::KeyPool;
 use crate::link::{self, LinkError, LinkSimulation};
 use crate::packet_log::ConnectionLog;
-use crate::pki::{CertificateAuthority, PkiError};
+use crate::pki::{CertificateAuthority, PkiError, Validity};
 use crate::provisioning::Provisioner;
 use crate::registry::{now_unix, CertStatus, Registry, RegistryError};
 use crate::tls::{self, ALPN_MQTT_CA};
@@ -130,7 +129,19 @@ impl DataDir {
         common_name: &str,
         policies: &[&str],
     ) -> Result<Credential, EmulatorError> {
-        let (issued, key) = self.ca.issue_with_new_ec_key(common_name)?;
+        self.create_credential_with(common_name, policies, None)
+    }
+
+    /// As [`DataDir::create_credential`], valid for `validity` (`None`:
+    /// 1975 to 4096), so that tests can hold an expired or a not yet valid
+    /// registered certificate.
+    pub fn create_credential_with(
+        &self,
+        common_name: &str,
+        policies: &[&str],
+        validity: Option<Validity>,
+    ) -> Result<Credential, EmulatorError> {
+        let (issued, key) = self.ca.issue_with_new_ec_key_with(common_name, validity)?;
         self.registry.insert_certificate(
             &issued.certificate_id,
             &issued.certificate_pem,
@@ -222,16 +233,18 @@ impl Emulator {
         let tasks = vec![
             tokio::spawn(accept_loop(
                 l1,
-                TlsAcceptor::from(plain),
+                plain,
                 false,
+                !config.allow_no_sni,
                 config.link,
                 broker.clone(),
                 shutdown_rx.clone(),
             )),
             tokio::spawn(accept_loop(
                 l2,
-                TlsAcceptor::from(alpn),
+                alpn,
                 true,
+                !config.allow_no_sni,
                 config.link,
                 broker.clone(),
                 shutdown_rx.clone(),
@@ -349,6 +362,19 @@ impl EmulatorHandle {
         self.data.create_credential(common_name, policies)
     }
 
+    /// An ACTIVE credential with the given policies attached, valid for
+    /// `validity` only (notBefore and notAfter in Unix seconds): an
+    /// expired or not yet valid one is refused at the TLS handshake.
+    pub fn create_credential_valid(
+        &self,
+        common_name: &str,
+        policies: &[&str],
+        validity: Validity,
+    ) -> Result<Credential, EmulatorError> {
+        self.data
+            .create_credential_with(common_name, policies, Some(validity))
+    }
+
     /// Creates a job with one QUEUED execution for each thing (each must
     /// exist); connected things subscribed to `$aws/things/<thing>/jobs/notify-next`
     /// (and `notify`) are told at once.
@@ -411,8 +437,9 @@ fn api_url(addr: SocketAddr) -> String {
 
 async fn accept_loop(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     require_alpn: bool,
+    require_sni: bool,
     link: LinkSimulation,
     broker: Arc<Broker>,
     mut shutdown: watch::Receiver<bool>,
@@ -424,15 +451,19 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         // When it was accepted, for the packet log (0 when not recording).
         let accepted = broker.packet_log.as_ref().map_or(0, |log| log.tick());
-        let acceptor = acceptor.clone();
+        let handshake = Handshake {
+            tls: tls.clone(),
+            require_alpn,
+            require_sni,
+        };
         let broker = broker.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let served = if link.is_off() {
-                connection(tcp, acceptor, require_alpn, broker, accepted, shutdown).await
+                connection(tcp, handshake, broker, accepted, shutdown).await
             } else {
                 let relayed = link::relay(tcp, link);
-                connection(relayed, acceptor, require_alpn, broker, accepted, shutdown).await
+                connection(relayed, handshake, broker, accepted, shutdown).await
             };
             if let Err(e) = served {
                 tracing::info!(%peer, "connection refused: {e}");
@@ -441,10 +472,18 @@ async fn accept_loop(
     }
 }
 
+/// What a listener asks of a client's TLS handshake.
+struct Handshake {
+    tls: Arc<rustls::ServerConfig>,
+    /// ALPN `x-amzn-mqtt-ca` (the 443-style listener).
+    require_alpn: bool,
+    /// The SNI extension (unless [`EmulatorConfig::allow_no_sni`]).
+    require_sni: bool,
+}
+
 async fn connection<S>(
     tcp: S,
-    acceptor: TlsAcceptor,
-    require_alpn: bool,
+    handshake: Handshake,
     broker: Arc<Broker>,
     accepted: u64,
     shutdown: watch::Receiver<bool>,
@@ -452,12 +491,14 @@ async fn connection<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let tls = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
-        .await
-        .map_err(|_| "TLS handshake timed out".to_owned())?
-        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let tls = tokio::time::timeout(
+        Duration::from_secs(10),
+        tls::accept(tcp, handshake.tls, handshake.require_sni),
+    )
+    .await
+    .map_err(|_| "TLS handshake timed out".to_owned())??;
     let (_, server) = tls.get_ref();
-    if require_alpn && server.alpn_protocol() != Some(ALPN_MQTT_CA) {
+    if handshake.require_alpn && server.alpn_protocol() != Some(ALPN_MQTT_CA) {
         return Err("client did not offer ALPN x-amzn-mqtt-ca".into());
     }
     let cert = server

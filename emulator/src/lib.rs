@@ -42,8 +42,9 @@ pub use mqtt::fuzz_decode;
 pub use mqtt::MAX_PAYLOAD;
 pub use packet_log::{ConnectionLog, LoggedPacket, PacketRecord};
 pub use registry::{
-    AttributeUpdate, CertStatus, CertificateRecord, PolicyRecord, Registry, RegistryError,
-    TemplateRecord, ThingRecord, ThingUpdate,
+    AttributeUpdate, BillingGroupRecord, CertStatus, CertificateRecord, NewThingGroup,
+    PolicyRecord, Registry, RegistryError, TemplateRecord, ThingGroupRecord, ThingRecord,
+    ThingTypeRecord, ThingUpdate,
 };
 pub use retained::MAX_RETAINED_TOPICS;
 pub use subscriptions::MAX_SUBSCRIPTIONS_PER_CONNECTION;

@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use iotcore_emulator::{
-    AttributeUpdate, CertStatus, DataDir, Emulator, EmulatorConfig, LinkSimulation, Rate, Registry,
-    ResponseFault, ThingUpdate, TokenReuse, DEFAULT_RSA_KEY_POOL,
+    AttributeUpdate, CertStatus, DataDir, Emulator, EmulatorConfig, LinkSimulation, NewThingGroup,
+    Rate, Registry, ResponseFault, ThingUpdate, TokenReuse, DEFAULT_RSA_KEY_POOL,
 };
 use serde::Serialize;
 
@@ -81,6 +81,101 @@ enum Command {
     Jobs {
         #[command(subcommand)]
         cmd: JobsCmd,
+    },
+    /// Static thing groups: a template (or CreateThing) may put a thing
+    /// only in groups that exist, as on AWS.
+    ThingGroups {
+        #[command(subcommand)]
+        cmd: ThingGroupsCmd,
+    },
+    /// Thing types: a template may give a thing only a type that exists
+    /// and is not deprecated, as on AWS.
+    ThingTypes {
+        #[command(subcommand)]
+        cmd: ThingTypesCmd,
+    },
+    /// Billing groups: a template may put a thing only in one that exists,
+    /// as on AWS.
+    BillingGroups {
+        #[command(subcommand)]
+        cmd: BillingGroupsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ThingGroupsCmd {
+    /// Create a group (the same again is no error; another configuration is).
+    Create {
+        name: String,
+        /// The parent group, which must exist.
+        #[arg(long)]
+        parent: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// A group attribute (repeatable).
+        #[arg(long = "attribute", value_name = "KEY=VALUE", value_parser = parse_attribute)]
+        attributes: Vec<(String, String)>,
+    },
+    Describe {
+        name: String,
+    },
+    List,
+    /// Delete a group (its things leave it; a group with child groups is
+    /// refused). Deleting a group that does not exist is no error, as on AWS.
+    Delete {
+        name: String,
+        #[arg(long)]
+        expected_version: Option<i64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ThingTypesCmd {
+    /// Create a type (the same again is no error; another configuration is).
+    Create {
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+        /// A searchable attribute name (repeatable, at most 3).
+        #[arg(long = "searchable-attribute", value_name = "NAME")]
+        searchable: Vec<String>,
+    },
+    Describe {
+        name: String,
+    },
+    List,
+    /// Deprecate a type (no new thing may be given it), or with --undo
+    /// undeprecate it.
+    Deprecate {
+        name: String,
+        #[arg(long)]
+        undo: bool,
+    },
+    /// Delete a deprecated type that no thing has.
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum BillingGroupsCmd {
+    /// Create a billing group (the same again is no error; another
+    /// description is).
+    Create {
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    Describe {
+        name: String,
+    },
+    List,
+    /// Delete a billing group (its things leave it). Deleting one that does
+    /// not exist is no error, as on AWS.
+    Delete {
+        name: String,
+        #[arg(long)]
+        expected_version: Option<i64>,
     },
 }
 
@@ -172,6 +267,11 @@ struct ServeArgs {
     /// the connection instead.
     #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_rate, allow_hyphen_values = true)]
     disconnect_rate: f64,
+    /// Serve clients that send no SNI (server name) in their ClientHello,
+    /// such as one connecting by IP address; AWS's endpoints refuse them,
+    /// and so does the emulator without this flag.
+    #[arg(long)]
+    allow_no_sni: bool,
 }
 
 /// A probability from 0 to 1 (clap names the flag in its error).
@@ -368,6 +468,30 @@ fn init(
             Some(h) => println!("template {name} registered with pre-provisioning hook {h}"),
             None => println!("template {name} registered"),
         }
+        // AWS refuses a registration that puts the thing in a group (or
+        // gives it a type or billing group) that does not exist.
+        let made = data
+            .registry
+            .create_objects_named_by(&name)
+            .with_context(|| format!("creating what template {name} names"))?;
+        for o in &made.objects {
+            let what = if o.created { "created" } else { "exists" };
+            println!("{} {} {what} (named by template {name})", o.kind, o.name);
+        }
+        for path in &made.computed {
+            let command = if path.ends_with("ThingTypeName") {
+                "thing-types"
+            } else if path.ends_with("BillingGroup") {
+                "billing-groups"
+            } else {
+                "thing-groups"
+            };
+            println!(
+                "template {name} builds a name from its parameters at {path}: not created; \
+                 create each one devices will use with `iotcore-emulator {command} create NAME` \
+                 before they register"
+            );
+        }
     }
     if data.registry.policy(claim_policy)?.is_none() {
         bail!(
@@ -423,6 +547,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     config.rotation_report_rule = !args.no_report_rule;
     config.response_fault = args.response_fault;
     config.rsa_key_pool = args.rsa_key_pool;
+    config.allow_no_sni = args.allow_no_sni;
     config.link = LinkSimulation {
         latency: Duration::from_millis(args.latency),
         jitter: Duration::from_millis(args.jitter),
@@ -695,6 +820,149 @@ fn main() -> Result<()> {
                         print(json, &e, |e| println!("{e:#?}"))
                     }
                 },
+            }
+        }
+        Command::ThingGroups { cmd } => {
+            let reg = registry_of(cli.data_dir)?;
+            match cmd {
+                ThingGroupsCmd::Create {
+                    name,
+                    parent,
+                    description,
+                    attributes,
+                } => {
+                    let (g, created) = reg.create_thing_group(&NewThingGroup {
+                        name: name.clone(),
+                        parent_group_name: parent,
+                        description,
+                        attributes: attributes.into_iter().collect(),
+                    })?;
+                    print(json, &g, |g| {
+                        let what = if created { "created" } else { "exists" };
+                        println!("thing group {} {what}", g.thing_group_name)
+                    })
+                }
+                ThingGroupsCmd::Describe { name } => {
+                    let g = reg
+                        .thing_group(&name)?
+                        .with_context(|| format!("thing group {name} not found"))?;
+                    print(json, &g, |g| println!("{g:#?}"))
+                }
+                ThingGroupsCmd::List => print(json, &reg.thing_groups()?, |gs| {
+                    for g in gs {
+                        println!(
+                            "{}\t{}",
+                            g.thing_group_name,
+                            g.parent_group_name.as_deref().unwrap_or("-")
+                        );
+                    }
+                }),
+                ThingGroupsCmd::Delete {
+                    name,
+                    expected_version,
+                } => {
+                    let deleted = reg.delete_thing_group(&name, expected_version)?;
+                    print(
+                        json,
+                        &serde_json::json!({"thingGroupName": name, "deleted": deleted}),
+                        |_| {
+                            if deleted {
+                                println!("thing group {name} deleted")
+                            } else {
+                                println!("thing group {name} did not exist")
+                            }
+                        },
+                    )
+                }
+            }
+        }
+        Command::ThingTypes { cmd } => {
+            let reg = registry_of(cli.data_dir)?;
+            match cmd {
+                ThingTypesCmd::Create {
+                    name,
+                    description,
+                    searchable,
+                } => {
+                    let (t, created) =
+                        reg.create_thing_type(&name, description.as_deref(), &searchable)?;
+                    print(json, &t, |t| {
+                        let what = if created { "created" } else { "exists" };
+                        println!("thing type {} {what}", t.thing_type_name)
+                    })
+                }
+                ThingTypesCmd::Describe { name } => {
+                    let t = reg
+                        .thing_type(&name)?
+                        .with_context(|| format!("thing type {name} not found"))?;
+                    print(json, &t, |t| println!("{t:#?}"))
+                }
+                ThingTypesCmd::List => print(json, &reg.thing_types()?, |ts| {
+                    for t in ts {
+                        let state = if t.deprecated_at.is_some() {
+                            "deprecated"
+                        } else {
+                            "active"
+                        };
+                        println!("{}\t{state}", t.thing_type_name);
+                    }
+                }),
+                ThingTypesCmd::Deprecate { name, undo } => {
+                    let t = reg.deprecate_thing_type(&name, undo)?;
+                    print(json, &t, |t| {
+                        if t.deprecated_at.is_some() {
+                            println!("thing type {name} deprecated")
+                        } else {
+                            println!("thing type {name} no longer deprecated")
+                        }
+                    })
+                }
+                ThingTypesCmd::Delete { name } => {
+                    reg.delete_thing_type(&name)?;
+                    print(json, &serde_json::json!({"thingTypeName": name}), |_| {
+                        println!("thing type {name} deleted")
+                    })
+                }
+            }
+        }
+        Command::BillingGroups { cmd } => {
+            let reg = registry_of(cli.data_dir)?;
+            match cmd {
+                BillingGroupsCmd::Create { name, description } => {
+                    let (b, created) = reg.create_billing_group(&name, description.as_deref())?;
+                    print(json, &b, |b| {
+                        let what = if created { "created" } else { "exists" };
+                        println!("billing group {} {what}", b.billing_group_name)
+                    })
+                }
+                BillingGroupsCmd::Describe { name } => {
+                    let b = reg
+                        .billing_group(&name)?
+                        .with_context(|| format!("billing group {name} not found"))?;
+                    print(json, &b, |b| println!("{b:#?}"))
+                }
+                BillingGroupsCmd::List => print(json, &reg.billing_groups()?, |bs| {
+                    for b in bs {
+                        println!("{}", b.billing_group_name);
+                    }
+                }),
+                BillingGroupsCmd::Delete {
+                    name,
+                    expected_version,
+                } => {
+                    let deleted = reg.delete_billing_group(&name, expected_version)?;
+                    print(
+                        json,
+                        &serde_json::json!({"billingGroupName": name, "deleted": deleted}),
+                        |_| {
+                            if deleted {
+                                println!("billing group {name} deleted")
+                            } else {
+                                println!("billing group {name} did not exist")
+                            }
+                        },
+                    )
+                }
             }
         }
         Command::Templates { cmd } => {

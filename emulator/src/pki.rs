@@ -343,10 +343,20 @@ impl CertificateAuthority {
     /// Issues a certificate with a fresh P-256 key; returns it and the key PEM
     /// (PKCS#8). Used for claim credentials and tests.
     pub fn issue_with_new_ec_key(&self, common_name: &str) -> Result<(Issued, String), PkiError> {
+        self.issue_with_new_ec_key_with(common_name, None)
+    }
+
+    /// As [`CertificateAuthority::issue_with_new_ec_key`] with a validity
+    /// (`None`: rcgen's default, 1975 to 4096).
+    pub fn issue_with_new_ec_key_with(
+        &self,
+        common_name: &str,
+        validity: Option<Validity>,
+    ) -> Result<(Issued, String), PkiError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, common_name);
-        let cert = Self::device_params(dn, None)?.signed_by(&key, &self.issuer)?;
+        let cert = Self::device_params(dn, validity)?.signed_by(&key, &self.issuer)?;
         Ok((issued(cert), key.serialize_pem()))
     }
 }

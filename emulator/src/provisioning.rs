@@ -79,6 +79,17 @@ fn bad_token(message: impl Into<String>) -> ApiError {
         message: message.into(),
     }
 }
+/// A thing group, thing type or billing group the template names does not
+/// exist (or the type is deprecated): RegisterThing's documented
+/// `ResourceRegistrationFailureException` ("the resource registration
+/// failed", 400).
+fn registration_failure(message: impl Into<String>) -> ApiError {
+    ApiError {
+        status: 400,
+        code: "ResourceRegistrationFailureException",
+        message: message.into(),
+    }
+}
 fn throttling(message: impl Into<String>) -> ApiError {
     ApiError {
         status: 429,
@@ -699,7 +710,7 @@ impl Provisioner {
                 thing_groups: spec.thing_groups.clone(),
             },
         };
-        Ok(ThingRecord {
+        let thing = ThingRecord {
             thing_name: spec.thing_name.clone(),
             attributes: merged.attributes,
             thing_type_name: merged.thing_type_name,
@@ -707,10 +718,58 @@ impl Provisioner {
             billing_group: spec
                 .billing_group
                 .clone()
-                .or_else(|| existing.and_then(|t| t.billing_group)),
+                .or_else(|| existing.as_ref().and_then(|t| t.billing_group.clone())),
             certificates: Vec::new(),
             version: 0,
-        })
+        };
+        self.check_registry_objects(&thing, existing.as_ref())?;
+        Ok(thing)
+    }
+
+    /// The thing groups, thing type and billing group the registration
+    /// gives the thing (those it has already aside) must exist, and the
+    /// type must not be deprecated, as on AWS; checked before anything is
+    /// written.
+    fn check_registry_objects(
+        &self,
+        thing: &ThingRecord,
+        existing: Option<&ThingRecord>,
+    ) -> Result<(), ApiError> {
+        let had_groups = existing.map_or(&[][..], |e| e.thing_groups.as_slice());
+        for g in &thing.thing_groups {
+            if !had_groups.contains(g) && self.registry.thing_group(g)?.is_none() {
+                return Err(registration_failure(format!(
+                    "thing group {g} named by the template does not exist"
+                )));
+            }
+        }
+        if let Some(t) = &thing.thing_type_name {
+            if existing.and_then(|e| e.thing_type_name.as_ref()) != Some(t) {
+                match self.registry.thing_type(t)? {
+                    None => {
+                        return Err(registration_failure(format!(
+                            "thing type {t} named by the template does not exist"
+                        )))
+                    }
+                    Some(r) if r.deprecated_at.is_some() => {
+                        return Err(registration_failure(format!(
+                            "thing type {t} named by the template is deprecated: no new thing can be given it"
+                        )))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        if let Some(b) = &thing.billing_group {
+            if existing.and_then(|e| e.billing_group.as_ref()) != Some(b)
+                && self.registry.billing_group(b)?.is_none()
+            {
+                return Err(registration_failure(format!(
+                    "billing group {b} named by the template does not exist"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The policies the plan attaches: (existing ones by name, new ones as

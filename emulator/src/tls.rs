@@ -1,6 +1,7 @@
-//! TLS: the server configuration and the client-certificate check against
-//! the registry: registered and ACTIVE (by certificate id), or issued by a
-//! registered ACTIVE CA (then registered on first use).
+//! TLS: the server configuration, the client-certificate check against
+//! the registry (within its validity period, and registered and ACTIVE by
+//! certificate id, or issued by a registered ACTIVE CA, then registered on
+//! first use), and the ClientHello check for SNI.
 
 use std::sync::{Arc, Mutex};
 
@@ -127,6 +128,35 @@ impl RegistryClientVerifier {
     }
 }
 
+/// Refuses a client certificate outside its validity period (expired, or
+/// not yet valid), registered or not, as AWS IoT Core does at the
+/// handshake. The error is not an `InvalidCertificate` one, so that rustls
+/// answers with a `handshake_failure` alert, telling the client nothing
+/// more than AWS does (it documents no alert, and does not say why).
+fn within_validity(
+    end_entity: &CertificateDer<'_>,
+    now: UnixTime,
+    id: &str,
+) -> Result<(), rustls::Error> {
+    let (_, cert) = x509_parser::parse_x509_certificate(end_entity)
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    let validity = cert.validity();
+    let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    if now < validity.not_before.timestamp() {
+        return Err(rustls::Error::General(format!(
+            "certificate {id} is not valid before {}",
+            validity.not_before
+        )));
+    }
+    if now > validity.not_after.timestamp() {
+        return Err(rustls::Error::General(format!(
+            "certificate {id} expired at {}",
+            validity.not_after
+        )));
+    }
+    Ok(())
+}
+
 impl ClientCertVerifier for RegistryClientVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
@@ -139,6 +169,7 @@ impl ClientCertVerifier for RegistryClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let id = certificate_id(end_entity);
+        within_validity(end_entity, now, &id)?;
         let status = self
             .registry
             .certificate_status(&id)
@@ -212,4 +243,60 @@ pub(crate) fn server_config(
 /// The ring provider, for clients built by tests and tools.
 pub fn ring_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A fatal `handshake_failure` alert record, in the clear as before the
+/// ServerHello: what a client that sends no SNI gets.
+const HANDSHAKE_FAILURE_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 40];
+
+/// The TLS handshake of one MQTT connection. The ClientHello is read first:
+/// without the SNI extension (a client connecting by IP address, or one
+/// that turned SNI off) and `require_sni`, the client gets a
+/// `handshake_failure` alert and the connection ends, as on AWS IoT
+/// Core's endpoints; any host name is accepted.
+pub(crate) async fn accept<S>(
+    mut io: S,
+    config: Arc<ServerConfig>,
+    require_sni: bool,
+) -> Result<tokio_rustls::server::TlsStream<S>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut buf = vec![0u8; 16 * 1024];
+    let accepted = loop {
+        let n = io
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("TLS handshake failed: reading the ClientHello: {e}"))?;
+        if n == 0 {
+            return Err("TLS handshake failed: closed before its ClientHello".into());
+        }
+        let mut rd: &[u8] = &buf[..n];
+        while !rd.is_empty() {
+            acceptor
+                .read_tls(&mut rd)
+                .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => break accepted,
+            Ok(None) => {}
+            Err((e, mut alert)) => {
+                let mut out = Vec::new();
+                let _ = alert.write_all(&mut out);
+                let _ = io.write_all(&out).await;
+                return Err(format!("TLS handshake failed: {e}"));
+            }
+        }
+    };
+    if require_sni && accepted.client_hello().server_name().is_none() {
+        let _ = io.write_all(&HANDSHAKE_FAILURE_ALERT).await;
+        let _ = io.shutdown().await;
+        return Err("TLS handshake refused: the client sent no SNI (server name); connect by host name (e.g. localhost), or serve with --allow-no-sni".into());
+    }
+    tokio_rustls::StartHandshake::from_parts(accepted, io)
+        .into_stream(config)
+        .await
+        .map_err(|e| format!("TLS handshake failed: {e}"))
 }

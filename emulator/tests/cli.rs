@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -280,4 +281,287 @@ async fn serve_flags_cert_validity_response_fault_and_no_report_rule() {
     assert_eq!(v.not_after.timestamp() - v.not_before.timestamp(), 33);
     let _ = serve.child.start_kill();
     let _ = serve.child.wait().await;
+}
+
+/// `serve` refuses a client that sends no SNI (one connecting by IP
+/// address) on both listeners, as AWS's endpoints do; `--allow-no-sni`
+/// serves it.
+#[tokio::test]
+async fn serve_requires_sni_unless_allow_no_sni() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    init_with_fixtures(&dir);
+    let claim = Credential {
+        certificate_id: String::new(),
+        certificate_pem: read(&dir.join("claim/claim.pem.crt")),
+        private_key_pem: read(&dir.join("claim/claim.private.pem.key")),
+    };
+    let root_ca = read(&dir.join("root-ca.pem"));
+    for allow in [false, true] {
+        let extra: &[&str] = if allow { &["--allow-no-sni"] } else { &[] };
+        let mut serve = ServeProcess::spawn_with(&dir, extra).await;
+        for (addr, alpn) in [(serve.mqtt, false), (serve.alpn, true)] {
+            let tls = || client_tls(&root_ca, Some(&claim), alpn);
+            let by_ip = connect_tls_host(addr, "127.0.0.1", tls(), "claim-ip").await;
+            assert_eq!(by_ip.is_ok(), allow, "allow {allow}, {addr}: {by_ip:?}");
+            connect_tls(addr, tls(), "claim-name")
+                .await
+                .unwrap_or_else(|e| panic!("allow {allow}, {addr} by name: {e}"));
+        }
+        let _ = serve.child.start_kill();
+        let _ = serve.child.wait().await;
+    }
+}
+
+/// `init` creates the thing groups the repository's templates name (and
+/// says so), and says which names a template builds from its parameters;
+/// RegisterThing through `serve` is refused until such a group exists, and
+/// succeeds once `thing-groups create` made it; the admin commands of thing
+/// groups, thing types and billing groups.
+#[tokio::test]
+async fn init_creates_the_groups_templates_name_and_the_cli_manages_them() {
+    let tmp = tempfile::tempdir().unwrap();
+
+    // The repository's own policies and templates (init's defaults).
+    let repo = tmp.path().join("repo");
+    let out = bin_ok([OsStr::new("init"), repo.as_os_str()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for g in [
+        "gateways",
+        "gateways-plant-a",
+        "gateways-plant-b",
+        "gateways-unassigned",
+    ] {
+        assert!(
+            stdout.contains(&format!(
+                "thing group {g} created (named by template ProdTemplate)"
+            )),
+            "{stdout}"
+        );
+    }
+    let r = repo.to_str().unwrap();
+    let groups = run(&["thing-groups", "list", "--json", "-d", r]);
+    let names: Vec<&str> = groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["thing_group_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "gateways",
+            "gateways-plant-a",
+            "gateways-plant-b",
+            "gateways-unassigned"
+        ]
+    );
+    // Again: nothing new, and it says so.
+    let out = bin_ok([OsStr::new("init"), repo.as_os_str()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("thing group gateways exists (named by template ProdTemplate)"),
+        "{stdout}"
+    );
+    assert_eq!(
+        run(&["thing-groups", "list", "--json", "-d", r])
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+
+    // A template whose group is built from a parameter.
+    let templates = tmp.path().join("templates");
+    std::fs::create_dir(&templates).unwrap();
+    std::fs::write(
+        templates.join("sited.json"),
+        json!({
+            "Parameters": {"SerialNumber": {"Type": "String"}, "Site": {"Type": "String"}},
+            "Resources": {
+                "thing": {"Type": "AWS::IoT::Thing", "Properties": {
+                    "ThingName": {"Ref": "SerialNumber"},
+                    "ThingTypeName": "gw-type",
+                    "ThingGroups": ["all", {"Fn::Sub": "site-${Site}"}]
+                }},
+                "certificate": {"Type": "AWS::IoT::Certificate", "Properties": {
+                    "CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "Active"}},
+                "policy": {"Type": "AWS::IoT::Policy", "Properties": {"PolicyName": "device"}}
+            }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let dir = tmp.path().join("data");
+    let d = dir.to_str().unwrap();
+    let out = bin_ok([
+        OsStr::new("init"),
+        dir.as_os_str(),
+        OsStr::new("--policies"),
+        fixtures().join("policies").as_os_str(),
+        OsStr::new("--templates"),
+        templates.as_os_str(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("thing group all created (named by template sited)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("thing type gw-type created (named by template sited)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "template sited builds a name from its parameters at Resources.thing.Properties.ThingGroups[1]: not created"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("iotcore-emulator thing-groups create NAME"),
+        "{stdout}"
+    );
+
+    let mut serve = ServeProcess::spawn(&dir).await;
+    let claim = Credential {
+        certificate_id: String::new(),
+        certificate_pem: read(&dir.join("claim/claim.pem.crt")),
+        private_key_pem: read(&dir.join("claim/claim.private.pem.key")),
+    };
+    let root_ca = read(&dir.join("root-ca.pem"));
+    let mut c = connect_tls(
+        serve.mqtt,
+        client_tls(&root_ca, Some(&claim), false),
+        "claim-sited",
+    )
+    .await
+    .unwrap();
+    c.subscribe_responses(CSR_TOPIC).await;
+    c.subscribe_responses(&register_topic("sited")).await;
+    let (_, token) = create_from_csr(&mut c).await;
+    let request = json!({"certificateOwnershipToken": token,
+                         "parameters": {"SerialNumber": "S1", "Site": "north"}});
+    let (ok, body) = c.call(&register_topic("sited"), &request).await;
+    assert!(!ok);
+    assert_eq!(
+        body,
+        json!({"statusCode": 400, "errorCode": "ResourceRegistrationFailureException",
+               "errorMessage": "thing group site-north named by the template does not exist"})
+    );
+    assert!(run(&["things", "list", "--json", "-d", d])
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    let made = run(&[
+        "thing-groups",
+        "create",
+        "site-north",
+        "--parent",
+        "all",
+        "--description",
+        "the north site",
+        "--attribute",
+        "region=n",
+        "--json",
+        "-d",
+        d,
+    ]);
+    assert_eq!(made["parent_group_name"], "all");
+    assert_eq!(made["attributes"], json!({"region": "n"}));
+    let (ok, body) = c.call(&register_topic("sited"), &request).await;
+    assert!(ok, "{body}");
+    let thing = run(&["things", "describe", "S1", "--json", "-d", d]);
+    assert_eq!(thing["thing_groups"], json!(["all", "site-north"]));
+    assert_eq!(thing["thing_type_name"], "gw-type");
+    let _ = serve.child.start_kill();
+    let _ = serve.child.wait().await;
+
+    // The admin commands.
+    let g = run(&["thing-groups", "describe", "site-north", "--json", "-d", d]);
+    assert_eq!(g["description"], "the north site");
+    let fails = |args: &[&str]| {
+        let out = std::process::Command::new(BIN).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(fails(&["-d", d, "thing-groups", "delete", "all"]).contains("child groups"));
+    assert!(fails(&["-d", d, "thing-groups", "describe", "nope"]).contains("not found"));
+    assert_eq!(
+        run(&["thing-groups", "delete", "site-north", "--json", "-d", d])["deleted"],
+        true
+    );
+    assert_eq!(
+        run(&["thing-groups", "delete", "site-north", "--json", "-d", d])["deleted"],
+        false
+    );
+    let thing = run(&["things", "describe", "S1", "--json", "-d", d]);
+    assert_eq!(thing["thing_groups"], json!(["all"]));
+
+    assert!(fails(&["-d", d, "thing-types", "delete", "gw-type"]).contains("not deprecated"));
+    let t = run(&["thing-types", "deprecate", "gw-type", "--json", "-d", d]);
+    assert!(t["deprecated_at"].is_i64(), "{t}");
+    assert!(fails(&["-d", d, "thing-types", "delete", "gw-type"]).contains("S1"));
+    let t = run(&[
+        "thing-types",
+        "deprecate",
+        "gw-type",
+        "--undo",
+        "--json",
+        "-d",
+        d,
+    ]);
+    assert!(t["deprecated_at"].is_null(), "{t}");
+    let types = run(&["thing-types", "list", "--json", "-d", d]);
+    assert_eq!(types[0]["thing_type_name"], "gw-type");
+    let t = run(&[
+        "thing-types",
+        "create",
+        "spare",
+        "--description",
+        "unused",
+        "--searchable-attribute",
+        "serial",
+        "--json",
+        "-d",
+        d,
+    ]);
+    assert_eq!(t["searchable_attributes"], json!(["serial"]));
+    run(&["thing-types", "deprecate", "spare", "-d", d]);
+    run(&["thing-types", "delete", "spare", "-d", d]);
+    assert!(fails(&["-d", d, "thing-types", "describe", "spare"]).contains("not found"));
+
+    let b = run(&[
+        "billing-groups",
+        "create",
+        "standard",
+        "--description",
+        "default plan",
+        "--json",
+        "-d",
+        d,
+    ]);
+    assert_eq!(b["version"], 1);
+    assert_eq!(
+        run(&["billing-groups", "describe", "standard", "--json", "-d", d])["description"],
+        "default plan"
+    );
+    assert_eq!(
+        run(&["billing-groups", "list", "--json", "-d", d])[0]["billing_group_name"],
+        "standard"
+    );
+    assert!(fails(&[
+        "-d",
+        d,
+        "billing-groups",
+        "create",
+        "standard",
+        "--description",
+        "other"
+    ])
+    .contains("already exists"));
+    assert_eq!(
+        run(&["billing-groups", "delete", "standard", "--json", "-d", d])["deleted"],
+        true
+    );
 }

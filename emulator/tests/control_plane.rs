@@ -320,7 +320,13 @@ async fn boto3_reads_and_changes_the_registry_of_the_mqtt_side() {
     registered.sort();
     assert_eq!(listed, registered);
 
-    // Changes.
+    // Changes. A thing may be given only a thing type that exists, as on AWS.
+    let out = boto3(
+        &emu.api_url(),
+        json!([{"op": "create_thing_type", "args": {"thingTypeName": "sensor"}}]),
+    )
+    .await;
+    ok(&out["results"][0]);
     let version = reg.thing("cp-a").unwrap().unwrap().version;
     let out = boto3(
         &emu.api_url(),
@@ -426,7 +432,7 @@ async fn unknown_routes_and_malformed_bodies_get_aws_shaped_errors() {
 
     let (status, head, body) = raw_http(
         addr,
-        "POST /thing-groups/g1 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        "POST /dimensions/d1 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert_eq!(status, 404);
@@ -435,7 +441,7 @@ async fn unknown_routes_and_malformed_bodies_get_aws_shaped_errors() {
         "{head}"
     );
     let message = body["message"].as_str().unwrap();
-    assert!(message.contains("POST /thing-groups/g1"), "{message}");
+    assert!(message.contains("POST /dimensions/d1"), "{message}");
 
     for (payload, names) in [
         (
@@ -760,4 +766,286 @@ async fn boto3_hook_refuses_an_existing_thing_and_its_stderr_is_logged() {
     assert!(allowance.contains("INFO"), "{allowance}");
     assert!(allowance.contains("template hooked"), "{allowance}");
     line_with(&format!("asking {} in {REGION}", emu.api_url()));
+}
+
+/// A template naming thing groups, a thing type and a billing group:
+/// RegisterThing is refused with AWS's error shape and registers nothing
+/// while one of them is missing; once boto3 made them (CreateThingGroup,
+/// CreateThingType, CreateBillingGroup) the same token registers the thing
+/// in them. Describe, List and Delete of each through boto3, their
+/// exceptions, and CreateThing refusing a type that does not exist.
+#[tokio::test(flavor = "multi_thread")]
+async fn register_thing_needs_the_groups_type_and_billing_group_boto3_makes() {
+    logs();
+    let emu = start().await;
+    let template = json!({
+        "Parameters": {"SerialNumber": {"Type": "String"}, "Site": {"Type": "String"}},
+        "Resources": {
+            "thing": {"Type": "AWS::IoT::Thing", "Properties": {
+                "ThingName": {"Fn::Join": ["-", ["grp", {"Ref": "SerialNumber"}]]},
+                "ThingTypeName": "sensor-type",
+                "BillingGroup": "billing-a",
+                "ThingGroups": ["fleet", {"Fn::Join": ["-", ["site", {"Ref": "Site"}]]}]
+            }},
+            "certificate": {"Type": "AWS::IoT::Certificate", "Properties": {
+                "CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "Active"}},
+            "policy": {"Type": "AWS::IoT::Policy", "Properties": {"PolicyName": "device"}}
+        }
+    });
+    emu.registry()
+        .create_template("grouped", &template.to_string(), true, None)
+        .unwrap();
+    let mut c = claim_client(&emu, "claim-grouped", "grouped").await;
+    let (device, token) = create_from_csr(&mut c).await;
+    let request = json!({"certificateOwnershipToken": token,
+                         "parameters": {"SerialNumber": "G1", "Site": "north"}});
+    let refused = |body: &Value, missing: &str| {
+        assert_eq!(body["statusCode"], 400, "{body}");
+        assert_eq!(
+            body["errorCode"], "ResourceRegistrationFailureException",
+            "{body}"
+        );
+        let message = body["errorMessage"].as_str().unwrap();
+        assert!(message.contains(missing), "{message}");
+        assert_eq!(body.as_object().unwrap().len(), 3, "{body}");
+    };
+    let nothing_registered = || {
+        assert!(emu.registry().thing("grp-G1").unwrap().is_none());
+        let cert = emu
+            .registry()
+            .certificate(&device.certificate_id)
+            .unwrap()
+            .unwrap();
+        assert_eq!(cert.status, CertStatus::PendingActivation);
+        assert!(
+            cert.policies.is_empty() && cert.things.is_empty(),
+            "{cert:?}"
+        );
+    };
+
+    let (accepted, body) = c.call(&register_topic("grouped"), &request).await;
+    assert!(!accepted);
+    refused(&body, "thing group fleet");
+    nothing_registered();
+
+    // boto3 makes them one by one; each registration names the next missing.
+    let out = boto3(
+        &emu.api_url(),
+        json!([
+            {"op": "create_thing_group", "args": {"thingGroupName": "fleet",
+              "thingGroupProperties": {"thingGroupDescription": "all gateways",
+                                       "attributePayload": {"attributes": {"tier": "1"}}},
+              "tags": [{"Key": "team", "Value": "iot"}]}},
+            {"op": "create_thing_group", "args": {"thingGroupName": "site-north",
+              "parentGroupName": "fleet"}},
+        ]),
+    )
+    .await;
+    let r = out["results"].as_array().unwrap();
+    let fleet = ok(&r[0]);
+    assert_eq!(fleet["thingGroupName"], "fleet");
+    assert_eq!(
+        fleet["thingGroupArn"],
+        format!("arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/fleet")
+    );
+    assert_eq!(fleet["thingGroupId"].as_str().unwrap().len(), 36);
+    ok(&r[1]);
+    let (accepted, body) = c.call(&register_topic("grouped"), &request).await;
+    assert!(!accepted);
+    refused(&body, "thing type sensor-type");
+    nothing_registered();
+
+    let out = boto3(
+        &emu.api_url(),
+        json!([
+            {"op": "create_thing_type", "args": {"thingTypeName": "sensor-type",
+              "thingTypeProperties": {"thingTypeDescription": "a sensor",
+                                      "searchableAttributes": ["serial"]}}},
+            {"op": "deprecate_thing_type", "args": {"thingTypeName": "sensor-type"}},
+        ]),
+    )
+    .await;
+    let r = out["results"].as_array().unwrap();
+    assert_eq!(
+        ok(&r[0])["thingTypeArn"],
+        format!("arn:aws:iot:{REGION}:{ACCOUNT}:thingtype/sensor-type")
+    );
+    ok(&r[1]);
+    let (accepted, body) = c.call(&register_topic("grouped"), &request).await;
+    assert!(!accepted);
+    refused(&body, "deprecated");
+    nothing_registered();
+
+    let out = boto3(
+        &emu.api_url(),
+        json!([
+            {"op": "deprecate_thing_type", "args": {"thingTypeName": "sensor-type",
+                                                    "undoDeprecate": true}},
+        ]),
+    )
+    .await;
+    ok(&out["results"][0]);
+    let (accepted, body) = c.call(&register_topic("grouped"), &request).await;
+    assert!(!accepted);
+    refused(&body, "billing group billing-a");
+    nothing_registered();
+
+    let out = boto3(
+        &emu.api_url(),
+        json!([{"op": "create_billing_group", "args": {"billingGroupName": "billing-a",
+                 "billingGroupProperties": {"billingGroupDescription": "plant A"}}}]),
+    )
+    .await;
+    assert_eq!(
+        ok(&out["results"][0])["billingGroupArn"],
+        format!("arn:aws:iot:{REGION}:{ACCOUNT}:billinggroup/billing-a")
+    );
+    let (accepted, body) = c.call(&register_topic("grouped"), &request).await;
+    assert!(accepted, "{body}");
+    assert_eq!(body["thingName"], "grp-G1");
+    let thing = emu.registry().thing("grp-G1").unwrap().unwrap();
+    assert_eq!(thing.thing_groups, ["fleet", "site-north"]);
+    assert_eq!(thing.thing_type_name.as_deref(), Some("sensor-type"));
+    assert_eq!(thing.billing_group.as_deref(), Some("billing-a"));
+    assert_eq!(thing.certificates, vec![device.certificate_id.clone()]);
+    assert_eq!(
+        emu.registry()
+            .certificate_status(&device.certificate_id)
+            .unwrap(),
+        Some(CertStatus::Active)
+    );
+
+    // Describe and List, and the exceptions boto3 raises.
+    let out = boto3(
+        &emu.api_url(),
+        json!([
+            {"op": "describe_thing_group", "args": {"thingGroupName": "site-north"}},
+            {"op": "describe_thing_group", "args": {"thingGroupName": "fleet"}},
+            {"paginate": "list_thing_groups", "pageSize": 1},
+            {"op": "list_thing_groups", "args": {"parentGroup": "fleet"}},
+            {"op": "list_thing_groups", "args": {"namePrefixFilter": "site-"}},
+            {"op": "describe_thing_type", "args": {"thingTypeName": "sensor-type"}},
+            {"paginate": "list_thing_types", "pageSize": 1},
+            {"op": "describe_billing_group", "args": {"billingGroupName": "billing-a"}},
+            {"paginate": "list_billing_groups", "pageSize": 1},
+            {"op": "describe_thing", "args": {"thingName": "grp-G1"}},
+            {"op": "describe_thing_group", "args": {"thingGroupName": "nope"}},
+            {"op": "describe_thing_type", "args": {"thingTypeName": "nope"}},
+            {"op": "describe_billing_group", "args": {"billingGroupName": "nope"}},
+            {"op": "create_thing_group", "args": {"thingGroupName": "fleet",
+              "thingGroupProperties": {"thingGroupDescription": "other"}}},
+            {"op": "create_thing_group", "args": {"thingGroupName": "fleet",
+              "thingGroupProperties": {"thingGroupDescription": "all gateways",
+                                       "attributePayload": {"attributes": {"tier": "1"}}}}},
+            {"op": "create_thing_group", "args": {"thingGroupName": "orphan",
+                                                  "parentGroupName": "nope"}},
+            {"op": "create_thing", "args": {"thingName": "typed", "thingTypeName": "nope"}},
+            {"op": "create_thing", "args": {"thingName": "billed", "billingGroupName": "nope"}},
+            {"op": "update_thing", "args": {"thingName": "grp-G1", "thingTypeName": "nope"}},
+            {"op": "create_thing_group", "args": {"thingGroupName": "bad name"}},
+        ]),
+    )
+    .await;
+    let r = out["results"].as_array().unwrap();
+    let north = ok(&r[0]);
+    assert_eq!(north["version"], 1);
+    assert_eq!(north["thingGroupMetadata"]["parentGroupName"], "fleet");
+    assert_eq!(
+        north["thingGroupMetadata"]["rootToParentThingGroups"],
+        json!([{"groupName": "fleet",
+                "groupArn": format!("arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/fleet")}])
+    );
+    let f = ok(&r[1]);
+    assert_eq!(f["thingGroupId"], fleet["thingGroupId"]);
+    assert_eq!(
+        f["thingGroupProperties"],
+        json!({"thingGroupDescription": "all gateways",
+               "attributePayload": {"attributes": {"tier": "1"}}})
+    );
+    assert!(f["thingGroupMetadata"]["creationDate"].as_f64().unwrap() > 0.0);
+    let (groups, n) = pages(&r[2], "thingGroups");
+    let names: Vec<&str> = groups
+        .iter()
+        .map(|g| g["groupName"].as_str().unwrap())
+        .collect();
+    assert_eq!((names, n), (vec!["fleet", "site-north"], 2));
+    assert_eq!(ok(&r[3])["thingGroups"][0]["groupName"], "site-north");
+    assert_eq!(ok(&r[3])["thingGroups"].as_array().unwrap().len(), 1);
+    assert_eq!(ok(&r[4])["thingGroups"].as_array().unwrap().len(), 1);
+    let t = ok(&r[5]);
+    assert_eq!(
+        t["thingTypeProperties"],
+        json!({"thingTypeDescription": "a sensor", "searchableAttributes": ["serial"]})
+    );
+    assert_eq!(t["thingTypeMetadata"]["deprecated"], false);
+    let (types, _) = pages(&r[6], "thingTypes");
+    assert_eq!(types.len(), 1);
+    assert_eq!(types[0]["thingTypeName"], "sensor-type");
+    let b = ok(&r[7]);
+    assert_eq!(
+        b["billingGroupProperties"]["billingGroupDescription"],
+        "plant A"
+    );
+    assert_eq!(b["version"], 1);
+    let (billing, _) = pages(&r[8], "billingGroups");
+    assert_eq!(billing[0]["groupName"], "billing-a");
+    let d = ok(&r[9]);
+    assert_eq!(d["thingTypeName"], "sensor-type");
+    assert_eq!(d["billingGroupName"], "billing-a");
+    for i in [10, 11, 12] {
+        assert_eq!(error(&r[i]), ("ResourceNotFoundException".into(), 404));
+    }
+    assert_eq!(
+        error(&r[13]),
+        ("ResourceAlreadyExistsException".into(), 409)
+    );
+    assert_eq!(ok(&r[14])["thingGroupId"], fleet["thingGroupId"]);
+    assert_eq!(error(&r[15]), ("InvalidRequestException".into(), 400));
+    assert_eq!(error(&r[16]), ("ResourceNotFoundException".into(), 404));
+    assert_eq!(error(&r[17]), ("ResourceNotFoundException".into(), 404));
+    assert_eq!(error(&r[18]), ("ResourceNotFoundException".into(), 404));
+    assert_eq!(error(&r[19]), ("InvalidRequestException".into(), 400));
+    assert!(emu.registry().thing("typed").unwrap().is_none());
+    assert!(emu.registry().thing("billed").unwrap().is_none());
+
+    // Delete: a parent with a child and a type still in use are refused; a
+    // group deleted leaves its things; deleting it again is no error.
+    let out = boto3(
+        &emu.api_url(),
+        json!([
+            {"op": "delete_thing_group", "args": {"thingGroupName": "fleet"}},
+            {"op": "delete_thing_group", "args": {"thingGroupName": "site-north",
+                                                  "expectedVersion": 5}},
+            {"op": "delete_thing_group", "args": {"thingGroupName": "site-north"}},
+            {"op": "delete_thing_group", "args": {"thingGroupName": "site-north"}},
+            {"op": "delete_thing_type", "args": {"thingTypeName": "sensor-type"}},
+            {"op": "deprecate_thing_type", "args": {"thingTypeName": "sensor-type"}},
+            {"op": "delete_thing_type", "args": {"thingTypeName": "sensor-type"}},
+            {"op": "update_thing", "args": {"thingName": "grp-G1", "removeThingType": true}},
+            {"op": "delete_thing_type", "args": {"thingTypeName": "sensor-type"}},
+            {"op": "delete_thing_type", "args": {"thingTypeName": "sensor-type"}},
+            {"op": "delete_billing_group", "args": {"billingGroupName": "billing-a"}},
+            {"op": "delete_billing_group", "args": {"billingGroupName": "billing-a"}},
+            {"op": "describe_thing_group", "args": {"thingGroupName": "site-north"}},
+        ]),
+    )
+    .await;
+    let r = out["results"].as_array().unwrap();
+    assert_eq!(error(&r[0]), ("InvalidRequestException".into(), 400));
+    assert_eq!(error(&r[1]), ("VersionConflictException".into(), 409));
+    assert_eq!(ok(&r[2]), &json!({}));
+    assert_eq!(ok(&r[3]), &json!({}));
+    assert_eq!(error(&r[4]), ("InvalidRequestException".into(), 400));
+    ok(&r[5]);
+    assert_eq!(error(&r[6]), ("InvalidRequestException".into(), 400));
+    ok(&r[7]);
+    assert_eq!(ok(&r[8]), &json!({}));
+    assert_eq!(error(&r[9]), ("ResourceNotFoundException".into(), 404));
+    assert_eq!(ok(&r[10]), &json!({}));
+    assert_eq!(ok(&r[11]), &json!({}));
+    assert_eq!(error(&r[12]), ("ResourceNotFoundException".into(), 404));
+    let thing = emu.registry().thing("grp-G1").unwrap().unwrap();
+    assert_eq!(thing.thing_groups, ["fleet"]);
+    assert_eq!(thing.thing_type_name, None);
+    assert_eq!(thing.billing_group, None);
 }

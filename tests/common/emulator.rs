@@ -1,7 +1,7 @@
 //! An iotcore-emulator in this test process, on port 0, with the
 //! repository's policies, templates and pre-provisioning hooks (the shipped
-//! files, as `iotcore-emulator init` registers them), and a claim
-//! credential.
+//! files, as `iotcore-emulator init` registers them, with the thing groups
+//! the templates name), and a claim credential.
 
 use std::path::{Path, PathBuf};
 
@@ -97,6 +97,9 @@ impl TestCloud {
                 .registry()
                 .create_template(&name, &body, true, hook.as_deref())
                 .unwrap();
+            // The thing groups it names, as `iotcore-emulator init` makes
+            // them: AWS refuses a registration into a group that does not exist.
+            handle.registry().create_objects_named_by(&name).unwrap();
         }
         let claim = handle.create_claim_credential("claim").unwrap();
         Self { handle, claim, dir }

@@ -119,6 +119,7 @@ mod tests {
         assert_eq!(e.kind.code_and_status(), ("ResourceNotFoundException", 404));
         assert!(e.message.contains("gw_1"), "{}", e.message);
         let e: ApiError = RegistryError::VersionConflict {
+            kind: "thing",
             name: "gw_1".into(),
             expected: 1,
             actual: 2,

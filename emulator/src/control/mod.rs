@@ -12,11 +12,12 @@
 //! One file per idea: [`server`] (HTTP), [`router`] (the route table),
 //! [`error`] (AWS's error shape), [`request`] (decoding a request),
 //! [`pagination`], and one per resource: [`things`], [`certificates`],
-//! [`principals`]. A new operation is a row in [`router::ROUTES`] and a
+//! [`principals`], [`groups`] (thing groups, thing types, billing groups). A new operation is a row in [`router::ROUTES`] and a
 //! function in its resource's file.
 
 mod certificates;
 mod error;
+mod groups;
 mod pagination;
 mod principals;
 mod request;
@@ -48,6 +49,30 @@ impl ControlPlane {
     /// `arn:aws:iot:<region>:<account>:thing/<name>`
     fn thing_arn(&self, name: &str) -> String {
         format!("arn:aws:iot:{}:{}:thing/{name}", self.region, self.account)
+    }
+
+    /// `arn:aws:iot:<region>:<account>:thinggroup/<name>`
+    fn thing_group_arn(&self, name: &str) -> String {
+        format!(
+            "arn:aws:iot:{}:{}:thinggroup/{name}",
+            self.region, self.account
+        )
+    }
+
+    /// `arn:aws:iot:<region>:<account>:thingtype/<name>`
+    fn thing_type_arn(&self, name: &str) -> String {
+        format!(
+            "arn:aws:iot:{}:{}:thingtype/{name}",
+            self.region, self.account
+        )
+    }
+
+    /// `arn:aws:iot:<region>:<account>:billinggroup/<name>`
+    fn billing_group_arn(&self, name: &str) -> String {
+        format!(
+            "arn:aws:iot:{}:{}:billinggroup/{name}",
+            self.region, self.account
+        )
     }
 
     /// `arn:aws:iot:<region>:<account>:cert/<certificateId>`

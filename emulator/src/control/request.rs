@@ -197,6 +197,22 @@ impl<'a> JsonBody<'a> {
         }
     }
 
+    /// A list of strings (`searchableAttributes`).
+    pub(crate) fn string_list(&self, name: &str) -> Result<Option<Vec<String>>, ApiError> {
+        match self.member(name) {
+            None => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s.clone()),
+                    other => Err(self.wrong(&format!("{name}[]"), "a string", other)),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(v) => Err(self.wrong(name, "a list of strings", v)),
+        }
+    }
+
     /// A map of strings (`attributes`).
     pub(crate) fn string_map(
         &self,

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use super::certificates;
 use super::error::{ApiError, ErrorKind};
+use super::groups;
 use super::principals;
 use super::request::{percent_decode, ApiRequest};
 use super::things;
@@ -82,6 +83,84 @@ pub(crate) const ROUTES: &[Route] = &[
         path: "/certificates/{certificateId}",
         operation: "UpdateCertificate",
         handler: certificates::update_certificate,
+    },
+    Route {
+        method: "POST",
+        path: "/thing-groups/{thingGroupName}",
+        operation: "CreateThingGroup",
+        handler: groups::create_thing_group,
+    },
+    Route {
+        method: "GET",
+        path: "/thing-groups/{thingGroupName}",
+        operation: "DescribeThingGroup",
+        handler: groups::describe_thing_group,
+    },
+    Route {
+        method: "DELETE",
+        path: "/thing-groups/{thingGroupName}",
+        operation: "DeleteThingGroup",
+        handler: groups::delete_thing_group,
+    },
+    Route {
+        method: "GET",
+        path: "/thing-groups",
+        operation: "ListThingGroups",
+        handler: groups::list_thing_groups,
+    },
+    Route {
+        method: "POST",
+        path: "/thing-types/{thingTypeName}",
+        operation: "CreateThingType",
+        handler: groups::create_thing_type,
+    },
+    Route {
+        method: "GET",
+        path: "/thing-types/{thingTypeName}",
+        operation: "DescribeThingType",
+        handler: groups::describe_thing_type,
+    },
+    Route {
+        method: "DELETE",
+        path: "/thing-types/{thingTypeName}",
+        operation: "DeleteThingType",
+        handler: groups::delete_thing_type,
+    },
+    Route {
+        method: "POST",
+        path: "/thing-types/{thingTypeName}/deprecate",
+        operation: "DeprecateThingType",
+        handler: groups::deprecate_thing_type,
+    },
+    Route {
+        method: "GET",
+        path: "/thing-types",
+        operation: "ListThingTypes",
+        handler: groups::list_thing_types,
+    },
+    Route {
+        method: "POST",
+        path: "/billing-groups/{billingGroupName}",
+        operation: "CreateBillingGroup",
+        handler: groups::create_billing_group,
+    },
+    Route {
+        method: "GET",
+        path: "/billing-groups/{billingGroupName}",
+        operation: "DescribeBillingGroup",
+        handler: groups::describe_billing_group,
+    },
+    Route {
+        method: "DELETE",
+        path: "/billing-groups/{billingGroupName}",
+        operation: "DeleteBillingGroup",
+        handler: groups::delete_billing_group,
+    },
+    Route {
+        method: "GET",
+        path: "/billing-groups",
+        operation: "ListBillingGroups",
+        handler: groups::list_billing_groups,
     },
 ];
 
@@ -185,6 +264,23 @@ mod tests {
             "DescribeCertificate"
         );
         assert_eq!(op("PUT", "/certificates/ab").unwrap(), "UpdateCertificate");
+        for (method, path, operation) in [
+            ("POST", "/thing-groups/g1", "CreateThingGroup"),
+            ("GET", "/thing-groups/g1", "DescribeThingGroup"),
+            ("DELETE", "/thing-groups/g1", "DeleteThingGroup"),
+            ("GET", "/thing-groups", "ListThingGroups"),
+            ("POST", "/thing-types/t1", "CreateThingType"),
+            ("GET", "/thing-types/t1", "DescribeThingType"),
+            ("DELETE", "/thing-types/t1", "DeleteThingType"),
+            ("POST", "/thing-types/t1/deprecate", "DeprecateThingType"),
+            ("GET", "/thing-types", "ListThingTypes"),
+            ("POST", "/billing-groups/b1", "CreateBillingGroup"),
+            ("GET", "/billing-groups/b1", "DescribeBillingGroup"),
+            ("DELETE", "/billing-groups/b1", "DeleteBillingGroup"),
+            ("GET", "/billing-groups", "ListBillingGroups"),
+        ] {
+            assert_eq!(op(method, path).unwrap(), operation, "{method} {path}");
+        }
     }
 
     #[test]
@@ -197,9 +293,9 @@ mod tests {
 
     #[test]
     fn unknown_routes_name_the_method_and_path() {
-        let e = route("POST", "/thing-groups/g1").unwrap_err();
+        let e = route("POST", "/dimensions/d1").unwrap_err();
         assert_eq!(e.kind.code_and_status(), ("UnknownOperationException", 404));
-        assert!(e.message.contains("POST /thing-groups/g1"), "{}", e.message);
+        assert!(e.message.contains("POST /dimensions/d1"), "{}", e.message);
         assert!(e.message.contains("DescribeThing"), "{}", e.message);
         let e = route("PUT", "/things/gw_1").unwrap_err();
         assert!(

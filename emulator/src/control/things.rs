@@ -86,6 +86,18 @@ pub(super) fn create_thing(cp: &ControlPlane, req: &ApiRequest) -> Result<Reply,
         billing_group: body.string("billingGroupName")?.map(str::to_owned),
         ..Default::default()
     };
+    let existing = cp.registry.thing(name)?;
+    if let Some(t) = &thing.thing_type_name {
+        let had = existing.as_ref().and_then(|e| e.thing_type_name.as_ref());
+        usable_thing_type(cp, op, t, had)?;
+    }
+    if let Some(b) = &thing.billing_group {
+        if cp.registry.billing_group(b)?.is_none() {
+            return Err(ApiError::not_found(format!(
+                "Billing group {b} does not exist"
+            )));
+        }
+    }
     let t = cp
         .registry
         .create_thing(&thing)
@@ -95,6 +107,29 @@ pub(super) fn create_thing(cp: &ControlPlane, req: &ApiRequest) -> Result<Reply,
         "thingArn": cp.thing_arn(&t.thing_name),
         "thingId": thing_id(&t.thing_name),
     })))
+}
+
+/// A thing type a thing may be given: one that exists
+/// (`ResourceNotFoundException`) and is not deprecated
+/// (`InvalidRequestException`), unless the thing has it already.
+fn usable_thing_type(
+    cp: &ControlPlane,
+    op: &str,
+    name: &str,
+    had: Option<&String>,
+) -> Result<(), ApiError> {
+    if had.map(String::as_str) == Some(name) {
+        return Ok(());
+    }
+    match cp.registry.thing_type(name)? {
+        None => Err(ApiError::not_found(format!(
+            "Thing type {name} does not exist"
+        ))),
+        Some(t) if t.deprecated_at.is_some() => Err(ApiError::invalid(format!(
+            "{op}: thing type {name} is deprecated: no thing can be given it"
+        ))),
+        Some(_) => Ok(()),
+    }
 }
 
 /// `PATCH /things/{thingName}`: `attributePayload {attributes, merge}`,
@@ -123,7 +158,11 @@ pub(super) fn update_thing(cp: &ControlPlane, req: &ApiRequest) -> Result<Reply,
                 "{op}: give thingTypeName or removeThingType, not both"
             )))
         }
-        (Some(tt), false) => update.thing_type_name = Some(Some(tt.to_owned())),
+        (Some(tt), false) => {
+            let had = cp.registry.thing(name)?.and_then(|t| t.thing_type_name);
+            usable_thing_type(cp, op, tt, had.as_ref())?;
+            update.thing_type_name = Some(Some(tt.to_owned()))
+        }
         (None, true) => update.thing_type_name = Some(None),
         (None, false) => {}
     }

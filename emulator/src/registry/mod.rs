@@ -1,5 +1,6 @@
 //! The registry: certificates, things, policies and templates in SQLite;
-//! jobs and their executions in `jobs.rs`.
+//! jobs and their executions in `jobs.rs`; thing groups, thing types and
+//! billing groups in `groups.rs`.
 //!
 //! One connection behind a mutex: the emulator's writes are small and the
 //! handshake path only reads one row, so contention stays low. Every write
@@ -19,7 +20,13 @@ use tokio::sync::Notify;
 
 mod cached;
 mod file;
+mod groups;
 pub(crate) mod jobs;
+
+pub use groups::{
+    BillingGroupRecord, NamedObject, NewThingGroup, TemplateObjects, ThingGroupRecord,
+    ThingTypeRecord,
+};
 
 use cached::{CachedStatements, STATEMENT_CACHE_CAPACITY};
 
@@ -66,9 +73,11 @@ pub enum RegistryError {
     /// CreateThing for a thing that exists with another configuration.
     #[error("{kind} {name} already exists with another configuration")]
     AlreadyExists { kind: &'static str, name: String },
-    /// An update named a version that is not the thing's current one.
-    #[error("thing {name} is at version {actual}, not the expected version {expected}")]
+    /// An update or delete named a version that is not the object's
+    /// current one (`kind`: thing, thing group, billing group).
+    #[error("{kind} {name} is at version {actual}, not the expected version {expected}")]
     VersionConflict {
+        kind: &'static str,
         name: String,
         expected: i64,
         actual: i64,
@@ -312,6 +321,15 @@ CREATE TABLE IF NOT EXISTS job_executions (
   job_id TEXT NOT NULL, thing TEXT NOT NULL, status TEXT NOT NULL, status_details TEXT NOT NULL,
   version INTEGER NOT NULL, execution_number INTEGER NOT NULL, queued_at INTEGER NOT NULL,
   started_at INTEGER, last_updated_at INTEGER NOT NULL, PRIMARY KEY (job_id, thing));
+CREATE TABLE IF NOT EXISTS thing_groups (
+  name TEXT PRIMARY KEY, id TEXT NOT NULL, parent TEXT, description TEXT,
+  attributes_json TEXT NOT NULL, created_at INTEGER NOT NULL, version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS thing_types (
+  name TEXT PRIMARY KEY, id TEXT NOT NULL, description TEXT, searchable_json TEXT NOT NULL,
+  created_at INTEGER NOT NULL, deprecated_at INTEGER);
+CREATE TABLE IF NOT EXISTS billing_groups (
+  name TEXT PRIMARY KEY, id TEXT NOT NULL, description TEXT,
+  created_at INTEGER NOT NULL, version INTEGER NOT NULL);
 ";
 
 /// (table, column, definition) of an [`ADDED_COLUMNS`] entry.
@@ -953,6 +971,7 @@ impl Registry {
         if let Some(expected) = update.expected_version {
             if expected != thing.version {
                 return Err(RegistryError::VersionConflict {
+                    kind: "thing",
                     name: name.into(),
                     expected,
                     actual: thing.version,

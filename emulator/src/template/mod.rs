@@ -46,6 +46,7 @@ mod error;
 mod eval;
 mod expr;
 mod model;
+mod names;
 mod overrides;
 mod parse;
 
@@ -54,6 +55,7 @@ pub use model::{
     CertStatusSpec, CertificateSpec, OverrideAction, OverrideSettings, PolicySpec,
     ProvisioningPlan, Template, ThingSpec,
 };
+pub use names::NamedObjects;
 pub use overrides::{apply_overrides, ExistingThing};
 pub use parse::validate_name;
 

@@ -332,7 +332,28 @@ pub async fn connect_tls_max_packet(
     client_id: &str,
     max_packet: usize,
 ) -> Result<Client, String> {
-    let mut opts = MqttOptions::new(client_id, "localhost", addr.port());
+    connect_tls_opts(addr, "localhost", tls, client_id, max_packet).await
+}
+
+/// As [`connect_tls`] naming the server `host` (rustls sends it as SNI,
+/// unless it is an IP address: then it sends none).
+pub async fn connect_tls_host(
+    addr: std::net::SocketAddr,
+    host: &str,
+    tls: Arc<ClientConfig>,
+    client_id: &str,
+) -> Result<Client, String> {
+    connect_tls_opts(addr, host, tls, client_id, 256 * 1024).await
+}
+
+async fn connect_tls_opts(
+    addr: std::net::SocketAddr,
+    host: &str,
+    tls: Arc<ClientConfig>,
+    client_id: &str,
+    max_packet: usize,
+) -> Result<Client, String> {
+    let mut opts = MqttOptions::new(client_id, host, addr.port());
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_max_packet_size(max_packet, max_packet);
     opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
@@ -595,7 +616,8 @@ pub async fn create_from_csr(c: &mut Client) -> (Credential, String) {
 }
 
 /// An emulator with the repository's policies and templates (with the
-/// shipped hook) and the hook's Python first on its PATH.
+/// shipped hook), the thing groups the templates name (as `init` makes
+/// them), and the hook's Python first on its PATH.
 pub async fn start_with_shipped_files() -> TestEmulator {
     let emu = start_with(|c| {
         let path = format!(
@@ -620,6 +642,9 @@ pub async fn start_with_shipped_files() -> TestEmulator {
         emu.registry()
             .create_template(name, &body, true, hook.to_str())
             .unwrap();
+        // The thing groups it names, as `init` makes them (AWS wants them
+        // to exist before RegisterThing).
+        emu.registry().create_objects_named_by(name).unwrap();
     }
     emu
 }
