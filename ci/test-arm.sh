@@ -1,23 +1,37 @@
 #!/usr/bin/env bash
-# The arm64 build, for real: cross-builds with ci/cross.sh (profile
-# $CROSS_PROFILE, default release), then runs the aarch64 prov-agent under
-# qemu-aarch64 against the native iotcore-emulator and a native swtpm over
-# TCP: `claim import`, `enroll`, `status --json`, `rotate`, and checks in the
-# emulator's registry that the thing exists and the rotated certificate is
-# its only, ACTIVE certificate (the old one detached and INACTIVE). Modelled
-# on ci/demo.sh --backend tpm. Everything it starts is stopped at the end.
+# An ARM build, for real:
+#   ci/test-arm.sh [TARGET]   (ci/test-arm64.sh, ci/test-armhf.sh)
+# TARGET is aarch64-unknown-linux-gnu (arm64, the default) or
+# armv7-unknown-linux-gnueabihf (armhf). Cross-builds with ci/cross.sh
+# (profile $CROSS_PROFILE, default release), then runs the cross-built
+# prov-agent under qemu-user (qemu-aarch64, qemu-arm) against the native
+# iotcore-emulator and a native swtpm over TCP: `claim import`, `enroll`,
+# `status --json`, `rotate`, and checks in the emulator's registry that the
+# thing exists and the rotated certificate is its only, ACTIVE certificate
+# (the old one detached and INACTIVE); then builds that architecture's
+# packages with ci/package.sh and checks them. Modelled on ci/demo.sh
+# --backend tpm. Everything it starts is stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 t0=$SECONDS
 
-fail() { echo "ci/test-arm64.sh: FAILED: $*" >&2; exit 1; }
+target=${1:-aarch64-unknown-linux-gnu}
+# Per target: the Debian architecture, qemu-user's binary, the ELF
+# e_machine (as od -tx2 prints it) and the multiarch triplet.
+case $target in
+  aarch64-unknown-linux-gnu)
+    arch=arm64 qemu=qemu-aarch64 e_machine=00b7 triplet=aarch64-linux-gnu ;;   # EM_AARCH64
+  armv7-unknown-linux-gnueabihf)
+    arch=armhf qemu=qemu-arm e_machine=0028 triplet=arm-linux-gnueabihf ;;     # EM_ARM
+  *) echo "ci/test-arm.sh: target is aarch64-unknown-linux-gnu or armv7-unknown-linux-gnueabihf, not '$target'" >&2; exit 2 ;;
+esac
+fail() { echo "ci/test-arm.sh ($arch): FAILED: $*" >&2; exit 1; }
 
 profile=${CROSS_PROFILE:-release}
-target=aarch64-unknown-linux-gnu
 
-echo "== ci/cross.sh $profile"
-ci/cross.sh "$profile"
+echo "== ci/cross.sh $profile $target"
+ci/cross.sh "$profile" "$target"
 agent=$root/target/cross/$target/$profile/prov-agent
 [[ -x $agent ]] || fail "no $agent after ci/cross.sh"
 t_build=$((SECONDS - t0))
@@ -25,16 +39,17 @@ t_build=$((SECONDS - t0))
 # swtpm (and python3-venv for the hook's boto3) come from ci/install-deps.sh.
 ci/install-deps.sh
 
-# The arm64 run time is Debian's multiarch one (libc6:arm64, pulled in by
-# libtss2-dev:arm64): /lib/ld-linux-aarch64.so.1 and the libraries in
-# /usr/lib/aarch64-linux-gnu (libtss2-*, and libtss2-tcti-swtpm.so.0 that
-# tss-esapi opens by name). Not `-L /usr/aarch64-linux-gnu`: that sysroot's
-# loader (libc6-arm64-cross, an older 2.36 build) then picks up the
-# multiarch libc.so.6, and the mismatch hangs pthread_create in a busy loop
-# (prov-agent's first thread is tokio's DNS lookup of `localhost`).
+# The target's run time is Debian's multiarch one (libc6:$arch, pulled in by
+# libtss2-dev:$arch): /lib/ld-linux-aarch64.so.1 or /lib/ld-linux-armhf.so.3
+# and the libraries in /usr/lib/$triplet (libtss2-*, and
+# libtss2-tcti-swtpm.so.0 that tss-esapi opens by name). Not
+# `-L /usr/$triplet`: that sysroot's loader (libc6-$arch-cross, an older
+# 2.36 build) then picks up the multiarch libc.so.6, and (seen on arm64) the
+# mismatch hangs pthread_create in a busy loop (prov-agent's first thread is
+# tokio's DNS lookup of `localhost`).
 export QEMU_LD_PREFIX=/
 # Each run is bounded: a hang fails the test (exit 124) instead of CI.
-arm() { timeout "${ARM64_STEP_TIMEOUT:-300}" qemu-aarch64 "$agent" "$@"; }
+arm() { timeout "${ARM_STEP_TIMEOUT:-${ARM64_STEP_TIMEOUT:-300}}" "$qemu" "$agent" "$@"; }
 
 echo "== the native iotcore-emulator"
 emulator=""
@@ -48,7 +63,7 @@ if [[ -z $emulator ]]; then
 fi
 echo "   $emulator"
 
-work=$(mktemp -d -t prov-agent-arm64.XXXXXX)
+work=$(mktemp -d -t prov-agent-$arch.XXXXXX)
 pids=()
 cleanup() {
   local code=$?
@@ -68,8 +83,8 @@ trap 'exit 143' TERM
 mkdir -p "$work/certs" "$work/state"
 chmod 700 "$work"
 
-echo "== --version under qemu-aarch64"
-version=$(arm --version) || fail "the arm64 prov-agent does not run under qemu-aarch64"
+echo "== --version under $qemu"
+version=$(arm --version) || fail "the $arch prov-agent does not run under $qemu"
 echo "   $version"
 [[ $version == *"(backends: tpm, pkcs11, file)"* ]] || fail "--version says '$version', not '(backends: tpm, pkcs11, file)'"
 
@@ -116,7 +131,7 @@ done
 [[ -n $tpm_port ]] || fail "could not start swtpm"
 echo "   swtpm:host=127.0.0.1,port=$tpm_port (pid $spid)"
 
-serial=ARM64-$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')
+serial=${arch^^}-$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')
 cat >"$work/config.ini" <<INI
 [SETTINGS]
 SECURE_CERT_PATH = certs
@@ -147,15 +162,15 @@ timed() { # label, command...: runs it, prints how long it took
 }
 
 t_qemu=$SECONDS
-echo "== [arm64] prov-agent claim import --shred"
+echo "== [$arch] prov-agent claim import --shred"
 timed "claim import" arm "${cfg[@]}" claim import --cert "$work/claim.pem.crt" \
   --key "$work/claim.private.pem.key" --shred
 [[ ! -e $work/claim.private.pem.key ]] || fail "claim import --shred left the PEM key file"
 
-echo "== [arm64] prov-agent enroll"
+echo "== [$arch] prov-agent enroll"
 timed "enroll" arm "${cfg[@]}" enroll
 
-echo "== [arm64] prov-agent status --json"
+echo "== [$arch] prov-agent status --json"
 status=$(arm "${cfg[@]}" status --json) || fail "status --json (exit $?)"
 echo "$status"
 [[ $(json_field "$status" enrolled) == True ]] || fail "status says not enrolled"
@@ -164,7 +179,7 @@ thing=$(json_field "$status" thingName)
 cert1=$(json_field "$status" certificateId)
 [[ -n $thing && -n $cert1 ]] || fail "status --json has no thingName or certificateId"
 
-echo "== [arm64] prov-agent rotate"
+echo "== [$arch] prov-agent rotate"
 timed "rotate" arm "${cfg[@]}" rotate
 
 status=$(arm "${cfg[@]}" status --json) || fail "status --json after rotate (exit $?)"
@@ -204,17 +219,24 @@ done
 echo "   $out"
 [[ -n $ok ]] || fail "registry check: $out"
 
-echo "== the arm64 packages: ci/package.sh 1 $target"
-ci/package.sh 1 "$target" >/dev/null
-version=$(dpkg-deb --field dist/prov-agent_*_arm64.deb Version | head -1)
-for deb in dist/prov-agent_"$version"_arm64.deb dist/iotcore-emulator_"$version"_arm64.deb; do
-  [[ $(dpkg-deb --field "$deb" Architecture) == arm64 ]] || fail "$deb is not arm64"
+echo "== the $arch packages: ci/package.sh 1 $target"
+t_pkg=$SECONDS
+debs=$(ci/package.sh 1 "$target") || fail "ci/package.sh 1 $target"
+agent_deb=$(grep '/prov-agent_.*\.deb$' <<<"$debs")
+emulator_deb=$(grep '/iotcore-emulator_.*\.deb$' <<<"$debs")
+[[ -f $agent_deb && -f $emulator_deb ]] || fail "ci/package.sh made no $arch packages: $debs"
+for deb in "$agent_deb" "$emulator_deb"; do
+  [[ $(dpkg-deb --field "$deb" Architecture) == "$arch" ]] || fail "$deb is not $arch"
   dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/bin/"$(dpkg-deb --field "$deb" Package)" >"$work/packaged"
   file_arch=$(od -An -j18 -N2 -tx2 "$work/packaged" | tr -d ' ')
-  [[ $file_arch == 00b7 ]] || fail "$deb's binary is not aarch64 (e_machine $file_arch)"
+  [[ $file_arch == "$e_machine" ]] || fail "$deb's binary is not for $target (e_machine $file_arch)"
 done
-dpkg-deb --field "dist/prov-agent_${version}_arm64.deb" Depends | grep -q libtss2-esys ||
-  fail "the arm64 package does not depend on libtss2-esys"
-echo "   dist/prov-agent_${version}_arm64.deb, dist/iotcore-emulator_${version}_arm64.deb"
+# The TPM library it depends on is the one of its architecture.
+esys=$(dpkg-deb --field "$agent_deb" Depends | grep -oE 'libtss2-esys[^ ,(]*' | head -1)
+[[ -n $esys ]] || fail "the $arch package does not depend on libtss2-esys"
+dpkg-query -W -f='${Status}' "$esys:$arch" 2>/dev/null | grep -q 'install ok installed' ||
+  fail "the $arch package depends on $esys, which is not the installed $arch libtss2-esys"
+t_pkg=$((SECONDS - t_pkg))
+echo "   $agent_deb (Depends $esys), $emulator_deb (${t_pkg} s)"
 
-echo "== arm64 end to end passed: build+install ${t_build} s, qemu run ${t_qemu} s, total $((SECONDS - t0)) s"
+echo "== $arch end to end passed: build+install ${t_build} s, qemu run ${t_qemu} s, packages ${t_pkg} s, total $((SECONDS - t0)) s"
