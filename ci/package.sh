@@ -25,6 +25,7 @@ else
   [[ -x $bin/prov-agent ]] || { echo "ci/package.sh: no $bin/prov-agent: run ci/cross.sh release" >&2; exit 2; }
   case $target in
     aarch64-*) arch=arm64 ;;
+    armv7-*-gnueabihf) arch=armhf ;;
     x86_64-*) arch=amd64 ;;
     *) echo "ci/package.sh: unknown target $target" >&2; exit 2 ;;
   esac
@@ -47,7 +48,10 @@ shlibs() {
 
 strip_bin() {
   local strip=strip
-  [[ $arch == arm64 ]] && strip=aarch64-linux-gnu-strip
+  case $arch in
+    arm64) strip=aarch64-linux-gnu-strip ;;
+    armhf) strip=arm-linux-gnueabihf-strip ;;
+  esac
   $strip --strip-all -o "$2" "$1"
 }
 

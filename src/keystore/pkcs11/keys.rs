@@ -6,6 +6,8 @@
 //! object is the one that counts: lookups by label go to private keys, and
 //! the public object is found through the `CKA_ID`.
 
+use std::ffi::c_ulong;
+
 use cryptoki::context::Function;
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
@@ -507,7 +509,8 @@ pub fn generate(session: &Session, label: &str, algorithm: KeyAlgorithm) -> Resu
         private.push(Attribute::KeyType(KeyType::EC));
         Mechanism::EccKeyPairGen
     } else {
-        let bits = algorithm.rsa_bits().unwrap_or(2048) as u64;
+        // CK_ULONG is C's unsigned long: 32 bits on armhf.
+        let bits = algorithm.rsa_bits().unwrap_or(2048) as c_ulong;
         public.push(Attribute::KeyType(KeyType::RSA));
         public.push(Attribute::ModulusBits(bits.into()));
         public.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));

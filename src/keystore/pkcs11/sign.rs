@@ -2,6 +2,8 @@
 //! token's combined hash-and-sign mechanisms are optional and vary between
 //! modules); the token only ever sees the digest.
 
+use std::ffi::c_ulong;
+
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::session::Session;
@@ -19,8 +21,9 @@ fn pss_params(hash: HashAlg) -> PkcsPssParams {
     PkcsPssParams {
         hash_alg,
         mgf,
-        // Salt as long as the hash: what TLS 1.3 requires.
-        s_len: (hash.output_len() as u64).into(),
+        // Salt as long as the hash: what TLS 1.3 requires. CK_ULONG is C's
+        // unsigned long: 32 bits on armhf.
+        s_len: (hash.output_len() as c_ulong).into(),
     }
 }
 
