@@ -72,6 +72,26 @@ fn wipe_initial(name: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Runs the unit test `test` (its full path) alone in a child process of
+/// the test binary with `env` added, and asserts it passed: for tests of
+/// what a process's own environment holds, which threads share.
+#[cfg(test)]
+pub(crate) fn in_a_child(test: &str, env: &[(&str, &str)]) {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args(["--exact", test, "--test-threads=1"])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+}
+
 #[cfg(test)]
 mod tests {
     use secrecy::ExposeSecret;
@@ -95,23 +115,12 @@ mod tests {
             assert!(super::take("PROV_AGENT_ENVIRON_SECRET").is_none());
             return;
         }
-        let exe = std::env::current_exe().unwrap();
-        let out = std::process::Command::new(exe)
-            .args([
-                "--exact",
-                "environ::tests::a_taken_variable_leaves_no_trace_in_the_environment",
-                "--test-threads=1",
-            ])
-            .env("PROV_AGENT_ENVIRON_CHILD", "1")
-            .env("PROV_AGENT_ENVIRON_SECRET", "s3cret-pin-value")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        super::in_a_child(
+            "environ::tests::a_taken_variable_leaves_no_trace_in_the_environment",
+            &[
+                ("PROV_AGENT_ENVIRON_CHILD", "1"),
+                ("PROV_AGENT_ENVIRON_SECRET", "s3cret-pin-value"),
+            ],
         );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
     }
 }

@@ -406,23 +406,9 @@ mod tests {
             assert_eq!(settings.clone(), settings);
             return;
         }
-        let exe = std::env::current_exe().unwrap();
-        let out = std::process::Command::new(exe)
-            .args([
-                "--exact",
-                "keystore::settings::tests::a_pin_from_the_environment_is_sealed_and_read_again",
-                "--test-threads=1",
-            ])
-            .env(CHILD, "1")
-            .env(VARIABLE, "sealed-pin-1\nsecond line")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        crate::environ::in_a_child(
+            "keystore::settings::tests::a_pin_from_the_environment_is_sealed_and_read_again",
+            &[(CHILD, "1"), (VARIABLE, "sealed-pin-1\nsecond line")],
         );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
     }
 }
