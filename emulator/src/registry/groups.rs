@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::cached::CachedStatements;
 use super::{
-    now_unix, put_thing_in, thing_in, valid_attribute_name, valid_attribute_value,
+    check_attributes, check_version, now_unix, put_thing_in, thing_in, valid_attribute_name,
     valid_thing_name, Registry, RegistryError,
 };
 
@@ -315,14 +315,7 @@ impl Registry {
             check_name("parent thing group", p)?;
         }
         check_description("thing group", new.description.as_deref())?;
-        for (k, v) in &new.attributes {
-            if !valid_attribute_name(k) || !valid_attribute_value(v) || v.is_empty() {
-                return Err(RegistryError::Invalid(format!(
-                    "attribute {k:?}={v:?}: names are 1 to 128 of [a-zA-Z0-9_.,@/:#-], values 1 \
-                     to 800 of [a-zA-Z0-9_.,@/:#=[]-]"
-                )));
-            }
-        }
+        check_attributes(&new.attributes)?;
         let mut db = self.db();
         let tx = db.transaction()?;
         if let Some(existing) = thing_group_in(&tx, &new.name)? {
@@ -393,16 +386,7 @@ impl Registry {
         let Some(group) = thing_group_in(&tx, name)? else {
             return Ok(false);
         };
-        if let Some(expected) = expected_version {
-            if expected != group.version {
-                return Err(RegistryError::VersionConflict {
-                    kind: "thing group",
-                    name: name.into(),
-                    expected,
-                    actual: group.version,
-                });
-            }
-        }
+        check_version("thing group", name, expected_version, group.version)?;
         let children = {
             let mut st =
                 tx.prepare_cached("SELECT name FROM thing_groups WHERE parent = ?1 ORDER BY name")?;
@@ -623,16 +607,7 @@ impl Registry {
         let Some(group) = billing_group_in(&tx, name)? else {
             return Ok(false);
         };
-        if let Some(expected) = expected_version {
-            if expected != group.version {
-                return Err(RegistryError::VersionConflict {
-                    kind: "billing group",
-                    name: name.into(),
-                    expected,
-                    actual: group.version,
-                });
-            }
-        }
+        check_version("billing group", name, expected_version, group.version)?;
         let users = {
             let mut st = tx
                 .prepare_cached("SELECT name FROM things WHERE billing_group = ?1 ORDER BY name")?;

@@ -893,14 +893,7 @@ impl Registry {
     /// succeeds, which is what a pre-provisioning hook relies on to claim a
     /// new thing for one certificate.
     pub fn create_thing(&self, thing: &ThingRecord) -> Result<ThingRecord, RegistryError> {
-        for (k, v) in &thing.attributes {
-            if !valid_attribute_name(k) || !valid_attribute_value(v) || v.is_empty() {
-                return Err(RegistryError::Invalid(format!(
-                    "attribute {k:?}={v:?}: names are 1 to 128 of [a-zA-Z0-9_.,@/:#-], values 1 \
-                     to 800 of [a-zA-Z0-9_.,@/:#=[]-]"
-                )));
-            }
-        }
+        check_attributes(&thing.attributes)?;
         let mut db = self.db();
         let tx = db.transaction()?;
         let created = match thing_in(&tx, &thing.thing_name)? {
@@ -968,16 +961,7 @@ impl Registry {
             kind: "thing",
             name: name.into(),
         })?;
-        if let Some(expected) = update.expected_version {
-            if expected != thing.version {
-                return Err(RegistryError::VersionConflict {
-                    kind: "thing",
-                    name: name.into(),
-                    expected,
-                    actual: thing.version,
-                });
-            }
-        }
+        check_version("thing", name, update.expected_version, thing.version)?;
         match &update.attributes {
             None => {}
             Some(AttributeUpdate::Merge(given)) => {
@@ -1221,6 +1205,39 @@ fn put_thing_in(db: &Connection, t: &ThingRecord) -> Result<(), RegistryError> {
         ],
     )?;
     Ok(())
+}
+
+/// Attribute names and values as AWS allows them (an empty value is
+/// refused: it means "remove" only in an update).
+pub(crate) fn check_attributes(attributes: &BTreeMap<String, String>) -> Result<(), RegistryError> {
+    for (k, v) in attributes {
+        if !valid_attribute_name(k) || !valid_attribute_value(v) || v.is_empty() {
+            return Err(RegistryError::Invalid(format!(
+                "attribute {k:?}={v:?}: names are 1 to 128 of [a-zA-Z0-9_.,@/:#-], values 1 \
+                 to 800 of [a-zA-Z0-9_.,@/:#=[]-]"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// AWS's `expectedVersion`: a write or delete of `kind` `name` given one
+/// goes through only while the object is at that version.
+pub(crate) fn check_version(
+    kind: &'static str,
+    name: &str,
+    expected: Option<i64>,
+    actual: i64,
+) -> Result<(), RegistryError> {
+    match expected {
+        Some(expected) if expected != actual => Err(RegistryError::VersionConflict {
+            kind,
+            name: name.into(),
+            expected,
+            actual,
+        }),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
