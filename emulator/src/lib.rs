@@ -8,6 +8,7 @@
 mod broker;
 pub mod config;
 mod control;
+mod csr;
 mod emulator;
 mod hook;
 pub mod jobs;

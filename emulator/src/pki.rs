@@ -2,13 +2,15 @@
 //! certificate, and the device certificates the provisioning APIs issue.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
-    SerialNumber, SubjectPublicKeyInfo, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SerialNumber, SubjectPublicKeyInfo,
+    PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384,
 };
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::FromDer;
-use x509_parser::public_key::PublicKey;
+
+use crate::csr::KeyKind;
+pub use crate::csr::{CsrError, MAX_RSA_BITS, MIN_RSA_BITS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -36,28 +38,6 @@ pub enum PkiError {
         #[source]
         source: time::error::ComponentRange,
     },
-}
-
-/// Why a certificate signing request is refused; the message is what the
-/// client is told (after "certificate signing request is invalid: ").
-#[derive(Debug, thiserror::Error)]
-pub enum CsrError {
-    #[error("not PEM: {0}")]
-    NotPem(#[source] pem::PemError),
-    #[error("not a PKCS#10 request: {0}")]
-    NotPkcs10(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
-    #[error("unreadable public key: {0}")]
-    UnreadableKey(#[source] x509_parser::error::X509Error),
-    #[error("RSA key of {0} bits: only 2048 and 3072 are accepted")]
-    RsaKeySize(usize),
-    #[error("EC key: only P-256 and P-384 are accepted")]
-    EcCurve,
-    #[error("key type not accepted: use EC P-256/P-384 or RSA 2048/3072")]
-    KeyType,
-    /// rcgen refuses the request (its signature, algorithm or an
-    /// extension); its message is the whole story.
-    #[error(transparent)]
-    Refused(rcgen::Error),
 }
 
 /// Lowercase hex SHA-256 of a certificate's DER: the AWS certificate id.
@@ -119,14 +99,6 @@ impl Validity {
         params.not_after = t(self.not_after)?;
         Ok(())
     }
-}
-
-/// The kind of a public key the provisioning APIs accept.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum KeyKind {
-    Rsa(usize),
-    P256,
-    P384,
 }
 
 /// SubjectPublicKeyInfo DER of a freshly made key of `kind` (thrown away).
@@ -245,8 +217,10 @@ impl CertificateAuthority {
         Ok(params)
     }
 
-    /// CreateCertificateFromCsr: verifies the CSR's signature and accepts
-    /// EC P-256/P-384 and RSA 2048/3072 keys. The subject is kept.
+    /// CreateCertificateFromCsr: checks the CSR as AWS does (see
+    /// [`crate::csr`]: RSA 2048 to 8192 bits, EC P-256/P-384, AWS's signature
+    /// algorithms, the signature itself) and issues a certificate for its
+    /// public key exactly as sent. The subject is kept.
     pub fn issue_from_csr(&self, csr_pem: &str) -> Result<Issued, PkiError> {
         self.issue_from_csr_with(csr_pem, None, false)
     }
@@ -264,16 +238,15 @@ impl CertificateAuthority {
         let der = pem::parse(csr_pem)
             .map_err(CsrError::NotPem)?
             .into_contents();
-        let kind = check_csr_key(&der)?;
-        let csr = CertificateSigningRequestParams::from_der(&der.as_slice().into())
-            .map_err(CsrError::Refused)?;
-        let params = Self::device_params(csr.params.distinguished_name.clone(), validity)?;
-        if another_key {
-            let spki = fresh_spki(kind)?;
-            let spki = SubjectPublicKeyInfo::from_der(&spki)?;
-            return Ok(issued(params.signed_by(&spki, &self.issuer)?));
-        }
-        Ok(issued(params.signed_by(&csr.public_key, &self.issuer)?))
+        let csr = crate::csr::check(&der)?;
+        let params = Self::device_params(csr.subject, validity)?;
+        let spki = if another_key {
+            fresh_spki(csr.kind)?
+        } else {
+            csr.spki_der
+        };
+        let spki = SubjectPublicKeyInfo::from_der(&spki)?;
+        Ok(issued(params.signed_by(&spki, &self.issuer)?))
     }
 
     /// Issues a certificate for an existing public key (SubjectPublicKeyInfo DER).
@@ -358,24 +331,6 @@ impl CertificateAuthority {
         dn.push(DnType::CommonName, common_name);
         let cert = Self::device_params(dn, validity)?.signed_by(&key, &self.issuer)?;
         Ok((issued(cert), key.serialize_pem()))
-    }
-}
-
-fn check_csr_key(der: &[u8]) -> Result<KeyKind, CsrError> {
-    let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(der)
-        .map_err(CsrError::NotPkcs10)?;
-    let spki = &csr.certification_request_info.subject_pki;
-    match spki.parsed().map_err(CsrError::UnreadableKey)? {
-        PublicKey::RSA(rsa) => match rsa.key_size() {
-            n @ (2048 | 3072) => Ok(KeyKind::Rsa(n)),
-            n => Err(CsrError::RsaKeySize(n)),
-        },
-        PublicKey::EC(point) => match point.data().len() {
-            65 => Ok(KeyKind::P256),
-            97 => Ok(KeyKind::P384),
-            _ => Err(CsrError::EcCurve),
-        },
-        _ => Err(CsrError::KeyType),
     }
 }
 

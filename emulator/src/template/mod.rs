@@ -19,9 +19,26 @@
 //!   policy's name (a policy with only a `PolicyDocument` cannot be referred to).
 //! - Literal numbers and booleans are taken as their JSON text ("1", "true").
 //! - `Fn::Sub` treats `${!x}` as the literal `${x}`; `${X.Attr}` is refused.
-//! - `AWS::IoT::Certificate` may only carry `CertificateId` and `Status`;
-//!   `Status` absent means Active (RegisterThing exists to activate the
-//!   certificate); only ACTIVE and INACTIVE, in any case, are accepted.
+//! - `AWS::IoT::Certificate` may only carry `CertificateId` and `Status`
+//!   (AWS: "Only certificate IDs can be used with a fleet provisioning
+//!   template"; `CertificateSigningRequest`, `CertificatePem` and
+//!   `CACertificatePem` are refused, naming that rule); `Status` absent
+//!   means Active (RegisterThing exists to activate the certificate); only
+//!   ACTIVE and INACTIVE, in any case, are accepted. Its `OverrideSettings`
+//!   may hold `Status` (DO_NOTHING, REPLACE, FAIL; AWS documents it without
+//!   saying what it means for fleet provisioning): it is accepted and has no
+//!   effect, since the certificate RegisterThing registers is always the
+//!   new PENDING_ACTIVATION one of the ownership token, never an existing
+//!   certificate with a status of its own; the template's `Status` is what
+//!   it gets. A policy resource takes no `OverrideSettings`.
+//! - `AWS::IoT::Thing` takes `ThingName`, `AttributePayload`,
+//!   `ThingTypeName`, `ThingGroups`, `BillingGroup` and `PackageVersions`.
+//!   AWS documents `PackageVersions` without its shape: an expression, or an
+//!   object of package names to expressions (or objects of them), is
+//!   accepted and its expressions checked; it is not applied (the emulator
+//!   has no Software Package Catalog).
+//! - A property AWS does not document for the resource's type is refused,
+//!   naming the property, the type and the ones allowed.
 //! - `OverrideSettings` absent, or a key absent: `DO_NOTHING`. Values are
 //!   accepted in any case. `FAIL` fails only when the template would change the
 //!   existing value, so a device repeating an identical registration (lost

@@ -50,10 +50,10 @@ impl Template {
         let mut policies = Vec::new();
         for (logical, res) in resources {
             let res = Resource::new(logical, res)?;
-            if res.kind != "AWS::IoT::Thing" && res.body.contains_key("OverrideSettings") {
+            if res.kind == "AWS::IoT::Policy" && res.body.contains_key("OverrideSettings") {
                 return Err(TemplateError::invalid(
                     format!("{}.OverrideSettings", res.path),
-                    "OverrideSettings applies only to AWS::IoT::Thing",
+                    "OverrideSettings are not available for policy resources (only for AWS::IoT::Thing and the Status of AWS::IoT::Certificate)",
                 ));
             }
             match res.kind {
@@ -267,16 +267,16 @@ impl<'a> Resource<'a> {
 
 fn parse_thing(res: &Resource, scope: &Scope) -> Result<ThingDef, TemplateError> {
     let ppath = &res.ppath;
-    allow_keys(
-        res.props,
+    allow_properties(
+        res,
         &[
             "ThingName",
             "AttributePayload",
             "ThingTypeName",
             "ThingGroups",
             "BillingGroup",
+            "PackageVersions",
         ],
-        ppath,
     )?;
     let (npath, name) = res
         .prop("ThingName")
@@ -301,6 +301,11 @@ fn parse_thing(res: &Resource, scope: &Scope) -> Result<ThingDef, TemplateError>
     let thing_type = optional("ThingTypeName")?;
     let groups = optional("ThingGroups")?;
     let billing_group = optional("BillingGroup")?;
+    // Checked, then not applied: the emulator has no Software Package
+    // Catalog to associate versions with (see mod.rs).
+    if let Some((vpath, v)) = res.prop("PackageVersions") {
+        check_package_versions(v, &vpath, scope)?;
+    }
     let overrides = match res.body.get("OverrideSettings") {
         Some(o) => parse_overrides(o, &format!("{}.OverrideSettings", res.path))?,
         None => OverrideSettings::default(),
@@ -319,12 +324,27 @@ fn parse_thing(res: &Resource, scope: &Scope) -> Result<ThingDef, TemplateError>
 fn parse_certificate(res: &Resource, scope: &Scope) -> Result<CertDef, TemplateError> {
     let ppath = &res.ppath;
     for k in res.props.keys() {
-        if k != "CertificateId" && k != "Status" {
-            return Err(TemplateError::invalid(
-                format!("{ppath}.{k}"),
-                "a fleet provisioning template's certificate may only have CertificateId and Status",
-            ));
+        match k.as_str() {
+            "CertificateId" | "Status" => {}
+            // Documented for AWS::IoT::Certificate, but for JITP and bulk
+            // registration templates: "Only certificate IDs can be used with
+            // a fleet provisioning template."
+            "CertificateSigningRequest" | "CertificatePem" | "CACertificatePem" => {
+                return Err(TemplateError::invalid(
+                    format!("{ppath}.{k}"),
+                    format!("{k} is a property of JITP and bulk registration templates; a fleet provisioning template's AWS::IoT::Certificate is given by CertificateId ({{\"Ref\": \"{CERTIFICATE_ID_PARAMETER}\"}}) and Status only"),
+                ))
+            }
+            _ => {
+                return Err(TemplateError::invalid(
+                    format!("{ppath}.{k}"),
+                    "unknown property of AWS::IoT::Certificate (allowed: CertificateId, Status)",
+                ))
+            }
         }
+    }
+    if let Some(o) = res.body.get("OverrideSettings") {
+        parse_certificate_overrides(o, &format!("{}.OverrideSettings", res.path))?;
     }
     let (ipath, id) = res.prop("CertificateId").ok_or_else(|| {
         TemplateError::invalid(
@@ -353,7 +373,7 @@ fn parse_certificate(res: &Resource, scope: &Scope) -> Result<CertDef, TemplateE
 
 fn parse_policy(res: &Resource, scope: &Scope) -> Result<PolicyDef, TemplateError> {
     let ppath = &res.ppath;
-    allow_keys(res.props, &["PolicyName", "PolicyDocument"], ppath)?;
+    allow_properties(res, &["PolicyName", "PolicyDocument"])?;
     let name = match res.prop("PolicyName") {
         Some((p, v)) => {
             check_expr(v, &p, scope)?;
@@ -474,6 +494,67 @@ fn parse_overrides(v: &Value, path: &str) -> Result<OverrideSettings, TemplateEr
         }
     }
     Ok(settings)
+}
+
+/// A resource's properties: each must be one AWS documents for its type.
+fn allow_properties(res: &Resource, allowed: &[&str]) -> Result<(), TemplateError> {
+    for k in res.props.keys() {
+        if !allowed.contains(&k.as_str()) {
+            return Err(TemplateError::invalid(
+                format!("{}.{k}", res.ppath),
+                format!(
+                    "unknown property of {} (allowed: {})",
+                    res.kind,
+                    allowed.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `PackageVersions`: AWS documents it for the thing resource without
+/// giving its shape, so an expression (a string, a list, a function) or
+/// an object of package names to such values (or to objects of them, like
+/// `{"versionName": ..}`) is accepted, every expression in it checked.
+fn check_package_versions(v: &Value, path: &str, scope: &Scope) -> Result<(), TemplateError> {
+    match v {
+        Value::Object(map) if as_intrinsic(v, path)?.is_none() => {
+            for (k, item) in map {
+                check_package_versions(item, &format!("{path}.{k}"), scope)?;
+            }
+            Ok(())
+        }
+        _ => check_expr(v, path, scope),
+    }
+}
+
+/// A certificate resource's `OverrideSettings`: only `Status`, with
+/// DO_NOTHING, REPLACE or FAIL ("MERGE" is valid only for a thing's
+/// AttributePayload and ThingGroups). Checked, with no effect on
+/// RegisterThing: the certificate it registers is always the one just made
+/// with the ownership token, still PENDING_ACTIVATION, so there is no
+/// existing status to keep, replace or fail on (see mod.rs).
+fn parse_certificate_overrides(v: &Value, path: &str) -> Result<OverrideAction, TemplateError> {
+    let obj = get_obj(v, path)?;
+    let mut action = OverrideAction::DoNothing;
+    for (key, value) in obj {
+        let kpath = format!("{path}.{key}");
+        if key != "Status" && key != "STATUS" {
+            return Err(TemplateError::invalid(
+                kpath,
+                "unknown override key of AWS::IoT::Certificate (allowed: Status)",
+            ));
+        }
+        action = parse_override_action(value, &kpath)?;
+        if action == OverrideAction::Merge {
+            return Err(TemplateError::invalid(
+                kpath,
+                "MERGE is only valid for a thing's AttributePayload and ThingGroups; use DO_NOTHING, REPLACE or FAIL",
+            ));
+        }
+    }
+    Ok(action)
 }
 
 fn allow_keys(obj: &Map<String, Value>, allowed: &[&str], path: &str) -> Result<(), TemplateError> {
