@@ -6,9 +6,11 @@
 #![forbid(unsafe_code)]
 
 mod broker;
+mod certificate_provider;
 pub mod config;
 mod control;
 mod emulator;
+mod external;
 mod hook;
 pub mod jobs;
 mod keypool;
@@ -42,9 +44,9 @@ pub use mqtt::fuzz_decode;
 pub use mqtt::MAX_PAYLOAD;
 pub use packet_log::{ConnectionLog, LoggedPacket, PacketRecord};
 pub use registry::{
-    AttributeUpdate, BillingGroupRecord, CertStatus, CertificateRecord, NewThingGroup,
-    PolicyRecord, Registry, RegistryError, TemplateRecord, ThingGroupRecord, ThingRecord,
-    ThingTypeRecord, ThingUpdate,
+    AttributeUpdate, BillingGroupRecord, CertStatus, CertificateProviderRecord, CertificateRecord,
+    NewThingGroup, PolicyRecord, Registry, RegistryError, TemplateRecord, ThingGroupRecord,
+    ThingRecord, ThingTypeRecord, ThingUpdate,
 };
 pub use retained::MAX_RETAINED_TOPICS;
 pub use subscriptions::MAX_SUBSCRIPTIONS_PER_CONNECTION;

@@ -361,6 +361,21 @@ impl CertificateAuthority {
     }
 }
 
+/// Checks a CSR as CreateCertificateFromCsr does before anyone signs it
+/// (PEM, PKCS#10, an accepted key, a valid signature) and returns its
+/// SubjectPublicKeyInfo DER, which the certificate must carry.
+pub fn csr_public_key(csr_pem: &str) -> Result<Vec<u8>, CsrError> {
+    let der = pem::parse(csr_pem)
+        .map_err(CsrError::NotPem)?
+        .into_contents();
+    check_csr_key(&der)?;
+    // rcgen verifies the request's signature.
+    CertificateSigningRequestParams::from_der(&der.as_slice().into()).map_err(CsrError::Refused)?;
+    let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(&der)
+        .map_err(CsrError::NotPkcs10)?;
+    Ok(csr.certification_request_info.subject_pki.raw.to_vec())
+}
+
 fn check_csr_key(der: &[u8]) -> Result<KeyKind, CsrError> {
     let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(der)
         .map_err(CsrError::NotPkcs10)?;
