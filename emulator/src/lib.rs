@@ -46,7 +46,7 @@ pub use packet_log::{ConnectionLog, LoggedPacket, PacketRecord};
 pub use registry::{
     AttributeUpdate, BillingGroupRecord, CertStatus, CertificateProviderRecord, CertificateRecord,
     NewThingGroup, PolicyRecord, Registry, RegistryError, TemplateRecord, ThingGroupRecord,
-    ThingRecord, ThingTypeRecord, ThingUpdate,
+    ThingRecord, ThingTypeRecord, ThingUpdate, CREATE_CERTIFICATE_FROM_CSR,
 };
 pub use retained::MAX_RETAINED_TOPICS;
 pub use subscriptions::MAX_SUBSCRIPTIONS_PER_CONNECTION;
