@@ -8,44 +8,18 @@
 //! stderr is logged, as a Lambda's output goes to CloudWatch.
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
 
 use crate::config::EmulatorConfig;
+use crate::external::{Program, ProgramError, Stderr};
 
 /// The access key id a hook gets: the API checks no signature, but an AWS
 /// SDK refuses to sign a request without credentials.
 pub(crate) const HOOK_ACCESS_KEY_ID: &str = "emulator";
 /// The secret access key a hook gets (see [`HOOK_ACCESS_KEY_ID`]).
 pub(crate) const HOOK_SECRET_ACCESS_KEY: &str = "emulator-not-checked";
-
-/// AWS settings of the emulator's own environment a hook must not inherit:
-/// a developer's profile, session token or shared files would give boto3
-/// real credentials, and these would send it to AWS instead of the
-/// emulator's API. The config and credentials files are pointed at
-/// `/dev/null` (in [`HookRunner::new`]).
-const INHERITED_AWS_SETTINGS_REMOVED: &[&str] = &[
-    "AWS_PROFILE",
-    "AWS_DEFAULT_PROFILE",
-    "AWS_SESSION_TOKEN",
-    "AWS_SECURITY_TOKEN",
-    "AWS_ENDPOINT_URL",
-    "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
-    "AWS_USE_FIPS_ENDPOINT",
-    "AWS_USE_DUALSTACK_ENDPOINT",
-    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-    "AWS_WEB_IDENTITY_TOKEN_FILE",
-    "AWS_ROLE_ARN",
-];
-
-/// At most this much of a hook's stderr is kept and logged; the rest is read
-/// and dropped, so that a chatty hook never blocks on a full pipe.
-const STDERR_LIMIT: usize = 16 * 1024;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -122,6 +96,16 @@ impl HookRunner {
         }
     }
 
+    /// `argv` run with the environment and time limit hooks get (the
+    /// certificate provider runs this way too).
+    pub(crate) fn program<'a>(&'a self, argv: &'a [String]) -> Program<'a> {
+        Program {
+            argv,
+            environment: &self.environment,
+            limit: self.limit,
+        }
+    }
+
     /// Test-only: the stderr of each hook run that refused or failed,
     /// oldest first (the last [`REFUSALS_KEPT`]), where hooks give their
     /// reasons.
@@ -145,13 +129,16 @@ impl HookRunner {
     ) -> Result<BTreeMap<String, String>, HookError> {
         let mut stderr = Stderr::default();
         let result = self.run_capturing(executable, request, &mut stderr).await;
-        stderr.log(template, result.is_err());
+        stderr.log(
+            &format!("pre-provisioning hook of template {template}"),
+            result.is_err(),
+        );
         if result.is_err() {
             let mut kept = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
             if kept.len() == REFUSALS_KEPT {
                 kept.pop_front();
             }
-            kept.push_back(String::from_utf8_lossy(&stderr.kept).into_owned());
+            kept.push_back(stderr.text());
         }
         result
     }
@@ -163,102 +150,21 @@ impl HookRunner {
         stderr_out: &mut Stderr,
     ) -> Result<BTreeMap<String, String>, HookError> {
         let input = serde_json::to_vec(request).unwrap_or_default();
-        let mut command = Command::new(executable);
-        for var in INHERITED_AWS_SETTINGS_REMOVED {
-            command.env_remove(var);
-        }
-        let mut child = command
-            .envs(self.environment.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(HookError::Spawn)?;
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        // stdin, stdout and stderr at once: a hook may write before it reads.
-        // The stderr read so far is kept when the time runs out.
-        let work = async {
-            let write = async {
-                if let Some(mut s) = stdin {
-                    // A hook that ignores its input may close stdin early: not an error.
-                    let _ = s.write_all(&input).await;
-                }
-            };
-            let read_out = async {
-                let mut out = Vec::new();
-                if let Some(mut s) = stdout {
-                    s.read_to_end(&mut out).await?;
-                }
-                Ok::<_, std::io::Error>(out)
-            };
-            let read_err = async {
-                if let Some(s) = stderr {
-                    stderr_out.cut = read_bounded(s, &mut stderr_out.kept, STDERR_LIMIT).await;
-                }
-            };
-            let ((), out, ()) = tokio::join!(write, read_out, read_err);
-            let out = out.map_err(HookError::Spawn)?;
-            let status = child.wait().await.map_err(HookError::Spawn)?;
-            Ok::<_, HookError>((status, out))
-        };
-        // On timeout `child` is dropped on return, which kills it.
-        let (status, out) = tokio::time::timeout(self.limit, work)
+        let argv = [executable.to_owned()];
+        let out = self
+            .program(&argv)
+            .run(&input, stderr_out)
             .await
-            .map_err(|_| HookError::Timeout(self.limit))??;
-        if !status.success() {
-            return Err(HookError::Failed(status));
-        }
+            .map_err(|e| match e {
+                ProgramError::Spawn(e) => HookError::Spawn(e),
+                ProgramError::Timeout(limit) => HookError::Timeout(limit),
+                ProgramError::Failed(status) => HookError::Failed(status),
+            })?;
         let answer: HookResponse = serde_json::from_slice(&out).map_err(HookError::BadAnswer)?;
         if !answer.allow_provisioning {
             return Err(HookError::Refused);
         }
         Ok(answer.parameter_overrides)
-    }
-}
-
-/// What a hook wrote on stderr: the first [`STDERR_LIMIT`] bytes.
-#[derive(Default)]
-struct Stderr {
-    kept: Vec<u8>,
-    /// More was written than kept.
-    cut: bool,
-}
-
-impl Stderr {
-    fn log(&self, template: &str, refused_or_failed: bool) {
-        let text = String::from_utf8_lossy(&self.kept);
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            if refused_or_failed {
-                tracing::warn!("pre-provisioning hook of template {template}: {line}");
-            } else {
-                tracing::info!("pre-provisioning hook of template {template}: {line}");
-            }
-        }
-        if self.cut {
-            tracing::info!(
-                "pre-provisioning hook of template {template}: stderr cut after {STDERR_LIMIT} bytes"
-            );
-        }
-    }
-}
-
-/// Reads `from` to its end (or a read error), keeping the first `limit`
-/// bytes in `into`; true when bytes were dropped.
-async fn read_bounded(mut from: impl AsyncRead + Unpin, into: &mut Vec<u8>, limit: usize) -> bool {
-    let mut buf = [0u8; 4096];
-    let mut cut = false;
-    loop {
-        match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return cut,
-            Ok(n) => {
-                let room = limit.saturating_sub(into.len());
-                into.extend_from_slice(&buf[..n.min(room)]);
-                cut |= n > room;
-            }
-        }
     }
 }
 
@@ -290,16 +196,5 @@ mod tests {
         // Extra variables come last, so they win.
         assert_eq!(get("AWS_REGION"), Some("eu-central-1"));
         assert_eq!(get("PATH"), Some("/venv/bin:/usr/bin"));
-    }
-
-    #[tokio::test]
-    async fn stderr_is_kept_up_to_the_limit_and_drained() {
-        let data = vec![b'x'; 3 * STDERR_LIMIT];
-        let mut kept = Vec::new();
-        assert!(read_bounded(&data[..], &mut kept, STDERR_LIMIT).await);
-        assert_eq!(kept.len(), STDERR_LIMIT);
-        let mut kept = Vec::new();
-        assert!(!read_bounded(&data[..STDERR_LIMIT], &mut kept, STDERR_LIMIT).await);
-        assert_eq!(kept.len(), STDERR_LIMIT);
     }
 }

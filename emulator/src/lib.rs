@@ -6,10 +6,12 @@
 #![forbid(unsafe_code)]
 
 mod broker;
+mod certificate_provider;
 pub mod config;
 mod control;
 mod csr;
 mod emulator;
+mod external;
 mod hook;
 pub mod jobs;
 mod keypool;
@@ -43,9 +45,9 @@ pub use mqtt::fuzz_decode;
 pub use mqtt::MAX_PAYLOAD;
 pub use packet_log::{ConnectionLog, LoggedPacket, PacketRecord};
 pub use registry::{
-    AttributeUpdate, BillingGroupRecord, CertStatus, CertificateRecord, NewThingGroup,
-    PolicyRecord, Registry, RegistryError, TemplateRecord, ThingGroupRecord, ThingRecord,
-    ThingTypeRecord, ThingUpdate,
+    AttributeUpdate, BillingGroupRecord, CertStatus, CertificateProviderRecord, CertificateRecord,
+    NewThingGroup, PolicyRecord, Registry, RegistryError, TemplateRecord, ThingGroupRecord,
+    ThingRecord, ThingTypeRecord, ThingUpdate, CREATE_CERTIFICATE_FROM_CSR,
 };
 pub use retained::MAX_RETAINED_TOPICS;
 pub use subscriptions::MAX_SUBSCRIPTIONS_PER_CONNECTION;

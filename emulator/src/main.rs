@@ -70,6 +70,13 @@ enum Command {
         #[command(subcommand)]
         cmd: TemplatesCmd,
     },
+    /// The account's certificate provider (at most one, as on AWS): while it
+    /// exists, every CreateCertificateFromCsr is signed by its command
+    /// instead of the emulator's CA.
+    CertificateProviders {
+        #[command(subcommand)]
+        cmd: CertificateProvidersCmd,
+    },
     /// Registered CA certificates: the certificates they issue connect and
     /// are registered on first use.
     Cas {
@@ -286,6 +293,38 @@ fn parse_rate(s: &str) -> Result<f64, String> {
             "{s} is not a probability: give a number from 0 to 1"
         ))
     }
+}
+
+#[derive(Subcommand)]
+enum CertificateProvidersCmd {
+    /// Create the account's certificate provider: `--command` runs in place
+    /// of its Lambda function, the event JSON on stdin
+    /// (`certificateSigningRequest`, `principalId`, `clientId`), answering
+    /// `{"certificatePem": ..}` on stdout (see README).
+    Create {
+        name: String,
+        /// The executable (made absolute when it is a path that exists).
+        #[arg(long)]
+        command: String,
+        /// An argument of the command (repeatable, in order).
+        #[arg(long = "arg", value_name = "ARG", allow_hyphen_values = true)]
+        args: Vec<String>,
+        /// The operations it serves: only CreateCertificateFromCsr, as on AWS.
+        #[arg(long = "operations", default_value = "CreateCertificateFromCsr")]
+        operations: Vec<String>,
+        /// The Lambda function ARN the control-plane API reports (default:
+        /// arn:aws:lambda:us-east-1:123456789012:function:NAME).
+        #[arg(long)]
+        lambda_function_arn: Option<String>,
+    },
+    List,
+    Describe {
+        name: String,
+    },
+    /// Delete it: CreateCertificateFromCsr is signed by the emulator's CA again.
+    Delete {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -959,6 +998,72 @@ fn main() -> Result<()> {
                                 println!("billing group {name} deleted")
                             } else {
                                 println!("billing group {name} did not exist")
+                            }
+                        },
+                    )
+                }
+            }
+        }
+        Command::CertificateProviders { cmd } => {
+            let reg = registry_of(cli.data_dir)?;
+            match cmd {
+                CertificateProvidersCmd::Create {
+                    name,
+                    command,
+                    args,
+                    operations,
+                    lambda_function_arn,
+                } => {
+                    let path = Path::new(&command);
+                    let executable = if path.exists() {
+                        path.canonicalize()
+                            .with_context(|| format!("certificate provider command {command}"))?
+                            .to_string_lossy()
+                            .into_owned()
+                    } else if command.contains('/') {
+                        bail!("certificate provider command {command} does not exist: give the path of an executable");
+                    } else {
+                        // A bare name, looked up on the PATH of `serve`.
+                        command
+                    };
+                    let argv: Vec<String> = std::iter::once(executable).chain(args).collect();
+                    let defaults = EmulatorConfig::new("/nonexistent");
+                    let arn = lambda_function_arn.unwrap_or_else(|| {
+                        format!(
+                            "arn:aws:lambda:{}:{}:function:{name}",
+                            defaults.region, defaults.account
+                        )
+                    });
+                    let p = reg.create_certificate_provider(&name, &argv, &arn, &operations)?;
+                    print(json, &p, |p| {
+                        println!(
+                            "certificate provider {} created: CreateCertificateFromCsr is now signed by {}",
+                            p.certificate_provider_name,
+                            p.command.join(" ")
+                        )
+                    })
+                }
+                CertificateProvidersCmd::List => print(json, &reg.certificate_providers()?, |ps| {
+                    for p in ps {
+                        println!("{}\t{}", p.certificate_provider_name, p.command.join(" "));
+                    }
+                }),
+                CertificateProvidersCmd::Describe { name } => {
+                    let p = reg
+                        .certificate_provider(&name)?
+                        .with_context(|| format!("certificate provider {name} not found"))?;
+                    print(json, &p, |p| println!("{p:#?}"))
+                }
+                CertificateProvidersCmd::Delete { name } => {
+                    let deleted = reg.delete_certificate_provider(&name)?;
+                    print(
+                        json,
+                        &serde_json::json!({"certificateProviderName": name, "deleted": deleted}),
+                        |_| {
+                            if deleted {
+                                println!("certificate provider {name} deleted: the emulator's CA signs CSRs again")
+                            } else {
+                                println!("certificate provider {name} did not exist")
                             }
                         },
                     )

@@ -334,6 +334,17 @@ impl CertificateAuthority {
     }
 }
 
+/// Checks a CSR as CreateCertificateFromCsr does before anyone signs it
+/// (PEM, PKCS#10, an accepted key and signature algorithm, a valid
+/// signature: [`crate::csr::check`]) and returns its SubjectPublicKeyInfo
+/// DER, which the certificate must carry.
+pub fn csr_public_key(csr_pem: &str) -> Result<Vec<u8>, CsrError> {
+    let der = pem::parse(csr_pem)
+        .map_err(CsrError::NotPem)?
+        .into_contents();
+    Ok(crate::csr::check(&der)?.spki_der)
+}
+
 /// Distinguished-name attributes as (AWS attribute name, value) pairs.
 pub type NameAttributes = Vec<(String, String)>;
 

@@ -10,14 +10,16 @@ use ring::hmac;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
+use crate::certificate_provider::ProviderRequest;
 use crate::config::{EmulatorConfig, ResponseFault, TokenReuse};
 use crate::hook::{HookError, HookRequest, HookRunner};
 use crate::keypool::KeyPool;
 use crate::pki::{CertificateAuthority, Issued, PkiError, Validity};
 use crate::policy::PolicyDocument;
 use crate::registry::{
-    now_unix, valid_thing_name, CertStatus, CertificateRecord, ProvisioningOutcome,
-    ProvisioningWrite, Registry, RegistryError, TemplateRecord, ThingRecord,
+    now_unix, valid_thing_name, CertStatus, CertificateProviderRecord, CertificateRecord,
+    ProvisioningOutcome, ProvisioningWrite, Registry, RegistryError, TemplateRecord, ThingRecord,
+    CREATE_CERTIFICATE_FROM_CSR,
 };
 use crate::template::{
     self, CertStatusSpec, CertificateSpec, ExistingThing, PolicySpec, Template, ThingSpec,
@@ -305,7 +307,8 @@ impl Provisioner {
                     self.create_keys(format, payload, plan.answer, from).await
                 }
                 Api::CreateCertificateFromCsr => {
-                    self.create_from_csr(format, payload, plan.answer).await
+                    self.create_from_csr(format, payload, plan.answer, from)
+                        .await
                 }
                 Api::RegisterThing(name) => self.register_thing(name, format, payload, from).await,
             }
@@ -499,6 +502,7 @@ impl Provisioner {
         format: Format,
         payload: &[u8],
         fault: Option<ResponseFault>,
+        from: &Requester,
     ) -> Result<Value, ApiError> {
         Self::throttled(&self.create_from_csr, "CreateCertificateFromCsr")?;
         let body = decode_body(format, payload)?;
@@ -509,6 +513,14 @@ impl Provisioner {
                 invalid("certificateSigningRequest is required and must be a PEM string")
             })?
             .to_owned();
+        // While the account has a certificate provider, it signs every
+        // request (AWS: "all calls to this MQTT API will invoke the
+        // certificate provider").
+        if let Some(provider) = self.registry.provider_for(CREATE_CERTIFICATE_FROM_CSR)? {
+            return self
+                .create_from_csr_by_provider(&provider, &csr, fault, from)
+                .await;
+        }
         let ca = self.ca.clone();
         let validity = self.validity();
         let another_key = fault == Some(ResponseFault::CertificateForAnotherKey);
@@ -527,6 +539,58 @@ impl Provisioner {
         Ok(json!({
             "certificateId": Self::answered_id(&issued, fault),
             "certificatePem": issued.certificate_pem,
+            "certificateOwnershipToken": token,
+        }))
+    }
+
+    /// CreateCertificateFromCsr signed by the account's certificate
+    /// provider. The CSR is checked first, as for the emulator's CA, so that
+    /// the provider only ever sees a valid request. A provider that fails
+    /// (cannot run, times out, exits non-zero, answers no `certificatePem`
+    /// or an unusable certificate) is the cloud's failure, not the device's:
+    /// `InternalFailureException` (500), whose message names the provider
+    /// and why (AWS documents no error for a failing provider Lambda).
+    async fn create_from_csr_by_provider(
+        &self,
+        provider: &CertificateProviderRecord,
+        csr: &str,
+        fault: Option<ResponseFault>,
+        from: &Requester,
+    ) -> Result<Value, ApiError> {
+        let spki = crate::pki::csr_public_key(csr)
+            .map_err(|e| invalid(PkiError::BadCsr(e).to_string()))?;
+        if fault == Some(ResponseFault::CertificateForAnotherKey) {
+            tracing::warn!(
+                "response fault CertificateForAnotherKey does not apply to certificates a certificate provider signs: ignored"
+            );
+        }
+        let request = ProviderRequest {
+            certificate_signing_request: csr,
+            principal_id: &from.certificate_id,
+            client_id: &from.client_id,
+        };
+        let signed = crate::certificate_provider::sign(&self.hooks, provider, &request, &spki)
+            .await
+            .map_err(internal)?;
+        if self
+            .registry
+            .certificate(&signed.issued.certificate_id)?
+            .is_some()
+        {
+            return Err(internal(format!(
+                "certificate provider {} answered certificate {}, which is registered already: a provider must sign a new certificate for each request",
+                provider.certificate_provider_name, signed.issued.certificate_id
+            )));
+        }
+        let token = self.register_new(&signed.issued)?;
+        tracing::info!(
+            provider = %provider.certificate_provider_name,
+            certificate_id = %signed.issued.certificate_id,
+            "CreateCertificateFromCsr signed by the certificate provider"
+        );
+        Ok(json!({
+            "certificateId": Self::answered_id(&signed.issued, fault),
+            "certificatePem": signed.answer_pem,
             "certificateOwnershipToken": token,
         }))
     }

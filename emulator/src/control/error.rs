@@ -19,6 +19,8 @@ pub(crate) enum ErrorKind {
     ResourceAlreadyExists,
     /// The certificate's status does not allow the operation.
     CertificateState,
+    /// An account limit: a second certificate provider (AWS allows one).
+    LimitExceeded,
     /// The registry failed.
     InternalFailure,
     /// No operation has this method and path: the emulator does not serve
@@ -36,6 +38,7 @@ impl ErrorKind {
             ErrorKind::VersionConflict => ("VersionConflictException", 409),
             ErrorKind::ResourceAlreadyExists => ("ResourceAlreadyExistsException", 409),
             ErrorKind::CertificateState => ("CertificateStateException", 406),
+            ErrorKind::LimitExceeded => ("LimitExceededException", 410),
             ErrorKind::InternalFailure => ("InternalFailureException", 500),
             ErrorKind::UnknownOperation => ("UnknownOperationException", 404),
         }
@@ -91,6 +94,9 @@ impl From<RegistryError> for ApiError {
             }
             RegistryError::VersionConflict { .. } => {
                 ApiError::new(ErrorKind::VersionConflict, e.to_string())
+            }
+            RegistryError::OneCertificateProvider { .. } => {
+                ApiError::new(ErrorKind::LimitExceeded, e.to_string())
             }
             RegistryError::Invalid(m) => ApiError::invalid(m),
             // As when they were plain messages: refused as the request's.

@@ -22,11 +22,14 @@ mod cached;
 mod file;
 mod groups;
 pub(crate) mod jobs;
+mod providers;
 
 pub use groups::{
     BillingGroupRecord, NamedObject, NewThingGroup, TemplateObjects, ThingGroupRecord,
     ThingTypeRecord,
 };
+
+pub use providers::{CertificateProviderRecord, CREATE_CERTIFICATE_FROM_CSR};
 
 use cached::{CachedStatements, STATEMENT_CACHE_CAPACITY};
 
@@ -73,6 +76,9 @@ pub enum RegistryError {
     /// CreateThing for a thing that exists with another configuration.
     #[error("{kind} {name} already exists with another configuration")]
     AlreadyExists { kind: &'static str, name: String },
+    /// CreateCertificateProvider while the account has one (AWS allows one).
+    #[error("certificate provider {existing} exists already and an account has at most one (as on AWS): delete it first (`iotcore-emulator certificate-providers delete {existing}`)")]
+    OneCertificateProvider { existing: String },
     /// An update or delete named a version that is not the object's
     /// current one (`kind`: thing, thing group, billing group).
     #[error("{kind} {name} is at version {actual}, not the expected version {expected}")]
@@ -327,6 +333,9 @@ CREATE TABLE IF NOT EXISTS thing_groups (
 CREATE TABLE IF NOT EXISTS thing_types (
   name TEXT PRIMARY KEY, id TEXT NOT NULL, description TEXT, searchable_json TEXT NOT NULL,
   created_at INTEGER NOT NULL, deprecated_at INTEGER);
+CREATE TABLE IF NOT EXISTS certificate_providers (
+  name TEXT PRIMARY KEY, command_json TEXT NOT NULL, lambda_arn TEXT NOT NULL,
+  operations_json TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS billing_groups (
   name TEXT PRIMARY KEY, id TEXT NOT NULL, description TEXT,
   created_at INTEGER NOT NULL, version INTEGER NOT NULL);

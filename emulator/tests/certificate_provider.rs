@@ -1,0 +1,422 @@
+//! Certificate providers (AWS's self-managed certificate signing), seen
+//! from a device over real TLS and MQTT: while the account has one, every
+//! CreateCertificateFromCsr is signed by it (here the sample
+//! `emulator/providers/local_ca.py` with its own CA and a short validity)
+//! and the device connects with what it signed; a failing provider gives
+//! the device AWS's rejected shape; CreateKeysAndCertificate never goes to
+//! the provider.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use iotcore_emulator::{CertStatus, RegistryError, CREATE_CERTIFICATE_FROM_CSR};
+use serde_json::{json, Value};
+
+fn sample_provider() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("providers/local_ca.py")
+        .canonicalize()
+        .unwrap()
+}
+
+/// An emulator whose programs find the virtualenv's Python (with
+/// `cryptography`) first on their PATH.
+async fn start_with_venv() -> TestEmulator {
+    start_with(|c| {
+        let path = format!(
+            "{}:{}",
+            venv_bin().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        c.hook_environment.push(("PATH".into(), path));
+        // Python's start-up on a loaded CI machine.
+        c.hook_timeout = std::time::Duration::from_secs(20);
+    })
+    .await
+}
+
+/// A local CA made by the sample provider: `DIR/ca.pem`, `DIR/ca.key`.
+fn make_local_ca(dir: &Path) {
+    let out = Command::new(venv_bin().join("python"))
+        .arg(sample_provider())
+        .arg("make-ca")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn set_provider(emu: &TestEmulator, command: &[&str]) {
+    let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
+    emu.registry()
+        .create_certificate_provider(
+            "LocalCa",
+            &command,
+            "arn:aws:lambda:us-east-1:123456789012:function:LocalCa",
+            &[CREATE_CERTIFICATE_FROM_CSR.to_owned()],
+        )
+        .unwrap();
+}
+
+/// True when OpenSSL verifies `cert_pem` against the root `ca_pem` alone.
+fn openssl_verifies(dir: &Path, ca_pem: &str, cert_pem: &str) -> bool {
+    let ca = dir.join("verify-ca.pem");
+    let cert = dir.join("verify-cert.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    std::fs::write(&cert, cert_pem).unwrap();
+    Command::new("openssl")
+        .args(["verify", "-purpose", "sslclient", "-CAfile"])
+        .arg(&ca)
+        .arg(&cert)
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+fn assert_rejected(body: &Value, status: u64, code: &str, says: &str) {
+    assert_eq!(body["statusCode"], status, "{body}");
+    assert_eq!(body["errorCode"], code, "{body}");
+    let message = body["errorMessage"].as_str().unwrap_or_default();
+    assert!(message.contains(says), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_provider_signs_csrs_and_the_device_connects_with_its_certificate() {
+    let emu = start_with_venv().await;
+    let ca_dir = emu.dir.path().join("local-ca");
+    make_local_ca(&ca_dir);
+    let provider = sample_provider();
+    set_provider(
+        &emu,
+        &[
+            provider.to_str().unwrap(),
+            "--ca-dir",
+            ca_dir.to_str().unwrap(),
+            "--seconds",
+            "120",
+        ],
+    );
+    let local_ca = std::fs::read_to_string(ca_dir.join("ca.pem")).unwrap();
+
+    let mut claim = claim_client(&emu, "claim-1", "prod").await;
+    let (device, token) = create_from_csr(&mut claim).await;
+
+    // Issued by the local CA, not the emulator's, for the short lifetime.
+    assert!(openssl_verifies(
+        emu.dir.path(),
+        &local_ca,
+        &device.certificate_pem
+    ));
+    assert!(!openssl_verifies(
+        emu.dir.path(),
+        &emu.root_ca_pem(),
+        &device.certificate_pem
+    ));
+    let der = pem::parse(&device.certificate_pem).unwrap().into_contents();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let left = cert.validity().not_after.timestamp() - now;
+    assert!(
+        (100..=121).contains(&left),
+        "notAfter in {left} s, not ~120 s"
+    );
+    // Registered as it was signed, waiting for RegisterThing.
+    let rec = emu
+        .registry()
+        .certificate(&device.certificate_id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.status, CertStatus::PendingActivation);
+    assert!(connect(&emu, &device, "dev-SN1").await.is_err());
+
+    let (ok, body) = claim
+        .call(
+            &register_topic("prod"),
+            &json!({"certificateOwnershipToken": token, "parameters": {"SerialNumber": "SN1"}}),
+        )
+        .await;
+    assert!(ok, "{body}");
+    assert_eq!(
+        emu.registry()
+            .certificate_status(&device.certificate_id)
+            .unwrap(),
+        Some(CertStatus::Active)
+    );
+    // Its CA is registered nowhere, yet the device connects and publishes.
+    assert!(emu.registry().ca_certificates().unwrap().is_empty());
+    let mut dev = connect(&emu, &device, "dev-SN1").await.unwrap();
+    dev.subscribe(&["devices/dev-SN1/cmd"]).await;
+    dev.publish("devices/dev-SN1/cmd", "hello").await;
+    let (t, p) = dev.next_message(WAIT).await.unwrap();
+    assert_eq!(
+        (t.as_str(), p.as_slice()),
+        ("devices/dev-SN1/cmd", b"hello".as_slice())
+    );
+
+    // Deleted: the emulator's CA signs again.
+    assert!(emu
+        .registry()
+        .delete_certificate_provider("LocalCa")
+        .unwrap());
+    let (again, _) = create_from_csr(&mut claim).await;
+    assert!(openssl_verifies(
+        emu.dir.path(),
+        &emu.root_ca_pem(),
+        &again.certificate_pem
+    ));
+    emu.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_keys_and_certificate_is_not_sent_to_the_provider() {
+    let emu = start().await;
+    let ran = emu.dir.path().join("provider-ran");
+    let script = format!("touch {}; exit 1", ran.display());
+    set_provider(&emu, &["/bin/sh", "-c", &script]);
+    let mut claim = claim_client(&emu, "claim-1", "prod").await;
+    claim.subscribe_responses(KEYS_TOPIC).await;
+    let (ok, body) = claim.call(KEYS_TOPIC, &json!({})).await;
+    assert!(ok, "{body}");
+    let pem = body["certificatePem"].as_str().unwrap();
+    assert!(openssl_verifies(emu.dir.path(), &emu.root_ca_pem(), pem));
+    assert!(
+        !ran.exists(),
+        "the provider ran for CreateKeysAndCertificate"
+    );
+    emu.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_provider_gives_the_device_an_internal_failure_and_registers_nothing() {
+    let emu = start().await;
+    let event = emu.dir.path().join("event.json");
+    // Keeps the event it got, says why on stderr and fails.
+    let script = format!("cat > {}; echo 'no CA today' >&2; exit 3", event.display());
+    set_provider(&emu, &["/bin/sh", "-c", &script]);
+    let claim_cred = emu.create_claim_credential("claim").unwrap();
+    let mut claim = connect(&emu, &claim_cred, "claim-7").await.unwrap();
+    claim.subscribe_responses(CSR_TOPIC).await;
+    let before = emu.registry().certificates().unwrap().len();
+
+    let (_, csr) = p256_csr();
+    let (ok, body) = claim
+        .call(CSR_TOPIC, &json!({"certificateSigningRequest": csr}))
+        .await;
+    assert!(!ok, "{body}");
+    assert_rejected(
+        &body,
+        500,
+        "InternalFailureException",
+        "certificate provider LocalCa exited with",
+    );
+    assert_eq!(emu.registry().certificates().unwrap().len(), before);
+
+    // The event is the Lambda's: the CSR, the connection's certificate and client id.
+    let got: Value = serde_json::from_slice(&std::fs::read(&event).unwrap()).unwrap();
+    assert_eq!(
+        got,
+        json!({
+            "certificateSigningRequest": csr,
+            "principalId": claim_cred.certificate_id,
+            "clientId": "claim-7",
+        })
+    );
+
+    // A CSR the emulator refuses never reaches the provider: the device's fault, 400.
+    std::fs::remove_file(&event).unwrap();
+    let (ok, body) = claim
+        .call(
+            CSR_TOPIC,
+            &json!({"certificateSigningRequest": "not a CSR"}),
+        )
+        .await;
+    assert!(!ok);
+    assert_rejected(
+        &body,
+        400,
+        "InvalidRequestException",
+        "certificate signing request is invalid",
+    );
+    assert!(!event.exists());
+    emu.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unusable_answers_are_refused_naming_the_provider_and_why() {
+    let emu = start().await;
+    let claim_cred = emu.create_claim_credential("claim").unwrap();
+    let mut claim = connect(&emu, &claim_cred, "claim-1").await.unwrap();
+    claim.subscribe_responses(CSR_TOPIC).await;
+    // A certificate for another key: the emulator's own root CA certificate.
+    let other_key = json!({"certificatePem": emu.root_ca_pem()}).to_string();
+    let cases = [
+        (
+            "echo 'not json'".to_owned(),
+            "answered no JSON object with a string certificatePem",
+        ),
+        (
+            "echo '{\"certificatePem\": 5}'".to_owned(),
+            "answered no JSON object",
+        ),
+        (
+            "echo '{\"certificatePem\": \"junk\"}'".to_owned(),
+            "answered an unusable certificate",
+        ),
+        (
+            format!("printf '%s' '{other_key}'"),
+            "for another public key than the CSR's",
+        ),
+    ];
+    let before = emu.registry().certificates().unwrap().len();
+    for (script, says) in cases {
+        let _ = emu.registry().delete_certificate_provider("LocalCa");
+        set_provider(
+            &emu,
+            &["/bin/sh", "-c", &format!("cat >/dev/null; {script}")],
+        );
+        let (_, csr) = p256_csr();
+        let (ok, body) = claim
+            .call(CSR_TOPIC, &json!({"certificateSigningRequest": csr}))
+            .await;
+        assert!(!ok, "{script}: {body}");
+        assert_rejected(&body, 500, "InternalFailureException", says);
+    }
+    assert_eq!(emu.registry().certificates().unwrap().len(), before);
+    emu.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_account_has_at_most_one_provider() {
+    let emu = start().await;
+    set_provider(&emu, &["/bin/true"]);
+    let e = emu
+        .registry()
+        .create_certificate_provider(
+            "Another",
+            &["/bin/true".to_owned()],
+            "arn",
+            &[CREATE_CERTIFICATE_FROM_CSR.to_owned()],
+        )
+        .unwrap_err();
+    assert!(
+        matches!(e, RegistryError::OneCertificateProvider { ref existing } if existing == "LocalCa"),
+        "{e}"
+    );
+    emu.handle.shutdown().await;
+}
+
+#[test]
+fn the_cli_creates_describes_refuses_a_second_and_deletes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    bin_ok([std::ffi::OsStr::new("init"), dir.as_os_str()]);
+    let d = dir.to_str().unwrap();
+    let provider = sample_provider();
+    let out = bin_ok([
+        "-d",
+        d,
+        "--json",
+        "certificate-providers",
+        "create",
+        "LocalCa",
+        "--command",
+        provider.to_str().unwrap(),
+        "--arg",
+        "--ca-dir",
+        "--arg",
+        "/ca",
+        "--arg",
+        "--seconds",
+        "--arg",
+        "120",
+    ]);
+    let made: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(made["certificateProviderName"], "LocalCa");
+    assert_eq!(
+        made["command"],
+        json!([
+            provider.to_str().unwrap(),
+            "--ca-dir",
+            "/ca",
+            "--seconds",
+            "120"
+        ])
+    );
+    assert_eq!(
+        made["accountDefaultForOperations"],
+        json!(["CreateCertificateFromCsr"])
+    );
+    assert_eq!(
+        made["lambdaFunctionArn"],
+        "arn:aws:lambda:us-east-1:123456789012:function:LocalCa"
+    );
+    let out = bin_ok([
+        "-d",
+        d,
+        "--json",
+        "certificate-providers",
+        "describe",
+        "LocalCa",
+    ]);
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), made);
+
+    let refused = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["-d", d])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = refused(&[
+        "certificate-providers",
+        "create",
+        "Second",
+        "--command",
+        "/bin/true",
+    ]);
+    assert!(
+        e.contains("LocalCa exists already") && e.contains("certificate-providers delete LocalCa"),
+        "{e}"
+    );
+    let e = refused(&[
+        "certificate-providers",
+        "create",
+        "P",
+        "--command",
+        "/no/such/exe",
+    ]);
+    assert!(e.contains("does not exist"), "{e}");
+
+    bin_ok(["-d", d, "certificate-providers", "delete", "LocalCa"]);
+    let e = refused(&[
+        "certificate-providers",
+        "create",
+        "P",
+        "--command",
+        "/bin/true",
+        "--operations",
+        "CreateKeysAndCertificate",
+    ]);
+    assert!(
+        e.contains("must be exactly [\"CreateCertificateFromCsr\"]"),
+        "{e}"
+    );
+    let out = bin_ok(["-d", d, "--json", "certificate-providers", "list"]);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        json!([])
+    );
+}

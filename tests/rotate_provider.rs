@@ -1,0 +1,150 @@
+//! A fleet on its own CA: the emulator's certificate provider is the
+//! sample `emulator/providers/local_ca.py` (a local CA, 120 s
+//! certificates), as AWS routes CreateCertificateFromCsr to a customer's
+//! certificate provider Lambda. The agent enrolls in csr mode and rotates
+//! on schedule (`rotate --if-due` with THRESHOLD); every certificate it
+//! gets chains to the local CA, lives 120 s, and works; the old one is
+//! retired as in any rotation.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use common::backend::Backend;
+use common::device::{text, Device};
+use common::emulator::{python_bin, TestCloud};
+use iotcore_emulator::{CertStatus, CREATE_CERTIFICATE_FROM_CSR};
+use prov_agent::crypto::Certificate;
+
+const LIFETIME: Duration = Duration::from_secs(120);
+
+fn sample_provider() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("emulator/providers/local_ca.py")
+        .canonicalize()
+        .unwrap()
+}
+
+/// Makes a local CA in `dir` with the sample provider and makes it the
+/// cloud's certificate provider, signing for [`LIFETIME`].
+fn use_local_ca(cloud: &TestCloud, dir: &Path) {
+    let python = Path::new(python_bin()).join("python");
+    let out = Command::new(&python)
+        .arg(sample_provider())
+        .arg("make-ca")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let command = [
+        sample_provider().to_string_lossy().into_owned(),
+        "--ca-dir".into(),
+        dir.to_string_lossy().into_owned(),
+        "--seconds".into(),
+        LIFETIME.as_secs().to_string(),
+    ];
+    cloud
+        .handle
+        .registry()
+        .create_certificate_provider(
+            "LocalCa",
+            &command,
+            "arn:aws:lambda:us-east-1:123456789012:function:LocalCa",
+            &[CREATE_CERTIFICATE_FROM_CSR.to_owned()],
+        )
+        .unwrap();
+}
+
+/// True when OpenSSL verifies `cert_pem` as a client certificate issued by
+/// the root `ca_pem`.
+fn openssl_verifies(dir: &Path, ca_pem: &Path, cert_pem: &str) -> bool {
+    let cert = dir.join("verify.pem");
+    std::fs::write(&cert, cert_pem).unwrap();
+    Command::new("openssl")
+        .args(["verify", "-purpose", "sslclient", "-CAfile"])
+        .arg(ca_pem)
+        .arg(&cert)
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// Checks a certificate the agent holds: by the local CA (and not the
+/// emulator's), issued at or after `issued_after`, for [`LIFETIME`].
+fn assert_from_local_ca(cloud: &TestCloud, ca_dir: &Path, pem: &str, issued_after: SystemTime) {
+    assert!(
+        openssl_verifies(ca_dir, &ca_dir.join("ca.pem"), pem),
+        "not issued by the local CA"
+    );
+    let emulator_ca = ca_dir.join("emulator-ca.pem");
+    std::fs::write(&emulator_ca, cloud.handle.root_ca_pem()).unwrap();
+    assert!(!openssl_verifies(ca_dir, &emulator_ca, pem));
+    let cert = Certificate::from_pem(pem, "identity").unwrap();
+    let lifetime = cert
+        .not_after()
+        .duration_since(issued_after)
+        .expect("notAfter before the request");
+    assert!(
+        lifetime <= LIFETIME + Duration::from_secs(1)
+            && lifetime > LIFETIME - Duration::from_secs(30),
+        "notAfter {lifetime:?} after the request, not about {LIFETIME:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn if_due_rotates_a_certificate_of_the_customers_ca() {
+    use prov_agent::provision::rotate::scheduled_at;
+    let cloud = TestCloud::start().await;
+    let ca_dir = cloud.dir.path().join("local-ca");
+    use_local_ca(&cloud, &ca_dir);
+
+    let enrolled_at = SystemTime::now() - Duration::from_secs(1);
+    let device = Device::enrolled(&cloud, Backend::File, "MODE = csr\n").await;
+    let before = device.identity().unwrap();
+    assert_from_local_ca(&cloud, &ca_dir, &before.certificate_pem, enrolled_at);
+
+    let mut config = std::fs::read_to_string(&device.config).unwrap();
+    config.push_str("[ROTATION]\nTHRESHOLD = 10%\nRANDOM_DELAY = 0s\n");
+    std::fs::write(&device.config, config).unwrap();
+    let cert = Certificate::from_pem(&before.certificate_pem, "identity").unwrap();
+    let scheduled = scheduled_at(&cert, &device.load_config().rotation);
+    let wait = scheduled
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    tokio::time::sleep(wait + Duration::from_millis(500)).await;
+    assert!(
+        SystemTime::now() + Duration::from_secs(30) < cert.not_after(),
+        "the certificate is close to its notAfter already: the machine is too slow for this test"
+    );
+
+    let rotated_at = SystemTime::now() - Duration::from_secs(1);
+    let out = device.run(&["rotate", "--if-due", "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let after = device.identity().unwrap();
+    assert_ne!(after.certificate_id, before.certificate_id);
+    assert_eq!(result["certificateId"], after.certificate_id.as_str());
+    assert_eq!(after.thing_name, before.thing_name);
+    assert_from_local_ca(&cloud, &ca_dir, &after.certificate_pem, rotated_at);
+
+    // The new certificate is the thing's only ACTIVE one and works; the old
+    // one is retired (INACTIVE) as in any rotation.
+    let active = cloud.active_certificates(&after.thing_name, 1).await;
+    assert_eq!(active, vec![after.certificate_id.clone()]);
+    let registry = cloud.handle.registry();
+    assert_eq!(
+        registry.certificate_status(&before.certificate_id).unwrap(),
+        Some(CertStatus::Inactive)
+    );
+    device.round_trip(&cloud).await.unwrap();
+    // The local CA is registered nowhere: the certificates connect as
+    // registered by CreateCertificateFromCsr, as with AWS's providers.
+    assert!(registry.ca_certificates().unwrap().is_empty());
+}
