@@ -8,7 +8,7 @@
 # --ignore-scripts: aws-crt's only install script looks for the native
 # binding its npm tarball ships prebuilt (linux-x64 and linux-arm64, glibc
 # and musl) and would otherwise download the CRT's sources and build them
-# with CMake. Skipping it means nothing is fetched beyond the registry's
+# with cmake-js. Skipping it means nothing is fetched beyond the registry's
 # tarballs; the check below loads the prebuilt binding and fails, naming
 # the platform, where there is none (armhf, for one).
 set -euo pipefail

@@ -4,7 +4,7 @@
 //! unchanged but for endpoint, port and CA: MQTT 3.1.1 and 5, keys and CSR,
 //! through `IotIdentityClient` (its own subscriptions to the accepted and
 //! rejected topics) and `IotIdentityClientv2` (the request-response client
-//! of the SDK's 1.28 sample); and a rejection reaches it in AWS's shape.
+//! of the SDK's current sample); and a rejection reaches it in AWS's shape.
 //!
 //! `ci/node-sdk.sh` installs the SDK (`npm ci`, once per lock file) before
 //! the first case; `node` is `$AWSIOTSDK_JS_NODE` when set.
@@ -218,7 +218,7 @@ async fn js_sdk_provisions_over_mqtt3_and_mqtt5_with_keys_and_csr() {
     }
 }
 
-/// `IotIdentityClientv2`, the request-response client the SDK's 1.28 sample
+/// `IotIdentityClientv2`, the request-response client the SDK's current sample
 /// uses, over both protocols (one flow each: the topics are the same).
 #[tokio::test(flavor = "multi_thread")]
 async fn js_sdk_request_response_client_provisions() {

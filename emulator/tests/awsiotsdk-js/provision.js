@@ -8,10 +8,11 @@
 //   --mode keys|csr [--csr FILE] [--api topics|rr]
 //
 // --api topics (the default) subscribes to the accepted and rejected topics
-// itself with IotIdentityClient, as the SDK's fleet provisioning sample did
-// up to 1.27; --api rr uses IotIdentityClientv2, the request-response client
-// of the 1.28 sample (samples/node/service_clients/fleet_provisioning), which
-// subscribes to the same topics for each request.
+// itself with IotIdentityClient, as the SDK's sample samples/node/
+// fleet_provisioning did (deprecated in 1.23.0, removed in 1.23.1); --api rr
+// uses IotIdentityClientv2, the request-response client of the current
+// sample (samples/node/service_clients/fleet_provisioning), which subscribes
+// to the same topics for each request.
 //
 // On success prints {thingName, certificateId, deviceConfiguration,
 // certificatePem, privateKey} as JSON and exits 0. When the service rejects
