@@ -29,6 +29,14 @@ for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 
+# Node.js 18 or later and npm: the JavaScript device SDK test
+# (emulator/tests/awsiotsdk_js.rs, installed by ci/node-sdk.sh). Debian 12's
+# nodejs (18) and npm do; a Node.js installed otherwise (NodeSource's, which
+# bundles npm) is kept, since Debian's npm would conflict with it.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  missing+=(nodejs npm)
+fi
+
 if ((${#missing[@]})); then
   echo "ci/install-deps.sh: installing ${missing[*]}" >&2
   SUDO=""

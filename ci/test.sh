@@ -60,6 +60,12 @@ fi
 echo "== built without the hardware backends: configs naming them are refused"
 cargo test --locked --no-default-features --lib -- not_built_in
 
+# The JavaScript device SDK (npm ci from the registry, once per lock file):
+# here, so that a missing Node.js or registry fails the run before the
+# tests; emulator/tests/awsiotsdk_js.rs calls it again (a no-op then).
+echo "== the JavaScript device SDK: ci/node-sdk.sh"
+ci/node-sdk.sh >/dev/null
+
 echo "== cargo test"
 cargo test --workspace --all-features --locked -- --test-threads="${TEST_THREADS:-4}"
 
