@@ -19,6 +19,8 @@ pub(crate) enum ErrorKind {
     ResourceAlreadyExists,
     /// The certificate's status does not allow the operation.
     CertificateState,
+    /// A policy document the policy engine refuses.
+    MalformedPolicy,
     /// The registry failed.
     InternalFailure,
     /// No operation has this method and path: the emulator does not serve
@@ -36,6 +38,7 @@ impl ErrorKind {
             ErrorKind::VersionConflict => ("VersionConflictException", 409),
             ErrorKind::ResourceAlreadyExists => ("ResourceAlreadyExistsException", 409),
             ErrorKind::CertificateState => ("CertificateStateException", 406),
+            ErrorKind::MalformedPolicy => ("MalformedPolicyException", 400),
             ErrorKind::InternalFailure => ("InternalFailureException", 500),
             ErrorKind::UnknownOperation => ("UnknownOperationException", 404),
         }
@@ -93,9 +96,11 @@ impl From<RegistryError> for ApiError {
                 ApiError::new(ErrorKind::VersionConflict, e.to_string())
             }
             RegistryError::Invalid(m) => ApiError::invalid(m),
+            RegistryError::Policy { .. } => {
+                ApiError::new(ErrorKind::MalformedPolicy, e.to_string())
+            }
             // As when they were plain messages: refused as the request's.
-            RegistryError::Policy { .. }
-            | RegistryError::TemplateName(_)
+            RegistryError::TemplateName(_)
             | RegistryError::Template { .. }
             | RegistryError::Corrupt { .. } => ApiError::invalid(e.to_string()),
             RegistryError::Sqlite(_) | RegistryError::Io { .. } => {
