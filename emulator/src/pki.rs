@@ -504,6 +504,57 @@ mod tests {
         assert!(v.not_before <= v.not_after);
     }
 
+    #[test]
+    fn certificate_facts_read_what_the_policy_variables_name() {
+        let mut params = CertificateParams::new(vec!["gw-1.example.com".to_owned()]).unwrap();
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress("192.0.2.7".parse().unwrap()));
+        params.subject_alt_names.push(rcgen::SanType::Rfc822Name(
+            "ops@example.com".try_into().unwrap(),
+        ));
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, "gw_1");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Acme");
+        params.distinguished_name.push(DnType::CountryName, "DE");
+        params.serial_number = Some(SerialNumber::from_slice(&[0x12, 0x34]));
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let facts = certificate_facts(cert.der());
+        assert_eq!(facts.id, certificate_id(cert.der()));
+        assert_eq!(facts.serial_number.as_deref(), Some("4660"));
+        let pairs = |v: &[(&str, &str)]| -> NameAttributes {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            facts.subject,
+            pairs(&[
+                ("CommonName", "gw_1"),
+                ("Organization", "Acme"),
+                ("Country", "DE")
+            ])
+        );
+        // Self-signed: the issuer is the subject.
+        assert_eq!(facts.issuer, facts.subject);
+        assert_eq!(
+            facts.subject_alt_names,
+            pairs(&[
+                ("DNSName", "gw-1.example.com"),
+                ("IPAddress", "192.0.2.7"),
+                ("RFC822Name", "ops@example.com"),
+            ])
+        );
+        assert!(facts.issuer_alt_names.is_empty());
+        // Not a certificate: only the id.
+        let junk = certificate_facts(b"junk");
+        assert_eq!(junk.id, certificate_id(b"junk"));
+        assert!(junk.serial_number.is_none() && junk.subject.is_empty());
+    }
+
     /// The source of `e`, which must be there.
     fn source(e: &dyn std::error::Error) -> &(dyn std::error::Error + 'static) {
         e.source().unwrap_or_else(|| panic!("{e} has no source"))
