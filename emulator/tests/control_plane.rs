@@ -1126,6 +1126,39 @@ async fn create_policy_refuses_unknown_condition_parts_and_accepts_conditions() 
     assert_eq!(status, 200);
     assert_eq!(got["policyDocument"], good.as_str());
 
+    // The real boto3: its request is the one above, its exceptions the
+    // modeled ones.
+    let v = boto3(
+        &emu.api_url(),
+        json!([
+            {"op": "create_policy", "args": {"policyName": "typo-boto3",
+                "policyDocument": statements(r#"{"StringEqualz": {"iot:ClientId": "a"}}"#)}},
+            {"op": "create_policy", "args": {"policyName": "by-boto3", "policyDocument": &good,
+                "tags": [{"Key": "k", "Value": "v"}]}},
+            {"op": "create_policy", "args": {"policyName": "by-boto3", "policyDocument": &good}},
+            {"op": "get_policy", "args": {"policyName": "by-boto3"}},
+            {"op": "get_policy", "args": {"policyName": "nope"}},
+        ]),
+    )
+    .await;
+    let r = v["results"].as_array().unwrap();
+    assert_eq!(error(&r[0]), ("MalformedPolicyException".into(), 400));
+    assert!(
+        r[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Statement[1].Condition.StringEqualz"),
+        "{}",
+        r[0]
+    );
+    assert_eq!(
+        ok(&r[1])["policyArn"],
+        "arn:aws:iot:us-east-1:123456789012:policy/by-boto3"
+    );
+    assert_eq!(error(&r[2]), ("ResourceAlreadyExistsException".into(), 409));
+    assert_eq!(ok(&r[3])["policyDocument"], good.as_str());
+    assert_eq!(error(&r[4]), ("ResourceNotFoundException".into(), 404));
+
     let cred = emu.create_credential("gw_9", &["attached"]).unwrap();
     emu.registry().put_thing(&thing("gw_9", &[], None)).unwrap();
     emu.registry()
