@@ -20,7 +20,9 @@ use crate::mqtt::{
 use crate::outbound::{self, OutboundTx, Refused};
 use crate::packet_log::{ConnectionRecorder, PacketLog};
 use crate::pki;
-use crate::policy::{self, Action, PolicyDocument, RequestContext};
+use crate::policy::{
+    self, Action, CertificateFacts, ConnectedThing, PolicyDocument, RequestContext,
+};
 use crate::provisioning::{self, Provisioner, Requester};
 use crate::registry::{CertStatus, Registry};
 use crate::retained::{RetainedMessages, Retention, MAX_RETAINED_TOPICS};
@@ -57,15 +59,18 @@ struct AuthState {
     /// whether a reload found them changed.
     documents: Vec<String>,
     policies: Arc<Vec<PolicyDocument>>,
-    thing_name: Option<String>,
+    /// The thing the thing policy variables name, if any.
+    thing: Option<Arc<ConnectedThing>>,
 }
 
 pub(crate) struct Session {
     connection: u64,
     client_id: String,
     certificate_id: String,
-    subject: Vec<(String, String)>,
-    issuer: Vec<(String, String)>,
+    /// What the certificate policy variables read.
+    certificate: CertificateFacts,
+    /// The client's address (`aws:SourceIp`).
+    peer: std::net::IpAddr,
     tx: OutboundTx,
     kill: watch::Sender<Option<DisconnectReason>>,
     subscriptions: Mutex<Subscriptions>,
@@ -163,37 +168,43 @@ impl Broker {
                     .collect(),
             ),
         };
-        // ${iot:Connection.Thing.ThingName} exists only when the client id is
-        // a thing's name and that thing is attached to the certificate.
-        let thing_name = self
-            .registry
-            .thing_attached(client_id, certificate_id)
-            .unwrap_or(false)
-            .then(|| client_id.to_owned());
+        // The thing variables exist only when the client id is a thing's
+        // name and that thing is attached to the certificate ("Thing
+        // policy variables").
+        let thing = match self.registry.thing_attached(client_id, certificate_id) {
+            Ok(true) => self.registry.thing(client_id).ok().flatten().map(|t| {
+                Arc::new(ConnectedThing {
+                    name: t.thing_name,
+                    type_name: t.thing_type_name,
+                    attributes: t.attributes,
+                })
+            }),
+            _ => None,
+        };
         AuthState {
             generation,
             documents,
             policies,
-            thing_name,
+            thing,
         }
     }
 
     fn allowed(&self, s: &Session, action: Action, name: &str) -> bool {
-        let (policies, thing_name) = {
+        let (policies, thing) = {
             let mut auth = lock(&s.auth);
             if auth.generation != self.registry.auth_epoch() {
                 *auth = self.load_auth(&s.certificate_id, &s.client_id, Some(&auth));
             }
-            (auth.policies.clone(), auth.thing_name.clone())
+            (auth.policies.clone(), auth.thing.clone())
         };
         let ctx = RequestContext {
             region: &self.config.region,
             account: &self.config.account,
             client_id: &s.client_id,
-            thing_name: thing_name.as_deref(),
-            cert_subject: &s.subject,
-            cert_issuer: &s.issuer,
-            certificate_id: Some(&s.certificate_id),
+            thing: thing.as_deref(),
+            certificate: &s.certificate,
+            source_ip: Some(s.peer),
+            now_unix: crate::registry::now_unix(),
         };
         policy::is_allowed(&policies, action, name, &ctx)
     }
@@ -335,12 +346,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 }
 
-/// Serves one TLS connection whose client certificate is `cert_der`,
-/// accepted at tick `accepted` of the packet log's clock.
+/// Serves one TLS connection from `peer` whose client certificate is
+/// `cert_der`, accepted at tick `accepted` of the packet log's clock.
 pub(crate) async fn serve<S>(
     broker: Arc<Broker>,
     stream: S,
     cert_der: Vec<u8>,
+    peer: std::net::SocketAddr,
     accepted: u64,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -411,16 +423,15 @@ pub(crate) async fn serve<S>(
         conn.close().await;
         return;
     }
-    let (subject, issuer) = pki::name_attributes(&cert_der);
     let (tx, mut rx) = outbound::queue();
     let (kill, mut killed) = watch::channel(None);
     let session = Arc::new(Session {
         connection: broker.next_connection.fetch_add(1, Ordering::SeqCst),
         auth: Mutex::new(broker.load_auth(&certificate_id, &info.client_id, None)),
         client_id: info.client_id.clone(),
+        certificate: pki::certificate_facts(&cert_der),
         certificate_id,
-        subject,
-        issuer,
+        peer: peer.ip(),
         tx,
         kill,
         subscriptions: Mutex::new(Subscriptions::default()),

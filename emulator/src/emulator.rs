@@ -460,10 +460,10 @@ async fn accept_loop(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let served = if link.is_off() {
-                connection(tcp, handshake, broker, accepted, shutdown).await
+                connection(tcp, peer, handshake, broker, accepted, shutdown).await
             } else {
                 let relayed = link::relay(tcp, link);
-                connection(relayed, handshake, broker, accepted, shutdown).await
+                connection(relayed, peer, handshake, broker, accepted, shutdown).await
             };
             if let Err(e) = served {
                 tracing::info!(%peer, "connection refused: {e}");
@@ -483,6 +483,7 @@ struct Handshake {
 
 async fn connection<S>(
     tcp: S,
+    peer: SocketAddr,
     handshake: Handshake,
     broker: Arc<Broker>,
     accepted: u64,
@@ -506,7 +507,7 @@ where
         .and_then(|c| c.first())
         .map(|c| c.to_vec())
         .ok_or_else(|| "no client certificate".to_owned())?;
-    broker::serve(broker, tls, cert, accepted, shutdown).await;
+    broker::serve(broker, tls, cert, peer, accepted, shutdown).await;
     Ok(())
 }
 

@@ -7,6 +7,8 @@ use rcgen::{
     PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384,
 };
 use sha2::{Digest, Sha256};
+
+use crate::policy::CertificateFacts;
 use x509_parser::prelude::FromDer;
 
 use crate::csr::KeyKind;
@@ -348,37 +350,100 @@ pub fn csr_public_key(csr_pem: &str) -> Result<Vec<u8>, CsrError> {
 /// Distinguished-name attributes as (AWS attribute name, value) pairs.
 pub type NameAttributes = Vec<(String, String)>;
 
-/// Subject and issuer of a certificate.
-pub fn name_attributes(der: &[u8]) -> (NameAttributes, NameAttributes) {
-    let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(der) else {
-        return (Vec::new(), Vec::new());
-    };
-    let conv = |name: &x509_parser::x509::X509Name<'_>| {
-        let mut out = Vec::new();
-        for attr in name.iter_attributes() {
-            let oid = attr.attr_type().to_id_string();
-            let key = match oid.as_str() {
-                "2.5.4.3" => "CommonName",
-                "2.5.4.10" => "Organization",
-                "2.5.4.11" => "OrganizationalUnit",
-                "2.5.4.6" => "Country",
-                "2.5.4.7" => "Locality",
-                "2.5.4.8" => "State",
-                "2.5.4.5" => "SerialNumber",
-                "2.5.4.4" => "Surname",
-                "2.5.4.42" => "GivenName",
-                "2.5.4.12" => "Title",
-                "2.5.4.46" => "DistinguishedNameQualifier",
-                "2.5.4.65" => "Pseudonym",
-                _ => continue,
-            };
-            if let Ok(v) = attr.as_str() {
-                out.push((key.to_owned(), v.to_owned()));
-            }
+/// The AWS IoT policy variable name of a distinguished-name attribute
+/// ("X.509 Certificate AWS IoT Core policy variables"); `Locality` has no
+/// variable but is kept for completeness.
+fn dn_attribute_name(oid: &str) -> Option<&'static str> {
+    Some(match oid {
+        "2.5.4.3" => "CommonName",
+        "2.5.4.10" => "Organization",
+        "2.5.4.11" => "OrganizationalUnit",
+        "2.5.4.6" => "Country",
+        "2.5.4.7" => "Locality",
+        "2.5.4.8" => "State",
+        "2.5.4.5" => "SerialNumber",
+        "2.5.4.4" => "Surname",
+        "2.5.4.42" => "GivenName",
+        "2.5.4.43" => "Initials",
+        "2.5.4.44" => "GenerationQualifier",
+        "2.5.4.12" => "Title",
+        "2.5.4.46" => "DistinguishedNameQualifier",
+        "2.5.4.65" => "Pseudonym",
+        _ => return None,
+    })
+}
+
+fn name_attributes(name: &x509_parser::x509::X509Name<'_>) -> NameAttributes {
+    let mut out = Vec::new();
+    for attr in name.iter_attributes() {
+        let Some(key) = dn_attribute_name(&attr.attr_type().to_id_string()) else {
+            continue;
+        };
+        if let Ok(v) = attr.as_str() {
+            out.push((key.to_owned(), v.to_owned()));
         }
-        out
+    }
+    out
+}
+
+/// Alternative names as (AWS name type, value), in the certificate's order.
+fn alt_names(names: &[x509_parser::extensions::GeneralName<'_>]) -> NameAttributes {
+    use x509_parser::extensions::GeneralName;
+    let mut out = Vec::new();
+    for n in names {
+        let entry = match n {
+            GeneralName::RFC822Name(v) => ("RFC822Name", v.to_string()),
+            GeneralName::DNSName(v) => ("DNSName", v.to_string()),
+            GeneralName::URI(v) => ("UniformResourceIdentifier", v.to_string()),
+            GeneralName::DirectoryName(v) => ("DirectoryName", v.to_string()),
+            GeneralName::IPAddress(bytes) => {
+                let ip = match bytes.len() {
+                    4 => <[u8; 4]>::try_from(*bytes).ok().map(std::net::IpAddr::from),
+                    16 => <[u8; 16]>::try_from(*bytes)
+                        .ok()
+                        .map(std::net::IpAddr::from),
+                    _ => None,
+                };
+                match ip {
+                    Some(ip) => ("IPAddress", ip.to_string()),
+                    None => continue,
+                }
+            }
+            _ => continue,
+        };
+        out.push((entry.0.to_owned(), entry.1));
+    }
+    out
+}
+
+/// What the policy engine's certificate variables read from a client
+/// certificate. A certificate that does not parse (it passed the TLS
+/// handshake, so it does) yields only its id.
+pub fn certificate_facts(der: &[u8]) -> CertificateFacts {
+    use x509_parser::extensions::ParsedExtension;
+    let mut facts = CertificateFacts {
+        id: certificate_id(der),
+        ..CertificateFacts::default()
     };
-    (conv(cert.subject()), conv(cert.issuer()))
+    let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(der) else {
+        return facts;
+    };
+    // Decimal: AWS does not say in which form the serial number is given.
+    facts.serial_number = Some(cert.serial.to_string());
+    facts.subject = name_attributes(cert.subject());
+    facts.issuer = name_attributes(cert.issuer());
+    for ext in cert.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::SubjectAlternativeName(san) => {
+                facts.subject_alt_names = alt_names(&san.general_names)
+            }
+            ParsedExtension::IssuerAlternativeName(ian) => {
+                facts.issuer_alt_names = alt_names(&ian.general_names)
+            }
+            _ => {}
+        }
+    }
+    facts
 }
 
 #[cfg(test)]
@@ -403,6 +468,57 @@ mod tests {
         // Issued after AWS's end date: never notBefore after notAfter.
         let v = Validity::starting_at(AWS_NOT_AFTER_UNIX + 100, Duration::from_secs(30));
         assert!(v.not_before <= v.not_after);
+    }
+
+    #[test]
+    fn certificate_facts_read_what_the_policy_variables_name() {
+        let mut params = CertificateParams::new(vec!["gw-1.example.com".to_owned()]).unwrap();
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress("192.0.2.7".parse().unwrap()));
+        params.subject_alt_names.push(rcgen::SanType::Rfc822Name(
+            "ops@example.com".try_into().unwrap(),
+        ));
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, "gw_1");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Acme");
+        params.distinguished_name.push(DnType::CountryName, "DE");
+        params.serial_number = Some(SerialNumber::from_slice(&[0x12, 0x34]));
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let facts = certificate_facts(cert.der());
+        assert_eq!(facts.id, certificate_id(cert.der()));
+        assert_eq!(facts.serial_number.as_deref(), Some("4660"));
+        let pairs = |v: &[(&str, &str)]| -> NameAttributes {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            facts.subject,
+            pairs(&[
+                ("CommonName", "gw_1"),
+                ("Organization", "Acme"),
+                ("Country", "DE")
+            ])
+        );
+        // Self-signed: the issuer is the subject.
+        assert_eq!(facts.issuer, facts.subject);
+        assert_eq!(
+            facts.subject_alt_names,
+            pairs(&[
+                ("DNSName", "gw-1.example.com"),
+                ("IPAddress", "192.0.2.7"),
+                ("RFC822Name", "ops@example.com"),
+            ])
+        );
+        assert!(facts.issuer_alt_names.is_empty());
+        // Not a certificate: only the id.
+        let junk = certificate_facts(b"junk");
+        assert_eq!(junk.id, certificate_id(b"junk"));
+        assert!(junk.serial_number.is_none() && junk.subject.is_empty());
     }
 
     /// The source of `e`, which must be there.

@@ -565,3 +565,82 @@ async fn init_creates_the_groups_templates_name_and_the_cli_manages_them() {
         true
     );
 }
+
+#[test]
+fn policies_create_refuses_unknown_condition_parts_and_accepts_conditions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    init_with_fixtures(tmp.path());
+    let write = |name: &str, condition: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(
+            &p,
+            format!(
+                r#"{{"Version": "2012-10-17", "Statement": [
+                    {{"Effect": "Allow", "Action": "iot:Publish", "Resource": "*"}},
+                    {{"Effect": "Allow", "Action": "iot:Connect", "Resource": "*", "Condition": {condition}}}]}}"#
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let typo = write("typo.json", r#"{"StringEqualz": {"iot:ClientId": "a"}}"#);
+    let out = std::process::Command::new(BIN)
+        .args([
+            "policies",
+            "create",
+            "typo",
+            typo.to_str().unwrap(),
+            "-d",
+            d,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Statement[1].Condition.StringEqualz: unknown condition operator \"StringEqualz\"; accepted: StringEquals,"),
+        "{stderr}"
+    );
+    let key = write(
+        "key.json",
+        r#"{"StringEquals": {"iot:Connection.Thing.Attributes[]": "a"}}"#,
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["policies", "create", "key", key.to_str().unwrap(), "-d", d])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Statement[1].Condition.StringEquals.iot:Connection.Thing.Attributes[]: unknown condition key"),
+        "{stderr}"
+    );
+    let names = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["policy_name"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let listed = run(&["policies", "list", "--json", "-d", d]);
+    assert!(
+        !names(&listed).iter().any(|n| n == "typo" || n == "key"),
+        "{listed}"
+    );
+
+    let good = write(
+        "good.json",
+        r#"{"Bool": {"iot:Connection.Thing.IsAttached": ["true"]}, "StringLike": {"iot:Connection.Thing.Attributes[site]": "b*"}}"#,
+    );
+    run(&[
+        "policies",
+        "create",
+        "good",
+        good.to_str().unwrap(),
+        "-d",
+        d,
+    ]);
+    let listed = run(&["policies", "list", "--json", "-d", d]);
+    assert!(names(&listed).iter().any(|n| n == "good"), "{listed}");
+}

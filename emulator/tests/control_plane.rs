@@ -1049,3 +1049,124 @@ async fn register_thing_needs_the_groups_type_and_billing_group_boto3_makes() {
     assert_eq!(thing.thing_type_name, None);
     assert_eq!(thing.billing_group, None);
 }
+
+/// CreatePolicy over HTTP, as boto3's `create_policy` sends it.
+async fn create_policy_http(
+    addr: std::net::SocketAddr,
+    name: &str,
+    document: &str,
+) -> (u16, String, Value) {
+    let body = json!({ "policyDocument": document }).to_string();
+    raw_http(
+        addr,
+        &format!(
+            "POST /policies/{name} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn create_policy_refuses_unknown_condition_parts_and_accepts_conditions() {
+    logs();
+    let emu = start().await;
+    let addr = emu.api_addr();
+    let statements = |condition: &str| {
+        format!(
+            r#"{{"Version": "2012-10-17", "Statement": [
+                {{"Effect": "Allow", "Action": "iot:Publish", "Resource": "*"}},
+                {{"Effect": "Allow", "Action": "iot:Connect", "Resource": "*", "Condition": {condition}}}]}}"#
+        )
+    };
+    for (condition, names) in [
+        (
+            r#"{"StringEqualz": {"iot:ClientId": "a"}}"#,
+            "Statement[1].Condition.StringEqualz: unknown condition operator \"StringEqualz\"; accepted: StringEquals, StringNotEquals",
+        ),
+        (
+            r#"{"Bool": {"iot:Connection.Thing.IsAtached": "true"}}"#,
+            "Statement[1].Condition.Bool.iot:Connection.Thing.IsAtached: unknown condition key",
+        ),
+    ] {
+        let (status, head, body) =
+            create_policy_http(addr, "typo", &statements(condition)).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            head.contains("x-amzn-errortype: malformedpolicyexception"),
+            "{head}"
+        );
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains(names), "{message}");
+    }
+    assert!(emu.registry().policy("typo").unwrap().is_none());
+
+    // AWS's own example is accepted, and a device it is attached to
+    // connects under its thing's name only.
+    let good = statements(r#"{"Bool": {"iot:Connection.Thing.IsAttached": ["true"]}}"#);
+    let (status, _, body) = create_policy_http(addr, "attached", &good).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["policyName"], "attached");
+    assert_eq!(
+        body["policyArn"],
+        "arn:aws:iot:us-east-1:123456789012:policy/attached"
+    );
+    assert_eq!(body["policyVersionId"], "1");
+    let (status, head, _) = create_policy_http(addr, "attached", &good).await;
+    assert_eq!(status, 409);
+    assert!(
+        head.contains("x-amzn-errortype: resourcealreadyexistsexception"),
+        "{head}"
+    );
+    let (status, _, got) = raw_http(
+        addr,
+        "GET /policies/attached HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(got["policyDocument"], good.as_str());
+
+    // The real boto3: its request is the one above, its exceptions the
+    // modeled ones.
+    let v = boto3(
+        &emu.api_url(),
+        json!([
+            {"op": "create_policy", "args": {"policyName": "typo-boto3",
+                "policyDocument": statements(r#"{"StringEqualz": {"iot:ClientId": "a"}}"#)}},
+            {"op": "create_policy", "args": {"policyName": "by-boto3", "policyDocument": &good,
+                "tags": [{"Key": "k", "Value": "v"}]}},
+            {"op": "create_policy", "args": {"policyName": "by-boto3", "policyDocument": &good}},
+            {"op": "get_policy", "args": {"policyName": "by-boto3"}},
+            {"op": "get_policy", "args": {"policyName": "nope"}},
+        ]),
+    )
+    .await;
+    let r = v["results"].as_array().unwrap();
+    assert_eq!(error(&r[0]), ("MalformedPolicyException".into(), 400));
+    assert!(
+        r[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Statement[1].Condition.StringEqualz"),
+        "{}",
+        r[0]
+    );
+    assert_eq!(
+        ok(&r[1])["policyArn"],
+        "arn:aws:iot:us-east-1:123456789012:policy/by-boto3"
+    );
+    assert_eq!(error(&r[2]), ("ResourceAlreadyExistsException".into(), 409));
+    assert_eq!(ok(&r[3])["policyDocument"], good.as_str());
+    assert_eq!(error(&r[4]), ("ResourceNotFoundException".into(), 404));
+
+    let cred = emu.create_credential("gw_9", &["attached"]).unwrap();
+    emu.registry().put_thing(&thing("gw_9", &[], None)).unwrap();
+    emu.registry()
+        .attach_thing("gw_9", &cred.certificate_id)
+        .unwrap();
+    connect(&emu, &cred, "gw_9")
+        .await
+        .expect("the thing connects");
+    let err = connect(&emu, &cred, "gw_10").await.unwrap_err();
+    assert!(err.contains("NotAuthorized"), "{err}");
+}

@@ -1,7 +1,10 @@
 //! The IoT policy engine, table-driven: parsing, matching, variables, and the
 //! repository's own policies against realistic requests.
 
-use iotcore_emulator::policy::{is_allowed, resource_arn, Action, PolicyDocument, RequestContext};
+use iotcore_emulator::policy::{
+    is_allowed, resource_arn, Action, CertificateFacts, ConnectedThing, PolicyDocument,
+    RequestContext,
+};
 
 const REGION: &str = "us-east-1";
 const ACCOUNT: &str = "123456789012";
@@ -19,20 +22,35 @@ fn issuer() -> Vec<(String, String)> {
     vec![("CommonName".to_string(), "Acme Root".to_string())]
 }
 
+/// A request context; its parts are leaked, a test's few bytes, so that
+/// contexts can be built by a helper and copied into tables.
 fn ctx<'a>(
     client_id: &'a str,
     thing_name: Option<&'a str>,
     subject: &'a [(String, String)],
     issuer: &'a [(String, String)],
 ) -> RequestContext<'a> {
+    let certificate: &'static CertificateFacts = Box::leak(Box::new(CertificateFacts {
+        id: "c0ffee".into(),
+        serial_number: Some("4660".into()),
+        subject: subject.to_vec(),
+        issuer: issuer.to_vec(),
+        ..CertificateFacts::default()
+    }));
+    let thing = thing_name.map(|name| {
+        &*Box::leak(Box::new(ConnectedThing {
+            name: name.into(),
+            ..ConnectedThing::default()
+        }))
+    });
     RequestContext {
         region: REGION,
         account: ACCOUNT,
         client_id,
-        thing_name,
-        cert_subject: subject,
-        cert_issuer: issuer,
-        certificate_id: Some("c0ffee"),
+        thing,
+        certificate,
+        source_ip: Some(std::net::Ipv4Addr::LOCALHOST.into()),
+        now_unix: 1_800_000_000,
     }
 }
 
@@ -96,6 +114,33 @@ fn parse_accepts_valid_grammar() {
         r#"{"Version": "2012-10-17", "Id": "x", "Statement": [
             {"Sid": "a", "Effect": "Deny", "Action": ["iot:Publish", "greengrass:*"], "NotResource": ["arn:aws:iot:*:*:topic/a"]},
             {"Effect": "Allow", "Action": "*", "Resource": ["*", "arn:aws:iot:us-east-1:1:client/${iot:ClientId}"]}]}"#,
+        // AWS's own examples ("Thing policy examples", "Basic AWS IoT Core
+        // policy variables").
+        r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["iot:Connect"], "Resource": ["*"],
+            "Condition": {"Bool": {"iot:Connection.Thing.IsAttached": ["true"]}}}]}"#,
+        r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["iot:Publish"],
+            "Resource": "arn:aws:iot:us-east-1:123456789012:topic/device/stats",
+            "Condition": {"StringEquals": {"iot:Connection.Thing.Attributes[attributeName]": "attributeValue",
+                "iot:Connection.Thing.ThingTypeName": "Thing_Type_Name"},
+                "Bool": {"iot:Connection.Thing.IsAttached": "true"}}}]}"#,
+        r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["iot:Publish"],
+            "Resource": ["arn:aws:iot:us-east-1:123456789012:topic/my/topic/${iot:ClientId}"],
+            "Condition": {"IpAddress": {"aws:SourceIp": "123.45.167.89"}}}]}"#,
+        // NotAction, every operator family, IfExists, set qualifiers, JSON
+        // booleans and numbers as values, condition keys in any case.
+        r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "NotAction": "iot:Connect", "NotResource": "*",
+            "Condition": {
+                "StringNotEqualsIgnoreCase": {"iot:clientid": "x"},
+                "StringLikeIfExists": {"iot:Connection.Thing.ThingTypeName": "gw-*"},
+                "ForAnyValue:StringEquals": {"iot:Certificate.Subject.Organization.List": ["a", "b"]},
+                "ForAllValues:StringLike": {"iot:Certificate.Subject.AlternativeName.DNSName.List": "*.example.com"},
+                "ArnLike": {"iot:ClientId": "arn:aws:iot:*:*:thing/*"},
+                "NumericLessThanEquals": {"aws:EpochTime": 4102444800},
+                "DateGreaterThan": {"aws:CurrentTime": "2020-01-01T00:00:00Z"},
+                "Bool": {"iot:Connection.Thing.IsAttached": true},
+                "Null": {"iot:Certificate.Subject.Country.1": "false"},
+                "NotIpAddress": {"aws:SourceIp": ["10.0.0.0/8", "2001:db8::/32"]}
+            }}]}"#,
     ];
     for json in cases {
         assert!(PolicyDocument::parse(json).is_ok(), "{json}");
@@ -157,12 +202,68 @@ fn parse_rejects_with_a_message_naming_the_problem() {
             "unterminated policy variable",
         ),
         (
-            s(r#"{"Effect": "Allow", "Action": "*", "Resource": "*", "Condition": {"Bool": {"iot:Connection.Thing.IsAttached": "true"}}}"#),
-            "Condition is not supported by the emulator",
+            s(r#"[{"Effect": "Allow", "Action": "*", "Resource": "*"}, {"Effect": "Allow", "Action": "*", "Resource": "*", "Condition": {"StringEqualz": {"iot:ClientId": "a"}}}]"#),
+            "Statement[1].Condition.StringEqualz: unknown condition operator \"StringEqualz\"; accepted: StringEquals,",
         ),
         (
-            s(r#"{"Effect": "Allow", "NotAction": "iot:Publish", "Resource": "*"}"#),
-            "NotAction is not supported",
+            s(r#"{"Effect": "Allow", "Action": "*", "Resource": "*", "Condition": {"StringEquals": {"iot:Connection.Thing.Atributes[a]": "x"}}}"#),
+            "Statement.Condition.StringEquals.iot:Connection.Thing.Atributes[a]: unknown condition key",
+        ),
+        (
+            s(r#"{"Effect": "Allow", "Action": "*", "Resource": "*", "Condition": {"Bool": {"iot:DomainName": "true"}}}"#),
+            "documented by AWS IoT but not emulated",
+        ),
+        (
+            s(r#"{"Effect": "Allow", "Action": "*", "Resource": "*", "Condition": {"NullIfExists": {"iot:ClientId": "true"}}}"#),
+            "unknown condition operator \"NullIfExists\"",
+        ),
+        (
+            s(r#"{"Effect": "Allow", "Action": "*", "Resource": "*", "Condition": "x"}"#),
+            "Statement.Condition: must be an object of condition operators",
+        ),
+        (
+            s(r#"{"Effect": "Allow", "Action": "*", "Resource": "*", "Condition": {"Bool": ["x"]}}"#),
+            "Statement.Condition.Bool: must be an object of condition keys",
+        ),
+        (
+            s(r#"{"Effect": "Allow", "Action": "*", "Resource": "*", "Condition": {"StringEquals": {"iot:ClientId": []}}}"#),
+            "Statement.Condition.StringEquals.iot:ClientId: must not be an empty list",
+        ),
+        (
+            s(r#"{"Effect": "Allow", "Action": "*", "Resource": "*", "Condition": {"StringEquals": {"iot:ClientId": ["a", {}]}}}"#),
+            "iot:ClientId[1]: must be a string, a number or a boolean",
+        ),
+        (
+            s(r#"{"Effect": "Allow", "Action": "*", "Resource": "*", "Condition": {"DateLessThan": {"aws:CurrentTime": "soon"}}}"#),
+            "aws:CurrentTime: \"soon\" is not a date",
+        ),
+        (
+            s(r#"{"Effect": "Allow", "Action": "*", "Resource": "*", "Condition": {"NumericLessThan": {"aws:EpochTime": "many"}}}"#),
+            "\"many\" is not a number",
+        ),
+        (
+            s(r#"{"Effect": "Allow", "Action": "*", "Resource": "*", "Condition": {"Bool": {"iot:Connection.Thing.IsAttached": "yes"}}}"#),
+            "\"yes\" is not \"true\" or \"false\"",
+        ),
+        (
+            s(r#"{"Effect": "Allow", "Action": "*", "Resource": "*", "Condition": {"IpAddress": {"aws:SourceIp": "10.0.0.0/40"}}}"#),
+            "is not an IP address or CIDR range",
+        ),
+        (
+            s(r#"{"Effect": "Allow", "Action": "*", "Resource": "*", "Condition": {"StringEquals": {"iot:ClientId": "${iot:Thing}"}}}"#),
+            "unknown policy variable \"iot:Thing\"",
+        ),
+        (
+            s(r#"{"Effect": "Allow", "Action": "*", "Resource": "arn:aws:iot:*:*:topic/${iot:Connection.Thing.Attributes}"}"#),
+            "Statement.Resource[0]: in \"arn:aws:iot:*:*:topic/${iot:Connection.Thing.Attributes}\": unknown policy variable",
+        ),
+        (
+            s(r#"{"Effect": "Allow", "Action": "*", "NotAction": "iot:Publish", "Resource": "*"}"#),
+            "both Action and NotAction",
+        ),
+        (
+            s(r#"{"Effect": "Allow", "NotAction": ["Publish"], "Resource": "*"}"#),
+            "Statement.NotAction[0]: \"Publish\" is not an action name",
         ),
         (
             s(r#"{"Effect": "Allow", "Principal": "*", "Action": "*", "Resource": "*"}"#),
@@ -345,8 +446,12 @@ fn policy_variables() {
     let with_thing = ctx("dev1", Some("dev1"), &s, &i);
     let no_thing = ctx("dev1", None, &s, &i);
     let no_fields = ctx("dev1", None, &empty, &empty);
+    let no_id = CertificateFacts {
+        id: String::new(),
+        ..no_thing.certificate.clone()
+    };
     let no_cert_id = RequestContext {
-        certificate_id: None,
+        certificate: &no_id,
         ..no_thing
     };
     let star_client = ctx("a*", None, &s, &i);
@@ -442,7 +547,8 @@ fn policy_variables() {
             "id/c0ffee",
             false,
         ),
-        // Unknown variables have no value, even with a wildcard next to them.
+        // A variable without a value (the thing has no type) matches
+        // nothing, even with a wildcard next to it.
         (
             "topic/${iot:Connection.Thing.ThingTypeName}*",
             with_thing,
@@ -460,7 +566,7 @@ fn policy_variables() {
             want,
             "{resource} with client {} thing {:?} on {topic}",
             c.client_id,
-            c.thing_name
+            c.thing.map(|t| &t.name)
         );
     }
 }
@@ -568,7 +674,7 @@ fn not_resource() {
             is_allowed(std::slice::from_ref(p), Action::Publish, topic, &c),
             want,
             "{topic} thing {:?}",
-            c.thing_name
+            c.thing.map(|t| &t.name)
         );
     }
 }
@@ -801,4 +907,494 @@ fn rotation_policy_allows_only_rotation() {
             "{action} {name}"
         );
     }
+}
+
+/// A context with everything set: a thing with a type and attributes, a
+/// certificate with repeated fields and alternative names.
+fn rich_ctx(client_id: &'static str, attached: bool) -> RequestContext<'static> {
+    let certificate: &'static CertificateFacts = Box::leak(Box::new(CertificateFacts {
+        id: "c0ffee".into(),
+        serial_number: Some("4660".into()),
+        subject: vec![
+            ("CommonName".into(), "gw_1".into()),
+            ("Organization".into(), "Acme".into()),
+            ("Organization".into(), "Second".into()),
+        ],
+        issuer: vec![("CommonName".into(), "Acme Root".into())],
+        subject_alt_names: vec![
+            ("DNSName".into(), "gw-1.example.com".into()),
+            ("DNSName".into(), "gw-1.example.org".into()),
+        ],
+        issuer_alt_names: Vec::new(),
+    }));
+    let thing: &'static ConnectedThing = Box::leak(Box::new(ConnectedThing {
+        name: client_id.into(),
+        type_name: Some("gateway".into()),
+        attributes: [
+            ("site".to_string(), "berlin".to_string()),
+            ("line".to_string(), "3".to_string()),
+        ]
+        .into(),
+    }));
+    RequestContext {
+        region: REGION,
+        account: ACCOUNT,
+        client_id,
+        thing: attached.then_some(thing),
+        certificate,
+        source_ip: Some("203.0.113.7".parse().unwrap()),
+        // 2027-01-15T08:00:00Z
+        now_unix: 1_800_000_000,
+    }
+}
+
+#[test]
+fn conditions_evaluate_as_iam_says() {
+    let on = rich_ctx("gw_1", true);
+    let off = rich_ctx("gw_1", false);
+    let no_ip = RequestContext {
+        source_ip: None,
+        ..on
+    };
+    // (condition, context, allowed)
+    let cases: Vec<(&str, RequestContext, bool)> = vec![
+        (
+            r#"{"Bool": {"iot:Connection.Thing.IsAttached": "true"}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"Bool": {"iot:Connection.Thing.IsAttached": "true"}}"#,
+            off,
+            false,
+        ),
+        (
+            r#"{"Bool": {"iot:Connection.Thing.IsAttached": ["TRUE"]}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"Bool": {"iot:Connection.Thing.IsAttached": false}}"#,
+            off,
+            true,
+        ),
+        // Keys in one block AND, values of one key OR, blocks AND.
+        (
+            r#"{"StringEquals": {"iot:Connection.Thing.Attributes[site]": ["paris", "berlin"]}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"StringEquals": {"iot:Connection.Thing.Attributes[site]": "berlin", "iot:Connection.Thing.ThingTypeName": "gateway"}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"StringEquals": {"iot:Connection.Thing.Attributes[site]": "berlin", "iot:Connection.Thing.ThingTypeName": "sensor"}}"#,
+            on,
+            false,
+        ),
+        (
+            r#"{"StringEquals": {"iot:Connection.Thing.Attributes[site]": "berlin"}, "Bool": {"iot:Connection.Thing.IsAttached": "false"}}"#,
+            on,
+            false,
+        ),
+        // Attribute names are case-sensitive, key prefixes are not.
+        (
+            r#"{"StringEquals": {"IOT:connection.thing.Attributes[site]": "berlin"}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"StringEquals": {"iot:Connection.Thing.Attributes[Site]": "berlin"}}"#,
+            on,
+            false,
+        ),
+        // Absent keys: false for positive operators, true for negated ones,
+        // IfExists and Null as documented.
+        (
+            r#"{"StringEquals": {"iot:Connection.Thing.ThingName": "gw_1"}}"#,
+            off,
+            false,
+        ),
+        (
+            r#"{"StringNotEquals": {"iot:Connection.Thing.ThingName": "gw_1"}}"#,
+            off,
+            true,
+        ),
+        (
+            r#"{"StringNotEquals": {"iot:Connection.Thing.ThingName": "gw_1"}}"#,
+            on,
+            false,
+        ),
+        (
+            r#"{"StringNotEquals": {"iot:Connection.Thing.ThingName": ["a", "b"]}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"StringEqualsIfExists": {"iot:Connection.Thing.ThingTypeName": "sensor"}}"#,
+            off,
+            true,
+        ),
+        (
+            r#"{"StringEqualsIfExists": {"iot:Connection.Thing.ThingTypeName": "sensor"}}"#,
+            on,
+            false,
+        ),
+        (
+            r#"{"Null": {"iot:Connection.Thing.ThingTypeName": "true"}}"#,
+            off,
+            true,
+        ),
+        (
+            r#"{"Null": {"iot:Connection.Thing.ThingTypeName": "true"}}"#,
+            on,
+            false,
+        ),
+        (
+            r#"{"Null": {"iot:Connection.Thing.ThingTypeName": "false"}}"#,
+            on,
+            true,
+        ),
+        (r#"{"Null": {"aws:SourceIp": "true"}}"#, no_ip, true),
+        // Case and wildcards.
+        (r#"{"StringEquals": {"iot:ClientId": "GW_1"}}"#, on, false),
+        (
+            r#"{"StringEqualsIgnoreCase": {"iot:ClientId": "GW_1"}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"StringNotEqualsIgnoreCase": {"iot:ClientId": "GW_1"}}"#,
+            on,
+            false,
+        ),
+        (r#"{"StringLike": {"iot:ClientId": "gw_?"}}"#, on, true),
+        (r#"{"StringLike": {"iot:ClientId": "sensor*"}}"#, on, false),
+        (
+            r#"{"StringNotLike": {"iot:ClientId": "sensor*"}}"#,
+            on,
+            true,
+        ),
+        (r#"{"StringEquals": {"iot:ClientId": "gw_*"}}"#, on, false),
+        // Variables in values, substituted literally.
+        (
+            r#"{"StringEquals": {"iot:Certificate.Subject.CommonName": "${iot:ClientId}"}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"StringEquals": {"iot:Connection.Thing.ThingName": "${iot:Certificate.Subject.CommonName}"}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"StringEquals": {"iot:ClientId": "${iot:Connection.Thing.ThingTypeName}"}}"#,
+            on,
+            false,
+        ),
+        // A negated test whose value cannot be resolved is false.
+        (
+            r#"{"StringNotEquals": {"iot:ClientId": "${iot:Connection.Thing.ThingName}"}}"#,
+            off,
+            false,
+        ),
+        // Certificate fields: first value, index, list.
+        (
+            r#"{"StringEquals": {"iot:Certificate.Subject.Organization": "Acme"}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"StringEquals": {"iot:Certificate.Subject.Organization": "Second"}}"#,
+            on,
+            false,
+        ),
+        (
+            r#"{"StringEquals": {"iot:Certificate.Subject.Organization.1": "Second"}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"Null": {"iot:Certificate.Subject.Organization.2": "true"}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"ForAnyValue:StringEquals": {"iot:Certificate.Subject.Organization.List": "Second"}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"ForAllValues:StringEquals": {"iot:Certificate.Subject.Organization.List": "Second"}}"#,
+            on,
+            false,
+        ),
+        (
+            r#"{"ForAllValues:StringEquals": {"iot:Certificate.Subject.Organization.List": ["Acme", "Second"]}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"ForAllValues:StringLike": {"iot:Certificate.Subject.AlternativeName.DNSName.List": "*.example.com"}}"#,
+            on,
+            false,
+        ),
+        (
+            r#"{"ForAnyValue:StringLike": {"iot:Certificate.Subject.AlternativeName.DNSName.List": "*.example.com"}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"ForAllValues:StringEquals": {"iot:Certificate.Issuer.AlternativeName.DNSName.List": "x"}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"ForAnyValue:StringEquals": {"iot:Certificate.Issuer.AlternativeName.DNSName.List": "x"}}"#,
+            on,
+            false,
+        ),
+        (
+            r#"{"ForAnyValue:StringEquals": {"iot:Certificate.AvailableKeys": "iot:Certificate.Subject.AlternativeName.DNSName"}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"ForAnyValue:StringEquals": {"iot:Certificate.AvailableKeys": "iot:Certificate.Subject.Country"}}"#,
+            on,
+            false,
+        ),
+        (
+            r#"{"StringEquals": {"iot:Certificate.SerialNumber": "4660", "iot:CertificateId": "c0ffee", "iot:Certificate.Issuer.CommonName": "Acme Root"}}"#,
+            on,
+            true,
+        ),
+        // Numbers, dates, addresses, ARNs.
+        (
+            r#"{"NumericEquals": {"iot:Connection.Thing.Attributes[line]": 3}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"NumericGreaterThan": {"iot:Connection.Thing.Attributes[line]": "3.5"}}"#,
+            on,
+            false,
+        ),
+        (
+            r#"{"NumericNotEquals": {"iot:Connection.Thing.Attributes[line]": 4}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"NumericLessThan": {"iot:Connection.Thing.Attributes[site]": 4}}"#,
+            on,
+            false,
+        ),
+        (
+            r#"{"NumericLessThan": {"aws:EpochTime": 1800000001}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"DateLessThan": {"aws:CurrentTime": "2027-01-15T08:00:01Z"}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"DateLessThan": {"aws:CurrentTime": "2027-01-15T08:00:00Z"}}"#,
+            on,
+            false,
+        ),
+        (
+            r#"{"DateLessThanEquals": {"aws:CurrentTime": "2027-01-15T08:00:00Z"}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"DateGreaterThan": {"aws:CurrentTime": "2027-01-15"}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"DateGreaterThanEquals": {"aws:EpochTime": "2027-01-16"}}"#,
+            on,
+            false,
+        ),
+        (
+            r#"{"DateEquals": {"aws:EpochTime": "2027-01-15T09:00:00+01:00"}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"DateNotEquals": {"aws:EpochTime": "1800000000"}}"#,
+            on,
+            false,
+        ),
+        (
+            r#"{"IpAddress": {"aws:SourceIp": "203.0.113.0/24"}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"IpAddress": {"aws:SourceIp": ["10.0.0.0/8", "203.0.113.7"]}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"IpAddress": {"aws:SourceIp": "10.0.0.0/8"}}"#,
+            on,
+            false,
+        ),
+        (
+            r#"{"NotIpAddress": {"aws:SourceIp": "10.0.0.0/8"}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"IpAddress": {"aws:SourceIp": "0.0.0.0/0"}}"#,
+            no_ip,
+            false,
+        ),
+        (
+            r#"{"ArnLike": {"iot:Connection.Thing.Attributes[site]": "arn:*"}}"#,
+            on,
+            false,
+        ),
+        (
+            r#"{"ArnNotLike": {"iot:Connection.Thing.Attributes[site]": "arn:aws:iot:*:*:thing/*"}}"#,
+            on,
+            true,
+        ),
+    ];
+    for (condition, c, want) in cases {
+        let p = policy(&format!(
+            r#"[{{"Effect": "Allow", "Action": "iot:Publish", "Resource": "*", "Condition": {condition}}}]"#
+        ));
+        assert_eq!(
+            is_allowed(&[p], Action::Publish, "t", &c),
+            want,
+            "{condition} with thing {:?}",
+            c.thing.map(|t| &t.name)
+        );
+    }
+}
+
+#[test]
+fn thing_and_certificate_variables_in_resources() {
+    let on = rich_ctx("gw_1", true);
+    let off = rich_ctx("gw_1", false);
+    let cases: Vec<(&str, RequestContext, &str, bool)> = vec![
+        (
+            "site/${iot:Connection.Thing.Attributes[site]}/#",
+            on,
+            "site/berlin/#",
+            true,
+        ),
+        (
+            "site/${iot:Connection.Thing.Attributes[site]}/#",
+            on,
+            "site/paris/#",
+            false,
+        ),
+        (
+            "site/${iot:Connection.Thing.Attributes[site]}/#",
+            off,
+            "site/berlin/#",
+            false,
+        ),
+        (
+            "site/${iot:Connection.Thing.Attributes[nope]}/*",
+            on,
+            "site//x",
+            false,
+        ),
+        (
+            "type/${iot:Connection.Thing.ThingTypeName}",
+            on,
+            "type/gateway",
+            true,
+        ),
+        (
+            "type/${iot:Connection.Thing.ThingTypeName}",
+            off,
+            "type/gateway",
+            false,
+        ),
+        (
+            "org/${iot:Certificate.Subject.Organization.1}",
+            on,
+            "org/Second",
+            true,
+        ),
+        (
+            "dns/${iot:Certificate.Subject.AlternativeName.DNSName}",
+            on,
+            "dns/gw-1.example.com",
+            true,
+        ),
+        (
+            "serial/${iot:Certificate.SerialNumber}",
+            on,
+            "serial/4660",
+            true,
+        ),
+        ("ip/${aws:SourceIp}", on, "ip/203.0.113.7", true),
+    ];
+    for (resource, c, filter, want) in cases {
+        let p = policy(&format!(
+            "[{}]",
+            allow(
+                "iot:Subscribe",
+                &format!("arn:aws:iot:*:*:topicfilter/{resource}")
+            )
+        ));
+        assert_eq!(
+            is_allowed(&[p], Action::Subscribe, filter, &c),
+            want,
+            "{resource} on {filter} with thing {:?}",
+            c.thing.map(|t| &t.name)
+        );
+    }
+}
+
+#[test]
+fn not_action_and_deny_with_conditions() {
+    let on = rich_ctx("gw_1", true);
+    let off = rich_ctx("gw_1", false);
+    let p = policy(
+        r#"[{"Effect": "Allow", "NotAction": ["iot:Subscribe", "iot:Receive"], "Resource": "*"},
+            {"Effect": "Deny", "Action": "iot:Publish", "Resource": "arn:aws:iot:*:*:topic/admin/*",
+             "Condition": {"StringNotEquals": {"iot:Connection.Thing.ThingTypeName": "admin"}}}]"#,
+    );
+    let cases = [
+        (Action::Connect, "gw_1", on, true),
+        (Action::Publish, "a/b", on, true),
+        (Action::RetainPublish, "a/b", on, true),
+        (Action::Subscribe, "a/b", on, false),
+        (Action::Receive, "a/b", on, false),
+        // The Deny's condition holds (type gateway, not admin; or no thing
+        // at all: an absent key passes a negated test): Deny wins.
+        (Action::Publish, "admin/x", on, false),
+        (Action::Publish, "admin/x", off, false),
+    ];
+    for (action, name, c, want) in cases {
+        assert_eq!(
+            is_allowed(std::slice::from_ref(&p), action, name, &c),
+            want,
+            "{action} {name}"
+        );
+    }
+    // A thing of type admin: the Deny's condition fails, the Allow stands.
+    let admin_thing = ConnectedThing {
+        name: "gw_1".into(),
+        type_name: Some("admin".into()),
+        ..ConnectedThing::default()
+    };
+    let admin = RequestContext {
+        thing: Some(&admin_thing),
+        ..on
+    };
+    assert!(is_allowed(&[p], Action::Publish, "admin/x", &admin));
 }

@@ -1,10 +1,13 @@
 //! The emulator's IoT policies: `PolicyDocument::parse`, then evaluation of
-//! the parsed document (its resource patterns and policy variables).
+//! the parsed document (its resource patterns, policy variables and
+//! conditions).
 //! The input is the document, then optionally a NUL and the name (client id
 //! or topic) asked for.
 #![no_main]
 
-use iotcore_emulator::policy::{is_allowed, Action, PolicyDocument, RequestContext};
+use iotcore_emulator::policy::{
+    is_allowed, Action, CertificateFacts, ConnectedThing, PolicyDocument, RequestContext,
+};
 use libfuzzer_sys::fuzz_target;
 
 const ACTIONS: [Action; 5] = [
@@ -23,16 +26,27 @@ fuzz_target!(|data: &[u8]| {
     let Ok(doc) = PolicyDocument::parse(json) else {
         return;
     };
-    let subject = [("CommonName".to_string(), "gw_1".to_string())];
-    let issuer = [("CommonName".to_string(), "Root CA".to_string())];
+    let certificate = CertificateFacts {
+        id: "ab12".into(),
+        serial_number: Some("1234".into()),
+        subject: vec![("CommonName".into(), "gw_1".into())],
+        issuer: vec![("CommonName".into(), "Root CA".into())],
+        subject_alt_names: vec![("DNSName".into(), "gw-1.example.com".into())],
+        issuer_alt_names: Vec::new(),
+    };
+    let thing = ConnectedThing {
+        name: "gw_1".into(),
+        type_name: Some("gateway".into()),
+        attributes: [("site".to_string(), "berlin".to_string())].into(),
+    };
     let ctx = RequestContext {
         region: "us-east-1",
         account: "123456789012",
         client_id: "gw_1",
-        thing_name: Some("gw_1"),
-        cert_subject: &subject,
-        cert_issuer: &issuer,
-        certificate_id: Some("ab12"),
+        thing: Some(&thing),
+        certificate: &certificate,
+        source_ip: Some(std::net::Ipv4Addr::LOCALHOST.into()),
+        now_unix: 1_800_000_000,
     };
     for action in ACTIONS {
         let once = is_allowed(std::slice::from_ref(&doc), action, name, &ctx);

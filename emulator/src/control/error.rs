@@ -21,6 +21,8 @@ pub(crate) enum ErrorKind {
     CertificateState,
     /// An account limit: a second certificate provider (AWS allows one).
     LimitExceeded,
+    /// A policy document the policy engine refuses.
+    MalformedPolicy,
     /// The registry failed.
     InternalFailure,
     /// No operation has this method and path: the emulator does not serve
@@ -39,6 +41,7 @@ impl ErrorKind {
             ErrorKind::ResourceAlreadyExists => ("ResourceAlreadyExistsException", 409),
             ErrorKind::CertificateState => ("CertificateStateException", 406),
             ErrorKind::LimitExceeded => ("LimitExceededException", 410),
+            ErrorKind::MalformedPolicy => ("MalformedPolicyException", 400),
             ErrorKind::InternalFailure => ("InternalFailureException", 500),
             ErrorKind::UnknownOperation => ("UnknownOperationException", 404),
         }
@@ -99,9 +102,11 @@ impl From<RegistryError> for ApiError {
                 ApiError::new(ErrorKind::LimitExceeded, e.to_string())
             }
             RegistryError::Invalid(m) => ApiError::invalid(m),
+            RegistryError::Policy { .. } => {
+                ApiError::new(ErrorKind::MalformedPolicy, e.to_string())
+            }
             // As when they were plain messages: refused as the request's.
-            RegistryError::Policy { .. }
-            | RegistryError::TemplateName(_)
+            RegistryError::TemplateName(_)
             | RegistryError::Template { .. }
             | RegistryError::Corrupt { .. } => ApiError::invalid(e.to_string()),
             RegistryError::Sqlite(_) | RegistryError::Io { .. } => {

@@ -12,13 +12,15 @@
 //! One file per idea: [`server`] (HTTP), [`router`] (the route table),
 //! [`error`] (AWS's error shape), [`request`] (decoding a request),
 //! [`pagination`], and one per resource: [`things`], [`certificates`],
-//! [`principals`], [`groups`] (thing groups, thing types, billing groups). A new operation is a row in [`router::ROUTES`] and a
+//! [`principals`], [`groups`] (thing groups, thing types, billing groups),
+//! [`policies`]. A new operation is a row in [`router::ROUTES`] and a
 //! function in its resource's file.
 
 mod certificates;
 mod error;
 mod groups;
 mod pagination;
+mod policies;
 mod principals;
 mod request;
 mod router;

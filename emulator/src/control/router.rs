@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use super::certificates;
 use super::error::{ApiError, ErrorKind};
 use super::groups;
+use super::policies;
 use super::principals;
 use super::request::{percent_decode, ApiRequest};
 use super::things;
@@ -83,6 +84,18 @@ pub(crate) const ROUTES: &[Route] = &[
         path: "/certificates/{certificateId}",
         operation: "UpdateCertificate",
         handler: certificates::update_certificate,
+    },
+    Route {
+        method: "POST",
+        path: "/policies/{policyName}",
+        operation: "CreatePolicy",
+        handler: policies::create_policy,
+    },
+    Route {
+        method: "GET",
+        path: "/policies/{policyName}",
+        operation: "GetPolicy",
+        handler: policies::get_policy,
     },
     Route {
         method: "POST",

@@ -2,14 +2,19 @@
 //! request (connect, publish, subscribe, receive, retained publish) is allowed.
 //!
 //! Evaluation follows the IoT developer guide (`iot-policies`, `pub-sub-policy`,
-//! `iot-action-resources`, `iot-policy-variables`):
+//! `iot-action-resources`, `iot-policy-variables`) and IAM's policy grammar:
 //!
 //! - everything is denied unless an `Allow` statement matches, and any matching
 //!   `Deny` wins over every `Allow`, across all policies given;
-//! - a statement matches when one of its actions matches the request's action and
-//!   its `Resource` (or `NotResource`) matches the request's resource ARN;
+//! - a statement matches when the request's action is one of its `Action`s (or
+//!   none of its `NotAction`s), its resource ARN matches one of its `Resource`s
+//!   (or none of its `NotResource`s), and its `Condition` holds
+//!   ([`condition`]);
 //! - in resources `*` matches any run of characters (`/` included) and `?` exactly
-//!   one; MQTT `+` and `#` are ordinary characters; matching is case-sensitive.
+//!   one; MQTT `+` and `#` are ordinary characters; matching is case-sensitive;
+//! - policy variables ([`keys`]) are substituted in resources and condition
+//!   values; thing variables have a value only when the client id is the name
+//!   of a thing attached to the certificate.
 //!
 //! Choices made where AWS documents nothing (each also noted where it is made):
 //!
@@ -22,10 +27,19 @@
 //! - A resource whose variable has no value matches nothing. For `Resource` only
 //!   that entry is skipped; for `NotResource` the whole statement matches nothing
 //!   (it can no longer tell what is excluded). This holds for `Deny` too.
-//! - `Condition` is rejected when the policy is parsed, so a policy that relies
-//!   on a condition never silently grants more than it says.
-//! - When a certificate carries the same subject or issuer field more than once,
-//!   `${iot:Certificate.Subject.X}` takes the first value.
+//! - An unknown statement key, condition operator, condition key or policy
+//!   variable is refused when the policy is created, naming its path and what
+//!   is accepted, so that a typo never silently grants or denies.
+
+mod condition;
+mod context;
+mod keys;
+mod pattern;
+
+pub use context::{CertificateFacts, ConnectedThing, RequestContext};
+
+use condition::Condition;
+use pattern::{glob_match, literal_pattern, Template};
 
 use std::fmt;
 use std::sync::Arc;
@@ -138,39 +152,31 @@ impl fmt::Display for Action {
     }
 }
 
-/// What the server knows about the connection a request comes from.
-#[derive(Clone, Copy, Debug)]
-pub struct RequestContext<'a> {
-    pub region: &'a str,
-    pub account: &'a str,
-    pub client_id: &'a str,
-    /// Set only when the client id is the name of a thing attached to the
-    /// connection's certificate.
-    pub thing_name: Option<&'a str>,
-    /// Subject fields, e.g. `("CommonName", "dev1")`, `("Organization", ..)`.
-    pub cert_subject: &'a [(String, String)],
-    pub cert_issuer: &'a [(String, String)],
-    pub certificate_id: Option<&'a str>,
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Effect {
     Allow,
     Deny,
 }
 
+/// `Action` or `NotAction`: lower-cased action patterns.
+#[derive(Clone, Debug)]
+enum Actions {
+    Action(Vec<String>),
+    NotAction(Vec<String>),
+}
+
 #[derive(Clone, Debug)]
 enum Resources {
-    Resource(Vec<String>),
-    NotResource(Vec<String>),
+    Resource(Vec<Template>),
+    NotResource(Vec<Template>),
 }
 
 #[derive(Clone, Debug)]
 struct Statement {
     effect: Effect,
-    /// Lower-cased action patterns.
-    actions: Vec<String>,
+    actions: Actions,
     resources: Resources,
+    condition: Condition,
 }
 
 /// A parsed and validated IoT policy document.
@@ -243,28 +249,20 @@ impl PolicyDocument {
     }
 }
 
+/// The keys a statement may have.
+const STATEMENT_KEYS: &str = "Sid, Effect, Action or NotAction, Resource or NotResource, Condition";
+
 fn parse_statement(path: &str, s: &Map<String, Value>) -> Result<Statement, PolicyError> {
     for key in s.keys() {
-        match key.as_str() {
-            "Sid" | "Effect" | "Action" | "Resource" | "NotResource" => {}
-            "Condition" => {
-                return Err(PolicyError::invalid(
-                    format!("{path}.Condition"),
-                    "Condition is not supported by the emulator; express the rule through resources and policy variables",
-                ))
-            }
-            "NotAction" => {
-                return Err(PolicyError::invalid(
-                    format!("{path}.NotAction"),
-                    "NotAction is not supported by the emulator; list the actions under Action",
-                ))
-            }
-            other => {
-                return Err(PolicyError::invalid(
-                    format!("{path}.{other}"),
-                    "unknown statement key (allowed: Sid, Effect, Action, Resource, NotResource)",
-                ))
-            }
+        if !matches!(
+            key.as_str(),
+            "Sid" | "Effect" | "Action" | "NotAction" | "Resource" | "NotResource" | "Condition"
+        ) {
+            // `Principal` too: an IoT policy's principal is what it is attached to.
+            return Err(PolicyError::invalid(
+                format!("{path}.{key}"),
+                format!("unknown statement key (allowed: {STATEMENT_KEYS})"),
+            ));
         }
     }
     let effect = match s.get("Effect") {
@@ -283,21 +281,22 @@ fn parse_statement(path: &str, s: &Map<String, Value>) -> Result<Statement, Poli
             ))
         }
     };
-    let actions = string_or_list(s.get("Action"), &format!("{path}.Action"))?;
-    for (i, a) in actions.iter().enumerate() {
-        if a != "*" && !a.contains(':') {
+    let actions = match (s.get("Action"), s.get("NotAction")) {
+        (Some(_), Some(_)) => {
             return Err(PolicyError::invalid(
-                format!("{path}.Action[{i}]"),
-                format!(
-                    "\"{a}\" is not an action name of the form service:Action (e.g. iot:Publish)"
-                ),
-            ));
+                path,
+                "has both Action and NotAction; use one",
+            ))
         }
-    }
-    let actions = actions
-        .into_iter()
-        .map(|a| a.to_ascii_lowercase())
-        .collect();
+        (Some(a), None) => Actions::Action(action_list(a, &format!("{path}.Action"))?),
+        (None, Some(a)) => Actions::NotAction(action_list(a, &format!("{path}.NotAction"))?),
+        (None, None) => {
+            return Err(PolicyError::invalid(
+                format!("{path}.Action"),
+                "is required (or NotAction)",
+            ))
+        }
+    };
     let resources = match (s.get("Resource"), s.get("NotResource")) {
         (Some(_), Some(_)) => {
             return Err(PolicyError::invalid(
@@ -316,10 +315,15 @@ fn parse_statement(path: &str, s: &Map<String, Value>) -> Result<Statement, Poli
             ))
         }
     };
+    let condition = match s.get("Condition") {
+        Some(c) => Condition::parse(&format!("{path}.Condition"), c)?,
+        None => Condition::default(),
+    };
     Ok(Statement {
         effect,
         actions,
         resources,
+        condition,
     })
 }
 
@@ -346,8 +350,27 @@ fn string_or_list(value: Option<&Value>, path: &str) -> Result<Vec<String>, Poli
     }
 }
 
-fn resource_list(value: &Value, path: &str) -> Result<Vec<String>, PolicyError> {
+fn action_list(value: &Value, path: &str) -> Result<Vec<String>, PolicyError> {
+    let actions = string_or_list(Some(value), path)?;
+    for (i, a) in actions.iter().enumerate() {
+        if a != "*" && !a.contains(':') {
+            return Err(PolicyError::invalid(
+                format!("{path}[{i}]"),
+                format!(
+                    "\"{a}\" is not an action name of the form service:Action (e.g. iot:Publish)"
+                ),
+            ));
+        }
+    }
+    Ok(actions
+        .into_iter()
+        .map(|a| a.to_ascii_lowercase())
+        .collect())
+}
+
+fn resource_list(value: &Value, path: &str) -> Result<Vec<Template>, PolicyError> {
     let list = string_or_list(Some(value), path)?;
+    let mut out = Vec::with_capacity(list.len());
     for (i, r) in list.iter().enumerate() {
         // AWS accepts only `*` or an ARN here; a bare `topic/x` would never match.
         if r != "*" && !r.starts_with("arn:") {
@@ -356,23 +379,12 @@ fn resource_list(value: &Value, path: &str) -> Result<Vec<String>, PolicyError> 
                 format!("\"{r}\" must be \"*\" or an ARN such as arn:aws:iot:us-east-1:123456789012:topic/a/b"),
             ));
         }
-        if let Err(message) = check_variables(r) {
-            return Err(PolicyError::invalid(format!("{path}[{i}]"), message));
-        }
+        out.push(
+            Template::parse(r)
+                .map_err(|message| PolicyError::invalid(format!("{path}[{i}]"), message))?,
+        );
     }
-    Ok(list)
-}
-
-/// Rejects an unterminated `${` so a typo is found when the policy is created.
-fn check_variables(resource: &str) -> Result<(), String> {
-    let mut rest = resource;
-    while let Some(start) = rest.find("${") {
-        match rest[start + 2..].find('}') {
-            Some(end) => rest = &rest[start + 2 + end + 1..],
-            None => return Err(format!("unterminated policy variable in \"{resource}\"")),
-        }
-    }
-    Ok(())
+    Ok(out)
 }
 
 /// The ARN of the resource `action` applies to, e.g.
@@ -399,14 +411,10 @@ pub fn is_allowed(
     let action_name = action.name().to_ascii_lowercase();
     let mut allowed = false;
     for statement in policies.iter().flat_map(|p| p.statements.iter()) {
-        if !statement
-            .actions
-            .iter()
-            .any(|pattern| glob_match(&literal_pattern(pattern), &action_name))
+        if !actions_match(&statement.actions, &action_name)
+            || !resources_match(&statement.resources, &arn, ctx)
+            || !statement.condition.holds(ctx)
         {
-            continue;
-        }
-        if !resources_match(&statement.resources, &arn, ctx) {
             continue;
         }
         match statement.effect {
@@ -417,15 +425,26 @@ pub fn is_allowed(
     allowed
 }
 
+fn actions_match(actions: &Actions, action_name: &str) -> bool {
+    let any = |list: &[String]| {
+        list.iter()
+            .any(|pattern| glob_match(&literal_pattern(pattern), action_name))
+    };
+    match actions {
+        Actions::Action(list) => any(list),
+        Actions::NotAction(list) => !any(list),
+    }
+}
+
 fn resources_match(resources: &Resources, arn: &str, ctx: &RequestContext) -> bool {
     match resources {
         Resources::Resource(list) => list
             .iter()
-            .any(|r| compile_resource(r, ctx).is_some_and(|p| glob_match(&p, arn))),
+            .any(|r| r.pattern(ctx).is_some_and(|p| glob_match(&p, arn))),
         Resources::NotResource(list) => {
             let mut patterns = Vec::with_capacity(list.len());
             for r in list {
-                match compile_resource(r, ctx) {
+                match r.pattern(ctx) {
                     Some(p) => patterns.push(p),
                     // Unknown exclusions: match nothing rather than guess.
                     None => return false,
@@ -436,113 +455,9 @@ fn resources_match(resources: &Resources, arn: &str, ctx: &RequestContext) -> bo
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Tok {
-    Lit(char),
-    AnyRun,
-    AnyOne,
-}
-
-/// A pattern without variables (action names).
-fn literal_pattern(pattern: &str) -> Vec<Tok> {
-    pattern
-        .chars()
-        .map(|c| match c {
-            '*' => Tok::AnyRun,
-            '?' => Tok::AnyOne,
-            c => Tok::Lit(c),
-        })
-        .collect()
-}
-
-/// Substitutes the policy variables of a resource; `None` when one of them has
-/// no value for this connection.
-fn compile_resource(resource: &str, ctx: &RequestContext) -> Option<Vec<Tok>> {
-    let mut out = Vec::with_capacity(resource.len());
-    let mut rest = resource;
-    while let Some(start) = rest.find("${") {
-        out.extend(literal_pattern(&rest[..start]));
-        let after = &rest[start + 2..];
-        // Checked at parse time, so the closing brace is there.
-        let end = after.find('}')?;
-        let value = variable_value(&after[..end], ctx)?;
-        out.extend(value.chars().map(Tok::Lit));
-        rest = &after[end + 1..];
-    }
-    out.extend(literal_pattern(rest));
-    Some(out)
-}
-
-fn variable_value(name: &str, ctx: &RequestContext) -> Option<String> {
-    let field = |fields: &[(String, String)], key: &str| {
-        fields
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
-    };
-    let value = match name {
-        "*" | "?" | "$" => Some(name.to_string()),
-        "iot:ClientId" => Some(ctx.client_id.to_string()),
-        "iot:Connection.Thing.ThingName" => ctx.thing_name.map(str::to_string),
-        // AWS documents this one as "true" or "false".
-        "iot:Connection.Thing.IsAttached" => Some(ctx.thing_name.is_some().to_string()),
-        "iot:CertificateId" => ctx.certificate_id.map(str::to_string),
-        _ => {
-            if let Some(key) = name.strip_prefix("iot:Certificate.Subject.") {
-                field(ctx.cert_subject, key)
-            } else if let Some(key) = name.strip_prefix("iot:Certificate.Issuer.") {
-                field(ctx.cert_issuer, key)
-            } else {
-                // Thing attributes, thing type, SAN fields...: not modelled.
-                None
-            }
-        }
-    };
-    // An empty value (e.g. an empty client id) would let `client/${iot:ClientId}`
-    // degenerate into `client/`; treat it as absent.
-    value.filter(|v| !v.is_empty())
-}
-
-/// Glob match with `*` (any run, possibly empty) and `?` (exactly one char);
-/// iterative with single-star backtracking, linear memory.
-fn glob_match(pattern: &[Tok], text: &str) -> bool {
-    let text: Vec<char> = text.chars().collect();
-    let (mut p, mut t) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        match pattern.get(p) {
-            Some(Tok::AnyRun) => {
-                star = Some((p, t));
-                p += 1;
-            }
-            Some(Tok::AnyOne) => {
-                p += 1;
-                t += 1;
-            }
-            Some(Tok::Lit(c)) if *c == text[t] => {
-                p += 1;
-                t += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    p = sp + 1;
-                    t = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p..].iter().all(|tok| *tok == Tok::AnyRun)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn m(pattern: &str, text: &str) -> bool {
-        glob_match(&literal_pattern(pattern), text)
-    }
 
     #[test]
     fn json_errors_keep_their_source() {
@@ -562,31 +477,5 @@ mod tests {
         assert_eq!(e, PolicyDocument::parse("{not json").unwrap_err());
         assert_eq!(e.clone(), e);
         assert_ne!(e, PolicyDocument::parse("{\"a\": tru").unwrap_err());
-    }
-
-    #[test]
-    fn glob_cases() {
-        let cases = [
-            ("*", "", true),
-            ("*", "a/b/c", true),
-            ("a*c", "abc", true),
-            ("a*c", "a/b/c", true),
-            ("a*c", "ab", false),
-            ("a?c", "abc", true),
-            ("a?c", "ac", false),
-            ("a?c", "abbc", false),
-            ("a/+/b", "a/+/b", true),
-            ("a/+/b", "a/x/b", false),
-            ("a/#", "a/#", true),
-            ("a/#", "a/b", false),
-            ("*a*a*", "aXaYa", true),
-            ("*ab", "aab", true),
-            ("A", "a", false),
-            ("", "", true),
-            ("", "a", false),
-        ];
-        for (p, t, want) in cases {
-            assert_eq!(m(p, t), want, "pattern {p:?} on {t:?}");
-        }
     }
 }
