@@ -1170,3 +1170,76 @@ async fn create_policy_refuses_unknown_condition_parts_and_accepts_conditions() 
     let err = connect(&emu, &cred, "gw_10").await.unwrap_err();
     assert!(err.contains("NotAuthorized"), "{err}");
 }
+
+/// Certificate providers through the real boto3: one made with the CLI's
+/// registry call is listed, described, updated and deleted as on AWS;
+/// CreateCertificateProvider, and an update naming another Lambda function,
+/// are refused naming the CLI command, since the emulator runs a local
+/// command in the function's place.
+#[tokio::test(flavor = "multi_thread")]
+async fn boto3_sees_updates_and_deletes_the_certificate_provider() {
+    let emu = start().await;
+    let arn = format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:local-ca");
+    let ops = vec!["CreateCertificateFromCsr".to_owned()];
+    emu.registry()
+        .create_certificate_provider("local-ca", &["/bin/false".to_owned()], &arn, &ops)
+        .unwrap();
+    let other = format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:other");
+    let v = boto3(
+        &emu.api_url(),
+        json!([
+            {"op": "list_certificate_providers"},
+            {"op": "describe_certificate_provider", "args": {"certificateProviderName": "local-ca"}},
+            {"op": "update_certificate_provider", "args": {"certificateProviderName": "local-ca",
+                "lambdaFunctionArn": &arn, "accountDefaultForOperations": ["CreateCertificateFromCsr"]}},
+            {"op": "update_certificate_provider", "args": {"certificateProviderName": "local-ca",
+                "lambdaFunctionArn": &other}},
+            {"op": "update_certificate_provider", "args": {"certificateProviderName": "local-ca",
+                "accountDefaultForOperations": ["CreateKeysAndCertificate"]}},
+            {"op": "create_certificate_provider", "args": {"certificateProviderName": "second",
+                "lambdaFunctionArn": &other, "accountDefaultForOperations": ["CreateCertificateFromCsr"]}},
+            {"op": "describe_certificate_provider", "args": {"certificateProviderName": "local-ca"}},
+            {"op": "describe_certificate_provider", "args": {"certificateProviderName": "nope"}},
+            {"op": "delete_certificate_provider", "args": {"certificateProviderName": "local-ca"}},
+            {"op": "delete_certificate_provider", "args": {"certificateProviderName": "local-ca"}},
+            {"op": "list_certificate_providers"},
+        ]),
+    )
+    .await;
+    let r = v["results"].as_array().unwrap();
+    let provider_arn = format!("arn:aws:iot:{REGION}:{ACCOUNT}:certificateprovider/local-ca");
+    assert_eq!(
+        ok(&r[0])["certificateProviders"],
+        json!([{"certificateProviderName": "local-ca", "certificateProviderArn": provider_arn}])
+    );
+    let d = ok(&r[1]);
+    assert_eq!(d["certificateProviderArn"], provider_arn.as_str());
+    assert_eq!(d["lambdaFunctionArn"], arn.as_str());
+    assert_eq!(
+        d["accountDefaultForOperations"],
+        json!(["CreateCertificateFromCsr"])
+    );
+    assert!(d["creationDate"].as_f64().unwrap() > 1.7e9, "{d}");
+    assert_eq!(ok(&r[2])["certificateProviderArn"], provider_arn.as_str());
+    assert_eq!(error(&r[3]), ("InvalidRequestException".into(), 400));
+    let m = r[3]["error"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("certificate-providers create local-ca --command"),
+        "{m}"
+    );
+    assert_eq!(error(&r[4]), ("InvalidRequestException".into(), 400));
+    assert_eq!(error(&r[5]), ("InvalidRequestException".into(), 400));
+    let m = r[5]["error"]["message"].as_str().unwrap();
+    assert!(m.contains("certificate-providers create second"), "{m}");
+    // The refused calls changed nothing.
+    assert_eq!(ok(&r[6])["lambdaFunctionArn"], arn.as_str());
+    assert_eq!(
+        ok(&r[6])["accountDefaultForOperations"],
+        json!(["CreateCertificateFromCsr"])
+    );
+    assert_eq!(error(&r[7]), ("ResourceNotFoundException".into(), 404));
+    ok(&r[8]);
+    assert_eq!(error(&r[9]), ("ResourceNotFoundException".into(), 404));
+    assert_eq!(ok(&r[10])["certificateProviders"], json!([]));
+    assert!(emu.registry().certificate_providers().unwrap().is_empty());
+}

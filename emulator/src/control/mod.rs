@@ -13,8 +13,8 @@
 //! [`error`] (AWS's error shape), [`request`] (decoding a request),
 //! [`pagination`], and one per resource: [`things`], [`certificates`],
 //! [`principals`], [`groups`] (thing groups, thing types, billing groups),
-//! [`policies`]. A new operation is a row in [`router::ROUTES`] and a
-//! function in its resource's file.
+//! [`policies`], [`providers`] (certificate providers). A new operation
+//! is a row in [`router::ROUTES`] and a function in its resource's file.
 
 mod certificates;
 mod error;
@@ -22,6 +22,7 @@ mod groups;
 mod pagination;
 mod policies;
 mod principals;
+mod providers;
 mod request;
 mod router;
 mod server;

@@ -9,6 +9,7 @@ use super::error::{ApiError, ErrorKind};
 use super::groups;
 use super::policies;
 use super::principals;
+use super::providers;
 use super::request::{percent_decode, ApiRequest};
 use super::things;
 use super::{ControlPlane, Reply};
@@ -84,6 +85,36 @@ pub(crate) const ROUTES: &[Route] = &[
         path: "/certificates/{certificateId}",
         operation: "UpdateCertificate",
         handler: certificates::update_certificate,
+    },
+    Route {
+        method: "GET",
+        path: "/certificate-providers/",
+        operation: "ListCertificateProviders",
+        handler: providers::list_certificate_providers,
+    },
+    Route {
+        method: "POST",
+        path: "/certificate-providers/{certificateProviderName}",
+        operation: "CreateCertificateProvider",
+        handler: providers::create_certificate_provider,
+    },
+    Route {
+        method: "GET",
+        path: "/certificate-providers/{certificateProviderName}",
+        operation: "DescribeCertificateProvider",
+        handler: providers::describe_certificate_provider,
+    },
+    Route {
+        method: "PUT",
+        path: "/certificate-providers/{certificateProviderName}",
+        operation: "UpdateCertificateProvider",
+        handler: providers::update_certificate_provider,
+    },
+    Route {
+        method: "DELETE",
+        path: "/certificate-providers/{certificateProviderName}",
+        operation: "DeleteCertificateProvider",
+        handler: providers::delete_certificate_provider,
     },
     Route {
         method: "POST",
@@ -256,6 +287,14 @@ mod tests {
     #[test]
     fn every_operation_has_its_method_and_path() {
         assert_eq!(op("GET", "/things").unwrap(), "ListThings");
+        assert_eq!(
+            op("GET", "/certificate-providers/").unwrap(),
+            "ListCertificateProviders"
+        );
+        assert_eq!(
+            op("PUT", "/certificate-providers/ca").unwrap(),
+            "UpdateCertificateProvider"
+        );
         assert_eq!(op("GET", "/things/gw_1").unwrap(), "DescribeThing");
         assert_eq!(op("PATCH", "/things/gw_1").unwrap(), "UpdateThing");
         assert_eq!(op("POST", "/things/gw_1").unwrap(), "CreateThing");

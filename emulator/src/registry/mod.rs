@@ -22,7 +22,7 @@ mod cached;
 mod file;
 mod groups;
 pub(crate) mod jobs;
-mod providers;
+pub(crate) mod providers;
 
 pub use groups::{
     BillingGroupRecord, NamedObject, NewThingGroup, TemplateObjects, ThingGroupRecord,
