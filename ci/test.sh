@@ -13,6 +13,8 @@ disk() { echo "-- disk: $(df -h --output=avail . | tail -1 | tr -d ' ') free, ta
 trap disk EXIT
 disk
 
+# The Node.js choices of install-deps.sh, against stand-ins (no apt).
+ci/test-install-deps.sh >/dev/null
 ci/install-deps.sh
 
 echo "== cargo fmt --check"
