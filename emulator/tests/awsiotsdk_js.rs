@@ -6,8 +6,10 @@
 //! rejected topics) and `IotIdentityClientv2` (the request-response client
 //! of the SDK's current sample); and a rejection reaches it in AWS's shape.
 //!
-//! `ci/node-sdk.sh` installs the SDK (`npm ci`, once per lock file) before
-//! the first case; `node` is `$AWSIOTSDK_JS_NODE` when set.
+//! `ci/node-sdk.sh` installs the SDK (`npm ci`, once per lock file, into
+//! `target/node-sdk/<hash>/` beside a copy of `provision.js`) before the
+//! first case; `node` is `$AWSIOTSDK_JS_NODE` when set, with the npm beside
+//! it. The last tests check that script.
 //! `IOTCORE_SKIP_AWSIOTSDK_JS=1` skips the tests (they say so), but not in
 //! CI (`CI` set): there a missing Node.js or a failed install fails them.
 
@@ -20,9 +22,10 @@ use common::*;
 use iotcore_emulator::{CertStatus, Credential};
 use serde_json::Value;
 
-/// The directory with the installed SDK and `provision.js`, made by
+/// The directory with the installed SDK and `provision.js`, asked of
 /// `ci/node-sdk.sh` once per test process (the script itself locks against
-/// other processes).
+/// other processes; the directory is never changed once made, so a lock
+/// file change elsewhere does not disturb this process).
 fn sdk_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -289,4 +292,155 @@ async fn js_sdk_sees_register_thing_rejected() {
             .unwrap()
             .is_none());
     }
+}
+
+/// Runs `ci/node-sdk.sh` with `env` added, returning (success, stdout, stderr).
+fn node_sdk_sh(env: &[(&str, &Path)]) -> (bool, String, String) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../ci/node-sdk.sh");
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg(script);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("running ci/node-sdk.sh");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An executable shell script `name` in `dir` with body `body`.
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+/// The `node` the tests use, as an absolute path (a wrapper must not find
+/// itself on PATH).
+fn real_node() -> String {
+    let node = std::env::var("AWSIOTSDK_JS_NODE").unwrap_or_else(|_| "node".into());
+    let out = std::process::Command::new("bash")
+        .args(["-c", "command -v \"$1\"", "-", &node])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{node} not found");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// The SDK is installed under target/, not in the source tree (a read-only
+/// checkout works, `git status` stays clean), with `provision.js` beside
+/// its `node_modules`, in a directory named by the lock file's hash.
+#[test]
+fn sdk_is_installed_outside_the_source_tree() {
+    let Some(dir) = sdk_unless_skipped() else {
+        return;
+    };
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/awsiotsdk-js");
+    let src = src.canonicalize().unwrap();
+    let dir = dir.canonicalize().unwrap();
+    assert!(
+        !dir.starts_with(&src),
+        "ci/node-sdk.sh installed into the source tree: {}",
+        dir.display()
+    );
+    assert_eq!(
+        std::fs::read(dir.join("provision.js")).unwrap(),
+        std::fs::read(src.join("provision.js")).unwrap(),
+        "{}/provision.js is not the source's",
+        dir.display()
+    );
+    let name = dir.file_name().unwrap().to_str().unwrap();
+    assert!(
+        name.len() == 16 && name.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{} is not named by the lock file's hash",
+        dir.display()
+    );
+}
+
+/// A `$AWSIOTSDK_JS_NODE` with no npm beside it is refused, naming npm,
+/// rather than installed with whichever npm PATH finds.
+#[test]
+fn node_sdk_refuses_a_node_without_npm_beside_it() {
+    if sdk_unless_skipped().is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let node = script(tmp.path(), "node", &format!("exec {} \"$@\"", real_node()));
+    let install = tmp.path().join("install");
+    let (ok, stdout, stderr) = node_sdk_sh(&[
+        ("AWSIOTSDK_JS_NODE", &node),
+        ("AWSIOTSDK_JS_INSTALL_DIR", &install),
+    ]);
+    assert!(!ok, "accepted a node without npm: printed {stdout}");
+    assert!(
+        stderr.contains(&format!("no npm beside {}", node.display())),
+        "{stderr}"
+    );
+    assert!(!install.exists(), "installed anyway");
+}
+
+/// From a clean state, `ci/node-sdk.sh` installs with the npm beside
+/// `$AWSIOTSDK_JS_NODE`, under that node (first on PATH for npm's
+/// `#!/usr/bin/env node`); a second run finds the install and runs no npm.
+#[test]
+fn node_sdk_installs_with_the_npm_beside_awsiotsdk_js_node() {
+    if sdk_unless_skipped().is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let node = script(&bin, "node", &format!("exec {} \"$@\"", real_node()));
+    let log = tmp.path().join("npm.log");
+    let npm = std::process::Command::new("bash")
+        .args(["-c", "command -v npm"])
+        .output()
+        .unwrap();
+    let npm = String::from_utf8(npm.stdout).unwrap().trim().to_owned();
+    assert!(!npm.is_empty(), "npm not found");
+    script(
+        &bin,
+        "npm",
+        &format!(
+            "echo \"npm $* with node $(command -v node)\" >> {}\nexec {npm} \"$@\"",
+            log.display()
+        ),
+    );
+    let install = tmp.path().join("install");
+    let env = [
+        ("AWSIOTSDK_JS_NODE", node.as_path()),
+        ("AWSIOTSDK_JS_INSTALL_DIR", install.as_path()),
+    ];
+    let (ok, dir, stderr) = node_sdk_sh(&env);
+    assert!(ok, "{stderr}");
+    let dir = PathBuf::from(dir);
+    assert!(
+        dir.starts_with(&install),
+        "{} not under {}",
+        dir.display(),
+        install.display()
+    );
+    assert!(dir.join("node_modules/aws-iot-device-sdk-v2").is_dir());
+    let calls = std::fs::read_to_string(&log).expect("the npm beside the node did not run");
+    assert_eq!(calls.lines().count(), 1, "{calls}");
+    assert!(
+        calls.starts_with("npm ci ")
+            && calls
+                .trim_end()
+                .ends_with(&format!("with node {}", node.display())),
+        "{calls}"
+    );
+
+    let (ok, again, stderr) = node_sdk_sh(&env);
+    assert!(ok, "{stderr}");
+    assert_eq!(PathBuf::from(again), dir);
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        calls,
+        "npm ran again"
+    );
 }
