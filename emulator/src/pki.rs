@@ -1,6 +1,8 @@
 //! The emulator's own certificate authority: root CA, the server
 //! certificate, and the device certificates the provisioning APIs issue.
 
+mod subject;
+
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SerialNumber, SubjectPublicKeyInfo,
@@ -12,7 +14,7 @@ use crate::policy::CertificateFacts;
 use x509_parser::prelude::FromDer;
 
 use crate::csr::KeyKind;
-pub use crate::csr::{CsrError, MAX_RSA_BITS, MIN_RSA_BITS};
+pub use crate::csr::{CsrError, MAX_RSA_BITS, MAX_RSA_EXPONENT, MIN_RSA_BITS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -34,6 +36,10 @@ pub enum PkiError {
         #[source]
         source: rcgen::Error,
     },
+    /// rcgen wrote a certificate this module cannot take apart to put the
+    /// CSR's subject in (see `pki::subject`): a bug, not the client's fault.
+    #[error("certificate written by rcgen has an unexpected layout at its {0}: report this emulator bug")]
+    CertificateLayout(&'static str),
     #[error("certificate validity cannot be encoded: Unix time {unix_time}: {source}")]
     Validity {
         unix_time: i64,
@@ -144,6 +150,19 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&b)
 }
 
+/// An issued certificate from its DER (PEM with LF line endings, as rcgen writes).
+fn issued_der(der: Vec<u8>) -> Issued {
+    let pem = pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der.clone()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    );
+    Issued {
+        certificate_id: certificate_id(&der),
+        certificate_pem: pem,
+        der,
+    }
+}
+
 fn issued(cert: rcgen::Certificate) -> Issued {
     Issued {
         certificate_id: certificate_id(cert.der()),
@@ -222,7 +241,7 @@ impl CertificateAuthority {
     /// CreateCertificateFromCsr: checks the CSR as AWS does (see
     /// [`crate::csr`]: RSA 2048 to 8192 bits, EC P-256/P-384, AWS's signature
     /// algorithms, the signature itself) and issues a certificate for its
-    /// public key exactly as sent. The subject is kept.
+    /// public key exactly as sent. The subject is the CSR's, byte for byte.
     pub fn issue_from_csr(&self, csr_pem: &str) -> Result<Issued, PkiError> {
         self.issue_from_csr_with(csr_pem, None, false)
     }
@@ -241,14 +260,17 @@ impl CertificateAuthority {
             .map_err(CsrError::NotPem)?
             .into_contents();
         let csr = crate::csr::check(&der)?;
-        let params = Self::device_params(csr.subject, validity)?;
+        // An empty subject here, the CSR's own put in by `subject`.
+        let params = Self::device_params(DistinguishedName::new(), validity)?;
         let spki = if another_key {
             fresh_spki(csr.kind)?
         } else {
             csr.spki_der
         };
         let spki = SubjectPublicKeyInfo::from_der(&spki)?;
-        Ok(issued(params.signed_by(&spki, &self.issuer)?))
+        let cert = params.signed_by(&spki, &self.issuer)?;
+        let der = subject::with_subject(cert.der(), &csr.subject_der, self.issuer.key())?;
+        Ok(issued_der(der))
     }
 
     /// Issues a certificate for an existing public key (SubjectPublicKeyInfo DER).

@@ -42,11 +42,114 @@ fn key_and_csr(
     let mut args = vec!["genpkey", "-out", &key];
     args.extend_from_slice(genpkey_args);
     openssl(dir, &args);
-    let subj = format!("/CN={name}/O=csr-keys test");
-    let mut args = vec!["req", "-new", "-key", &key, "-subj", &subj];
+    csr_for_key(dir, name, &format!("/CN={name}/O=csr-keys test"), req_args)
+}
+
+/// A CSR with subject `subj` for the key `<name>.key` made before;
+/// returns (key PEM, CSR PEM).
+fn csr_for_key(dir: &Path, name: &str, subj: &str, req_args: &[&str]) -> (String, String) {
+    let key = format!("{name}.key");
+    let mut args = vec!["req", "-new", "-key", &key, "-subj", subj];
     args.extend_from_slice(req_args);
     let csr = openssl(dir, &args);
     (std::fs::read_to_string(dir.join(&key)).unwrap(), csr)
+}
+
+/// An EC key on `curve` written with a compressed point (OpenSSL writes
+/// uncompressed ones unless told), and its CSR signed with `digest`.
+fn compressed_point_key_and_csr(
+    dir: &Path,
+    name: &str,
+    curve: &str,
+    digest: &str,
+) -> (String, String) {
+    let key = format!("{name}.key");
+    let curve = format!("ec_paramgen_curve:{curve}");
+    openssl(
+        dir,
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            &curve,
+            "-out",
+            &key,
+        ],
+    );
+    openssl(
+        dir,
+        &["ec", "-in", &key, "-conv_form", "compressed", "-out", &key],
+    );
+    let (key_pem, csr) = csr_for_key(dir, name, &format!("/CN={name}"), &[digest]);
+    // The CSR really carries a compressed point (0x02 or 0x03, X only).
+    let spki = spki_of(dir, "req", &csr);
+    let point_len = if curve.ends_with("256") { 33 } else { 49 };
+    assert!(
+        matches!(spki[spki.len() - point_len], 0x02 | 0x03),
+        "{name}: openssl did not compress the point"
+    );
+    (key_pem, csr)
+}
+
+/// One DER element of `tag` around `content`.
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|&&b| b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// A CSR (PEM) for an RSA key with a modulus of exactly 8193 bits (one
+/// bit more than whole bytes), written by hand: openssl would take minutes
+/// to make such a key, and the key's size is refused before the signature
+/// (zeros here) is looked at.
+fn rsa_8193_bit_csr() -> String {
+    const RSA_ENCRYPTION: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+    const SHA256_WITH_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b];
+    let mut modulus = vec![0x01];
+    modulus.extend([0xff; 1024]);
+    let rsa_key = der(
+        0x30,
+        &[der(0x02, &modulus), der(0x02, &[0x01, 0x00, 0x01])].concat(),
+    );
+    let alg = |oid: &[u8]| der(0x30, &[der(0x06, oid), vec![0x05, 0x00]].concat());
+    let spki = der(
+        0x30,
+        &[
+            alg(RSA_ENCRYPTION),
+            der(0x03, &[&[0][..], &rsa_key].concat()),
+        ]
+        .concat(),
+    );
+    let cn = der(
+        0x31,
+        &der(
+            0x30,
+            &[der(0x06, &[0x55, 0x04, 0x03]), der(0x0c, b"rsa8193")].concat(),
+        ),
+    );
+    let info = der(
+        0x30,
+        &[
+            vec![0x02, 0x01, 0x00],
+            der(0x30, &cn),
+            spki,
+            vec![0xa0, 0x00],
+        ]
+        .concat(),
+    );
+    let signature = der(0x03, &[0u8; 1025]);
+    let csr = der(0x30, &[info, alg(SHA256_WITH_RSA), signature].concat());
+    pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", csr))
 }
 
 /// The SubjectPublicKeyInfo DER of a CSR or of a certificate, as openssl reads it.
@@ -60,15 +163,17 @@ fn spki_of(dir: &Path, kind: &str, pem_text: &str) -> Vec<u8> {
     pem::parse(pubkey).unwrap().into_contents()
 }
 
-fn assert_rejected(body: &Value, code: &str, message_has: &str) {
+fn assert_rejected(body: &Value, code: &str, message_has: &[&str]) {
     assert_eq!(body["statusCode"], 400, "{body}");
     assert_eq!(body["errorCode"], code, "{body}");
     let m = body["errorMessage"].as_str().unwrap_or_default();
-    assert!(m.contains(message_has), "{m:?} lacks {message_has:?}");
+    for part in message_has {
+        assert!(m.contains(part), "{m:?} lacks {part:?}");
+    }
 }
 
 /// CreateCertificateFromCsr, checks on the issued certificate, RegisterThing
-/// and a connection as the new thing.
+/// and a connection as the new thing; returns the certificate's PEM.
 async fn enroll(
     emu: &TestEmulator,
     claim: &mut Client,
@@ -76,7 +181,7 @@ async fn enroll(
     serial: &str,
     key_pem: String,
     csr_pem: String,
-) {
+) -> String {
     let (ok, body) = claim
         .call(CSR_TOPIC, &json!({"certificateSigningRequest": csr_pem}))
         .await;
@@ -121,7 +226,7 @@ async fn enroll(
     assert_eq!(body["thingName"], thing.as_str());
     let device = Credential {
         certificate_id: iotcore_emulator::pki::certificate_id_from_pem(&cert_pem).unwrap(),
-        certificate_pem: cert_pem,
+        certificate_pem: cert_pem.clone(),
         private_key_pem: key_pem,
     };
     let rec = emu
@@ -133,6 +238,7 @@ async fn enroll(
     // The device's TLS handshake signs with its own key of that kind.
     let conn = connect(emu, &device, &thing).await;
     assert!(conn.is_ok(), "{serial}: {:?}", conn.err());
+    cert_pem
 }
 
 #[tokio::test]
@@ -209,7 +315,18 @@ async fn keys_and_signature_algorithms_aws_refuses_are_rejected_with_its_error_s
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let mut claim = claim_client(&emu, "claim-refused", "prod").await;
-    let cases: Vec<(&str, (String, String), &str)> = vec![
+    let pss = |mgf1: &'static str| {
+        [
+            "-sha256",
+            "-sigopt",
+            "rsa_padding_mode:pss",
+            "-sigopt",
+            "rsa_pss_saltlen:digest",
+            "-sigopt",
+            mgf1,
+        ]
+    };
+    let cases: Vec<(&str, (String, String), &[&str])> = vec![
         (
             "RSA-1024",
             key_and_csr(
@@ -218,7 +335,41 @@ async fn keys_and_signature_algorithms_aws_refuses_are_rejected_with_its_error_s
                 &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024"],
                 &["-sha256"],
             ),
-            "RSA key of 1024 bits",
+            &["RSA key of 1024 bits"],
+        ),
+        (
+            // Its exact size, not a whole number of bytes (2040).
+            "RSA-2047",
+            key_and_csr(
+                d,
+                "rsa2047",
+                &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2047"],
+                &["-sha256"],
+            ),
+            &["RSA key of 2047 bits"],
+        ),
+        (
+            // Not "does not verify": ring's limit, named.
+            "RSA-8193",
+            (String::new(), rsa_8193_bit_csr()),
+            &["RSA key of 8193 bits", "up to 8192"],
+        ),
+        (
+            "RSA exponent above ring's 2^33-1",
+            key_and_csr(
+                d,
+                "rsa-big-e",
+                &[
+                    "-algorithm",
+                    "RSA",
+                    "-pkeyopt",
+                    "rsa_keygen_bits:2048",
+                    "-pkeyopt",
+                    "rsa_keygen_pubexp:8589934593",
+                ],
+                &["-sha256"],
+            ),
+            &["RSA public exponent 8589934593", "65537"],
         ),
         (
             "SHA-1 signature",
@@ -228,7 +379,10 @@ async fn keys_and_signature_algorithms_aws_refuses_are_rejected_with_its_error_s
                 &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
                 &["-sha1"],
             ),
-            "signature algorithm 1.2.840.113549.1.1.5",
+            &[
+                "signature algorithm SHA1WITHRSA (1.2.840.113549.1.1.5)",
+                "openssl req -sha256",
+            ],
         ),
         (
             "RSASSA-PSS with a salt longer than the digest",
@@ -244,7 +398,32 @@ async fn keys_and_signature_algorithms_aws_refuses_are_rejected_with_its_error_s
                     "rsa_pss_saltlen:max",
                 ],
             ),
-            "rsa_pss_saltlen:digest",
+            &["rsa_pss_saltlen:digest"],
+        ),
+        (
+            "RSASSA-PSS with SHA-256 and MGF1 with SHA-1",
+            key_and_csr(
+                d,
+                "rsa-pss-mgf1",
+                &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+                &pss("rsa_mgf1_md:sha1"),
+            ),
+            &["MGF1 with SHA-1", "rsa_mgf1_md:sha256"],
+        ),
+        (
+            "P-256, compressed point, ECDSA-WITH-SHA256",
+            compressed_point_key_and_csr(d, "p256-compressed", "P-256", "-sha256"),
+            &["P-256 is a compressed point of 33 bytes", "uncompressed"],
+        ),
+        (
+            // Verified by RustCrypto's p384, which reads compressed points:
+            // it used to get a certificate its device could never use.
+            "P-384, compressed point, ECDSA-WITH-SHA512",
+            compressed_point_key_and_csr(d, "p384-compressed", "P-384", "-sha512"),
+            &[
+                "P-384 is a compressed point of 49 bytes",
+                "-conv_form uncompressed",
+            ],
         ),
         (
             "secp256k1",
@@ -259,7 +438,7 @@ async fn keys_and_signature_algorithms_aws_refuses_are_rejected_with_its_error_s
                 ],
                 &["-sha256"],
             ),
-            "EC key on curve 1.3.132.0.10",
+            &["EC key on curve secp256k1 (1.3.132.0.10)"],
         ),
         (
             "P-521 (AWS accepts it, the emulator cannot)",
@@ -269,12 +448,12 @@ async fn keys_and_signature_algorithms_aws_refuses_are_rejected_with_its_error_s
                 &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-521"],
                 &["-sha512"],
             ),
-            "P-521",
+            &["P-521"],
         ),
         (
             "Ed25519",
             key_and_csr(d, "ed", &["-algorithm", "ED25519"], &[]),
-            "public key of algorithm 1.3.101.112",
+            &["public key of algorithm ED25519 (1.3.101.112)"],
         ),
     ];
     for (what, (_key, csr), message) in cases {
@@ -309,5 +488,95 @@ async fn keys_and_signature_algorithms_aws_refuses_are_rejected_with_its_error_s
         .call(CSR_TOPIC, &json!({"certificateSigningRequest": bad}))
         .await;
     assert!(!ok, "{body}");
-    assert_rejected(&body, "InvalidRequestException", "signature");
+    assert_rejected(
+        &body,
+        "InvalidRequestException",
+        &["the signature does not verify"],
+    );
+
+    // The same parameters with MGF1 over the signature's own hash (what
+    // openssl writes without rsa_mgf1_md) are accepted.
+    let (_key, csr) = key_and_csr(
+        d,
+        "rsa-pss-mgf1-same",
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        &pss("rsa_mgf1_md:sha256"),
+    );
+    let (ok, body) = claim
+        .call(CSR_TOPIC, &json!({"certificateSigningRequest": csr}))
+        .await;
+    assert!(ok, "{body}");
+}
+
+/// AWS keeps the CSR's subject: repeated attribute types (two OUs, two DCs),
+/// their order, and a multi-valued RDN come back in the certificate, byte
+/// for byte, and the device still enrolls and connects.
+#[tokio::test]
+async fn the_csr_subject_is_kept_with_repeated_attributes_in_order() {
+    let emu = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut claim = claim_client(&emu, "claim-subject", "prod").await;
+    let serial = "subject-repeats";
+    openssl(
+        d,
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            &format!("{serial}.key"),
+        ],
+    );
+    let subj = format!("/DC=com/DC=example/OU=line 1/OU=cell 7/CN={serial}+serialNumber=42");
+    let (key, csr) = csr_for_key(d, serial, &subj, &["-sha256", "-multivalue-rdn"]);
+    let cert = enroll(&emu, &mut claim, d, serial, key, csr.clone()).await;
+
+    std::fs::write(d.join("subject.pem"), &cert).unwrap();
+    std::fs::write(d.join("subject.csr"), &csr).unwrap();
+    let issued = openssl(
+        d,
+        &[
+            "x509",
+            "-in",
+            "subject.pem",
+            "-noout",
+            "-subject",
+            "-nameopt",
+            "RFC2253",
+        ],
+    );
+    let requested = openssl(
+        d,
+        &[
+            "req",
+            "-in",
+            "subject.csr",
+            "-noout",
+            "-subject",
+            "-nameopt",
+            "RFC2253",
+        ],
+    );
+    assert_eq!(
+        issued.trim(),
+        format!("subject=CN={serial}+serialNumber=42,OU=cell 7,OU=line 1,DC=example,DC=com")
+    );
+    assert_eq!(
+        issued.trim_start_matches("subject="),
+        requested.trim_start_matches("subject=")
+    );
+    // Byte for byte, string types included.
+    use x509_parser::prelude::FromDer;
+    let cert_der = pem::parse(&cert).unwrap().into_contents();
+    let csr_der = pem::parse(&csr).unwrap().into_contents();
+    let (_, c) = x509_parser::certificate::X509Certificate::from_der(&cert_der).unwrap();
+    let (_, r) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(&csr_der).unwrap();
+    assert_eq!(
+        c.subject().as_raw(),
+        r.certification_request_info.subject.as_raw()
+    );
 }

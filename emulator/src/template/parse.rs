@@ -125,7 +125,7 @@ fn parse_parameters(p: &Value) -> Result<BTreeMap<String, Option<String>>, Templ
     for (name, def) in get_obj(p, "Parameters")? {
         let path = format!("Parameters.{name}");
         let def = get_obj(def, &path)?;
-        allow_keys(def, &["Type", "Default", "Description"], &path)?;
+        allow_keys(def, &["Type", "Default", "Description"], &path, "key")?;
         match def.get("Type") {
             Some(Value::String(t)) if t == "String" => {}
             Some(other) => {
@@ -195,7 +195,12 @@ fn resource_refs(
             ));
         }
         let res = get_obj(res, &path)?;
-        allow_keys(res, &["Type", "Properties", "OverrideSettings"], &path)?;
+        allow_keys(
+            res,
+            &["Type", "Properties", "OverrideSettings"],
+            &path,
+            "key",
+        )?;
         let props = match res.get("Properties") {
             Some(p) => get_obj(p, &format!("{path}.Properties"))?,
             None => {
@@ -257,6 +262,12 @@ impl<'a> Resource<'a> {
         })
     }
 
+    /// Each property must be one AWS documents for the resource's type.
+    fn allow_properties(&self, allowed: &[&str]) -> Result<(), TemplateError> {
+        let what = format!("property of {}", self.kind);
+        allow_keys(self.props, allowed, &self.ppath, &what)
+    }
+
     /// A property and its path.
     fn prop(&self, name: &str) -> Option<(String, &'a Value)> {
         self.props
@@ -267,17 +278,14 @@ impl<'a> Resource<'a> {
 
 fn parse_thing(res: &Resource, scope: &Scope) -> Result<ThingDef, TemplateError> {
     let ppath = &res.ppath;
-    allow_properties(
-        res,
-        &[
-            "ThingName",
-            "AttributePayload",
-            "ThingTypeName",
-            "ThingGroups",
-            "BillingGroup",
-            "PackageVersions",
-        ],
-    )?;
+    res.allow_properties(&[
+        "ThingName",
+        "AttributePayload",
+        "ThingTypeName",
+        "ThingGroups",
+        "BillingGroup",
+        "PackageVersions",
+    ])?;
     let (npath, name) = res
         .prop("ThingName")
         .ok_or_else(|| TemplateError::invalid(format!("{ppath}.ThingName"), "is required"))?;
@@ -323,26 +331,22 @@ fn parse_thing(res: &Resource, scope: &Scope) -> Result<ThingDef, TemplateError>
 
 fn parse_certificate(res: &Resource, scope: &Scope) -> Result<CertDef, TemplateError> {
     let ppath = &res.ppath;
-    for k in res.props.keys() {
-        match k.as_str() {
-            "CertificateId" | "Status" => {}
-            // Documented for AWS::IoT::Certificate, but for JITP and bulk
-            // registration templates: "Only certificate IDs can be used with
-            // a fleet provisioning template."
-            "CertificateSigningRequest" | "CertificatePem" | "CACertificatePem" => {
-                return Err(TemplateError::invalid(
-                    format!("{ppath}.{k}"),
-                    format!("{k} is a property of JITP and bulk registration templates; a fleet provisioning template's AWS::IoT::Certificate is given by CertificateId ({{\"Ref\": \"{CERTIFICATE_ID_PARAMETER}\"}}) and Status only"),
-                ))
-            }
-            _ => {
-                return Err(TemplateError::invalid(
-                    format!("{ppath}.{k}"),
-                    "unknown property of AWS::IoT::Certificate (allowed: CertificateId, Status)",
-                ))
-            }
+    // Documented for AWS::IoT::Certificate, but for JITP and bulk
+    // registration templates: "Only certificate IDs can be used with a fleet
+    // provisioning template." Named before the general refusal.
+    for k in [
+        "CertificateSigningRequest",
+        "CertificatePem",
+        "CACertificatePem",
+    ] {
+        if res.props.contains_key(k) {
+            return Err(TemplateError::invalid(
+                format!("{ppath}.{k}"),
+                format!("{k} is a property of JITP and bulk registration templates; a fleet provisioning template's AWS::IoT::Certificate is given by CertificateId ({{\"Ref\": \"{CERTIFICATE_ID_PARAMETER}\"}}) and Status only"),
+            ));
         }
     }
+    res.allow_properties(&["CertificateId", "Status"])?;
     if let Some(o) = res.body.get("OverrideSettings") {
         parse_certificate_overrides(o, &format!("{}.OverrideSettings", res.path))?;
     }
@@ -373,7 +377,7 @@ fn parse_certificate(res: &Resource, scope: &Scope) -> Result<CertDef, TemplateE
 
 fn parse_policy(res: &Resource, scope: &Scope) -> Result<PolicyDef, TemplateError> {
     let ppath = &res.ppath;
-    allow_properties(res, &["PolicyName", "PolicyDocument"])?;
+    res.allow_properties(&["PolicyName", "PolicyDocument"])?;
     let name = match res.prop("PolicyName") {
         Some((p, v)) => {
             check_expr(v, &p, scope)?;
@@ -496,23 +500,6 @@ fn parse_overrides(v: &Value, path: &str) -> Result<OverrideSettings, TemplateEr
     Ok(settings)
 }
 
-/// A resource's properties: each must be one AWS documents for its type.
-fn allow_properties(res: &Resource, allowed: &[&str]) -> Result<(), TemplateError> {
-    for k in res.props.keys() {
-        if !allowed.contains(&k.as_str()) {
-            return Err(TemplateError::invalid(
-                format!("{}.{k}", res.ppath),
-                format!(
-                    "unknown property of {} (allowed: {})",
-                    res.kind,
-                    allowed.join(", ")
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// `PackageVersions`: AWS documents it for the thing resource without
 /// giving its shape, so an expression (a string, a list, a function) or
 /// an object of package names to such values (or to objects of them, like
@@ -557,16 +544,23 @@ fn parse_certificate_overrides(v: &Value, path: &str) -> Result<OverrideAction, 
     Ok(action)
 }
 
-fn allow_keys(obj: &Map<String, Value>, allowed: &[&str], path: &str) -> Result<(), TemplateError> {
-    for k in obj.keys() {
-        if !allowed.contains(&k.as_str()) {
-            return Err(TemplateError::invalid(
-                format!("{path}.{k}"),
-                format!("unknown key (allowed: {})", allowed.join(", ")),
-            ));
-        }
+/// Every key of `obj` (at `path`) must be in `allowed`; the first other one
+/// is refused as an unknown `what` (`key`, `property of AWS::IoT::Thing`),
+/// naming the allowed ones. The one check for template objects' keys and
+/// resources' properties.
+fn allow_keys(
+    obj: &Map<String, Value>,
+    allowed: &[&str],
+    path: &str,
+    what: &str,
+) -> Result<(), TemplateError> {
+    match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(TemplateError::invalid(
+            format!("{path}.{k}"),
+            format!("unknown {what} (allowed: {})", allowed.join(", ")),
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn parse_policy_doc(v: &Value, path: &str, scope: &Scope) -> Result<PolicyDocDef, TemplateError> {
