@@ -81,6 +81,14 @@ fn openssl_verifies(dir: &Path, ca_pem: &str, cert_pem: &str) -> bool {
         .success()
 }
 
+/// Now, in whole Unix seconds (as X.509 times are).
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
 fn assert_rejected(body: &Value, status: u64, code: &str, says: &str) {
     assert_eq!(body["statusCode"], status, "{body}");
     assert_eq!(body["errorCode"], code, "{body}");
@@ -107,7 +115,9 @@ async fn the_provider_signs_csrs_and_the_device_connects_with_its_certificate() 
     let local_ca = std::fs::read_to_string(ca_dir.join("ca.pem")).unwrap();
 
     let mut claim = claim_client(&emu, "claim-1", "prod").await;
+    let requested = unix_now();
     let (device, token) = create_from_csr(&mut claim).await;
+    let answered = unix_now();
 
     // Issued by the local CA, not the emulator's, for the short lifetime.
     assert!(openssl_verifies(
@@ -122,14 +132,11 @@ async fn the_provider_signs_csrs_and_the_device_connects_with_its_certificate() 
     ));
     let der = pem::parse(&device.certificate_pem).unwrap().into_contents();
     let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let left = cert.validity().not_after.timestamp() - now;
+    // notAfter = signing time (whole seconds, between the two instants) + 120 s.
+    let not_after = cert.validity().not_after.timestamp();
     assert!(
-        (100..=121).contains(&left),
-        "notAfter in {left} s, not ~120 s"
+        (requested + 120 - 1..=answered + 120).contains(&not_after),
+        "notAfter {not_after} is not 120 s after a signing in [{requested}, {answered}]"
     );
     // Registered as it was signed, waiting for RegisterThing.
     let rec = emu
