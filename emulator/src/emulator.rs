@@ -142,12 +142,20 @@ impl DataDir {
         validity: Option<Validity>,
     ) -> Result<Credential, EmulatorError> {
         let (issued, key) = self.ca.issue_with_new_ec_key_with(common_name, validity)?;
-        self.registry.insert_certificate(
+        let inserted = self.registry.insert_certificate(
             &issued.certificate_id,
             &issued.certificate_pem,
             CertStatus::Active,
             None,
         )?;
+        // A fresh key and serial number: a collision means a hand-edited registry.
+        if !inserted {
+            return Err(RegistryError::AlreadyExists {
+                kind: "certificate",
+                name: issued.certificate_id,
+            }
+            .into());
+        }
         for p in policies {
             self.registry.attach_policy(p, &issued.certificate_id)?;
         }

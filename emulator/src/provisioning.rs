@@ -106,6 +106,14 @@ fn internal(message: impl std::fmt::Display) -> ApiError {
         message: message.to_string(),
     }
 }
+/// A certificate the emulator's CA just issued (a fresh serial number) is
+/// registered already: cannot happen unless the registry was edited.
+fn ca_issued_twice(issued: &Issued) -> ApiError {
+    internal(format!(
+        "certificate {} the emulator's CA just issued is registered already: check the registry for hand-made rows",
+        issued.certificate_id
+    ))
+}
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         internal(e)
@@ -395,14 +403,23 @@ impl Provisioner {
     }
 
     /// Stores a new PENDING_ACTIVATION certificate and makes its token.
-    fn register_new(&self, issued: &Issued) -> Result<String, ApiError> {
+    /// A certificate registered already is left as it is and refused with
+    /// `registered_already()`.
+    fn register_new(
+        &self,
+        issued: &Issued,
+        registered_already: impl FnOnce() -> ApiError,
+    ) -> Result<String, ApiError> {
         let expires = now_unix() + self.config.token_ttl.as_secs().max(1) as i64;
-        self.registry.insert_certificate(
+        let inserted = self.registry.insert_certificate(
             &issued.certificate_id,
             &issued.certificate_pem,
             CertStatus::PendingActivation,
             Some(expires),
         )?;
+        if !inserted {
+            return Err(registered_already());
+        }
         let token = self.token_for(&issued.certificate_id, expires);
         if let Some(tokens) = &self.issued_tokens {
             let mut tokens = tokens.lock().unwrap_or_else(|e| e.into_inner());
@@ -484,7 +501,7 @@ impl Provisioner {
             })
             .await?
             .map_err(internal)?;
-        let token = self.register_new(&issued)?;
+        let token = self.register_new(&issued, || ca_issued_twice(&issued))?;
         if let Some(keys) = &self.issued_keys {
             let mut keys = keys.lock().unwrap_or_else(|e| e.into_inner());
             keys.push(zeroize::Zeroizing::new(key_pem.clone()));
@@ -535,7 +552,7 @@ impl Provisioner {
                 PkiError::BadCsr(_) => invalid(e.to_string()),
                 other => internal(other),
             })?;
-        let token = self.register_new(&issued)?;
+        let token = self.register_new(&issued, || ca_issued_twice(&issued))?;
         Ok(json!({
             "certificateId": Self::answered_id(&issued, fault),
             "certificatePem": issued.certificate_pem,
@@ -572,17 +589,15 @@ impl Provisioner {
         let signed = crate::certificate_provider::sign(&self.hooks, provider, &request, &spki)
             .await
             .map_err(internal)?;
-        if self
-            .registry
-            .certificate(&signed.issued.certificate_id)?
-            .is_some()
-        {
-            return Err(internal(format!(
+        // The insert itself refuses a certificate registered already (no
+        // check before it that a concurrent request could slip past), and
+        // leaves that certificate's status as it is.
+        let token = self.register_new(&signed.issued, || {
+            internal(format!(
                 "certificate provider {} answered certificate {}, which is registered already: a provider must sign a new certificate for each request",
                 provider.certificate_provider_name, signed.issued.certificate_id
-            )));
-        }
-        let token = self.register_new(&signed.issued)?;
+            ))
+        })?;
         tracing::info!(
             provider = %provider.certificate_provider_name,
             certificate_id = %signed.issued.certificate_id,

@@ -89,6 +89,46 @@ fn unix_now() -> i64 {
         .as_secs() as i64
 }
 
+/// A CA of the test's own (not the emulator's, not the sample's).
+fn test_ca() -> rcgen::Issuer<'static, rcgen::KeyPair> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test CA");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    rcgen::Issuer::new(params, key)
+}
+
+/// A certificate by `ca` for the key `key_pem`, valid from one minute ago
+/// to `params`' notAfter (tweaked by `tweak`), PEM.
+fn certificate_for(
+    key_pem: &str,
+    ca: &rcgen::Issuer<'static, rcgen::KeyPair>,
+    tweak: impl FnOnce(&mut rcgen::CertificateParams),
+) -> String {
+    let key = rcgen::KeyPair::from_pem(key_pem).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "device");
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(1);
+    params.not_after = now + time::Duration::hours(1);
+    tweak(&mut params);
+    params.signed_by(&key, ca).unwrap().pem()
+}
+
+/// A provider that ignores its event and answers `answer`, which the test
+/// writes to `DIR/answer.json` (so no quoting is involved).
+fn answering(emu: &TestEmulator, answer: &Value) {
+    let file = emu.dir.path().join("answer.json");
+    std::fs::write(&file, answer.to_string()).unwrap();
+    let _ = emu.registry().delete_certificate_provider("LocalCa");
+    let script = format!("cat >/dev/null; cat '{}'", file.display());
+    set_provider(emu, &["/bin/sh", "-c", &script]);
+}
+
 fn assert_rejected(body: &Value, status: u64, code: &str, says: &str) {
     assert_eq!(body["statusCode"], status, "{body}");
     assert_eq!(body["errorCode"], code, "{body}");
@@ -426,4 +466,50 @@ fn the_cli_creates_describes_refuses_a_second_and_deletes() {
         serde_json::from_slice::<Value>(&out.stdout).unwrap(),
         json!([])
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_answered_twice_is_refused_and_the_registered_one_kept() {
+    let emu = start().await;
+    let mut claim = claim_client(&emu, "claim-1", "prod").await;
+    let (key, csr) = p256_csr();
+    // The provider answers the same certificate for the CSR's key every time.
+    let pem = certificate_for(&key, &test_ca(), |_| {});
+    answering(&emu, &json!({ "certificatePem": pem }));
+
+    let (ok, body) = claim
+        .call(CSR_TOPIC, &json!({"certificateSigningRequest": csr}))
+        .await;
+    assert!(ok, "{body}");
+    let id = body["certificateId"].as_str().unwrap().to_owned();
+    let token = body["certificateOwnershipToken"].clone();
+    let (ok, body) = claim
+        .call(
+            &register_topic("prod"),
+            &json!({"certificateOwnershipToken": token, "parameters": {"SerialNumber": "SN1"}}),
+        )
+        .await;
+    assert!(ok, "{body}");
+    let registered = emu.registry().certificate(&id).unwrap().unwrap();
+    assert_eq!(registered.status, CertStatus::Active);
+    let count = emu.registry().certificates().unwrap().len();
+
+    // The same answer again: refused, and the ACTIVE certificate untouched
+    // (not reset to PENDING_ACTIVATION, no second row).
+    let (ok, body) = claim
+        .call(CSR_TOPIC, &json!({"certificateSigningRequest": csr}))
+        .await;
+    assert!(!ok, "{body}");
+    assert_rejected(
+        &body,
+        500,
+        "InternalFailureException",
+        &format!("answered certificate {id}, which is registered already"),
+    );
+    let after = emu.registry().certificate(&id).unwrap().unwrap();
+    assert_eq!(after.status, CertStatus::Active);
+    assert_eq!(after.updated_at, registered.updated_at);
+    assert_eq!(after.customer_version, registered.customer_version);
+    assert_eq!(emu.registry().certificates().unwrap().len(), count);
+    emu.handle.shutdown().await;
 }
