@@ -37,15 +37,30 @@ const INHERITED_AWS_SETTINGS_REMOVED: &[&str] = &[
 /// read and dropped, so that a chatty program never blocks on a full pipe.
 pub(crate) const STDERR_LIMIT: usize = 16 * 1024;
 
-/// Why a program gave no answer.
+/// Why a program gave no answer. The I/O cause is the source, not
+/// repeated in the message ([`with_causes`] shows both).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ProgramError {
-    #[error("could not run: {0}")]
+    #[error("could not run it")]
     Spawn(#[source] std::io::Error),
-    #[error("did not answer within {0:?}")]
+    #[error("it did not answer within {0:?}")]
     Timeout(Duration),
-    #[error("exited with {0}")]
+    #[error("it exited with {0}")]
     Failed(ExitStatus),
+}
+
+/// `e`'s message followed by each of its causes, `": "` between: for
+/// messages that go where no one can walk the chain (a device's
+/// rejected answer, the log).
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 /// One program to run: the executable, its arguments, the environment it

@@ -588,7 +588,7 @@ impl Provisioner {
         };
         let signed = crate::certificate_provider::sign(&self.hooks, provider, &request, &spki)
             .await
-            .map_err(internal)?;
+            .map_err(|e| internal(crate::external::with_causes(&e)))?;
         // The insert itself refuses a certificate registered already (no
         // check before it that a concurrent request could slip past), and
         // leaves that certificate's status as it is.

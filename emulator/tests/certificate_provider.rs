@@ -265,7 +265,7 @@ async fn a_failing_provider_gives_the_device_an_internal_failure_and_registers_n
         &body,
         500,
         "InternalFailureException",
-        "certificate provider LocalCa exited with",
+        "certificate provider LocalCa failed (its stderr is in the emulator's log): it exited with exit status: 3",
     );
     assert_eq!(emu.registry().certificates().unwrap().len(), before);
 
