@@ -2,7 +2,7 @@
 //! while the account has one, every CreateCertificateFromCsr MQTT request
 //! is signed by it instead of the emulator's CA. AWS invokes a Lambda
 //! function; the emulator runs the provider's command the same way it runs
-//! a pre-provisioning hook (see `crate::external`), with the Lambda's
+//! a pre-provisioning hook (see [`crate::external`]), with the Lambda's
 //! documented event on stdin:
 //!
 //! `{"certificateSigningRequest": PEM, "principalId": ID, "clientId": ID}`
@@ -23,8 +23,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::external::{ProgramError, Stderr};
-use crate::hook::HookRunner;
+use crate::external::{ProgramError, ProgramRunner, Stderr};
 use crate::pki::Issued;
 use crate::registry::CertificateProviderRecord;
 
@@ -118,9 +117,10 @@ pub(crate) struct Signed {
 }
 
 /// Runs `provider` for one CSR whose public key is `csr_spki` (DER) and
-/// checks what it answers. Its stderr is logged, at `warn` when it failed.
+/// checks what it answers. Its stderr is logged, at `warn` when it failed
+/// (and kept in [`ProgramRunner::failures`] then).
 pub(crate) async fn sign(
-    runner: &HookRunner,
+    runner: &ProgramRunner,
     provider: &CertificateProviderRecord,
     request: &ProviderRequest<'_>,
     csr_spki: &[u8],
@@ -130,8 +130,7 @@ pub(crate) async fn sign(
     let mut stderr = Stderr::default();
     let result = async {
         let out = runner
-            .program(&provider.command)
-            .run(&input, &mut stderr)
+            .run(&provider.command, &input, &mut stderr)
             .await
             .map_err(|source| ProviderError::Run {
                 name: name.clone(),
@@ -155,6 +154,9 @@ pub(crate) async fn sign(
     }
     .await;
     stderr.log(&format!("certificate provider {name}"), result.is_err());
+    if result.is_err() {
+        runner.record_failure(&stderr);
+    }
     result
 }
 

@@ -12,7 +12,8 @@ use tokio::sync::Semaphore;
 
 use crate::certificate_provider::ProviderRequest;
 use crate::config::{EmulatorConfig, ResponseFault, TokenReuse};
-use crate::hook::{HookError, HookRequest, HookRunner};
+use crate::external::{ProgramError, ProgramRunner};
+use crate::hook::{HookError, HookRequest};
 use crate::keypool::KeyPool;
 use crate::pki::{CertificateAuthority, Issued, PkiError, Validity};
 use crate::policy::PolicyDocument;
@@ -136,7 +137,8 @@ pub(crate) struct Provisioner {
     ca: Arc<CertificateAuthority>,
     token_key: hmac::Key,
     config: Arc<EmulatorConfig>,
-    hooks: HookRunner,
+    /// Runs hooks and certificate providers.
+    programs: ProgramRunner,
     /// RSA keys for CreateKeysAndCertificate, made ahead of time.
     pub(crate) keys: Arc<KeyPool>,
     create_keys: TokenBucket,
@@ -213,7 +215,7 @@ impl Provisioner {
         ca: Arc<CertificateAuthority>,
         token_key: &[u8],
         config: Arc<EmulatorConfig>,
-        hooks: HookRunner,
+        programs: ProgramRunner,
         keys: KeyPool,
     ) -> Self {
         let t = config.throttle;
@@ -222,7 +224,7 @@ impl Provisioner {
             ca,
             keys: Arc::new(keys),
             token_key: hmac::Key::new(hmac::HMAC_SHA256, token_key),
-            hooks,
+            programs,
             create_keys: TokenBucket::new(t.create_keys_and_certificate),
             create_from_csr: TokenBucket::new(t.create_certificate_from_csr),
             register: TokenBucket::new(t.register_thing),
@@ -239,9 +241,10 @@ impl Provisioner {
         }
     }
 
-    /// What refusing hooks wrote on stderr ([`HookRunner::refusals`]).
-    pub fn hook_refusals(&self) -> Vec<String> {
-        self.hooks.refusals()
+    /// What hooks and providers that refused or failed wrote on stderr
+    /// ([`ProgramRunner::failures`]).
+    pub fn program_failures(&self) -> Vec<String> {
+        self.programs.failures()
     }
 
     /// The private keys sent so far (empty unless
@@ -586,9 +589,15 @@ impl Provisioner {
             principal_id: &from.certificate_id,
             client_id: &from.client_id,
         };
-        let signed = crate::certificate_provider::sign(&self.hooks, provider, &request, &spki)
+        let signed = crate::certificate_provider::sign(&self.programs, provider, &request, &spki)
             .await
-            .map_err(|e| internal(crate::external::with_causes(&e)))?;
+            .map_err(|e| match e {
+                crate::certificate_provider::ProviderError::Run {
+                    source: ProgramError::Busy(_),
+                    ..
+                } => throttling(crate::external::with_causes(&e)),
+                e => internal(crate::external::with_causes(&e)),
+            })?;
         // The insert itself refuses a certificate registered already (no
         // check before it that a concurrent request could slip past), and
         // leaves that certificate's status as it is.
@@ -747,19 +756,23 @@ impl Provisioner {
             client_id: &from.client_id,
             parameters,
         };
-        self.hooks
-            .run(template_name, exe, &request)
+        crate::hook::run(&self.programs, template_name, exe, &request)
             .await
-            .map_err(|e| {
-                let message = match e {
-                    HookError::Refused => "pre-provisioning hook refused provisioning".to_owned(),
-                    other => format!("pre-provisioning hook failed: {other}"),
-                };
-                ApiError {
+            .map_err(|e| match e {
+                // Too many programs at once: the request may be retried.
+                HookError::Program(ProgramError::Busy(_)) => {
+                    throttling(crate::external::with_causes(&e))
+                }
+                HookError::Refused => ApiError {
                     status: 403,
                     code: "AccessDenied",
-                    message,
-                }
+                    message: e.to_string(),
+                },
+                other => ApiError {
+                    status: 403,
+                    code: "AccessDenied",
+                    message: crate::external::with_causes(&other),
+                },
             })
     }
 

@@ -513,3 +513,44 @@ async fn a_certificate_answered_twice_is_refused_and_the_registered_one_kept() {
     assert_eq!(emu.registry().certificates().unwrap().len(), count);
     emu.handle.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_finding_every_program_slot_busy_is_throttled() {
+    let emu = start_with(|c| c.programs_at_once = 1).await;
+    let ran = emu.dir.path().join("runs");
+    // Slow, and records each run; its answer does not matter here.
+    let script = format!(
+        "cat >/dev/null; echo run >> '{}'; sleep 2; exit 1",
+        ran.display()
+    );
+    set_provider(&emu, &["/bin/sh", "-c", &script]);
+    let claim = emu.create_claim_credential("claim").unwrap();
+    let mut slow = connect(&emu, &claim, "claim-slow").await.unwrap();
+    slow.subscribe_responses(CSR_TOPIC).await;
+    let mut second = connect(&emu, &claim, "claim-second").await.unwrap();
+    second.subscribe_responses(CSR_TOPIC).await;
+    let (_, csr1) = p256_csr();
+    let (_, csr2) = p256_csr();
+    let first = json!({"certificateSigningRequest": csr1});
+    let ((ok1, body1), (ok2, body2)) = tokio::join!(slow.call(CSR_TOPIC, &first), async {
+        // Once the first provider run has started.
+        let deadline = std::time::Instant::now() + WAIT;
+        while !ran.exists() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        second
+            .call(CSR_TOPIC, &json!({"certificateSigningRequest": csr2}))
+            .await
+    });
+    assert!(!ok1 && !ok2, "{body1} {body2}");
+    assert_rejected(&body1, 500, "InternalFailureException", "exited with");
+    assert_rejected(
+        &body2,
+        429,
+        "ThrottlingException",
+        "1 hook and provider programs are running already",
+    );
+    // The throttled request never ran the provider.
+    assert_eq!(std::fs::read_to_string(&ran).unwrap(), "run\n");
+    emu.handle.shutdown().await;
+}
