@@ -554,3 +554,69 @@ async fn a_request_finding_every_program_slot_busy_is_throttled() {
     assert_eq!(std::fs::read_to_string(&ran).unwrap(), "run\n");
     emu.handle.shutdown().await;
 }
+
+#[test]
+fn the_sample_makes_a_private_ca_and_never_overwrites_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    let python = venv_bin().join("python");
+    let make_ca = |extra: &[&str]| {
+        Command::new(&python)
+            .arg(sample_provider())
+            .arg("make-ca")
+            .arg(&dir)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = make_ca(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("ca.key")), 0o600);
+    // No temporary files left behind.
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["ca.key", "ca.pem"]);
+    let key = std::fs::read(dir.join("ca.key")).unwrap();
+
+    // Again: refused, the CA left as it is.
+    let out = make_ca(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("exists already: pass --force"), "{err}");
+    assert!(!err.contains("Traceback"), "{err}");
+    assert_eq!(std::fs::read(dir.join("ca.key")).unwrap(), key);
+    // With --force: a new CA.
+    let out = make_ca(&["--force"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(std::fs::read(dir.join("ca.key")).unwrap(), key);
+    assert_eq!(mode(&dir.join("ca.key")), 0o600);
+
+    // A validity that is not a number: a message, not a traceback.
+    let out = Command::new(&python)
+        .arg(sample_provider())
+        .args(["--ca-dir", dir.to_str().unwrap()])
+        .env("LOCAL_CA_SECONDS", "2m")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("LOCAL_CA_SECONDS='2m' is not a whole number"),
+        "{err}"
+    );
+    assert!(!err.contains("Traceback"), "{err}");
+}
