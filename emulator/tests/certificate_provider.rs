@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use iotcore_emulator::{CertStatus, RegistryError, CREATE_CERTIFICATE_FROM_CSR};
+use iotcore_emulator::{CertStatus, Credential, RegistryError, CREATE_CERTIFICATE_FROM_CSR};
 use serde_json::{json, Value};
 
 fn sample_provider() -> PathBuf {
@@ -228,19 +228,39 @@ async fn the_provider_signs_csrs_and_the_device_connects_with_its_certificate() 
 #[tokio::test(flavor = "multi_thread")]
 async fn create_keys_and_certificate_is_not_sent_to_the_provider() {
     let emu = start().await;
-    let ran = emu.dir.path().join("provider-ran");
-    let script = format!("touch {}; exit 1", ran.display());
+    // Records every call (one line each) and fails.
+    let calls = emu.dir.path().join("provider-calls");
+    let script = format!("cat >/dev/null; echo call >> '{}'; exit 1", calls.display());
     set_provider(&emu, &["/bin/sh", "-c", &script]);
+    let calls_so_far = || std::fs::read_to_string(&calls).unwrap_or_default();
     let mut claim = claim_client(&emu, "claim-1", "prod").await;
     claim.subscribe_responses(KEYS_TOPIC).await;
     let (ok, body) = claim.call(KEYS_TOPIC, &json!({})).await;
     assert!(ok, "{body}");
     let pem = body["certificatePem"].as_str().unwrap();
     assert!(openssl_verifies(emu.dir.path(), &emu.root_ca_pem(), pem));
-    assert!(
-        !ran.exists(),
-        "the provider ran for CreateKeysAndCertificate"
-    );
+    // The whole flow: RegisterThing activates it, the device connects.
+    let (ok, reg) = claim
+        .call(
+            &register_topic("prod"),
+            &json!({"certificateOwnershipToken": body["certificateOwnershipToken"], "parameters": {"SerialNumber": "SN9"}}),
+        )
+        .await;
+    assert!(ok, "{reg}");
+    let device = Credential {
+        certificate_id: body["certificateId"].as_str().unwrap().to_owned(),
+        certificate_pem: pem.to_owned(),
+        private_key_pem: body["privateKey"].as_str().unwrap().to_owned(),
+    };
+    connect(&emu, &device, "dev-SN9").await.unwrap();
+    assert_eq!(calls_so_far(), "", "the provider ran in the keys flow");
+    // The recording provider does record: a CSR request runs it once.
+    let (_, csr) = p256_csr();
+    let (ok, _) = claim
+        .call(CSR_TOPIC, &json!({"certificateSigningRequest": csr}))
+        .await;
+    assert!(!ok);
+    assert_eq!(calls_so_far(), "call\n");
     emu.handle.shutdown().await;
 }
 
@@ -268,6 +288,15 @@ async fn a_failing_provider_gives_the_device_an_internal_failure_and_registers_n
         "certificate provider LocalCa failed (its stderr is in the emulator's log): it exited with exit status: 3",
     );
     assert_eq!(emu.registry().certificates().unwrap().len(), before);
+    // Its stderr went to the emulator's log (and is kept for tests), not to the device.
+    assert!(
+        emu.hook_refusals()
+            .iter()
+            .any(|e| e.contains("no CA today")),
+        "{:?}",
+        emu.hook_refusals()
+    );
+    assert!(!body.to_string().contains("no CA today"), "{body}");
 
     // The event is the Lambda's: the CSR, the connection's certificate and client id.
     let got: Value = serde_json::from_slice(&std::fs::read(&event).unwrap()).unwrap();
@@ -619,4 +648,65 @@ fn the_sample_makes_a_private_ca_and_never_overwrites_it() {
         "{err}"
     );
     assert!(!err.contains("Traceback"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_ca_other_key_and_key_carrying_answers_are_refused() {
+    let emu = start().await;
+    let claim_cred = emu.create_claim_credential("claim").unwrap();
+    let mut claim = connect(&emu, &claim_cred, "claim-1").await.unwrap();
+    claim.subscribe_responses(CSR_TOPIC).await;
+    let ca = test_ca();
+    let (key, csr) = p256_csr();
+    let (other_key, _) = p256_csr();
+    let now = time::OffsetDateTime::now_utc();
+    let good = certificate_for(&key, &ca, |_| {});
+    let cases = [
+        (
+            certificate_for(&key, &ca, |p| {
+                p.not_before = now - time::Duration::hours(2);
+                p.not_after = now - time::Duration::hours(1);
+            }),
+            "the certificate expired at",
+        ),
+        (
+            certificate_for(&key, &ca, |p| {
+                p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained)
+            }),
+            "is a CA certificate",
+        ),
+        (
+            // A device certificate (not a CA), by the same CA, for another key.
+            certificate_for(&other_key, &ca, |_| {}),
+            "for another public key than the CSR's",
+        ),
+        (
+            format!("{good}{key}"),
+            "block 2 of certificatePem is PRIVATE KEY, not CERTIFICATE",
+        ),
+    ];
+    let before = emu.registry().certificates().unwrap().len();
+    for (pem, says) in cases {
+        answering(&emu, &json!({ "certificatePem": pem }));
+        let (ok, body) = claim
+            .call(CSR_TOPIC, &json!({"certificateSigningRequest": csr}))
+            .await;
+        assert!(!ok, "{says}: {body}");
+        assert_rejected(
+            &body,
+            500,
+            "InternalFailureException",
+            "certificate provider LocalCa answered an unusable certificate",
+        );
+        assert_rejected(&body, 500, "InternalFailureException", says);
+        assert!(!body.to_string().contains("PRIVATE KEY-----"), "{body}");
+    }
+    assert_eq!(emu.registry().certificates().unwrap().len(), before);
+    // The same CSR with the good answer is accepted: the refusals were the answers'.
+    answering(&emu, &json!({ "certificatePem": good }));
+    let (ok, body) = claim
+        .call(CSR_TOPIC, &json!({"certificateSigningRequest": csr}))
+        .await;
+    assert!(ok, "{body}");
+    emu.handle.shutdown().await;
 }
