@@ -475,8 +475,47 @@ fn the_cli_creates_describes_refuses_a_second_and_deletes() {
         "/no/such/exe",
     ]);
     assert!(e.contains("does not exist"), "{e}");
+    // A directory, a file without an execute bit, a name not on PATH.
+    let e = refused(&["certificate-providers", "create", "P", "--command", "/tmp"]);
+    assert!(e.contains("/tmp is a directory"), "{e}");
+    let plain = tmp.path().join("provider.txt");
+    std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+    let e = refused(&[
+        "certificate-providers",
+        "create",
+        "P",
+        "--command",
+        plain.to_str().unwrap(),
+    ]);
+    assert!(e.contains("is not executable: `chmod +x"), "{e}");
+    let e = refused(&[
+        "certificate-providers",
+        "create",
+        "P",
+        "--command",
+        "no-such-provider-anywhere",
+    ]);
+    assert!(
+        e.contains("no-such-provider-anywhere is not an executable on PATH: give its path"),
+        "{e}"
+    );
 
     bin_ok(["-d", d, "certificate-providers", "delete", "LocalCa"]);
+    // A bare name is looked up on PATH now and stored absolute.
+    let out = bin_ok([
+        "-d",
+        d,
+        "--json",
+        "certificate-providers",
+        "create",
+        "P",
+        "--command",
+        "sh",
+    ]);
+    let made: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let exe = made["command"][0].as_str().unwrap();
+    assert!(exe.starts_with('/') && Path::new(exe).is_file(), "{made}");
+    bin_ok(["-d", d, "certificate-providers", "delete", "P"]);
     let e = refused(&[
         "certificate-providers",
         "create",
