@@ -12,12 +12,15 @@
 //! documented answer on stdout: `{"certificatePem": PEM}`.
 //!
 //! AWS registers the returned certificate in the account and answers the
-//! device with it (same `certificatePem`), its id and an ownership token.
+//! device with it (its `certificatePem`), its id and an ownership token.
 //! AWS does not document which checks it makes on the returned certificate;
-//! the emulator refuses one a device could never use: not X.509, for
-//! another key than the CSR's, already expired, or a CA certificate. It does
-//! not require the issuing CA to be registered (AWS documents no such
-//! step for a provider): the certificate is registered by itself, as
+//! the emulator's are listed at [`check_certificate`] (and in the README):
+//! what a device could not use (another key, expired, not yet valid, a CA)
+//! and what it should never get (a key or other non-certificate block, a
+//! weak signature algorithm). Only the device certificate is registered
+//! (DescribeCertificate shows the leaf, not a chain the provider added).
+//! It does not require the issuing CA to be registered (AWS documents no
+//! such step for a provider): the certificate is registered by itself, as
 //! RegisterCertificateWithoutCA does, and connects by its id once
 //! RegisterThing activates it.
 
