@@ -8,73 +8,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::backend::Backend;
 use common::device::{text, Device};
-use common::emulator::{python_bin, TestCloud};
-use iotcore_emulator::{CertStatus, CREATE_CERTIFICATE_FROM_CSR};
+use common::emulator::TestCloud;
+use common::local_ca::{openssl_verifies, use_local_ca};
+use iotcore_emulator::CertStatus;
 use prov_agent::crypto::Certificate;
 
 const LIFETIME: Duration = Duration::from_secs(120);
-
-fn sample_provider() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("emulator/providers/local_ca.py")
-        .canonicalize()
-        .unwrap()
-}
-
-/// Makes a local CA in `dir` with the sample provider and makes it the
-/// cloud's certificate provider, signing for [`LIFETIME`].
-fn use_local_ca(cloud: &TestCloud, dir: &Path) {
-    let python = Path::new(python_bin()).join("python");
-    let out = Command::new(&python)
-        .arg(sample_provider())
-        .arg("make-ca")
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let command = [
-        sample_provider().to_string_lossy().into_owned(),
-        "--ca-dir".into(),
-        dir.to_string_lossy().into_owned(),
-        "--seconds".into(),
-        LIFETIME.as_secs().to_string(),
-    ];
-    cloud
-        .handle
-        .registry()
-        .create_certificate_provider(
-            "LocalCa",
-            &command,
-            "arn:aws:lambda:us-east-1:123456789012:function:LocalCa",
-            &[CREATE_CERTIFICATE_FROM_CSR.to_owned()],
-        )
-        .unwrap();
-}
-
-/// True when OpenSSL verifies `cert_pem` as a client certificate issued by
-/// the root `ca_pem`.
-fn openssl_verifies(dir: &Path, ca_pem: &Path, cert_pem: &str) -> bool {
-    let cert = dir.join("verify.pem");
-    std::fs::write(&cert, cert_pem).unwrap();
-    Command::new("openssl")
-        .args(["verify", "-purpose", "sslclient", "-CAfile"])
-        .arg(ca_pem)
-        .arg(&cert)
-        .output()
-        .unwrap()
-        .status
-        .success()
-}
 
 /// Unix seconds of `t`, whole (X.509 times have no fractions).
 fn unix_secs(t: SystemTime) -> u64 {
@@ -118,7 +62,7 @@ async fn if_due_rotates_a_certificate_of_the_customers_ca() {
     use prov_agent::provision::rotate::scheduled_at;
     let cloud = TestCloud::start().await;
     let ca_dir = cloud.dir.path().join("local-ca");
-    use_local_ca(&cloud, &ca_dir);
+    use_local_ca(&cloud, &ca_dir, LIFETIME);
 
     let enrolling = SystemTime::now();
     let device = Device::enrolled(&cloud, Backend::File, "MODE = csr\n").await;

@@ -8,19 +8,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
+use common::local_ca::{make_local_ca, openssl_verifies, sample_provider};
 use common::*;
 use iotcore_emulator::{CertStatus, Credential, RegistryError, CREATE_CERTIFICATE_FROM_CSR};
 use serde_json::{json, Value};
-
-fn sample_provider() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("providers/local_ca.py")
-        .canonicalize()
-        .unwrap()
-}
 
 /// An emulator whose programs find the virtualenv's Python (with
 /// `cryptography`) first on their PATH.
@@ -38,21 +32,6 @@ async fn start_with_venv() -> TestEmulator {
     .await
 }
 
-/// A local CA made by the sample provider: `DIR/ca.pem`, `DIR/ca.key`.
-fn make_local_ca(dir: &Path) {
-    let out = Command::new(venv_bin().join("python"))
-        .arg(sample_provider())
-        .arg("make-ca")
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn set_provider(emu: &TestEmulator, command: &[&str]) {
     let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
     emu.registry()
@@ -63,22 +42,6 @@ fn set_provider(emu: &TestEmulator, command: &[&str]) {
             &[CREATE_CERTIFICATE_FROM_CSR.to_owned()],
         )
         .unwrap();
-}
-
-/// True when OpenSSL verifies `cert_pem` against the root `ca_pem` alone.
-fn openssl_verifies(dir: &Path, ca_pem: &str, cert_pem: &str) -> bool {
-    let ca = dir.join("verify-ca.pem");
-    let cert = dir.join("verify-cert.pem");
-    std::fs::write(&ca, ca_pem).unwrap();
-    std::fs::write(&cert, cert_pem).unwrap();
-    Command::new("openssl")
-        .args(["verify", "-purpose", "sslclient", "-CAfile"])
-        .arg(&ca)
-        .arg(&cert)
-        .output()
-        .unwrap()
-        .status
-        .success()
 }
 
 /// Now, in whole Unix seconds (as X.509 times are).
