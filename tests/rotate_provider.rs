@@ -8,77 +8,37 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, SystemTime};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::backend::Backend;
 use common::device::{text, Device};
-use common::emulator::{python_bin, TestCloud};
-use iotcore_emulator::{CertStatus, CREATE_CERTIFICATE_FROM_CSR};
+use common::emulator::TestCloud;
+use common::local_ca::{openssl_verifies, use_local_ca};
+use iotcore_emulator::CertStatus;
 use prov_agent::crypto::Certificate;
 
 const LIFETIME: Duration = Duration::from_secs(120);
 
-fn sample_provider() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("emulator/providers/local_ca.py")
-        .canonicalize()
-        .unwrap()
-}
-
-/// Makes a local CA in `dir` with the sample provider and makes it the
-/// cloud's certificate provider, signing for [`LIFETIME`].
-fn use_local_ca(cloud: &TestCloud, dir: &Path) {
-    let python = Path::new(python_bin()).join("python");
-    let out = Command::new(&python)
-        .arg(sample_provider())
-        .arg("make-ca")
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let command = [
-        sample_provider().to_string_lossy().into_owned(),
-        "--ca-dir".into(),
-        dir.to_string_lossy().into_owned(),
-        "--seconds".into(),
-        LIFETIME.as_secs().to_string(),
-    ];
-    cloud
-        .handle
-        .registry()
-        .create_certificate_provider(
-            "LocalCa",
-            &command,
-            "arn:aws:lambda:us-east-1:123456789012:function:LocalCa",
-            &[CREATE_CERTIFICATE_FROM_CSR.to_owned()],
-        )
-        .unwrap();
-}
-
-/// True when OpenSSL verifies `cert_pem` as a client certificate issued by
-/// the root `ca_pem`.
-fn openssl_verifies(dir: &Path, ca_pem: &Path, cert_pem: &str) -> bool {
-    let cert = dir.join("verify.pem");
-    std::fs::write(&cert, cert_pem).unwrap();
-    Command::new("openssl")
-        .args(["verify", "-purpose", "sslclient", "-CAfile"])
-        .arg(ca_pem)
-        .arg(&cert)
-        .output()
-        .unwrap()
-        .status
-        .success()
+/// Unix seconds of `t`, whole (X.509 times have no fractions).
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .expect("clock before 1970")
+        .as_secs()
 }
 
 /// Checks a certificate the agent holds: by the local CA (and not the
-/// emulator's), issued at or after `issued_after`, for [`LIFETIME`].
-fn assert_from_local_ca(cloud: &TestCloud, ca_dir: &Path, pem: &str, issued_after: SystemTime) {
+/// emulator's), signed between `requested` and `answered`, for
+/// [`LIFETIME`]. The provider's notAfter is its signing time (whole
+/// seconds) + LIFETIME, and that time lies between the two instants, so
+/// the bounds hold whatever second boundaries fall in between.
+fn assert_from_local_ca(
+    cloud: &TestCloud,
+    ca_dir: &Path,
+    pem: &str,
+    requested: SystemTime,
+    answered: SystemTime,
+) {
     assert!(
         openssl_verifies(ca_dir, &ca_dir.join("ca.pem"), pem),
         "not issued by the local CA"
@@ -87,14 +47,13 @@ fn assert_from_local_ca(cloud: &TestCloud, ca_dir: &Path, pem: &str, issued_afte
     std::fs::write(&emulator_ca, cloud.handle.root_ca_pem()).unwrap();
     assert!(!openssl_verifies(ca_dir, &emulator_ca, pem));
     let cert = Certificate::from_pem(pem, "identity").unwrap();
-    let lifetime = cert
-        .not_after()
-        .duration_since(issued_after)
-        .expect("notAfter before the request");
+    let not_after = unix_secs(cert.not_after());
+    // 1 s of slack below: the provider's clock reading may round down.
+    let earliest = unix_secs(requested) + LIFETIME.as_secs() - 1;
+    let latest = unix_secs(answered) + LIFETIME.as_secs();
     assert!(
-        lifetime <= LIFETIME + Duration::from_secs(1)
-            && lifetime > LIFETIME - Duration::from_secs(30),
-        "notAfter {lifetime:?} after the request, not about {LIFETIME:?}"
+        (earliest..=latest).contains(&not_after),
+        "notAfter {not_after} not within [{earliest}, {latest}]: not {LIFETIME:?} after signing"
     );
 }
 
@@ -103,12 +62,19 @@ async fn if_due_rotates_a_certificate_of_the_customers_ca() {
     use prov_agent::provision::rotate::scheduled_at;
     let cloud = TestCloud::start().await;
     let ca_dir = cloud.dir.path().join("local-ca");
-    use_local_ca(&cloud, &ca_dir);
+    use_local_ca(&cloud, &ca_dir, LIFETIME);
 
-    let enrolled_at = SystemTime::now() - Duration::from_secs(1);
+    let enrolling = SystemTime::now();
     let device = Device::enrolled(&cloud, Backend::File, "MODE = csr\n").await;
+    let enrolled = SystemTime::now();
     let before = device.identity().unwrap();
-    assert_from_local_ca(&cloud, &ca_dir, &before.certificate_pem, enrolled_at);
+    assert_from_local_ca(
+        &cloud,
+        &ca_dir,
+        &before.certificate_pem,
+        enrolling,
+        enrolled,
+    );
 
     let mut config = std::fs::read_to_string(&device.config).unwrap();
     config.push_str("[ROTATION]\nTHRESHOLD = 10%\nRANDOM_DELAY = 0s\n");
@@ -124,15 +90,16 @@ async fn if_due_rotates_a_certificate_of_the_customers_ca() {
         "the certificate is close to its notAfter already: the machine is too slow for this test"
     );
 
-    let rotated_at = SystemTime::now() - Duration::from_secs(1);
+    let rotating = SystemTime::now();
     let out = device.run(&["rotate", "--if-due", "--json"]).await;
+    let rotated = SystemTime::now();
     assert!(out.status.success(), "{}", text(&out));
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let after = device.identity().unwrap();
     assert_ne!(after.certificate_id, before.certificate_id);
     assert_eq!(result["certificateId"], after.certificate_id.as_str());
     assert_eq!(after.thing_name, before.thing_name);
-    assert_from_local_ca(&cloud, &ca_dir, &after.certificate_pem, rotated_at);
+    assert_from_local_ca(&cloud, &ca_dir, &after.certificate_pem, rotating, rotated);
 
     // The new certificate is the thing's only ACTIVE one and works; the old
     // one is retired (INACTIVE) as in any rotation.

@@ -18,6 +18,7 @@ account's certificate provider:
 Options (or environment variables, for a Lambda-like configuration):
     --ca-dir DIR      LOCAL_CA_DIR      holds ca.pem and ca.key
     --seconds N       LOCAL_CA_SECONDS  validity (default 86400)
+    make-ca --force                     replace an existing CA in DIR
 
 A Lambda function would sign with AWS Private CA or another PKI instead;
 the event and the answer are the same. Needs the `cryptography` package.
@@ -29,16 +30,77 @@ import json
 import os
 import pathlib
 import sys
+import tempfile
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+try:
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+except ImportError as e:
+    print(f"local_ca.py: needs the `cryptography` package ({e}): pip install cryptography",
+          file=sys.stderr)
+    sys.exit(2)
 
 
-def make_ca(directory: pathlib.Path) -> None:
-    """Writes a new P-256 root CA: DIR/ca.pem and DIR/ca.key (mode 0600)."""
-    directory.mkdir(parents=True, exist_ok=True)
+class Refusal(Exception):
+    """A reason to stop that the user can act on: printed, no traceback."""
+
+
+def write_new_file(path: pathlib.Path, data: bytes, mode: int, force: bool) -> None:
+    """Writes `path` atomically with `mode` set at creation: a temporary
+    file (O_EXCL, in the same directory), fsync, rename, fsync of the
+    directory. Without `force` an existing `path` is refused, so an existing
+    CA is never overwritten by mistake."""
+    if path.exists() and not force:
+        raise Refusal(f"{path} exists already: pass --force to replace it (every certificate "
+                      "it signed stops chaining to the new CA)")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        # mkstemp creates with O_EXCL and mode 0600; widen only when asked.
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if force:
+            os.replace(tmp, path)
+        else:
+            # Fails if `path` appeared meanwhile: never replaces without --force.
+            os.link(tmp, path)
+            os.unlink(tmp)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def make_ca(directory: pathlib.Path, force: bool = False) -> None:
+    """Writes a new P-256 root CA: DIR/ca.pem and DIR/ca.key (mode 0600);
+    DIR is created mode 0700. An existing CA is refused unless `force`."""
+    if not force:
+        for name in ("ca.key", "ca.pem"):
+            if (directory / name).exists():
+                raise Refusal(f"{directory / name} exists already: pass --force to replace "
+                              "the CA (every certificate it signed stops chaining to the new one)")
+    # Created 0700 (not chmod'ed after): the key's directory is the owner's only.
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        if not directory.is_dir():
+            raise Refusal(f"{directory} exists and is not a directory") from None
+        if directory.stat().st_mode & 0o077:
+            print(f"local_ca.py: warning: {directory} is open to other users; it holds the CA "
+                  f"key: chmod 700 it", file=sys.stderr)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "local_ca.py sample CA")])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -62,17 +124,15 @@ def make_ca(directory: pathlib.Path) -> None:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    key_path = directory / "ca.key"
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    (directory / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    # The key first: a ca.pem without its key would be a CA nobody can use.
+    write_new_file(directory / "ca.key", key_pem, 0o600, force)
+    write_new_file(directory / "ca.pem", cert.public_bytes(serialization.Encoding.PEM), 0o644,
+                   force)
 
 
 def sign(event: dict, ca_dir: pathlib.Path, seconds: int) -> dict:
@@ -108,18 +168,39 @@ def sign(event: dict, ca_dir: pathlib.Path, seconds: int) -> dict:
     return {"certificatePem": cert.public_bytes(serialization.Encoding.PEM).decode()}
 
 
+def seconds_from_environment() -> int:
+    value = os.environ.get("LOCAL_CA_SECONDS", "86400")
+    try:
+        return int(value)
+    except ValueError:
+        raise Refusal(f"LOCAL_CA_SECONDS={value!r} is not a whole number of seconds: "
+                      "set it to e.g. 120, or pass --seconds N") from None
+
+
 def main() -> int:
+    try:
+        return run()
+    except Refusal as e:
+        print(f"local_ca.py: {e}", file=sys.stderr)
+        return 2
+
+
+def run() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", nargs="?", choices=["make-ca"])
     parser.add_argument("directory", nargs="?")
+    parser.add_argument("--force", action="store_true",
+                        help="make-ca: replace an existing CA in DIR")
     parser.add_argument("--ca-dir", default=os.environ.get("LOCAL_CA_DIR"))
-    parser.add_argument("--seconds", type=int, default=int(os.environ.get("LOCAL_CA_SECONDS", "86400")))
+    parser.add_argument("--seconds", type=int, default=None)
     args = parser.parse_args()
     if args.command == "make-ca":
         if not args.directory:
             parser.error("make-ca needs the directory to write ca.pem and ca.key to")
-        make_ca(pathlib.Path(args.directory))
+        make_ca(pathlib.Path(args.directory), args.force)
         return 0
+    if args.seconds is None:
+        args.seconds = seconds_from_environment()
     if not args.ca_dir:
         print("local_ca.py: no CA: pass --ca-dir DIR or set LOCAL_CA_DIR "
               "(make one with `local_ca.py make-ca DIR`)", file=sys.stderr)
@@ -130,6 +211,10 @@ def main() -> int:
     try:
         event = json.load(sys.stdin)
         answer = sign(event, pathlib.Path(args.ca_dir), args.seconds)
+    except UnsupportedAlgorithm as e:
+        print(f"local_ca.py: cannot sign: the CSR's key or signature algorithm is not supported "
+              f"by this `cryptography` ({e}): use a P-256/P-384 or RSA key", file=sys.stderr)
+        return 1
     except (OSError, ValueError, KeyError, TypeError) as e:
         # A non-zero exit is a failed invocation: the device is told.
         print(f"local_ca.py: cannot sign: {type(e).__name__}: {e}", file=sys.stderr)

@@ -179,6 +179,10 @@ pub struct EmulatorConfig {
     /// (and so overriding) the ones the emulator sets (`AWS_ENDPOINT_URL_IOT`,
     /// `AWS_REGION`, ...; see README); everything else is inherited.
     pub hook_environment: Vec<(String, String)>,
+    /// Hook and certificate provider programs running at once, at most
+    /// (default 16); a request finding them all busy is answered
+    /// `ThrottlingException` (429) rather than queued.
+    pub programs_at_once: usize,
     /// A smaller keep-alive asked by a client counts as this (AWS: 30 s).
     /// Lower it only to test keep-alive enforcement quickly.
     pub min_keep_alive_secs: u16,
@@ -249,6 +253,7 @@ impl EmulatorConfig {
             throttle: ThrottleConfig::default(),
             hook_timeout: Duration::from_secs(5),
             hook_environment: Vec::new(),
+            programs_at_once: 16,
             min_keep_alive_secs: 30,
             poll_interval: Duration::from_millis(500),
             region: "us-east-1".into(),

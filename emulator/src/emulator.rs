@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use crate::broker::{self, Broker};
 use crate::config::{EmulatorConfig, ResponseFault};
 use crate::control::{self, ControlPlane};
-use crate::hook::HookRunner;
+use crate::external::ProgramRunner;
 use crate::jobs::{JobExecutionRecord, JobRecord};
 use crate::keypool::KeyPool;
 use crate::link::{self, LinkError, LinkSimulation};
@@ -142,12 +142,20 @@ impl DataDir {
         validity: Option<Validity>,
     ) -> Result<Credential, EmulatorError> {
         let (issued, key) = self.ca.issue_with_new_ec_key_with(common_name, validity)?;
-        self.registry.insert_certificate(
+        let inserted = self.registry.insert_certificate(
             &issued.certificate_id,
             &issued.certificate_pem,
             CertStatus::Active,
             None,
         )?;
+        // A fresh key and serial number: a collision means a hand-edited registry.
+        if !inserted {
+            return Err(RegistryError::AlreadyExists {
+                kind: "certificate",
+                name: issued.certificate_id,
+            }
+            .into());
+        }
         for p in policies {
             self.registry.attach_policy(p, &issued.certificate_id)?;
         }
@@ -212,7 +220,7 @@ impl Emulator {
         };
         let (addr, alpn_addr, api_addr) = (local(&l1)?, local(&l2)?, local(&l3)?);
         // Hooks get the API's address, so it is bound first.
-        let hooks = HookRunner::new(&config, &api_url(api_addr));
+        let programs = ProgramRunner::new(&config, &api_url(api_addr));
         let keys = KeyPool::start(config.rsa_key_pool).map_err(|source| EmulatorError::Io {
             what: "starting the RSA key pool's thread".into(),
             source,
@@ -222,7 +230,7 @@ impl Emulator {
             data.ca.clone(),
             &token_key,
             config.clone(),
-            hooks,
+            programs,
             keys,
         ));
         let broker = Arc::new(Broker::new(config.clone(), registry.clone(), provisioner));
@@ -323,11 +331,11 @@ impl EmulatorHandle {
         self.broker.provisioner.issued_tokens()
     }
 
-    /// Test-only: what the pre-provisioning hooks that refused (or failed)
-    /// wrote on stderr, oldest first (the last 64): their reasons, which
-    /// the device never sees.
+    /// Test-only: what the pre-provisioning hooks and certificate
+    /// providers that refused (or failed) wrote on stderr, oldest first
+    /// (the last 64): their reasons, which the device never sees.
     pub fn hook_refusals(&self) -> Vec<String> {
-        self.broker.provisioner.hook_refusals()
+        self.broker.provisioner.program_failures()
     }
 
     /// Number of MQTT sessions currently connected.

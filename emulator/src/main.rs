@@ -303,17 +303,22 @@ enum CertificateProvidersCmd {
     /// `{"certificatePem": ..}` on stdout (see README).
     Create {
         name: String,
-        /// The executable (made absolute when it is a path that exists).
+        /// The executable: a path, or a name looked up on PATH now; stored
+        /// as an absolute path. It must be an executable file.
         #[arg(long)]
         command: String,
-        /// An argument of the command (repeatable, in order).
+        /// An argument of the command (repeatable, in order). Stored in
+        /// plain text in the registry and printed by list and describe:
+        /// never put a secret here; give it in the environment of `serve`
+        /// or in a file the command reads.
         #[arg(long = "arg", value_name = "ARG", allow_hyphen_values = true)]
         args: Vec<String>,
         /// The operations it serves: only CreateCertificateFromCsr, as on AWS.
         #[arg(long = "operations", default_value = "CreateCertificateFromCsr")]
         operations: Vec<String>,
         /// The Lambda function ARN the control-plane API reports (default:
-        /// arn:aws:lambda:us-east-1:123456789012:function:NAME).
+        /// arn:aws:lambda:REGION:ACCOUNT:function:NAME with the region and
+        /// account `serve` uses: us-east-1, 123456789012).
         #[arg(long)]
         lambda_function_arn: Option<String>,
     },
@@ -630,6 +635,50 @@ fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&T)) -> Result<
         human(value);
     }
     Ok(())
+}
+
+/// The absolute path of a certificate provider's executable: `command`
+/// itself when it holds a `/`, else looked up on PATH (as a shell would,
+/// but now, so that `serve`'s PATH does not decide later). A directory, a
+/// file without an execute bit or a name not found is refused, naming the
+/// fix.
+fn provider_executable(command: &str) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let path = if command.contains('/') {
+        let path = Path::new(command);
+        let meta = path.metadata().with_context(|| {
+            format!("certificate provider command {command} does not exist: give the path of an executable")
+        })?;
+        if meta.is_dir() {
+            bail!("certificate provider command {command} is a directory: give the path of an executable file in it");
+        }
+        if !executable(path) {
+            bail!("certificate provider command {command} is not executable: `chmod +x {command}`, or give the interpreter as --command and the script as --arg");
+        }
+        path.to_path_buf()
+    } else {
+        let found = std::env::var_os("PATH")
+            .map(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join(command))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .find(|p| executable(p));
+        found.with_context(|| {
+            format!("certificate provider command {command} is not an executable on PATH: give its path (./{command} for one in this directory)")
+        })?
+    };
+    // Absolute, symlinks kept: a multi-call binary (busybox) goes by its name.
+    Ok(std::path::absolute(&path)
+        .with_context(|| format!("certificate provider command {command}"))?
+        .to_string_lossy()
+        .into_owned())
 }
 
 fn registry_of(dir: Option<PathBuf>) -> Result<Registry> {
@@ -1005,6 +1054,7 @@ fn main() -> Result<()> {
             }
         }
         Command::CertificateProviders { cmd } => {
+            let data_dir = cli.data_dir.clone();
             let reg = registry_of(cli.data_dir)?;
             match cmd {
                 CertificateProvidersCmd::Create {
@@ -1014,24 +1064,16 @@ fn main() -> Result<()> {
                     operations,
                     lambda_function_arn,
                 } => {
-                    let path = Path::new(&command);
-                    let executable = if path.exists() {
-                        path.canonicalize()
-                            .with_context(|| format!("certificate provider command {command}"))?
-                            .to_string_lossy()
-                            .into_owned()
-                    } else if command.contains('/') {
-                        bail!("certificate provider command {command} does not exist: give the path of an executable");
-                    } else {
-                        // A bare name, looked up on the PATH of `serve`.
-                        command
-                    };
+                    let executable = provider_executable(&command)?;
                     let argv: Vec<String> = std::iter::once(executable).chain(args).collect();
-                    let defaults = EmulatorConfig::new("/nonexistent");
+                    // `serve` takes region and account from EmulatorConfig::new
+                    // of the same data directory (it has no flags for them):
+                    // the ARN names the account `serve` reports.
+                    let serving = EmulatorConfig::new(data_dir.unwrap_or_default());
                     let arn = lambda_function_arn.unwrap_or_else(|| {
                         format!(
                             "arn:aws:lambda:{}:{}:function:{name}",
-                            defaults.region, defaults.account
+                            serving.region, serving.account
                         )
                     });
                     let p = reg.create_certificate_provider(&name, &argv, &arn, &operations)?;

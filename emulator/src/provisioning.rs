@@ -12,7 +12,8 @@ use tokio::sync::Semaphore;
 
 use crate::certificate_provider::ProviderRequest;
 use crate::config::{EmulatorConfig, ResponseFault, TokenReuse};
-use crate::hook::{HookError, HookRequest, HookRunner};
+use crate::external::{ProgramError, ProgramRunner};
+use crate::hook::{HookError, HookRequest};
 use crate::keypool::KeyPool;
 use crate::pki::{CertificateAuthority, Issued, PkiError, Validity};
 use crate::policy::PolicyDocument;
@@ -106,6 +107,14 @@ fn internal(message: impl std::fmt::Display) -> ApiError {
         message: message.to_string(),
     }
 }
+/// A certificate the emulator's CA just issued (a fresh serial number) is
+/// registered already: cannot happen unless the registry was edited.
+fn ca_issued_twice(issued: &Issued) -> ApiError {
+    internal(format!(
+        "certificate {} the emulator's CA just issued is registered already: check the registry for hand-made rows",
+        issued.certificate_id
+    ))
+}
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         internal(e)
@@ -128,7 +137,8 @@ pub(crate) struct Provisioner {
     ca: Arc<CertificateAuthority>,
     token_key: hmac::Key,
     config: Arc<EmulatorConfig>,
-    hooks: HookRunner,
+    /// Runs hooks and certificate providers.
+    programs: ProgramRunner,
     /// RSA keys for CreateKeysAndCertificate, made ahead of time.
     pub(crate) keys: Arc<KeyPool>,
     create_keys: TokenBucket,
@@ -205,7 +215,7 @@ impl Provisioner {
         ca: Arc<CertificateAuthority>,
         token_key: &[u8],
         config: Arc<EmulatorConfig>,
-        hooks: HookRunner,
+        programs: ProgramRunner,
         keys: KeyPool,
     ) -> Self {
         let t = config.throttle;
@@ -214,7 +224,7 @@ impl Provisioner {
             ca,
             keys: Arc::new(keys),
             token_key: hmac::Key::new(hmac::HMAC_SHA256, token_key),
-            hooks,
+            programs,
             create_keys: TokenBucket::new(t.create_keys_and_certificate),
             create_from_csr: TokenBucket::new(t.create_certificate_from_csr),
             register: TokenBucket::new(t.register_thing),
@@ -231,9 +241,10 @@ impl Provisioner {
         }
     }
 
-    /// What refusing hooks wrote on stderr ([`HookRunner::refusals`]).
-    pub fn hook_refusals(&self) -> Vec<String> {
-        self.hooks.refusals()
+    /// What hooks and providers that refused or failed wrote on stderr
+    /// ([`ProgramRunner::failures`]).
+    pub fn program_failures(&self) -> Vec<String> {
+        self.programs.failures()
     }
 
     /// The private keys sent so far (empty unless
@@ -395,14 +406,23 @@ impl Provisioner {
     }
 
     /// Stores a new PENDING_ACTIVATION certificate and makes its token.
-    fn register_new(&self, issued: &Issued) -> Result<String, ApiError> {
+    /// A certificate registered already is left as it is and refused with
+    /// `registered_already()`.
+    fn register_new(
+        &self,
+        issued: &Issued,
+        registered_already: impl FnOnce() -> ApiError,
+    ) -> Result<String, ApiError> {
         let expires = now_unix() + self.config.token_ttl.as_secs().max(1) as i64;
-        self.registry.insert_certificate(
+        let inserted = self.registry.insert_certificate(
             &issued.certificate_id,
             &issued.certificate_pem,
             CertStatus::PendingActivation,
             Some(expires),
         )?;
+        if !inserted {
+            return Err(registered_already());
+        }
         let token = self.token_for(&issued.certificate_id, expires);
         if let Some(tokens) = &self.issued_tokens {
             let mut tokens = tokens.lock().unwrap_or_else(|e| e.into_inner());
@@ -484,7 +504,7 @@ impl Provisioner {
             })
             .await?
             .map_err(internal)?;
-        let token = self.register_new(&issued)?;
+        let token = self.register_new(&issued, || ca_issued_twice(&issued))?;
         if let Some(keys) = &self.issued_keys {
             let mut keys = keys.lock().unwrap_or_else(|e| e.into_inner());
             keys.push(zeroize::Zeroizing::new(key_pem.clone()));
@@ -535,7 +555,7 @@ impl Provisioner {
                 PkiError::BadCsr(_) => invalid(e.to_string()),
                 other => internal(other),
             })?;
-        let token = self.register_new(&issued)?;
+        let token = self.register_new(&issued, || ca_issued_twice(&issued))?;
         Ok(json!({
             "certificateId": Self::answered_id(&issued, fault),
             "certificatePem": issued.certificate_pem,
@@ -557,8 +577,16 @@ impl Provisioner {
         fault: Option<ResponseFault>,
         from: &Requester,
     ) -> Result<Value, ApiError> {
-        let spki = crate::pki::csr_public_key(csr)
-            .map_err(|e| invalid(PkiError::BadCsr(e).to_string()))?;
+        // Verifying the CSR's signature (RSA up to 8192 bits) is as costly
+        // as the CA path's: on the same slots, off the async workers.
+        let owned = csr.to_owned();
+        let spki = self
+            .blocking(move || crate::pki::csr_public_key(&owned).map_err(PkiError::BadCsr))
+            .await?
+            .map_err(|e| match e {
+                PkiError::BadCsr(_) => invalid(e.to_string()),
+                other => internal(other),
+            })?;
         if fault == Some(ResponseFault::CertificateForAnotherKey) {
             tracing::warn!(
                 "response fault CertificateForAnotherKey does not apply to certificates a certificate provider signs: ignored"
@@ -569,20 +597,24 @@ impl Provisioner {
             principal_id: &from.certificate_id,
             client_id: &from.client_id,
         };
-        let signed = crate::certificate_provider::sign(&self.hooks, provider, &request, &spki)
+        let signed = crate::certificate_provider::sign(&self.programs, provider, &request, &spki)
             .await
-            .map_err(internal)?;
-        if self
-            .registry
-            .certificate(&signed.issued.certificate_id)?
-            .is_some()
-        {
-            return Err(internal(format!(
+            .map_err(|e| match e {
+                crate::certificate_provider::ProviderError::Run {
+                    source: ProgramError::Busy(_),
+                    ..
+                } => throttling(crate::external::with_causes(&e)),
+                e => internal(crate::external::with_causes(&e)),
+            })?;
+        // The insert itself refuses a certificate registered already (no
+        // check before it that a concurrent request could slip past), and
+        // leaves that certificate's status as it is.
+        let token = self.register_new(&signed.issued, || {
+            internal(format!(
                 "certificate provider {} answered certificate {}, which is registered already: a provider must sign a new certificate for each request",
                 provider.certificate_provider_name, signed.issued.certificate_id
-            )));
-        }
-        let token = self.register_new(&signed.issued)?;
+            ))
+        })?;
         tracing::info!(
             provider = %provider.certificate_provider_name,
             certificate_id = %signed.issued.certificate_id,
@@ -732,19 +764,23 @@ impl Provisioner {
             client_id: &from.client_id,
             parameters,
         };
-        self.hooks
-            .run(template_name, exe, &request)
+        crate::hook::run(&self.programs, template_name, exe, &request)
             .await
-            .map_err(|e| {
-                let message = match e {
-                    HookError::Refused => "pre-provisioning hook refused provisioning".to_owned(),
-                    other => format!("pre-provisioning hook failed: {other}"),
-                };
-                ApiError {
+            .map_err(|e| match e {
+                // Too many programs at once: the request may be retried.
+                HookError::Program(ProgramError::Busy(_)) => {
+                    throttling(crate::external::with_causes(&e))
+                }
+                HookError::Refused => ApiError {
                     status: 403,
                     code: "AccessDenied",
-                    message,
-                }
+                    message: e.to_string(),
+                },
+                other => ApiError {
+                    status: 403,
+                    code: "AccessDenied",
+                    message: crate::external::with_causes(&other),
+                },
             })
     }
 

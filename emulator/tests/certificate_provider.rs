@@ -8,19 +8,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
+use common::local_ca::{make_local_ca, openssl_verifies, sample_provider};
 use common::*;
-use iotcore_emulator::{CertStatus, RegistryError, CREATE_CERTIFICATE_FROM_CSR};
+use iotcore_emulator::{CertStatus, Credential, RegistryError, CREATE_CERTIFICATE_FROM_CSR};
 use serde_json::{json, Value};
-
-fn sample_provider() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("providers/local_ca.py")
-        .canonicalize()
-        .unwrap()
-}
 
 /// An emulator whose programs find the virtualenv's Python (with
 /// `cryptography`) first on their PATH.
@@ -38,21 +32,6 @@ async fn start_with_venv() -> TestEmulator {
     .await
 }
 
-/// A local CA made by the sample provider: `DIR/ca.pem`, `DIR/ca.key`.
-fn make_local_ca(dir: &Path) {
-    let out = Command::new(venv_bin().join("python"))
-        .arg(sample_provider())
-        .arg("make-ca")
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn set_provider(emu: &TestEmulator, command: &[&str]) {
     let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
     emu.registry()
@@ -65,20 +44,52 @@ fn set_provider(emu: &TestEmulator, command: &[&str]) {
         .unwrap();
 }
 
-/// True when OpenSSL verifies `cert_pem` against the root `ca_pem` alone.
-fn openssl_verifies(dir: &Path, ca_pem: &str, cert_pem: &str) -> bool {
-    let ca = dir.join("verify-ca.pem");
-    let cert = dir.join("verify-cert.pem");
-    std::fs::write(&ca, ca_pem).unwrap();
-    std::fs::write(&cert, cert_pem).unwrap();
-    Command::new("openssl")
-        .args(["verify", "-purpose", "sslclient", "-CAfile"])
-        .arg(&ca)
-        .arg(&cert)
-        .output()
+/// Now, in whole Unix seconds (as X.509 times are).
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .status
-        .success()
+        .as_secs() as i64
+}
+
+/// A CA of the test's own (not the emulator's, not the sample's).
+fn test_ca() -> rcgen::Issuer<'static, rcgen::KeyPair> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test CA");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    rcgen::Issuer::new(params, key)
+}
+
+/// A certificate by `ca` for the key `key_pem`, valid from one minute ago
+/// to `params`' notAfter (tweaked by `tweak`), PEM.
+fn certificate_for(
+    key_pem: &str,
+    ca: &rcgen::Issuer<'static, rcgen::KeyPair>,
+    tweak: impl FnOnce(&mut rcgen::CertificateParams),
+) -> String {
+    let key = rcgen::KeyPair::from_pem(key_pem).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "device");
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(1);
+    params.not_after = now + time::Duration::hours(1);
+    tweak(&mut params);
+    params.signed_by(&key, ca).unwrap().pem()
+}
+
+/// A provider that ignores its event and answers `answer`, which the test
+/// writes to `DIR/answer.json` (so no quoting is involved).
+fn answering(emu: &TestEmulator, answer: &Value) {
+    let file = emu.dir.path().join("answer.json");
+    std::fs::write(&file, answer.to_string()).unwrap();
+    let _ = emu.registry().delete_certificate_provider("LocalCa");
+    let script = format!("cat >/dev/null; cat '{}'", file.display());
+    set_provider(emu, &["/bin/sh", "-c", &script]);
 }
 
 fn assert_rejected(body: &Value, status: u64, code: &str, says: &str) {
@@ -107,7 +118,9 @@ async fn the_provider_signs_csrs_and_the_device_connects_with_its_certificate() 
     let local_ca = std::fs::read_to_string(ca_dir.join("ca.pem")).unwrap();
 
     let mut claim = claim_client(&emu, "claim-1", "prod").await;
+    let requested = unix_now();
     let (device, token) = create_from_csr(&mut claim).await;
+    let answered = unix_now();
 
     // Issued by the local CA, not the emulator's, for the short lifetime.
     assert!(openssl_verifies(
@@ -122,14 +135,11 @@ async fn the_provider_signs_csrs_and_the_device_connects_with_its_certificate() 
     ));
     let der = pem::parse(&device.certificate_pem).unwrap().into_contents();
     let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let left = cert.validity().not_after.timestamp() - now;
+    // notAfter = signing time (whole seconds, between the two instants) + 120 s.
+    let not_after = cert.validity().not_after.timestamp();
     assert!(
-        (100..=121).contains(&left),
-        "notAfter in {left} s, not ~120 s"
+        (requested + 120 - 1..=answered + 120).contains(&not_after),
+        "notAfter {not_after} is not 120 s after a signing in [{requested}, {answered}]"
     );
     // Registered as it was signed, waiting for RegisterThing.
     let rec = emu
@@ -181,19 +191,39 @@ async fn the_provider_signs_csrs_and_the_device_connects_with_its_certificate() 
 #[tokio::test(flavor = "multi_thread")]
 async fn create_keys_and_certificate_is_not_sent_to_the_provider() {
     let emu = start().await;
-    let ran = emu.dir.path().join("provider-ran");
-    let script = format!("touch {}; exit 1", ran.display());
+    // Records every call (one line each) and fails.
+    let calls = emu.dir.path().join("provider-calls");
+    let script = format!("cat >/dev/null; echo call >> '{}'; exit 1", calls.display());
     set_provider(&emu, &["/bin/sh", "-c", &script]);
+    let calls_so_far = || std::fs::read_to_string(&calls).unwrap_or_default();
     let mut claim = claim_client(&emu, "claim-1", "prod").await;
     claim.subscribe_responses(KEYS_TOPIC).await;
     let (ok, body) = claim.call(KEYS_TOPIC, &json!({})).await;
     assert!(ok, "{body}");
     let pem = body["certificatePem"].as_str().unwrap();
     assert!(openssl_verifies(emu.dir.path(), &emu.root_ca_pem(), pem));
-    assert!(
-        !ran.exists(),
-        "the provider ran for CreateKeysAndCertificate"
-    );
+    // The whole flow: RegisterThing activates it, the device connects.
+    let (ok, reg) = claim
+        .call(
+            &register_topic("prod"),
+            &json!({"certificateOwnershipToken": body["certificateOwnershipToken"], "parameters": {"SerialNumber": "SN9"}}),
+        )
+        .await;
+    assert!(ok, "{reg}");
+    let device = Credential {
+        certificate_id: body["certificateId"].as_str().unwrap().to_owned(),
+        certificate_pem: pem.to_owned(),
+        private_key_pem: body["privateKey"].as_str().unwrap().to_owned(),
+    };
+    connect(&emu, &device, "dev-SN9").await.unwrap();
+    assert_eq!(calls_so_far(), "", "the provider ran in the keys flow");
+    // The recording provider does record: a CSR request runs it once.
+    let (_, csr) = p256_csr();
+    let (ok, _) = claim
+        .call(CSR_TOPIC, &json!({"certificateSigningRequest": csr}))
+        .await;
+    assert!(!ok);
+    assert_eq!(calls_so_far(), "call\n");
     emu.handle.shutdown().await;
 }
 
@@ -218,9 +248,18 @@ async fn a_failing_provider_gives_the_device_an_internal_failure_and_registers_n
         &body,
         500,
         "InternalFailureException",
-        "certificate provider LocalCa exited with",
+        "certificate provider LocalCa failed (its stderr is in the emulator's log): it exited with exit status: 3",
     );
     assert_eq!(emu.registry().certificates().unwrap().len(), before);
+    // Its stderr went to the emulator's log (and is kept for tests), not to the device.
+    assert!(
+        emu.hook_refusals()
+            .iter()
+            .any(|e| e.contains("no CA today")),
+        "{:?}",
+        emu.hook_refusals()
+    );
+    assert!(!body.to_string().contains("no CA today"), "{body}");
 
     // The event is the Lambda's: the CSR, the connection's certificate and client id.
     let got: Value = serde_json::from_slice(&std::fs::read(&event).unwrap()).unwrap();
@@ -399,8 +438,47 @@ fn the_cli_creates_describes_refuses_a_second_and_deletes() {
         "/no/such/exe",
     ]);
     assert!(e.contains("does not exist"), "{e}");
+    // A directory, a file without an execute bit, a name not on PATH.
+    let e = refused(&["certificate-providers", "create", "P", "--command", "/tmp"]);
+    assert!(e.contains("/tmp is a directory"), "{e}");
+    let plain = tmp.path().join("provider.txt");
+    std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+    let e = refused(&[
+        "certificate-providers",
+        "create",
+        "P",
+        "--command",
+        plain.to_str().unwrap(),
+    ]);
+    assert!(e.contains("is not executable: `chmod +x"), "{e}");
+    let e = refused(&[
+        "certificate-providers",
+        "create",
+        "P",
+        "--command",
+        "no-such-provider-anywhere",
+    ]);
+    assert!(
+        e.contains("no-such-provider-anywhere is not an executable on PATH: give its path"),
+        "{e}"
+    );
 
     bin_ok(["-d", d, "certificate-providers", "delete", "LocalCa"]);
+    // A bare name is looked up on PATH now and stored absolute.
+    let out = bin_ok([
+        "-d",
+        d,
+        "--json",
+        "certificate-providers",
+        "create",
+        "P",
+        "--command",
+        "sh",
+    ]);
+    let made: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let exe = made["command"][0].as_str().unwrap();
+    assert!(exe.starts_with('/') && Path::new(exe).is_file(), "{made}");
+    bin_ok(["-d", d, "certificate-providers", "delete", "P"]);
     let e = refused(&[
         "certificate-providers",
         "create",
@@ -419,4 +497,218 @@ fn the_cli_creates_describes_refuses_a_second_and_deletes() {
         serde_json::from_slice::<Value>(&out.stdout).unwrap(),
         json!([])
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_answered_twice_is_refused_and_the_registered_one_kept() {
+    let emu = start().await;
+    let mut claim = claim_client(&emu, "claim-1", "prod").await;
+    let (key, csr) = p256_csr();
+    // The provider answers the same certificate for the CSR's key every time.
+    let pem = certificate_for(&key, &test_ca(), |_| {});
+    answering(&emu, &json!({ "certificatePem": pem }));
+
+    let (ok, body) = claim
+        .call(CSR_TOPIC, &json!({"certificateSigningRequest": csr}))
+        .await;
+    assert!(ok, "{body}");
+    let id = body["certificateId"].as_str().unwrap().to_owned();
+    let token = body["certificateOwnershipToken"].clone();
+    let (ok, body) = claim
+        .call(
+            &register_topic("prod"),
+            &json!({"certificateOwnershipToken": token, "parameters": {"SerialNumber": "SN1"}}),
+        )
+        .await;
+    assert!(ok, "{body}");
+    let registered = emu.registry().certificate(&id).unwrap().unwrap();
+    assert_eq!(registered.status, CertStatus::Active);
+    let count = emu.registry().certificates().unwrap().len();
+
+    // The same answer again: refused, and the ACTIVE certificate untouched
+    // (not reset to PENDING_ACTIVATION, no second row).
+    let (ok, body) = claim
+        .call(CSR_TOPIC, &json!({"certificateSigningRequest": csr}))
+        .await;
+    assert!(!ok, "{body}");
+    assert_rejected(
+        &body,
+        500,
+        "InternalFailureException",
+        &format!("answered certificate {id}, which is registered already"),
+    );
+    let after = emu.registry().certificate(&id).unwrap().unwrap();
+    assert_eq!(after.status, CertStatus::Active);
+    assert_eq!(after.updated_at, registered.updated_at);
+    assert_eq!(after.customer_version, registered.customer_version);
+    assert_eq!(emu.registry().certificates().unwrap().len(), count);
+    emu.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_finding_every_program_slot_busy_is_throttled() {
+    let emu = start_with(|c| c.programs_at_once = 1).await;
+    let ran = emu.dir.path().join("runs");
+    // Slow, and records each run; its answer does not matter here.
+    let script = format!(
+        "cat >/dev/null; echo run >> '{}'; sleep 2; exit 1",
+        ran.display()
+    );
+    set_provider(&emu, &["/bin/sh", "-c", &script]);
+    let claim = emu.create_claim_credential("claim").unwrap();
+    let mut slow = connect(&emu, &claim, "claim-slow").await.unwrap();
+    slow.subscribe_responses(CSR_TOPIC).await;
+    let mut second = connect(&emu, &claim, "claim-second").await.unwrap();
+    second.subscribe_responses(CSR_TOPIC).await;
+    let (_, csr1) = p256_csr();
+    let (_, csr2) = p256_csr();
+    let first = json!({"certificateSigningRequest": csr1});
+    let ((ok1, body1), (ok2, body2)) = tokio::join!(slow.call(CSR_TOPIC, &first), async {
+        // Once the first provider run has started.
+        let deadline = std::time::Instant::now() + WAIT;
+        while !ran.exists() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        second
+            .call(CSR_TOPIC, &json!({"certificateSigningRequest": csr2}))
+            .await
+    });
+    assert!(!ok1 && !ok2, "{body1} {body2}");
+    assert_rejected(&body1, 500, "InternalFailureException", "exited with");
+    assert_rejected(
+        &body2,
+        429,
+        "ThrottlingException",
+        "1 hook and provider programs are running already",
+    );
+    // The throttled request never ran the provider.
+    assert_eq!(std::fs::read_to_string(&ran).unwrap(), "run\n");
+    emu.handle.shutdown().await;
+}
+
+#[test]
+fn the_sample_makes_a_private_ca_and_never_overwrites_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    let python = venv_bin().join("python");
+    let make_ca = |extra: &[&str]| {
+        Command::new(&python)
+            .arg(sample_provider())
+            .arg("make-ca")
+            .arg(&dir)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = make_ca(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("ca.key")), 0o600);
+    // No temporary files left behind.
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["ca.key", "ca.pem"]);
+    let key = std::fs::read(dir.join("ca.key")).unwrap();
+
+    // Again: refused, the CA left as it is.
+    let out = make_ca(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("exists already: pass --force"), "{err}");
+    assert!(!err.contains("Traceback"), "{err}");
+    assert_eq!(std::fs::read(dir.join("ca.key")).unwrap(), key);
+    // With --force: a new CA.
+    let out = make_ca(&["--force"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(std::fs::read(dir.join("ca.key")).unwrap(), key);
+    assert_eq!(mode(&dir.join("ca.key")), 0o600);
+
+    // A validity that is not a number: a message, not a traceback.
+    let out = Command::new(&python)
+        .arg(sample_provider())
+        .args(["--ca-dir", dir.to_str().unwrap()])
+        .env("LOCAL_CA_SECONDS", "2m")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("LOCAL_CA_SECONDS='2m' is not a whole number"),
+        "{err}"
+    );
+    assert!(!err.contains("Traceback"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_ca_other_key_and_key_carrying_answers_are_refused() {
+    let emu = start().await;
+    let claim_cred = emu.create_claim_credential("claim").unwrap();
+    let mut claim = connect(&emu, &claim_cred, "claim-1").await.unwrap();
+    claim.subscribe_responses(CSR_TOPIC).await;
+    let ca = test_ca();
+    let (key, csr) = p256_csr();
+    let (other_key, _) = p256_csr();
+    let now = time::OffsetDateTime::now_utc();
+    let good = certificate_for(&key, &ca, |_| {});
+    let cases = [
+        (
+            certificate_for(&key, &ca, |p| {
+                p.not_before = now - time::Duration::hours(2);
+                p.not_after = now - time::Duration::hours(1);
+            }),
+            "the certificate expired at",
+        ),
+        (
+            certificate_for(&key, &ca, |p| {
+                p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained)
+            }),
+            "is a CA certificate",
+        ),
+        (
+            // A device certificate (not a CA), by the same CA, for another key.
+            certificate_for(&other_key, &ca, |_| {}),
+            "for another public key than the CSR's",
+        ),
+        (
+            format!("{good}{key}"),
+            "block 2 of certificatePem is PRIVATE KEY, not CERTIFICATE",
+        ),
+    ];
+    let before = emu.registry().certificates().unwrap().len();
+    for (pem, says) in cases {
+        answering(&emu, &json!({ "certificatePem": pem }));
+        let (ok, body) = claim
+            .call(CSR_TOPIC, &json!({"certificateSigningRequest": csr}))
+            .await;
+        assert!(!ok, "{says}: {body}");
+        assert_rejected(
+            &body,
+            500,
+            "InternalFailureException",
+            "certificate provider LocalCa answered an unusable certificate",
+        );
+        assert_rejected(&body, 500, "InternalFailureException", says);
+        assert!(!body.to_string().contains("PRIVATE KEY-----"), "{body}");
+    }
+    assert_eq!(emu.registry().certificates().unwrap().len(), before);
+    // The same CSR with the good answer is accepted: the refusals were the answers'.
+    answering(&emu, &json!({ "certificatePem": good }));
+    let (ok, body) = claim
+        .call(CSR_TOPIC, &json!({"certificateSigningRequest": csr}))
+        .await;
+    assert!(ok, "{body}");
+    emu.handle.shutdown().await;
 }

@@ -8,6 +8,7 @@ pub mod conformance;
 pub mod daemon;
 pub mod device;
 pub mod emulator;
+pub mod local_ca;
 pub mod pki;
 pub mod softhsm;
 pub mod swtpm;

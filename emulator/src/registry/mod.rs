@@ -473,20 +473,27 @@ impl Registry {
 
     // ---- certificates ----
 
+    /// Stores a new certificate. Returns false, changing nothing, when a
+    /// certificate with this id is registered already: one statement, so
+    /// that a check-then-insert race cannot reset an ACTIVE certificate to
+    /// PENDING_ACTIVATION (a certificate provider may answer the same
+    /// certificate twice).
+    #[must_use = "false means the certificate was registered already and nothing was stored"]
     pub(crate) fn insert_certificate(
         &self,
         id: &str,
         pem: &str,
         status: CertStatus,
         pending_until: Option<i64>,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<bool, RegistryError> {
         let now = now_unix();
-        self.db().execute_cached(
-            "INSERT OR REPLACE INTO certificates (id, pem, status, created_at, updated_at, pending_until, registered)
-             VALUES (?1, ?2, ?3, ?4, ?4, ?5, 0)",
+        let inserted = self.db().execute_cached(
+            "INSERT INTO certificates (id, pem, status, created_at, updated_at, pending_until, registered)
+             VALUES (?1, ?2, ?3, ?4, ?4, ?5, 0)
+             ON CONFLICT (id) DO NOTHING",
             params![id, pem, status.as_str(), now, pending_until],
         )?;
-        Ok(())
+        Ok(inserted == 1)
     }
 
     pub fn certificate_status(&self, id: &str) -> Result<Option<CertStatus>, RegistryError> {
@@ -1291,6 +1298,27 @@ mod tests {
         reg.set_certificate_status("c1", CertStatus::Inactive)
             .unwrap();
         assert_eq!(reg.certificate("c1").unwrap().unwrap().customer_version, 2);
+    }
+
+    /// Inserting a certificate registered already (a provider answering
+    /// the same one twice) changes nothing: an ACTIVE one stays ACTIVE.
+    #[test]
+    fn a_certificate_registered_already_is_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(dir.path()).unwrap();
+        assert!(reg
+            .insert_certificate("c1", "PEM", CertStatus::PendingActivation, Some(1))
+            .unwrap());
+        reg.set_certificate_status("c1", CertStatus::Active)
+            .unwrap();
+        let before = reg.certificate("c1").unwrap().unwrap();
+        assert!(!reg
+            .insert_certificate("c1", "OTHER", CertStatus::PendingActivation, Some(2))
+            .unwrap());
+        let after = reg.certificate("c1").unwrap().unwrap();
+        assert_eq!(after.status, CertStatus::Active);
+        assert_eq!(after.certificate_pem, "PEM");
+        assert_eq!(after.customer_version, before.customer_version);
     }
 
     #[test]

@@ -121,7 +121,11 @@ impl Registry {
         })
     }
 
-    /// Changes a provider's command, Lambda ARN or operations (those given).
+    /// Changes a provider's command, Lambda ARN or operations (those given);
+    /// [`RegistryError::NotFound`] when there is no provider of that name.
+    /// One statement: a delete by another process (the CLI beside `serve`)
+    /// between a read and the write cannot make a vanished provider look
+    /// updated, and two updates cannot mix their fields.
     pub fn update_certificate_provider(
         &self,
         name: &str,
@@ -135,33 +139,32 @@ impl Registry {
         if let Some(c) = command {
             check_command(c)?;
         }
-        let mut current =
-            self.certificate_provider(name)?
-                .ok_or_else(|| RegistryError::NotFound {
-                    kind: "certificate provider",
-                    name: name.into(),
-                })?;
-        if let Some(c) = command {
-            current.command = c.to_vec();
-        }
-        if let Some(a) = lambda_function_arn {
-            current.lambda_function_arn = a.to_owned();
-        }
-        if let Some(ops) = operations {
-            current.account_default_for_operations = ops.to_vec();
-        }
-        current.last_modified_date = now_unix();
-        self.db().execute_cached(
-            "UPDATE certificate_providers SET command_json = ?2, lambda_arn = ?3, operations_json = ?4, updated_at = ?5 WHERE name = ?1",
-            params![
-                name,
-                serde_json::to_string(&current.command).unwrap_or_default(),
-                current.lambda_function_arn,
-                serde_json::to_string(&current.account_default_for_operations).unwrap_or_default(),
-                current.last_modified_date
-            ],
-        )?;
-        Ok(current)
+        let json = |v: &[String]| serde_json::to_string(v).unwrap_or_default();
+        let row = self
+            .db()
+            .query_row_cached(
+                "UPDATE certificate_providers SET
+                   command_json = COALESCE(?2, command_json),
+                   lambda_arn = COALESCE(?3, lambda_arn),
+                   operations_json = COALESCE(?4, operations_json),
+                   updated_at = ?5
+                 WHERE name = ?1
+                 RETURNING name, command_json, lambda_arn, operations_json, created_at, updated_at",
+                params![
+                    name,
+                    command.map(json),
+                    lambda_function_arn,
+                    operations.map(json),
+                    now_unix()
+                ],
+                provider_row,
+            )
+            .optional()?;
+        let row = row.ok_or_else(|| RegistryError::NotFound {
+            kind: "certificate provider",
+            name: name.into(),
+        })?;
+        to_record(row)
     }
 
     /// Deletes a provider; false when there was none of that name. From
@@ -279,6 +282,28 @@ mod tests {
             .unwrap();
         assert_eq!(updated.command, new_cmd);
         assert_eq!(updated.lambda_function_arn, made.lambda_function_arn);
+        assert_eq!(updated.creation_date, made.creation_date);
+        assert_eq!(reg.certificate_provider("p1").unwrap(), Some(updated));
+        let rearned = reg
+            .update_certificate_provider("p1", None, Some("arn:other"), None)
+            .unwrap();
+        assert_eq!(
+            (rearned.command, rearned.lambda_function_arn.as_str()),
+            (new_cmd.clone(), "arn:other")
+        );
+        // Deleted by another process (another connection to the same
+        // file): an update then reports not found, and creates nothing.
+        let other = Registry::open(dir.path()).unwrap();
+        assert!(other.delete_certificate_provider("p1").unwrap());
+        let e = reg
+            .update_certificate_provider("p1", Some(&new_cmd), None, None)
+            .unwrap_err();
+        assert!(matches!(e, RegistryError::NotFound { .. }), "{e}");
+        assert_eq!(reg.certificate_providers().unwrap(), vec![]);
+        let again = reg
+            .create_certificate_provider("p1", &cmd, "arn", &ops())
+            .unwrap();
+        assert_eq!(again.command, cmd);
         assert!(reg.delete_certificate_provider("p1").unwrap());
         assert!(!reg.delete_certificate_provider("p1").unwrap());
         assert_eq!(reg.certificate_providers().unwrap(), vec![]);

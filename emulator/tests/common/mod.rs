@@ -3,6 +3,8 @@
 //! rumqttc clients over rustls (ring).
 #![allow(dead_code)]
 
+pub mod local_ca;
+
 use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
