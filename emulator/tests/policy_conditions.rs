@@ -255,3 +255,31 @@ async fn source_ip_and_time_conditions() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_date_condition_on_a_devices_malformed_value_refuses_and_the_broker_lives() {
+    let emu = start().await;
+    // The client id is the device's to choose; a date operator on it
+    // must refuse a malformed date (here, a multi-byte character where a
+    // zone offset's digits go), never bring the emulator down.
+    emu.registry()
+        .create_policy(
+            "date-on-client-id",
+            &doc(
+                r#"[{"Effect": "Allow", "Action": "iot:Connect", "Resource": "*",
+                    "Condition": {"DateGreaterThan": {"iot:ClientId": "2020-01-01T00:00:00Z"}}}]"#,
+            ),
+        )
+        .unwrap();
+    let cred = emu
+        .create_credential("dated", &["date-on-client-id"])
+        .unwrap();
+    let err = connect(&emu, &cred, "2025-12-01T00:00+1é1")
+        .await
+        .unwrap_err();
+    assert!(err.contains("NotAuthorized"), "{err}");
+    // Still serving: a well-formed date later than the policy's connects.
+    connect(&emu, &cred, "2025-12-01T00:00+0100")
+        .await
+        .expect("a well-formed later date connects");
+}

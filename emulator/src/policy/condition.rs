@@ -417,12 +417,14 @@ pub(crate) fn parse_date(text: &str) -> Option<i64> {
             "" | "Z" | "z" => 0,
             z => {
                 let sign = if z.starts_with('-') { -1 } else { 1 };
+                // `z` starts with the ASCII sign `find` stopped at, so
+                // `[1..]` is on a character boundary; what follows is
+                // untrusted (a device's value under a Date operator), so
+                // it is split with `get`, never by byte index, and a
+                // multi-byte character is a refusal, not a panic.
                 let hm = z[1..].replace(':', "");
-                if hm.len() != 4 {
-                    return None;
-                }
-                let h: i64 = digits(&hm[..2], 2)?;
-                let m: i64 = digits(&hm[2..], 2)?;
+                let h: i64 = digits(hm.get(..2)?, 2)?;
+                let m: i64 = digits(hm.get(2..)?, 2)?;
                 sign * (h * 3600 + m * 60)
             }
         };
@@ -525,6 +527,13 @@ mod tests {
             ("2025-12-01T25:00:00Z", None),
             ("yesterday", None),
             ("", None),
+            // Multi-byte text where the offset's digits are: refused, not
+            // a panic on a byte index inside a character.
+            ("2025-12-01T00:00+1é1", None),
+            ("2025-12-01T00:00+é", None),
+            ("2025-12-01T00:00-00é", None),
+            ("2025-12-01T00:00+\u{1F600}", None),
+            ("2025-12-01T00:00+0100", Some(base - 13 * 3600 - 300)),
         ];
         for (text, want) in cases {
             assert_eq!(parse_date(text), want, "{text}");
