@@ -589,6 +589,60 @@ fn unresolved_variable_skips_only_that_resource() {
 }
 
 #[test]
+fn unresolved_variables_never_escape_a_deny() {
+    let (s, i) = (subject(), issuer());
+    let on = ctx("dev1", Some("dev1"), &s, &i);
+    let off = ctx("dev1", None, &s, &i);
+    let thing = "${iot:Connection.Thing.ThingName}";
+    let deny = |rest: &str| {
+        policy(&format!(
+            r#"[{}, {{"Effect": "Deny", "Action": "iot:Publish", {rest}}}]"#,
+            allow("iot:Publish", "*")
+        ))
+    };
+    let cases = [
+        // Resource: an unresolved entry matches in a Deny.
+        (
+            format!(r#""Resource": "arn:aws:iot:*:*:topic/things/{thing}/admin""#),
+            "things/dev1/admin",
+        ),
+        // Condition values, positive and negated.
+        (
+            format!(
+                r#""Resource": "*", "Condition": {{"StringEquals": {{"iot:ClientId": "{thing}"}}}}"#
+            ),
+            "t",
+        ),
+        (
+            format!(
+                r#""Resource": "*", "Condition": {{"StringNotEquals": {{"iot:ClientId": "{thing}"}}}}"#
+            ),
+            "t",
+        ),
+        (
+            format!(
+                r#""Resource": "*", "Condition": {{"StringNotLike": {{"iot:ClientId": ["{thing}", "x"]}}}}"#
+            ),
+            "t",
+        ),
+    ];
+    for (rest, topic) in cases {
+        let p = deny(&rest);
+        assert!(
+            !is_allowed(std::slice::from_ref(&p), Action::Publish, topic, &off),
+            "unattached client escaped the Deny {rest} on {topic}"
+        );
+        // With the variable resolved the Deny is evaluated as written.
+        let want = !rest.contains(r#""StringEquals""#) && !rest.contains("admin");
+        assert_eq!(
+            is_allowed(&[p], Action::Publish, topic, &on),
+            want,
+            "attached thing, {rest} on {topic}"
+        );
+    }
+}
+
+#[test]
 fn deny_wins_and_default_deny() {
     let (s, i) = (subject(), issuer());
     let c = ctx("dev1", None, &s, &i);
@@ -665,9 +719,10 @@ fn not_resource() {
         (&allow_except, no_thing, "ops/x", true),
         (&deny_outside_own, with_thing, "things/dev1/t", true),
         (&deny_outside_own, with_thing, "things/dev2/t", false),
-        // The Deny's exclusion cannot be resolved without a thing: that
-        // statement matches nothing, so the Allow stands.
-        (&deny_outside_own, no_thing, "things/dev2/t", true),
+        // The Deny's exclusion cannot be resolved without a thing: the
+        // Deny cannot tell what it leaves out, so it applies (fail closed).
+        (&deny_outside_own, no_thing, "things/dev2/t", false),
+        (&deny_outside_own, no_thing, "things/dev1/t", false),
     ];
     for (p, c, topic, want) in cases {
         assert_eq!(
@@ -1094,7 +1149,8 @@ fn conditions_evaluate_as_iam_says() {
             on,
             false,
         ),
-        // A negated test whose value cannot be resolved is false.
+        // In an Allow, a negated test whose value cannot be resolved is
+        // false (the Deny side: `unresolved_variables_never_escape_a_deny`).
         (
             r#"{"StringNotEquals": {"iot:ClientId": "${iot:Connection.Thing.ThingName}"}}"#,
             off,

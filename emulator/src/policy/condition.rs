@@ -10,9 +10,10 @@
 //! - `ForAnyValue:` holds when some value of the key passes (false for an
 //!   absent key), `ForAllValues:` when every value does (true for an
 //!   absent key);
-//! - a policy value whose variable has no value: skipped for a positive
-//!   operator, and for a negated one the whole test is false (it can no
-//!   longer tell what is excluded), as the engine does for `NotResource`.
+//! - a policy value whose variable has no value never widens a grant
+//!   ([`Unresolved`]): in an `Allow` it is skipped for a positive operator
+//!   and makes a negated test false (it can no longer tell what is
+//!   excluded); in a `Deny` it makes the test true, positive or negated.
 
 use std::net::IpAddr;
 
@@ -21,7 +22,7 @@ use serde_json::{Map, Value};
 use super::context::RequestContext;
 use super::keys::{Key, Place};
 use super::pattern::{arn_match, glob_match, Template};
-use super::PolicyError;
+use super::{PolicyError, Unresolved};
 
 /// The base operators, as IAM names them.
 const OPERATORS: &[&str] = &[
@@ -137,9 +138,10 @@ impl Condition {
         Ok(Condition { tests })
     }
 
-    /// Whether every test holds for this request.
-    pub(crate) fn holds(&self, ctx: &RequestContext) -> bool {
-        self.tests.iter().all(|t| t.holds(ctx))
+    /// Whether every test holds for this request; `unresolved` says what
+    /// a test with a value whose variable has no value does.
+    pub(crate) fn holds(&self, ctx: &RequestContext, unresolved: Unresolved) -> bool {
+        self.tests.iter().all(|t| t.holds(ctx, unresolved))
     }
 }
 
@@ -297,7 +299,7 @@ fn check_literal(op: Op, value: &Template) -> Result<(), String> {
 }
 
 impl Test {
-    fn holds(&self, ctx: &RequestContext) -> bool {
+    fn holds(&self, ctx: &RequestContext, unresolved: Unresolved) -> bool {
         let present = self.key.values(ctx);
         if self.op == Op::Null {
             // Null: "true" asks for an absent key, "false" for a present one.
@@ -319,6 +321,9 @@ impl Test {
         for v in &self.values {
             match Wanted::resolve(self.op, v, ctx) {
                 Some(w) => wanted.push(w),
+                // A Deny's test cannot be shown false: it holds.
+                None if unresolved == Unresolved::Match => return true,
+                // An Allow's negated test cannot tell what it excludes.
                 None if self.negated => return false,
                 None => {}
             }
