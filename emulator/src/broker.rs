@@ -55,9 +55,9 @@ pub(crate) struct Broker {
 
 struct AuthState {
     generation: u64,
-    /// The attached policies' documents as read from the registry, to tell
-    /// whether a reload found them changed.
-    documents: Vec<String>,
+    /// The attached policies' names and documents as read from the
+    /// registry, to tell whether a reload found them changed.
+    documents: Vec<(String, String)>,
     policies: Arc<Vec<PolicyDocument>>,
     /// The thing the thing policy variables name, if any.
     thing: Option<Arc<ConnectedThing>>,
@@ -77,6 +77,31 @@ pub(crate) struct Session {
     auth: Mutex<AuthState>,
     /// See [`Requester::keys_in_flight`].
     keys_in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+/// Parses the documents of the policies attached to `certificate_id`. A
+/// stored document that no longer parses (written by an older emulator,
+/// or refused by a stricter parser since) could hold the Deny that matters,
+/// so then the certificate is allowed nothing (fail closed) and the error,
+/// naming the policy and why, is logged: once per load, since the parsed
+/// result is kept until the documents change.
+fn parse_attached(certificate_id: &str, documents: &[(String, String)]) -> Vec<PolicyDocument> {
+    let mut policies = Vec::with_capacity(documents.len());
+    for (name, document) in documents {
+        match PolicyDocument::parse(document) {
+            Ok(p) => policies.push(p),
+            Err(e) => {
+                tracing::error!(
+                    certificate_id,
+                    policy = %name,
+                    "attached policy {name} no longer parses ({e}); the certificate is allowed \
+                     nothing until its document is replaced with a valid one or it is detached"
+                );
+                return Vec::new();
+            }
+        }
+    }
+    policies
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -161,12 +186,7 @@ impl Broker {
         // was several percent of the emulator's CPU.
         let policies = match previous {
             Some(p) if p.documents == documents => p.policies.clone(),
-            _ => Arc::new(
-                documents
-                    .iter()
-                    .filter_map(|d| PolicyDocument::parse(d).ok())
-                    .collect(),
-            ),
+            _ => Arc::new(parse_attached(certificate_id, &documents)),
         };
         // The thing variables exist only when the client id is a thing's
         // name and that thing is attached to the certificate ("Thing

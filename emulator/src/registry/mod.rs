@@ -809,12 +809,21 @@ impl Registry {
     }
 
     /// Documents of the policies attached to a certificate.
-    pub(crate) fn policy_documents_for(&self, cert_id: &str) -> Result<Vec<String>, RegistryError> {
-        column_list(
-            &self.db(),
-            "SELECT p.document FROM cert_policies c JOIN policies p ON p.name = c.policy WHERE c.cert_id = ?1",
-            cert_id,
-        )
+    /// The names and documents of the policies attached to `cert_id`, by
+    /// name.
+    pub(crate) fn policy_documents_for(
+        &self,
+        cert_id: &str,
+    ) -> Result<Vec<(String, String)>, RegistryError> {
+        let db = self.db();
+        let mut st = db.prepare_cached(
+            "SELECT p.name, p.document FROM cert_policies c JOIN policies p ON p.name = c.policy \
+             WHERE c.cert_id = ?1 ORDER BY p.name",
+        )?;
+        let rows = st
+            .query_map([cert_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
     }
 
     // ---- templates ----
