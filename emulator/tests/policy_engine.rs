@@ -1187,6 +1187,39 @@ fn conditions_evaluate_as_iam_says() {
             on,
             false,
         ),
+        // Unqualified on a list: positive when some value matches, negated
+        // when none does, so one bad organization among good ones refuses.
+        (
+            r#"{"StringEquals": {"iot:Certificate.Subject.Organization.List": "Second"}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"StringNotEquals": {"iot:Certificate.Subject.Organization.List": "Second"}}"#,
+            on,
+            false,
+        ),
+        (
+            r#"{"StringNotLike": {"iot:Certificate.Subject.Organization.List": "Sec*"}}"#,
+            on,
+            false,
+        ),
+        (
+            r#"{"StringNotEquals": {"iot:Certificate.Subject.Organization.List": "Evil"}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"StringNotEquals": {"iot:Certificate.AvailableKeys": "iot:Certificate.Subject.Organization"}}"#,
+            on,
+            false,
+        ),
+        // ForAnyValue: negated still means "some value does not match".
+        (
+            r#"{"ForAnyValue:StringNotEquals": {"iot:Certificate.Subject.Organization.List": "Second"}}"#,
+            on,
+            true,
+        ),
         (
             r#"{"ForAllValues:StringEquals": {"iot:Certificate.Subject.Organization.List": ["Acme", "Second"]}}"#,
             on,

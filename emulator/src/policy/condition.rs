@@ -91,7 +91,8 @@ enum Op {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SetRule {
-    /// No qualifier: the key's value (any of them, for a list key).
+    /// No qualifier: the key's value; for a list key, any of them matching
+    /// a positive test, none of them matching a negated one.
     Single,
     ForAnyValue,
     ForAllValues,
@@ -333,6 +334,11 @@ impl Test {
             matched != self.negated
         };
         match self.set {
+            // Unqualified on a multi-valued key: a positive test holds when
+            // some value matches, a negated one when no value matches (IAM:
+            // "does not match any of the values"), so `StringNotEquals
+            // {...Organization.List: Evil}` refuses [Acme, Evil].
+            SetRule::Single if self.negated => present.iter().all(passes),
             SetRule::Single | SetRule::ForAnyValue => present.iter().any(passes),
             SetRule::ForAllValues => present.iter().all(passes),
         }
