@@ -104,6 +104,13 @@ fn parse_attached(certificate_id: &str, documents: &[(String, String)]) -> Vec<P
     policies
 }
 
+/// The address `aws:SourceIp` sees for `peer`: on a dual-stack listener an
+/// IPv4 client arrives as `::ffff:a.b.c.d`, which an IPv4 range in a policy
+/// (`203.0.113.0/24`) would never contain; it is the IPv4 address it maps.
+fn source_ip(peer: std::net::SocketAddr) -> std::net::IpAddr {
+    peer.ip().to_canonical()
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -451,7 +458,7 @@ pub(crate) async fn serve<S>(
         client_id: info.client_id.clone(),
         certificate: pki::certificate_facts(&cert_der),
         certificate_id,
-        peer: peer.ip(),
+        peer: source_ip(peer),
         tx,
         kill,
         subscriptions: Mutex::new(Subscriptions::default()),
@@ -785,4 +792,17 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
             .err();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::source_ip;
+
+    #[test]
+    fn source_ip_of_an_ipv4_mapped_peer_is_ipv4() {
+        let ip = |peer: &str| source_ip(peer.parse().unwrap()).to_string();
+        assert_eq!(ip("[::ffff:203.0.113.7]:8883"), "203.0.113.7");
+        assert_eq!(ip("203.0.113.7:8883"), "203.0.113.7");
+        assert_eq!(ip("[2001:db8::1]:8883"), "2001:db8::1");
+    }
 }
