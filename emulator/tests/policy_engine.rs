@@ -167,6 +167,19 @@ fn parse_rejects_with_a_message_naming_the_problem() {
             "Extra: unknown top-level key",
         ),
         (s(r#"{"Action": "*", "Resource": "*"}"#), "Statement.Effect: is required"),
+        // Duplicate keys: serde_json's Value would keep the last (an Allow).
+        (
+            s(r#"[{"Effect": "Deny", "Effect": "Allow", "Action": "*", "Resource": "*"}]"#),
+            "Statement[0]: key \"Effect\" appears more than once",
+        ),
+        (
+            r#"{"Version": "2012-10-17", "Version": "2012-10-17", "Statement": {"Effect": "Allow", "Action": "*", "Resource": "*"}}"#.into(),
+            "(root): key \"Version\" appears more than once",
+        ),
+        (
+            s(r#"{"Effect": "Allow", "Action": "*", "Resource": "*", "Condition": {"StringEquals": {"iot:ClientId": "a", "iot:ClientId": "b"}}}"#),
+            "Statement.Condition.StringEquals: key \"iot:ClientId\" appears more than once",
+        ),
         (
             s(r#"{"Effect": "allow", "Action": "*", "Resource": "*"}"#),
             "must be \"Allow\" or \"Deny\"",

@@ -37,6 +37,7 @@
 
 mod condition;
 mod context;
+mod duplicate_keys;
 mod keys;
 mod pattern;
 
@@ -218,6 +219,15 @@ impl PolicyDocument {
             return Err(PolicyError::TooLarge { size });
         }
         let value: Value = serde_json::from_str(json).map_err(|e| PolicyError::Json(e.into()))?;
+        // `Value` keeps the last of duplicate keys; the text may say more.
+        if let Some((object, key)) = duplicate_keys::first_duplicate(json) {
+            return Err(PolicyError::invalid(
+                object,
+                format!(
+                    "key \"{key}\" appears more than once; keep one (JSON keys must be unique)"
+                ),
+            ));
+        }
         let root = value
             .as_object()
             .ok_or_else(|| PolicyError::invalid("(root)", "must be a JSON object"))?;
