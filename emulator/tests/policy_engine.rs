@@ -1294,6 +1294,27 @@ fn conditions_evaluate_as_iam_says() {
             on,
             false,
         ),
+        // A value of the wrong type fails negated tests too.
+        (
+            r#"{"NumericNotEquals": {"iot:Connection.Thing.Attributes[site]": 4}}"#,
+            on,
+            false,
+        ),
+        (
+            r#"{"DateNotEquals": {"iot:Connection.Thing.Attributes[site]": "2026-01-01"}}"#,
+            on,
+            false,
+        ),
+        (
+            r#"{"NotIpAddress": {"iot:Connection.Thing.Attributes[site]": "10.0.0.0/8"}}"#,
+            on,
+            false,
+        ),
+        (
+            r#"{"NumericNotEquals": {"iot:Connection.Thing.Attributes[line]": "${iot:ClientId}"}}"#,
+            on,
+            false,
+        ),
         (
             r#"{"NumericLessThan": {"aws:EpochTime": 1800000001}}"#,
             on,

@@ -329,8 +329,17 @@ impl Test {
                 None => {}
             }
         }
+        // A value of the wrong type for the operator (NumericNotEquals on
+        // "abc") fails the test, negated or not: "not equal to 5" is not
+        // shown by a value that is no number.
         let passes = |value: &String| {
-            let matched = wanted.iter().any(|w| w.matches(self.op, value));
+            let mut matched = false;
+            for w in &wanted {
+                match w.matches(self.op, value) {
+                    Some(m) => matched |= m,
+                    None => return false,
+                }
+            }
             matched != self.negated
         };
         match self.set {
@@ -360,8 +369,10 @@ impl Wanted {
         }
     }
 
-    fn matches(&self, op: Op, value: &str) -> bool {
-        match (self, op) {
+    /// Whether `value` matches; `None` when either side is not of the
+    /// operator's type (a number, a date, an IP address or range).
+    fn matches(&self, op: Op, value: &str) -> Option<bool> {
+        Some(match (self, op) {
             (Wanted::Pattern(p), Op::Like) => glob_match(p, value),
             (Wanted::Pattern(p), Op::Arn) => arn_match(p, value),
             (Wanted::Text(w), Op::String { ignore_case: false }) => w == value,
@@ -369,20 +380,13 @@ impl Wanted {
                 w.to_lowercase() == value.to_lowercase()
             }
             (Wanted::Text(w), Op::Bool) => w.eq_ignore_ascii_case(value),
-            (Wanted::Text(w), Op::Numeric(cmp)) => match (parse_number(value), parse_number(w)) {
-                (Some(a), Some(b)) => cmp.holds(a, b),
-                _ => false,
-            },
-            (Wanted::Text(w), Op::Date(cmp)) => match (parse_date(value), parse_date(w)) {
-                (Some(a), Some(b)) => cmp.holds(a, b),
-                _ => false,
-            },
-            (Wanted::Text(w), Op::Ip) => match (value.parse::<IpAddr>(), Cidr::parse(w)) {
-                (Ok(ip), Some(range)) => range.contains(ip),
-                _ => false,
-            },
+            (Wanted::Text(w), Op::Numeric(cmp)) => {
+                cmp.holds(parse_number(value)?, parse_number(w)?)
+            }
+            (Wanted::Text(w), Op::Date(cmp)) => cmp.holds(parse_date(value)?, parse_date(w)?),
+            (Wanted::Text(w), Op::Ip) => Cidr::parse(w)?.contains(value.parse::<IpAddr>().ok()?),
             _ => false,
-        }
+        })
     }
 }
 
