@@ -748,6 +748,30 @@ impl Registry {
         Ok(())
     }
 
+    /// Stores a new policy after validating its document; a name already
+    /// taken is [`RegistryError::AlreadyExists`] and the stored policy is
+    /// left as it is. One statement, so that of two callers creating the
+    /// same name at once exactly one succeeds (CreatePolicy's contract;
+    /// [`create_policy`](Self::create_policy) replaces instead).
+    pub fn insert_policy(&self, name: &str, document: &str) -> Result<(), RegistryError> {
+        crate::policy::PolicyDocument::parse(document).map_err(|source| RegistryError::Policy {
+            name: name.to_owned(),
+            source,
+        })?;
+        let inserted = self.db().execute_cached(
+            "INSERT INTO policies (name, document) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+            params![name, document],
+        )?;
+        if inserted == 0 {
+            return Err(RegistryError::AlreadyExists {
+                kind: "policy",
+                name: name.to_owned(),
+            });
+        }
+        self.auth_changed();
+        Ok(())
+    }
+
     pub fn policy(&self, name: &str) -> Result<Option<PolicyRecord>, RegistryError> {
         Ok(self
             .db()
