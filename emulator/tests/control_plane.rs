@@ -1284,3 +1284,31 @@ async fn concurrent_create_policy_of_one_name_creates_it_once() {
     let stored = emu.registry().policy("raced").unwrap().unwrap();
     assert_eq!(stored.document, document(won[0]));
 }
+
+#[tokio::test]
+async fn insert_policy_never_replaces() {
+    // The race above is narrow and rarely lost in a test; this is the
+    // contract CreatePolicy relies on, checked deterministically.
+    let emu = start().await;
+    let doc = |topic: &str| {
+        format!(
+            r#"{{"Version": "2012-10-17", "Statement": [{{"Effect": "Allow", "Action": "iot:Publish", "Resource": "arn:aws:iot:*:*:topic/{topic}"}}]}}"#
+        )
+    };
+    emu.registry().insert_policy("once", &doc("a")).unwrap();
+    let err = emu.registry().insert_policy("once", &doc("b")).unwrap_err();
+    assert!(
+        matches!(err, iotcore_emulator::RegistryError::AlreadyExists { kind: "policy", ref name } if name == "once"),
+        "{err:?}"
+    );
+    assert_eq!(
+        emu.registry().policy("once").unwrap().unwrap().document,
+        doc("a")
+    );
+    // The admin CLI's create still replaces.
+    emu.registry().create_policy("once", &doc("b")).unwrap();
+    assert_eq!(
+        emu.registry().policy("once").unwrap().unwrap().document,
+        doc("b")
+    );
+}
