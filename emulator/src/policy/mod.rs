@@ -30,7 +30,7 @@
 //!   value with one (a positive one is skipped); in a `Deny`, any `Resource`,
 //!   `NotResource` or condition value with one makes that part match, so an
 //!   unattached client cannot escape a Deny written for things. AWS documents
-//!   only that such a variable "is not substituted"; see [`Unresolved`].
+//!   only that such a variable "is not substituted"; see `Unresolved`.
 //! - An unknown statement key, condition operator, condition key or policy
 //!   variable is refused when the policy is created, naming its path and what
 //!   is accepted, so that a typo never silently grants or denies.
