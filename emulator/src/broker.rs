@@ -55,9 +55,9 @@ pub(crate) struct Broker {
 
 struct AuthState {
     generation: u64,
-    /// The attached policies' documents as read from the registry, to tell
-    /// whether a reload found them changed.
-    documents: Vec<String>,
+    /// The attached policies' names and documents as read from the
+    /// registry, to tell whether a reload found them changed.
+    documents: Vec<(String, String)>,
     policies: Arc<Vec<PolicyDocument>>,
     /// The thing the thing policy variables name, if any.
     thing: Option<Arc<ConnectedThing>>,
@@ -77,6 +77,38 @@ pub(crate) struct Session {
     auth: Mutex<AuthState>,
     /// See [`Requester::keys_in_flight`].
     keys_in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+/// Parses the documents of the policies attached to `certificate_id`. A
+/// stored document that no longer parses (written by an older emulator,
+/// or refused by a stricter parser since) could hold the Deny that matters,
+/// so then the certificate is allowed nothing (fail closed) and the error,
+/// naming the policy and why, is logged: once per load, since the parsed
+/// result is kept until the documents change.
+fn parse_attached(certificate_id: &str, documents: &[(String, String)]) -> Vec<PolicyDocument> {
+    let mut policies = Vec::with_capacity(documents.len());
+    for (name, document) in documents {
+        match PolicyDocument::parse(document) {
+            Ok(p) => policies.push(p),
+            Err(e) => {
+                tracing::error!(
+                    certificate_id,
+                    policy = %name,
+                    "attached policy {name} no longer parses ({e}); the certificate is allowed \
+                     nothing until its document is replaced with a valid one or it is detached"
+                );
+                return Vec::new();
+            }
+        }
+    }
+    policies
+}
+
+/// The address `aws:SourceIp` sees for `peer`: on a dual-stack listener an
+/// IPv4 client arrives as `::ffff:a.b.c.d`, which an IPv4 range in a policy
+/// (`203.0.113.0/24`) would never contain; it is the IPv4 address it maps.
+fn source_ip(peer: std::net::SocketAddr) -> std::net::IpAddr {
+    peer.ip().to_canonical()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -161,12 +193,7 @@ impl Broker {
         // was several percent of the emulator's CPU.
         let policies = match previous {
             Some(p) if p.documents == documents => p.policies.clone(),
-            _ => Arc::new(
-                documents
-                    .iter()
-                    .filter_map(|d| PolicyDocument::parse(d).ok())
-                    .collect(),
-            ),
+            _ => Arc::new(parse_attached(certificate_id, &documents)),
         };
         // The thing variables exist only when the client id is a thing's
         // name and that thing is attached to the certificate ("Thing
@@ -431,7 +458,7 @@ pub(crate) async fn serve<S>(
         client_id: info.client_id.clone(),
         certificate: pki::certificate_facts(&cert_der),
         certificate_id,
-        peer: peer.ip(),
+        peer: source_ip(peer),
         tx,
         kill,
         subscriptions: Mutex::new(Subscriptions::default()),
@@ -765,4 +792,17 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
             .err();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::source_ip;
+
+    #[test]
+    fn source_ip_of_an_ipv4_mapped_peer_is_ipv4() {
+        let ip = |peer: &str| source_ip(peer.parse().unwrap()).to_string();
+        assert_eq!(ip("[::ffff:203.0.113.7]:8883"), "203.0.113.7");
+        assert_eq!(ip("203.0.113.7:8883"), "203.0.113.7");
+        assert_eq!(ip("[2001:db8::1]:8883"), "2001:db8::1");
+    }
 }

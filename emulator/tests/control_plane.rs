@@ -1243,3 +1243,72 @@ async fn boto3_sees_updates_and_deletes_the_certificate_provider() {
     assert_eq!(ok(&r[10])["certificateProviders"], json!([]));
     assert!(emu.registry().certificate_providers().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn concurrent_create_policy_of_one_name_creates_it_once() {
+    logs();
+    let emu = start().await;
+    let addr = emu.api_addr();
+    let document = |i: usize| {
+        format!(
+            r#"{{"Version": "2012-10-17", "Statement": [{{"Effect": "Allow", "Action": "iot:Publish", "Resource": "arn:aws:iot:*:*:topic/t{i}"}}]}}"#
+        )
+    };
+    let creates: Vec<_> = (0..8)
+        .map(|i| {
+            let doc = document(i);
+            tokio::spawn(async move {
+                let (status, head, _) = create_policy_http(addr, "raced", &doc).await;
+                (i, status, head)
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for c in creates {
+        results.push(c.await.unwrap());
+    }
+    let won: Vec<usize> = results
+        .iter()
+        .filter(|(_, status, _)| *status == 200)
+        .map(|(i, _, _)| *i)
+        .collect();
+    assert_eq!(won.len(), 1, "exactly one create succeeds: {won:?}");
+    for (_, status, head) in results.iter().filter(|(_, s, _)| *s != 200) {
+        assert_eq!(*status, 409, "{head}");
+        assert!(
+            head.contains("x-amzn-errortype: resourcealreadyexistsexception"),
+            "{head}"
+        );
+    }
+    // The winner's document is the one kept: no later create replaced it.
+    let stored = emu.registry().policy("raced").unwrap().unwrap();
+    assert_eq!(stored.document, document(won[0]));
+}
+
+#[tokio::test]
+async fn insert_policy_never_replaces() {
+    // The race above is narrow and rarely lost in a test; this is the
+    // contract CreatePolicy relies on, checked deterministically.
+    let emu = start().await;
+    let doc = |topic: &str| {
+        format!(
+            r#"{{"Version": "2012-10-17", "Statement": [{{"Effect": "Allow", "Action": "iot:Publish", "Resource": "arn:aws:iot:*:*:topic/{topic}"}}]}}"#
+        )
+    };
+    emu.registry().insert_policy("once", &doc("a")).unwrap();
+    let err = emu.registry().insert_policy("once", &doc("b")).unwrap_err();
+    assert!(
+        matches!(err, iotcore_emulator::RegistryError::AlreadyExists { kind: "policy", ref name } if name == "once"),
+        "{err:?}"
+    );
+    assert_eq!(
+        emu.registry().policy("once").unwrap().unwrap().document,
+        doc("a")
+    );
+    // The admin CLI's create still replaces.
+    emu.registry().create_policy("once", &doc("b")).unwrap();
+    assert_eq!(
+        emu.registry().policy("once").unwrap().unwrap().document,
+        doc("b")
+    );
+}

@@ -255,3 +255,99 @@ async fn source_ip_and_time_conditions() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_date_condition_on_a_devices_malformed_value_refuses_and_the_broker_lives() {
+    let emu = start().await;
+    // The client id is the device's to choose; a date operator on it
+    // must refuse a malformed date (here, a multi-byte character where a
+    // zone offset's digits go), never bring the emulator down.
+    emu.registry()
+        .create_policy(
+            "date-on-client-id",
+            &doc(
+                r#"[{"Effect": "Allow", "Action": "iot:Connect", "Resource": "*",
+                    "Condition": {"DateGreaterThan": {"iot:ClientId": "2020-01-01T00:00:00Z"}}}]"#,
+            ),
+        )
+        .unwrap();
+    let cred = emu
+        .create_credential("dated", &["date-on-client-id"])
+        .unwrap();
+    let err = connect(&emu, &cred, "2025-12-01T00:00+1é1")
+        .await
+        .unwrap_err();
+    assert!(err.contains("NotAuthorized"), "{err}");
+    // Still serving: a well-formed date later than the policy's connects.
+    connect(&emu, &cred, "2025-12-01T00:00+0100")
+        .await
+        .expect("a well-formed later date connects");
+}
+
+#[tokio::test]
+async fn a_deny_not_resource_with_no_thing_applies_to_every_topic() {
+    let emu = start().await;
+    emu.registry()
+        .create_policy(
+            "own-topics-only",
+            &doc(
+                r#"[{"Effect": "Allow", "Action": ["iot:Connect", "iot:Publish"], "Resource": "*"},
+                    {"Effect": "Deny", "Action": "iot:Publish",
+                     "NotResource": "arn:aws:iot:*:*:topic/things/${iot:Connection.Thing.ThingName}/*"}]"#,
+            ),
+        )
+        .unwrap();
+    let cred = emu.create_credential("gw_1", &["own-topics-only"]).unwrap();
+    register_thing(&emu, "gw_1", &[], None, &cred.certificate_id);
+
+    // The thing itself: its own topics pass, another's are refused.
+    let mut c = connect(&emu, &cred, "gw_1").await.expect("connects");
+    c.client
+        .publish("things/gw_1/t", QoS::AtLeastOnce, false, "x")
+        .await
+        .unwrap();
+    assert!(!c.closed_within(WAIT).await, "own topic refused");
+    c.client
+        .publish("things/other/t", QoS::AtLeastOnce, false, "x")
+        .await
+        .unwrap();
+    assert!(c.closed_within(WAIT).await, "another thing's topic allowed");
+
+    // Not its thing (the variable has no value): the Deny cannot tell what
+    // it excludes, so it applies; the Allow alone would let this through.
+    let mut c = connect(&emu, &cred, "not-a-thing").await.expect("connects");
+    c.client
+        .publish("things/other/t", QoS::AtLeastOnce, false, "x")
+        .await
+        .unwrap();
+    assert!(
+        c.closed_within(WAIT).await,
+        "an unattached client escaped the Deny"
+    );
+}
+
+#[tokio::test]
+async fn a_deny_on_client_id_not_thing_name_stops_an_unattached_client() {
+    let emu = start().await;
+    emu.registry()
+        .create_policy(
+            "thing-name-only",
+            &doc(
+                r#"[{"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"},
+                    {"Effect": "Deny", "Action": "iot:Connect", "Resource": "*",
+                     "Condition": {"StringNotEquals": {"iot:ClientId": "${iot:Connection.Thing.ThingName}"}}}]"#,
+            ),
+        )
+        .unwrap();
+    let cred = emu.create_credential("gw_1", &["thing-name-only"]).unwrap();
+    // No thing attached yet: the Deny's value is unresolved and it applies.
+    let err = connect(&emu, &cred, "gw_1").await.unwrap_err();
+    assert!(err.contains("NotAuthorized"), "{err}");
+
+    register_thing(&emu, "gw_1", &[], None, &cred.certificate_id);
+    connect(&emu, &cred, "gw_1")
+        .await
+        .expect("the attached thing's own client id connects");
+    let err = connect(&emu, &cred, "gw_2").await.unwrap_err();
+    assert!(err.contains("NotAuthorized"), "{err}");
+}

@@ -167,6 +167,19 @@ fn parse_rejects_with_a_message_naming_the_problem() {
             "Extra: unknown top-level key",
         ),
         (s(r#"{"Action": "*", "Resource": "*"}"#), "Statement.Effect: is required"),
+        // Duplicate keys: serde_json's Value would keep the last (an Allow).
+        (
+            s(r#"[{"Effect": "Deny", "Effect": "Allow", "Action": "*", "Resource": "*"}]"#),
+            "Statement[0]: key \"Effect\" appears more than once",
+        ),
+        (
+            r#"{"Version": "2012-10-17", "Version": "2012-10-17", "Statement": {"Effect": "Allow", "Action": "*", "Resource": "*"}}"#.into(),
+            "(root): key \"Version\" appears more than once",
+        ),
+        (
+            s(r#"{"Effect": "Allow", "Action": "*", "Resource": "*", "Condition": {"StringEquals": {"iot:ClientId": "a", "iot:ClientId": "b"}}}"#),
+            "Statement.Condition.StringEquals: key \"iot:ClientId\" appears more than once",
+        ),
         (
             s(r#"{"Effect": "allow", "Action": "*", "Resource": "*"}"#),
             "must be \"Allow\" or \"Deny\"",
@@ -589,6 +602,60 @@ fn unresolved_variable_skips_only_that_resource() {
 }
 
 #[test]
+fn unresolved_variables_never_escape_a_deny() {
+    let (s, i) = (subject(), issuer());
+    let on = ctx("dev1", Some("dev1"), &s, &i);
+    let off = ctx("dev1", None, &s, &i);
+    let thing = "${iot:Connection.Thing.ThingName}";
+    let deny = |rest: &str| {
+        policy(&format!(
+            r#"[{}, {{"Effect": "Deny", "Action": "iot:Publish", {rest}}}]"#,
+            allow("iot:Publish", "*")
+        ))
+    };
+    let cases = [
+        // Resource: an unresolved entry matches in a Deny.
+        (
+            format!(r#""Resource": "arn:aws:iot:*:*:topic/things/{thing}/admin""#),
+            "things/dev1/admin",
+        ),
+        // Condition values, positive and negated.
+        (
+            format!(
+                r#""Resource": "*", "Condition": {{"StringEquals": {{"iot:ClientId": "{thing}"}}}}"#
+            ),
+            "t",
+        ),
+        (
+            format!(
+                r#""Resource": "*", "Condition": {{"StringNotEquals": {{"iot:ClientId": "{thing}"}}}}"#
+            ),
+            "t",
+        ),
+        (
+            format!(
+                r#""Resource": "*", "Condition": {{"StringNotLike": {{"iot:ClientId": ["{thing}", "x"]}}}}"#
+            ),
+            "t",
+        ),
+    ];
+    for (rest, topic) in cases {
+        let p = deny(&rest);
+        assert!(
+            !is_allowed(std::slice::from_ref(&p), Action::Publish, topic, &off),
+            "unattached client escaped the Deny {rest} on {topic}"
+        );
+        // With the variable resolved the Deny is evaluated as written.
+        let want = !rest.contains(r#""StringEquals""#) && !rest.contains("admin");
+        assert_eq!(
+            is_allowed(&[p], Action::Publish, topic, &on),
+            want,
+            "attached thing, {rest} on {topic}"
+        );
+    }
+}
+
+#[test]
 fn deny_wins_and_default_deny() {
     let (s, i) = (subject(), issuer());
     let c = ctx("dev1", None, &s, &i);
@@ -665,9 +732,10 @@ fn not_resource() {
         (&allow_except, no_thing, "ops/x", true),
         (&deny_outside_own, with_thing, "things/dev1/t", true),
         (&deny_outside_own, with_thing, "things/dev2/t", false),
-        // The Deny's exclusion cannot be resolved without a thing: that
-        // statement matches nothing, so the Allow stands.
-        (&deny_outside_own, no_thing, "things/dev2/t", true),
+        // The Deny's exclusion cannot be resolved without a thing: the
+        // Deny cannot tell what it leaves out, so it applies (fail closed).
+        (&deny_outside_own, no_thing, "things/dev2/t", false),
+        (&deny_outside_own, no_thing, "things/dev1/t", false),
     ];
     for (p, c, topic, want) in cases {
         assert_eq!(
@@ -1094,7 +1162,8 @@ fn conditions_evaluate_as_iam_says() {
             on,
             false,
         ),
-        // A negated test whose value cannot be resolved is false.
+        // In an Allow, a negated test whose value cannot be resolved is
+        // false (the Deny side: `unresolved_variables_never_escape_a_deny`).
         (
             r#"{"StringNotEquals": {"iot:ClientId": "${iot:Connection.Thing.ThingName}"}}"#,
             off,
@@ -1130,6 +1199,39 @@ fn conditions_evaluate_as_iam_says() {
             r#"{"ForAllValues:StringEquals": {"iot:Certificate.Subject.Organization.List": "Second"}}"#,
             on,
             false,
+        ),
+        // Unqualified on a list: positive when some value matches, negated
+        // when none does, so one bad organization among good ones refuses.
+        (
+            r#"{"StringEquals": {"iot:Certificate.Subject.Organization.List": "Second"}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"StringNotEquals": {"iot:Certificate.Subject.Organization.List": "Second"}}"#,
+            on,
+            false,
+        ),
+        (
+            r#"{"StringNotLike": {"iot:Certificate.Subject.Organization.List": "Sec*"}}"#,
+            on,
+            false,
+        ),
+        (
+            r#"{"StringNotEquals": {"iot:Certificate.Subject.Organization.List": "Evil"}}"#,
+            on,
+            true,
+        ),
+        (
+            r#"{"StringNotEquals": {"iot:Certificate.AvailableKeys": "iot:Certificate.Subject.Organization"}}"#,
+            on,
+            false,
+        ),
+        // ForAnyValue: negated still means "some value does not match".
+        (
+            r#"{"ForAnyValue:StringNotEquals": {"iot:Certificate.Subject.Organization.List": "Second"}}"#,
+            on,
+            true,
         ),
         (
             r#"{"ForAllValues:StringEquals": {"iot:Certificate.Subject.Organization.List": ["Acme", "Second"]}}"#,
@@ -1189,6 +1291,27 @@ fn conditions_evaluate_as_iam_says() {
         ),
         (
             r#"{"NumericLessThan": {"iot:Connection.Thing.Attributes[site]": 4}}"#,
+            on,
+            false,
+        ),
+        // A value of the wrong type fails negated tests too.
+        (
+            r#"{"NumericNotEquals": {"iot:Connection.Thing.Attributes[site]": 4}}"#,
+            on,
+            false,
+        ),
+        (
+            r#"{"DateNotEquals": {"iot:Connection.Thing.Attributes[site]": "2026-01-01"}}"#,
+            on,
+            false,
+        ),
+        (
+            r#"{"NotIpAddress": {"iot:Connection.Thing.Attributes[site]": "10.0.0.0/8"}}"#,
+            on,
+            false,
+        ),
+        (
+            r#"{"NumericNotEquals": {"iot:Connection.Thing.Attributes[line]": "${iot:ClientId}"}}"#,
             on,
             false,
         ),

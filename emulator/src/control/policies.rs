@@ -8,6 +8,7 @@ use super::error::{ApiError, ErrorKind};
 use super::request::ApiRequest;
 use super::{ControlPlane, Reply};
 use crate::policy::PolicyDocument;
+use crate::registry::RegistryError;
 
 /// The `policyName` of a path: 1 to 128 of `[\w+=,.@-]` (the model's
 /// pattern).
@@ -48,13 +49,17 @@ pub(super) fn create_policy(cp: &ControlPlane, req: &ApiRequest) -> Result<Reply
             format!("{op}: policy {name}: {e}"),
         )
     })?;
-    if cp.registry.policy(name)?.is_some() {
-        return Err(ApiError::new(
-            ErrorKind::ResourceAlreadyExists,
-            format!("{op}: policy {name} already exists"),
-        ));
+    // Insert-only: a check then a replace would let two creates of one
+    // name both succeed, the second overwriting the first's document.
+    match cp.registry.insert_policy(name, document) {
+        Err(RegistryError::AlreadyExists { .. }) => {
+            return Err(ApiError::new(
+                ErrorKind::ResourceAlreadyExists,
+                format!("{op}: policy {name} already exists"),
+            ))
+        }
+        other => other?,
     }
-    cp.registry.create_policy(name, document)?;
     Ok(Reply::Json(json!({
         "policyName": name,
         "policyArn": policy_arn(cp, name),

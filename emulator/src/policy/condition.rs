@@ -10,9 +10,10 @@
 //! - `ForAnyValue:` holds when some value of the key passes (false for an
 //!   absent key), `ForAllValues:` when every value does (true for an
 //!   absent key);
-//! - a policy value whose variable has no value: skipped for a positive
-//!   operator, and for a negated one the whole test is false (it can no
-//!   longer tell what is excluded), as the engine does for `NotResource`.
+//! - a policy value whose variable has no value never widens a grant
+//!   ([`Unresolved`]): in an `Allow` it is skipped for a positive operator
+//!   and makes a negated test false (it can no longer tell what is
+//!   excluded); in a `Deny` it makes the test true, positive or negated.
 
 use std::net::IpAddr;
 
@@ -21,7 +22,7 @@ use serde_json::{Map, Value};
 use super::context::RequestContext;
 use super::keys::{Key, Place};
 use super::pattern::{arn_match, glob_match, Template};
-use super::PolicyError;
+use super::{PolicyError, Unresolved};
 
 /// The base operators, as IAM names them.
 const OPERATORS: &[&str] = &[
@@ -90,7 +91,8 @@ enum Op {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SetRule {
-    /// No qualifier: the key's value (any of them, for a list key).
+    /// No qualifier: the key's value; for a list key, any of them matching
+    /// a positive test, none of them matching a negated one.
     Single,
     ForAnyValue,
     ForAllValues,
@@ -137,9 +139,10 @@ impl Condition {
         Ok(Condition { tests })
     }
 
-    /// Whether every test holds for this request.
-    pub(crate) fn holds(&self, ctx: &RequestContext) -> bool {
-        self.tests.iter().all(|t| t.holds(ctx))
+    /// Whether every test holds for this request; `unresolved` says what
+    /// a test with a value whose variable has no value does.
+    pub(crate) fn holds(&self, ctx: &RequestContext, unresolved: Unresolved) -> bool {
+        self.tests.iter().all(|t| t.holds(ctx, unresolved))
     }
 }
 
@@ -297,7 +300,7 @@ fn check_literal(op: Op, value: &Template) -> Result<(), String> {
 }
 
 impl Test {
-    fn holds(&self, ctx: &RequestContext) -> bool {
+    fn holds(&self, ctx: &RequestContext, unresolved: Unresolved) -> bool {
         let present = self.key.values(ctx);
         if self.op == Op::Null {
             // Null: "true" asks for an absent key, "false" for a present one.
@@ -319,15 +322,32 @@ impl Test {
         for v in &self.values {
             match Wanted::resolve(self.op, v, ctx) {
                 Some(w) => wanted.push(w),
+                // A Deny's test cannot be shown false: it holds.
+                None if unresolved == Unresolved::Match => return true,
+                // An Allow's negated test cannot tell what it excludes.
                 None if self.negated => return false,
                 None => {}
             }
         }
+        // A value of the wrong type for the operator (NumericNotEquals on
+        // "abc") fails the test, negated or not: "not equal to 5" is not
+        // shown by a value that is no number.
         let passes = |value: &String| {
-            let matched = wanted.iter().any(|w| w.matches(self.op, value));
+            let mut matched = false;
+            for w in &wanted {
+                match w.matches(self.op, value) {
+                    Some(m) => matched |= m,
+                    None => return false,
+                }
+            }
             matched != self.negated
         };
         match self.set {
+            // Unqualified on a multi-valued key: a positive test holds when
+            // some value matches, a negated one when no value matches (IAM:
+            // "does not match any of the values"), so `StringNotEquals
+            // {...Organization.List: Evil}` refuses [Acme, Evil].
+            SetRule::Single if self.negated => present.iter().all(passes),
             SetRule::Single | SetRule::ForAnyValue => present.iter().any(passes),
             SetRule::ForAllValues => present.iter().all(passes),
         }
@@ -349,8 +369,10 @@ impl Wanted {
         }
     }
 
-    fn matches(&self, op: Op, value: &str) -> bool {
-        match (self, op) {
+    /// Whether `value` matches; `None` when either side is not of the
+    /// operator's type (a number, a date, an IP address or range).
+    fn matches(&self, op: Op, value: &str) -> Option<bool> {
+        Some(match (self, op) {
             (Wanted::Pattern(p), Op::Like) => glob_match(p, value),
             (Wanted::Pattern(p), Op::Arn) => arn_match(p, value),
             (Wanted::Text(w), Op::String { ignore_case: false }) => w == value,
@@ -358,20 +380,13 @@ impl Wanted {
                 w.to_lowercase() == value.to_lowercase()
             }
             (Wanted::Text(w), Op::Bool) => w.eq_ignore_ascii_case(value),
-            (Wanted::Text(w), Op::Numeric(cmp)) => match (parse_number(value), parse_number(w)) {
-                (Some(a), Some(b)) => cmp.holds(a, b),
-                _ => false,
-            },
-            (Wanted::Text(w), Op::Date(cmp)) => match (parse_date(value), parse_date(w)) {
-                (Some(a), Some(b)) => cmp.holds(a, b),
-                _ => false,
-            },
-            (Wanted::Text(w), Op::Ip) => match (value.parse::<IpAddr>(), Cidr::parse(w)) {
-                (Ok(ip), Some(range)) => range.contains(ip),
-                _ => false,
-            },
+            (Wanted::Text(w), Op::Numeric(cmp)) => {
+                cmp.holds(parse_number(value)?, parse_number(w)?)
+            }
+            (Wanted::Text(w), Op::Date(cmp)) => cmp.holds(parse_date(value)?, parse_date(w)?),
+            (Wanted::Text(w), Op::Ip) => Cidr::parse(w)?.contains(value.parse::<IpAddr>().ok()?),
             _ => false,
-        }
+        })
     }
 }
 
@@ -417,12 +432,14 @@ pub(crate) fn parse_date(text: &str) -> Option<i64> {
             "" | "Z" | "z" => 0,
             z => {
                 let sign = if z.starts_with('-') { -1 } else { 1 };
+                // `z` starts with the ASCII sign `find` stopped at, so
+                // `[1..]` is on a character boundary; what follows is
+                // untrusted (a device's value under a Date operator), so
+                // it is split with `get`, never by byte index, and a
+                // multi-byte character is a refusal, not a panic.
                 let hm = z[1..].replace(':', "");
-                if hm.len() != 4 {
-                    return None;
-                }
-                let h: i64 = digits(&hm[..2], 2)?;
-                let m: i64 = digits(&hm[2..], 2)?;
+                let h: i64 = digits(hm.get(..2)?, 2)?;
+                let m: i64 = digits(hm.get(2..)?, 2)?;
                 sign * (h * 3600 + m * 60)
             }
         };
@@ -525,6 +542,13 @@ mod tests {
             ("2025-12-01T25:00:00Z", None),
             ("yesterday", None),
             ("", None),
+            // Multi-byte text where the offset's digits are: refused, not
+            // a panic on a byte index inside a character.
+            ("2025-12-01T00:00+1é1", None),
+            ("2025-12-01T00:00+é", None),
+            ("2025-12-01T00:00-00é", None),
+            ("2025-12-01T00:00+\u{1F600}", None),
+            ("2025-12-01T00:00+0100", Some(base - 13 * 3600 - 300)),
         ];
         for (text, want) in cases {
             assert_eq!(parse_date(text), want, "{text}");

@@ -24,15 +24,20 @@
 //! - A substituted variable value is literal: a client id containing `*` or `?`
 //!   does not widen a grant. `${*}`, `${?}` and `${$}` stand for a literal `*`,
 //!   `?` and `$` as in IAM.
-//! - A resource whose variable has no value matches nothing. For `Resource` only
-//!   that entry is skipped; for `NotResource` the whole statement matches nothing
-//!   (it can no longer tell what is excluded). This holds for `Deny` too.
+//! - A variable with no value never widens what a policy grants (fail closed):
+//!   in an `Allow`, a `Resource` entry with one is skipped, a `NotResource` with
+//!   one makes the statement match nothing, and so does a negated condition
+//!   value with one (a positive one is skipped); in a `Deny`, any `Resource`,
+//!   `NotResource` or condition value with one makes that part match, so an
+//!   unattached client cannot escape a Deny written for things. AWS documents
+//!   only that such a variable "is not substituted"; see `Unresolved`.
 //! - An unknown statement key, condition operator, condition key or policy
 //!   variable is refused when the policy is created, naming its path and what
 //!   is accepted, so that a typo never silently grants or denies.
 
 mod condition;
 mod context;
+mod duplicate_keys;
 mod keys;
 mod pattern;
 
@@ -158,6 +163,26 @@ enum Effect {
     Deny,
 }
 
+/// What a part of a statement (a resource, a condition value) whose policy
+/// variable has no value for this request does to that part: chosen by the
+/// statement's effect so that a missing value never grants more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unresolved {
+    /// `Allow`: the part cannot be shown to match, so it does not.
+    NoMatch,
+    /// `Deny`: the part cannot be shown not to match, so it does.
+    Match,
+}
+
+impl From<Effect> for Unresolved {
+    fn from(effect: Effect) -> Unresolved {
+        match effect {
+            Effect::Allow => Unresolved::NoMatch,
+            Effect::Deny => Unresolved::Match,
+        }
+    }
+}
+
 /// `Action` or `NotAction`: lower-cased action patterns.
 #[derive(Clone, Debug)]
 enum Actions {
@@ -194,6 +219,15 @@ impl PolicyDocument {
             return Err(PolicyError::TooLarge { size });
         }
         let value: Value = serde_json::from_str(json).map_err(|e| PolicyError::Json(e.into()))?;
+        // `Value` keeps the last of duplicate keys; the text may say more.
+        if let Some((object, key)) = duplicate_keys::first_duplicate(json) {
+            return Err(PolicyError::invalid(
+                object,
+                format!(
+                    "key \"{key}\" appears more than once; keep one (JSON keys must be unique)"
+                ),
+            ));
+        }
         let root = value
             .as_object()
             .ok_or_else(|| PolicyError::invalid("(root)", "must be a JSON object"))?;
@@ -411,9 +445,10 @@ pub fn is_allowed(
     let action_name = action.name().to_ascii_lowercase();
     let mut allowed = false;
     for statement in policies.iter().flat_map(|p| p.statements.iter()) {
+        let unresolved = Unresolved::from(statement.effect);
         if !actions_match(&statement.actions, &action_name)
-            || !resources_match(&statement.resources, &arn, ctx)
-            || !statement.condition.holds(ctx)
+            || !resources_match(&statement.resources, &arn, ctx, unresolved)
+            || !statement.condition.holds(ctx, unresolved)
         {
             continue;
         }
@@ -436,18 +471,26 @@ fn actions_match(actions: &Actions, action_name: &str) -> bool {
     }
 }
 
-fn resources_match(resources: &Resources, arn: &str, ctx: &RequestContext) -> bool {
+fn resources_match(
+    resources: &Resources,
+    arn: &str,
+    ctx: &RequestContext,
+    unresolved: Unresolved,
+) -> bool {
     match resources {
-        Resources::Resource(list) => list
-            .iter()
-            .any(|r| r.pattern(ctx).is_some_and(|p| glob_match(&p, arn))),
+        Resources::Resource(list) => list.iter().any(|r| match r.pattern(ctx) {
+            Some(p) => glob_match(&p, arn),
+            None => unresolved == Unresolved::Match,
+        }),
         Resources::NotResource(list) => {
             let mut patterns = Vec::with_capacity(list.len());
             for r in list {
                 match r.pattern(ctx) {
                     Some(p) => patterns.push(p),
-                    // Unknown exclusions: match nothing rather than guess.
-                    None => return false,
+                    // Unknown exclusions: the statement cannot tell what it
+                    // leaves out, so it applies to everything (Deny) or
+                    // nothing (Allow).
+                    None => return unresolved == Unresolved::Match,
                 }
             }
             !patterns.iter().any(|p| glob_match(p, arn))

@@ -748,6 +748,30 @@ impl Registry {
         Ok(())
     }
 
+    /// Stores a new policy after validating its document; a name already
+    /// taken is [`RegistryError::AlreadyExists`] and the stored policy is
+    /// left as it is. One statement, so that of two callers creating the
+    /// same name at once exactly one succeeds (CreatePolicy's contract;
+    /// [`create_policy`](Self::create_policy) replaces instead).
+    pub fn insert_policy(&self, name: &str, document: &str) -> Result<(), RegistryError> {
+        crate::policy::PolicyDocument::parse(document).map_err(|source| RegistryError::Policy {
+            name: name.to_owned(),
+            source,
+        })?;
+        let inserted = self.db().execute_cached(
+            "INSERT INTO policies (name, document) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+            params![name, document],
+        )?;
+        if inserted == 0 {
+            return Err(RegistryError::AlreadyExists {
+                kind: "policy",
+                name: name.to_owned(),
+            });
+        }
+        self.auth_changed();
+        Ok(())
+    }
+
     pub fn policy(&self, name: &str) -> Result<Option<PolicyRecord>, RegistryError> {
         Ok(self
             .db()
@@ -809,12 +833,21 @@ impl Registry {
     }
 
     /// Documents of the policies attached to a certificate.
-    pub(crate) fn policy_documents_for(&self, cert_id: &str) -> Result<Vec<String>, RegistryError> {
-        column_list(
-            &self.db(),
-            "SELECT p.document FROM cert_policies c JOIN policies p ON p.name = c.policy WHERE c.cert_id = ?1",
-            cert_id,
-        )
+    /// The names and documents of the policies attached to `cert_id`, by
+    /// name.
+    pub(crate) fn policy_documents_for(
+        &self,
+        cert_id: &str,
+    ) -> Result<Vec<(String, String)>, RegistryError> {
+        let db = self.db();
+        let mut st = db.prepare_cached(
+            "SELECT p.name, p.document FROM cert_policies c JOIN policies p ON p.name = c.policy \
+             WHERE c.cert_id = ?1 ORDER BY p.name",
+        )?;
+        let rows = st
+            .query_map([cert_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
     }
 
     // ---- templates ----
