@@ -1509,6 +1509,39 @@ fn not_action_and_deny_with_conditions() {
             "{action} {name}"
         );
     }
+    // A value of the wrong type cannot lift a Deny: the thing's "site"
+    // attribute ("berlin") is no number, so neither NumericEquals nor
+    // NumericNotEquals can be shown false, and the Deny applies; in an
+    // Allow the same tests fail, so nothing is granted either way.
+    for op in [
+        "NumericEquals",
+        "NumericNotEquals",
+        "DateNotEquals",
+        "NotIpAddress",
+    ] {
+        let value = match op {
+            "DateNotEquals" => "\"2026-01-01\"",
+            "NotIpAddress" => "\"10.0.0.0/8\"",
+            _ => "4",
+        };
+        let deny = policy(&format!(
+            r#"[{{"Effect": "Allow", "Action": "iot:Publish", "Resource": "*"}},
+                {{"Effect": "Deny", "Action": "iot:Publish", "Resource": "*",
+                 "Condition": {{"{op}": {{"iot:Connection.Thing.Attributes[site]": {value}}}}}}}]"#
+        ));
+        assert!(
+            !is_allowed(std::slice::from_ref(&deny), Action::Publish, "a/b", &on),
+            "a wrong-typed value lifted a Deny with {op}"
+        );
+        let allow = policy(&format!(
+            r#"[{{"Effect": "Allow", "Action": "iot:Publish", "Resource": "*",
+                 "Condition": {{"{op}": {{"iot:Connection.Thing.Attributes[site]": {value}}}}}}}]"#
+        ));
+        assert!(
+            !is_allowed(std::slice::from_ref(&allow), Action::Publish, "a/b", &on),
+            "a wrong-typed value granted an Allow with {op}"
+        );
+    }
     // A thing of type admin: the Deny's condition fails, the Allow stands.
     let admin_thing = ConnectedThing {
         name: "gw_1".into(),

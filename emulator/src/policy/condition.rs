@@ -330,14 +330,17 @@ impl Test {
             }
         }
         // A value of the wrong type for the operator (NumericNotEquals on
-        // "abc") fails the test, negated or not: "not equal to 5" is not
-        // shown by a value that is no number.
+        // "abc") cannot show the test false or true: "not equal to 5" is not
+        // shown by a value that is no number. Like an unresolved variable,
+        // it fails an Allow's test and holds a Deny's (fail closed: a value
+        // the device may choose, such as an attribute it registered, never
+        // lifts a Deny).
         let passes = |value: &String| {
             let mut matched = false;
             for w in &wanted {
                 match w.matches(self.op, value) {
                     Some(m) => matched |= m,
-                    None => return false,
+                    None => return unresolved == Unresolved::Match,
                 }
             }
             matched != self.negated
